@@ -1,0 +1,112 @@
+"""A rig's link to Kafka with kafka-python: an idempotent producer for its events and a reader
+of the compacted assignments topic that keeps the latest assignment per mouse."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from rig.errors import RigError
+from schemas.codec import EventCodec, default_codec, encode_key
+from schemas.errors import SerializationError
+from schemas.events import AssignmentIssued, Event
+
+
+class KafkaRigTransport:
+    """Publishes events to the input topic and follows the assignments topic.
+
+    Args:
+        bootstrap: Kafka bootstrap servers, ``host:port``.
+        events_topic: topic rig events go to (keyed by mouse id).
+        assignments_topic: compacted topic of AssignmentIssued (keyed by mouse id).
+        client_id: name of this rig in broker logs.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        events_topic: str,
+        assignments_topic: str,
+        client_id: str = "shaping-rig",
+        codec: EventCodec | None = None,
+    ) -> None:
+        self.codec = codec or default_codec()
+        self.events_topic = events_topic
+        self.assignments_topic = assignments_topic
+        # acks=all + idempotence: a retried send is written once, in order, per partition.
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_in_flight_requests_per_connection=5,
+        )
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=f"{client_id}-assignments",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        partitions = self._partitions(assignments_topic)
+        self.consumer.assign(partitions)
+        self.consumer.seek_to_beginning(*partitions)
+        self.assignments: dict[str, AssignmentIssued] = {}
+
+    def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = self.consumer.partitions_for_topic(topic)
+            if found:
+                return [TopicPartition(topic, p) for p in sorted(found)]
+            if time.monotonic() > deadline:
+                raise RigError(f"topic {topic!r} not found on the broker")
+            time.sleep(0.2)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Sends events in order and waits until the broker has acknowledged all of them."""
+        for event in events:
+            self.producer.send(
+                self.events_topic, key=encode_key(event.mouse_id), value=self.codec.encode(event)
+            )
+        self.producer.flush()
+
+    def poll(self, timeout_s: float = 0.2) -> int:
+        """Reads new assignments into the cache; returns how many arrived."""
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        count = 0
+        for records in batches.values():
+            for record in records:
+                try:
+                    event = self.codec.decode(record.value)
+                except SerializationError:
+                    continue  # The processor only writes valid assignments; skip anything else.
+                if isinstance(event, AssignmentIssued):
+                    known = self.assignments.get(event.mouse_id)
+                    if known is None or event.session_number >= known.session_number:
+                        self.assignments[event.mouse_id] = event
+                    count += 1
+        return count
+
+    def latest_assignment(
+        self, mouse_id: str, min_session_number: int = 1, timeout_s: float = 0.0
+    ) -> AssignmentIssued | None:
+        """The newest assignment for a mouse, waiting up to ``timeout_s`` for a fresh one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll(0.1)
+            known = self.assignments.get(mouse_id)
+            if known is not None and known.session_number >= min_session_number:
+                return known
+            if time.monotonic() >= deadline:
+                return known
+            # keep polling until the deadline
+
+    def close(self) -> None:
+        """Flushes and closes the Kafka clients."""
+        self.producer.flush()
+        self.producer.close()
+        self.consumer.close()

@@ -1,0 +1,105 @@
+"""Runs one training session from an assignment and returns its events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from rig.sim import SimulatedMouse
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    ParamValue,
+    SessionEnded,
+    SessionStarted,
+    TrialCompleted,
+)
+
+REWARD_CONSUMPTION_S = 1.5
+
+
+def _number(parameters: Mapping[str, ParamValue], name: str, default: float) -> float:
+    value = parameters.get(name, default)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def run_simulated_session(
+    mouse: SimulatedMouse,
+    assignment: AssignmentIssued,
+    rig_id: str,
+    started_at: datetime,
+) -> list[Event]:
+    """Runs a session with exactly the assignment's parameters on a simulated mouse.
+
+    The session stops at ``max_trials`` or when ``session_minutes`` have passed, whichever
+    comes first. Trial times advance by the inter-trial interval drawn from
+    ``[iti_min_s, iti_max_s]``, the response, reward consumption and the error timeout.
+
+    Returns:
+        SessionStarted, one TrialCompleted per trial, and SessionEnded, in order.
+    """
+    params = dict(assignment.parameters)
+    session_id = f"{mouse.mouse_id}-{started_at:%Y%m%dT%H%M}"
+    events: list[Event] = [
+        SessionStarted(
+            event_id=mouse.new_id(),
+            occurred_at=started_at,
+            stage=assignment.stage,
+            curriculum_name=assignment.curriculum_name,
+            curriculum_version=assignment.curriculum_version,
+            parameters=params,
+            assignment_id=assignment.event_id,
+            mouse_id=mouse.mouse_id,
+            rig_id=rig_id,
+            session_id=session_id,
+        )
+    ]
+    max_trials = int(_number(params, "max_trials", 300))
+    limit_s = _number(params, "session_minutes", 45) * 60
+    iti_min, iti_max = _number(params, "iti_min_s", 2), _number(params, "iti_max_s", 4)
+    window = _number(params, "response_window_s", 10)
+    timeout = _number(params, "timeout_s", 8)
+    difficulty = _number(params, "difficulty", 0)
+    reward = _number(params, "reward_volume_ul", 3)
+    elapsed = 0.0
+    n = 0
+    end_reason = "max_trials"
+    while n < max_trials:
+        if elapsed >= limit_s:
+            end_reason = "time_limit"
+            break
+        response = mouse.respond(difficulty, window)
+        elapsed += mouse.rng.uniform(iti_min, iti_max)
+        elapsed += response.reaction_time_s if response.reaction_time_s is not None else window
+        correct = response.outcome == "correct"
+        elapsed += REWARD_CONSUMPTION_S if correct else timeout
+        events.append(
+            TrialCompleted(
+                event_id=mouse.new_id(),
+                occurred_at=started_at + timedelta(seconds=elapsed),
+                trial_index=n,
+                outcome=response.outcome,  # type: ignore[arg-type]
+                target_side=response.target_side,
+                response_side=response.response_side,
+                reaction_time_s=response.reaction_time_s,
+                reward_volume_ul=reward if correct else 0.0,
+                mouse_id=mouse.mouse_id,
+                rig_id=rig_id,
+                session_id=session_id,
+            )
+        )
+        n += 1
+    events.append(
+        SessionEnded(
+            event_id=mouse.new_id(),
+            occurred_at=started_at + timedelta(seconds=elapsed),
+            n_trials=n,
+            end_reason=end_reason,
+            duration_s=round(elapsed, 3),
+            mouse_id=mouse.mouse_id,
+            rig_id=rig_id,
+            session_id=session_id,
+        )
+    )
+    mouse.rest()
+    return events

@@ -1,0 +1,161 @@
+"""Avro single-object encoding of Shaping events (see schemas/README.md).
+
+A message value is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
+schema's Parsing Canonical Form + the Avro binary encoding of the record. The fingerprint tells
+the reader which schema (event type and version) wrote the bytes; the reader resolves it to the
+newest schema of that type, so old data stays readable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
+from pydantic import ValidationError
+
+from schemas.errors import SerializationError
+from schemas.events import EVENT_TYPES, Event
+
+MAGIC = b"\xc3\x01"
+HEADER_LEN = 10
+_FILE = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One committed version of one event type's schema."""
+
+    event_type: str
+    version: int
+    raw: dict[str, Any]
+    parsed: Any
+    fingerprint: bytes
+
+
+def load_schema_versions() -> list[SchemaVersion]:
+    """Reads every ``schemas/avro/<EventType>.v<N>.avsc`` shipped with the package."""
+    versions = []
+    for entry in resources.files("schemas").joinpath("avro").iterdir():
+        match = _FILE.match(entry.name)
+        if not match:
+            continue
+        raw = json.loads(entry.read_text(encoding="utf-8"))
+        canonical = to_parsing_canonical_form(raw)
+        versions.append(
+            SchemaVersion(
+                event_type=match["name"],
+                version=int(match["version"]),
+                raw=raw,
+                parsed=parse_schema(raw, _write_hint=False),
+                fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
+            )
+        )
+    return sorted(versions, key=lambda v: (v.event_type, v.version))
+
+
+class EventCodec:
+    """Encodes events to and decodes them from the Shaping wire format.
+
+    Schemas are parsed once, at construction. Writing always uses the newest schema of the
+    event's type; reading accepts any committed version and resolves it to the newest.
+    """
+
+    def __init__(self) -> None:
+        self._by_fingerprint: dict[bytes, SchemaVersion] = {}
+        self._newest: dict[str, SchemaVersion] = {}
+        for version in load_schema_versions():
+            self._by_fingerprint[version.fingerprint] = version
+            newest = self._newest.get(version.event_type)
+            if newest is None or version.version > newest.version:
+                self._newest[version.event_type] = version
+        missing = set(EVENT_TYPES) - set(self._newest)
+        if missing:
+            raise SerializationError(f"no Avro schema for event types {sorted(missing)}")
+
+    def newest(self, event_type: str) -> SchemaVersion:
+        """Returns the newest schema version of an event type."""
+        return self._newest[event_type]
+
+    def encode(self, event: Event) -> bytes:
+        """Encodes an event with the newest schema of its type."""
+        schema = self._newest.get(event.event_type)
+        if schema is None:
+            raise SerializationError(f"unknown event type {event.event_type!r}", "invalid")
+        record = event.model_dump()
+        record["schema_version"] = schema.version
+        buf = io.BytesIO()
+        buf.write(MAGIC)
+        buf.write(schema.fingerprint)
+        try:
+            fastavro.schemaless_writer(buf, schema.parsed, record, strict=True)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SerializationError(f"cannot encode {event.event_type}: {exc}", "invalid") from exc
+        return buf.getvalue()
+
+    def decode(self, data: bytes | None) -> Event:
+        """Decodes a message value into its event model.
+
+        Raises:
+            SerializationError: with ``kind="undecodable"`` when the bytes are not a Shaping
+                message of a known schema, ``kind="invalid"`` when they decode but the record
+                breaks the contract.
+        """
+        if data is None:
+            raise SerializationError("empty message (no value)")
+        if len(data) < HEADER_LEN or data[:2] != MAGIC:
+            raise SerializationError(
+                "not an Avro single-object message (expected marker C3 01 and a fingerprint)"
+            )
+        writer = self._by_fingerprint.get(data[2:HEADER_LEN])
+        if writer is None:
+            raise SerializationError(
+                f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}"
+            )
+        reader = self._newest[writer.event_type]
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[HEADER_LEN:]), writer.parsed, reader.parsed
+            )
+        except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+            raise SerializationError(
+                f"corrupt {writer.event_type} v{writer.version} body: {exc}"
+            ) from exc
+        return self.from_record(writer.event_type, record)
+
+    @staticmethod
+    def from_record(event_type: str, record: Any) -> Event:
+        """Validates a decoded record against the pydantic model of its type."""
+        cls = EVENT_TYPES.get(event_type)
+        if cls is None or not isinstance(record, dict):
+            raise SerializationError(f"unknown event type {event_type!r}", "invalid")
+        if record.get("event_type") != event_type:
+            raise SerializationError(
+                f"event_type field {record.get('event_type')!r} does not match schema "
+                f"{event_type!r}",
+                "invalid",
+            )
+        try:
+            return cls.model_validate(record)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            )
+            raise SerializationError(f"invalid {event_type}: {problems}", "invalid") from exc
+
+
+@cache
+def default_codec() -> EventCodec:
+    """Returns a process-wide codec (schemas parsed once)."""
+    return EventCodec()
+
+
+def encode_key(mouse_id: str) -> bytes:
+    """Kafka key of every event: the mouse id in UTF-8."""
+    return mouse_id.encode("utf-8")

@@ -1,0 +1,222 @@
+"""The event contract as pydantic models.
+
+The Avro schemas in ``schemas/avro`` are the source of truth; these models mirror the newest
+version of each (``tests/unit/test_schema_models.py`` checks field names, order, types and
+defaults). Events are immutable, past-tense facts. Every event carries the envelope described in
+``schemas/README.md``; the Kafka key of every event is its ``mouse_id``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+ParamValue = bool | int | float | str | None
+"""A task parameter value: the Avro union ``[null, boolean, long, double, string]``."""
+
+Parameters = dict[str, ParamValue]
+
+
+def _to_utc_millis(value: datetime) -> datetime:
+    """Normalises a timestamp to UTC, millisecond precision (as Avro timestamp-millis)."""
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (UTC)")
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=(value.microsecond // 1000) * 1000)
+
+
+UtcMillis = Annotated[datetime, AfterValidator(_to_utc_millis)]
+
+TRIAL_OUTCOMES = ("correct", "incorrect", "miss")
+DECISIONS = ("stay", "progress", "rollback", "skip", "graduate")
+
+
+def new_event_id() -> str:
+    """Returns a random event id (UUID4 as text)."""
+    return str(uuid.uuid4())
+
+
+class Record(BaseModel):
+    """Base of nested records: immutable, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(Record):
+    """Envelope shared by every event.
+
+    Attributes:
+        event_id: UUID of the event; consumers deduplicate on it.
+        event_type: stable wire name, equal to the class name.
+        schema_version: version of the schema the writer used.
+        mouse_id: the mouse the fact is about, and the Kafka key.
+        rig_id: rig that produced the event, when one did.
+        session_id: training session the event belongs to, when any.
+        occurred_at: when the fact happened, UTC, millisecond precision.
+        causation_id: event_id of the event that caused this one.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    event_id: str = Field(default_factory=new_event_id)
+    event_type: str = ""
+    schema_version: int = 0
+    mouse_id: str = Field(min_length=1)
+    rig_id: str | None = None
+    session_id: str | None = None
+    occurred_at: UtcMillis
+    causation_id: str | None = None
+
+    def model_post_init(self, context: object) -> None:
+        """Fills the wire name and schema version from the class when not given."""
+        if not self.event_type:
+            object.__setattr__(self, "event_type", type(self).__name__)
+        if not self.schema_version:
+            object.__setattr__(self, "schema_version", type(self).SCHEMA_VERSION)
+
+
+class MouseEnrolled(Event):
+    """An operator put a mouse on a curriculum."""
+
+    curriculum_name: str
+    curriculum_version: str | None = None
+    start_stage: str | None = None
+    enrolled_by: str = ""
+    notes: str = ""
+
+
+class SessionStarted(Event):
+    """A rig started a training session with a parameter set.
+
+    ``assignment_id`` names the AssignmentIssued the rig configured itself from, so anyone can
+    check that the rig ran exactly what it was told.
+    """
+
+    stage: str
+    curriculum_name: str
+    curriculum_version: str
+    parameters: Parameters
+    assignment_id: str | None = None
+
+
+class TrialCompleted(Event):
+    """One trial of a session finished (schema version 2 added correction trials and
+    in-session parameters)."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
+    trial_index: int = Field(ge=0)
+    outcome: Literal["correct", "incorrect", "miss"]
+    target_side: str | None = None
+    response_side: str | None = None
+    reaction_time_s: float | None = None
+    reward_volume_ul: float = 0.0
+    correction_trial: bool = False
+    trial_parameters: Parameters = Field(default_factory=dict)
+
+
+class SessionEnded(Event):
+    """A rig finished a training session."""
+
+    n_trials: int = Field(ge=0)
+    end_reason: str
+    duration_s: float = Field(ge=0)
+
+
+class Observation(Record):
+    """One metric compared with a threshold, as evidence for a rule."""
+
+    metric: str
+    observed: float | None
+    comparator: str
+    threshold: float
+    passed: bool
+
+
+class RuleEvaluation(Record):
+    """Evidence for one transition rule: its verdict and every comparison behind it."""
+
+    rule: str
+    description: str
+    decision: str
+    to_stage: str
+    verdict: bool
+    observations: list[Observation]
+
+
+class SessionSummary(Record):
+    """Counts of the session that was judged."""
+
+    n_trials: int
+    n_correct: int
+    n_incorrect: int
+    n_miss: int
+    accuracy: float | None
+    duration_s: float
+    end_reason: str
+
+
+class StageTransitioned(Event):
+    """The processor judged a finished session.
+
+    One is emitted for every finished session, so the decision log has a row per session;
+    ``decision == "stay"`` keeps the stage. ``rule_evaluations`` holds every rule that was
+    evaluated, in order, with its evidence; ``rule`` names the first that held.
+    """
+
+    curriculum_name: str
+    curriculum_version: str
+    from_stage: str
+    to_stage: str
+    decision: Literal["stay", "progress", "rollback", "skip", "graduate"]
+    rule: str | None = None
+    rule_evaluations: list[RuleEvaluation]
+    sessions_at_stage: int
+    session_total: int
+    session_summary: SessionSummary
+
+
+class AssignmentIssued(Event):
+    """What the mouse's next session must run: its stage and every parameter, resolved."""
+
+    stage: str
+    parameters: Parameters
+    curriculum_name: str
+    curriculum_version: str
+    reason: str
+    reason_detail: str = ""
+    sessions_at_stage: int
+    session_number: int
+
+
+class EventRejected(Event):
+    """A message that could not be accepted, kept with its original bytes (dead letter)."""
+
+    reason: str
+    error_kind: Literal["undecodable", "invalid", "impossible"]
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_key: bytes | None = None
+    original_value: bytes
+    rejected_by: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls
+    for cls in (
+        MouseEnrolled,
+        SessionStarted,
+        TrialCompleted,
+        SessionEnded,
+        StageTransitioned,
+        AssignmentIssued,
+        EventRejected,
+    )
+}
+"""Every event class by its wire name."""
+
+RIG_EVENTS = (SessionStarted, TrialCompleted, SessionEnded)

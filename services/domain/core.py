@@ -1,0 +1,295 @@
+"""The whole training engine: ``evolve`` folds an event into a mouse's state; ``decide`` says
+which events follow from an event. Pure functions, no I/O: the stream processor, the embedded
+runner, replay and simulation all call these, so they cannot disagree.
+
+Delivery is at least once, so both functions are idempotent on redelivered events: trials are
+deduplicated by their index in the session, other events by event_id. A redelivered
+SessionEnded makes ``decide`` return the same decision events again (same ids), so a decision
+lost between a state write and a publish is sent again and consumers drop the copy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    MouseEnrolled,
+    SessionEnded,
+    SessionStarted,
+    SessionSummary,
+    StageTransitioned,
+    TrialCompleted,
+)
+from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from services.domain.errors import CurriculumError, ImpossibleEvent
+from services.domain.metrics import SessionMetrics
+from services.domain.state import MAX_TRIAL_WINDOW, MouseState, OpenSession
+
+_OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
+
+
+def derived_event_id(cause: Event, event_type: str) -> str:
+    """Deterministic id of an event the core emits because of ``cause``.
+
+    Processing the same input twice yields the same output ids, so downstream consumers
+    deduplicate outputs of a re-processed input.
+    """
+    return str(uuid.uuid5(_OUTPUT_NAMESPACE, f"{cause.event_id}/{event_type}"))
+
+
+def initial_state(mouse_id: str) -> MouseState:
+    """State of a mouse before any event."""
+    return MouseState(mouse_id=mouse_id)
+
+
+def evolve(state: MouseState, event: Event) -> MouseState:
+    """Folds one event into the mouse's state (never raises on a valid event; redeliveries are
+    no-ops)."""
+    if isinstance(event, TrialCompleted):
+        return _evolve_trial(state, event)
+    if state.seen(event.event_id):
+        return state
+    ids = state.remember(event.event_id)
+    if isinstance(event, MouseEnrolled):
+        return state.model_copy(
+            update={
+                "enrolled": True,
+                "curriculum_name": event.curriculum_name,
+                "curriculum_version": event.curriculum_version,
+                "recent_event_ids": ids,
+            }
+        )
+    if isinstance(event, AssignmentIssued):
+        return state.model_copy(
+            update={
+                "stage": event.stage,
+                "curriculum_name": event.curriculum_name,
+                "curriculum_version": event.curriculum_version,
+                "last_assignment": event,
+                "recent_event_ids": ids,
+            }
+        )
+    if isinstance(event, SessionStarted):
+        started = OpenSession(
+            session_id=event.session_id or "", stage=event.stage, rig_id=event.rig_id
+        )
+        return state.model_copy(update={"open_session": started, "recent_event_ids": ids})
+    if isinstance(event, SessionEnded):
+        session = state.open_session
+        if session is None or session.session_id != event.session_id:
+            return state.model_copy(update={"recent_event_ids": ids})
+        # A session run at another stage than assigned (a trainer's choice) restarts the count.
+        same_stage = session.stage == state.stage
+        return state.model_copy(
+            update={
+                "open_session": None,
+                "stage": session.stage,
+                "sessions_at_stage": state.sessions_at_stage + 1 if same_stage else 1,
+                "session_total": state.session_total + 1,
+                "last_closed_session_id": session.session_id,
+                "recent_event_ids": ids,
+            }
+        )
+    if isinstance(event, StageTransitioned):
+        moved = event.to_stage != event.from_stage
+        return state.model_copy(
+            update={
+                "stage": event.to_stage,
+                "sessions_at_stage": 0 if moved else state.sessions_at_stage,
+                "last_decision": event,
+                "recent_event_ids": ids,
+            }
+        )
+    return state.model_copy(update={"recent_event_ids": ids})
+
+
+def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
+    session = state.open_session
+    if (
+        session is None
+        or session.session_id != trial.session_id
+        or trial.trial_index <= session.last_trial_index
+    ):
+        return state
+    outcomes = state.recent_outcomes
+    if trial.outcome != "miss":
+        outcomes = (outcomes + ("1" if trial.outcome == "correct" else "0"))[-MAX_TRIAL_WINDOW:]
+    session = session.model_copy(
+        update={
+            "last_trial_index": trial.trial_index,
+            "n_trials": session.n_trials + 1,
+            "n_correct": session.n_correct + (trial.outcome == "correct"),
+            "n_incorrect": session.n_incorrect + (trial.outcome == "incorrect"),
+            "n_miss": session.n_miss + (trial.outcome == "miss"),
+        }
+    )
+    return state.model_copy(update={"open_session": session, "recent_outcomes": outcomes})
+
+
+def fold(state: MouseState, events: Iterable[Event]) -> MouseState:
+    """Folds events in order."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+class TrainingCore:
+    """``decide`` bound to the curricula the processor knows."""
+
+    def __init__(self, catalog: CurriculumCatalog) -> None:
+        self.catalog = catalog
+
+    def curriculum_of(self, state: MouseState) -> CurriculumEngine:
+        """The curriculum version in force for an enrolled mouse."""
+        if state.curriculum_name is None:
+            raise ImpossibleEvent(f"mouse {state.mouse_id!r} is not enrolled")
+        try:
+            return self.catalog.get(state.curriculum_name, state.curriculum_version)
+        except CurriculumError as exc:
+            raise ImpossibleEvent(str(exc)) from exc
+
+    def decide(self, state: MouseState, event: Event) -> list[Event]:
+        """Returns the events that follow from ``event``.
+
+        Raises:
+            ImpossibleEvent: when the event cannot have happened given the mouse's history;
+                the state must then stay as it is.
+        """
+        if isinstance(event, MouseEnrolled):
+            return self._decide_enrolled(state, event)
+        if isinstance(event, SessionStarted):
+            self._check_session_start(state, event)
+            return []
+        if isinstance(event, TrialCompleted):
+            self._check_trial(state, event)
+            return []
+        if isinstance(event, SessionEnded):
+            return self._decide_session_end(state, event)
+        return []
+
+    def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
+        """Decides, then folds the event and its consequences: the processor's one step."""
+        outputs = self.decide(state, event)
+        state = evolve(state, event)
+        for output in outputs:
+            state = evolve(state, output)
+        return state, outputs
+
+    def _decide_enrolled(self, state: MouseState, event: MouseEnrolled) -> list[Event]:
+        if state.seen(event.event_id):
+            return []
+        if state.enrolled:
+            raise ImpossibleEvent(
+                f"mouse {event.mouse_id!r} is already enrolled on {state.curriculum_name!r}"
+            )
+        try:
+            curriculum = self.catalog.get(event.curriculum_name, event.curriculum_version)
+        except CurriculumError as exc:
+            raise ImpossibleEvent(str(exc)) from exc
+        stage = event.start_stage or curriculum.first_stage
+        if not curriculum.has_stage(stage):
+            raise ImpossibleEvent(f"curriculum {curriculum.name!r} has no stage {stage!r}")
+        return [
+            AssignmentIssued(
+                event_id=derived_event_id(event, "AssignmentIssued"),
+                mouse_id=event.mouse_id,
+                occurred_at=event.occurred_at,
+                causation_id=event.event_id,
+                stage=stage,
+                parameters=curriculum.parameters(stage),
+                curriculum_name=curriculum.name,
+                curriculum_version=curriculum.version,
+                reason="enrolled",
+                reason_detail=f"Enrolled on {curriculum.name} {curriculum.version}; starts at "
+                f"{stage}.",
+                sessions_at_stage=0,
+                session_number=1,
+            )
+        ]
+
+    def _check_session_start(self, state: MouseState, event: SessionStarted) -> None:
+        if not state.enrolled:
+            raise ImpossibleEvent(f"session for mouse {event.mouse_id!r}, which is not enrolled")
+        if not event.session_id:
+            raise ImpossibleEvent("SessionStarted without a session_id")
+        if state.seen(event.event_id):
+            return
+        if event.session_id == state.last_closed_session_id:
+            raise ImpossibleEvent(f"session {event.session_id!r} already ended")
+        curriculum = self.curriculum_of(state)
+        if not curriculum.has_stage(event.stage):
+            raise ImpossibleEvent(
+                f"session runs stage {event.stage!r}, which {curriculum.name} "
+                f"{curriculum.version} does not have"
+            )
+
+    @staticmethod
+    def _check_trial(state: MouseState, event: TrialCompleted) -> None:
+        session = state.open_session
+        if session is not None and session.session_id == event.session_id:
+            return
+        if event.session_id is not None and event.session_id == state.last_closed_session_id:
+            raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
+        raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
+
+    def _decide_session_end(self, state: MouseState, event: SessionEnded) -> list[Event]:
+        if event.session_id is not None and event.session_id == state.last_closed_session_id:
+            # Redelivered end of the last session: send the same decision again (same ids).
+            return [e for e in (state.last_decision, state.last_assignment) if e is not None]
+        session = state.open_session
+        if session is None or session.session_id != event.session_id:
+            raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
+        curriculum = self.curriculum_of(state)
+        after = evolve(state, event)
+        evaluation = curriculum.evaluate(session.stage, SessionMetrics(after, session))
+        responded = session.n_correct + session.n_incorrect
+        transition = StageTransitioned(
+            event_id=derived_event_id(event, "StageTransitioned"),
+            mouse_id=event.mouse_id,
+            rig_id=event.rig_id,
+            session_id=event.session_id,
+            occurred_at=event.occurred_at,
+            causation_id=event.event_id,
+            curriculum_name=curriculum.name,
+            curriculum_version=curriculum.version,
+            from_stage=evaluation.from_stage,
+            to_stage=evaluation.to_stage,
+            decision=evaluation.decision,
+            rule=evaluation.rule,
+            rule_evaluations=evaluation.rule_evaluations,
+            sessions_at_stage=after.sessions_at_stage,
+            session_total=after.session_total,
+            session_summary=SessionSummary(
+                n_trials=session.n_trials,
+                n_correct=session.n_correct,
+                n_incorrect=session.n_incorrect,
+                n_miss=session.n_miss,
+                accuracy=session.n_correct / responded if responded else None,
+                duration_s=event.duration_s,
+                end_reason=event.end_reason,
+            ),
+        )
+        moved = evaluation.to_stage != evaluation.from_stage
+        if evaluation.rule is None:
+            detail = f"No rule held; stays at {evaluation.from_stage}."
+        else:
+            rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
+            detail = f"{evaluation.decision} to {evaluation.to_stage}: {rule.description}"
+        assignment = AssignmentIssued(
+            event_id=derived_event_id(event, "AssignmentIssued"),
+            mouse_id=event.mouse_id,
+            occurred_at=event.occurred_at,
+            causation_id=transition.event_id,
+            stage=evaluation.to_stage,
+            parameters=curriculum.parameters(evaluation.to_stage),
+            curriculum_name=curriculum.name,
+            curriculum_version=curriculum.version,
+            reason=evaluation.decision,
+            reason_detail=detail,
+            sessions_at_stage=0 if moved else after.sessions_at_stage,
+            session_number=after.session_total + 1,
+        )
+        return [transition, assignment]
