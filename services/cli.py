@@ -1,0 +1,216 @@
+"""The ``shaping`` command line: one entry point, a subcommand per job.
+
+Heavy dependencies (faust, SQLAlchemy) are imported inside the commands that need them, so the
+rig commands work on a Raspberry Pi that installed only the light ``shaping[rig]`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from services.common.settings import Settings
+
+app = typer.Typer(
+    name="shaping",
+    help="Shaping: automatic, event-sourced training of laboratory mice.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+rig_app = typer.Typer(help="Commands for a behaviour rig.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics of a deployment.", no_args_is_help=True)
+app.add_typer(rig_app, name="rig")
+app.add_typer(topics_app, name="topics")
+
+Bootstrap = Annotated[
+    str | None,
+    typer.Option("--bootstrap", help="Kafka bootstrap servers (default: $SHAPING_BOOTSTRAP)."),
+]
+Prefix = Annotated[
+    str | None,
+    typer.Option("--prefix", help="Topic name prefix (default: $SHAPING_TOPIC_PREFIX)."),
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url", help="SQLAlchemy URL of the status tables (default: $SHAPING_DB_URL)."
+    ),
+]
+
+
+def _settings(
+    bootstrap: str | None = None,
+    prefix: str | None = None,
+    db_url: str | None = None,
+    partitions: int | None = None,
+) -> Settings:
+    """Settings from the environment, overridden by the options given on the command line."""
+    from dataclasses import replace
+
+    from services.common.settings import Settings
+
+    settings = Settings()
+    if bootstrap is not None:
+        settings = replace(settings, bootstrap=bootstrap)
+    if prefix is not None:
+        settings = replace(settings, topic_prefix=prefix)
+    if db_url is not None:
+        settings = replace(settings, db_url=db_url)
+    if partitions is not None:
+        settings = replace(settings, partitions=partitions)
+    return settings
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the SQLite database and event log.")] = Path(
+        "demo-output"
+    ),
+    mice: Annotated[int, typer.Option(min=1, help="Number of simulated mice.")] = 8,
+    rigs: Annotated[int, typer.Option(min=1, help="Number of rigs.")] = 4,
+    days: Annotated[int, typer.Option(min=1, help="Training days to simulate.")] = 10,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed gives the same output.")
+    ] = 7,
+) -> None:
+    """Simulate a small lab in one process: no Kafka, no Java.
+
+    Simulated rigs run simulated mice through the processor's core and the projector on
+    SQLite, then the status table and each mouse's stage path are printed.
+    """
+    from rig.lab import LabPlan
+    from services.embedded.demo import render_report, run_demo
+
+    result = run_demo(out, LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed))
+    typer.echo(render_report(result))
+
+
+@app.command()
+def processor(
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
+    web_port: Annotated[
+        int | None, typer.Option(help="Serve faust's web endpoints on this port.")
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
+) -> None:
+    """Run the stream processor (a faust worker): per-mouse state, decisions, assignments."""
+    from services.processor.app import run_processor
+
+    run_processor(
+        _settings(bootstrap, prefix, partitions=partitions), web_port=web_port, loglevel=loglevel
+    )
+
+
+@app.command()
+def projector(
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    db_url: DbUrl = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after this many seconds without messages.")
+    ] = None,
+) -> None:
+    """Run the projector: consume every topic and keep the SQL status tables."""
+    import signal
+    import threading
+
+    from services.projector.runner import run_projector
+    from services.projector.store import SqlProjectionStore
+
+    settings = _settings(bootstrap, prefix, db_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store = SqlProjectionStore(settings.db_url)
+    try:
+        count = run_projector(
+            settings.bootstrap,
+            settings.topics,
+            store,
+            consumer=settings.projector_id,
+            stop=stop,
+            idle_exit_s=idle_exit,
+        )
+    except KeyboardInterrupt:
+        count = -1
+    finally:
+        store.close()
+    if count >= 0:
+        typer.echo(f"projector stopped after {count} messages")
+
+
+@topics_app.command("create")
+def topics_create(
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
+) -> None:
+    """Create the deployment's topics (idempotent; checks existing ones)."""
+    from services.common.errors import InfraError
+    from services.common.topics import ensure_topics
+
+    settings = _settings(bootstrap, prefix, partitions=partitions)
+    try:
+        ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
+    except InfraError as exc:
+        raise _fail(str(exc)) from exc
+    for name in settings.topics.all():
+        typer.echo(name)
+
+
+@rig_app.command("simulate")
+def rig_simulate(
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    mice: Annotated[int, typer.Option(min=1, help="Number of simulated mice.")] = 3,
+    rigs: Annotated[int, typer.Option(min=1, help="Number of rigs.")] = 3,
+    days: Annotated[int, typer.Option(min=1, help="Sessions per mouse.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for each new assignment before a session.")
+    ] = 60.0,
+) -> None:
+    """Run simulated rigs with simulated mice against Kafka.
+
+    Before each session a rig reads the mouse's latest assignment from the compacted
+    assignments topic and runs exactly those parameters.
+    """
+    import os
+
+    from rig.kafka_transport import KafkaRigTransport
+    from rig.lab import LabPlan, run_lab
+
+    topic_prefix = prefix or os.environ.get("SHAPING_TOPIC_PREFIX", "shaping")
+    server = bootstrap or os.environ.get("SHAPING_BOOTSTRAP", "127.0.0.1:9092")
+    transport = KafkaRigTransport(
+        server, f"{topic_prefix}.events", f"{topic_prefix}.assignments", client_id="sim-rigs"
+    )
+    try:
+        run = run_lab(LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed), transport, wait)
+    finally:
+        transport.close()
+    for record in run.sessions:
+        flag = " (stale assignment)" if record.stale_assignment else ""
+        typer.echo(
+            f"day {record.day + 1} {record.rig_id} {record.mouse_id} "
+            f"session {record.assignment.session_number}: {record.started.stage}{flag}"
+        )
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
