@@ -1,0 +1,143 @@
+"""One fixed example of every event type, for golden-bytes and contract tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    EventRejected,
+    MouseEnrolled,
+    Observation,
+    RuleEvaluation,
+    SessionEnded,
+    SessionStarted,
+    SessionSummary,
+    StageTransitioned,
+    TrialCompleted,
+)
+
+AT = datetime(2026, 3, 2, 9, 30, 15, 250000, tzinfo=UTC)
+ENVELOPE = {
+    "mouse_id": "M042",
+    "rig_id": "rig-3",
+    "session_id": "M042-20260302T0930",
+    "occurred_at": AT,
+    "causation_id": "11111111-2222-4333-8444-555555555555",
+}
+PARAMS = {
+    "reward_volume_ul": 2.5,
+    "max_trials": 400,
+    "sound_on": True,
+    "cue": "led",
+    "spout_offset_mm": None,
+}
+
+
+def example_events() -> dict[str, Event]:
+    """Every event type with every field set to a telling value."""
+    evidence = RuleEvaluation(
+        rule="expert",
+        description="Accuracy over the last 200 trials is at least 80%.",
+        decision="graduate",
+        to_stage="graduated",
+        verdict=True,
+        observations=[
+            Observation(
+                metric="accuracy(window=200)",
+                observed=0.85,
+                comparator=">=",
+                threshold=0.8,
+                passed=True,
+            ),
+            Observation(
+                metric="session_trials", observed=None, comparator=">=", threshold=200, passed=False
+            ),
+        ],
+    )
+    return {
+        "MouseEnrolled": MouseEnrolled(
+            event_id="00000000-0000-4000-8000-000000000001",
+            **ENVELOPE,
+            curriculum_name="basic-shaping",
+            curriculum_version="0.1.0",
+            start_stage="s2_training",
+            enrolled_by="ada",
+            notes="cohort 7",
+        ),
+        "SessionStarted": SessionStarted(
+            event_id="00000000-0000-4000-8000-000000000002",
+            **ENVELOPE,
+            stage="s3_full_task",
+            curriculum_name="basic-shaping",
+            curriculum_version="0.1.0",
+            parameters=PARAMS,
+            assignment_id="00000000-0000-4000-8000-0000000000aa",
+        ),
+        "TrialCompleted": TrialCompleted(
+            event_id="00000000-0000-4000-8000-000000000003",
+            **ENVELOPE,
+            trial_index=17,
+            outcome="incorrect",
+            target_side="left",
+            response_side="right",
+            reaction_time_s=0.734,
+            reward_volume_ul=0.0,
+            correction_trial=True,
+            trial_parameters={"cue_duration_s": 7.5, "spout_position": 3},
+        ),
+        "SessionEnded": SessionEnded(
+            event_id="00000000-0000-4000-8000-000000000004",
+            **ENVELOPE,
+            n_trials=412,
+            end_reason="time_limit",
+            duration_s=2700.5,
+        ),
+        "StageTransitioned": StageTransitioned(
+            event_id="00000000-0000-4000-8000-000000000005",
+            **ENVELOPE,
+            curriculum_name="basic-shaping",
+            curriculum_version="0.1.0",
+            from_stage="s3_full_task",
+            to_stage="graduated",
+            decision="graduate",
+            rule="expert",
+            rule_evaluations=[evidence],
+            sessions_at_stage=3,
+            session_total=9,
+            session_summary=SessionSummary(
+                n_trials=412,
+                n_correct=300,
+                n_incorrect=60,
+                n_miss=52,
+                accuracy=300 / 360,
+                duration_s=2700.5,
+                end_reason="time_limit",
+            ),
+        ),
+        "AssignmentIssued": AssignmentIssued(
+            event_id="00000000-0000-4000-8000-000000000006",
+            **ENVELOPE,
+            stage="graduated",
+            parameters=PARAMS,
+            curriculum_name="basic-shaping",
+            curriculum_version="0.1.0",
+            reason="graduate",
+            reason_detail="graduate to graduated: accuracy held.",
+            sessions_at_stage=0,
+            session_number=10,
+        ),
+        "EventRejected": EventRejected(
+            event_id="00000000-0000-4000-8000-000000000007",
+            **ENVELOPE,
+            reason="trial for session 'x', which never started",
+            error_kind="impossible",
+            source_topic="shaping.events",
+            source_partition=2,
+            source_offset=12345678901,
+            original_key=b"M042",
+            original_value=b"\xc3\x01\x00garbage",
+            rejected_by="processor",
+        ),
+    }
