@@ -1,0 +1,53 @@
+# Shaping: the README's commands. `make help` lists the targets.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+SHAPING := $(VENV)/bin/shaping
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## Create .venv and install Shaping with every extra (once per pyproject change)
+	@infra/bootstrap.sh
+
+demo: install ## Simulate a lab in one process on SQLite (no Kafka, no Java): status table and stage paths
+	@$(SHAPING) demo --out demo-output
+
+test: install ## The whole test suite: unit, property, real Kafka, real PostgreSQL, end to end
+	@infra/kafka/kafka.sh fetch
+	$(PY) -m pytest
+
+test-fast: install ## Tests that need neither Kafka nor PostgreSQL
+	$(PY) -m pytest -m "not kafka and not postgres"
+
+lint: install ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+kafka-up: install ## Start a local single-node Kafka (KRaft) on 127.0.0.1:9092 and create the topics
+	@infra/kafka/kafka.sh up
+	@$(SHAPING) topics create
+
+kafka-down: ## Stop the local Kafka
+	@infra/kafka/kafka.sh down
+
+pg-up: ## Start a local PostgreSQL for the projector (prints its URL)
+	@infra/postgres/postgres.sh up
+	@infra/postgres/postgres.sh url
+
+pg-down: ## Stop the local PostgreSQL
+	@infra/postgres/postgres.sh down
+
+bench: install ## Run the benchmarks and rewrite bench/REPORT.md
+	$(PY) -m bench.run
+
+clean: ## Remove demo output and caches (keeps .venv and the Kafka jars)
+	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis
