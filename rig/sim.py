@@ -38,7 +38,7 @@ class SimulatedMouse:
     def __init__(self, mouse_id: str, seed: int) -> None:
         self.mouse_id = mouse_id
         self.rng = random.Random(f"{seed}:{mouse_id}")
-        self.learning_rate = self.rng.uniform(0.0006, 0.004)
+        self.learning_rate = self.rng.uniform(0.0003, 0.003)
         self.skill = self.rng.uniform(0.0, 0.1)
 
     def new_id(self) -> str:

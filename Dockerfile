@@ -1,0 +1,15 @@
+# One image for the services (processor, projector, simulated rigs); the command picks the role.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY services ./services
+COPY rig ./rig
+RUN pip install ".[services,rig]" && useradd --system --home /data shaping && mkdir -p /data \
+    && chown shaping /data
+USER shaping
+ENV SHAPING_DATA_DIR=/data
+ENTRYPOINT ["shaping"]
+CMD ["--help"]
