@@ -1,0 +1,105 @@
+"""Start and stop a real single-node Kafka broker (infra/kafka/kafka.sh) for tests.
+
+The test broker listens on 127.0.0.1:39092 (controller 39093) unless
+SHAPING_TEST_KAFKA_PORT / SHAPING_TEST_KAFKA_CONTROLLER_PORT say otherwise, and
+keeps its data in a fresh temporary directory that is removed on stop (set
+SHAPING_TEST_KEEP_DATA=1 to keep it). The broker jars are cached in the normal
+cache (``$SHAPING_CACHE`` or ``.cache/``), so only the first run downloads them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.scripts import (
+    REPO,
+    START_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    InfraStartError,
+    describe_failure,
+    env_port,
+    make_temp_dir,
+    port_in_use,
+    remove_dir,
+    run_script,
+)
+
+KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
+DEFAULT_TEST_PORT = 39092
+DEFAULT_TEST_CONTROLLER_PORT = 39093
+
+
+@dataclass
+class KafkaBroker:
+    port: int
+    controller_port: int
+    base_dir: Path
+    stopped: bool = field(default=False, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base_dir / "kafka-data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "kafka.log"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SHAPING_KAFKA_PORT": str(self.port),
+            "SHAPING_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "SHAPING_KAFKA_DATA": str(self.data_dir),
+            # Safety net: the broker goes away even if this process is killed.
+            "SHAPING_OWNER_PID": str(os.getpid()),
+        }
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        result = run_script(KAFKA_SH, "down", self.env(), STOP_TIMEOUT_S)
+        if result.returncode != 0:
+            raise InfraStartError(describe_failure("stopping Kafka", result))
+        remove_dir(self.base_dir)
+
+
+def start_kafka(port: int | None = None, controller_port: int | None = None) -> KafkaBroker:
+    """Start a fresh broker and return it once it answers; raise InfraStartError if not."""
+    port = port or env_port("SHAPING_TEST_KAFKA_PORT", DEFAULT_TEST_PORT)
+    controller_port = controller_port or env_port(
+        "SHAPING_TEST_KAFKA_CONTROLLER_PORT", DEFAULT_TEST_CONTROLLER_PORT
+    )
+    for p in (port, controller_port):
+        if port_in_use(p):
+            raise InfraStartError(
+                f"127.0.0.1:{p} is already in use, so the test broker cannot start there. "
+                "Stop whatever listens there (a leftover test broker?) or choose other ports "
+                "with SHAPING_TEST_KAFKA_PORT / SHAPING_TEST_KAFKA_CONTROLLER_PORT."
+            )
+    broker = KafkaBroker(port, controller_port, make_temp_dir("shaping-test-kafka-"))
+    try:
+        result = run_script(KAFKA_SH, "up", broker.env(), START_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        broker.stop()
+        raise InfraStartError(f"`kafka.sh up` took longer than {exc.timeout} s") from exc
+    if result.returncode != 0:
+        # Keep the data dir: its kafka.log explains the failure.
+        run_script(KAFKA_SH, "down", broker.env(), STOP_TIMEOUT_S)
+        broker.stopped = True
+        raise InfraStartError(
+            describe_failure("starting Kafka", result) + f"\n(broker log: {broker.log_file})"
+        )
+    if not (broker.data_dir / "kafka.pid").exists():
+        broker.stop()
+        raise InfraStartError(
+            f"`kafka.sh up` succeeded but did not start a broker from {broker.data_dir}:\n"
+            + result.stdout
+        )
+    return broker
