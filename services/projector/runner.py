@@ -1,0 +1,194 @@
+"""The projector's Kafka loop: read Shaping's four topics and apply them to a projection store.
+
+Offsets are never committed to Kafka. The store's tracking record, written in the same
+transaction as the rows, is the only record of what was applied, so the consumer is assigned
+every partition by hand and seeks each to the store's committed offset on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from schemas.codec import EventCodec, default_codec
+from schemas.errors import SerializationError
+from schemas.events import Event
+from services.common.topics import TopicNames
+from services.projector.errors import ProjectorError
+from services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
+
+log = logging.getLogger(__name__)
+
+# How long one poll waits for data: the longest a set ``stop`` goes unnoticed.
+_POLL_TIMEOUT_MS = 200
+# Pause between attempts to read a topic's partitions from the broker's metadata.
+_METADATA_RETRY_S = 0.5
+
+
+def topic_kinds(topics: TopicNames) -> dict[str, TopicKind]:
+    """Maps each of Shaping's topic names to its kind.
+
+    Args:
+        topics: the deployment's topic names.
+
+    Returns:
+        ``{topic name: "events" | "decisions" | "assignments" | "dead_letter"}``.
+    """
+    return {
+        topics.events: "events",
+        topics.decisions: "decisions",
+        topics.assignments: "assignments",
+        topics.dead_letter: "dead_letter",
+    }
+
+
+def run_projector(
+    bootstrap: str,
+    topics: TopicNames,
+    store: ProjectionStore,
+    consumer: str = "projector",
+    stop: threading.Event | None = None,
+    idle_exit_s: float | None = None,
+    batch_size: int = 500,
+    *,
+    metadata_timeout_s: float = 60.0,
+) -> int:
+    """Projects Shaping's topics into ``store`` until stopped or idle.
+
+    Every partition of the four topics is read from the store's committed offset (or from the
+    beginning when there is none). Each poll becomes one :meth:`ProjectionStore.apply_batch`,
+    so rows and offsets commit together. Messages that cannot be decoded advance the offset
+    only; the processor dead-letters them.
+
+    Args:
+        bootstrap: Kafka bootstrap servers, e.g. ``localhost:9092``.
+        topics: the deployment's topic names.
+        store: where the projection and its tracking record live.
+        consumer: name of this projector in the store's tracking record.
+        stop: when set, the projector finishes its current batch and returns.
+        idle_exit_s: return once no message arrived for this long (None: run until ``stop``).
+        batch_size: most messages per batch (and per transaction).
+        metadata_timeout_s: how long to wait for the broker to report the topics' partitions.
+
+    Returns:
+        How many messages were consumed (including those skipped or not projected).
+
+    Raises:
+        ProjectorError: when the topics' partitions cannot be found in time, or a batch cannot
+            be applied (it was rolled back; a restart resumes from the last committed batch).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    kinds = topic_kinds(topics)
+    codec = default_codec()
+    kafka = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        client_id=consumer,
+        group_id=None,
+        enable_auto_commit=False,
+        # Only used if a committed offset is no longer on the broker (say after the topic was
+        # recreated): start over; the store skips offsets it has already applied.
+        auto_offset_reset="earliest",
+        max_poll_records=batch_size,
+    )
+    try:
+        partitions = _discover_partitions(kafka, list(kinds), stop, metadata_timeout_s)
+        if partitions is None:
+            return 0
+        kafka.assign(partitions)
+        committed = store.committed_offsets(consumer)
+        for tp in partitions:
+            position = committed.get((tp.topic, tp.partition))
+            if position is None:
+                kafka.seek_to_beginning(tp)
+            else:
+                kafka.seek(tp, position)
+        log.info(
+            "projector %s reading %d partitions of %s from %d committed positions",
+            consumer,
+            len(partitions),
+            ", ".join(kinds),
+            len(committed),
+        )
+        return _consume(kafka, codec, kinds, store, consumer, stop, idle_exit_s, batch_size)
+    finally:
+        kafka.close(autocommit=False)
+
+
+def _consume(
+    kafka: Any,
+    codec: EventCodec,
+    kinds: dict[str, TopicKind],
+    store: ProjectionStore,
+    consumer: str,
+    stop: threading.Event | None,
+    idle_exit_s: float | None,
+    batch_size: int,
+) -> int:
+    consumed = 0
+    last_arrival = time.monotonic()
+    while stop is None or not stop.is_set():
+        polled = kafka.poll(timeout_ms=_POLL_TIMEOUT_MS, max_records=batch_size)
+        records = [record for tp in sorted(polled) for record in polled[tp]]
+        if not records:
+            if idle_exit_s is not None and time.monotonic() - last_arrival >= idle_exit_s:
+                log.info("projector %s idle for %.1f s; stopping", consumer, idle_exit_s)
+                break
+            continue
+        last_arrival = time.monotonic()
+        messages = [
+            ProjectedMessage(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                event=_decode(codec, record),
+                topic_kind=kinds[record.topic],
+            )
+            for record in records
+        ]
+        applied = store.apply_batch(consumer, messages)
+        consumed += len(messages)
+        log.debug("projector %s: %d messages, %d new events", consumer, len(messages), applied)
+    return consumed
+
+
+def _decode(codec: EventCodec, record: Any) -> Event | None:
+    try:
+        return codec.decode(record.value)
+    except SerializationError as exc:
+        # Not the projector's to report: the processor reads the same message and publishes an
+        # EventRejected for it, which the projector then records from the dead-letter topic.
+        log.debug(
+            "skipping undecodable %s/%d@%d: %s", record.topic, record.partition, record.offset, exc
+        )
+        return None
+
+
+def _discover_partitions(
+    kafka: Any, names: list[str], stop: threading.Event | None, timeout_s: float
+) -> list[TopicPartition] | None:
+    """Every partition of ``names``; None if ``stop`` was set while waiting for metadata."""
+    deadline = time.monotonic() + timeout_s
+    partitions: list[TopicPartition] = []
+    pending = list(names)
+    while pending:
+        if stop is not None and stop.is_set():
+            return None
+        # A freshly started broker or a just-created topic may not be in the metadata yet.
+        for name in list(pending):
+            found = kafka.partitions_for_topic(name)
+            if found:
+                partitions.extend(TopicPartition(name, p) for p in sorted(found))
+                pending.remove(name)
+        if pending:
+            if time.monotonic() >= deadline:
+                raise ProjectorError(
+                    f"topics {pending} have no partitions on the broker after {timeout_s:g} s;"
+                    " create them first (services.common.topics.ensure_topics)"
+                )
+            time.sleep(_METADATA_RETRY_S)
+    return partitions

@@ -1,0 +1,591 @@
+"""Where projections live: the ``ProjectionStore`` port and its SQLAlchemy adapter.
+
+The projector folds events into status tables (see :mod:`services.projector.tables`). Its
+tracking record, the next offset per topic-partition, is written in the same transaction as the
+rows of the batch it covers, so a crash between two batches never loses or double-counts one.
+Events are also deduplicated on ``event_id``, so one published twice is applied once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol, get_args
+
+from sqlalchemy import (
+    URL,
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    and_,
+    create_engine,
+    event,
+    make_url,
+    or_,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    EventRejected,
+    MouseEnrolled,
+    SessionEnded,
+    SessionStarted,
+    StageTransitioned,
+    TrialCompleted,
+)
+from services.projector.errors import ProjectorError
+from services.projector.tables import (
+    PROJECTION_TABLES,
+    decision_log,
+    metadata,
+    mouse_status,
+    projected_events,
+    projector_offsets,
+    rejected_events,
+    session_summaries,
+    stage_history,
+)
+
+log = logging.getLogger(__name__)
+
+TopicKind = Literal["events", "decisions", "assignments", "dead_letter"]
+"""Which of Shaping's topics a message came from (independent of the topic prefix)."""
+
+TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
+
+# The event types each topic carries. An event found on another topic (say a StageTransitioned
+# published to the events topic by hand) is not the processor's word, so it is not projected.
+_ACCEPTED: dict[str, tuple[type[Event], ...]] = {
+    "events": (MouseEnrolled, SessionStarted, TrialCompleted, SessionEnded),
+    "decisions": (StageTransitioned,),
+    "assignments": (AssignmentIssued,),
+    "dead_letter": (EventRejected,),
+}
+
+# Trials are far too many to keep one row each; the processor summarises them in the
+# StageTransitioned of their session. Only their offsets are tracked.
+_NOT_PROJECTED: tuple[type[Event], ...] = (TrialCompleted,)
+
+SnapshotRow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProjectedMessage:
+    """One consumed message, decoded, as the projector applies it.
+
+    Attributes:
+        topic: topic the message was read from.
+        partition: partition of that topic.
+        offset: offset of the message in the partition.
+        event: the decoded event, or ``None`` when the bytes could not be decoded (then only the
+            offset advances; the processor dead-letters the message with an EventRejected).
+        topic_kind: which of Shaping's topics ``topic`` is.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    event: Event | None
+    topic_kind: TopicKind
+
+    def __post_init__(self) -> None:
+        if self.topic_kind not in TOPIC_KINDS:
+            raise ValueError(f"unknown topic kind {self.topic_kind!r}; expected {TOPIC_KINDS}")
+        if self.offset < 0 or self.partition < 0:
+            raise ValueError(f"negative partition or offset in {self.topic}/{self.partition}")
+
+
+class ProjectionStore(Protocol):
+    """Storage of the projection tables and of the projector's tracking record."""
+
+    def apply_batch(self, consumer: str, messages: Sequence[ProjectedMessage]) -> int:
+        """Applies a batch atomically: its rows and its offsets commit together or not at all.
+
+        Messages at offsets below the consumer's committed offset for their topic-partition are
+        skipped (already applied), as are events whose ``event_id`` was projected before.
+
+        Args:
+            consumer: name of the projector whose offsets advance.
+            messages: consumed messages, in offset order within each topic-partition.
+
+        Returns:
+            How many events were projected for the first time.
+
+        Raises:
+            ProjectorError: when a message cannot be applied; nothing of the batch is kept.
+        """
+        ...
+
+    def committed_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        """Returns the next offset to read, per ``(topic, partition)``, for ``consumer``."""
+        ...
+
+    def reset(self) -> None:
+        """Drops and recreates every projection table, the offsets and the dedup record."""
+        ...
+
+    def snapshot(self) -> dict[str, list[SnapshotRow]]:
+        """Returns every projection table (not the bookkeeping) as JSON-friendly rows.
+
+        Rows are sorted by primary key and timestamps are ISO 8601 UTC text, so snapshots of two
+        stores (or two backends) compare equal exactly when their tables hold the same facts.
+        """
+        ...
+
+
+def _parameters_json(parameters: Mapping[str, Any]) -> str:
+    return json.dumps(dict(parameters), sort_keys=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+_Excluded = Any  # the dialect's ``excluded`` pseudo-table: the row that failed to insert
+_Where = Callable[[_Excluded], ColumnElement[bool]]
+
+
+class SqlProjectionStore:
+    """A :class:`ProjectionStore` in any SQLite or PostgreSQL database, through SQLAlchemy.
+
+    Tables are created when absent. Upserts use ``INSERT ... ON CONFLICT``, which both backends
+    support, so one statement both creates a row and updates only its own column group.
+
+    Attributes:
+        engine: the SQLAlchemy engine, for read-only queries by other tools.
+    """
+
+    _DIALECTS = ("sqlite", "postgresql")
+
+    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+        """Connects to the database and creates the tables that are missing.
+
+        Args:
+            url: a SQLAlchemy URL, e.g. ``sqlite:///shaping.db`` or
+                ``postgresql+psycopg://user@host/db``.
+            echo: log every SQL statement (debugging).
+
+        Raises:
+            ProjectorError: for a database other than SQLite or PostgreSQL, or one that cannot
+                be reached.
+        """
+        try:
+            parsed = make_url(url)
+            options: dict[str, Any] = {}
+            if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+                # An in-memory database lives in one connection: share it with every thread
+                # (a runner thread and a reader), or each would see its own empty database.
+                options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+            self.engine: Engine = create_engine(parsed, echo=echo, **options)
+        except (ArgumentError, ImportError) as exc:
+            raise ProjectorError(f"cannot open the projection database: {exc}") from exc
+        self._dialect = self.engine.dialect.name
+        if self._dialect not in self._DIALECTS:
+            self.engine.dispose()
+            raise ProjectorError(
+                f"unsupported database {self._dialect!r}: use one of {self._DIALECTS}"
+            )
+        if self._dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise ProjectorError(f"cannot create the projection tables: {exc}") from exc
+
+    def close(self) -> None:
+        """Closes every pooled connection."""
+        self.engine.dispose()
+
+    # -- the port ---------------------------------------------------------------------------
+
+    def apply_batch(self, consumer: str, messages: Sequence[ProjectedMessage]) -> int:
+        """Applies a batch in one transaction; see :meth:`ProjectionStore.apply_batch`."""
+        if not messages:
+            return 0
+        applied = 0
+        try:
+            with self.engine.begin() as conn:
+                positions = self._offsets(conn, consumer)
+                advanced: dict[tuple[str, int], int] = {}
+                for message in messages:
+                    tp = (message.topic, message.partition)
+                    if message.offset < positions.get(tp, 0):
+                        continue  # applied by an earlier batch (or earlier in this one)
+                    positions[tp] = advanced[tp] = message.offset + 1
+                    try:
+                        applied += self._apply(conn, message)
+                    except Exception as exc:
+                        raise ProjectorError(
+                            f"cannot apply {message.topic}/{message.partition}@{message.offset}"
+                            f" ({type(message.event).__name__}): {exc}"
+                        ) from exc
+                for (topic, partition), next_offset in advanced.items():
+                    self._upsert(
+                        conn,
+                        projector_offsets,
+                        {
+                            "consumer": consumer,
+                            "topic": topic,
+                            "partition": partition,
+                            "next_offset": next_offset,
+                        },
+                    )
+        except SQLAlchemyError as exc:
+            # Raised at commit (the per-message errors are wrapped above): nothing was kept.
+            raise ProjectorError(f"cannot commit the batch: {exc}") from exc
+        log.debug(
+            "consumer %s applied %d new events of %d messages", consumer, applied, len(messages)
+        )
+        return applied
+
+    def committed_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
+        """Returns the committed next offsets of ``consumer`` per ``(topic, partition)``."""
+        with self.engine.connect() as conn:
+            return self._offsets(conn, consumer)
+
+    def reset(self) -> None:
+        """Drops and recreates every table of the projector (data, offsets, dedup record)."""
+        metadata.drop_all(self.engine)
+        metadata.create_all(self.engine)
+
+    def snapshot(self) -> dict[str, list[SnapshotRow]]:
+        """Returns every projection table; see :meth:`ProjectionStore.snapshot`."""
+        result: dict[str, list[SnapshotRow]] = {}
+        with self.engine.connect() as conn:
+            for table in PROJECTION_TABLES:
+                rows = [
+                    {key: _jsonable(value) for key, value in row.items()}
+                    for row in conn.execute(select(table)).mappings()
+                ]
+                # Sorted here, not by ORDER BY: PostgreSQL collates text by locale and SQLite
+                # by bytes, and snapshots of both must compare equal.
+                keys = [column.name for column in table.primary_key.columns]
+                rows.sort(key=lambda row: tuple(row[k] for k in keys))
+                result[table.name] = rows
+        return result
+
+    # -- applying one message ----------------------------------------------------------------
+
+    def _apply(self, conn: Connection, message: ProjectedMessage) -> int:
+        """Projects one message; returns 1 when its event was new, else 0."""
+        ev = message.event
+        if ev is None:
+            return 0
+        if type(ev) not in _ACCEPTED[message.topic_kind]:
+            log.warning(
+                "not projecting %s found on the %s topic (%s/%d@%d)",
+                ev.event_type,
+                message.topic_kind,
+                message.topic,
+                message.partition,
+                message.offset,
+            )
+            return 0
+        if isinstance(ev, _NOT_PROJECTED):
+            return 0
+        if not self._claim(conn, ev.event_id):
+            return 0
+        if isinstance(ev, MouseEnrolled):
+            self._mouse_enrolled(conn, ev)
+        elif isinstance(ev, SessionStarted):
+            self._session_started(conn, ev)
+        elif isinstance(ev, SessionEnded):
+            self._session_ended(conn, ev)
+        elif isinstance(ev, StageTransitioned):
+            self._stage_transitioned(conn, ev)
+        elif isinstance(ev, AssignmentIssued):
+            self._assignment_issued(conn, ev)
+        elif isinstance(ev, EventRejected):
+            self._event_rejected(conn, ev)
+        else:  # pragma: no cover - _ACCEPTED lists only the types handled above
+            raise ProjectorError(f"no projection for {ev.event_type}")
+        return 1
+
+    def _claim(self, conn: Connection, event_id: str) -> bool:
+        """Records ``event_id`` as projected; False when it already was."""
+        stmt = self._insert(projected_events).values(event_id=event_id).on_conflict_do_nothing()
+        # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's is lost otherwise).
+        result = conn.execute(stmt, execution_options={"preserve_rowcount": True})
+        return result.rowcount == 1
+
+    def _mouse_enrolled(self, conn: Connection, ev: MouseEnrolled) -> None:
+        # Enrollments of a mouse share its partition of the events topic, so they arrive in
+        # order; ">=" lets the later of two at the same instant win, as it would live.
+        self._upsert(
+            conn,
+            mouse_status,
+            {"mouse_id": ev.mouse_id, "enrolled_at": ev.occurred_at, "enrolled_by": ev.enrolled_by},
+            where=lambda new: or_(
+                mouse_status.c.enrolled_at.is_(None),
+                mouse_status.c.enrolled_at <= new.enrolled_at,
+            ),
+        )
+
+    def _session_started(self, conn: Connection, ev: SessionStarted) -> None:
+        if ev.session_id is None:
+            log.warning("SessionStarted %s has no session_id; not summarised", ev.event_id)
+            return
+        self._upsert(
+            conn,
+            session_summaries,
+            {
+                "session_id": ev.session_id,
+                "mouse_id": ev.mouse_id,
+                "rig_id": ev.rig_id,
+                "stage": ev.stage,
+                "curriculum_name": ev.curriculum_name,
+                "curriculum_version": ev.curriculum_version,
+                "assignment_id": ev.assignment_id,
+                "parameters_json": _parameters_json(ev.parameters),
+                "started_at": ev.occurred_at,
+            },
+            insert_only=("mouse_id",),
+        )
+
+    def _session_ended(self, conn: Connection, ev: SessionEnded) -> None:
+        if ev.session_id is None:
+            log.warning("SessionEnded %s has no session_id; not summarised", ev.event_id)
+            return
+        self._upsert(
+            conn,
+            session_summaries,
+            {
+                "session_id": ev.session_id,
+                "mouse_id": ev.mouse_id,
+                "ended_at": ev.occurred_at,
+                "end_reason": ev.end_reason,
+                "duration_s": ev.duration_s,
+                "n_trials_reported": ev.n_trials,
+            },
+            insert_only=("mouse_id",),
+        )
+
+    def _stage_transitioned(self, conn: Connection, ev: StageTransitioned) -> None:
+        evidence = [evaluation.model_dump(mode="json") for evaluation in ev.rule_evaluations]
+        self._insert_if_absent(
+            conn,
+            decision_log,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "session_id": ev.session_id,
+                "occurred_at": ev.occurred_at,
+                "curriculum_name": ev.curriculum_name,
+                "curriculum_version": ev.curriculum_version,
+                "from_stage": ev.from_stage,
+                "to_stage": ev.to_stage,
+                "decision": ev.decision,
+                "rule": ev.rule,
+                "sessions_at_stage": ev.sessions_at_stage,
+                "session_total": ev.session_total,
+                "evidence_json": json.dumps(evidence, sort_keys=True),
+            },
+        )
+        # Newest decision by session count, then time: decisions of a mouse share a partition,
+        # but a replayed or re-published old one must not roll the status back.
+        self._upsert(
+            conn,
+            mouse_status,
+            {
+                "mouse_id": ev.mouse_id,
+                "last_decision": ev.decision,
+                "last_decision_at": ev.occurred_at,
+                "last_session_id": ev.session_id,
+                "sessions_completed": ev.session_total,
+            },
+            where=lambda new: or_(
+                mouse_status.c.sessions_completed.is_(None),
+                mouse_status.c.sessions_completed < new.sessions_completed,
+                and_(
+                    mouse_status.c.sessions_completed == new.sessions_completed,
+                    mouse_status.c.last_decision_at <= new.last_decision_at,
+                ),
+            ),
+        )
+        if ev.session_id is not None:
+            summary = ev.session_summary
+            self._upsert(
+                conn,
+                session_summaries,
+                {
+                    "session_id": ev.session_id,
+                    "mouse_id": ev.mouse_id,
+                    "n_trials": summary.n_trials,
+                    "n_correct": summary.n_correct,
+                    "n_incorrect": summary.n_incorrect,
+                    "n_miss": summary.n_miss,
+                    "accuracy": summary.accuracy,
+                    "decision": ev.decision,
+                    "next_stage": ev.to_stage,
+                    "decided_at": ev.occurred_at,
+                },
+                insert_only=("mouse_id",),
+            )
+        if ev.decision != "stay":
+            self._insert_if_absent(
+                conn,
+                stage_history,
+                {
+                    "mouse_id": ev.mouse_id,
+                    "entered_at_session": ev.session_total,
+                    "event_id": ev.event_id,
+                    "stage": ev.to_stage,
+                    "from_stage": ev.from_stage,
+                    "decision": ev.decision,
+                    "rule": ev.rule,
+                    "curriculum_name": ev.curriculum_name,
+                    "curriculum_version": ev.curriculum_version,
+                    "occurred_at": ev.occurred_at,
+                },
+            )
+
+    def _assignment_issued(self, conn: Connection, ev: AssignmentIssued) -> None:
+        # Newest assignment by session number, then time (see _stage_transitioned on why).
+        self._upsert(
+            conn,
+            mouse_status,
+            {
+                "mouse_id": ev.mouse_id,
+                "curriculum_name": ev.curriculum_name,
+                "curriculum_version": ev.curriculum_version,
+                "stage": ev.stage,
+                "parameters_json": _parameters_json(ev.parameters),
+                "sessions_at_stage": ev.sessions_at_stage,
+                "next_session_number": ev.session_number,
+                "last_reason": ev.reason,
+                "assignment_id": ev.event_id,
+                "assigned_at": ev.occurred_at,
+            },
+            where=lambda new: or_(
+                mouse_status.c.next_session_number.is_(None),
+                mouse_status.c.next_session_number < new.next_session_number,
+                and_(
+                    mouse_status.c.next_session_number == new.next_session_number,
+                    mouse_status.c.assigned_at <= new.assigned_at,
+                ),
+            ),
+        )
+        # Stage changes come from StageTransitioned (the decisions topic is never compacted);
+        # only the stage a mouse starts on has no decision behind it.
+        if ev.reason == "enrolled":
+            self._insert_if_absent(
+                conn,
+                stage_history,
+                {
+                    "mouse_id": ev.mouse_id,
+                    # session_number is 1-based: the sessions finished before this one.
+                    "entered_at_session": ev.session_number - 1,
+                    "event_id": ev.event_id,
+                    "stage": ev.stage,
+                    "from_stage": None,
+                    "decision": "enrolled",
+                    "rule": None,
+                    "curriculum_name": ev.curriculum_name,
+                    "curriculum_version": ev.curriculum_version,
+                    "occurred_at": ev.occurred_at,
+                },
+            )
+
+    def _event_rejected(self, conn: Connection, ev: EventRejected) -> None:
+        self._insert_if_absent(
+            conn,
+            rejected_events,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "occurred_at": ev.occurred_at,
+                "reason": ev.reason,
+                "error_kind": ev.error_kind,
+                "source_topic": ev.source_topic,
+                "source_partition": ev.source_partition,
+                "source_offset": ev.source_offset,
+                "rejected_by": ev.rejected_by,
+                "original_value_hex": ev.original_value.hex(),
+            },
+        )
+
+    # -- SQL helpers ---------------------------------------------------------------------------
+
+    def _insert(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _insert_if_absent(self, conn: Connection, table: Table, row: dict[str, Any]) -> None:
+        conn.execute(self._insert(table).values(row).on_conflict_do_nothing())
+
+    def _upsert(
+        self,
+        conn: Connection,
+        table: Table,
+        row: dict[str, Any],
+        *,
+        where: _Where | None = None,
+        insert_only: Sequence[str] = (),
+    ) -> None:
+        """Inserts ``row``, or updates the columns it names (bar the key) on the existing row.
+
+        Args:
+            conn: connection inside the batch's transaction.
+            table: the table to write.
+            row: the key columns and the column group one event type owns.
+            where: condition on the existing row (``table.c``) and the new one (its argument)
+                for the update to happen, e.g. "the new assignment is newer".
+            insert_only: columns set when the row is created but never updated (facts that
+                every writer of the row agrees on, like the mouse of a session).
+        """
+        keys = [column.name for column in table.primary_key.columns]
+        stmt = self._insert(table).values(row)
+        updates = {
+            name: stmt.excluded[name]
+            for name in row
+            if name not in keys and name not in insert_only
+        }
+        condition = where(stmt.excluded) if where is not None else None
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=condition))
+
+    @staticmethod
+    def _offsets(conn: Connection, consumer: str) -> dict[tuple[str, int], int]:
+        rows = conn.execute(
+            select(
+                projector_offsets.c.topic,
+                projector_offsets.c.partition,
+                projector_offsets.c.next_offset,
+            ).where(projector_offsets.c.consumer == consumer)
+        )
+        return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+
+
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    """Prepares a new SQLite connection for the projector."""
+    # Python's sqlite3 module opens a transaction only before the first write, so the offsets a
+    # batch reads would not be in the batch's transaction; turning its own handling off lets
+    # _sqlite_begin start a real one (SQLAlchemy's documented recipe).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (the operator CLI) query a file database while the projector writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Starts SQLite transactions explicitly (see :func:`_sqlite_connect`)."""
+    conn.exec_driver_sql("BEGIN")

@@ -1,0 +1,212 @@
+"""The projector's SQL tables (SQLAlchemy Core), for SQLite and PostgreSQL alike.
+
+Every table has a natural primary key (ids that come from the events), never an autoincrement
+counter, so rebuilding the projection from the log gives identical rows.
+
+Within a row, each group of columns is written by exactly one event type, and every write is an
+upsert or an insert-if-absent. Kafka orders messages within one topic-partition only, so the
+projector may see a mouse's ``StageTransitioned`` before the ``SessionEnded`` that caused it;
+because no column is written by events of two topics, the final rows do not depend on how the
+topics interleave. The column comments below name the event type that writes each group.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite stores text without one and hands back
+    naive datetimes. Converting to UTC before writing and re-attaching UTC when reading makes both
+    return equal, aware values, and keeps SQLite's text comparisons chronological.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Converts an aware timestamp to UTC; refuses naive ones (their zone is a guess)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive timestamp {value!r}: the projector stores UTC only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Returns the stored timestamp as an aware UTC datetime."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+"""Every table the projector owns; ``create_all`` / ``drop_all`` on it build or reset them."""
+
+mouse_status = Table(
+    "mouse_status",
+    metadata,
+    Column("mouse_id", String, primary_key=True),
+    # From the newest AssignmentIssued (by session_number, then occurred_at).
+    Column("curriculum_name", String),
+    Column("curriculum_version", String),
+    Column("stage", String),
+    Column("parameters_json", Text),
+    Column("sessions_at_stage", Integer),
+    Column("next_session_number", Integer),
+    Column("last_reason", String),
+    Column("assignment_id", String),
+    Column("assigned_at", UtcDateTime),
+    # From the newest MouseEnrolled.
+    Column("enrolled_at", UtcDateTime),
+    Column("enrolled_by", String),
+    # From the newest StageTransitioned (by session_total, then occurred_at).
+    Column("last_decision", String),
+    Column("last_decision_at", UtcDateTime),
+    Column("last_session_id", String),
+    Column("sessions_completed", Integer),
+)
+"""Current status of each mouse: what its next session runs, and how it got there."""
+
+stage_history = Table(
+    "stage_history",
+    metadata,
+    Column("mouse_id", String, primary_key=True),
+    # Finished sessions before the mouse entered the stage (0 = from enrollment).
+    Column("entered_at_session", Integer, primary_key=True),
+    # The event that put the mouse on the stage; part of the key so two causes at the same
+    # session (say a re-enrollment) never compete for one row.
+    Column("event_id", String, primary_key=True),
+    Column("stage", String, nullable=False),
+    Column("from_stage", String),
+    # The StageTransitioned decision, or "enrolled" for the initial stage.
+    Column("decision", String, nullable=False),
+    Column("rule", String),
+    Column("curriculum_name", String),
+    Column("curriculum_version", String),
+    Column("occurred_at", UtcDateTime, nullable=False),
+)
+"""One row per stage a mouse entered: from AssignmentIssued with reason "enrolled" and from
+StageTransitioned with a decision other than "stay"."""
+
+session_summaries = Table(
+    "session_summaries",
+    metadata,
+    Column("session_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    # From SessionStarted.
+    Column("rig_id", String),
+    Column("stage", String),
+    Column("curriculum_name", String),
+    Column("curriculum_version", String),
+    Column("assignment_id", String),
+    Column("parameters_json", Text),
+    Column("started_at", UtcDateTime),
+    # From SessionEnded.
+    Column("ended_at", UtcDateTime),
+    Column("end_reason", String),
+    Column("duration_s", Float),
+    Column("n_trials_reported", Integer),
+    # From the StageTransitioned that judged the session.
+    Column("n_trials", Integer),
+    Column("n_correct", Integer),
+    Column("n_incorrect", Integer),
+    Column("n_miss", Integer),
+    Column("accuracy", Float),
+    Column("decision", String),
+    Column("next_stage", String),
+    Column("decided_at", UtcDateTime),
+)
+"""One row per training session; created by whichever of its events arrives first."""
+
+decision_log = Table(
+    "decision_log",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    Column("session_id", String),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("curriculum_name", String, nullable=False),
+    Column("curriculum_version", String, nullable=False),
+    Column("from_stage", String, nullable=False),
+    Column("to_stage", String, nullable=False),
+    Column("decision", String, nullable=False),
+    Column("rule", String),
+    Column("sessions_at_stage", Integer, nullable=False),
+    Column("session_total", Integer, nullable=False),
+    # Every rule evaluated, in order, with its observations (JSON, sorted keys).
+    Column("evidence_json", Text, nullable=False),
+)
+"""Every StageTransitioned, with the evidence behind it."""
+
+rejected_events = Table(
+    "rejected_events",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("error_kind", String, nullable=False),
+    Column("source_topic", String, nullable=False),
+    Column("source_partition", Integer, nullable=False),
+    Column("source_offset", BigInteger, nullable=False),
+    Column("rejected_by", String, nullable=False),
+    Column("original_value_hex", Text, nullable=False),
+)
+"""Every EventRejected (dead letter), with the original bytes in hex."""
+
+projector_offsets = Table(
+    "projector_offsets",
+    metadata,
+    Column("consumer", String, primary_key=True),
+    Column("topic", String, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+)
+"""The tracking record: the next offset to read per consumer and topic-partition. Written in
+the same transaction as the rows of the batch it covers."""
+
+projected_events = Table(
+    "projected_events",
+    metadata,
+    Column("event_id", String, primary_key=True),
+)
+"""The event_ids already projected, so an event published twice is applied once."""
+
+Index("ix_stage_history_stage", stage_history.c.stage)
+Index("ix_session_summaries_mouse", session_summaries.c.mouse_id, session_summaries.c.started_at)
+Index("ix_decision_log_mouse", decision_log.c.mouse_id, decision_log.c.occurred_at)
+Index("ix_rejected_events_mouse", rejected_events.c.mouse_id)
+
+PROJECTION_TABLES: tuple[Table, ...] = (
+    mouse_status,
+    stage_history,
+    session_summaries,
+    decision_log,
+    rejected_events,
+)
+"""The tables that hold projected facts (what a snapshot compares)."""
+
+TRACKING_TABLES: tuple[Table, ...] = (projector_offsets, projected_events)
+"""The projector's own bookkeeping."""
