@@ -1,0 +1,301 @@
+"""The stream processor on Kafka: a faust app that runs :class:`ProcessorStep` per event.
+
+One agent consumes the ``events`` topic. For every message it loads the mouse's state from the
+changelog-backed table ``mouse_state``, calls :meth:`ProcessorStep.process` (decoding, the
+training core and the encoding of what follows all happen there), publishes the outputs to the
+``decisions``, ``assignments`` or ``dead-letter`` topic, and stores the new state. The agent
+computes nothing itself, so this path and the embedded runner cannot disagree.
+
+Delivery is at least once, and it is safe because the domain is idempotent: a re-processed input
+yields the same outputs with the same (deterministic) event ids, and consumers drop ids they
+have seen. The order of the steps for one message is what makes a crash at any point harmless:
+
+1. The outputs are sent in order and the agent waits until the broker acknowledged them.
+2. Only then is the new state written to the table. Faust sends the changelog record through
+   its producer buffer; the agent waits until that buffer has handed it to the Kafka producer.
+3. Only then is the input message acknowledged (acks are manual, see ``noack`` below). The
+   agent handles one message at a time, so acknowledgements follow the offsets; faust commits
+   an offset only once every earlier offset of the partition is acknowledged, and it flushes
+   the producer right before every commit, so a committed input always has its outputs and
+   its state record on the broker.
+
+A crash before step 2 leaves the old state: the input comes again and its outputs are sent
+again, unchanged. A crash between 2 and 3 leaves the new state with an uncommitted input: the
+core treats the redelivery as a duplicate (trials by index, other events by id; a redelivered
+SessionEnded re-sends the decision it already made). An input is never lost, and the state never
+runs ahead of the outputs it caused (which would lose e.g. the first assignment of an enrolment).
+
+Bad input never stops the stream: :class:`ProcessorStep` turns it into an EventRejected on the
+dead-letter topic. An unexpected exception (a bug, or a producer that cannot deliver) is not
+acknowledged and crashes the worker (``CrashingSupervisor``): the process exits non-zero and,
+when restarted, resumes from the last committed offset instead of skipping a message.
+
+Faust 0.15 itself can lose input when a worker starts or rebalances with a backlog waiting:
+:class:`_RecoveryResumingSafely` closes that gap (the recovery test in
+``tests/integration/test_processor_kafka.py`` fails about every other run without it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import AppT, EventT, StreamT, TableT, TopicT
+from mode import CrashingSupervisor
+
+from schemas.codec import default_codec, encode_key
+from services.common.settings import Settings
+from services.common.topics import ensure_topics
+from services.domain import CurriculumCatalog, MouseState, TrainingCore, default_catalog
+from services.processor.step import ProcessorStep, StepResult, TopicKind
+
+STATE_TABLE = "mouse_state"
+"""Name of the per-mouse state table (changelog topic ``<processor_id>-mouse_state-changelog``)."""
+
+COMMIT_INTERVAL_S = 1.0
+"""Seconds between offset commits. Shorter than faust's 2.8 s so that a restarted processor
+re-reads little; re-reading is harmless (idempotent), only wasted work."""
+
+COMMIT_EVERY = 1000
+"""Also commit after this many acknowledged messages (faust's default is 10,000), which bounds
+the re-read work during a fast replay."""
+
+DEFAULT_WEB_PORT = 6066
+"""Faust's own default, passed on (unused) when the web server is disabled."""
+
+
+def _broker_urls(bootstrap: str) -> list[str]:
+    """Faust wants one ``kafka://host:port`` URL per bootstrap server."""
+    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+
+
+def _broker_time(timestamp: float | None) -> datetime | None:
+    """Faust gives the broker timestamp in seconds since the epoch."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+class _RecoveryResumingSafely(Recovery):
+    """Faust's table recovery, without losing input fetched while it resumes the streams.
+
+    When recovery completes (at every start and rebalance), faust resumes the input partitions,
+    seeks them to the committed offsets, and only then resumes its flow control, which clears
+    the in-memory queues between the consumer and the agents. With a backlog, records fetched
+    in between reach a queue and are cleared: the agent never sees them, but the consumer
+    counts them as read (faust-streaming issue #596). Stopping the consumer's flow first makes
+    the fetcher drop and re-seek anything it fetches in that window instead; faust resumes the
+    flow itself at the end of the same step.
+    """
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.app.consumer.stop_flow()
+        await super().on_recovery_completed(generation_id)
+
+
+class _TableManager(TableManager):
+    """Faust's table manager with :class:`_RecoveryResumingSafely` as its recovery."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = _RecoveryResumingSafely(
+                self.app, self, beacon=self.beacon, loop=self.loop
+            )
+        return self._recovery
+
+
+class FaustProcessor:
+    """Applies :class:`ProcessorStep` to one faust event: the body of the processor's agent.
+
+    Args:
+        app: the faust app (its producer carries the table's changelog records).
+        step: the processing step (decoding, training core, encoding).
+        table: per-mouse state, keyed by the mouse id in UTF-8, values from
+            :meth:`MouseState.to_bytes`.
+        outputs: the topic for each kind of output message.
+    """
+
+    def __init__(
+        self,
+        app: AppT,
+        step: ProcessorStep,
+        table: TableT,
+        outputs: dict[TopicKind, TopicT],
+    ) -> None:
+        self.app = app
+        self.step = step
+        self.table = table
+        self.outputs = outputs
+
+    async def handle(self, event: EventT) -> StepResult:
+        """Processes one message of the events topic; returns what the step decided.
+
+        Must run inside the agent's stream iteration: faust writes a table's changelog record
+        to the partition of the event being processed.
+        """
+        message = event.message
+        key: bytes | None = event.key
+        result = self.step.process(
+            self.load(key),
+            key,
+            event.value,
+            message.topic,
+            message.partition,
+            message.offset,
+            _broker_time(message.timestamp),
+        )
+        await self.publish(result)
+        if result.state is not None:
+            # Assign a new value (never mutate one in place): only assignment logs the
+            # change to the changelog topic.
+            self.table[encode_key(result.state.mouse_id)] = result.state.to_bytes()
+            await self._hand_changelog_to_producer()
+        return result
+
+    def load(self, key: bytes | None) -> MouseState | None:
+        """The stored state of the mouse with this Kafka key, None if there is none."""
+        if key is None:
+            return None
+        stored = self.table.get(key)
+        return None if stored is None else MouseState.from_bytes(stored)
+
+    async def publish(self, result: StepResult) -> None:
+        """Sends the outputs in order and waits until the broker has acknowledged them all.
+
+        Waiting costs a round trip only for inputs that have outputs (enrolments, session ends,
+        rejections), not for trials.
+        """
+        pending = []
+        for out in result.outputs:
+            # ``send`` returns once the record is queued in the Kafka producer, so awaiting
+            # each one in turn keeps the queue (and so each partition) in output order.
+            pending.append(await self.outputs[out.topic_kind].send(key=out.key, value=out.value))
+        for delivered in pending:
+            await delivered
+
+    async def _hand_changelog_to_producer(self) -> None:
+        # A table write only queues its changelog record in faust's producer buffer, and
+        # faust's pre-commit flush gives up on that buffer after 0.1 s without progress. Wait
+        # until the buffer is empty, so the Kafka producer holds the record before the input
+        # is acknowledged and the pre-commit flush of the Kafka producer covers it.
+        buffer = self.app.producer.buffer
+        while buffer.size:
+            await buffer.flush()
+
+
+def build_app(
+    settings: Settings, catalog: CurriculumCatalog | None = None, web_port: int | None = None
+) -> faust.App:
+    """Builds the processor's faust app (nothing connects until a worker starts it).
+
+    Args:
+        settings: Kafka address, topic names, partition count, processor id, data directory.
+        catalog: the curricula (the shipped ones by default).
+        web_port: port of faust's web server; None disables the web server.
+
+    Returns:
+        The app, with the ``mouse_state`` table and the ``process_events`` agent.
+    """
+    # Faust's data directory defaults to one relative to the working directory (which could be
+    # the repository); keep it under the configured data directory. Faust creates it without
+    # its parents, so they must exist.
+    datadir = Path(settings.data_dir).absolute() / "processor" / settings.processor_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.processor_id,  # also the consumer group and the changelog topic's prefix
+        broker=_broker_urls(settings.bootstrap),
+        datadir=str(datadir),
+        # Table state lives in memory and is rebuilt from its changelog topic at start.
+        store="memory://",
+        # A fresh processor (new group) reads the event log from offset 0: state is a fold
+        # over the whole log.
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        broker_commit_interval=COMMIT_INTERVAL_S,
+        broker_commit_every=COMMIT_EVERY,
+        # Wait for the in-flight message before a rebalance or shutdown commits.
+        stream_wait_empty=True,
+        producer_acks=-1,  # every in-sync replica has an output before it counts as sent
+        # Faust creates only the topics it owns (the table's changelog), with the partition
+        # count of our topics: a table partition must match its input partition. Our own
+        # topics are created by ensure_topics; faust never declares non-internal topics.
+        topic_allow_declare=True,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        # No leader election topic: nothing here runs "on the leader only".
+        topic_disable_leader=True,
+        TableManager=_TableManager,
+        web_enabled=web_port is not None,
+        web_port=web_port if web_port is not None else DEFAULT_WEB_PORT,
+    )
+    topics = settings.topics
+
+    def raw_topic(name: str) -> TopicT:
+        # Bytes in, bytes out: the codec lives in ProcessorStep, not in faust.
+        return app.topic(
+            name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+        )
+
+    table = app.Table(
+        STATE_TABLE,
+        partitions=settings.partitions,
+        # bytes -> faust's "raw" serializer on the changelog (MouseState has its own codec).
+        key_type=bytes,
+        value_type=bytes,
+        help="Per-mouse training state (MouseState.to_bytes), keyed by mouse id.",
+    )
+    outputs: dict[TopicKind, TopicT] = {
+        "decisions": raw_topic(topics.decisions),
+        "assignments": raw_topic(topics.assignments),
+        "dead_letter": raw_topic(topics.dead_letter),
+    }
+    step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec())
+    processor = FaustProcessor(app, step, table, outputs)
+
+    @app.agent(
+        raw_topic(topics.events),
+        name="process_events",
+        # One message at a time: per-mouse order, and acks (so commits) in offset order.
+        concurrency=1,
+        supervisor_strategy=CrashingSupervisor,
+    )
+    async def process_events(stream: StreamT[Any]) -> None:
+        """Runs the processing step over the events topic, one message at a time."""
+        # Manual acks: faust acks an event when the loop moves on, even when the body raised;
+        # an input must count as done only after its outputs and state are handed over.
+        # (noack is on faust's Stream, not on its StreamT interface.)
+        manual = cast("faust.Stream[Any]", stream).noack()
+        async for event in manual.events():
+            await processor.handle(event)
+            await manual.ack(event)
+
+    return app
+
+
+def run_processor(settings: Settings, web_port: int | None = None, loglevel: str = "warn") -> None:
+    """Runs the processor in this process until SIGTERM or SIGINT.
+
+    Creates the Shaping topics if they are missing, then starts a faust worker. On a signal
+    the worker finishes the message in flight, commits and stops.
+
+    Args:
+        settings: where Kafka is and how topics and the processor are named.
+        web_port: serve faust's web endpoints on this port (None: no web server).
+        loglevel: faust/Python log level (``debug``, ``info``, ``warn``, ``error``).
+
+    Raises:
+        SystemExit: with a non-zero code when the worker crashed.
+    """
+    ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
+    app = build_app(settings, web_port=web_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # The start-up spinner writes terminal control codes to stdout; a service's log is no tty.
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()  # always ends in SystemExit
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            raise

@@ -1,0 +1,354 @@
+"""The faust processor against the real Kafka broker, run as a separate process.
+
+Each test gets fresh topics; the processor runs as ``python -m services.processor`` with its
+settings in ``SHAPING_*`` variables, as it would in a deployment. Events go in with
+kafka-python (acks=all, idempotent, keyed by mouse id) and the outputs are read back from the
+beginning of the decisions, assignments and dead-letter topics.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
+
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    EventRejected,
+    StageTransitioned,
+    TrialCompleted,
+)
+from services.common.topics import TopicNames
+from services.domain import MouseState
+from tests.conftest import TEST_PARTITIONS
+from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
+from tests.support.scripts import REPO
+from tests.support.story import T0, enrolled, next_id, session, trials
+
+pytestmark = pytest.mark.kafka
+
+STOP_TIMEOUT_S = 60.0
+
+
+class ProcessorRunner:
+    """Starts and stops processor processes for one test; kills leftovers at the end."""
+
+    def __init__(self, bootstrap: str, topics: TopicNames, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.prefix = topics.events.removesuffix(".events")
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+
+    def start(self, processor_id: str) -> subprocess.Popen[bytes]:
+        """Starts ``python -m services.processor`` with this test's settings."""
+        env = {
+            **os.environ,
+            "SHAPING_BOOTSTRAP": self.bootstrap,
+            "SHAPING_TOPIC_PREFIX": self.prefix,
+            "SHAPING_PARTITIONS": str(TEST_PARTITIONS),
+            "SHAPING_PROCESSOR_ID": processor_id,
+            "SHAPING_DATA_DIR": str(self.workdir / "data"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = self.workdir / f"processor-{len(self.logs) + 1}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.processor"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(proc)
+        self.logs.append(log)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        """Sends SIGTERM and waits for the process to exit; returns its exit code."""
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(
+                f"processor ignored SIGTERM for {STOP_TIMEOUT_S:g} s\n{self.log_tail()}"
+            ) from None
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of every processor log of this test (for failure messages)."""
+        parts = []
+        for log in self.logs:
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"----- {log.name} -----\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def kill_all(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processors(
+    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
+) -> Iterator[ProcessorRunner]:
+    runner = ProcessorRunner(kafka_bootstrap, kafka_topics, tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.kill_all()
+
+
+@pytest.fixture
+def outputs(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[TopicReader]:
+    with TopicReader(
+        kafka_bootstrap,
+        [kafka_topics.decisions, kafka_topics.assignments, kafka_topics.dead_letter],
+    ) as reader:
+        yield reader
+
+
+@pytest.fixture
+def publisher(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[Publisher]:
+    with Publisher(kafka_bootstrap, kafka_topics.events) as pub:
+        yield pub
+
+
+def new_processor_id() -> str:
+    return f"processor-{uuid.uuid4().hex[:8]}"
+
+
+def of_mouse(reader: TopicReader, mouse: str, event_type: type[Event]) -> list[Event]:
+    return [e for e in reader.events(event_type=event_type) if e.mouse_id == mouse]
+
+
+def test_enrolment_and_a_good_session_lead_to_a_progression(
+    processors: ProcessorRunner,
+    publisher: Publisher,
+    outputs: TopicReader,
+    kafka_topics: TopicNames,
+) -> None:
+    mouse = "M-progress"
+    processors.start(new_processor_id())
+
+    publisher.events([enrolled(mouse)])
+    [first] = outputs.wait_for(
+        lambda _: of_mouse(outputs, mouse, AssignmentIssued),
+        what="first assignment",
+        on_timeout=processors.log_tail,
+    )
+    assert isinstance(first, AssignmentIssued)
+    assert (first.stage, first.session_number, first.reason) == ("s1_habituation", 1, "enrolled")
+
+    publisher.events(session(mouse, "M-progress-s1", trials(correct=100, incorrect=20)))
+    outputs.wait_for(
+        lambda _: len(of_mouse(outputs, mouse, AssignmentIssued)) >= 2,
+        what="second assignment",
+        on_timeout=processors.log_tail,
+    )
+    [decision] = of_mouse(outputs, mouse, StageTransitioned)
+    assert isinstance(decision, StageTransitioned)
+    assert (decision.from_stage, decision.to_stage, decision.decision) == (
+        "s1_habituation",
+        "s2_training",
+        "progress",
+    )
+    assert decision.rule == "engaged_and_accurate"
+    [evaluation] = decision.rule_evaluations
+    observed = {o.metric: (o.observed, o.passed) for o in evaluation.observations}
+    assert observed == {
+        "accuracy(window=200)": (pytest.approx(100 / 120), True),
+        "session_trials": (120, True),
+    }
+    summary = decision.session_summary
+    assert (summary.n_trials, summary.n_correct, summary.n_incorrect, summary.n_miss) == (
+        120,
+        100,
+        20,
+        0,
+    )
+    second = of_mouse(outputs, mouse, AssignmentIssued)[1]
+    assert isinstance(second, AssignmentIssued)
+    assert (second.stage, second.session_number) == ("s2_training", 2)
+    assert second.causation_id == decision.event_id
+    # Outputs are keyed by the mouse, on the topics the step chose.
+    by_topic = {(r.topic, r.key) for r in outputs.records}
+    assert by_topic == {
+        (kafka_topics.assignments, mouse.encode()),
+        (kafka_topics.decisions, mouse.encode()),
+    }
+
+
+def test_bad_messages_become_dead_letters_and_the_stream_goes_on(
+    processors: ProcessorRunner,
+    publisher: Publisher,
+    outputs: TopicReader,
+    kafka_topics: TopicNames,
+) -> None:
+    mouse = "M-dead-letters"
+    processors.start(new_processor_id())
+
+    garbage = b"\x00garbage"
+    publisher.raw(mouse.encode(), garbage)
+    impossible = TrialCompleted(
+        event_id=next_id(),
+        mouse_id=mouse,
+        rig_id="rig-1",
+        session_id="never-started",
+        occurred_at=T0,
+        trial_index=0,
+        outcome="correct",
+    )
+    [impossible_bytes] = publisher.events([impossible])
+    publisher.events([enrolled(mouse)])  # same key, same partition: after the bad ones
+
+    outputs.wait_for(
+        lambda _: of_mouse(outputs, mouse, AssignmentIssued),
+        what="assignment after the bad messages",
+        on_timeout=processors.log_tail,
+    )
+    rejected = sorted(
+        (r for r in outputs.records if r.topic == kafka_topics.dead_letter),
+        key=lambda r: r.offset,
+    )
+    assert len(rejected) == 2, rejected
+    undecodable, impossible_letter = (r.event for r in rejected)
+    assert isinstance(undecodable, EventRejected)
+    assert undecodable.error_kind == "undecodable"
+    assert "not an Avro single-object message" in undecodable.reason
+    assert undecodable.original_value == garbage
+    assert undecodable.original_key == mouse.encode()
+    assert undecodable.source_topic == kafka_topics.events
+    assert isinstance(impossible_letter, EventRejected)
+    assert impossible_letter.error_kind == "impossible"
+    assert "never started" in impossible_letter.reason
+    assert impossible_letter.original_value == impossible_bytes
+    assert impossible_letter.causation_id == impossible.event_id
+    assert impossible_letter.source_offset == undecodable.source_offset + 1
+    assert all(r.key == mouse.encode() for r in rejected)
+
+
+def test_a_duplicated_session_end_repeats_the_same_decision(
+    processors: ProcessorRunner,
+    publisher: Publisher,
+    outputs: TopicReader,
+) -> None:
+    mouse = "M-duplicate"
+    processors.start(new_processor_id())
+
+    sent = publisher.events(
+        [enrolled(mouse), *session(mouse, "M-duplicate-s1", trials(correct=100, incorrect=20))]
+    )
+    outputs.wait_for(
+        lambda _: len(of_mouse(outputs, mouse, AssignmentIssued)) >= 2,
+        what="the decision's assignment",
+        on_timeout=processors.log_tail,
+    )
+    publisher.raw(mouse.encode(), sent[-1])  # the very same SessionEnded bytes again
+
+    outputs.wait_for(
+        lambda _: len(of_mouse(outputs, mouse, StageTransitioned)) >= 2,
+        what="the repeated decision",
+        on_timeout=processors.log_tail,
+    )
+    decisions = of_mouse(outputs, mouse, StageTransitioned)
+    assert len(decisions) == 2
+    assert decisions[0] == decisions[1]  # same event_id: a consumer keeps one
+    outputs.wait_for(
+        lambda _: len(of_mouse(outputs, mouse, AssignmentIssued)) >= 3,
+        what="the repeated assignment",
+        on_timeout=processors.log_tail,
+    )
+    assignments = of_mouse(outputs, mouse, AssignmentIssued)
+    assert len(assignments) == 3
+    assert assignments[2] == assignments[1]  # the next assignment is unchanged
+    latest = assignments[-1]
+    assert isinstance(latest, AssignmentIssued)
+    assert (latest.stage, latest.session_number) == ("s2_training", 2)
+    assert len({e.event_id for e in decisions}) == 1
+    assert len({e.event_id for e in assignments}) == 2
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int | None]:
+    """The offsets a consumer group has committed on a topic, per partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(TEST_PARTITIONS)}
+    finally:
+        consumer.close()
+
+
+def topic_layout(bootstrap: str, topic: str) -> tuple[int, str]:
+    """Partition count and cleanup.policy of a topic."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="shaping-tests")
+    try:
+        [info] = admin.describe_topics([topic])
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, ["cleanup.policy"])]
+        )
+        policy = configs["topic"][topic]["cleanup.policy"]["value"]
+        return len(info["partitions"]), policy
+    finally:
+        admin.close()
+
+
+def test_a_restarted_processor_recovers_state_from_the_changelog(
+    processors: ProcessorRunner,
+    publisher: Publisher,
+    outputs: TopicReader,
+    kafka_bootstrap: str,
+    kafka_topics: TopicNames,
+) -> None:
+    mouse = "M-recovery"
+    processor_id = new_processor_id()
+    changelog = f"{processor_id}-mouse_state-changelog"
+    story = [enrolled(mouse), *session(mouse, "M-recovery-s1", trials(correct=100, incorrect=20))]
+    before, after = story[:72], story[72:]  # enrolment, start, 70 trials | 50 trials, end
+
+    first = processors.start(processor_id)
+    publisher.events(before)
+    with TopicReader(kafka_bootstrap, [changelog]) as states:
+
+        def trials_in_state(records: list[ReadRecord]) -> int:
+            if not records:
+                return 0
+            state = MouseState.from_bytes(records[-1].value)
+            return state.open_session.n_trials if state.open_session else 0
+
+        states.wait_for(
+            lambda records: trials_in_state(records) == 70,
+            what="a stored state with 70 trials",
+            on_timeout=processors.log_tail,
+        )
+    assert processors.stop(first) == 0, processors.log_tail()
+    # Faust created its changelog like our topics: same partitions, compacted.
+    assert topic_layout(kafka_bootstrap, changelog) == (TEST_PARTITIONS, "compact")
+    # Everything consumed was committed at shutdown, so the next process does not re-read the
+    # first 72 events: the 70 trials can only come back through the changelog.
+    committed = committed_offsets(kafka_bootstrap, processor_id, kafka_topics.events)
+    assert sorted(o for o in committed.values() if o is not None) == [72], committed
+
+    processors.start(processor_id)
+    publisher.events(after)
+    [decision] = outputs.wait_for(
+        lambda _: of_mouse(outputs, mouse, StageTransitioned),
+        what="the decision after the restart",
+        on_timeout=processors.log_tail,
+    )
+    assert isinstance(decision, StageTransitioned)
+    summary = decision.session_summary
+    assert (summary.n_trials, summary.n_correct, summary.n_incorrect) == (120, 100, 20)
+    assert decision.decision == "progress"
