@@ -6,12 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from rig.errors import RigError
 from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.errors import SerializationError
 from schemas.events import AssignmentIssued, Event
+from services.common.errors import TopicMissingError
+from services.common.topics import wait_for_partitions
 
 
 class KafkaRigTransport:
@@ -51,20 +53,13 @@ class KafkaRigTransport:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        partitions = self._partitions(assignments_topic)
+        try:
+            partitions = wait_for_partitions(self.consumer, [assignments_topic]) or []
+        except TopicMissingError as exc:
+            raise RigError(str(exc)) from exc
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
         self.assignments: dict[str, AssignmentIssued] = {}
-
-    def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self.consumer.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-            if time.monotonic() > deadline:
-                raise RigError(f"topic {topic!r} not found on the broker")
-            time.sleep(0.2)
 
     def publish(self, events: Sequence[Event]) -> None:
         """Sends events in order and waits until the broker has acknowledged all of them."""

@@ -185,15 +185,15 @@ def rig_simulate(
     Before each session a rig reads the mouse's latest assignment from the compacted
     assignments topic and runs exactly those parameters.
     """
-    import os
-
     from rig.kafka_transport import KafkaRigTransport
     from rig.lab import LabPlan, run_lab
 
-    topic_prefix = prefix or os.environ.get("SHAPING_TOPIC_PREFIX", "shaping")
-    server = bootstrap or os.environ.get("SHAPING_BOOTSTRAP", "127.0.0.1:9092")
+    settings = _settings(bootstrap, prefix)
     transport = KafkaRigTransport(
-        server, f"{topic_prefix}.events", f"{topic_prefix}.assignments", client_id="sim-rigs"
+        settings.bootstrap,
+        settings.topics.events,
+        settings.topics.assignments,
+        client_id="sim-rigs",
     )
     try:
         run = run_lab(LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed), transport, wait)

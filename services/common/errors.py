@@ -27,3 +27,7 @@ class TopicMismatchError(InfraError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("topic layout mismatch: " + "; ".join(self.problems))
+
+
+class TopicMissingError(InfraError):
+    """A topic a client needs has no partitions on the broker (it was never created)."""

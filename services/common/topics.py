@@ -16,13 +16,14 @@ alters an existing topic: a wrong partition count or a non-compacted
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaTimeoutError, for_code
 
@@ -31,6 +32,7 @@ from services.common.errors import (
     InfraError,
     TopicCreationError,
     TopicMismatchError,
+    TopicMissingError,
 )
 
 log = logging.getLogger(__name__)
@@ -286,3 +288,43 @@ def ensure_topics(
         problems = _mismatches(specs, existing)
     if problems:
         raise TopicMismatchError(problems)
+
+
+def wait_for_partitions(
+    consumer: Any,
+    topics: list[str],
+    timeout_s: float = 30.0,
+    stop: threading.Event | None = None,
+    retry_s: float = 0.2,
+) -> list[TopicPartition] | None:
+    """Every partition of ``topics``, waiting for the consumer's metadata to know them.
+
+    A freshly started broker or a just-created topic may not be in a client's metadata yet, so
+    this retries until ``timeout_s``. Used by every client that assigns partitions by hand
+    (rigs, the projector, tests, benchmarks).
+
+    Returns:
+        The partitions, sorted per topic; None if ``stop`` was set while waiting.
+
+    Raises:
+        TopicMissingError: when a topic still has no partitions at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    partitions: list[TopicPartition] = []
+    pending = list(topics)
+    while pending:
+        if stop is not None and stop.is_set():
+            return None
+        for name in list(pending):
+            found = consumer.partitions_for_topic(name)
+            if found:
+                partitions.extend(TopicPartition(name, p) for p in sorted(found))
+                pending.remove(name)
+        if pending:
+            if time.monotonic() >= deadline:
+                raise TopicMissingError(
+                    f"topics {pending} have no partitions on the broker after {timeout_s:g} s;"
+                    " create them first (`shaping topics create`)"
+                )
+            time.sleep(retry_s)
+    return partitions

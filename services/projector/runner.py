@@ -12,12 +12,13 @@ import threading
 import time
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer
 
 from schemas.codec import EventCodec, default_codec
 from schemas.errors import SerializationError
 from schemas.events import Event
-from services.common.topics import TopicNames
+from services.common.errors import TopicMissingError
+from services.common.topics import TopicNames, wait_for_partitions
 from services.projector.errors import ProjectorError
 from services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
 
@@ -96,7 +97,12 @@ def run_projector(
         max_poll_records=batch_size,
     )
     try:
-        partitions = _discover_partitions(kafka, list(kinds), stop, metadata_timeout_s)
+        try:
+            partitions = wait_for_partitions(
+                kafka, list(kinds), metadata_timeout_s, stop, _METADATA_RETRY_S
+            )
+        except TopicMissingError as exc:
+            raise ProjectorError(str(exc)) from exc
         if partitions is None:
             return 0
         kafka.assign(partitions)
@@ -166,29 +172,3 @@ def _decode(codec: EventCodec, record: Any) -> Event | None:
             "skipping undecodable %s/%d@%d: %s", record.topic, record.partition, record.offset, exc
         )
         return None
-
-
-def _discover_partitions(
-    kafka: Any, names: list[str], stop: threading.Event | None, timeout_s: float
-) -> list[TopicPartition] | None:
-    """Every partition of ``names``; None if ``stop`` was set while waiting for metadata."""
-    deadline = time.monotonic() + timeout_s
-    partitions: list[TopicPartition] = []
-    pending = list(names)
-    while pending:
-        if stop is not None and stop.is_set():
-            return None
-        # A freshly started broker or a just-created topic may not be in the metadata yet.
-        for name in list(pending):
-            found = kafka.partitions_for_topic(name)
-            if found:
-                partitions.extend(TopicPartition(name, p) for p in sorted(found))
-                pending.remove(name)
-        if pending:
-            if time.monotonic() >= deadline:
-                raise ProjectorError(
-                    f"topics {pending} have no partitions on the broker after {timeout_s:g} s;"
-                    " create them first (services.common.topics.ensure_topics)"
-                )
-            time.sleep(_METADATA_RETRY_S)
-    return partitions

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from schemas.codec import default_codec, encode_key
 from schemas.errors import SerializationError
 from schemas.events import Event
+from services.common.topics import wait_for_partitions
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -88,19 +89,9 @@ class TopicReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        partitions = [tp for topic in topics for tp in self._partitions(topic)]
+        partitions = wait_for_partitions(self.consumer, list(topics), 30.0) or []
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
-
-    def _partitions(self, topic: str, timeout_s: float = 30.0) -> list[TopicPartition]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = self.consumer.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic!r} has no partitions after {timeout_s} s")
-            time.sleep(0.2)
 
     def poll(self, timeout_s: float = 0.5) -> list[ReadRecord]:
         """Reads what has arrived (waiting at most ``timeout_s``); returns the new records."""
