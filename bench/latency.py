@@ -1,0 +1,237 @@
+"""(c) Milliseconds from SessionEnded published to the next AssignmentIssued seen by the rig.
+
+Per repeat, on fresh topics with a fresh processor process, a rig (:class:`KafkaRigTransport`,
+the real rig adapter) enrols the mice and then runs short simulated sessions one after another,
+round robin over the mice. For each session it publishes SessionStarted and the trials, then
+starts the clock, publishes SessionEnded (``publish`` returns once the broker acknowledged it)
+and waits in ``latest_assignment`` until the assignment with the next session number arrives.
+The first session of every mouse is a warm-up and is not counted.
+
+Raw Kafka on the same broker, for comparison, one message at a time with the same producer
+settings and a consumer already polling:
+
+* one hop: produce, flush, consume;
+* two hops: produce to a topic that a minimal kafka-python relay process (``bench.relay``)
+  copies to another, consume there. That is the processor's path (rig -> events -> processor
+  -> assignments -> rig) without decoding, domain work, state table or faust.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from kafka import KafkaConsumer, KafkaProducer
+
+from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
+from bench.stats import Figure, Results, percentile
+from bench.workload import SEED, START, enrolment, mouse_ids, session_parameters
+from rig.kafka_transport import KafkaRigTransport
+from rig.session import run_simulated_session
+from rig.sim import SimulatedMouse
+from schemas.codec import default_codec
+from schemas.events import AssignmentIssued, SessionEnded
+
+STARTUP_TIMEOUT_S = 180.0
+ANSWER_TIMEOUT_S = 30.0
+STATS = (("median", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0))
+
+
+def wait_for_assignment(
+    rig: KafkaRigTransport,
+    mouse_id: str,
+    session_number: int,
+    timeout_s: float,
+    processor: Service,
+) -> AssignmentIssued:
+    """The mouse's assignment numbered at least ``session_number``; BenchError if none comes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = rig.latest_assignment(mouse_id, session_number, timeout_s=1.0)
+        if found is not None and found.session_number >= session_number:
+            return found
+        processor.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"no assignment #{session_number} for {mouse_id} within {timeout_s:g} s "
+                f"(latest: {found.session_number if found else None})\n{processor.log_tail()}"
+            )
+
+
+def run_sessions(
+    env: KafkaEnv, n_mice: int, n_sessions: int, trials_per_session: int
+) -> tuple[list[float], list[float]]:
+    """One repeat; returns per session (ms until SessionEnded acked, ms until the assignment)."""
+    topics = env.fresh_topics()
+    processor = env.start_processor(topics)
+    rig = KafkaRigTransport(env.bootstrap, topics.events, topics.assignments, "bench-rig")
+    sims = [SimulatedMouse(m, SEED) for m in mouse_ids(n_mice, tag="L")]
+    acked, answered = [], []
+    try:
+        rig.publish([enrolment(sim) for sim in sims])
+        for sim in sims:
+            wait_for_assignment(rig, sim.mouse_id, 1, STARTUP_TIMEOUT_S, processor)
+        done = dict.fromkeys((sim.mouse_id for sim in sims), 0)
+        for index in range(n_mice + n_sessions):  # the first round is the warm-up
+            sim = sims[index % n_mice]
+            assignment = rig.assignments[sim.mouse_id]
+            started_at = START + timedelta(days=done[sim.mouse_id], minutes=index % n_mice)
+            events = run_simulated_session(
+                sim,
+                session_parameters(assignment, trials_per_session),
+                f"rig-{index % n_mice + 1}",
+                started_at,
+            )
+            ended = events.pop()
+            assert isinstance(ended, SessionEnded)
+            rig.publish(events)
+            start = time.perf_counter()
+            rig.publish([ended])
+            ack = time.perf_counter()
+            wait_for_assignment(
+                rig, sim.mouse_id, assignment.session_number + 1, ANSWER_TIMEOUT_S, processor
+            )
+            answer = time.perf_counter()
+            done[sim.mouse_id] += 1
+            if index >= n_mice:
+                acked.append((ack - start) * 1000)
+                answered.append((answer - start) * 1000)
+    finally:
+        rig.close()
+        env.stop_service(processor)
+    return acked, answered
+
+
+def _round_trips(
+    producer: KafkaProducer,
+    consumer: KafkaConsumer,
+    topic: str,
+    key: bytes,
+    value: bytes,
+    count: int,
+    timeout_s: float,
+    relay: Service | None = None,
+) -> list[float]:
+    """Sends one message at a time and waits until ``consumer`` got it; returns ms each."""
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        producer.send(topic, key=key, value=value)
+        producer.flush()
+        deadline = time.monotonic() + timeout_s
+        while not any(consumer.poll(timeout_ms=100).values()):
+            if relay is not None:
+                relay.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"a message sent to {topic} did not come back in {timeout_s} s")
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def raw_round_trips(env: KafkaEnv, n: int, value: bytes, relayed: bool) -> list[float]:
+    """``n`` produce -> consume round trips (through the relay process if ``relayed``)."""
+    source = env.raw_topic()
+    target = env.raw_topic() if relayed else source
+    relay = (
+        env.start_service("relay", ["-m", "bench.relay", env.bootstrap, source, target])
+        if relayed
+        else None
+    )
+    producer = rig_producer(env.bootstrap, "bench-raw-rig")
+    consumer = topic_reader(env.bootstrap, [target], "bench-raw-rig-reader")
+    key = b"L001"
+    try:
+        # Warm-up (also waits for the relay process to start).
+        _round_trips(producer, consumer, source, key, value, 1, STARTUP_TIMEOUT_S, relay)
+        _round_trips(producer, consumer, source, key, value, 10, ANSWER_TIMEOUT_S, relay)
+        return _round_trips(producer, consumer, source, key, value, n, ANSWER_TIMEOUT_S, relay)
+    finally:
+        consumer.close()
+        producer.close()
+        if relay is not None:
+            env.stop_service(relay)
+
+
+def _figures(
+    results: Results, name: str, runs: list[list[float]], note: str, baseline: bool
+) -> None:
+    for label, q in STATS:
+        results.add(
+            Figure(
+                "latency",
+                f"{name}: {label}",
+                "ms",
+                tuple(percentile(run, q) for run in runs),
+                note if label == "median" else "",
+                baseline,
+            )
+        )
+
+
+def measure(
+    results: Results,
+    env: KafkaEnv,
+    repeats: int,
+    n_mice: int = 8,
+    n_sessions: int = 200,
+    trials_per_session: int = 5,
+) -> None:
+    print(f"(c) latency: {n_sessions} sessions over {n_mice} mice per repeat", flush=True)
+    results.detail(
+        f"(c) workload per repeat: {n_sessions} sessions of {trials_per_session} trials, "
+        f"round robin over {n_mice} mice, one at a time, after {n_mice} warm-up sessions; "
+        f"raw round trips: {n_sessions} per repeat after 11 warm-up messages."
+    )
+    acked_runs, answered_runs = [], []
+    for repeat in range(repeats):
+        print(f"  processor run {repeat + 1}/{repeats} ...", flush=True)
+        acked, answered = run_sessions(env, n_mice, n_sessions, trials_per_session)
+        acked_runs.append(acked)
+        answered_runs.append(answered)
+    _figures(
+        results,
+        "SessionEnded published -> AssignmentIssued at the rig",
+        answered_runs,
+        "KafkaRigTransport.publish then latest_assignment, processor in its own process",
+        baseline=False,
+    )
+    results.add(
+        Figure(
+            "latency",
+            "of which: SessionEnded acknowledged (publish returns): median",
+            "ms",
+            tuple(percentile(run, 50) for run in acked_runs),
+            "acks=all, idempotent producer, flush",
+        )
+    )
+    value = default_codec().encode(
+        SessionEnded(
+            event_id="00000000-0000-4000-8000-000000000000",
+            mouse_id="L001",
+            rig_id="rig-1",
+            session_id="L001-20260302T0900",
+            occurred_at=START,
+            n_trials=trials_per_session,
+            end_reason="max_trials",
+            duration_s=60.0,
+        )
+    )
+    one_hop, two_hops = [], []
+    for repeat in range(repeats):
+        print(f"  raw Kafka round trips {repeat + 1}/{repeats} ...", flush=True)
+        one_hop.append(raw_round_trips(env, n_sessions, value, relayed=False))
+        two_hops.append(raw_round_trips(env, n_sessions, value, relayed=True))
+    _figures(
+        results,
+        "raw produce -> consume, one hop",
+        one_hop,
+        f"one {len(value)} B message at a time, consumer already polling",
+        baseline=True,
+    )
+    _figures(
+        results,
+        "raw two hops through a kafka-python relay process",
+        two_hops,
+        "bench.relay copies each record on and waits for its ack; no decoding",
+        baseline=True,
+    )
