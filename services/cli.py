@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from rig import cli as rig_cli
+
 if TYPE_CHECKING:
     from services.common.settings import Settings
 
@@ -21,10 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-rig_app = typer.Typer(help="Commands for a behaviour rig.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics of a deployment.", no_args_is_help=True)
-app.add_typer(rig_app, name="rig")
 app.add_typer(topics_app, name="topics")
+app.add_typer(rig_cli.app, name="rig")
 
 Bootstrap = Annotated[
     str | None,
@@ -166,45 +167,6 @@ def topics_create(
         raise _fail(str(exc)) from exc
     for name in settings.topics.all():
         typer.echo(name)
-
-
-@rig_app.command("simulate")
-def rig_simulate(
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-    mice: Annotated[int, typer.Option(min=1, help="Number of simulated mice.")] = 3,
-    rigs: Annotated[int, typer.Option(min=1, help="Number of rigs.")] = 3,
-    days: Annotated[int, typer.Option(min=1, help="Sessions per mouse.")] = 5,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
-    wait: Annotated[
-        float, typer.Option(help="Seconds to wait for each new assignment before a session.")
-    ] = 60.0,
-) -> None:
-    """Run simulated rigs with simulated mice against Kafka.
-
-    Before each session a rig reads the mouse's latest assignment from the compacted
-    assignments topic and runs exactly those parameters.
-    """
-    from rig.kafka_transport import KafkaRigTransport
-    from rig.lab import LabPlan, run_lab
-
-    settings = _settings(bootstrap, prefix)
-    transport = KafkaRigTransport(
-        settings.bootstrap,
-        settings.topics.events,
-        settings.topics.assignments,
-        client_id="sim-rigs",
-    )
-    try:
-        run = run_lab(LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed), transport, wait)
-    finally:
-        transport.close()
-    for record in run.sessions:
-        flag = " (stale assignment)" if record.stale_assignment else ""
-        typer.echo(
-            f"day {record.day + 1} {record.rig_id} {record.mouse_id} "
-            f"session {record.assignment.session_number}: {record.started.stage}{flag}"
-        )
 
 
 def main() -> None:
