@@ -8,6 +8,7 @@ defaults). Events are immutable, past-tense facts. Every event carries the envel
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
@@ -118,12 +119,43 @@ class TrialCompleted(Event):
     trial_parameters: Parameters = Field(default_factory=dict)
 
 
+def _finite_or_none(values: dict[str, float | None]) -> dict[str, float | None]:
+    """NaN or infinite metric values become None (no value), so every copy compares equal."""
+    return {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
+
+
 class SessionEnded(Event):
-    """A rig finished a training session."""
+    """A rig finished a training session (schema version 2 added reported session metrics).
+
+    ``metrics`` holds session metrics the rig or an analysis pipeline computed, such as AIND's
+    foraging efficiency; curriculum rules read them as reported session metrics.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     n_trials: int = Field(ge=0)
     end_reason: str
     duration_s: float = Field(ge=0)
+    metrics: Annotated[dict[str, float | None], AfterValidator(_finite_or_none)] = Field(
+        default_factory=dict
+    )
+
+
+class MovementDetected(Event):
+    """A rig sensor saw the mouse move outside its response to a cue.
+
+    A ``paw_lift`` outside a trial (``phase`` ``iti``, or ``outcome``: during the reward or the
+    timeout after a response) is what reach calls a reset, a ``spout_touch`` there a
+    spontaneous reach; a ``paw_lift`` in ``phase == "trial"`` is the paw leaving its rest after
+    the cue (reach's lift time). The training core does not fold these events; they are kept
+    for per-session results and analysis.
+    """
+
+    movement: Literal["paw_lift", "spout_touch"]
+    side: Literal["left", "right"]
+    phase: Literal["iti", "trial", "outcome"]
+    trial_index: int = Field(ge=0)
+    restarted_iti: bool = False
 
 
 class Observation(Record):
@@ -205,6 +237,43 @@ class EventRejected(Event):
     rejected_by: str
 
 
+class CurriculumPublished(Event):
+    """A curriculum version was published: its full content and a hash of it.
+
+    It concerns no mouse: ``mouse_id`` (the Kafka key) is ``curriculum:<name>``, so every
+    version of one curriculum is ordered on one partition of the events topic. The processor
+    adds a published version to its catalog; the version a mouse is on stays its own until a
+    MouseMigrated moves it.
+    """
+
+    curriculum_name: str
+    curriculum_version: str
+    content_hash: str
+    content: str
+    previous_version: str | None = None
+    bump: str = ""
+    published_by: str = ""
+    notes: str = ""
+
+
+class MouseMigrated(Event):
+    """An operator moved a mouse to another version of its curriculum.
+
+    ``from_stage`` is the stage the mouse was at when the migration was planned (the processor
+    refuses the migration if the mouse has moved since); ``to_stage`` is its stage in the new
+    version (the same name, or the new version's stage mapping for a major version).
+    """
+
+    curriculum_name: str
+    from_version: str
+    to_version: str
+    from_stage: str
+    to_stage: str
+    content_hash: str = ""
+    reason: str = ""
+    migrated_by: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -212,11 +281,14 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SessionStarted,
         TrialCompleted,
         SessionEnded,
+        MovementDetected,
         StageTransitioned,
         AssignmentIssued,
         EventRejected,
+        CurriculumPublished,
+        MouseMigrated,
     )
 }
 """Every event class by its wire name."""
 
-RIG_EVENTS = (SessionStarted, TrialCompleted, SessionEnded)
+RIG_EVENTS = (SessionStarted, TrialCompleted, SessionEnded, MovementDetected)
