@@ -22,7 +22,8 @@ from bench.stats import Figure, Results, median
 from bench.workload import Encoded, Workload, build_workload, encode
 from schemas.codec import default_codec
 from schemas.events import Event, StageTransitioned
-from services.domain import MouseState, TrainingCore, default_catalog, initial_state
+from services.curricula.catalog import default_catalog
+from services.domain import MouseState, TrainingCore, initial_state
 from services.processor.step import ProcessorStep
 
 TOPIC = "bench.events"

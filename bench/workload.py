@@ -21,7 +21,8 @@ from schemas.events import (
     SessionEnded,
     TrialCompleted,
 )
-from services.domain import TrainingCore, default_catalog, initial_state
+from services.curricula.catalog import default_catalog
+from services.domain import TrainingCore, initial_state
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEED = 20260302

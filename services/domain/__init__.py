@@ -1,30 +1,34 @@
-"""The pure training domain: curricula, metrics, per-mouse state and the decision engine.
+"""The pure training domain: curriculum interface, metrics, per-mouse state and the engine.
 
 Nothing here performs I/O or imports Kafka, SQLAlchemy, faust or gpiozero (ruff enforces it).
+Curricula are loaded from files by ``services.curricula``, which hands the core a
+:class:`CurriculumCatalog`.
 """
 
-from services.domain.builtin import basic_curriculum
 from services.domain.core import TrainingCore, derived_event_id, evolve, fold, initial_state
-from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from services.domain.curriculum import (
+    CurriculumCatalog,
+    CurriculumEngine,
+    Evaluation,
+    MetricSource,
+)
 from services.domain.errors import CurriculumError, DomainError, ImpossibleEvent
+from services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
 from services.domain.state import MouseState
 
-
-def default_catalog() -> CurriculumCatalog:
-    """The curricula shipped with Shaping."""
-    return CurriculumCatalog([basic_curriculum()])
-
-
 __all__ = [
+    "METRICS",
     "CurriculumCatalog",
     "CurriculumEngine",
     "CurriculumError",
     "DomainError",
+    "Evaluation",
     "ImpossibleEvent",
+    "MetricDefinition",
+    "MetricRegistry",
+    "MetricSource",
     "MouseState",
     "TrainingCore",
-    "basic_curriculum",
-    "default_catalog",
     "derived_event_id",
     "evolve",
     "fold",

@@ -10,13 +10,17 @@ lost between a state write and a publish is sent again and consumers drop the co
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 
 from schemas.events import (
     AssignmentIssued,
+    CurriculumPublished,
     Event,
     MouseEnrolled,
+    MouseMigrated,
+    Parameters,
     SessionEnded,
     SessionStarted,
     SessionSummary,
@@ -25,8 +29,8 @@ from schemas.events import (
 )
 from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
 from services.domain.errors import CurriculumError, ImpossibleEvent
-from services.domain.metrics import SessionMetrics
-from services.domain.state import MAX_TRIAL_WINDOW, MouseState, OpenSession
+from services.domain.metrics import SessionMetrics, session_record
+from services.domain.state import MAX_SESSION_HISTORY, MAX_TRIAL_WINDOW, MouseState, OpenSession
 
 _OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
 
@@ -81,15 +85,36 @@ def evolve(state: MouseState, event: Event) -> MouseState:
         session = state.open_session
         if session is None or session.session_id != event.session_id:
             return state.model_copy(update={"recent_event_ids": ids})
-        # A session run at another stage than assigned (a trainer's choice) restarts the count.
-        same_stage = session.stage == state.stage
+        # Sessions in a row at the stage actually run: a session at another stage than the one
+        # before (a decision that moved the mouse, or a trainer's override) restarts the count
+        # at 1; a trainer who runs the previous stage again continues it (AIND's
+        # session_at_current_stage).
+        last_stage = state.history[-1].stage if state.history else None
+        streak = state.run_streak + 1 if session.stage == last_stage else 1
+        record = session_record(session, event.metrics)
         return state.model_copy(
             update={
                 "open_session": None,
                 "stage": session.stage,
-                "sessions_at_stage": state.sessions_at_stage + 1 if same_stage else 1,
+                "sessions_at_stage": streak,
+                "run_streak": streak,
                 "session_total": state.session_total + 1,
+                "history": (*state.history, record)[-MAX_SESSION_HISTORY:],
                 "last_closed_session_id": session.session_id,
+                "recent_event_ids": ids,
+            }
+        )
+    if isinstance(event, MouseMigrated):
+        # A renamed stage is the same stage for the mouse: its run of sessions continues.
+        history = tuple(
+            r.model_copy(update={"stage": event.to_stage}) if r.stage == event.from_stage else r
+            for r in state.history
+        )
+        return state.model_copy(
+            update={
+                "curriculum_version": event.to_version,
+                "stage": event.to_stage,
+                "history": history,
                 "recent_event_ids": ids,
             }
         )
@@ -168,15 +193,134 @@ class TrainingCore:
             return []
         if isinstance(event, SessionEnded):
             return self._decide_session_end(state, event)
+        if isinstance(event, MouseMigrated):
+            return self._decide_migrated(state, event)
+        if isinstance(event, CurriculumPublished):
+            self._check_published(event)
         return []
 
     def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
-        """Decides, then folds the event and its consequences: the processor's one step."""
+        """Decides, then folds the event and its consequences: the processor's one step.
+
+        A CurriculumPublished concerns no mouse: it adds the version to the catalog (the
+        catalog is a fold over the published versions, in log order) and changes no state.
+        """
+        if isinstance(event, CurriculumPublished):
+            self.publish(event)
+            return state, []
         outputs = self.decide(state, event)
         state = evolve(state, event)
         for output in outputs:
             state = evolve(state, output)
         return state, outputs
+
+    def _check_published(self, event: CurriculumPublished) -> CurriculumEngine | None:
+        """The engine of a published version, or None when the catalog already has it.
+
+        Raises:
+            ImpossibleEvent: when the content cannot be compiled, does not match its hash, or
+                the catalog holds this version with other content.
+        """
+        digest = "sha256:" + hashlib.sha256(event.content.encode("utf-8")).hexdigest()
+        if digest != event.content_hash:
+            raise ImpossibleEvent(
+                f"published content does not match its content_hash ({event.content_hash})"
+            )
+        catalog = self.catalog
+        if catalog.has(event.curriculum_name, event.curriculum_version):
+            known = catalog.get(event.curriculum_name, event.curriculum_version)
+            known_hash = getattr(known, "content_hash", None)
+            if known_hash is not None and known_hash != event.content_hash:
+                raise ImpossibleEvent(
+                    f"{event.curriculum_name} {event.curriculum_version} is already known with "
+                    f"other content ({known_hash}); publish a new version instead"
+                )
+            return None
+        if catalog.compiler is None:
+            raise ImpossibleEvent("this processor cannot add published curricula (no compiler)")
+        try:
+            engine = catalog.compiler(event.content)
+        except CurriculumError as exc:
+            raise ImpossibleEvent(f"published curriculum is invalid: {exc}") from exc
+        if (engine.name, engine.version) != (event.curriculum_name, event.curriculum_version):
+            raise ImpossibleEvent(
+                f"content is {engine.name} {engine.version}, not {event.curriculum_name} "
+                f"{event.curriculum_version}"
+            )
+        return engine
+
+    def publish(self, event: CurriculumPublished) -> None:
+        """Adds a published version to the catalog (idempotent).
+
+        Raises:
+            ImpossibleEvent: as :meth:`_check_published`.
+        """
+        engine = self._check_published(event)
+        if engine is not None:
+            self.catalog.add(engine)
+
+    def _decide_migrated(self, state: MouseState, event: MouseMigrated) -> list[Event]:
+        if state.seen(event.event_id):
+            return []
+        if not state.enrolled:
+            raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
+        if state.curriculum_name != event.curriculum_name:
+            raise ImpossibleEvent(
+                f"mouse {event.mouse_id!r} is on {state.curriculum_name!r}, not "
+                f"{event.curriculum_name!r}"
+            )
+        if state.curriculum_version != event.from_version:
+            raise ImpossibleEvent(
+                f"mouse {event.mouse_id!r} is on version {state.curriculum_version}, not "
+                f"{event.from_version}"
+            )
+        if state.stage != event.from_stage:
+            raise ImpossibleEvent(
+                f"mouse {event.mouse_id!r} is at {state.stage!r} now, not {event.from_stage!r}: "
+                f"plan the migration again"
+            )
+        try:
+            curriculum = self.catalog.get(event.curriculum_name, event.to_version)
+        except CurriculumError as exc:
+            raise ImpossibleEvent(str(exc)) from exc
+        if not curriculum.has_stage(event.to_stage):
+            raise ImpossibleEvent(
+                f"{curriculum.name} {curriculum.version} has no stage {event.to_stage!r}"
+            )
+        session = state.open_session
+        renamed = event.to_stage != event.from_stage
+        # Same stage names (a patch or minor version): the session in progress is judged by
+        # the new version when it ends. A renaming waits for the session to end.
+        if session is not None and (renamed or not curriculum.has_stage(session.stage)):
+            raise ImpossibleEvent(
+                f"mouse {event.mouse_id!r} is in session {session.session_id!r} at a stage "
+                f"{event.to_version} renames; migrate between sessions"
+            )
+        known_hash = getattr(curriculum, "content_hash", None)
+        if event.content_hash and known_hash is not None and known_hash != event.content_hash:
+            raise ImpossibleEvent(
+                f"the processor's {curriculum.name} {curriculum.version} differs from the one "
+                f"the migration was planned with ({event.content_hash})"
+            )
+        return [
+            AssignmentIssued(
+                event_id=derived_event_id(event, "AssignmentIssued"),
+                mouse_id=event.mouse_id,
+                occurred_at=event.occurred_at,
+                causation_id=event.event_id,
+                stage=event.to_stage,
+                parameters=curriculum.parameters(event.to_stage),
+                curriculum_name=curriculum.name,
+                curriculum_version=curriculum.version,
+                reason="migrated",
+                reason_detail=f"Migrated from {event.from_version} ({event.from_stage}) to "
+                f"{event.to_version} ({event.to_stage})"
+                + (f"; {event.reason}" if event.reason else "")
+                + (" (stage renamed)" if renamed else ""),
+                sessions_at_stage=state.sessions_at_stage,
+                session_number=state.session_total + 1,
+            )
+        ]
 
     def _decide_enrolled(self, state: MouseState, event: MouseEnrolled) -> list[Event]:
         if state.seen(event.event_id):
@@ -235,6 +379,15 @@ class TrainingCore:
             raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
         raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
 
+    @staticmethod
+    def _running_parameters(state: MouseState, session: OpenSession) -> Parameters | None:
+        """The parameters the judged session ran with, when they came from the assignment in
+        force for its stage (in-stage policies continue from them)."""
+        last = state.last_assignment
+        if last is None or last.stage != session.stage:
+            return None
+        return last.parameters
+
     def _decide_session_end(self, state: MouseState, event: SessionEnded) -> list[Event]:
         if event.session_id is not None and event.session_id == state.last_closed_session_id:
             # Redelivered end of the last session: send the same decision again (same ids).
@@ -244,7 +397,9 @@ class TrainingCore:
             raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
         curriculum = self.curriculum_of(state)
         after = evolve(state, event)
-        evaluation = curriculum.evaluate(session.stage, SessionMetrics(after, session))
+        evaluation = curriculum.evaluate(
+            session.stage, SessionMetrics(after, session), self._running_parameters(state, session)
+        )
         responded = session.n_correct + session.n_incorrect
         transition = StageTransitioned(
             event_id=derived_event_id(event, "StageTransitioned"),
@@ -275,6 +430,9 @@ class TrainingCore:
         moved = evaluation.to_stage != evaluation.from_stage
         if evaluation.rule is None:
             detail = f"No rule held; stays at {evaluation.from_stage}."
+            if evaluation.changes:
+                changed = ", ".join(f"{k} = {v!r}" for k, v in evaluation.changes.items())
+                detail += f" In-stage policies set {changed}."
         else:
             rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
             detail = f"{evaluation.decision} to {evaluation.to_stage}: {rule.description}"
@@ -284,7 +442,11 @@ class TrainingCore:
             occurred_at=event.occurred_at,
             causation_id=transition.event_id,
             stage=evaluation.to_stage,
-            parameters=curriculum.parameters(evaluation.to_stage),
+            parameters=(
+                evaluation.parameters
+                if evaluation.parameters is not None
+                else curriculum.parameters(evaluation.to_stage)
+            ),
             curriculum_name=curriculum.name,
             curriculum_version=curriculum.version,
             reason=evaluation.decision,

@@ -12,6 +12,9 @@ RECENT_IDS = 64
 MAX_TRIAL_WINDOW = 1000
 """Most recent responded trials a state keeps; no rule may read a longer trial window."""
 
+MAX_SESSION_HISTORY = 20
+"""Finished sessions whose metrics a state keeps; no rule may read further back."""
+
 
 class OpenSession(BaseModel):
     """The session a mouse is running now, with running counts."""
@@ -28,6 +31,22 @@ class OpenSession(BaseModel):
     n_miss: int = 0
 
 
+class SessionRecord(BaseModel):
+    """A finished session as the rules see it: the stage it ran and its session metrics.
+
+    Attributes:
+        session_id: the session.
+        stage: the stage the session actually ran.
+        metrics: every session metric's value (None: no value, e.g. NaN), computed ones first.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    stage: str
+    metrics: dict[str, float | None]
+
+
 class MouseState(BaseModel):
     """Everything the processor knows about one mouse.
 
@@ -37,8 +56,13 @@ class MouseState(BaseModel):
         curriculum_name: curriculum the mouse is on.
         curriculum_version: version in force for the mouse.
         stage: stage of the mouse's next session.
-        sessions_at_stage: finished sessions at ``stage`` in a row.
+        sessions_at_stage: finished sessions at ``stage`` in a row (0 after a decision that
+            moved the mouse, until it runs a session).
+        run_streak: sessions in a row at the stage the last session ran (``history[-1]``),
+            whatever was decided after it: a trainer who runs that stage again continues the
+            count (AIND's session_at_current_stage).
         session_total: finished sessions in all.
+        history: metrics of the last MAX_SESSION_HISTORY finished sessions, oldest first.
         recent_outcomes: outcomes of the last responded trials, oldest first, as a string of
             ``1`` (correct) and ``0`` (incorrect); at most MAX_TRIAL_WINDOW long. A string keeps
             the state small in the changelog.
@@ -57,7 +81,9 @@ class MouseState(BaseModel):
     curriculum_version: str | None = None
     stage: str | None = None
     sessions_at_stage: int = 0
+    run_streak: int = 0
     session_total: int = 0
+    history: tuple[SessionRecord, ...] = ()
     recent_outcomes: str = ""
     open_session: OpenSession | None = None
     last_closed_session_id: str | None = None

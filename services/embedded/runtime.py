@@ -12,7 +12,8 @@ from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.errors import SerializationError
 from schemas.events import AssignmentIssued, Event
 from services.common.topics import TopicNames
-from services.domain import CurriculumCatalog, MouseState, TrainingCore, default_catalog
+from services.curricula.catalog import default_catalog
+from services.domain import CurriculumCatalog, MouseState, TrainingCore
 from services.embedded.log import InProcessLog, LogRecord
 from services.processor.step import ProcessorStep, TopicKind
 from services.projector.store import ProjectedMessage, ProjectionStore

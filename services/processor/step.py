@@ -14,13 +14,26 @@ from typing import Literal
 
 from schemas.codec import EventCodec, encode_key
 from schemas.errors import SerializationError
-from schemas.events import RIG_EVENTS, Event, EventRejected, MouseEnrolled
+from schemas.events import (
+    RIG_EVENTS,
+    CurriculumPublished,
+    Event,
+    EventRejected,
+    MouseEnrolled,
+    MouseMigrated,
+    MovementDetected,
+)
 from services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
 
 TopicKind = Literal["events", "decisions", "assignments", "dead_letter"]
 
-INPUT_TYPES = (MouseEnrolled, *RIG_EVENTS)
+INPUT_TYPES = (MouseEnrolled, MouseMigrated, CurriculumPublished, *RIG_EVENTS)
 """Event types accepted on the input (``events``) topic."""
+
+NOT_FOLDED = (MovementDetected,)
+"""Input types accepted but not given to the training core: they change no training state
+(a rig sends hundreds per session, and folding them would crowd redelivered session events out
+of the state's recent-id window)."""
 
 OUTPUT_TOPIC: dict[str, TopicKind] = {
     "StageTransitioned": "decisions",
@@ -118,6 +131,8 @@ class ProcessorStep:
                 event,
                 timestamp,
             )
+        if isinstance(event, NOT_FOLDED):
+            return StepResult(event, None, [])
         current = state or initial_state(event.mouse_id)
         try:
             new_state, emitted = self.core.handle(current, event)

@@ -13,7 +13,8 @@ from schemas.events import (
     SessionStarted,
     TrialCompleted,
 )
-from services.domain import MouseState, TrainingCore, default_catalog, initial_state
+from services.curricula.catalog import default_catalog
+from services.domain import MouseState, TrainingCore, initial_state
 
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
 _ids = count(1)

@@ -1,0 +1,459 @@
+"""``shaping curriculum ...``, ``shaping evaluate`` and ``shaping migrate``.
+
+Everything heavy (PyYAML, SQLAlchemy, Kafka) is imported inside the commands, so importing
+this module costs nothing to the rig commands of the same program.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from services.curricula.engine import CompiledCurriculum
+    from services.curricula.errors import Problem
+
+app = typer.Typer(
+    help="Curricula as data: validate, show, render, diff, import, publish.",
+    no_args_is_help=True,
+)
+import_app = typer.Typer(help="Convert a curriculum of another system.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+Files = Annotated[
+    list[Path],
+    typer.Argument(help="Curriculum files (Shaping YAML/JSON, AIND JSON or mtrain YAML)."),
+]
+File = Annotated[Path, typer.Argument(help="A curriculum file.")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        colour = typer.colors.RED if problem.severity == "error" else typer.colors.YELLOW
+        typer.secho(str(problem), fg=colour, err=True)
+
+
+def _load(path: Path) -> CompiledCurriculum:
+    from services.curricula.errors import CurriculumInvalid, ImportFailed
+    from services.curricula.sources import load_any
+
+    try:
+        return load_any(path)
+    except (CurriculumInvalid, ImportFailed) as exc:
+        _print_problems(exc.problems)
+        _fail(f"{path}: rejected")
+
+
+def _write(out: Path | None, data: bytes | str) -> None:
+    if out is None:
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            typer.echo(data, nl=not data.endswith("\n"))
+        return
+    if isinstance(data, bytes):
+        out.write_bytes(data)
+    else:
+        out.write_text(data, encoding="utf-8")
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def validate(files: Files) -> None:
+    """Check curricula completely: syntax, names, metrics, rules, the stage graph.
+
+    Every problem is reported with its file, line, stage and rule; exits with 1 if any file
+    has an error (warnings do not fail).
+    """
+    from services.curricula.errors import CurriculumInvalid, ImportFailed
+    from services.curricula.sources import convert, detect
+    from services.curricula.validate import check_curriculum
+
+    failed = 0
+    for path in files:
+        try:
+            kind = detect(path)
+            if kind == "shaping":
+                from services.curricula.loader import check_file
+
+                compiled, problems = check_file(path)
+            else:
+                compiled, problems = check_curriculum(convert(path, kind), file=str(path))
+        except (CurriculumInvalid, ImportFailed) as exc:
+            compiled, problems = None, exc.problems
+        _print_problems(problems)
+        if compiled is None:
+            failed += 1
+            typer.secho(f"invalid: {path}", fg=typer.colors.RED)
+        else:
+            typer.echo(
+                f"ok: {path}: {compiled.name} {compiled.version}, {len(compiled.stages)} stages, "
+                f"{sum(len(s.rules) for s in compiled.stages.values())} rules, "
+                f"{compiled.content_hash[:19]}"
+            )
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(
+    file: File,
+    stage: Annotated[str | None, typer.Option(help="Only this stage (name or alias).")] = None,
+) -> None:
+    """Print the resolved parameters (bases and overrides applied) as JSON."""
+    from services.domain.errors import CurriculumError
+
+    curriculum = _load(file)
+    try:
+        data: Any = (
+            {"stage": curriculum.resolve(stage), "parameters": curriculum.parameters(stage)}
+            if stage
+            else {
+                "name": curriculum.name,
+                "version": curriculum.version,
+                "start": curriculum.first_stage,
+                "stages": curriculum.resolved(),
+            }
+        )
+    except CurriculumError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(data, indent=2))
+
+
+@app.command()
+def render(
+    file: File,
+    out: Out = None,
+    fmt: Annotated[str, typer.Option("--format", help="svg (needs graphviz) or dot.")] = "svg",
+    parameters: Annotated[
+        str, typer.Option(help="Parameters in the stage boxes: differing, all or none.")
+    ] = "differing",
+) -> None:
+    """Draw the stage graph (rule descriptions on the edges) and each stage's parameters."""
+    from services.curricula.errors import RenderError
+    from services.curricula.render import to_dot, to_svg
+
+    if fmt not in ("svg", "dot") or parameters not in ("differing", "all", "none"):
+        _fail("--format is svg or dot; --parameters is differing, all or none")
+    curriculum = _load(file)
+    try:
+        data: bytes | str = (
+            to_svg(curriculum, parameters)  # type: ignore[arg-type]
+            if fmt == "svg"
+            else to_dot(curriculum, parameters)  # type: ignore[arg-type]
+        )
+    except RenderError as exc:
+        _fail(str(exc))
+    _write(out, data)
+
+
+@app.command("diff")
+def diff_command(
+    old: Annotated[Path, typer.Argument(help="The earlier version.")],
+    new: Annotated[Path, typer.Argument(help="The later version.")],
+) -> None:
+    """Show what changed (stages, rules, parameters) and the version bump that implies.
+
+    Exits with 1 when the new version number is too small for its changes.
+    """
+    from services.curricula.diff import diff
+    from services.curricula.errors import VersionBumpTooSmall
+
+    result = diff(_load(old), _load(new))
+    for line in result.lines():
+        typer.echo(line)
+    try:
+        result.check()
+    except VersionBumpTooSmall as exc:
+        typer.secho(str(exc).splitlines()[0], fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def _import(kind: str, file: Path, out: Path | None) -> None:
+    import yaml
+
+    from services.curricula import aind, mtrain
+    from services.curricula.errors import ImportFailed
+    from services.curricula.validate import check_curriculum
+
+    converter = aind.convert_file if kind == "aind" else mtrain.convert_file
+    try:
+        document, warnings = converter(file)
+    except ImportFailed as exc:
+        _print_problems(exc.problems)
+        _fail(f"{file}: cannot import")
+    compiled, problems = check_curriculum(document, file=str(out or file))
+    _print_problems([*warnings, *problems])
+    if compiled is None:
+        _fail(f"{file}: the converted curriculum is invalid")
+    header = (
+        f"# Imported by `shaping curriculum import {kind}` from {file.name}.\n"
+        "# Edit the source and import again rather than editing this file by hand.\n"
+    )
+    text = header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    _write(out, text)
+
+
+@import_app.command("aind")
+def import_aind(file: File, out: Out = None) -> None:
+    """Convert an AIND auto-train curriculum JSON (lambdas parsed, never run)."""
+    _import("aind", file, out)
+
+
+@import_app.command("mtrain")
+def import_mtrain(file: File, out: Out = None) -> None:
+    """Convert an mtrain regimen YAML (anchors, merges, transitions)."""
+    _import("mtrain", file, out)
+
+
+def evaluate(
+    curriculum: Annotated[
+        list[Path],
+        typer.Option(
+            "--curriculum",
+            "-c",
+            help="Curriculum file (any supported kind); repeat for several versions.",
+        ),
+    ],
+    sessions: Annotated[Path, typer.Option(help="Session table (CSV), one row per session.")],
+    out: Annotated[Path, typer.Option(help="Where to write the decisions (CSV).")],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=COLUMN: read metric NAME from COLUMN (default: same name)."),
+    ] = None,
+    stage_column: Annotated[
+        str | None, typer.Option(help="Column of the stage actually run (closed loop).")
+    ] = None,
+    no_stage: Annotated[
+        list[str] | None,
+        typer.Option(help="A stage-column value meaning 'not given' (repeatable)."),
+    ] = None,
+    version_column: Annotated[
+        str | None, typer.Option(help="Column of the curriculum version in force.")
+    ] = None,
+    subject_column: Annotated[str, typer.Option(help="Subject (mouse) column.")] = "subject_id",
+    session_column: Annotated[str, typer.Option(help="Session number column.")] = "session",
+    date_column: Annotated[str, typer.Option(help="Session date column.")] = "session_date",
+) -> None:
+    """Judge a table of sessions with a curriculum (AIND's df_behavior -> df_manager).
+
+    Writes one row per session: the stage suggested and the stage run, session counts, the
+    decision, the next stage, the rule that held and the evidence (JSON).
+    """
+    from services.curricula.errors import CurriculumInvalid
+    from services.curricula.evaluate import Evaluator, TableOptions, read_table, write_table
+    from services.domain.errors import CurriculumError
+
+    columns = {}
+    for item in metric or []:
+        name, sep, column = item.partition("=")
+        if not sep or not name or not column:
+            _fail(f"--metric {item!r}: write NAME=COLUMN")
+        columns[name.strip()] = column.strip()
+    options = TableOptions(
+        subject_column=subject_column,
+        session_column=session_column,
+        date_column=date_column,
+        metric_columns=columns,
+        stage_column=stage_column,
+        no_stage_values=frozenset({"", *(no_stage or [])}),
+        version_column=version_column,
+    )
+    curricula = [_load(path) for path in curriculum]
+    try:
+        rows = read_table(sessions)
+        decisions = Evaluator(curricula, options).run(rows)
+    except CurriculumInvalid as exc:
+        _print_problems(exc.problems)
+        _fail("cannot evaluate")
+    except CurriculumError as exc:
+        _fail(str(exc))
+    write_table(out, decisions)
+    counts: dict[str, int] = {}
+    for row in decisions:
+        counts[row["decision"]] = counts.get(row["decision"], 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    subjects = len({row["subject_id"] for row in decisions})
+    typer.echo(f"{len(decisions)} sessions of {subjects} subjects judged ({summary}); wrote {out}")
+
+
+def _kafka_target(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
+    from services.common.settings import Settings
+
+    settings = Settings()
+    topics = settings.topics if prefix is None else type(settings.topics).with_prefix(prefix)
+    return bootstrap or settings.bootstrap, topics.events
+
+
+def _catalog_version(name: str, version: str) -> CompiledCurriculum:
+    from services.curricula.catalog import default_catalog
+    from services.curricula.engine import CompiledCurriculum
+    from services.domain.errors import CurriculumError
+
+    try:
+        found = default_catalog().get(name, version)
+    except CurriculumError as exc:
+        _fail(str(exc))
+    assert isinstance(found, CompiledCurriculum)
+    return found
+
+
+Bootstrap = Annotated[
+    str | None, typer.Option(help="Kafka bootstrap servers (default: $SHAPING_BOOTSTRAP).")
+]
+Prefix = Annotated[str | None, typer.Option(help="Topic prefix (default: $SHAPING_TOPIC_PREFIX).")]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url", help="Status tables to read the mice from (default: $SHAPING_DB_URL)."
+    ),
+]
+By = Annotated[str, typer.Option("--by", help="Who does it (recorded in the events).")]
+
+
+def _print_plan(steps: list[Any]) -> None:
+    width = max([len(s.mouse_id) for s in steps] + [5])
+    typer.echo(f"{'mouse'.ljust(width)}  {'from':24}  {'to':24}  note")
+    for step in steps:
+        before = f"{step.from_stage} ({step.from_version})"
+        after = f"{step.to_stage} ({step.to_version})" if step.to_stage else "-- cannot migrate"
+        typer.echo(f"{step.mouse_id.ljust(width)}  {before:24}  {after:24}  {step.note}")
+
+
+@app.command()
+def publish(
+    file: File,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    db_url: DbUrl = None,
+    by: By = "",
+    notes: Annotated[str, typer.Option(help="Why this version.")] = "",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print; send nothing.")
+    ] = False,
+) -> None:
+    """Publish a curriculum version (CurriculumPublished, with its content and hash).
+
+    Refuses a version whose number is too small for what changed since the newest known
+    version. Mice on an older patch or minor version of the same major version are moved to it
+    (MouseMigrated) at their next session; a major version needs `shaping migrate`.
+    """
+    from datetime import UTC, datetime
+
+    from services.common.settings import Settings
+    from services.curricula.catalog import default_catalog
+    from services.curricula.engine import CompiledCurriculum
+    from services.curricula.errors import MigrationError, VersionBumpTooSmall
+    from services.curricula.migrate import migration_events, plan, published_event
+    from services.curricula.model import semver
+    from services.curricula.store import mice_on
+    from services.curricula.store import publish as send
+
+    curriculum = _load(file)
+    catalog = default_catalog()
+    older = [v for v in catalog.versions(curriculum.name) if semver(v) < semver(curriculum.version)]
+    previous = catalog.get(curriculum.name, older[-1]) if older else None
+    assert previous is None or isinstance(previous, CompiledCurriculum)
+    now = datetime.now(UTC)
+    try:
+        event = published_event(curriculum, previous, now, by, notes)
+    except VersionBumpTooSmall as exc:
+        _fail(str(exc), code=1)
+    events: list[Any] = [event]
+    typer.echo(
+        f"{curriculum.name} {curriculum.version} ({event.bump or 'first version'}), "
+        f"{curriculum.content_hash}"
+    )
+    if db_url is not None or not dry_run:
+        same_major = [v for v in older if semver(v)[0] == semver(curriculum.version)[0]]
+        try:
+            mice = mice_on(db_url or Settings().db_url, curriculum.name)
+        except MigrationError as exc:
+            _fail(str(exc))
+        for version in same_major:
+            old = catalog.get(curriculum.name, version)
+            assert isinstance(old, CompiledCurriculum)
+            steps = plan(old, curriculum, mice)
+            if steps:
+                _print_plan(steps)
+            events.extend(migration_events(steps, curriculum, now, by))
+    if dry_run:
+        typer.echo(f"dry run: {len(events)} event(s) not sent")
+        return
+    target, topic = _kafka_target(bootstrap, prefix)
+    try:
+        send(target, topic, events)
+    except MigrationError as exc:
+        _fail(str(exc))
+    typer.echo(f"sent {len(events)} event(s) to {topic}")
+
+
+def _name_version(text: str) -> tuple[str, str]:
+    name, sep, version = text.rpartition("@")
+    if not sep or not name or not version:
+        _fail(f"{text!r}: write NAME@VERSION, e.g. basic-shaping@0.1.0")
+    return name, version
+
+
+def migrate(
+    source: Annotated[str, typer.Option("--from", help="NAME@VERSION the mice are on.")],
+    target: Annotated[str, typer.Option("--to", help="NAME@VERSION to move them to.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print each mouse's current and new stage only.")
+    ] = False,
+    db_url: DbUrl = None,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    by: By = "",
+) -> None:
+    """Move mice between curriculum versions (a major version uses its stage mapping).
+
+    With --dry-run, prints each mouse's current and new stage. Without it, publishes a
+    MouseMigrated per mouse that can move; exits with 1 if any mouse cannot.
+    """
+    from datetime import UTC, datetime
+
+    from services.common.settings import Settings
+    from services.curricula.errors import MigrationError
+    from services.curricula.migrate import migration_events, plan
+    from services.curricula.store import mice_on
+    from services.curricula.store import publish as send
+
+    name, old_version = _name_version(source)
+    new_name, new_version = _name_version(target)
+    if new_name != name:
+        _fail("--from and --to must be versions of the same curriculum")
+    old, new = _catalog_version(name, old_version), _catalog_version(name, new_version)
+    try:
+        steps = plan(old, new, mice_on(db_url or Settings().db_url, name))
+    except MigrationError as exc:
+        _fail(str(exc))
+    if not steps:
+        typer.echo(f"no mouse is on {name} {old_version}")
+        return
+    _print_plan(steps)
+    stuck = [s for s in steps if not s.possible]
+    movable = len(steps) - len(stuck)
+    if dry_run:
+        typer.echo(f"dry run: {movable} mouse(s) would move, {len(stuck)} cannot")
+        return
+    events = migration_events(steps, new, datetime.now(UTC), by)
+    if events:
+        host, topic = _kafka_target(bootstrap, prefix)
+        try:
+            send(host, topic, events)
+        except MigrationError as exc:
+            _fail(str(exc))
+    typer.echo(f"sent {len(events)} MouseMigrated event(s); {len(stuck)} mouse(s) cannot move")
+    if stuck:
+        raise typer.Exit(1)
