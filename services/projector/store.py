@@ -34,9 +34,12 @@ from sqlalchemy.pool import StaticPool
 
 from schemas.events import (
     AssignmentIssued,
+    CurriculumPublished,
     Event,
     EventRejected,
     MouseEnrolled,
+    MouseMigrated,
+    MovementDetected,
     SessionEnded,
     SessionStarted,
     StageTransitioned,
@@ -65,15 +68,31 @@ TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
 # The event types each topic carries. An event found on another topic (say a StageTransitioned
 # published to the events topic by hand) is not the processor's word, so it is not projected.
 _ACCEPTED: dict[str, tuple[type[Event], ...]] = {
-    "events": (MouseEnrolled, SessionStarted, TrialCompleted, SessionEnded),
+    "events": (
+        MouseEnrolled,
+        SessionStarted,
+        TrialCompleted,
+        SessionEnded,
+        MovementDetected,
+        CurriculumPublished,
+        MouseMigrated,
+    ),
     "decisions": (StageTransitioned,),
     "assignments": (AssignmentIssued,),
     "dead_letter": (EventRejected,),
 }
 
 # Trials are far too many to keep one row each; the processor summarises them in the
-# StageTransitioned of their session. Only their offsets are tracked.
-_NOT_PROJECTED: tuple[type[Event], ...] = (TrialCompleted,)
+# StageTransitioned of their session. Movements (reach's resets and spontaneous reaches) are
+# more numerous still. Only their offsets are tracked.
+# A migration shows in the tables through the AssignmentIssued it causes, and a published
+# curriculum through the assignments that name its version.
+_NOT_PROJECTED: tuple[type[Event], ...] = (
+    TrialCompleted,
+    MovementDetected,
+    CurriculumPublished,
+    MouseMigrated,
+)
 
 SnapshotRow = dict[str, Any]
 

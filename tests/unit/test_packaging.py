@@ -24,6 +24,9 @@ def test_rig_code_and_the_cli_import_nothing_heavy() -> None:
     code = (
         "import sys\n"
         "import rig.lab, rig.kafka_transport, rig.session, rig.sim, services.cli\n"
+        "import rig.agent, rig.calibration, rig.cli, rig.clock, rig.config, rig.devices\n"
+        "import rig.drain, rig.follow, rig.gpio, rig.locks, rig.reach, rig.simulation\n"
+        "import rig.store, rig.task\n"
         "from typer.testing import CliRunner\n"
         "result = CliRunner().invoke(services.cli.app, ['rig', 'simulate', '--help'])\n"
         "assert result.exit_code == 0, result.output\n"

@@ -1,0 +1,658 @@
+"""The rig agent: one training session from assignment to decision, online or not.
+
+``RigAgent.run`` is what ``shaping rig run --mouse M`` does:
+
+1. Refresh the local cache of assignments from Kafka; if the broker is unreachable, say so and
+   use the cached assignment (the one received last for the mouse).
+2. If the journal shows a session of the mouse that started and never ended (the rig crashed
+   or was killed), resume it: same session, same parameters, the adapted settings as they were
+   after its last trial. Otherwise start a new session with exactly the assignment's
+   parameters (SessionStarted records them, the task's defaults for any the assignment leaves
+   out, and the task's random seed).
+3. Run the task on the rig's devices (gpiozero; in simulation gpiozero's mock pins driven by a
+   simulated mouse). Every event goes to the durable outbox first; a background thread drains
+   it to Kafka in order.
+4. After the session, wait for the outbox to drain and for the decision on the session and the
+   next assignment, and show them; offline, say how many events wait.
+
+Faults for crash tests (environment variable ``SHAPING_RIG_FAULT``, comma-separated):
+``kill-after-event:N`` SIGKILLs the process right after the N-th event it stored,
+``pause-after-event:N:PATH`` creates ``PATH.reached`` after the N-th event and waits until
+``PATH`` exists, and ``kill-after-ack:N`` (see :mod:`rig.drain`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from rig.clock import Clock, SystemClock, to_datetime
+from rig.config import RigConfig, ValveCalibration
+from rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
+from rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
+from rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
+from rig.follow import AssignmentFollower
+from rig.locks import FileLock
+from rig.reach import reach_session_metrics
+from rig.store import CachedAssignment, OpenSession, RigStore
+from rig.task import (
+    ReachParameters,
+    ReachTask,
+    RewardPlan,
+    SessionRecorder,
+    TaskState,
+    TrialProgress,
+)
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    MovementDetected,
+    ParamValue,
+    SessionEnded,
+    SessionStarted,
+    StageTransitioned,
+    TrialCompleted,
+)
+from services.common.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+class Display(Protocol):
+    """What the person at the rig sees."""
+
+    def message(self, text: str) -> None:
+        """A line of information."""
+        ...
+
+    def session_started(
+        self, started: SessionStarted, params: ReachParameters, resumed_at: int | None
+    ) -> None:
+        """The session starts (or resumes at trial ``resumed_at``)."""
+        ...
+
+    def trial(self, progress: TrialProgress, stage: str) -> None:
+        """A trial finished."""
+        ...
+
+    def session_ended(self, ended: SessionEnded, state: TaskState) -> None:
+        """The session ended."""
+        ...
+
+    def decision(self, decision: StageTransitioned, assignment: AssignmentIssued | None) -> None:
+        """The processor's decision on the session arrived (with the next assignment)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a session.
+
+    Attributes:
+        mouse_id: the mouse.
+        simulate: run on gpiozero mock pins with a simulated mouse and a virtual clock.
+        seed: the simulated mouse's seed.
+        start: simulation only: when the virtual clock starts (default: now).
+        pace: simulation only: at most this many times faster than real time.
+        offline: do not contact Kafka at all (the cache and the outbox only).
+        assignment_timeout_s: how long to wait for the decision on the mouse's previous
+            session (and so its new assignment) before starting with the cached one.
+        decision_timeout_s: how long to wait after the session for its decision.
+        abandon_open: close an interrupted session instead of resuming it.
+    """
+
+    mouse_id: str
+    simulate: bool = False
+    seed: int = 1
+    start: datetime | None = None
+    pace: float | None = None
+    offline: bool = False
+    assignment_timeout_s: float = 10.0
+    decision_timeout_s: float = 60.0
+    abandon_open: bool = False
+
+
+@dataclass
+class SessionReport:
+    """What a run did."""
+
+    session_id: str
+    started: SessionStarted
+    ended: SessionEnded
+    state: TaskState
+    resumed: bool
+    offline: bool
+    unsent: int
+    decision: StageTransitioned | None = None
+    next_assignment: AssignmentIssued | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Faults:
+    """The crash-test faults of ``SHAPING_RIG_FAULT`` for stored events."""
+
+    def __init__(self) -> None:
+        kill = fault_argument("kill-after-event")
+        pause = fault_argument("pause-after-event")
+        self.kill_after = kill[0] if kill else None
+        self.pause_after = pause[0] if pause else None
+        self.pause_path = Path(pause[1]) if pause and pause[1] else None
+        self.stored = 0
+
+    def after_store(self) -> None:
+        self.stored += 1
+        if self.pause_after is not None and self.stored == self.pause_after and self.pause_path:
+            log.warning("%s: pausing after event %d", FAULT_ENV, self.stored)
+            Path(f"{self.pause_path}.reached").touch()
+            while not self.pause_path.exists():
+                time.sleep(0.05)
+        if self.kill_after is not None and self.stored >= self.kill_after:
+            log.warning("%s: killing this process after event %d", FAULT_ENV, self.stored)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RigAgent:
+    """Runs sessions on one rig.
+
+    Args:
+        config: the rig's validated config.
+        display: where progress goes.
+        store: the rig's store (opened from the config if not given).
+    """
+
+    def __init__(self, config: RigConfig, display: Display, store: RigStore | None = None) -> None:
+        self.config = config
+        self.display = display
+        self.store = store or RigStore(config.store_path)
+        self.topics = TopicNames.with_prefix(config.topic_prefix)
+        self._wake = threading.Event()
+        self._faults = _Faults()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, options: RunOptions) -> SessionReport:
+        """Runs (or resumes) one session of ``options.mouse_id`` and waits for its decision.
+
+        Raises:
+            RigError: the mouse is not on this rig, no assignment is known, another session
+                runs on the rig, a parameter or the hardware is wrong. Nothing was recorded.
+        """
+        self._check_mouse(options.mouse_id)
+        lock = FileLock(self.config.state_dir / "session.lock", f"rig {self.config.rig_id}")
+        lock.acquire()
+        try:
+            with self._link(options) as link:
+                return self._run(options, link)
+        finally:
+            lock.release()
+
+    def _run(self, options: RunOptions, link: _Link) -> SessionReport:
+        mouse = options.mouse_id
+        open_session = self.store.open_session(mouse)
+        if open_session is not None and options.abandon_open:
+            ended = self._close_interrupted(open_session)
+            self.display.message(
+                f"closed the interrupted session {ended.session_id} ({ended.n_trials} trials)"
+            )
+            open_session = None
+        if open_session is not None:
+            started = open_session.started
+            assignment = None
+            params = ReachParameters.from_assignment(started.parameters)
+            seed = _task_seed(started.parameters)
+        else:
+            assignment = self._choose_assignment(mouse, link, options)
+            params = ReachParameters.from_assignment(assignment.parameters)
+            seed = (
+                random.Random(f"{options.seed}:{mouse}:{assignment.event_id}").getrandbits(31)
+                if options.simulate
+                else random.SystemRandom().getrandbits(31)
+            )
+        rewards = RewardPlan.plan(params, self.calibrations())
+        runtime = self._runtime(options, open_session)
+        try:
+            return self._session(
+                options, link, runtime, open_session, assignment, params, rewards, seed
+            )
+        finally:
+            disconnect_inputs(runtime.hardware)
+            runtime.hardware.close()
+
+    def _session(
+        self,
+        options: RunOptions,
+        link: _Link,
+        runtime: _Runtime,
+        open_session: OpenSession | None,
+        assignment: AssignmentIssued | None,
+        params: ReachParameters,
+        rewards: RewardPlan,
+        seed: int,
+    ) -> SessionReport:
+        mouse = options.mouse_id
+        clock = runtime.clock
+        bus = InputBus(clock)
+        connect_inputs(runtime.hardware, bus)
+        if open_session is not None:
+            started = open_session.started
+            session_id = started.session_id or ""
+            trials = [e for e in open_session.events if isinstance(e, TrialCompleted)]
+            state = TaskState.after_trials(params, trials)
+            if not options.simulate:
+                # A real session continues: movements already recorded for the next trial
+                # stay, and new ones are numbered after them.
+                state.movements_in_trial = sum(
+                    1
+                    for e in open_session.events
+                    if isinstance(e, MovementDetected) and e.trial_index == state.trial_index
+                )
+            session_start = started.occurred_at.timestamp()
+            if session_start + params.session_minutes * 60 <= clock.now():
+                ended = self._close_interrupted(open_session)
+                self.display.message(
+                    f"session {session_id} was interrupted after {state.n_trials} trials and "
+                    "its time is over; closed it"
+                )
+                return self._after(options, link, started, ended, state, True)
+            self.display.message(
+                f"resuming session {session_id} of {mouse} at trial {state.trial_index + 1} "
+                f"(interrupted after {state.n_trials} trials)"
+            )
+        else:
+            assert assignment is not None
+            session_start = clock.now()
+            session_id = f"{mouse}-{self.config.rig_id}-{to_datetime(session_start):%Y%m%dT%H%M%S}"
+            if self.store.events(session_id):
+                raise RigError(
+                    f"session {session_id} already exists on this rig; a simulated session "
+                    "needs a later --start"
+                )
+            state = TaskState.start(params)
+        recorder = SessionRecorder(
+            self._sink(runtime), clock, mouse, self.config.rig_id, session_id
+        )
+        if runtime.begin_cycle is not None:
+            runtime.begin_cycle(session_id, state.trial_index)
+        if open_session is None:
+            assert assignment is not None
+            parameters: dict[str, ParamValue] = {
+                **params.resolved(),
+                **assignment.parameters,
+                "task_seed": seed,
+            }
+            started = recorder.started(assignment, parameters)
+            unused = sorted(set(assignment.parameters) - set(params.resolved()))
+            if unused:
+                # Visible, not fatal: a curriculum may carry another task's parameters, but a
+                # misspelt name would otherwise leave its default in force unnoticed.
+                self.display.message(f"not used by the reach task: {', '.join(unused)}")
+        stage = started.stage
+        self.display.session_started(
+            started, params, state.trial_index if open_session is not None else None
+        )
+        task = ReachTask(
+            hardware=runtime.hardware,
+            clock=clock,
+            bus=bus,
+            params=params,
+            rewards=rewards,
+            recorder=recorder,
+            session_start=session_start,
+            task_seed=seed,
+            on_trial=lambda progress: self.display.trial(progress, stage),
+            session_metrics=lambda: reach_session_metrics(self.store.events(session_id)),
+        )
+        with _interrupt_on_sigint(bus):
+            ended = task.run(state)
+        self.display.session_ended(ended, state)
+        return self._after(options, link, started, ended, state, open_session is not None)
+
+    def _after(
+        self,
+        options: RunOptions,
+        link: _Link,
+        started: SessionStarted,
+        ended: SessionEnded,
+        state: TaskState,
+        resumed: bool,
+    ) -> SessionReport:
+        mouse = options.mouse_id
+        session_id = started.session_id or ""
+        report = SessionReport(
+            session_id, started, ended, state, resumed, link.offline, self.store.unsent_count()
+        )
+        if link.offline and link.drainer is not None and link.drainer.status.last_success:
+            with suppress(BrokerUnreachableError):
+                link.poll(1.0)  # the broker came back during the session
+        report.offline = link.offline
+        if link.offline:
+            report.unsent = self.store.unsent_count()
+            self.display.message(
+                f"offline: {report.unsent} events wait in the outbox; they are sent by the "
+                "next `shaping rig run` or `shaping rig sync` that reaches the broker"
+            )
+            return report
+        self._wake.set()
+        deadline = time.monotonic() + options.decision_timeout_s
+        waiting_said = False
+        while time.monotonic() < deadline:
+            with suppress(BrokerUnreachableError):
+                link.poll(0.3)
+            decision = self.store.decision(mouse, session_id)
+            cached = self.store.cached_assignment(mouse)
+            if (
+                decision is not None
+                and cached is not None
+                and (cached.assignment.causation_id == decision.event_id)
+            ):
+                report.decision, report.next_assignment = decision, cached.assignment
+                break
+            if not waiting_said:
+                self.display.message("waiting for the decision on this session ...")
+                waiting_said = True
+        report.unsent = self.store.unsent_count()
+        if report.decision is not None:
+            self.display.decision(report.decision, report.next_assignment)
+        else:
+            reason = link.problem() or "the processor has not decided yet"
+            self.display.message(
+                f"no decision within {options.decision_timeout_s:g} s ({reason}); "
+                f"{report.unsent} events wait in the outbox. `shaping rig status` shows the "
+                "decision once it arrives."
+            )
+        return report
+
+    # -- assignments ----------------------------------------------------------------------------
+
+    def _choose_assignment(self, mouse: str, link: _Link, options: RunOptions) -> AssignmentIssued:
+        last = self.store.last_session(mouse)
+        waiting_for = (
+            last.session_id
+            if last is not None and self.store.decision(mouse, last.session_id or "") is None
+            else None
+        )
+        if not link.offline and waiting_for is not None:
+            self.display.message(
+                f"waiting up to {options.assignment_timeout_s:g} s for the decision on "
+                f"{waiting_for} ..."
+            )
+            deadline = time.monotonic() + options.assignment_timeout_s
+            while time.monotonic() < deadline:
+                with suppress(BrokerUnreachableError):
+                    link.poll(0.3)
+                if self.store.decision(mouse, waiting_for) is not None:
+                    # The processor publishes the assignment right after the decision.
+                    link.poll(0.5)
+                    waiting_for = None
+                    break
+        cached = self.store.cached_assignment(mouse)
+        if cached is None and not link.offline:
+            # Just enrolled: the processor may not have issued the first assignment yet.
+            deadline = time.monotonic() + options.assignment_timeout_s
+            while cached is None and time.monotonic() < deadline:
+                with suppress(BrokerUnreachableError):
+                    link.poll(0.3)
+                cached = self.store.cached_assignment(mouse)
+        if cached is None:
+            where = (
+                f"the broker is unreachable ({link.problem()})"
+                if link.offline
+                else "none was found on the assignments topic"
+            )
+            raise NoAssignmentError(
+                f"no assignment known for {mouse}: {where}. Enroll the mouse and run once "
+                "with the broker reachable, so the rig can cache its assignment."
+            )
+        self.display.message(_describe(cached, link, waiting_for))
+        return cached.assignment
+
+    def calibrations(self) -> dict[str, ValveCalibration]:
+        """Valve calibrations in force: the config file's, replaced by stored calibrations."""
+        return {**self.config.valves, **self.store.calibrations()}
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _check_mouse(self, mouse: str) -> None:
+        if mouse not in self.config.mice:
+            close = difflib.get_close_matches(mouse, self.config.mice, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise RigError(
+                f"mouse {mouse} is not on rig {self.config.rig_id}'s list "
+                f"({', '.join(self.config.mice)}){hint}"
+            )
+
+    def _sink(self, runtime: _Runtime) -> Callable[[Event], None]:
+        topic = self.topics.events
+
+        def store(event: Event) -> None:
+            self.store.append(event, topic)
+            self._wake.set()
+            self._faults.after_store()
+            if runtime.begin_cycle is not None and isinstance(event, TrialCompleted):
+                runtime.begin_cycle(event.session_id or "", event.trial_index + 1)
+
+        return store
+
+    def _close_interrupted(self, open_session: OpenSession) -> SessionEnded:
+        """Ends a session the rig could not finish, at the time of its last event."""
+        started = open_session.started
+        trials = [e for e in open_session.events if isinstance(e, TrialCompleted)]
+        last = open_session.events[-1].occurred_at
+
+        def store(event: Event) -> None:
+            self.store.append(event, self.topics.events)
+
+        recorder = SessionRecorder(
+            store,
+            _FixedClock(last.timestamp()),
+            started.mouse_id,
+            started.rig_id or self.config.rig_id,
+            started.session_id or "",
+        )
+        return recorder.ended(
+            len(trials),
+            "interrupted",
+            last.timestamp() - started.occurred_at.timestamp(),
+            reach_session_metrics(open_session.events),
+        )
+
+    def _runtime(self, options: RunOptions, open_session: OpenSession | None) -> _Runtime:
+        if not options.simulate:
+            from rig.gpio import build_gpiozero_hardware
+
+            hardware = build_gpiozero_hardware(self.config.pins, self.config.actuators)
+            return _Runtime(hardware, SystemClock(), None)
+        from rig.simulation import build_simulated_rig
+
+        if open_session is not None:
+            # A simulated session resumes where its last trial ended: the simulation is
+            # deterministic from there, and what it re-records is already in the outbox.
+            start = next(
+                e.occurred_at
+                for e in reversed(open_session.events)
+                if isinstance(e, TrialCompleted | SessionStarted)
+            )
+        else:
+            start = options.start or datetime.now(UTC)
+        rig = build_simulated_rig(
+            self.config.pins,
+            self.config.actuators,
+            options.mouse_id,
+            options.seed,
+            start.timestamp(),
+            options.pace,
+        )
+        rig.mouse.restore(self._outcome_history(options.mouse_id))
+        return _Runtime(rig.hardware, rig.clock, rig.mouse.begin_cycle)
+
+    def _outcome_history(self, mouse: str) -> list[list[str]]:
+        sessions: dict[str, list[str]] = {}
+        for event in self.store.mouse_events(mouse, ["SessionStarted", "TrialCompleted"]):
+            if isinstance(event, SessionStarted):
+                sessions[event.session_id or ""] = []
+            elif isinstance(event, TrialCompleted):
+                sessions.setdefault(event.session_id or "", []).append(event.outcome)
+        history = list(sessions.values())
+        # A new session starts after a rest; a resumed one continues the last list.
+        open_session = self.store.open_session(mouse)
+        if open_session is None:
+            history.append([])
+        return history
+
+    @contextmanager
+    def _link(self, options: RunOptions) -> Iterator[_Link]:
+        link = _Link(self, options)
+        try:
+            link.start()
+            yield link
+        finally:
+            link.stop()
+
+
+@dataclass
+class _Runtime:
+    hardware: RigHardware
+    clock: Clock
+    begin_cycle: Callable[[str, int], None] | None
+
+
+class _FixedClock:
+    """A clock stuck at one time (for closing an interrupted session)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def now(self) -> float:
+        return self.at
+
+    def sleep(self, seconds: float) -> None:
+        return None
+
+    def wait(self, flag: threading.Event, timeout_s: float) -> bool:
+        return flag.is_set()
+
+
+class _Link:
+    """The agent's connection to Kafka: the follower (read now, on demand) and the drainer
+    (a background thread)."""
+
+    def __init__(self, agent: RigAgent, options: RunOptions) -> None:
+        self.agent = agent
+        self.options = options
+        config = agent.config
+        self.offline = True
+        self._problem: str | None = "offline mode" if options.offline else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.follower: AssignmentFollower | None = None
+        self.drainer: OutboxDrainer | None = None
+        if not options.offline:
+            self.follower = AssignmentFollower(
+                agent.store,
+                config.bootstrap,
+                agent.topics.assignments,
+                agent.topics.decisions,
+                config.mice,
+                client_id=f"shaping-rig-{config.rig_id}",
+            )
+            self.drainer = OutboxDrainer(
+                agent.store, config.bootstrap, client_id=f"shaping-rig-{config.rig_id}"
+            )
+
+    def start(self) -> None:
+        if self.follower is None or self.drainer is None:
+            self.agent.display.message("offline mode: the broker is not contacted")
+            return
+        try:
+            self.follower.catch_up(timeout_s=max(5.0, self.options.assignment_timeout_s))
+            self.offline = False
+        except BrokerUnreachableError as exc:
+            self._problem = str(exc)
+            self.agent.display.message(
+                f"broker {self.agent.config.bootstrap} unreachable ({exc}); working offline"
+            )
+        drainer = self.drainer
+        self._thread = threading.Thread(
+            target=drainer.run, args=(self._stop, self.agent._wake), daemon=True
+        )
+        self._thread.start()
+
+    def poll(self, timeout_s: float) -> None:
+        if self.follower is None:
+            time.sleep(timeout_s)
+            return
+        try:
+            self.follower.poll(timeout_s)
+            self.offline = False
+        except BrokerUnreachableError as exc:
+            self._problem = str(exc)
+            time.sleep(min(timeout_s, 0.5))
+            raise
+
+    def problem(self) -> str | None:
+        if self.drainer is not None and self.agent.store.unsent_count():
+            return self.drainer.status.last_error or self._problem
+        return self._problem
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.agent._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.drainer is not None:
+            self.drainer.close()
+        if self.follower is not None:
+            self.follower.close()
+
+
+def _task_seed(parameters: Mapping[str, ParamValue]) -> int:
+    seed = parameters.get("task_seed")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return seed
+    raise RigError("the interrupted session does not record its task_seed; use --abandon")
+
+
+def _describe(cached: CachedAssignment, link: _Link, waiting_for: str | None) -> str:
+    a = cached.assignment
+    what = (
+        f"assignment for {a.mouse_id}: session {a.session_number}, stage {a.stage} "
+        f"({a.curriculum_name} {a.curriculum_version}; {a.reason})"
+    )
+    received = f"received {cached.received_at:%Y-%m-%d %H:%M} UTC"
+    if link.offline:
+        return f"offline: using the cached {what}, {received}"
+    if waiting_for is not None:
+        return f"stale: no decision yet on {waiting_for}; running the last known {what}, {received}"
+    return f"{what}"
+
+
+@contextmanager
+def _interrupt_on_sigint(bus: InputBus) -> Iterator[None]:
+    """Ctrl-C ends the session cleanly (like reach's handler) instead of killing the task."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        bus.interrupt()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+__all__ = ["Display", "RigAgent", "RigBusyError", "RunOptions", "SessionReport"]

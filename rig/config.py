@@ -1,0 +1,393 @@
+"""The rig config file: who the rig is, where Kafka is, what is wired to which pin.
+
+A rig reads one TOML file (``docs/rig.md`` shows a full example)::
+
+    rig_id = "rig-1"
+    mice = ["M001", "M002"]
+    state_dir = "state"            # outbox, assignment cache, calibrations (relative to the file)
+
+    [broker]
+    bootstrap = "127.0.0.1:9092"
+    topic_prefix = "shaping"
+
+    [pins]                          # BCM GPIO numbers
+    cue_left = 7
+    cue_right = 8
+    touch_left = 14
+    touch_right = { pin = 15, pull_up = true }   # active-low sensor
+    valve_left = 6
+    valve_right = 9
+    paw_left = 12
+    paw_right = 13
+    sync = 27
+
+    [valves.left]
+    ml_per_ms = 0.0000857           # from `shaping rig calibrate left`
+
+Everything is checked when the file is loaded, and a mistake is reported with the entry that
+causes it (``pins.cue_lft: unknown device; did you mean cue_left?``), so a rig never starts
+half-configured.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rig.errors import ConfigError, PinMapError
+
+Side = Literal["left", "right"]
+SIDES: tuple[Side, Side] = ("left", "right")
+
+DeviceKind = Literal["input", "output", "pwm"]
+
+MAX_GPIO = 27
+"""Highest BCM GPIO number on the Raspberry Pi's 40-pin header."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device the pin map may wire: its kind, whether a rig needs it, what it is."""
+
+    kind: DeviceKind
+    required: bool
+    description: str
+
+
+DEVICES: dict[str, DeviceSpec] = {
+    "cue_left": DeviceSpec("output", True, "cue LED of the left spout"),
+    "cue_right": DeviceSpec("output", True, "cue LED of the right spout"),
+    "touch_left": DeviceSpec("input", True, "touch (or lick) sensor of the left spout"),
+    "touch_right": DeviceSpec("input", True, "touch (or lick) sensor of the right spout"),
+    "valve_left": DeviceSpec("output", True, "reward solenoid valve of the left spout"),
+    "valve_right": DeviceSpec("output", True, "reward solenoid valve of the right spout"),
+    "paw_left": DeviceSpec("input", False, "left paw-rest sensor (active while the paw rests)"),
+    "paw_right": DeviceSpec("input", False, "right paw-rest sensor (active while the paw rests)"),
+    "sync": DeviceSpec("output", False, "sync output, high while a cue is on"),
+    "actuator_left": DeviceSpec("pwm", False, "linear actuator moving the left spout"),
+    "actuator_right": DeviceSpec("pwm", False, "linear actuator moving the right spout"),
+}
+"""Every device name a pin map may use."""
+
+_PIN_OPTIONS: dict[DeviceKind, set[str]] = {
+    "input": {"pin", "pull_up", "bounce_ms"},
+    "output": {"pin", "active_high"},
+    "pwm": {"pin", "active_high"},
+}
+
+_TOP_LEVEL = {"rig_id", "mice", "state_dir", "broker", "pins", "valves", "actuators"}
+
+
+@dataclass(frozen=True)
+class PinSpec:
+    """How one device is wired.
+
+    Attributes:
+        device: device name (a key of :data:`DEVICES`).
+        pin: BCM GPIO number.
+        pull_up: inputs: True for an active-low sensor (internal pull-up), False for an
+            active-high one (internal pull-down).
+        active_high: outputs: False when the device switches on with a low level.
+        bounce_ms: inputs: ignore edges closer than this (gpiozero's bounce_time).
+    """
+
+    device: str
+    pin: int
+    pull_up: bool = False
+    active_high: bool = True
+    bounce_ms: float | None = None
+
+    @property
+    def kind(self) -> DeviceKind:
+        """Input, output or PWM output."""
+        return DEVICES[self.device].kind
+
+
+@dataclass(frozen=True)
+class PinMap:
+    """The validated pin map: device name to wiring."""
+
+    specs: Mapping[str, PinSpec]
+
+    def get(self, device: str) -> PinSpec | None:
+        """The wiring of a device, None when the rig does not have it."""
+        return self.specs.get(device)
+
+    def __getitem__(self, device: str) -> PinSpec:
+        return self.specs[device]
+
+    def __contains__(self, device: object) -> bool:
+        return device in self.specs
+
+
+@dataclass(frozen=True)
+class ValveCalibration:
+    """How much water a valve gives per millisecond open.
+
+    Attributes:
+        valve: ``left`` or ``right``.
+        ml_per_ms: millilitres per millisecond the valve is open.
+        source: where the value comes from (the config file, or a calibration and its date).
+    """
+
+    valve: str
+    ml_per_ms: float
+    source: str = "config file"
+
+    def open_ms(self, volume_ul: float) -> float:
+        """Milliseconds to open the valve to give ``volume_ul`` microlitres."""
+        return (volume_ul / 1000.0) / self.ml_per_ms
+
+
+@dataclass(frozen=True)
+class ActuatorSettings:
+    """How spout positions map to the actuators' PWM pulses (50 Hz servo-style signal).
+
+    Position ``p`` (1 = nearest the mouse) is driven with a pulse of
+    ``pulse_ms_at_1 + (p - 1) * pulse_ms_per_position`` milliseconds every 20 ms.
+    """
+
+    positions: int = 7
+    pulse_ms_at_1: float = 1.44
+    pulse_ms_per_position: float = 0.057
+
+    def duty(self, position: int) -> float:
+        """PWM duty cycle (0..1) for a position."""
+        return (self.pulse_ms_at_1 + (position - 1) * self.pulse_ms_per_position) / 20.0
+
+
+@dataclass(frozen=True)
+class RigConfig:
+    """A rig's validated configuration.
+
+    Attributes:
+        rig_id: the rig's name in every event it writes.
+        mice: the mice this rig trains.
+        bootstrap: Kafka bootstrap servers.
+        topic_prefix: prefix of Shaping's topic names.
+        state_dir: where the rig keeps its SQLite store (outbox, assignment cache,
+            calibrations).
+        pins: the pin map.
+        valves: valve calibrations from the config file, by valve (``left``/``right``).
+        actuators: spout actuator settings.
+        path: the file the config was read from.
+    """
+
+    rig_id: str
+    mice: tuple[str, ...]
+    bootstrap: str
+    topic_prefix: str
+    state_dir: Path
+    pins: PinMap
+    valves: Mapping[str, ValveCalibration] = field(default_factory=dict)
+    actuators: ActuatorSettings = ActuatorSettings()
+    path: Path | None = None
+
+    @property
+    def store_path(self) -> Path:
+        """The rig's SQLite store."""
+        return self.state_dir / "rig.sqlite"
+
+
+def load_config(path: Path | str) -> RigConfig:
+    """Reads and validates a rig config file.
+
+    Raises:
+        ConfigError: the file is missing, is not TOML, or has an invalid entry (the message
+            names it).
+        PinMapError: the pin map is wrong (unknown device, duplicate pin, missing device).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no rig config file at {path}; pass --config PATH or set SHAPING_RIG_CONFIG "
+            "(docs/rig.md shows an example)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the rig config {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_config(data, path)
+
+
+def parse_config(
+    data: Mapping[str, Any], path: Path | None = None, default_bootstrap: str | None = None
+) -> RigConfig:
+    """Validates a config already parsed from TOML (see :func:`load_config`)."""
+    where = f"{path}: " if path else ""
+    _reject_unknown(data, _TOP_LEVEL, "", where, ConfigError)
+    rig_id = data.get("rig_id")
+    if not isinstance(rig_id, str) or not rig_id.strip():
+        raise ConfigError(f'{where}rig_id must be a non-empty string, e.g. rig_id = "rig-1"')
+    mice = _mice(data.get("mice"), where)
+    broker = data.get("broker", {})
+    if not isinstance(broker, Mapping):
+        raise ConfigError(f"{where}[broker] must be a table")
+    _reject_unknown(broker, {"bootstrap", "topic_prefix"}, "broker.", where, ConfigError)
+    bootstrap = broker.get("bootstrap", default_bootstrap or "127.0.0.1:9092")
+    prefix = broker.get("topic_prefix", "shaping")
+    for name, value in (("bootstrap", bootstrap), ("topic_prefix", prefix)):
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}broker.{name} must be a non-empty string")
+    state_dir = data.get("state_dir", "shaping-rig-state")
+    if not isinstance(state_dir, str) or not state_dir:
+        raise ConfigError(f"{where}state_dir must be a path")
+    state_path = Path(state_dir).expanduser()
+    if not state_path.is_absolute() and path is not None:
+        state_path = path.parent / state_path
+    return RigConfig(
+        rig_id=rig_id.strip(),
+        mice=mice,
+        bootstrap=bootstrap.strip(),
+        topic_prefix=prefix.strip(),
+        state_dir=state_path,
+        pins=parse_pin_map(data.get("pins"), where),
+        valves=_valves(data.get("valves", {}), where),
+        actuators=_actuators(data.get("actuators", {}), where),
+        path=path,
+    )
+
+
+def parse_pin_map(pins: Any, where: str = "") -> PinMap:
+    """Validates the ``[pins]`` table.
+
+    Raises:
+        PinMapError: naming the entry at fault: an unknown device (with the closest known
+            name), a pin that is not a header GPIO, a pin used twice, an option a device of
+            that kind does not take, or a required device that is missing.
+    """
+    if not isinstance(pins, Mapping) or not pins:
+        raise PinMapError(
+            f"{where}[pins] is missing: map each device to its BCM GPIO number, e.g. "
+            "cue_left = 7 (devices: " + ", ".join(DEVICES) + ")"
+        )
+    specs: dict[str, PinSpec] = {}
+    used: dict[int, str] = {}
+    for device, entry in pins.items():
+        spec = DEVICES.get(device)
+        if spec is None:
+            raise PinMapError(
+                f"{where}pins.{device}: unknown device{_suggest(device, DEVICES)}; known "
+                f"devices: {', '.join(DEVICES)}"
+            )
+        options: Mapping[str, Any] = entry if isinstance(entry, Mapping) else {"pin": entry}
+        _reject_unknown(options, _PIN_OPTIONS[spec.kind], f"pins.{device}.", where, PinMapError)
+        pin = options.get("pin")
+        if isinstance(pin, bool) or not isinstance(pin, int) or not 0 <= pin <= MAX_GPIO:
+            raise PinMapError(
+                f"{where}pins.{device}: {pin!r} is not a GPIO number; use BCM numbering "
+                f"(GPIO0 to GPIO{MAX_GPIO} on the 40-pin header)"
+            )
+        if pin in used:
+            raise PinMapError(
+                f"{where}pins.{device}: GPIO{pin} is already used by pins.{used[pin]}; "
+                "every device needs its own pin"
+            )
+        used[pin] = device
+        for flag in ("pull_up", "active_high"):
+            if flag in options and not isinstance(options[flag], bool):
+                raise PinMapError(f"{where}pins.{device}.{flag} must be true or false")
+        bounce = options.get("bounce_ms")
+        if bounce is not None and (
+            isinstance(bounce, bool) or not isinstance(bounce, int | float) or bounce < 0
+        ):
+            raise PinMapError(f"{where}pins.{device}.bounce_ms must be a number >= 0")
+        specs[device] = PinSpec(
+            device=device,
+            pin=pin,
+            pull_up=bool(options.get("pull_up", False)),
+            active_high=bool(options.get("active_high", True)),
+            bounce_ms=float(bounce) if bounce is not None else None,
+        )
+    missing = [name for name, spec in DEVICES.items() if spec.required and name not in specs]
+    if missing:
+        raise PinMapError(
+            f"{where}pins: missing "
+            + "; ".join(f"{name} ({DEVICES[name].description})" for name in missing)
+        )
+    return PinMap(specs)
+
+
+def _mice(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f'{where}mice must list the mice this rig trains, e.g. mice = ["M001"]')
+    mice: list[str] = []
+    for mouse in value:
+        if not isinstance(mouse, str) or not mouse.strip():
+            raise ConfigError(f"{where}mice: {mouse!r} is not a mouse id (a non-empty string)")
+        if mouse in mice:
+            raise ConfigError(f"{where}mice: {mouse} is listed twice")
+        mice.append(mouse)
+    return tuple(mice)
+
+
+def _valves(value: Any, where: str) -> dict[str, ValveCalibration]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}[valves] must be a table of [valves.left] / [valves.right]")
+    valves: dict[str, ValveCalibration] = {}
+    for valve, entry in value.items():
+        if valve not in SIDES:
+            raise ConfigError(
+                f"{where}valves.{valve}: unknown valve{_suggest(valve, SIDES)}; valves are "
+                "left and right"
+            )
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where}valves.{valve} must be a table with ml_per_ms")
+        _reject_unknown(entry, {"ml_per_ms"}, f"valves.{valve}.", where, ConfigError)
+        rate = entry.get("ml_per_ms")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+            raise ConfigError(
+                f"{where}valves.{valve}.ml_per_ms must be a positive number (millilitres per "
+                "millisecond open)"
+            )
+        valves[valve] = ValveCalibration(valve, float(rate))
+    return valves
+
+
+def _actuators(value: Any, where: str) -> ActuatorSettings:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}[actuators] must be a table")
+    allowed = {"positions", "pulse_ms_at_1", "pulse_ms_per_position"}
+    _reject_unknown(value, allowed, "actuators.", where, ConfigError)
+    defaults = ActuatorSettings()
+    positions = value.get("positions", defaults.positions)
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        raise ConfigError(f"{where}actuators.positions must be a whole number >= 1")
+    numbers = {}
+    for name in ("pulse_ms_at_1", "pulse_ms_per_position"):
+        number = value.get(name, getattr(defaults, name))
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ConfigError(f"{where}actuators.{name} must be a number")
+        numbers[name] = float(number)
+    settings = ActuatorSettings(positions, **numbers)
+    if not 0 < settings.duty(1) <= 1 or not 0 < settings.duty(positions) <= 1:
+        raise ConfigError(f"{where}actuators: pulses must lie within the 20 ms PWM period")
+    return settings
+
+
+def _reject_unknown(
+    table: Mapping[str, Any],
+    allowed: set[str],
+    prefix: str,
+    where: str,
+    error: type[ConfigError],
+) -> None:
+    for key in table:
+        if key not in allowed:
+            raise error(
+                f"{where}{prefix}{key}: unknown setting{_suggest(key, allowed)}; allowed: "
+                f"{', '.join(sorted(allowed))}"
+            )
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"; did you mean {close[0]}?" if close else ""

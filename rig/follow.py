@@ -1,0 +1,169 @@
+"""Keeps the rig's cache of assignments and decisions up to date from Kafka.
+
+The follower reads, for the partitions the rig's mice hash to, the compacted assignments topic
+(the latest AssignmentIssued per mouse) and the decisions topic (a StageTransitioned per
+session), and stores what concerns the rig's mice in its :class:`~rig.store.RigStore`. It
+remembers how far it read, so a restart continues where it stopped; the cache itself lives on
+disk, so a session can start from it while the broker is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from rig.drain import describe_error, kafka_errors, partition_for
+from rig.errors import BrokerUnreachableError
+from rig.store import RigStore
+from schemas.codec import EventCodec, default_codec, encode_key
+from schemas.errors import SerializationError
+from schemas.events import AssignmentIssued, StageTransitioned
+
+log = logging.getLogger(__name__)
+
+
+class AssignmentFollower:
+    """Follows the assignments and decisions topics for a set of mice.
+
+    Args:
+        store: where the cache lives.
+        bootstrap: Kafka bootstrap servers.
+        assignments_topic: the compacted assignments topic.
+        decisions_topic: the decisions topic.
+        mice: the mice whose records are kept.
+        client_id: the rig's name in broker logs.
+        timeout_ms: how long a request may wait for the broker.
+    """
+
+    def __init__(
+        self,
+        store: RigStore,
+        bootstrap: str,
+        assignments_topic: str,
+        decisions_topic: str,
+        mice: tuple[str, ...],
+        client_id: str = "shaping-rig",
+        codec: EventCodec | None = None,
+        timeout_ms: int = 6000,
+    ) -> None:
+        self.store = store
+        self.bootstrap = bootstrap
+        self.topics = (assignments_topic, decisions_topic)
+        self.mice = set(mice)
+        self.client_id = client_id
+        self.codec = codec or default_codec()
+        self.timeout_ms = timeout_ms
+        self._consumer: Any = None
+        self.last_error: str | None = None
+
+    def _connect(self) -> Any:
+        if self._consumer is not None:
+            return self._consumer
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"{self.client_id}-assignments",
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=max(self.timeout_ms, 5000) + 1000,
+            bootstrap_timeout_ms=self.timeout_ms,
+            reconnect_backoff_max_ms=2000,
+        )
+        try:
+            partitions: list[TopicPartition] = []
+            for topic in self.topics:
+                found = consumer.partitions_for_topic(topic)
+                if not found:
+                    raise BrokerUnreachableError(
+                        f"topic {topic} has no partitions; create the topics first "
+                        "(`shaping topics create`)"
+                    )
+                wanted = {partition_for(encode_key(m), len(found)) for m in self.mice}
+                partitions.extend(TopicPartition(topic, p) for p in sorted(wanted))
+            consumer.assign(partitions)
+            for tp in partitions:
+                stored = self.store.read_position(tp.topic, tp.partition)
+                if stored is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, stored)
+        except BaseException:
+            consumer.close()
+            raise
+        self._consumer = consumer
+        return consumer
+
+    def poll(self, timeout_s: float = 0.5) -> int:
+        """Reads what arrived; returns how many records concern the rig's mice.
+
+        Raises:
+            BrokerUnreachableError: the broker did not answer.
+        """
+        try:
+            consumer = self._connect()
+            batches = consumer.poll(timeout_ms=int(timeout_s * 1000))
+            count = 0
+            positions: dict[tuple[str, int], int] = {}
+            for tp, records in batches.items():
+                for record in records:
+                    count += self._keep(record.value)
+                    positions[(tp.topic, tp.partition)] = record.offset + 1
+            self.store.save_read_positions(positions)
+            self.last_error = None
+            return count
+        except kafka_errors() as exc:
+            self._drop(exc)
+            raise BrokerUnreachableError(self.last_error or str(exc)) from exc
+        except BrokerUnreachableError as exc:
+            self._drop(exc)
+            raise
+
+    def catch_up(self, timeout_s: float) -> None:
+        """Reads until every followed partition is read to its end (or ``timeout_s`` pass).
+
+        Raises:
+            BrokerUnreachableError: the broker did not answer.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            consumer = self._connect()
+            ends = consumer.end_offsets(list(consumer.assignment()))
+        except kafka_errors() as exc:
+            self._drop(exc)
+            raise BrokerUnreachableError(self.last_error or str(exc)) from exc
+        while time.monotonic() < deadline:
+            self.poll(0.2)
+            if all(consumer.position(tp) >= end for tp, end in ends.items()):
+                return
+
+    def _keep(self, value: bytes | None) -> int:
+        try:
+            event = self.codec.decode(value)
+        except SerializationError:
+            return 0  # the processor writes valid records; anything else is not ours
+        if event.mouse_id not in self.mice:
+            return 0
+        if isinstance(event, AssignmentIssued):
+            self.store.save_assignment(event)
+            return 1
+        if isinstance(event, StageTransitioned):
+            self.store.save_decision(event)
+            return 1
+        return 0
+
+    def _drop(self, exc: BaseException) -> None:
+        self.last_error = describe_error(exc)
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except Exception as close_error:
+                log.debug("closing the follower's consumer failed: %s", close_error)
+        self._consumer = None
+
+    def close(self) -> None:
+        """Closes the consumer."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

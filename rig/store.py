@@ -1,0 +1,449 @@
+"""The rig's durable local store (SQLite): the outbox, the assignment cache, calibrations.
+
+* **Outbox.** Every event a session produces is appended here, in one committed transaction
+  (synchronous=FULL), before anything else happens; the drainer (:mod:`rig.drain`) sends the
+  rows in order and marks them sent with their partition and offset. The outbox is also the
+  rig's journal: an interrupted session is resumed from it. Appending an event whose id is
+  already stored is a no-op, so re-recording after a crash never duplicates.
+* **Partition marks.** For every partition the drainer ever sent to, the offset from which a
+  record of this rig not yet marked sent could be found. After a crash or a failed send the
+  drainer reads the partition from there to find what already arrived (see
+  :meth:`OutboxDrainer.reconcile <rig.drain.OutboxDrainer.reconcile>`).
+* **Assignment cache and decisions.** The latest AssignmentIssued per mouse and the
+  StageTransitioned per session, as read from Kafka, so a session can start offline.
+* **Calibrations.** Every valve calibration, newest last.
+
+Several processes may open the store (``rig run`` and ``rig status``); SQLite's WAL mode and a
+busy timeout let them share it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rig.config import ValveCalibration
+from rig.errors import RigError
+from schemas.codec import EventCodec, default_codec, encode_key
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    SessionEnded,
+    SessionStarted,
+    StageTransitioned,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    event_type TEXT NOT NULL,
+    mouse_id TEXT NOT NULL,
+    session_id TEXT,
+    occurred_at TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    key BLOB NOT NULL,
+    value BLOB NOT NULL,
+    sent_partition INTEGER,
+    sent_offset INTEGER,
+    sent_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_session ON outbox (session_id, seq);
+CREATE TABLE IF NOT EXISTS partition_marks (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    mouse_id TEXT PRIMARY KEY,
+    session_number INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    value BLOB NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    mouse_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    value BLOB NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (mouse_id, session_id)
+);
+CREATE TABLE IF NOT EXISTS read_positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS calibrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    valve TEXT NOT NULL,
+    ml_per_ms REAL NOT NULL,
+    calibrated_at TEXT NOT NULL,
+    points TEXT NOT NULL
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored event waiting to be sent (or sent)."""
+
+    seq: int
+    event_id: str
+    event_type: str
+    mouse_id: str
+    session_id: str | None
+    topic: str
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Where the broker put a row."""
+
+    seq: int
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class CachedAssignment:
+    """An assignment from the cache and when the rig received it."""
+
+    assignment: AssignmentIssued
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    """A session the journal shows as started but not ended (the rig stopped mid-session)."""
+
+    started: SessionStarted
+    events: list[Event]
+
+
+class RigStore:
+    """The rig's SQLite store. Each thread gets its own connection.
+
+    Args:
+        path: the database file (created with its folder if missing).
+        codec: event codec (the default one if not given).
+    """
+
+    def __init__(self, path: Path | str, codec: EventCodec | None = None) -> None:
+        self.path = Path(path)
+        self.codec = codec or default_codec()
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn().executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise RigError(f"cannot open the rig's store {self.path}: {exc}") from exc
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before append() returns, so a power cut loses nothing
+            # the task recorded.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Closes this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def append(self, event: Event, topic: str) -> bool:
+        """Stores an event for sending; returns False when its id was already stored."""
+        value = self.codec.encode(event)
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, event_type, mouse_id, session_id, "
+                "occurred_at, topic, key, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event.event_id,
+                    event.event_type,
+                    event.mouse_id,
+                    event.session_id,
+                    event.occurred_at.isoformat(),
+                    topic,
+                    encode_key(event.mouse_id),
+                    value,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def unsent(self, limit: int = 500, max_bytes: int = 512 * 1024) -> list[OutboxRow]:
+        """The oldest unsent rows, in order (at most ``limit`` rows or about ``max_bytes``)."""
+        rows: list[OutboxRow] = []
+        size = 0
+        cursor = self._conn().execute(
+            "SELECT seq, event_id, event_type, mouse_id, session_id, topic, key, value "
+            "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        for row in cursor:
+            size += len(row[7])
+            if rows and size > max_bytes:
+                break
+            rows.append(OutboxRow(*row))
+        return rows
+
+    def mark_sent(self, sent: Sequence[Sent], topic: str) -> None:
+        """Marks rows as delivered and moves the partition marks past their offsets."""
+        if not sent:
+            return
+        at = _now()
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE outbox SET sent_partition = ?, sent_offset = ?, sent_at = ? "
+                "WHERE seq = ? AND sent_at IS NULL",
+                [(s.partition, s.offset, at, s.seq) for s in sent],
+            )
+            for s in sent:
+                conn.execute(
+                    "INSERT INTO partition_marks (topic, partition, next_offset) VALUES "
+                    "(?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET next_offset = "
+                    "max(next_offset, excluded.next_offset)",
+                    (topic, s.partition, s.offset + 1),
+                )
+
+    def unsent_count(self, mouse_id: str | None = None) -> int:
+        """How many events wait to be sent (for one mouse, or all)."""
+        query = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+        args: tuple[str, ...] = ()
+        if mouse_id is not None:
+            query += " AND mouse_id = ?"
+            args = (mouse_id,)
+        return int(self._conn().execute(query, args).fetchone()[0])
+
+    def oldest_unsent(self) -> datetime | None:
+        """When the oldest waiting event happened."""
+        row = (
+            self._conn()
+            .execute("SELECT occurred_at FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT 1")
+            .fetchone()
+        )
+        return datetime.fromisoformat(row[0]) if row else None
+
+    def partition_mark(self, topic: str, partition: int) -> int | None:
+        """The offset from which unconfirmed records of this rig could lie on a partition."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT next_offset FROM partition_marks WHERE topic = ? AND partition = ?",
+                (topic, partition),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row else None
+
+    def set_partition_mark(self, topic: str, partition: int, offset: int) -> None:
+        """Records a partition's end before the rig first sends to it."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO partition_marks (topic, partition, next_offset) "
+                "VALUES (?, ?, ?)",
+                (topic, partition, offset),
+            )
+
+    def events(self, session_id: str) -> list[Event]:
+        """Every stored event of a session, in order."""
+        cursor = self._conn().execute(
+            "SELECT value FROM outbox WHERE session_id = ? ORDER BY seq", (session_id,)
+        )
+        return [self.codec.decode(row[0]) for row in cursor]
+
+    def mouse_events(self, mouse_id: str, event_types: Sequence[str]) -> list[Event]:
+        """Every stored event of a mouse of the given types, in order."""
+        marks = ", ".join("?" for _ in event_types)
+        cursor = self._conn().execute(
+            f"SELECT value FROM outbox WHERE mouse_id = ? AND event_type IN ({marks}) ORDER BY seq",
+            (mouse_id, *event_types),
+        )
+        return [self.codec.decode(row[0]) for row in cursor]
+
+    def open_session(self, mouse_id: str) -> OpenSession | None:
+        """The mouse's session that started on this rig and never ended, if any."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT s.session_id FROM outbox s WHERE s.mouse_id = ? AND "
+                "s.event_type = 'SessionStarted' AND NOT EXISTS (SELECT 1 FROM outbox e WHERE "
+                "e.session_id = s.session_id AND e.event_type = 'SessionEnded') "
+                "ORDER BY s.seq DESC LIMIT 1",
+                (mouse_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        events = self.events(row[0])
+        started = events[0]
+        assert isinstance(started, SessionStarted)
+        return OpenSession(started, events)
+
+    def last_session(self, mouse_id: str) -> SessionEnded | None:
+        """The mouse's last session that ended on this rig."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT value FROM outbox WHERE mouse_id = ? AND event_type = 'SessionEnded' "
+                "ORDER BY seq DESC LIMIT 1",
+                (mouse_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        event = self.codec.decode(row[0])
+        return event if isinstance(event, SessionEnded) else None
+
+    # -- assignment cache and decisions ---------------------------------------------------------
+
+    def save_assignment(self, assignment: AssignmentIssued) -> bool:
+        """Caches an assignment unless a newer one (higher session number) is cached."""
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "INSERT INTO assignments (mouse_id, session_number, event_id, value, "
+                "received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (mouse_id) DO UPDATE SET "
+                "session_number = excluded.session_number, event_id = excluded.event_id, "
+                "value = excluded.value, received_at = excluded.received_at "
+                "WHERE excluded.session_number >= assignments.session_number "
+                "AND excluded.event_id != assignments.event_id",
+                (
+                    assignment.mouse_id,
+                    assignment.session_number,
+                    assignment.event_id,
+                    self.codec.encode(assignment),
+                    _now(),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def cached_assignment(self, mouse_id: str) -> CachedAssignment | None:
+        """The latest assignment known for a mouse."""
+        row = (
+            self._conn()
+            .execute("SELECT value, received_at FROM assignments WHERE mouse_id = ?", (mouse_id,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        event = self.codec.decode(row[0])
+        assert isinstance(event, AssignmentIssued)
+        return CachedAssignment(event, datetime.fromisoformat(row[1]))
+
+    def save_decision(self, decision: StageTransitioned) -> None:
+        """Keeps the decision on a session."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO decisions (mouse_id, session_id, event_id, value, "
+                "received_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    decision.mouse_id,
+                    decision.session_id or "",
+                    decision.event_id,
+                    self.codec.encode(decision),
+                    _now(),
+                ),
+            )
+
+    def decision(self, mouse_id: str, session_id: str) -> StageTransitioned | None:
+        """The decision on a session, if it arrived."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT value FROM decisions WHERE mouse_id = ? AND session_id = ?",
+                (mouse_id, session_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        event = self.codec.decode(row[0])
+        return event if isinstance(event, StageTransitioned) else None
+
+    def read_position(self, topic: str, partition: int) -> int | None:
+        """Where the follower stopped reading a partition."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT next_offset FROM read_positions WHERE topic = ? AND partition = ?",
+                (topic, partition),
+            )
+            .fetchone()
+        )
+        return int(row[0]) if row else None
+
+    def save_read_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """Remembers where the follower stopped reading."""
+        if not positions:
+            return
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO read_positions (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(topic, partition, offset) for (topic, partition), offset in positions.items()],
+            )
+
+    # -- calibrations ---------------------------------------------------------------------------
+
+    def save_calibration(
+        self, valve: str, ml_per_ms: float, points: Sequence[dict[str, float]]
+    ) -> ValveCalibration:
+        """Stores a valve calibration; it replaces the config file's value from now on."""
+        at = _now()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO calibrations (valve, ml_per_ms, calibrated_at, points) "
+                "VALUES (?, ?, ?, ?)",
+                (valve, ml_per_ms, at, json.dumps(list(points))),
+            )
+        return ValveCalibration(valve, ml_per_ms, f"calibrated {at[:16].replace('T', ' ')} UTC")
+
+    def calibrations(self) -> dict[str, ValveCalibration]:
+        """The newest stored calibration of each valve."""
+        rows = (
+            self._conn()
+            .execute("SELECT valve, ml_per_ms, calibrated_at FROM calibrations ORDER BY id")
+            .fetchall()
+        )
+        return {
+            valve: ValveCalibration(valve, rate, f"calibrated {at[:16].replace('T', ' ')} UTC")
+            for valve, rate, at in rows
+        }

@@ -1,0 +1,119 @@
+"""Helpers for the rig tests: a config file, cached assignments, a clock-side recorder."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rig.config import RigConfig, load_config
+from rig.store import RigStore
+from schemas.events import AssignmentIssued
+
+PINS: dict[str, Any] = {
+    "cue_left": 7,
+    "cue_right": 8,
+    "touch_left": 14,
+    "touch_right": 15,
+    "valve_left": 6,
+    "valve_right": 9,
+    "paw_left": 12,
+    "paw_right": 13,
+    "sync": 27,
+    "actuator_left": 2,
+    "actuator_right": 4,
+}
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def write_config(
+    folder: Path,
+    *,
+    mice: list[str] | None = None,
+    bootstrap: str = "127.0.0.1:1",
+    prefix: str = "shaping",
+    pins: dict[str, Any] | None = None,
+    valves: dict[str, float] | None = None,
+    extra: str = "",
+) -> Path:
+    """Writes a rig.toml into ``folder`` and returns its path."""
+    lines = [
+        'rig_id = "rig-1"',
+        f"mice = {toml_value(mice if mice is not None else ['M001', 'M002'])}",
+        'state_dir = "state"',
+        extra,
+        "[broker]",
+        f'bootstrap = "{bootstrap}"',
+        f'topic_prefix = "{prefix}"',
+        "[pins]",
+        *(f"{name} = {toml_value(pin)}" for name, pin in (pins or PINS).items()),
+    ]
+    for valve, rate in (valves if valves is not None else {"left": 1e-4, "right": 1e-4}).items():
+        lines += [f"[valves.{valve}]", f"ml_per_ms = {rate!r}"]
+    path = folder / "rig.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def config_in(folder: Path, **kwargs: Any) -> RigConfig:
+    return load_config(write_config(folder, **kwargs))
+
+
+def assignment(
+    mouse: str = "M001", parameters: dict[str, Any] | None = None, session_number: int = 1
+) -> AssignmentIssued:
+    return AssignmentIssued(
+        event_id=f"assignment-{mouse}-{session_number}",
+        mouse_id=mouse,
+        occurred_at=START,
+        stage="s1_habituation",
+        parameters=parameters if parameters is not None else {"session_minutes": 20},
+        curriculum_name="basic-shaping",
+        curriculum_version="0.1.0",
+        reason="enrolled",
+        sessions_at_stage=0,
+        session_number=session_number,
+    )
+
+
+def seed_cache(config: RigConfig, *assignments: AssignmentIssued) -> RigStore:
+    store = RigStore(config.store_path)
+    for item in assignments:
+        store.save_assignment(item)
+    return store
+
+
+class FakeDisplay:
+    """A display that keeps everything."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.trials = 0
+        self.resumed_at: int | None = None
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def session_started(self, started: Any, params: Any, resumed_at: int | None) -> None:
+        self.resumed_at = resumed_at
+
+    def trial(self, progress: Any, stage: str) -> None:
+        self.trials += 1
+
+    def session_ended(self, ended: Any, state: Any) -> None:
+        self.messages.append(f"ended {ended.end_reason}")
+
+    def decision(self, decision: Any, assignment: Any) -> None:
+        self.messages.append("decision")
