@@ -7,6 +7,7 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY services ./services
 COPY rig ./rig
+COPY curricula ./curricula
 RUN pip install ".[services,rig]" && useradd --system --home /data shaping && mkdir -p /data \
     && chown shaping /data
 USER shaping

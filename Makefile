@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHAPING := $(VENV)/bin/shaping
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down bench clean
+.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down stack-up stack-down stack-status dashboards bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,9 +18,11 @@ demo: install ## Simulate a lab in one process on SQLite (no Kafka, no Java): st
 
 test: install ## The whole test suite: unit, property, real Kafka, real PostgreSQL, end to end
 	@infra/kafka/kafka.sh fetch
+	@infra/graphviz/graphviz.sh ensure
 	$(PY) -m pytest
 
 test-fast: install ## Tests that need neither Kafka nor PostgreSQL
+	@infra/graphviz/graphviz.sh ensure
 	$(PY) -m pytest -m "not kafka and not postgres"
 
 lint: install ## ruff (lint and format check) and mypy
@@ -45,6 +47,18 @@ pg-up: ## Start a local PostgreSQL for the projector (prints its URL)
 
 pg-down: ## Stop the local PostgreSQL
 	@infra/postgres/postgres.sh down
+
+stack-up: install ## Start the whole stack as local processes (Kafka, PostgreSQL, processor, projector, Prometheus)
+	@infra/stack.sh up
+
+stack-down: ## Stop every part of the local stack
+	@infra/stack.sh down
+
+stack-status: ## Say which parts of the local stack run
+	@infra/stack.sh status
+
+dashboards: install ## Regenerate the Grafana dashboards (infra/grafana/dashboards/*.json)
+	$(PY) infra/grafana/dashboards.py
 
 bench: install ## Run the benchmarks and rewrite bench/REPORT.md
 	$(PY) -m bench.run

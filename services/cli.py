@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rig import cli as rig_cli
+from services.curricula import cli as curricula_cli
+from services.operator import cli as operator_cli
 
 if TYPE_CHECKING:
     from services.common.settings import Settings
@@ -26,6 +28,9 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Kafka topics of a deployment.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(rig_cli.app, name="rig")
+app.add_typer(curricula_cli.app, name="curriculum")
+app.command("evaluate")(curricula_cli.evaluate)
+app.command("migrate")(curricula_cli.migrate)
 
 Bootstrap = Annotated[
     str | None,
@@ -39,6 +44,14 @@ DbUrl = Annotated[
     str | None,
     typer.Option(
         "--db-url", help="SQLAlchemy URL of the status tables (default: $SHAPING_DB_URL)."
+    ),
+]
+MetricsHost = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host",
+        envvar="SHAPING_METRICS_HOST",
+        help="Address the metrics endpoint binds to.",
     ),
 ]
 
@@ -104,12 +117,24 @@ def processor(
         int | None, typer.Option(help="Serve faust's web endpoints on this port.")
     ] = None,
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SHAPING_PROCESSOR_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (/metrics).",
+        ),
+    ] = None,
+    metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Run the stream processor (a faust worker): per-mouse state, decisions, assignments."""
     from services.processor.app import run_processor
 
     run_processor(
-        _settings(bootstrap, prefix, partitions=partitions), web_port=web_port, loglevel=loglevel
+        _settings(bootstrap, prefix, partitions=partitions),
+        web_port=web_port,
+        loglevel=loglevel,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 
@@ -121,6 +146,14 @@ def projector(
     idle_exit: Annotated[
         float | None, typer.Option(help="Exit after this many seconds without messages.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SHAPING_PROJECTOR_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (/metrics).",
+        ),
+    ] = None,
+    metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Run the projector: consume every topic and keep the SQL status tables."""
     import signal
@@ -133,6 +166,14 @@ def projector(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     store = SqlProjectionStore(settings.db_url)
+    metrics, server = None, None
+    if metrics_port is not None:
+        from services.common.metrics import ServiceMetrics
+        from services.operator.queries import mice_per_stage
+
+        metrics = ServiceMetrics("projector")
+        metrics.mice_per_stage(lambda: mice_per_stage(store.engine))
+        server = metrics.serve(metrics_port, metrics_host)
     try:
         count = run_projector(
             settings.bootstrap,
@@ -141,10 +182,13 @@ def projector(
             consumer=settings.projector_id,
             stop=stop,
             idle_exit_s=idle_exit,
+            metrics=metrics,
         )
     except KeyboardInterrupt:
         count = -1
     finally:
+        if server is not None:
+            server.close()
         store.close()
     if count >= 0:
         typer.echo(f"projector stopped after {count} messages")
@@ -167,6 +211,10 @@ def topics_create(
         raise _fail(str(exc)) from exc
     for name in settings.topics.all():
         typer.echo(name)
+
+
+# status, history, export, plot, enroll
+operator_cli.register(app)
 
 
 def main() -> None:

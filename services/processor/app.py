@@ -37,6 +37,7 @@ Faust 0.15 itself can lose input when a worker starts or rebalances with a backl
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -48,9 +49,12 @@ from faust.types import AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor
 
 from schemas.codec import default_codec, encode_key
+from schemas.events import EventRejected, StageTransitioned
+from services.common.metrics import ServiceMetrics, attach_faust_sensors
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
-from services.domain import CurriculumCatalog, MouseState, TrainingCore, default_catalog
+from services.curricula.catalog import default_catalog
+from services.domain import CurriculumCatalog, MouseState, TrainingCore
 from services.processor.step import ProcessorStep, StepResult, TopicKind
 
 STATE_TABLE = "mouse_state"
@@ -116,6 +120,7 @@ class FaustProcessor:
         table: per-mouse state, keyed by the mouse id in UTF-8, values from
             :meth:`MouseState.to_bytes`.
         outputs: the topic for each kind of output message.
+        metrics: where to count what happened (None: not measured).
     """
 
     def __init__(
@@ -124,11 +129,13 @@ class FaustProcessor:
         step: ProcessorStep,
         table: TableT,
         outputs: dict[TopicKind, TopicT],
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.app = app
         self.step = step
         self.table = table
         self.outputs = outputs
+        self.metrics = metrics
 
     async def handle(self, event: EventT) -> StepResult:
         """Processes one message of the events topic; returns what the step decided.
@@ -138,6 +145,7 @@ class FaustProcessor:
         """
         message = event.message
         key: bytes | None = event.key
+        started = time.perf_counter()
         result = self.step.process(
             self.load(key),
             key,
@@ -153,7 +161,30 @@ class FaustProcessor:
             # change to the changelog topic.
             self.table[encode_key(result.state.mouse_id)] = result.state.to_bytes()
             await self._hand_changelog_to_producer()
+        if self.metrics is not None:
+            self._measure(message, result, time.perf_counter() - started)
         return result
+
+    def _measure(self, message: Any, result: StepResult, seconds: float) -> None:
+        """Counts the input, its outputs, rejections and decisions; records latency and lag."""
+        metrics = cast(ServiceMetrics, self.metrics)
+        metrics.count_consumed(message.topic, result.event.event_type if result.event else None)
+        for out in result.outputs:
+            metrics.count_produced(
+                self.outputs[out.topic_kind].get_topic_name(), out.event.event_type
+            )
+            if isinstance(out.event, EventRejected):
+                metrics.count_rejected(out.event.error_kind)
+            elif isinstance(out.event, StageTransitioned):
+                metrics.count_decision(
+                    out.event.curriculum_name, out.event.from_stage, out.event.decision
+                )
+        metrics.observe_processing("message", seconds)
+        if message.timestamp is not None:
+            metrics.observe_age(time.time() - message.timestamp)
+        highwater = self.app.consumer.highwater(message.tp)
+        if highwater is not None:
+            metrics.set_lag(message.topic, message.partition, highwater - message.offset - 1)
 
     def load(self, key: bytes | None) -> MouseState | None:
         """The stored state of the mouse with this Kafka key, None if there is none."""
@@ -187,7 +218,10 @@ class FaustProcessor:
 
 
 def build_app(
-    settings: Settings, catalog: CurriculumCatalog | None = None, web_port: int | None = None
+    settings: Settings,
+    catalog: CurriculumCatalog | None = None,
+    web_port: int | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> faust.App:
     """Builds the processor's faust app (nothing connects until a worker starts it).
 
@@ -195,6 +229,8 @@ def build_app(
         settings: Kafka address, topic names, partition count, processor id, data directory.
         catalog: the curricula (the shipped ones by default).
         web_port: port of faust's web server; None disables the web server.
+        metrics: the processor's metrics, with faust's own sensors added to its registry
+            (None: nothing is measured).
 
     Returns:
         The app, with the ``mouse_state`` table and the ``process_events`` agent.
@@ -231,6 +267,8 @@ def build_app(
         web_enabled=web_port is not None,
         web_port=web_port if web_port is not None else DEFAULT_WEB_PORT,
     )
+    if metrics is not None:
+        attach_faust_sensors(app, metrics.registry)
     topics = settings.topics
 
     def raw_topic(name: str) -> TopicT:
@@ -253,7 +291,7 @@ def build_app(
         "dead_letter": raw_topic(topics.dead_letter),
     }
     step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec())
-    processor = FaustProcessor(app, step, table, outputs)
+    processor = FaustProcessor(app, step, table, outputs, metrics)
 
     @app.agent(
         raw_topic(topics.events),
@@ -275,7 +313,13 @@ def build_app(
     return app
 
 
-def run_processor(settings: Settings, web_port: int | None = None, loglevel: str = "warn") -> None:
+def run_processor(
+    settings: Settings,
+    web_port: int | None = None,
+    loglevel: str = "warn",
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> None:
     """Runs the processor in this process until SIGTERM or SIGINT.
 
     Creates the Shaping topics if they are missing, then starts a faust worker. On a signal
@@ -285,12 +329,17 @@ def run_processor(settings: Settings, web_port: int | None = None, loglevel: str
         settings: where Kafka is and how topics and the processor are named.
         web_port: serve faust's web endpoints on this port (None: no web server).
         loglevel: faust/Python log level (``debug``, ``info``, ``warn``, ``error``).
+        metrics_port: serve Prometheus metrics (``/metrics``) on this port (None: no metrics).
+        metrics_host: address the metrics endpoint binds to.
 
     Raises:
         SystemExit: with a non-zero code when the worker crashed.
     """
     ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
-    app = build_app(settings, web_port=web_port)
+    metrics = ServiceMetrics("processor") if metrics_port is not None else None
+    app = build_app(settings, web_port=web_port, metrics=metrics)
+    if metrics is not None and metrics_port is not None:
+        metrics.serve(metrics_port, metrics_host)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     # The start-up spinner writes terminal control codes to stdout; a service's log is no tty.
     worker.spinner = None

@@ -18,6 +18,7 @@ from schemas.codec import EventCodec, default_codec
 from schemas.errors import SerializationError
 from schemas.events import Event
 from services.common.errors import TopicMissingError
+from services.common.metrics import ServiceMetrics
 from services.common.topics import TopicNames, wait_for_partitions
 from services.projector.errors import ProjectorError
 from services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
@@ -57,6 +58,7 @@ def run_projector(
     batch_size: int = 500,
     *,
     metadata_timeout_s: float = 60.0,
+    metrics: ServiceMetrics | None = None,
 ) -> int:
     """Projects Shaping's topics into ``store`` until stopped or idle.
 
@@ -74,6 +76,7 @@ def run_projector(
         idle_exit_s: return once no message arrived for this long (None: run until ``stop``).
         batch_size: most messages per batch (and per transaction).
         metadata_timeout_s: how long to wait for the broker to report the topics' partitions.
+        metrics: where to count consumed messages, batch latency and lag (None: not measured).
 
     Returns:
         How many messages were consumed (including those skipped or not projected).
@@ -120,7 +123,9 @@ def run_projector(
             ", ".join(kinds),
             len(committed),
         )
-        return _consume(kafka, codec, kinds, store, consumer, stop, idle_exit_s, batch_size)
+        return _consume(
+            kafka, codec, kinds, store, consumer, stop, idle_exit_s, batch_size, metrics
+        )
     finally:
         kafka.close(autocommit=False)
 
@@ -134,12 +139,15 @@ def _consume(
     stop: threading.Event | None,
     idle_exit_s: float | None,
     batch_size: int,
+    metrics: ServiceMetrics | None = None,
 ) -> int:
     consumed = 0
     last_arrival = time.monotonic()
     while stop is None or not stop.is_set():
         polled = kafka.poll(timeout_ms=_POLL_TIMEOUT_MS, max_records=batch_size)
         records = [record for tp in sorted(polled) for record in polled[tp]]
+        if metrics is not None:
+            _measure_lag(kafka, metrics)
         if not records:
             if idle_exit_s is not None and time.monotonic() - last_arrival >= idle_exit_s:
                 log.info("projector %s idle for %.1f s; stopping", consumer, idle_exit_s)
@@ -156,10 +164,37 @@ def _consume(
             )
             for record in records
         ]
+        started = time.perf_counter()
         applied = store.apply_batch(consumer, messages)
+        if metrics is not None:
+            _measure_batch(metrics, messages, records, time.perf_counter() - started)
         consumed += len(messages)
         log.debug("projector %s: %d messages, %d new events", consumer, len(messages), applied)
     return consumed
+
+
+def _measure_lag(kafka: Any, metrics: ServiceMetrics) -> None:
+    """Lag per assigned partition, from the high watermarks the last fetches reported."""
+    for tp in kafka.assignment():
+        highwater = kafka.highwater(tp)
+        if highwater is not None:
+            metrics.set_lag(tp.topic, tp.partition, highwater - kafka.position(tp))
+
+
+def _measure_batch(
+    metrics: ServiceMetrics, messages: list[ProjectedMessage], records: list[Any], seconds: float
+) -> None:
+    counts: dict[tuple[str, str | None], int] = {}
+    for message in messages:
+        key = (message.topic, message.event.event_type if message.event else None)
+        counts[key] = counts.get(key, 0) + 1
+    for (topic, event_type), n in counts.items():
+        metrics.count_consumed(topic, event_type, n)
+    metrics.observe_processing("batch", seconds)
+    now_ms = time.time() * 1000
+    for record in records:
+        if record.timestamp is not None and record.timestamp >= 0:
+            metrics.observe_age((now_ms - record.timestamp) / 1000)
 
 
 def _decode(codec: EventCodec, record: Any) -> Event | None:

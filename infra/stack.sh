@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The whole Shaping stack as local processes, the same stack docker-compose.yml runs:
+# Kafka (infra/kafka), PostgreSQL (infra/postgres), the topics, the processor, the projector and
+# Prometheus (infra/prometheus) scraping both. `make stack-up` / `make stack-down` call this.
+#
+# Usage: infra/stack.sh up|down|status|config
+#
+#   up      start every part that is not running, in order, and wait until each answers
+#   down    stop every part, in reverse order (also the parts of a half-started stack)
+#   status  one line per part; exit 0 if all run, 3 otherwise
+#   config  print the effective SHAPING_* settings, one KEY=VALUE a line
+#
+# Settings: infra/shaping.env, the file docker-compose.yml gives its services. A variable that is
+# already set in the environment wins over the file, so e.g.
+#   SHAPING_KAFKA_PORT=19092 SHAPING_PROMETHEUS_PORT=19090 infra/stack.sh up
+# starts a second stack on other ports. Also read:
+#   SHAPING_STACK_DIR  data, logs and pid files of every part   (default $REPO/.cache/stack)
+#   SHAPING_OWNER_PID  optional: take the stack down when this process exits (tests)
+#   PYTHON             interpreter with Shaping installed        (default $REPO/.venv/bin/python)
+# Everything listens on 127.0.0.1 only.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+ENV_FILE="$HERE/shaping.env"
+
+# Export every KEY=VALUE of the settings file unless the environment sets it already.
+while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+    [[ "$line" =~ ^([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || { echo "stack: bad line in $ENV_FILE: $line" >&2; exit 2; }
+    key="${BASH_REMATCH[1]}"
+    if [[ -z "${!key+set}" ]]; then export "$key=${BASH_REMATCH[2]}"; fi
+done <"$ENV_FILE"
+
+STACK="${SHAPING_STACK_DIR:-$REPO/.cache/stack}"
+export PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+OWNER="${SHAPING_OWNER_PID:-}"
+# The parts below get the stack's own watchdog instead of one each.
+unset SHAPING_OWNER_PID
+
+export SHAPING_BOOTSTRAP="127.0.0.1:$SHAPING_KAFKA_PORT"
+export SHAPING_KAFKA_DATA="$STACK/kafka"
+export SHAPING_PG_DATA="$STACK/postgres"
+export SHAPING_PROMETHEUS_DATA="$STACK/prometheus"
+export SHAPING_DATA_DIR="$STACK/data"
+export SHAPING_METRICS_HOST=127.0.0.1
+export SHAPING_PROMETHEUS_TARGETS="processor=127.0.0.1:$SHAPING_PROCESSOR_METRICS_PORT projector=127.0.0.1:$SHAPING_PROJECTOR_METRICS_PORT"
+
+KAFKA_SH="$HERE/kafka/kafka.sh"
+POSTGRES_SH="$HERE/postgres/postgres.sh"
+PROMETHEUS_SH="$HERE/prometheus/prometheus.sh"
+SERVICES=(processor projector)
+WATCH_PIDFILE="$STACK/stack-watchdog.pid"
+START_TIMEOUT="${SHAPING_STACK_START_TIMEOUT:-120}"
+
+say() { printf 'stack: %s\n' "$*"; }
+die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+metrics_port() {
+    case "$1" in
+        processor) printf '%s' "$SHAPING_PROCESSOR_METRICS_PORT" ;;
+        projector) printf '%s' "$SHAPING_PROJECTOR_METRICS_PORT" ;;
+    esac
+}
+
+# pid of a running service started by this stack, or fail.
+service_pid() {
+    local file="$STACK/$1.pid" pid
+    [[ -f "$file" ]] || return 1
+    pid="$(tr -dc '0-9' <"$file")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    if [[ -r "/proc/$pid/cmdline" ]]; then
+        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "services.cli $1" || return 1
+    fi
+    printf '%s' "$pid"
+}
+
+metrics_answer() { curl -fsS -m 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" >/dev/null 2>&1; }
+
+start_service() {
+    local name="$1" pid
+    if pid="$(service_pid "$name")"; then
+        say "$name already running (pid $pid)"
+        return 0
+    fi
+    local port
+    port="$(metrics_port "$name")"
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "metrics port 127.0.0.1:$port of the $name is in use"
+    local args=("$name")
+    if [[ "$name" == projector ]]; then args+=(--db-url "$SHAPING_DB_URL"); fi
+    printf '\n===== %s stack.sh up =====\n' "$(date -Is)" >>"$STACK/$name.log"
+    # shellcheck disable=SC2016
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$STACK/$name.pid" \
+        "$PYTHON" -m services.cli "${args[@]}" </dev/null >>"$STACK/$name.log" 2>&1 &
+    local started=$SECONDS
+    until metrics_answer "$name"; do
+        sleep 0.3
+        pid="$(service_pid "$name")" || { tail -n 30 "$STACK/$name.log" >&2; die "the $name exited during start-up (log: $STACK/$name.log)"; }
+        ((SECONDS - started < START_TIMEOUT)) || die "the $name did not answer on 127.0.0.1:$port within $START_TIMEOUT s"
+    done
+    say "$name up (pid $pid), metrics on http://127.0.0.1:$port/metrics"
+}
+
+stop_service() {
+    local name="$1" pid
+    if ! pid="$(service_pid "$name")"; then
+        rm -f "$STACK/$name.pid"
+        say "$name not running"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name still alive after 30 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$STACK/$name.pid"
+    say "$name stopped"
+}
+
+start_watchdog() {
+    # shellcheck disable=SC2016
+    setsid bash -c '
+        owner=$1; shift
+        while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+        exec "$@"' _ "$OWNER" env SHAPING_STACK_WATCHDOG=1 bash "$HERE/stack.sh" down \
+        </dev/null >>"$STACK/watchdog.log" 2>&1 &
+    echo $! >"$WATCH_PIDFILE"
+}
+
+stop_watchdog() {
+    [[ -n "${SHAPING_STACK_WATCHDOG:-}" ]] && return 0
+    if [[ -f "$WATCH_PIDFILE" ]]; then
+        local wpid
+        wpid="$(tr -dc '0-9' <"$WATCH_PIDFILE")"
+        if [[ -n "$wpid" ]] && tr '\0' ' ' <"/proc/$wpid/cmdline" 2>/dev/null | grep -q 'kill -0'; then
+            kill -TERM "$wpid" 2>/dev/null || true
+        fi
+        rm -f "$WATCH_PIDFILE"
+    fi
+}
+
+up() {
+    mkdir -p "$STACK"
+    "$KAFKA_SH" up
+    "$PYTHON" -m services.cli topics create >/dev/null
+    say "topics ${SHAPING_TOPIC_PREFIX}.* ready on $SHAPING_BOOTSTRAP"
+    "$POSTGRES_SH" up
+    export SHAPING_DB_URL="${SHAPING_DB_URL:-$("$POSTGRES_SH" url)}"
+    for name in "${SERVICES[@]}"; do start_service "$name"; done
+    "$PROMETHEUS_SH" up
+    if [[ -n "$OWNER" ]]; then start_watchdog; fi
+    say "up: Kafka $SHAPING_BOOTSTRAP, status tables $SHAPING_DB_URL,"
+    say "    Prometheus http://127.0.0.1:$SHAPING_PROMETHEUS_PORT (logs and data in $STACK)"
+}
+
+down() {
+    stop_watchdog
+    "$PROMETHEUS_SH" down
+    local i
+    for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do stop_service "${SERVICES[$i]}"; done
+    "$POSTGRES_SH" down
+    "$KAFKA_SH" down
+}
+
+status() {
+    local all=0 name pid
+    "$KAFKA_SH" status || all=3
+    "$POSTGRES_SH" status || all=3
+    for name in "${SERVICES[@]}"; do
+        if pid="$(service_pid "$name")"; then
+            say "$name running (pid $pid), metrics on 127.0.0.1:$(metrics_port "$name")"
+        else
+            say "$name not running"
+            all=3
+        fi
+    done
+    "$PROMETHEUS_SH" status || all=3
+    return "$all"
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    config) env | grep -E '^SHAPING_' | sort ;;
+    *)
+        echo "usage: $0 up|down|status|config" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,146 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its structure is checked: every
+service the deployment needs, health checks and restart policies, files it mounts and reads,
+and the same settings as the local stack (infra/shaping.env, infra/stack.sh)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.ops.helpers import STACK_SH, run
+from tests.support.scripts import REPO
+
+COMPOSE = REPO / "docker-compose.yml"
+ONE_SHOT = {"topics", "rigs"}
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def env_file() -> dict[str, str]:
+    values = {}
+    for line in (REPO / "infra" / "shaping.env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+def test_compose_runs_the_whole_stack() -> None:
+    services = compose()["services"]
+    assert set(services) >= {
+        "kafka",
+        "postgres",
+        "topics",
+        "processor",
+        "projector",
+        "prometheus",
+        "grafana",
+        "rigs",
+    }
+    assert services["rigs"]["profiles"] == ["sim"]
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_long_running_services_have_health_checks_and_restart_policies() -> None:
+    for name, service in compose()["services"].items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+            continue
+        assert service.get("restart") == "unless-stopped", name
+        check = service.get("healthcheck")
+        assert check and check["test"][0] in {"CMD", "CMD-SHELL"}, name
+
+
+def test_dependencies_name_existing_services_with_valid_conditions() -> None:
+    services = compose()["services"]
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, service in services.items():
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            assert dependency in services, (name, dependency)
+            assert spec["condition"] in conditions
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[dependency], (name, dependency)
+
+
+def test_every_env_file_and_mounted_path_exists() -> None:
+    document = compose()
+    named_volumes = set(document.get("volumes") or {})
+    for name, service in document["services"].items():
+        files = service.get("env_file") or []
+        for path in [files] if isinstance(files, str) else files:
+            assert (REPO / path).is_file(), (name, path)
+        for volume in service.get("volumes") or []:
+            source = volume.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (REPO / source).exists(), (name, source)
+            else:
+                assert source in named_volumes, (name, source)
+
+
+def test_the_dockerfile_copies_what_exists() -> None:
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO / source).exists(), line
+
+
+def test_prometheus_scrapes_the_metrics_ports_of_the_shared_settings(
+    prometheus_installed: None,
+) -> None:
+    settings = env_file()
+    config = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+    }
+    assert targets == {
+        "processor": f"processor:{settings['SHAPING_PROCESSOR_METRICS_PORT']}",
+        "projector": f"projector:{settings['SHAPING_PROJECTOR_METRICS_PORT']}",
+    }
+    result = subprocess.run(
+        ["promtool", "check", "config", str(REPO / "infra/prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_grafana_gets_the_provisioning_and_dashboards_it_is_told_about() -> None:
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(volume.split(":")[:2] for volume in grafana["volumes"])
+    assert mounts["./infra/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load(
+        (REPO / "infra/grafana/provisioning/dashboards/shaping.yml").read_text()
+    )
+    assert mounts["./infra/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+    datasources = (REPO / "infra/grafana/provisioning/datasources/shaping.yml").read_text()
+    for variable in re.findall(r"\$\{(\w+)\}", datasources):
+        assert variable in grafana["environment"], variable
+    prometheus = yaml.safe_load(datasources)["datasources"][0]
+    assert prometheus["url"] == "http://prometheus:9090"
+
+
+def test_compose_and_the_local_stack_read_the_same_settings(tmp_path: Path) -> None:
+    settings = env_file()
+    services = compose()["services"]
+    for name in ("processor", "projector", "topics", "rigs"):
+        assert services[name]["env_file"] == "infra/shaping.env"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
+    clean["SHAPING_STACK_DIR"] = str(tmp_path)
+    effective = dict(
+        line.split("=", 1) for line in run(["bash", str(STACK_SH), "config"], clean).splitlines()
+    )
+    for key, value in settings.items():
+        assert effective[key] == value, key
+    assert effective["SHAPING_BOOTSTRAP"] == f"127.0.0.1:{settings['SHAPING_KAFKA_PORT']}"
+    # the environment wins over the file, as with compose's `environment:`
+    clean["SHAPING_KAFKA_PORT"] = "19092"
+    overridden = run(["bash", str(STACK_SH), "config"], clean)
+    assert "SHAPING_BOOTSTRAP=127.0.0.1:19092" in overridden.splitlines()
