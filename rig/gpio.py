@@ -24,13 +24,28 @@ except ImportError as exc:  # pragma: no cover - the rig extra is installed in d
     ) from exc
 
 
+def _output(spec: PinSpec, pin_factory: Any) -> DigitalOutputDevice:
+    """A digital output as the pin map describes it, off at start."""
+    return DigitalOutputDevice(
+        spec.pin, active_high=spec.active_high, initial_value=False, pin_factory=pin_factory
+    )
+
+
+def _input(spec: PinSpec, pin_factory: Any) -> DigitalInputDevice:
+    """A digital input as the pin map describes it (pull-up and debounce)."""
+    return DigitalInputDevice(
+        spec.pin,
+        pull_up=spec.pull_up,
+        bounce_time=spec.bounce_ms / 1000 if spec.bounce_ms else None,
+        pin_factory=pin_factory,
+    )
+
+
 class GpiozeroCueLight:
     """A cue LED on a digital output."""
 
     def __init__(self, spec: PinSpec, pin_factory: Any = None) -> None:
-        self.device = DigitalOutputDevice(
-            spec.pin, active_high=spec.active_high, initial_value=False, pin_factory=pin_factory
-        )
+        self.device = _output(spec, pin_factory)
 
     def on(self) -> None:
         """Lights the cue."""
@@ -50,12 +65,7 @@ class GpiozeroTouchSensor:
     """A touch or lick sensor on a digital input (active = touched)."""
 
     def __init__(self, spec: PinSpec, pin_factory: Any = None) -> None:
-        self.device = DigitalInputDevice(
-            spec.pin,
-            pull_up=spec.pull_up,
-            bounce_time=spec.bounce_ms / 1000 if spec.bounce_ms else None,
-            pin_factory=pin_factory,
-        )
+        self.device = _input(spec, pin_factory)
 
     @property
     def is_touched(self) -> bool:
@@ -71,12 +81,7 @@ class GpiozeroPawRestSensor:
     """A paw-rest sensor on a digital input (active = the paw rests on it)."""
 
     def __init__(self, spec: PinSpec, pin_factory: Any = None) -> None:
-        self.device = DigitalInputDevice(
-            spec.pin,
-            pull_up=spec.pull_up,
-            bounce_time=spec.bounce_ms / 1000 if spec.bounce_ms else None,
-            pin_factory=pin_factory,
-        )
+        self.device = _input(spec, pin_factory)
 
     @property
     def is_resting(self) -> bool:
@@ -95,9 +100,7 @@ class GpiozeroValve:
     """A solenoid valve on a digital output (on = open)."""
 
     def __init__(self, spec: PinSpec, pin_factory: Any = None) -> None:
-        self.device = DigitalOutputDevice(
-            spec.pin, active_high=spec.active_high, initial_value=False, pin_factory=pin_factory
-        )
+        self.device = _output(spec, pin_factory)
 
     def open(self) -> None:
         """Opens the valve."""
@@ -117,9 +120,7 @@ class GpiozeroSyncOutput:
     """The sync line on a digital output."""
 
     def __init__(self, spec: PinSpec, pin_factory: Any = None) -> None:
-        self.device = DigitalOutputDevice(
-            spec.pin, active_high=spec.active_high, initial_value=False, pin_factory=pin_factory
-        )
+        self.device = _output(spec, pin_factory)
 
     def high(self) -> None:
         """Raises the line."""

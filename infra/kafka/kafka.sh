@@ -276,35 +276,8 @@ up() {
     say "up (pid $pid) on 127.0.0.1:$PORT after $((SECONDS - started)) s"
 }
 
-# Stop the broker if the owning process (e.g. a pytest session) disappears
-# without running its teardown.
-start_watchdog() {
-    local broker="$1" owner="$2"
-    # shellcheck disable=SC2016
-    setsid bash -c '
-        broker=$1 owner=$2
-        while kill -0 "$broker" 2>/dev/null; do
-            if ! kill -0 "$owner" 2>/dev/null; then
-                kill -TERM "$broker" 2>/dev/null
-                for _ in $(seq 1 60); do kill -0 "$broker" 2>/dev/null || exit 0; sleep 0.5; done
-                kill -KILL "$broker" 2>/dev/null
-                exit 0
-            fi
-            sleep 1
-        done' _ "$broker" "$owner" </dev/null >/dev/null 2>&1 &
-    echo $! >"$WATCH_PIDFILE"
-}
 
-stop_watchdog() {
-    if [[ -f "$WATCH_PIDFILE" ]]; then
-        local wpid
-        wpid="$(tr -dc '0-9' <"$WATCH_PIDFILE")"
-        if [[ -n "$wpid" ]] && tr '\0' ' ' <"/proc/$wpid/cmdline" 2>/dev/null | grep -q 'kill -0'; then
-            kill -TERM "$wpid" 2>/dev/null || true
-        fi
-        rm -f "$WATCH_PIDFILE"
-    fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/watchdog.sh"
 
 down() {
     local pid

@@ -262,6 +262,10 @@ SQL
     fi
 }
 
+# stop_watchdog comes from here; start_watchdog below replaces the shared one because a
+# PostgreSQL server is watched through its postmaster.pid, not its pid.
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/watchdog.sh"
+
 # Stop the server if the owning process (e.g. a pytest session) disappears
 # without running its teardown.
 start_watchdog() {
@@ -279,21 +283,11 @@ start_watchdog() {
     echo $! >"$WATCH_PIDFILE"
 }
 
-stop_watchdog() {
-    if [[ -f "$WATCH_PIDFILE" ]]; then
-        local wpid
-        wpid="$(tr -dc '0-9' <"$WATCH_PIDFILE")"
-        if [[ -n "$wpid" ]] && tr '\0' ' ' <"/proc/$wpid/cmdline" 2>/dev/null | grep -q 'postmaster.pid'; then
-            kill -TERM "$wpid" 2>/dev/null || true
-        fi
-        rm -f "$WATCH_PIDFILE"
-    fi
-}
 
 down() {
     BIN="$(find_bin)" || { say "not installed, so not running"; return 0; }
     resolve_locations_readonly
-    stop_watchdog
+    stop_watchdog postmaster.pid
     if ! is_running; then
         say "not running (data $DATA)"
         return 0

@@ -183,33 +183,8 @@ up() {
     say "up (pid $pid) on 127.0.0.1:$PORT, scraping: ${TARGETS//,/ }"
 }
 
-# Stop Prometheus if the owning process (a pytest session) disappears without its teardown.
-start_watchdog() {
-    # shellcheck disable=SC2016
-    setsid bash -c '
-        server=$1 owner=$2
-        while kill -0 "$server" 2>/dev/null; do
-            if ! kill -0 "$owner" 2>/dev/null; then
-                kill -TERM "$server" 2>/dev/null
-                for _ in $(seq 1 60); do kill -0 "$server" 2>/dev/null || exit 0; sleep 0.5; done
-                kill -KILL "$server" 2>/dev/null
-                exit 0
-            fi
-            sleep 1
-        done' _ "$1" "$2" </dev/null >/dev/null 2>&1 &
-    echo $! >"$WATCH_PIDFILE"
-}
 
-stop_watchdog() {
-    if [[ -f "$WATCH_PIDFILE" ]]; then
-        local wpid
-        wpid="$(tr -dc '0-9' <"$WATCH_PIDFILE")"
-        if [[ -n "$wpid" ]] && tr '\0' ' ' <"/proc/$wpid/cmdline" 2>/dev/null | grep -q 'kill -0'; then
-            kill -TERM "$wpid" 2>/dev/null || true
-        fi
-        rm -f "$WATCH_PIDFILE"
-    fi
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/watchdog.sh"
 
 down() {
     local pid
