@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -89,18 +89,42 @@ class MouseEnrolled(Event):
     notes: str = ""
 
 
+def _iso_date(value: str | None) -> str | None:
+    """Checks a calendar date is ``YYYY-MM-DD``."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat() if len(value) == 10 else _bad_date(value)
+    except ValueError:
+        return _bad_date(value)
+
+
+def _bad_date(value: str) -> str:
+    raise ValueError(f"session_date must be a date like 2026-03-02, not {value!r}")
+
+
 class SessionStarted(Event):
     """A rig started a training session with a parameter set.
 
     ``assignment_id`` names the AssignmentIssued the rig configured itself from, so anyone can
-    check that the rig ran exactly what it was told.
+    check that the rig ran exactly what it was told. ``session_date`` is the rig's local
+    calendar date (``YYYY-MM-DD``; None: the UTC date of ``occurred_at``): metrics that pool the
+    sessions of a date (IBL) and the recompute after a late session go by it.
     """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     stage: str
     curriculum_name: str
     curriculum_version: str
     parameters: Parameters
     assignment_id: str | None = None
+    session_date: Annotated[str | None, AfterValidator(_iso_date)] = None
+
+    @property
+    def effective_date(self) -> str:
+        """The session's calendar date: ``session_date``, else the UTC date it started."""
+        return self.session_date or self.occurred_at.date().isoformat()
 
 
 class TrialCompleted(Event):
@@ -196,8 +220,12 @@ class StageTransitioned(Event):
 
     One is emitted for every finished session, so the decision log has a row per session;
     ``decision == "stay"`` keeps the stage. ``rule_evaluations`` holds every rule that was
-    evaluated, in order, with its evidence; ``rule`` names the first that held.
+    evaluated, in order, with its evidence; ``rule`` names the first that held. ``metrics``
+    holds the values of the curriculum's reported metrics. A decision recomputed after a late
+    session names the decision it replaces in ``supersedes`` (the log is never rewritten).
     """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     curriculum_name: str
     curriculum_version: str
@@ -209,10 +237,22 @@ class StageTransitioned(Event):
     sessions_at_stage: int
     session_total: int
     session_summary: SessionSummary
+    supersedes: str | None = None
+    session_date: str | None = None
+    metrics: Annotated[dict[str, float | None], AfterValidator(_finite_or_none)] = Field(
+        default_factory=dict
+    )
 
 
 class AssignmentIssued(Event):
-    """What the mouse's next session must run: its stage and every parameter, resolved."""
+    """What the mouse's next session must run: its stage and every parameter, resolved.
+
+    ``parameters`` already include the mouse's ``adjustments``. ``evidence``, ``metrics`` and
+    ``warnings`` travel with the assignment so the rig can show the trainer why, right after
+    the session. ``supersedes`` names the assignment this one replaces after a recompute.
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     stage: str
     parameters: Parameters
@@ -222,6 +262,13 @@ class AssignmentIssued(Event):
     reason_detail: str = ""
     sessions_at_stage: int
     session_number: int
+    evidence: list[RuleEvaluation] = Field(default_factory=list)
+    metrics: Annotated[dict[str, float | None], AfterValidator(_finite_or_none)] = Field(
+        default_factory=dict
+    )
+    supersedes: str | None = None
+    adjustments: Parameters = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
 
 
 class EventRejected(Event):
@@ -274,6 +321,53 @@ class MouseMigrated(Event):
     migrated_by: str = ""
 
 
+class TrainingWarning(Event):
+    """Something a trainer should know, raised with a decision (a warning rule that held).
+
+    ``kind`` is stable (``untrainable_risk``, ``regression_prevented``,
+    ``biased_before_trained``, or a curriculum's own); ``evidence`` holds the warning rule
+    with its observations.
+    """
+
+    kind: str = Field(min_length=1)
+    message: str
+    stage: str
+    curriculum_name: str
+    curriculum_version: str
+    evidence: list[RuleEvaluation] = Field(default_factory=list)
+
+
+class StageOverridden(Event):
+    """A trainer moved a mouse to a stage by hand; audited, and honoured by the processor.
+
+    ``from_stage`` is the stage the trainer saw the mouse at (None: not checked); the
+    processor refuses the override if the mouse has moved since.
+    """
+
+    to_stage: str = Field(min_length=1)
+    from_stage: str | None = None
+    reason: str = Field(min_length=1)
+    overridden_by: str = ""
+
+
+class MouseEjected(Event):
+    """A mouse leaves training: it gets no more assignments and its sessions are refused."""
+
+    reason: str = Field(min_length=1)
+    ejected_by: str = ""
+
+
+class ParametersAdjusted(Event):
+    """A trainer adjusted some of a mouse's parameters, within what its curriculum allows.
+
+    A None value clears the adjustment of that parameter (back to the stage's value).
+    """
+
+    adjustments: Parameters
+    reason: str = Field(min_length=1)
+    adjusted_by: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -287,6 +381,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         EventRejected,
         CurriculumPublished,
         MouseMigrated,
+        TrainingWarning,
+        StageOverridden,
+        MouseEjected,
+        ParametersAdjusted,
     )
 }
 """Every event class by its wire name."""

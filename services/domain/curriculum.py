@@ -46,6 +46,9 @@ class Evaluation:
         parameters: the next session's full parameter set, when the curriculum computed one
             (in-stage policies); None means the stage's own parameters.
         changes: parameters the policies changed, with their new values.
+        warnings: the stage's warning rules that held (``rule`` is the warning's kind,
+            ``description`` its message), with their observations.
+        metrics: values of the curriculum's reported metrics at the decision.
     """
 
     decision: Decision
@@ -55,6 +58,8 @@ class Evaluation:
     rule_evaluations: list[RuleEvaluation]
     parameters: Parameters | None = None
     changes: dict[str, ParamValue] = field(default_factory=dict)
+    warnings: list[RuleEvaluation] = field(default_factory=list)
+    metrics: dict[str, float | None] = field(default_factory=dict)
 
 
 class CurriculumEngine(Protocol):
