@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SHAPING := $(VENV)/bin/shaping
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down stack-up stack-down stack-status dashboards bench clean
+.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down stack-up stack-down stack-status dashboards bench bench-ibl clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ dashboards: install ## Regenerate the Grafana dashboards (infra/grafana/dashboar
 
 bench: install ## Run the benchmarks and rewrite bench/REPORT.md
 	$(PY) -m bench.run
+
+bench-ibl: install ## IBL ladder: metric updates, recompute, and ibllib on the same trials (IBL section of bench/REPORT.md)
+	$(PY) -m bench.ibl
 
 clean: ## Remove demo output and caches (keeps .venv and the Kafka jars)
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache .hypothesis

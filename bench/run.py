@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import core, latency, throughput
+from bench.ibl import kept_section
 from bench.kafka_env import BenchError, KafkaEnv
 from bench.report import Machine, RunInfo, render
 from bench.stats import Results
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         load_after=os.getloadavg(),
         section_seconds=section_seconds,
     )
-    args.report.write_text(render(Machine.describe(), run, results))
+    # The IBL section (python -m bench.ibl) is measured separately: keep it.
+    kept = kept_section(args.report)
+    report = render(Machine.describe(), run, results)
+    args.report.write_text(report + ("\n" + kept if kept else ""))
     print(f"wrote {args.report}", flush=True)
     return 0
 

@@ -55,18 +55,27 @@ class TableMetrics:
     session_total: int
     sessions_at_stage: int
 
-    def value(self, metric: str, window: int | None = None) -> float | None:
+    def value(
+        self,
+        metric: str,
+        window: int | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> float | None:
         """A counter, or the judged session's value of a session metric."""
         if metric == "session_total":
             return float(self.session_total)
         if metric == "sessions_at_stage":
             return float(self.sessions_at_stage)
-        if window is not None:
+        if window is not None or arguments:
             return None  # a session table has no trials
         return self.history[-1].get(metric) if self.history else None
 
-    def series(self, metric: str) -> Sequence[float | None]:
+    def series(
+        self, metric: str, arguments: Mapping[str, Any] | None = None
+    ) -> Sequence[float | None]:
         """A session metric's values, oldest first, ending with the judged session."""
+        if arguments:
+            return []  # window series need trials
         return [row.get(metric) for row in self.history]
 
 

@@ -14,15 +14,24 @@ What an expression may contain:
 
 - numbers; ``True``/``False``; a quoted string only as a policy's whole value;
 - metric names from the registry (see :mod:`services.domain.metrics`): a counter by name
-  (``session_total``); a session metric by name (the judged session's value), by a negative
+  (``session_total``), or called with its keyword arguments (``session_count(stage="in
+  training")``); a session metric by name (the judged session's value), by a negative
   index (``finished_trials[-2]``: the session before) or by a slice of recent sessions
-  (``finished_trials[-5:]``, only inside ``mean``/``min``/``max``/``sum``/``len``); a trial
-  metric called with its window (``accuracy(window=200)``);
+  (``finished_trials[-5:]``, only inside an aggregate); a trial metric called with its window
+  (``accuracy(window=200)``); a window metric called with ``sessions=k`` or ``dates=k`` and
+  its other arguments (``psych_bias(dates=3, block=0.2)``); a window-series metric the same
+  way, inside an aggregate (``all(window_perf_easy(dates=3) > 0.9)``). Argument values are
+  constants: numbers, quoted strings, ``True``/``False``; each metric's arguments are checked
+  against the registry when the curriculum loads;
+- the curriculum's named ``conditions`` (a boolean expression defined once, used by name in
+  rules, warnings, reports and later conditions);
 - in a policy's expressions, the stage's parameter names (their current values);
 - ``+ - * /``, unary minus, ``abs(x)``, ``min(a, b, ...)``, ``max(a, b, ...)``;
 - comparisons ``< <= > >= == !=``, chained ones (``0.1 < x < 0.9``), and inside an aggregate
-  a session slice compared with a number, which counts (``sum(x[-3:] > 2)``) or averages
-  (``mean(x[-3:] > 2)``) the sessions where it holds;
+  a session slice (or window series) compared with a number, which counts (``sum(x[-3:] >
+  2)``), averages (``mean(x[-3:] > 2)``) or quantifies (``all(...)``, ``any(...)``, as numpy's
+  ``all``/``any``: ``all`` of nothing holds, ``any`` of nothing does not) the sessions where
+  it holds;
 - ``and``, ``or``, ``not``, parentheses.
 
 Semantics (those of the AIND auto-train engine, so its curricula keep their meaning): a missing
@@ -49,14 +58,15 @@ from typing import Any, Literal
 from schemas.events import Observation, ParamValue
 from services.curricula.errors import RuleSyntaxError
 from services.domain.curriculum import MetricSource
-from services.domain.metrics import MetricRegistry
-from services.domain.state import MAX_SESSION_HISTORY, MAX_TRIAL_WINDOW
+from services.domain.metrics import MetricDefinition, MetricRegistry
+from services.domain.state import MAX_SESSION_HISTORY
 
 Kind = Literal["bool", "number", "series", "mask", "text"]
 NAN = math.nan
 
 AGGREGATES = ("mean", "min", "max", "sum", "len")
-FUNCTIONS = (*AGGREGATES, "abs")
+QUANTIFIERS = ("all", "any")
+FUNCTIONS = (*AGGREGATES, *QUANTIFIERS, "abs")
 
 _COMPARATORS: dict[type[ast.cmpop], tuple[str, Callable[[float, float], bool]]] = {
     ast.Lt: ("<", operator.lt),
@@ -182,6 +192,7 @@ class Context:
         self.metrics = metrics
         self.parameters = parameters or {}
         self._series: dict[str, list[float]] = {}
+        self.observed_conditions: dict[str, bool] = {}
 
     def series(self, name: str) -> list[float]:
         """A session metric's values as floats (missing: NaN), cached per evaluation."""
@@ -235,6 +246,81 @@ class TrialWindow(Node):
 
     def eval(self, ctx: Context) -> float:
         return _num(ctx.metrics.value(self.name, self.window))
+
+
+@dataclass
+class MetricCall(Node):
+    """A metric called with keyword arguments: a number, or (a window series) a list."""
+
+    name: str = ""
+    window: int | None = None
+    arguments: dict[str, ParamValue] = field(default_factory=dict)
+
+    def eval(self, ctx: Context) -> Any:
+        if self.kind == "series":
+            return [_num(v) for v in ctx.metrics.series(self.name, self.arguments)]
+        return _num(ctx.metrics.value(self.name, self.window, self.arguments))
+
+
+@dataclass
+class ConditionRef(Node):
+    """A named condition of the curriculum, used by name."""
+
+    name: str = ""
+    condition: Node | None = None
+
+    def eval(self, ctx: Context) -> bool:
+        assert self.condition is not None
+        return bool(self.condition.eval(ctx))
+
+    def observe(self, ctx: Context, out: list[Observation], root: bool) -> bool:
+        assert self.condition is not None
+        if self.name in ctx.observed_conditions:  # its parts are in the evidence already
+            result = ctx.observed_conditions[self.name]
+        else:
+            result = self.condition.observe(ctx, out, True)
+            ctx.observed_conditions[self.name] = result
+        out.append(_composite(self.name, result))
+        return result
+
+
+@dataclass
+class Quantifier(Node):
+    """``all(mask)`` / ``any(mask)`` over a slice of sessions or a window series compared with
+    a number. As evidence: the extreme value that decides (the smallest for ``all(x > t)``,
+    the largest for ``any(x > t)``...) against the number."""
+
+    every: bool = True
+    mask: Compare | None = None
+
+    def eval(self, ctx: Context) -> bool:
+        assert self.mask is not None
+        values = [bool(v) for v in self.mask.eval(ctx)]
+        return all(values) if self.every else any(values)
+
+    def observe(self, ctx: Context, out: list[Observation], root: bool) -> bool:
+        assert self.mask is not None and self.mask.left is not None
+        assert self.mask.right is not None
+        result = self.eval(ctx)
+        left, right = self.mask.left.eval(ctx), self.mask.right.eval(ctx)
+        series_left = isinstance(left, list)
+        values = [v for v in (left if series_left else right) if not math.isnan(v)]
+        number = float(right if series_left else left)
+        comparator = self.mask.comparator if series_left else _FLIPPED[self.mask.comparator]
+        upward = comparator in (">", ">=")
+        low = self.every == upward  # all(x > t): min decides; any(x > t): max decides
+        observed = (min(values) if low else max(values)) if values else None
+        side = self.mask.left if series_left else self.mask.right
+        out.append(
+            Observation(
+                metric=f"{'min' if low else 'max'}({side.text})",
+                observed=observed,
+                comparator=comparator,
+                threshold=number if math.isfinite(number) else 0.0,
+                passed=result,
+            )
+        )
+        return result
 
 
 @dataclass
@@ -439,10 +525,12 @@ class Scope:
     Attributes:
         metrics: metric definitions (the registry plus the curriculum's declared metrics).
         parameters: parameter names usable as values (policies only; empty for rules).
+        conditions: the curriculum's named conditions defined so far, by name.
     """
 
     metrics: MetricRegistry
     parameters: frozenset[str] = frozenset()
+    conditions: Mapping[str, Expression] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -457,6 +545,7 @@ class Expression:
         parameters: parameter names it reads.
         trial_window: the longest trial window it reads (0: none).
         session_lookback: how many recent sessions it reads (0: none).
+        date_lookback: how many recent dates a window metric pools (0: none).
     """
 
     source: str
@@ -466,6 +555,7 @@ class Expression:
     parameters: frozenset[str]
     trial_window: int
     session_lookback: int
+    date_lookback: int = 0
 
     def holds(
         self, metrics: MetricSource, parameters: Mapping[str, ParamValue] | None = None
@@ -522,6 +612,23 @@ def parse_value(source: str, scope: Scope) -> Expression:
     return expression
 
 
+def parse_report(source: str, scope: Scope) -> Expression:
+    """Parses a reported metric expression: a number, a condition (reported as 1 or 0) or a
+    window series (reported value by value).
+
+    Raises:
+        RuleSyntaxError: with the reason and the column where the problem starts.
+    """
+    expression = _parse(source, scope)
+    if expression.root.kind not in ("number", "bool", "series"):
+        raise RuleSyntaxError(
+            f"a reported value must be a number, a condition or a window series, not a "
+            f"{_describe(expression.root.kind)}: {expression.text}",
+            1,
+        )
+    return expression
+
+
 def _describe(kind: Kind) -> str:
     return {
         "bool": "condition",
@@ -550,6 +657,7 @@ def _parse(source: str, scope: Scope) -> Expression:
         parameters=frozenset(builder.parameters),
         trial_window=builder.trial_window,
         session_lookback=builder.session_lookback,
+        date_lookback=builder.date_lookback,
     )
 
 
@@ -571,6 +679,7 @@ class _Builder:
         self.parameters: set[str] = set()
         self.trial_window = 0
         self.session_lookback = 0
+        self.date_lookback = 0
 
     def fail(self, node: ast.AST, message: str) -> RuleSyntaxError:
         column = getattr(node, "col_offset", None)
@@ -637,13 +746,22 @@ class _Builder:
         raise self.fail(node, f"the constant {text} is not allowed")
 
     def unknown(self, node: ast.AST, name: str) -> RuleSyntaxError:
-        known = [*self.scope.metrics.names(), *self.scope.parameters, *FUNCTIONS]
+        known = [
+            *self.scope.conditions,
+            *self.scope.metrics.names(),
+            *self.scope.parameters,
+            *FUNCTIONS,
+        ]
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         what = "metric or parameter" if self.scope.parameters else "metric"
         return self.fail(node, f"unknown {what} {name!r}{hint}")
 
     def name(self, node: ast.Name, text: str) -> Node:
+        condition = self.scope.conditions.get(node.id)
+        if condition is not None:
+            self.absorb(condition)
+            return ConditionRef("bool", text, name=node.id, condition=condition.root)
         definition = self.scope.metrics.get(node.id)
         if definition is None:
             if node.id in self.scope.parameters:
@@ -658,9 +776,25 @@ class _Builder:
                 node,
                 f"{node.id} is computed over trials: give its window, e.g. {node.id}(window=200)",
             )
+        if definition.kind in ("window", "window_series"):
+            raise self.fail(
+                node,
+                f"{node.id} pools a window: call it with sessions=k or dates=k, e.g. "
+                f"{node.id}(dates=3)",
+            )
+        required = [a.name for a in definition.arguments if a.required]
+        if required:
+            raise self.fail(node, f"{node.id} needs arguments: {definition.usage()}")
         if definition.kind == "session":
             self.session_lookback = max(self.session_lookback, 1)
         return Counter("number", text, name=node.id)
+
+    def absorb(self, expression: Expression) -> None:
+        """Takes in what a named condition reads."""
+        self.metrics.update(expression.metrics)
+        self.trial_window = max(self.trial_window, expression.trial_window)
+        self.session_lookback = max(self.session_lookback, expression.session_lookback)
+        self.date_lookback = max(self.date_lookback, expression.date_lookback)
 
     def session_metric(self, node: ast.expr) -> str:
         if not isinstance(node, ast.Name):
@@ -740,11 +874,13 @@ class _Builder:
         function = node.func.id
         definition = self.scope.metrics.get(function)
         if definition is not None:
-            return self.trial_metric(node, text, function, definition.kind)
+            return self.metric_call(node, text, definition)
+        if function in self.scope.conditions:
+            raise self.fail(node, f"{function} is a named condition: use it without parentheses")
         if function not in FUNCTIONS:
             if function in self.scope.parameters:
                 raise self.fail(node, f"{function} is a parameter, not a function")
-            trial_metrics = [d.name for d in self.scope.metrics if d.kind == "trials"]
+            trial_metrics = [d.name for d in self.scope.metrics if d.called]
             close = difflib.get_close_matches(function, [*FUNCTIONS, *trial_metrics], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise self.fail(
@@ -766,6 +902,8 @@ class _Builder:
         if function in ("min", "max") and len(node.args) >= 2:
             args = [self.expect(a, "number", f"an argument of {function}") for a in node.args]
             return Call("number", text, function=function, args=args)
+        if function in QUANTIFIERS:
+            return self.quantifier(node, text, function)
         if len(node.args) != 1:
             raise self.fail(
                 node, f"{function} takes one slice of sessions, e.g. {function}(x[-5:])"
@@ -779,20 +917,69 @@ class _Builder:
             )
         return Aggregate("number", text, function=function, arg=arg)
 
-    def trial_metric(self, node: ast.Call, text: str, name: str, kind: str) -> Node:
-        if kind != "trials":
-            raise self.fail(node, f"{name} is a {kind} metric: use it without parentheses")
-        if node.args or [k.arg for k in node.keywords] != ["window"]:
-            raise self.fail(node, f"{name} takes exactly one argument, window=N (trials)")
-        window = self.integer(node.keywords[0].value, "window")
-        assert window is not None
-        if not 1 <= window <= MAX_TRIAL_WINDOW:
+    def quantifier(self, node: ast.Call, text: str, function: str) -> Node:
+        if len(node.args) != 1:
+            raise self.fail(node, f"{function} takes one comparison, e.g. {function}(x[-3:] > 2)")
+        arg = self.build(node.args[0], in_aggregate=True)
+        if not isinstance(arg, Compare) or arg.kind != "mask":
             raise self.fail(
-                node, f"window must be between 1 and {MAX_TRIAL_WINDOW} trials, not {window}"
+                node,
+                f"{function} needs a slice of sessions or a window series compared with a "
+                f"number, e.g. {function}(window_n_trials(dates=3) > 400), not {arg.text}",
             )
+        return Quantifier("bool", text, every=function == "all", mask=arg)
+
+    def argument_value(self, node: ast.expr, name: str) -> ParamValue:
+        built = self.build(node)
+        if not isinstance(built, Const):
+            raise self.fail(
+                node,
+                f"argument {name} must be a constant (a number, a quoted string, True or "
+                f"False), not {ast.unparse(node)}",
+            )
+        return built.value
+
+    def metric_call(self, node: ast.Call, text: str, definition: MetricDefinition) -> Node:
+        name = definition.name
+        if not definition.called:
+            raise self.fail(
+                node, f"{name} is a {definition.kind} metric: use it without parentheses"
+            )
+        if node.args:
+            raise self.fail(node, f"{name} takes keyword arguments only: {definition.usage()}")
+        given: dict[str, ParamValue] = {}
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                raise self.fail(node, f"{name} takes keyword arguments only: {definition.usage()}")
+            if keyword.arg in given:
+                raise self.fail(node, f"{name}: {keyword.arg} is given twice")
+            given[keyword.arg] = self.argument_value(keyword.value, keyword.arg)
+        if definition.kind == "trials" and not definition.arguments and list(given) != ["window"]:
+            raise self.fail(node, f"{name} takes exactly one argument, window=N (trials)")
+        problems = definition.check_arguments(given)
+        if problems:
+            raise self.fail(node, "; ".join(problems))
+        types = {a.name: a.type for a in definition.all_arguments()}
+        for key, value in list(given.items()):
+            if types.get(key) == "int" and isinstance(value, float):
+                given[key] = int(value)
         self.metrics.add(name)
-        self.trial_window = max(self.trial_window, window)
-        return TrialWindow("number", text, name=name, window=window)
+        window = given.pop("window", None) if definition.kind == "trials" else None
+        if window is not None:
+            assert isinstance(window, int)
+            self.trial_window = max(self.trial_window, window)
+            if not given:
+                return TrialWindow("number", text, name=name, window=window)
+        if isinstance(given.get("sessions"), int):
+            sessions = given["sessions"]
+            assert isinstance(sessions, int)
+            self.lookback(node, sessions)
+        if isinstance(given.get("dates"), int):
+            dates = given["dates"]
+            assert isinstance(dates, int)
+            self.date_lookback = max(self.date_lookback, dates)
+        kind: Kind = "series" if definition.kind == "window_series" else "number"
+        return MetricCall(kind, text, name=name, window=window, arguments=given)
 
     def compare(self, node: ast.Compare, text: str, in_aggregate: bool) -> Node:
         operands = [node.left, *node.comparators]

@@ -10,6 +10,7 @@ the stage and the rule.
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,12 +20,22 @@ from schemas.events import Parameters, ParamValue
 from services.curricula.engine import (
     CompiledCurriculum,
     CompiledPolicy,
+    CompiledReport,
     CompiledRule,
     CompiledStage,
+    CompiledWarning,
 )
 from services.curricula.errors import CurriculumInvalid, Problem, RuleSyntaxError
 from services.curricula.model import SEMVER, Adjustment, Curriculum, Stage
-from services.curricula.rules import Expression, Scope, parse_condition, parse_value
+from services.curricula.paramtypes import check_parameter_types
+from services.curricula.rules import (
+    FUNCTIONS,
+    Expression,
+    Scope,
+    parse_condition,
+    parse_report,
+    parse_value,
+)
 from services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
 
 Path = tuple[str | int, ...]
@@ -148,7 +159,11 @@ def _schema_problem(report: _Report, error: Any) -> None:
     stage = rule = None
     if len(clean) >= 2 and clean[0] == "stages" and isinstance(clean[1], int):
         stage = report.stage_name(clean[1])
-        if len(clean) >= 4 and clean[2] in ("rules", "policies") and isinstance(clean[3], int):
+        if (
+            len(clean) >= 4
+            and clean[2] in ("rules", "policies", "warnings")
+            and isinstance(clean[3], int)
+        ):
             rule = report.item_name(clean[:4]) or f"#{clean[3] + 1}"
     field = ".".join(str(p) for p in clean) or "document"
     message = error["msg"]
@@ -167,13 +182,17 @@ class _Compiler:
         self.report = report
         self.registry = registry
         self.names = [s.name for s in document.stages]
+        self.conditions: dict[str, Expression] = {}
 
     def run(self) -> CompiledCurriculum | None:
         registry = self.metrics()
+        self.conditions = self.named_conditions(registry)
+        report = self.report_items(registry)
         self.unique_stage_names()
         self.bases()
         resolved = {s.name: self.resolve(s) for s in self.document.stages}
         self.parameter_sets(resolved)
+        check_parameter_types(self.document, resolved, self.report.add)
         stages: dict[str, CompiledStage] = {}
         for index, stage in enumerate(self.document.stages):
             stages[stage.name] = CompiledStage(
@@ -182,6 +201,7 @@ class _Compiler:
                 rules=self.rules(index, stage, registry),
                 policies=self.policies(index, stage, registry, resolved[stage.name]),
                 adjustable=self.adjustable(index, stage, resolved[stage.name]),
+                warnings=self.warnings(index, stage, registry),
             )
         self.start()
         if not self.report.failed:
@@ -191,7 +211,12 @@ class _Compiler:
         if self.report.failed:
             return None
         return CompiledCurriculum(
-            document=self.document, stages=stages, registry=registry, source=self.report.file
+            document=self.document,
+            stages=stages,
+            registry=registry,
+            source=self.report.file,
+            conditions=self.conditions,
+            report=report,
         )
 
     # -- names and parameters ------------------------------------------------------------
@@ -293,10 +318,76 @@ class _Compiler:
             self.report.add(f"{exc.message}{where} in: {' '.join(text.split())}", path, stage, rule)
             return None
 
+    def named_conditions(self, registry: MetricRegistry) -> dict[str, Expression]:
+        """The curriculum's named conditions, each parsed with the ones before it in scope."""
+        compiled: dict[str, Expression] = {}
+        for index, condition in enumerate(self.document.conditions):
+            path: Path = ("conditions", index)
+            name = condition.name
+            clash = None
+            if not name.isidentifier() or keyword.iskeyword(name):
+                clash = "is not a name rules can use (letters, digits and _)"
+            elif name in registry:
+                clash = "is the name of a metric"
+            elif name in FUNCTIONS:
+                clash = "is the name of a function"
+            elif name in compiled:
+                clash = "is defined twice"
+            if clash is not None:
+                self.report.add(f"condition {name!r} {clash}", (*path, "name"), rule=name)
+                continue
+            scope = Scope(registry, conditions=dict(compiled))
+            try:
+                compiled[name] = parse_condition(condition.when, scope)
+            except RuleSyntaxError as exc:
+                where = f" at column {exc.column}" if exc.column is not None else ""
+                text = " ".join(condition.when.split())
+                self.report.add(f"{exc.message}{where} in: {text}", (*path, "when"), rule=name)
+        return compiled
+
+    def report_items(self, registry: MetricRegistry) -> tuple[CompiledReport, ...]:
+        """The curriculum's reported values, parsed."""
+        compiled = []
+        seen: set[str] = set()
+        scope = Scope(registry, conditions=self.conditions)
+        for index, item in enumerate(self.document.report):
+            path: Path = ("report", index)
+            if item.name in seen:
+                self.report.add("reported twice", (*path, "name"), rule=item.name)
+            seen.add(item.name)
+            try:
+                expression = parse_report(item.value, scope)
+            except RuleSyntaxError as exc:
+                where = f" at column {exc.column}" if exc.column is not None else ""
+                text = " ".join(item.value.split())
+                self.report.add(
+                    f"{exc.message}{where} in: {text}", (*path, "value"), rule=item.name
+                )
+                continue
+            compiled.append(CompiledReport(item, expression))
+        return tuple(compiled)
+
+    def warnings(
+        self, index: int, stage: Stage, registry: MetricRegistry
+    ) -> tuple[CompiledWarning, ...]:
+        """The stage's warning rules, parsed."""
+        compiled = []
+        seen: set[str] = set()
+        scope = Scope(registry, conditions=self.conditions)
+        for position, warning in enumerate(stage.warnings):
+            path: Path = ("stages", index, "warnings", position)
+            if warning.name in seen:
+                self.report.add("duplicate warning", (*path, "name"), stage.name, warning.name)
+            seen.add(warning.name)
+            condition = self.parse(warning.when, scope, (*path, "when"), stage.name, warning.name)
+            if condition is not None:
+                compiled.append(CompiledWarning(warning, condition))
+        return tuple(compiled)
+
     def rules(self, index: int, stage: Stage, registry: MetricRegistry) -> tuple[CompiledRule, ...]:
         compiled = []
         seen: set[str] = set()
-        scope = Scope(registry)
+        scope = Scope(registry, conditions=self.conditions)
         for position, rule in enumerate(stage.rules):
             path: Path = ("stages", index, "rules", position)
             if rule.name in seen:
@@ -348,7 +439,7 @@ class _Compiler:
     ) -> tuple[CompiledPolicy, ...]:
         compiled = []
         seen = {r.name for r in stage.rules}
-        scope = Scope(registry, frozenset(parameters))
+        scope = Scope(registry, frozenset(parameters), self.conditions)
         for position, policy in enumerate(stage.policies):
             path: Path = ("stages", index, "policies", position)
             if policy.name in seen:
@@ -468,7 +559,16 @@ class _Compiler:
             return
         declared = {m if isinstance(m, str) else m.name for m in self.document.metrics}
         used: dict[str, tuple[str, str]] = {}
+        for name, condition in self.conditions.items():
+            for metric in condition.metrics:
+                used.setdefault(metric, ("", name))
+        for item in self.document.report:
+            for metric in self.report_metrics(item.value, registry):
+                used.setdefault(metric, ("", item.name))
         for stage in stages.values():
+            for warning in stage.warnings:
+                for metric in warning.condition.metrics:
+                    used.setdefault(metric, (stage.stage.name, warning.warning.name))
             for rule in stage.rules:
                 for metric in rule.condition.metrics if rule.condition else ():
                     used.setdefault(metric, (stage.stage.name, rule.rule.name))
@@ -483,7 +583,7 @@ class _Compiler:
                 self.report.add(
                     f"reads metric {metric!r}, which the curriculum's metrics list lacks",
                     ("metrics",),
-                    stage_name,
+                    stage_name or None,
                     rule_name,
                 )
         for metric in sorted(declared - set(used)):
@@ -492,6 +592,12 @@ class _Compiler:
                 ("metrics",),
                 severity="warning",
             )
+
+    def report_metrics(self, text: str, registry: MetricRegistry) -> frozenset[str]:
+        try:
+            return parse_report(text, Scope(registry, conditions=self.conditions)).metrics
+        except RuleSyntaxError:
+            return frozenset()
 
     def migrations(self) -> None:
         for index, migration in enumerate(self.document.migrations):

@@ -1,27 +1,42 @@
-"""Metrics the curriculum rules read: a registry of their definitions and their values for a
+"""Metrics the curriculum rules read: the registry of their definitions, and their values for a
 mouse at decision time.
 
-Three kinds of metric exist, and the rule language treats each differently:
+- :mod:`services.domain.metric_registry`: the kinds of metric, their arguments, the registry
+  and the :class:`MetricView` metric functions read.
+- :mod:`services.domain.metric_library`: the metrics Shaping ships (``METRICS``).
+- :mod:`services.domain.session_stats`: what a trial adds to its session.
+- this module: a finished session's record (:func:`session_record`), the history and counters
+  it feeds (:func:`append_record`, :func:`count_session`) and the values at a decision
+  (:class:`SessionMetrics`).
 
-- ``counter``: one number at decision time (``session_total``, ``sessions_at_stage``).
-- ``session``: one value per finished session, oldest first; a rule reads the judged session's
-  value by name (``finished_trials``), an earlier one by index (``finished_trials[-2]``) or the
-  last k sessions by slice (``mean(finished_trials[-5:])``).
-- ``trials``: computed over the last ``window`` trials across sessions, so a rule must give the
-  window (``accuracy(window=200)``).
+The contract a recompute relies on: a metric value at a decision is a pure function of the
+mouse's session records up to and including the judged one (``MouseState.history``) and its
+counters (``session_total``, ``sessions_at_stage``, ``session_counts``). Nothing is read from
+a separate rolling buffer.
 
-A session metric is either computed by Shaping from the trial events or *reported*: computed by
-the rig or an analysis pipeline (AIND's foraging efficiency, mtrain's peak d') and sent in
+A session metric is either computed by Shaping from the trial events or *reported*: computed
+by the rig or an analysis pipeline (AIND's foraging efficiency, mtrain's peak d') and sent in
 ``SessionEnded.metrics``, or read from a column of a session table by ``shaping evaluate``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from schemas.events import ParamValue
+from services.domain.metric_library import builtin_metrics
+from services.domain.metric_registry import (
+    HABITUATION,
+    MAX_DATE_WINDOW,
+    Argument,
+    FinishedSession,
+    MetricDefinition,
+    MetricKind,
+    MetricRegistry,
+    MetricView,
+    finite,
+)
 from services.domain.state import (
     MAX_SESSION_HISTORY,
     MAX_TRIAL_WINDOW,
@@ -30,197 +45,210 @@ from services.domain.state import (
     SessionRecord,
 )
 
-MetricKind = Literal["counter", "session", "trials"]
-
-
-@dataclass(frozen=True)
-class MetricDefinition:
-    """What a metric means and how rules may read it.
-
-    Attributes:
-        name: the name rules use.
-        kind: ``counter``, ``session`` or ``trials`` (see the module docstring).
-        description: the definition in words, and where it comes from.
-        reported: whether the rig or an analysis pipeline supplies the value (per session)
-            rather than Shaping computing it from trial events.
-    """
-
-    name: str
-    kind: MetricKind
-    description: str
-    reported: bool = False
-
-
-class MetricRegistry:
-    """Metric definitions by name; curricula are validated against one.
-
-    A lab adds its own metrics with :meth:`with_metrics` (a curriculum may also declare
-    reported session metrics of its own).
-    """
-
-    def __init__(self, definitions: Iterable[MetricDefinition] = ()) -> None:
-        self._by_name: dict[str, MetricDefinition] = {}
-        for definition in definitions:
-            if definition.name in self._by_name:
-                raise ValueError(f"metric {definition.name!r} is defined twice")
-            self._by_name[definition.name] = definition
-
-    def get(self, name: str) -> MetricDefinition | None:
-        """The definition of ``name``, or None when the registry does not know it."""
-        return self._by_name.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __iter__(self) -> Iterator[MetricDefinition]:
-        return iter(self._by_name.values())
-
-    def names(self) -> list[str]:
-        """Every metric name, sorted."""
-        return sorted(self._by_name)
-
-    def with_metrics(self, definitions: Iterable[MetricDefinition]) -> MetricRegistry:
-        """A registry with these definitions added (a name may not be redefined)."""
-        return MetricRegistry([*self._by_name.values(), *definitions])
-
+METRICS = MetricRegistry(builtin_metrics())
+"""The metrics Shaping knows. A lab registers its own here (``METRICS.register`` or the
+``METRICS.metric`` decorator) before its curricula load."""
 
 COMPUTED_SESSION_METRICS = ("session_trials", "finished_trials", "session_accuracy")
-"""Session metrics Shaping computes from trial events, in the order records keep them."""
-
-METRICS = MetricRegistry(
-    [
-        MetricDefinition(
-            "accuracy",
-            "trials",
-            "Fraction correct among the last `window` responded trials, across sessions "
-            "(misses excluded); Autopilot's Accuracy(threshold, window).",
-        ),
-        MetricDefinition("session_trials", "session", "Trials in a session, misses included."),
-        MetricDefinition(
-            "finished_trials",
-            "session",
-            "Responded (correct or incorrect) trials in a session; AIND's finished_trials, "
-            "the trials that were not ignored.",
-        ),
-        MetricDefinition(
-            "session_accuracy",
-            "session",
-            "Fraction correct among a session's responded trials (none responded: no value).",
-        ),
-        MetricDefinition(
-            "sessions_at_stage",
-            "counter",
-            "Sessions in a row run at the judged session's stage, including it; it restarts "
-            "at 1 when a session runs another stage than the one before (a progress, a "
-            "rollback or a trainer's override). AIND's session_at_current_stage.",
-        ),
-        MetricDefinition(
-            "session_total", "counter", "Sessions run in all, including the judged one."
-        ),
-        MetricDefinition(
-            "foraging_efficiency",
-            "session",
-            "Rewards earned over the rewards an ideal forager would earn (AIND dynamic "
-            "foraging); reported per session by the rig or the analysis pipeline.",
-            reported=True,
-        ),
-        MetricDefinition(
-            "peak_dprime",
-            "session",
-            "Highest rolling d' of a session (mtrain / AllenSDK); reported per session.",
-            reported=True,
-        ),
-        MetricDefinition(
-            "engaged_trials",
-            "session",
-            "Trials of a session in an engaged period (mtrain / AllenSDK); reported.",
-            reported=True,
-        ),
-        MetricDefinition(
-            "response_bias",
-            "session",
-            "Fraction of a session's responses that were licks, go or not (mtrain / "
-            "AllenSDK); reported.",
-            reported=True,
-        ),
-        MetricDefinition(
-            "contingent_trials",
-            "session",
-            "Trials of a session whose outcome depended on the response (mtrain); reported.",
-            reported=True,
-        ),
-        MetricDefinition(
-            "aborted_fraction",
-            "session",
-            "Fraction of a session's trials aborted by an early lick (mtrain); reported.",
-            reported=True,
-        ),
-    ]
-)
-"""The metrics Shaping knows. Issue #4 grows this into the full metrics library."""
+"""The first session metrics a record keeps, in this order (then the other computed ones,
+then the reported ones)."""
 
 __all__ = [
+    "HABITUATION",
+    "MAX_DATE_WINDOW",
     "MAX_SESSION_HISTORY",
     "MAX_TRIAL_WINDOW",
     "METRICS",
+    "Argument",
+    "FinishedSession",
     "MetricDefinition",
     "MetricKind",
     "MetricRegistry",
+    "MetricView",
     "SessionMetrics",
+    "append_record",
     "clean",
+    "count_session",
+    "rename_stage",
     "session_record",
 ]
 
 
 def clean(value: float | None) -> float | None:
     """A metric value as stored: NaN and infinities become None (no value)."""
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
+    return finite(value)
 
 
 def session_record(
-    session: OpenSession, reported: Mapping[str, float | None] | None = None
+    session: OpenSession,
+    reported: Mapping[str, float | None] | None = None,
+    duration_s: float | None = None,
+    registry: MetricRegistry | None = None,
 ) -> SessionRecord:
-    """The metrics of a finished session: the computed ones, then the reported ones.
+    """The record of a finished session: its facts, its statistics, and the values of every
+    computed session metric, then the reported ones.
 
     A reported value never replaces a computed one: Shaping's own count of the trials it saw
     is the one rules read.
     """
-    responded = session.n_correct + session.n_incorrect
-    values: dict[str, float | None] = {
-        "session_trials": float(session.n_trials),
-        "finished_trials": float(responded),
-        "session_accuracy": session.n_correct / responded if responded else None,
-    }
+    registry = registry or METRICS
+    finished = FinishedSession(
+        stats=session.stats,
+        duration_s=duration_s,
+        start_delay_s=session.start_delay_s,
+        task_protocol=session.task_protocol,
+    )
+    computed = [d for d in registry if d.kind == "session" and d.function is not None]
+    computed.sort(key=lambda d: _computed_order(d.name))
+    values: dict[str, float | None] = {}
+    for definition in computed:
+        assert definition.function is not None
+        values[definition.name] = finite(definition.function(finished))
     for name, value in (reported or {}).items():
         if name not in values:
             values[name] = clean(value)
-    return SessionRecord(session_id=session.session_id, stage=session.stage, metrics=values)
+    return SessionRecord(
+        session_id=session.session_id,
+        stage=session.stage,
+        metrics=values,
+        session_date=session.session_date,
+        task_protocol=session.task_protocol,
+        ephys_rig=session.ephys_rig,
+        start_delay_s=session.start_delay_s,
+        stats=session.stats,
+    )
+
+
+def _computed_order(name: str) -> int:
+    return (
+        COMPUTED_SESSION_METRICS.index(name)
+        if name in COMPUTED_SESSION_METRICS
+        else len(COMPUTED_SESSION_METRICS)
+    )
+
+
+def append_record(
+    history: Sequence[SessionRecord], record: SessionRecord
+) -> tuple[SessionRecord, ...]:
+    """The history with ``record`` appended: the last MAX_SESSION_HISTORY records, where a
+    record keeps its per-trial strings only while the records after it hold fewer than
+    MAX_TRIAL_WINDOW responded trials (every trial window up to the newest session stays
+    exact; summaries are never dropped)."""
+    kept = [*history, record][-MAX_SESSION_HISTORY:]
+    newer = 0
+    for index in range(len(kept) - 1, -1, -1):
+        current = kept[index]
+        if newer >= MAX_TRIAL_WINDOW and current.stats is not None and current.stats.detail:
+            kept[index] = current.model_copy(update={"stats": current.stats.without_detail()})
+        if current.stats is not None:
+            newer += current.stats.n_responded
+    return tuple(kept)
+
+
+def count_session(
+    counts: Mapping[str, Mapping[str, int]], record: SessionRecord
+) -> dict[str, dict[str, int]]:
+    """The ``session_counts`` counter with one more session: by stage run, then protocol."""
+    protocol = record.task_protocol or ""
+    updated = {stage: dict(by_protocol) for stage, by_protocol in counts.items()}
+    by_protocol = updated.setdefault(record.stage, {})
+    by_protocol[protocol] = by_protocol.get(protocol, 0) + 1
+    return updated
+
+
+def rename_stage(
+    counts: Mapping[str, Mapping[str, int]], old: str, new: str
+) -> dict[str, dict[str, int]]:
+    """``session_counts`` after a migration renamed a stage (its sessions count as the new
+    stage's)."""
+    updated: dict[str, dict[str, int]] = {}
+    for stage, by_protocol in counts.items():
+        target = updated.setdefault(new if stage == old else stage, {})
+        for protocol, count in by_protocol.items():
+            target[protocol] = target.get(protocol, 0) + count
+    return updated
+
+
+def _argument_key(arguments: Mapping[str, ParamValue] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((arguments or {}).items()))
 
 
 class SessionMetrics:
-    """Metric values for judging ``session``, given the state folded up to its end."""
+    """Metric values for judging the newest session of ``state.history``.
 
-    def __init__(self, state: MouseState, session: OpenSession) -> None:
+    Values are computed on demand from the records and counters, and cached for the decision
+    (a psychometric fit read by several rules is fitted once).
+
+    Args:
+        state: the mouse's state folded up to the end of the judged session.
+        session: the judged session (kept for callers; the records are what is read).
+        registry: where metric functions are looked up (default: ``METRICS``).
+    """
+
+    def __init__(
+        self,
+        state: MouseState,
+        session: OpenSession | None = None,
+        registry: MetricRegistry | None = None,
+    ) -> None:
         self._state = state
         self._session = session
+        self.registry = registry or METRICS
+        self.view = MetricView(
+            state.history,
+            session_total=state.session_total,
+            sessions_at_stage=state.sessions_at_stage,
+            session_counts=state.session_counts,
+        )
+        self._values: dict[Any, Any] = {}
 
-    def value(self, metric: str, window: int | None = None) -> float | None:
-        """The value of a counter or trial-window metric, or the judged session's value of a
+    def bind(self, registry: MetricRegistry) -> SessionMetrics:
+        """The same values, with metric functions looked up in ``registry`` (a curriculum's,
+        which may hold a lab's metrics)."""
+        if registry is self.registry:
+            return self
+        bound = SessionMetrics(self._state, self._session, registry)
+        bound.view = self.view
+        return bound
+
+    def value(
+        self,
+        metric: str,
+        window: int | None = None,
+        arguments: Mapping[str, ParamValue] | None = None,
+    ) -> float | None:
+        """A counter's, trial window's or window's value, or the judged session's value of a
         session metric; None when it cannot be computed."""
-        if metric == "accuracy":
-            outcomes = self._state.recent_outcomes
-            if window:
-                outcomes = outcomes[-window:]
-            return outcomes.count("1") / len(outcomes) if outcomes else None
-        if metric == "sessions_at_stage":
-            return float(self._state.sessions_at_stage)
-        if metric == "session_total":
-            return float(self._state.session_total)
-        values = self.series(metric)
-        return values[-1] if values else None
+        key = ("value", metric, window, _argument_key(arguments))
+        if key in self._values:
+            cached: float | None = self._values[key]
+            return cached
+        definition = self.registry.get(metric)
+        result: float | None
+        if definition is None or definition.function is None or definition.kind == "session":
+            values = self.series(metric)
+            result = values[-1] if values else None
+        else:
+            kwargs: dict[str, Any] = dict(arguments or {})
+            if window is not None:
+                kwargs["window"] = window
+            raw = definition.function(self.view, **kwargs)
+            result = finite(raw) if not isinstance(raw, list) else None
+        self._values[key] = result
+        return result
 
-    def series(self, metric: str) -> Sequence[float | None]:
-        """A session metric's values, oldest first, ending with the judged session."""
+    def series(
+        self, metric: str, arguments: Mapping[str, ParamValue] | None = None
+    ) -> Sequence[float | None]:
+        """A session metric's values, oldest first, ending with the judged session; or the
+        values of a window-series metric over its window."""
+        definition = self.registry.get(metric)
+        if definition is not None and definition.kind == "window_series":
+            key = ("series", metric, _argument_key(arguments))
+            if key not in self._values:
+                assert definition.function is not None
+                raw = definition.function(self.view, **dict(arguments or {}))
+                self._values[key] = [finite(v) for v in raw]
+            values: list[float | None] = self._values[key]
+            return values
         return [record.metrics.get(metric) for record in self._state.history]

@@ -24,12 +24,14 @@ def test_the_shipped_set() -> None:
         "reach-task.yaml",
         "aind/coupled-baiting-2.3.yaml",
         "mtrain/visual-behavior-task1a.yaml",
+        "ibl/training-status.yaml",
     }
     catalog = default_catalog([])
     assert catalog.names() == [
         "Coupled Baiting",
         "VisualBehavior_Task1A",
         "basic-shaping",
+        "ibl",
         "reach-task",
     ]
 

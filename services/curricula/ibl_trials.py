@@ -1,0 +1,609 @@
+"""Batch training status from an IBL trial table, through the event path.
+
+``shaping evaluate --curriculum ibl --trials TRIALS.csv --out STATUS.csv`` reads a table of
+trials with IBL's column names (one row per trial: ``session_date``, ``task_protocol``,
+``contrastLeft``, ``contrastRight``, ``choice``, ``feedbackType``, ``probabilityLeft``,
+``response_times``, ``stimOn_times``; an empty cell is NaN), turns every session into the
+events a rig would send (SessionStarted, one TrialCompleted per trial, SessionEnded) and runs
+them through :class:`~services.embedded.runtime.EmbeddedRuntime`: the same codec, processor step
+and training core as the Kafka processor. Nothing here judges a session; the curriculum does,
+on the events. The output has one row per subject and date: the status after that date's
+sessions, the decision and every metric the curriculum reports, and the evidence.
+
+Optional columns: ``subject`` (several mice in one table; default: one mouse named after the
+file), ``session`` (several sessions on one date; default: a date's trials are one session,
+as IBL's training pipeline concatenates them), ``trial_index`` (order within the session),
+and per session ``ephys_rig`` (true when the session ran on an ephys rig) and
+``session_start_delay_s`` (seconds between the session's start and its first trial).
+
+How a trial becomes an event (IBL conventions, ibllib ``brainbox.behavior.training``):
+
+- ``outcome``: ``correct`` when feedbackType is 1; ``miss`` when choice is 0 (IBL's no-go);
+  ``incorrect`` otherwise.
+- ``response_side``: choice -1 is a rightward response and 1 a leftward one (ibllib's
+  psychometric curve is the fraction of ``choice == -1``); None for a no-go.
+- ``target_side``: the side whose contrast is given (not NaN).
+- ``reaction_time_s``: response_times - stimOn_times (None when either is NaN).
+- ``trial_parameters``: ``contrast_left`` and ``contrast_right`` (absent when NaN) and
+  ``probability_left``.
+- The session's ``parameters``: ``task_protocol`` (``training``, ``biased``, ``ephys``,
+  ``habituation``; a full protocol name such as ``_iblrig_tasks_trainingChoiceWorld6.4.2`` is
+  shortened as ibllib does), ``ephys_rig`` and ``session_start_delay_s``; the session's
+  ``session_date`` is the table's date.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from schemas.events import (
+    Event,
+    EventRejected,
+    MouseEnrolled,
+    SessionEnded,
+    SessionStarted,
+    StageTransitioned,
+    TrainingWarning,
+    TrialCompleted,
+)
+from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+
+TRIAL_COLUMNS = (
+    "session_date",
+    "task_protocol",
+    "contrastLeft",
+    "contrastRight",
+    "choice",
+    "feedbackType",
+    "probabilityLeft",
+    "response_times",
+    "stimOn_times",
+)
+"""Columns every IBL trial table must have (ibllib's TRIALS_KEYS plus date and protocol)."""
+
+STATUS_COLUMNS = (
+    "subject",
+    "session_date",
+    "task_protocol",
+    "sessions",
+    "n_trials",
+    "previous_status",
+    "status",
+    "decision",
+    "rule",
+    "curriculum_name",
+    "curriculum_version",
+)
+"""The first columns of the status table; the curriculum's reported metrics, the warnings and
+the evidence follow."""
+
+_NAMESPACE = uuid.UUID("2f0f6c3e-9a51-4d1b-b7a4-3c2d41e6a0b7")
+_PROTOCOL = re.compile(r"tasks_([A-Za-z0-9]+?)ChoiceWorld", re.IGNORECASE)
+_TRUE = frozenset({"1", "1.0", "true", "t", "yes", "y", "ephys", "ephys_rig"})
+_FALSE = frozenset({"", "0", "0.0", "false", "f", "no", "n", "training", "training_rig"})
+
+
+class TrialTableError(ValueError):
+    """A trial table cannot be read; the message names the file, row and column."""
+
+
+@dataclass(frozen=True)
+class TrialColumns:
+    """Names of the optional columns of a trial table (the IBL columns are fixed).
+
+    Attributes:
+        subject: the mouse (absent: every trial is one mouse's).
+        session: a session label, for several sessions on one date (absent: one per date).
+        trial_index: the trial's number in its session (absent: row order).
+        ephys_rig: whether the session ran on an ephys rig (per session).
+        start_delay: seconds between the session's start and its first trial (per session).
+    """
+
+    subject: str = "subject"
+    session: str = "session"
+    trial_index: str = "trial_index"
+    ephys_rig: str = "ephys_rig"
+    start_delay: str = "session_start_delay_s"
+
+
+@dataclass(frozen=True)
+class IblTrial:
+    """One trial as IBL's ALF trials object holds it (None for NaN)."""
+
+    contrast_left: float | None
+    contrast_right: float | None
+    choice: int
+    feedback_type: int
+    probability_left: float | None
+    response_time: float | None
+    stim_on_time: float | None
+
+    @property
+    def outcome(self) -> str:
+        """``correct``, ``incorrect`` or ``miss`` (a no-go, choice 0)."""
+        if self.feedback_type == 1:
+            return "correct"
+        return "miss" if self.choice == 0 else "incorrect"
+
+    @property
+    def response_side(self) -> str | None:
+        """``right`` for choice -1, ``left`` for choice 1, None for a no-go."""
+        return {-1: "right", 1: "left"}.get(self.choice)
+
+    @property
+    def target_side(self) -> str | None:
+        """The side the stimulus was shown on (its contrast is not NaN)."""
+        if self.contrast_left is not None:
+            return "left"
+        if self.contrast_right is not None:
+            return "right"
+        return None
+
+    @property
+    def reaction_time_s(self) -> float | None:
+        """response_times - stimOn_times, the open-loop duration IBL's criteria read."""
+        if self.response_time is None or self.stim_on_time is None:
+            return None
+        return self.response_time - self.stim_on_time
+
+
+@dataclass
+class IblSession:
+    """The trials of one session of one subject, in order, with its per-session facts."""
+
+    subject: str
+    session_date: str
+    label: str
+    task_protocol: str
+    ephys_rig: bool
+    start_delay_s: float
+    first_row: int
+    trials: list[IblTrial] = field(default_factory=list)
+    _order: list[tuple[float, int]] = field(default_factory=list, repr=False)
+
+
+def short_protocol(text: str) -> str:
+    """IBL's protocol kind: ``training``, ``biased``, ``ephys``, ``habituation``...
+
+    A full task name (``_iblrig_tasks_trainingChoiceWorld6.4.2``) is shortened as ibllib's
+    ``get_sessions`` does; a short name is kept (lower-cased).
+    """
+    found = _PROTOCOL.search(text)
+    return (found.group(1) if found else text).strip().lower()
+
+
+class _Row:
+    """Reads typed cells of one CSV row, failing with the file, row and column."""
+
+    def __init__(self, path: Path, number: int, row: Mapping[str, str | None]) -> None:
+        self.path, self.number, self.row = path, number, row
+
+    def fail(self, column: str, why: str) -> TrialTableError:
+        value = self.row.get(column)
+        return TrialTableError(
+            f"{self.path}: row {self.number}: column {column}: {why} ({value!r})"
+        )
+
+    def text(self, column: str) -> str:
+        return (self.row.get(column) or "").strip()
+
+    def number_or_nan(self, column: str) -> float | None:
+        text = self.text(column)
+        if not text or text.lower() in ("nan", "none", "null"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.fail(column, "not a number") from None
+        if not math.isfinite(value):
+            raise self.fail(column, "not a finite number")
+        return value
+
+    def integer(self, column: str, allowed: Iterable[int]) -> int:
+        allowed = tuple(allowed)
+        try:
+            value = float(self.text(column))
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value != int(value) or int(value) not in allowed:
+            raise self.fail(column, f"must be one of {', '.join(map(str, allowed))}")
+        return int(value)
+
+    def fraction(self, column: str) -> float | None:
+        value = self.number_or_nan(column)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise self.fail(column, "must be between 0 and 1 or empty")
+        return value
+
+    def date(self, column: str) -> str:
+        text = self.text(column)
+        try:
+            return date.fromisoformat(text[:10]).isoformat()
+        except ValueError:
+            raise self.fail(column, "not a date like 2020-08-21") from None
+
+    def flag(self, column: str) -> bool:
+        text = self.text(column).lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise self.fail(column, "not true or false")
+
+
+def read_trials(path: Path, columns: TrialColumns | None = None) -> list[IblSession]:
+    """Reads an IBL trial table (CSV) into sessions, by subject then date then session label.
+
+    Raises:
+        TrialTableError: when the file cannot be read, lacks a column, or a value is not valid
+            (the message names the file, the row and the column).
+    """
+    columns = columns or TrialColumns()
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            missing = [c for c in TRIAL_COLUMNS if c not in header]
+            if missing:
+                raise TrialTableError(
+                    f"{path}: missing column(s) {', '.join(missing)} "
+                    f"(an IBL trial table needs {', '.join(TRIAL_COLUMNS)})"
+                )
+            return _sessions(path, reader, set(header), columns)
+    except FileNotFoundError:
+        raise TrialTableError(f"{path}: no such file") from None
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise TrialTableError(f"{path}: cannot read the trial table: {exc}") from None
+
+
+def _sessions(
+    path: Path, reader: Iterable[dict[str, str | None]], header: set[str], columns: TrialColumns
+) -> list[IblSession]:
+    default_subject = path.stem
+    sessions: dict[tuple[str, str, str], IblSession] = {}
+    for number, raw in enumerate(reader, start=2):  # row 1 is the header
+        row = _Row(path, number, raw)
+        if None in raw:
+            raise TrialTableError(f"{path}: row {number}: more cells than columns")
+        subject = row.text(columns.subject) if columns.subject in header else default_subject
+        if not subject:
+            raise row.fail(columns.subject, "empty subject")
+        session_date = row.date("session_date")
+        label = row.text(columns.session) if columns.session in header else ""
+        protocol_text = row.text("task_protocol")
+        if not protocol_text:
+            raise row.fail("task_protocol", "empty task protocol")
+        protocol = short_protocol(protocol_text)
+        ephys = row.flag(columns.ephys_rig) if columns.ephys_rig in header else False
+        delay = row.number_or_nan(columns.start_delay) if columns.start_delay in header else None
+        if delay is not None and delay < 0:
+            raise row.fail(columns.start_delay, "a start delay cannot be negative")
+        key = (subject, session_date, label)
+        session = sessions.get(key)
+        if session is None:
+            session = sessions[key] = IblSession(
+                subject, session_date, label, protocol, ephys, delay or 0.0, number
+            )
+        else:
+            for column, value, first in (
+                ("task_protocol", protocol, session.task_protocol),
+                (columns.ephys_rig, ephys, session.ephys_rig),
+                (columns.start_delay, delay or 0.0, session.start_delay_s),
+            ):
+                if value != first:
+                    raise row.fail(
+                        column,
+                        f"differs from the session's first row (row {session.first_row}): one "
+                        f"value per session",
+                    )
+        choice = row.integer("choice", (-1, 0, 1))
+        feedback = row.integer("feedbackType", (-1, 1))
+        if choice == 0 and feedback == 1:
+            raise row.fail("feedbackType", "a no-go trial (choice 0) cannot be rewarded")
+        trial = IblTrial(
+            contrast_left=row.fraction("contrastLeft"),
+            contrast_right=row.fraction("contrastRight"),
+            choice=choice,
+            feedback_type=feedback,
+            probability_left=row.fraction("probabilityLeft"),
+            response_time=row.number_or_nan("response_times"),
+            stim_on_time=row.number_or_nan("stimOn_times"),
+        )
+        index = row.number_or_nan(columns.trial_index) if columns.trial_index in header else None
+        session._order.append((index if index is not None else math.inf, len(session.trials)))
+        session.trials.append(trial)
+    ordered = sorted(sessions.values(), key=lambda s: (s.subject, *session_order(s)))
+    for session in ordered:
+        if any(index != math.inf for index, _ in session._order):
+            seen = [index for index, _ in session._order]
+            if len(set(seen)) != len(seen):
+                raise TrialTableError(
+                    f"{path}: subject {session.subject} {session.session_date}: column "
+                    f"{columns.trial_index}: the same trial index twice in one session"
+                )
+            session.trials = [session.trials[i] for _, i in sorted(session._order)]
+    return ordered
+
+
+def session_order(session: IblSession) -> tuple[str, tuple[int, float, str]]:
+    """Sort key of a subject's sessions: by date, then by label (numerically when it is a
+    number, so session 10 comes after session 9)."""
+    try:
+        number = float(session.label)
+    except ValueError:
+        return session.session_date, (1, 0.0, session.label)
+    return session.session_date, (0, number, session.label)
+
+
+def event_id(*parts: object) -> str:
+    """A deterministic event id (the same table gives the same events)."""
+    return str(uuid.uuid5(_NAMESPACE, "/".join(str(p) for p in parts)))
+
+
+def session_events(
+    session: IblSession,
+    *,
+    mouse_id: str,
+    session_id: str,
+    stage: str,
+    curriculum_name: str,
+    curriculum_version: str,
+    start: datetime,
+    rig_id: str = "ibl-batch",
+) -> list[Event]:
+    """The events a rig would send for one session: SessionStarted, a TrialCompleted per
+    trial, SessionEnded (see the module docstring for the encoding)."""
+    common: dict[str, Any] = {"mouse_id": mouse_id, "rig_id": rig_id, "session_id": session_id}
+    events: list[Event] = [
+        SessionStarted(
+            event_id=event_id(session_id, "start"),
+            occurred_at=start,
+            stage=stage,
+            curriculum_name=curriculum_name,
+            curriculum_version=curriculum_version,
+            parameters={
+                "task_protocol": session.task_protocol,
+                "ephys_rig": session.ephys_rig,
+                "session_start_delay_s": session.start_delay_s,
+            },
+            session_date=session.session_date,
+            **common,
+        )
+    ]
+    elapsed = 0.0
+    for index, trial in enumerate(session.trials):
+        moment = trial.response_time if trial.response_time is not None else trial.stim_on_time
+        elapsed = max(elapsed, moment if moment is not None else elapsed + 1.0)
+        parameters: dict[str, float] = {}
+        if trial.contrast_left is not None:
+            parameters["contrast_left"] = trial.contrast_left
+        if trial.contrast_right is not None:
+            parameters["contrast_right"] = trial.contrast_right
+        if trial.probability_left is not None:
+            parameters["probability_left"] = trial.probability_left
+        events.append(
+            TrialCompleted(
+                event_id=event_id(session_id, "trial", index),
+                occurred_at=start + timedelta(seconds=elapsed),
+                trial_index=index,
+                outcome=trial.outcome,  # type: ignore[arg-type]
+                target_side=trial.target_side,
+                response_side=trial.response_side,
+                reaction_time_s=trial.reaction_time_s,
+                trial_parameters=parameters,  # type: ignore[arg-type]
+                **common,
+            )
+        )
+    duration = elapsed + 1.0
+    events.append(
+        SessionEnded(
+            event_id=event_id(session_id, "end"),
+            occurred_at=start + timedelta(seconds=duration),
+            n_trials=len(session.trials),
+            end_reason="completed",
+            duration_s=duration,
+            **common,
+        )
+    )
+    return events
+
+
+class BatchError(ValueError):
+    """The event path refused an event of the table (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class DateStatus:
+    """A subject's status after the sessions of one date, with the decision's evidence."""
+
+    subject: str
+    session_date: str
+    task_protocols: tuple[str, ...]
+    n_trials: int
+    previous_status: str
+    decision: StageTransitioned
+    warnings: tuple[TrainingWarning, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """The status reached on this date (the stage of the next session)."""
+        return self.decision.to_stage
+
+    def row(self, metric_names: Sequence[str]) -> dict[str, Any]:
+        """The status table's row: fixed columns, the reported metrics, warnings, evidence."""
+        decision = self.decision
+        out: dict[str, Any] = {
+            "subject": self.subject,
+            "session_date": self.session_date,
+            "task_protocol": "+".join(self.task_protocols),
+            "sessions": len(self.task_protocols),
+            "n_trials": self.n_trials,
+            "previous_status": self.previous_status,
+            "status": self.status,
+            "decision": decision.decision,
+            "rule": decision.rule or "",
+            "curriculum_name": decision.curriculum_name,
+            "curriculum_version": decision.curriculum_version,
+        }
+        for name in metric_names:
+            out[name] = decision.metrics.get(name)
+        out["warnings"] = ";".join(w.kind for w in self.warnings)
+        out["evidence"] = json.dumps(
+            [e.model_dump(mode="json") for e in decision.rule_evaluations], separators=(",", ":")
+        )
+        return out
+
+
+def evaluate_sessions(
+    sessions: Sequence[IblSession],
+    curriculum: CurriculumEngine,
+    catalog: CurriculumCatalog | None = None,
+) -> list[DateStatus]:
+    """Runs every subject's sessions, in date order, through the embedded event path.
+
+    Each subject is enrolled on ``curriculum``; each session runs at the stage the processor
+    assigned after the previous one, as a rig would. Returns one status per subject and date.
+
+    Raises:
+        BatchError: when the processor rejects an event (a dead letter).
+    """
+    from services.embedded.runtime import EmbeddedRuntime
+
+    runtime = EmbeddedRuntime(catalog=catalog or CurriculumCatalog([curriculum]))
+    codec = runtime.codec
+    by_subject: dict[str, list[IblSession]] = {}
+    for session in sessions:
+        by_subject.setdefault(session.subject, []).append(session)
+    statuses: list[DateStatus] = []
+    rejected_seen = 0
+    for subject, own in by_subject.items():
+        own = sorted(own, key=session_order)
+        first_day = datetime.fromisoformat(own[0].session_date).replace(tzinfo=UTC)
+        runtime.publish(
+            [
+                MouseEnrolled(
+                    event_id=event_id(subject, "enrolled", curriculum.name, curriculum.version),
+                    mouse_id=subject,
+                    occurred_at=first_day,
+                    curriculum_name=curriculum.name,
+                    curriculum_version=curriculum.version,
+                    enrolled_by="shaping evaluate",
+                )
+            ]
+        )
+        rejected_seen = _check_rejections(runtime, codec, rejected_seen, f"subject {subject}")
+        for day, day_sessions in _by_date(own):
+            decisions_before = len(runtime.log.read(runtime.topics.decisions))
+            previous = runtime.assignments[subject].stage
+            for number, session in enumerate(day_sessions):
+                assignment = runtime.assignments[subject]
+                start = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(
+                    hours=8 + 2 * number
+                )
+                runtime.publish(
+                    session_events(
+                        session,
+                        mouse_id=subject,
+                        session_id=event_id(subject, day, session.label or number),
+                        stage=assignment.stage,
+                        curriculum_name=assignment.curriculum_name,
+                        curriculum_version=assignment.curriculum_version,
+                        start=start,
+                    )
+                )
+                rejected_seen = _check_rejections(
+                    runtime, codec, rejected_seen, f"subject {subject} session {day}"
+                )
+            outputs = [
+                codec.decode(r.value)
+                for r in runtime.log.read(runtime.topics.decisions, decisions_before)
+            ]
+            decisions = [e for e in outputs if isinstance(e, StageTransitioned)]
+            if not decisions:
+                raise BatchError(f"subject {subject} {day}: the processor made no decision")
+            statuses.append(
+                DateStatus(
+                    subject=subject,
+                    session_date=day,
+                    task_protocols=tuple(s.task_protocol for s in day_sessions),
+                    n_trials=sum(len(s.trials) for s in day_sessions),
+                    previous_status=previous,
+                    decision=decisions[-1],
+                    warnings=tuple(e for e in outputs if isinstance(e, TrainingWarning)),
+                )
+            )
+    return statuses
+
+
+def _by_date(sessions: Sequence[IblSession]) -> Iterator[tuple[str, list[IblSession]]]:
+    day: list[IblSession] = []
+    for session in sessions:
+        if day and day[0].session_date != session.session_date:
+            yield day[0].session_date, day
+            day = []
+        day.append(session)
+    if day:
+        yield day[0].session_date, day
+
+
+def _check_rejections(runtime: Any, codec: Any, seen: int, what: str) -> int:
+    records = runtime.log.read(runtime.topics.dead_letter)
+    if len(records) > seen:
+        event = codec.decode(records[seen].value)
+        reason = event.reason if isinstance(event, EventRejected) else "rejected"
+        raise BatchError(f"{what}: the processor refused an event: {reason}")
+    return len(records)
+
+
+def reported_metrics(statuses: Sequence[DateStatus]) -> list[str]:
+    """Names of the metrics the decisions report, in first-seen order; the elements of a
+    reported series (``n_trials[-3]``, ``n_trials[-2]``, ``n_trials[-1]``) together, oldest
+    first."""
+    bases: dict[str, set[str]] = {}
+    for status in statuses:
+        for name in status.decision.metrics:
+            bases.setdefault(name.split("[", 1)[0], set()).add(name)
+
+    def position(name: str) -> int:
+        index = name.partition("[")[2].rstrip("]")
+        return int(index) if index.lstrip("-").isdigit() else 0
+
+    return [name for names in bases.values() for name in sorted(names, key=position)]
+
+
+def write_statuses(path: Path, statuses: Sequence[DateStatus]) -> None:
+    """Writes the status table as CSV: one row per subject and date (no value: empty cell)."""
+    metrics = reported_metrics(statuses)
+    columns = [*STATUS_COLUMNS, *metrics, "warnings", "evidence"]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for status in statuses:
+            row = status.row(metrics)
+            writer.writerow({k: "" if v is None else v for k, v in row.items()})
+
+
+__all__ = [
+    "STATUS_COLUMNS",
+    "TRIAL_COLUMNS",
+    "BatchError",
+    "DateStatus",
+    "IblSession",
+    "IblTrial",
+    "TrialColumns",
+    "TrialTableError",
+    "evaluate_sessions",
+    "read_trials",
+    "session_events",
+    "short_protocol",
+    "write_statuses",
+]
