@@ -287,10 +287,11 @@ class EventRejected(Event):
 class CurriculumPublished(Event):
     """A curriculum version was published: its full content and a hash of it.
 
-    It concerns no mouse: ``mouse_id`` (the Kafka key) is ``curriculum:<name>``, so every
-    version of one curriculum is ordered on one partition of the events topic. The processor
-    adds a published version to its catalog; the version a mouse is on stays its own until a
-    MouseMigrated moves it.
+    It concerns no mouse: ``mouse_id`` is ``curriculum:<name>``. ``shaping curriculum publish``
+    writes it to the compacted ``<prefix>.curricula`` topic, keyed ``<name>@<version>``; the
+    processor reads that topic whole before it handles any event and follows it afterwards (one
+    found on the events topic, as older releases sent it, is still accepted). The version a
+    mouse is on stays its own until a MouseMigrated moves it.
     """
 
     curriculum_name: str

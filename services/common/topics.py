@@ -1,16 +1,20 @@
 """Shaping's Kafka topic layout, and creating it on a broker (pure kafka-python).
 
-Four topics, all with the same explicit partition count (keys are mouse ids, so
+Five topics, all with the same explicit partition count (keys are mouse ids, so
 one mouse's records always land on one partition and stay ordered):
 
 ``<prefix>.events``       the event log of record; kept forever (event sourcing)
 ``<prefix>.decisions``    what the processor decided; kept forever (audit trail)
 ``<prefix>.assignments``  current curriculum assignment per key; *compacted*
 ``<prefix>.dead-letter``  records that could not be processed; kept for a long time
+``<prefix>.curricula``    published curriculum versions (CurriculumPublished), keyed by
+                          ``name@version``; *compacted*, so every version is kept forever
+                          (a version is immutable: compaction only drops repeats)
 
 :func:`ensure_topics` creates what is missing and checks what exists. It never
 alters an existing topic: a wrong partition count or a non-compacted
-``assignments`` topic raises :class:`~services.common.errors.TopicMismatchError`.
+``assignments`` or ``curricula`` topic raises
+:class:`~services.common.errors.TopicMismatchError`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class TopicNames:
     decisions: str
     assignments: str
     dead_letter: str
+    curricula: str
 
     @classmethod
     def with_prefix(cls, prefix: str = "shaping") -> TopicNames:
@@ -71,10 +76,11 @@ class TopicNames:
             decisions=f"{prefix}.decisions",
             assignments=f"{prefix}.assignments",
             dead_letter=f"{prefix}.dead-letter",
+            curricula=f"{prefix}.curricula",
         )
 
     def all(self) -> list[str]:
-        return [self.events, self.decisions, self.assignments, self.dead_letter]
+        return [self.events, self.decisions, self.assignments, self.dead_letter, self.curricula]
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,18 @@ def topic_specs(names: TopicNames, partitions: int = 4) -> list[TopicSpec]:
                 "cleanup.policy": "delete",
                 "retention.ms": _DEAD_LETTER_RETENTION_MS,
                 "retention.bytes": "-1",
+            },
+        ),
+        TopicSpec(
+            names.curricula,
+            partitions,
+            {
+                # One record per published version (key name@version): compaction keeps
+                # every version and drops only re-publications of the same one.
+                "cleanup.policy": "compact",
+                "min.cleanable.dirty.ratio": "0.1",
+                "segment.ms": "60000",
+                "delete.retention.ms": "86400000",
             },
         ),
     ]

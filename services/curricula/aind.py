@@ -18,6 +18,19 @@ versions, so the suffix becomes part of the name (``Uncoupled Without Baiting rw
 version ``2.2.1``) and the original is kept in ``origin``; the ``Graduated`` stage, which AIND
 treats as absorbing, becomes a terminal stage; each stage keeps AIND's enum name
 (``STAGE_1_WARMUP``) as an alias; parameters shared by every stage become ``defaults``.
+
+Parameter types: AIND publishes JSON Schemas of its curricula next to them
+(``DynamicForagingCurriculum_v1.0.json``, ``DummyTaskCurriculum_v1.0.json``), whose ``$defs``
+give the type of every task parameter (``...Paras``). The importer picks the schema a
+curriculum follows (:func:`choose_schema`): among the schemas beside the file (or the one
+given), those for the curriculum's ``curriculum_schema_version``, and of those the one that
+declares most of its parameters. It checks every stage's parameters against it (type, enum,
+bounds, required, no undeclared parameter when the schema forbids others), refuses the import
+with file, stage and parameter named on a mismatch, and records the types in the converted
+curriculum's ``parameter_schema`` (named by the schema's title, version and file), so every
+later load, ``shaping curriculum validate`` and per-mouse adjustments check them too. A
+curriculum with no matching schema (Coupled Baiting v0.1 follows curriculum schema 0.3, which
+AIND did not publish) imports without types, with a warning.
 """
 
 from __future__ import annotations
@@ -25,11 +38,13 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from services.curricula.errors import ImportFailed, Problem, RuleSyntaxError
+from services.curricula.model import ParameterSchema
+from services.curricula.paramtypes import parameter_problems
 from services.curricula.rules import unparse
 from services.domain.metrics import METRICS
 
@@ -140,8 +155,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def convert(data: Mapping[str, Any], file: str) -> tuple[dict[str, Any], list[Problem]]:
+def convert(
+    data: Mapping[str, Any], file: str, parameter_schema: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
     """Converts a parsed AIND curriculum into a Shaping curriculum document.
+
+    Args:
+        data: the parsed AIND JSON.
+        file: where it came from, for messages.
+        parameter_schema: the types of its task parameters (a ``ParameterSchema`` as plain
+            data, see :func:`schema_types`); every stage is checked against them and they are
+            recorded in the document. None: no types.
 
     Returns:
         The document (plain data, ready to dump as YAML) and warnings about what the
@@ -156,12 +180,13 @@ def convert(data: Mapping[str, Any], file: str) -> tuple[dict[str, Any], list[Pr
     def fail(message: str, stage: str | None = None, rule: str | None = None) -> None:
         problems.append(Problem(message, file, None, stage, rule))
 
-    if "$defs" in data or ("properties" in data and "title" in data):
+    if is_json_schema(data):
         raise ImportFailed(
             [
                 Problem(
                     f"this is a JSON Schema ({data.get('title', 'untitled')}) describing AIND "
-                    f"curricula and their task parameters, not a curriculum",
+                    f"curricula and their task parameters, not a curriculum (the importer "
+                    f"reads it for the parameter types of the curricula beside it)",
                     file,
                 )
             ]
@@ -208,6 +233,13 @@ def convert(data: Mapping[str, Any], file: str) -> tuple[dict[str, Any], list[Pr
         for k in first
         if k in shared_keys and all(v[k] == first[k] for v in own.values())
     }
+    if parameter_schema is not None:
+        types = ParameterSchema.model_validate(parameter_schema)
+        label = f"{types.name} {types.version or ''}".strip()
+        for stage, stage_values in own.items():
+            for key, message in parameter_problems(types, stage_values):
+                fail(f"parameter {key!r} {message} (JSON Schema {label})", stage)
+        notes.append(f"parameter types from JSON Schema {label} ({types.source})")
     used_metrics: set[str] = set()
     stages = []
     for stage in stage_names:
@@ -310,6 +342,8 @@ def convert(data: Mapping[str, Any], file: str) -> tuple[dict[str, Any], list[Pr
             "notes": notes,
         },
     }
+    if parameter_schema is not None:
+        document["parameter_schema"] = dict(parameter_schema)
     return document, warnings
 
 
@@ -323,16 +357,225 @@ def _names_in(condition: str) -> set[str]:
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in called}
 
 
-def convert_file(path: Path) -> tuple[dict[str, Any], list[Problem]]:
-    """Reads and converts an AIND curriculum JSON file.
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ImportFailed([Problem(f"cannot read {what}: {exc}", str(path))]) from None
+
+
+def convert_file(
+    path: Path, schemas: Sequence[Path] | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Reads and converts an AIND curriculum JSON file, with the types of its parameters.
+
+    Args:
+        path: the AIND curriculum JSON.
+        schemas: the JSON Schemas to choose its parameter types from (default: the JSON
+            Schemas in the same folder); see :func:`choose_schema`.
 
     Raises:
-        ImportFailed: when the file is unreadable, not JSON, or cannot be converted.
+        ImportFailed: when the file is unreadable, not JSON, cannot be converted, or its
+            parameters do not fit its JSON Schema.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ImportFailed([Problem(f"cannot read AIND JSON: {exc}", str(path))]) from None
+    data = _read_json(path, "AIND JSON")
     if not isinstance(data, dict):
         raise ImportFailed([Problem("an AIND curriculum is a JSON object", str(path))])
-    return convert(data, str(path))
+    if is_json_schema(data):
+        return convert(data, str(path))  # refused, with the reason
+    candidates = []
+    explicit = schemas is not None
+    for schema_path in sorted(path.parent.glob("*.json") if schemas is None else schemas):
+        if schema_path.resolve() == path.resolve():
+            continue
+        try:
+            loaded = _read_json(schema_path, "JSON Schema")
+        except ImportFailed:
+            if explicit:
+                raise
+            continue  # some other file of the folder
+        if is_json_schema(loaded):
+            candidates.append((schema_path, loaded))
+        elif explicit:
+            raise ImportFailed([Problem("not a JSON Schema", str(schema_path))])
+    chosen, note = choose_schema(data, candidates, explicit=explicit)
+    document, warnings = convert(data, str(path), chosen)
+    if note:
+        warning = Problem(note, str(path), severity="warning")
+        document["origin"]["notes"].append(note)
+        warnings = [*warnings, warning]
+    return document, warnings
+
+
+# -- parameter types from AIND's JSON Schemas ---------------------------------------------
+
+_SCHEMA_FILE_VERSION = re.compile(r"_v(\d+(?:\.\d+)*)\.json$")
+_JSON_TYPES = ("number", "integer", "boolean", "string")
+
+
+def is_json_schema(data: Any) -> bool:
+    """Whether parsed JSON is a JSON Schema (as AIND publishes beside its curricula)."""
+    return isinstance(data, Mapping) and (
+        "$defs" in data or "$schema" in data or ("properties" in data and "title" in data)
+    )
+
+
+def _resolve(schema: Mapping[str, Any], node: Mapping[str, Any]) -> dict[str, Any]:
+    """A property with its ``$ref`` (``#/$defs/X``) merged in (the property's keys win)."""
+    merged = dict(node)
+    seen = set()
+    while isinstance(merged.get("$ref"), str) and merged["$ref"] not in seen:
+        ref = merged.pop("$ref")
+        seen.add(ref)
+        target: Any = schema
+        for part in ref.removeprefix("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, Mapping) else {}
+        merged = {**(target if isinstance(target, Mapping) else {}), **merged}
+    return merged
+
+
+def _parameter_type(schema: Mapping[str, Any], node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One property as a ParameterType (plain data), None when it is not a scalar."""
+    prop = _resolve(schema, node)
+    nullable = False
+    variants = prop.get("anyOf") or prop.get("oneOf")
+    if isinstance(variants, list):  # pydantic's Optional[X]: anyOf [X, {type: null}]
+        options = [_resolve(schema, v) for v in variants if isinstance(v, Mapping)]
+        nullable = any(o.get("type") == "null" for o in options)
+        others = [o for o in options if o.get("type") != "null"]
+        if len(others) != 1:
+            return None
+        prop = {**others[0], **{k: v for k, v in prop.items() if k not in ("anyOf", "oneOf")}}
+    kind = prop.get("type")
+    choices = prop.get("enum")
+    if "const" in prop:
+        choices = [prop["const"]]
+    if kind is None and isinstance(choices, list) and choices:
+        first = choices[0]
+        kind = (
+            "boolean"
+            if isinstance(first, bool)
+            else "integer"
+            if isinstance(first, int)
+            else "number"
+            if isinstance(first, float)
+            else "string"
+        )
+    if kind not in _JSON_TYPES:
+        return None
+    entry: dict[str, Any] = {"type": kind}
+    if isinstance(choices, list):
+        entry["choices"] = list(choices)
+    for key in ("minimum", "maximum"):
+        if isinstance(prop.get(key), int | float) and not isinstance(prop.get(key), bool):
+            entry[key] = float(prop[key])
+    if nullable:
+        entry["nullable"] = True
+    text = str(prop.get("title") or prop.get("description") or "").strip()
+    if text:
+        entry["description"] = text
+    return entry
+
+
+def _parameters_def(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The definition of a stage's task parameters in an AIND curriculum schema."""
+    node = schema.get("properties", {}).get("parameters", {})
+    inner = node.get("additionalProperties") if isinstance(node, Mapping) else None
+    if not isinstance(inner, Mapping):
+        return None
+    resolved = _resolve(schema, inner)
+    return resolved if isinstance(resolved.get("properties"), Mapping) else None
+
+
+def schema_types(schema: Mapping[str, Any], file: str | None = None) -> dict[str, Any] | None:
+    """The parameter types an AIND curriculum JSON Schema gives (a ``ParameterSchema`` as
+    plain data), None when it describes no task parameters.
+
+    ``training_stage`` and ``description`` are left out: the converted curriculum keeps them
+    as the stage's name and description, not as parameters.
+    """
+    definition = _parameters_def(schema)
+    if definition is None:
+        return None
+    types: dict[str, Any] = {}
+    for key, node in definition["properties"].items():
+        if key in _STAGE_KEYS_NOT_PARAMETERS or not isinstance(node, Mapping):
+            continue
+        entry = _parameter_type(schema, node)
+        if entry is not None:
+            types[key] = entry
+    for key in definition.get("required", []):
+        if key in types:
+            types[key]["required"] = True
+    if not types:
+        return None
+    name = Path(file).name if file else None
+    match = _SCHEMA_FILE_VERSION.search(name or "")
+    result: dict[str, Any] = {"name": str(schema.get("title") or "untitled")}
+    if match:
+        result["version"] = match.group(1)
+    if name:
+        result["source"] = name
+    result["types"] = types
+    if definition.get("additionalProperties") is False:
+        result["additional"] = False
+    return result
+
+
+def _schema_version(schema: Mapping[str, Any]) -> str | None:
+    node = schema.get("properties", {}).get("curriculum_schema_version", {})
+    if not isinstance(node, Mapping):
+        return None
+    value = node.get("const", node.get("default"))
+    return None if value is None else str(value)
+
+
+def choose_schema(
+    data: Mapping[str, Any],
+    candidates: Sequence[tuple[Path, Mapping[str, Any]]],
+    explicit: bool = False,
+) -> tuple[dict[str, Any] | None, str]:
+    """The parameter types an AIND curriculum follows, chosen among JSON Schemas.
+
+    A schema fits when it is for the curriculum's ``curriculum_schema_version`` (its
+    ``const``); among those, the one that declares most of the curriculum's parameter names
+    wins, and it must declare at least half of them (a schema of another task declares few).
+    A schema given explicitly (``explicit``) is used even for another schema version.
+
+    Returns:
+        The types (plain data, see :func:`schema_types`) or None, and a note saying why none
+        was chosen or what does not match ("" when all is well).
+    """
+    version = data.get("curriculum_schema_version")
+    keys: set[str] = set()
+    for values in (data.get("parameters") or {}).values():
+        if isinstance(values, Mapping):
+            keys.update(k for k in values if k not in _STAGE_KEYS_NOT_PARAMETERS)
+    scored = []
+    notes = []
+    for path, schema in candidates:
+        types = schema_types(schema, str(path))
+        if types is None:
+            continue
+        wanted = _schema_version(schema)
+        if version is not None and wanted is not None and str(version) != wanted:
+            if not explicit:
+                continue
+            notes.append(
+                f"{path.name} is for curriculum schema {wanted}, the curriculum says {version}"
+            )
+        scored.append((len(keys & set(types["types"])), path.name, types))
+    scored.sort(key=lambda item: item[0], reverse=True)
+    if explicit and scored:
+        return scored[0][2], "; ".join(notes)
+    if not scored or scored[0][0] * 2 < max(len(keys), 1):
+        return None, (
+            f"no JSON Schema for AIND curriculum schema {version} was found beside it: "
+            f"parameter types are not checked"
+        )
+    if len(scored) > 1 and scored[1][0] == scored[0][0]:
+        return None, (
+            f"JSON Schemas {scored[0][1]} and {scored[1][1]} fit equally: parameter types are "
+            f"not checked (name one with --schema)"
+        )
+    return scored[0][2], ""

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from services.common.topics import TopicNames
     from services.curricula.engine import CompiledCurriculum
     from services.curricula.errors import Problem
+    from services.domain.curriculum import CurriculumCatalog
 
 app = typer.Typer(
     help="Curricula as data: validate, show, render, diff, import, publish.",
@@ -96,10 +98,16 @@ def validate(files: Files) -> None:
             failed += 1
             typer.secho(f"invalid: {path}", fg=typer.colors.RED)
         else:
+            schema = compiled.document.parameter_schema
+            typed = (
+                f", parameters typed by {schema.name} {schema.version or ''}".rstrip()
+                if schema is not None
+                else ""
+            )
             typer.echo(
                 f"ok: {path}: {compiled.name} {compiled.version}, {len(compiled.stages)} stages, "
                 f"{sum(len(s.rules) for s in compiled.stages.values())} rules, "
-                f"{compiled.content_hash[:19]}"
+                f"{compiled.content_hash[:19]}{typed}"
             )
     if failed:
         raise typer.Exit(1)
@@ -110,10 +118,15 @@ def show(
     file: File,
     stage: Annotated[str | None, typer.Option(help="Only this stage (name or alias).")] = None,
 ) -> None:
-    """Print the resolved parameters (bases and overrides applied) as JSON."""
+    """Print the resolved parameters (bases and overrides applied) as JSON.
+
+    When the curriculum records parameter types (an imported AIND curriculum), they are shown
+    too: the schema's name, and with --stage the type of each of the stage's parameters.
+    """
     from services.domain.errors import CurriculumError
 
     curriculum = _load(file)
+    schema = curriculum.document.parameter_schema
     try:
         data: Any = (
             {"stage": curriculum.resolve(stage), "parameters": curriculum.parameters(stage)}
@@ -127,6 +140,18 @@ def show(
         )
     except CurriculumError as exc:
         _fail(str(exc))
+    if schema is not None:
+        data["parameter_schema"] = {
+            "name": schema.name,
+            "version": schema.version,
+            "source": schema.source,
+        }
+        if stage:
+            data["types"] = {
+                key: schema.types[key].model_dump(exclude_defaults=True)
+                for key in data["parameters"]
+                if key in schema.types
+            }
     typer.echo(json.dumps(data, indent=2))
 
 
@@ -179,16 +204,17 @@ def diff_command(
         raise typer.Exit(1) from None
 
 
-def _import(kind: str, file: Path, out: Path | None) -> None:
+def _import(kind: str, file: Path, out: Path | None, schemas: list[Path] | None = None) -> None:
     import yaml
 
     from services.curricula import aind, mtrain
     from services.curricula.errors import ImportFailed
     from services.curricula.validate import check_curriculum
 
-    converter = aind.convert_file if kind == "aind" else mtrain.convert_file
     try:
-        document, warnings = converter(file)
+        document, warnings = (
+            aind.convert_file(file, schemas) if kind == "aind" else mtrain.convert_file(file)
+        )
     except ImportFailed as exc:
         _print_problems(exc.problems)
         _fail(f"{file}: cannot import")
@@ -205,9 +231,23 @@ def _import(kind: str, file: Path, out: Path | None) -> None:
 
 
 @import_app.command("aind")
-def import_aind(file: File, out: Out = None) -> None:
-    """Convert an AIND auto-train curriculum JSON (lambdas parsed, never run)."""
-    _import("aind", file, out)
+def import_aind(
+    file: File,
+    out: Out = None,
+    schema: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="AIND JSON Schema of the task parameters (default: the one beside FILE that "
+            "fits); repeatable."
+        ),
+    ] = None,
+) -> None:
+    """Convert an AIND auto-train curriculum JSON (lambdas parsed, never run).
+
+    The task parameters are checked against AIND's JSON Schema (type, enum, bounds, required)
+    and their types recorded in the result.
+    """
+    _import("aind", file, out, schema)
 
 
 @import_app.command("mtrain")
@@ -225,8 +265,17 @@ def evaluate(
             help="Curriculum file (any supported kind); repeat for several versions.",
         ),
     ],
-    sessions: Annotated[Path, typer.Option(help="Session table (CSV), one row per session.")],
     out: Annotated[Path, typer.Option(help="Where to write the decisions (CSV).")],
+    sessions: Annotated[
+        Path | None, typer.Option(help="Session table (CSV), one row per session.")
+    ] = None,
+    trials: Annotated[
+        Path | None,
+        typer.Option(
+            help="IBL trial table (CSV), one row per trial with IBL's column names; run "
+            "through the event path (see docs/ibl.md). --curriculum may then be a name."
+        ),
+    ] = None,
     metric: Annotated[
         list[str] | None,
         typer.Option(help="NAME=COLUMN: read metric NAME from COLUMN (default: same name)."),
@@ -241,19 +290,50 @@ def evaluate(
     version_column: Annotated[
         str | None, typer.Option(help="Column of the curriculum version in force.")
     ] = None,
-    subject_column: Annotated[str, typer.Option(help="Subject (mouse) column.")] = "subject_id",
-    session_column: Annotated[str, typer.Option(help="Session number column.")] = "session",
+    subject_column: Annotated[
+        str | None,
+        typer.Option(help="Subject (mouse) column (default: subject_id; subject with --trials)."),
+    ] = None,
+    session_column: Annotated[
+        str,
+        typer.Option(help="Session number column (--trials: tells sessions of one date apart)."),
+    ] = "session",
     date_column: Annotated[str, typer.Option(help="Session date column.")] = "session_date",
+    ephys_column: Annotated[
+        str, typer.Option(help="--trials: per-session column, true on an ephys rig.")
+    ] = "ephys_rig",
+    delay_column: Annotated[
+        str, typer.Option(help="--trials: per-session column, session start delay in seconds.")
+    ] = "session_start_delay_s",
 ) -> None:
-    """Judge a table of sessions with a curriculum (AIND's df_behavior -> df_manager).
+    """Judge a table of sessions (AIND's df_behavior -> df_manager) or of IBL trials.
 
-    Writes one row per session: the stage suggested and the stage run, session counts, the
-    decision, the next stage, the rule that held and the evidence (JSON).
+    With --sessions, writes one row per session: the stage suggested and the stage run, session
+    counts, the decision, the next stage, the rule that held and the evidence (JSON). With
+    --trials, feeds the trials through the event path and writes one row per subject and date:
+    the status, every metric the curriculum reports, warnings and evidence.
     """
     from services.curricula.errors import CurriculumInvalid
     from services.curricula.evaluate import Evaluator, TableOptions, read_table, write_table
     from services.domain.errors import CurriculumError
 
+    if (sessions is None) == (trials is None):
+        _fail("give exactly one of --sessions (a session table) and --trials (IBL trials)")
+    if trials is not None:
+        if metric or stage_column or no_stage or version_column:
+            _fail("--metric, --stage-column, --no-stage and --version-column go with --sessions")
+        _evaluate_trials(
+            curriculum,
+            trials,
+            out,
+            subject_column or "subject",
+            session_column,
+            ephys_column,
+            delay_column,
+            date_column,
+        )
+        return
+    assert sessions is not None
     columns = {}
     for item in metric or []:
         name, sep, column = item.partition("=")
@@ -261,7 +341,7 @@ def evaluate(
             _fail(f"--metric {item!r}: write NAME=COLUMN")
         columns[name.strip()] = column.strip()
     options = TableOptions(
-        subject_column=subject_column,
+        subject_column=subject_column or "subject_id",
         session_column=session_column,
         date_column=date_column,
         metric_columns=columns,
@@ -287,21 +367,124 @@ def evaluate(
     typer.echo(f"{len(decisions)} sessions of {subjects} subjects judged ({summary}); wrote {out}")
 
 
+def _evaluate_trials(
+    curricula: list[Path],
+    trials: Path,
+    out: Path,
+    subject_column: str,
+    session_column: str,
+    ephys_column: str,
+    delay_column: str,
+    date_column: str,
+) -> None:
+    """``shaping evaluate --trials``: IBL trials through the event path (ibl_trials)."""
+    from services.curricula.errors import CurriculumInvalid
+    from services.curricula.ibl_trials import (
+        BatchError,
+        TrialColumns,
+        TrialTableError,
+        evaluate_sessions,
+        read_trials,
+        write_statuses,
+    )
+    from services.domain.curriculum import CurriculumCatalog
+    from services.domain.errors import CurriculumError
+
+    if len(curricula) != 1:
+        _fail("--trials takes exactly one --curriculum (a name such as ibl, or a file)")
+    if date_column != "session_date":
+        _fail("--trials reads IBL's session_date column; --date-column goes with --sessions")
+    [given] = curricula
+    try:
+        if given.is_file():
+            engine: Any = _load(given)
+            catalog = CurriculumCatalog([engine])
+        else:
+            from services.curricula.catalog import default_catalog
+
+            catalog = default_catalog()
+            engine = catalog.get(str(given))
+    except CurriculumInvalid as exc:
+        _print_problems(exc.problems)
+        _fail("cannot load the curricula")
+    except CurriculumError as exc:
+        _fail(f"--curriculum {given}: not a file, and {exc}")
+    columns = TrialColumns(
+        subject=subject_column,
+        session=session_column,
+        ephys_rig=ephys_column,
+        start_delay=delay_column,
+    )
+    try:
+        sessions = read_trials(trials, columns)
+        if not sessions:
+            _fail(f"{trials}: no trials")
+        statuses = evaluate_sessions(sessions, engine, catalog)
+    except (TrialTableError, BatchError) as exc:
+        _fail(str(exc))
+    except CurriculumError as exc:
+        _fail(f"{engine.name} {engine.version}: {exc}")
+    write_statuses(out, statuses)
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.status] = counts.get(status.status, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    subjects = len({s.subject for s in statuses})
+    typer.echo(
+        f"{len(statuses)} dates of {subjects} subject(s), {len(sessions)} sessions, judged by "
+        f"{engine.name} {engine.version} ({summary}); wrote {out}"
+    )
+
+
 def _kafka_target(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
+    host, topics = _kafka_topics(bootstrap, prefix)
+    return host, topics.events
+
+
+def _kafka_topics(bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
     from services.common.settings import Settings
 
     settings = Settings()
     topics = settings.topics if prefix is None else type(settings.topics).with_prefix(prefix)
-    return bootstrap or settings.bootstrap, topics.events
+    return bootstrap or settings.bootstrap, topics
 
 
-def _catalog_version(name: str, version: str) -> CompiledCurriculum:
+def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) -> CurriculumCatalog:
+    """The curriculum files (shipped and ``SHAPING_CURRICULA_DIR``) plus every version
+    published on the curricula topic. When Kafka cannot be read, ``required`` fails; otherwise
+    a warning says that only the files are known."""
     from services.curricula.catalog import default_catalog
+    from services.curricula.errors import CurriculumInvalid, PublishError
+    from services.curricula.published import add_published, read_published
+
+    try:
+        catalog = default_catalog()
+    except CurriculumInvalid as exc:
+        _print_problems(exc.problems)
+        _fail("the curricula folder has invalid files")
+    host, topics = _kafka_topics(bootstrap, prefix)
+    try:
+        published = read_published(host, topics.curricula)
+    except PublishError as exc:
+        if required:
+            _fail(f"cannot read the published versions: {exc}")
+        typer.secho(
+            f"warning: published versions not read ({exc}); only curriculum files are known",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        return catalog
+    for problem in add_published(catalog, published):
+        typer.secho(f"warning: {topics.curricula}: {problem}", fg=typer.colors.YELLOW, err=True)
+    return catalog
+
+
+def _catalog_version(catalog: CurriculumCatalog, name: str, version: str) -> CompiledCurriculum:
     from services.curricula.engine import CompiledCurriculum
     from services.domain.errors import CurriculumError
 
     try:
-        found = default_catalog().get(name, version)
+        found = catalog.get(name, version)
     except CurriculumError as exc:
         _fail(str(exc))
     assert isinstance(found, CompiledCurriculum)
@@ -344,23 +527,33 @@ def publish(
 ) -> None:
     """Publish a curriculum version (CurriculumPublished, with its content and hash).
 
-    Refuses a version whose number is too small for what changed since the newest known
-    version. Mice on an older patch or minor version of the same major version are moved to it
-    (MouseMigrated) at their next session; a major version needs `shaping migrate`.
+    The version goes to the compacted curricula topic, where every processor finds it, also
+    after a restart. Refuses a version whose number is too small for what changed since the
+    newest known version (files and published versions), and a version already known with
+    other content. Mice on an older patch or minor version of the same major version are moved
+    to it (MouseMigrated) at their next session; a major version needs `shaping migrate`.
     """
     from datetime import UTC, datetime
 
     from services.common.settings import Settings
-    from services.curricula.catalog import default_catalog
     from services.curricula.engine import CompiledCurriculum
-    from services.curricula.errors import MigrationError, VersionBumpTooSmall
+    from services.curricula.errors import MigrationError, PublishError, VersionBumpTooSmall
     from services.curricula.migrate import migration_events, plan, published_event
     from services.curricula.model import semver
+    from services.curricula.published import publish_version
     from services.curricula.store import mice_on
     from services.curricula.store import publish as send
 
     curriculum = _load(file)
-    catalog = default_catalog()
+    catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
+    if catalog.has(curriculum.name, curriculum.version):
+        known = catalog.get(curriculum.name, curriculum.version)
+        if getattr(known, "content_hash", None) != curriculum.content_hash:
+            _fail(
+                f"{curriculum.name} {curriculum.version} is already known with other content; "
+                f"publish it under a new version",
+                code=1,
+            )
     older = [v for v in catalog.versions(curriculum.name) if semver(v) < semver(curriculum.version)]
     previous = catalog.get(curriculum.name, older[-1]) if older else None
     assert previous is None or isinstance(previous, CompiledCurriculum)
@@ -390,12 +583,25 @@ def publish(
     if dry_run:
         typer.echo(f"dry run: {len(events)} event(s) not sent")
         return
-    target, topic = _kafka_target(bootstrap, prefix)
+    target, topics = _kafka_topics(bootstrap, prefix)
     try:
-        send(target, topic, events)
-    except MigrationError as exc:
+        # The version first, acknowledged: a processor that meets a migration to it reads the
+        # curricula topic up to its end and finds it.
+        written = publish_version(target, topics.curricula, event)
+    except PublishError as exc:
         _fail(str(exc))
-    typer.echo(f"sent {len(events)} event(s) to {topic}")
+    typer.echo(
+        f"published {curriculum.name} {curriculum.version} to {topics.curricula}"
+        if written
+        else f"{curriculum.name} {curriculum.version} was already published (same content)"
+    )
+    migrations = events[1:]
+    if migrations:
+        try:
+            send(target, topics.events, migrations)
+        except MigrationError as exc:
+            _fail(str(exc))
+    typer.echo(f"sent {len(migrations)} MouseMigrated event(s) to {topics.events}")
 
 
 def _name_version(text: str) -> tuple[str, str]:
@@ -433,7 +639,9 @@ def migrate(
     new_name, new_version = _name_version(target)
     if new_name != name:
         _fail("--from and --to must be versions of the same curriculum")
-    old, new = _catalog_version(name, old_version), _catalog_version(name, new_version)
+    catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
+    old = _catalog_version(catalog, name, old_version)
+    new = _catalog_version(catalog, name, new_version)
     try:
         steps = plan(old, new, mice_on(db_url or Settings().db_url, name))
     except MigrationError as exc:

@@ -87,3 +87,7 @@ class VersionBumpTooSmall(CurriculumError):
 
 class MigrationError(CurriculumError):
     """Mice cannot be moved between two curriculum versions as asked."""
+
+
+class PublishError(CurriculumError):
+    """A curriculum version cannot be published, or the published versions cannot be read."""

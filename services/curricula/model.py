@@ -126,6 +126,53 @@ class Policy(FormatModel):
     description: str = Field(min_length=1)
 
 
+class Condition(FormatModel):
+    """A named condition: a boolean expression defined once and used by name in rules,
+    warnings, reports and later conditions (IBL: ``crit_1b``, ``all_training``).
+
+    Attributes:
+        name: how the rules refer to it (an identifier, unlike any metric).
+        when: the expression (rule language); it may use the conditions defined before it.
+        description: what it means, in plain language.
+    """
+
+    name: Name
+    when: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
+class ReportedValue(FormatModel):
+    """A value the curriculum reports at every decision (``Evaluation.metrics``, then the
+    StageTransitioned and AssignmentIssued ``metrics``), whatever the stage: the evidence a
+    trainer reads.
+
+    Attributes:
+        name: the label (a key of ``metrics``); a window series is reported as ``name[-1]``
+            (the newest session or date), ``name[-2]``...
+        value: a number expression, a condition (reported as 1 or 0) or a window series.
+        description: what it is.
+    """
+
+    name: Name
+    value: str = Field(min_length=1)
+    description: str = ""
+
+
+class WarningRule(FormatModel):
+    """A warning: when ``when`` holds after a session at the stage, the decision carries it
+    (``Evaluation.warnings``; the processor emits a TrainingWarning event).
+
+    Attributes:
+        name: the warning's kind (``untrainable_risk``, ``regression_prevented``...).
+        when: the condition (rule language).
+        description: the message a trainer reads.
+    """
+
+    name: Name
+    when: str = Field(min_length=1)
+    description: str = Field(min_length=1)
+
+
 class Adjustment(FormatModel):
     """A per-mouse parameter change a trainer may make without going off-curriculum.
 
@@ -176,6 +223,8 @@ class Stage(FormatModel):
         aliases: other names of the stage (e.g. AIND's ``STAGE_1``), accepted in session
             tables.
         adjustable: per-mouse adjustments allowed at this stage, beyond the curriculum's.
+        warnings: warning rules checked after every session at this stage (they never move
+            the mouse).
     """
 
     name: Name
@@ -187,6 +236,7 @@ class Stage(FormatModel):
     terminal: bool = False
     aliases: list[str] = Field(default_factory=list)
     adjustable: dict[str, Adjustment] = Field(default_factory=dict)
+    warnings: list[WarningRule] = Field(default_factory=list)
 
     @field_validator("parameters", mode="before")
     @classmethod
@@ -227,6 +277,48 @@ class Origin(FormatModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class ParameterType(FormatModel):
+    """The type of one task parameter, as a JSON Schema of the task gives it.
+
+    Attributes:
+        type: ``number``, ``integer``, ``boolean`` or ``string``.
+        choices: the only values allowed (the schema's ``enum`` or ``const``), if limited.
+        minimum: lowest allowed value (numbers), if any.
+        maximum: highest allowed value (numbers), if any.
+        nullable: whether null is allowed.
+        required: whether every stage must set it.
+        description: what it is (the schema's title or description).
+    """
+
+    type: Literal["number", "integer", "boolean", "string"]
+    choices: list[ParamValue] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+    required: bool = False
+    description: str = ""
+
+
+class ParameterSchema(FormatModel):
+    """The schema a curriculum's task parameters follow (an imported AIND curriculum records
+    the JSON Schema of its task here). Every stage's resolved parameters, and every per-mouse
+    adjustment, are checked against it (:mod:`services.curricula.paramtypes`).
+
+    Attributes:
+        name: the schema's name (the JSON Schema's ``title``, e.g. DynamicForagingCurriculum).
+        version: its version, when known (e.g. ``1.0`` from ``..._v1.0.json``).
+        source: the file it was read from (its name).
+        types: parameter name -> its type.
+        additional: whether stages may set parameters the schema does not declare.
+    """
+
+    name: Name
+    version: str | None = None
+    source: str | None = None
+    types: dict[str, ParameterType] = Field(min_length=1)
+    additional: bool = True
+
+
 class Curriculum(FormatModel):
     """A whole curriculum file (see the module docstring for an example).
 
@@ -243,8 +335,12 @@ class Curriculum(FormatModel):
         adjustable: per-mouse parameter adjustments allowed at every stage.
         start: the stage mice start at (default: the first).
         stages: the stages, in training order.
+        conditions: named conditions rules, warnings and reports use by name.
+        report: values reported at every decision, whatever the stage.
         migrations: stage mappings from earlier major versions.
         origin: provenance of an imported curriculum.
+        parameter_schema: the types of its task parameters, when known (an imported AIND
+            curriculum records its task's JSON Schema).
     """
 
     name: Name
@@ -256,8 +352,11 @@ class Curriculum(FormatModel):
     adjustable: dict[str, Adjustment] = Field(default_factory=dict)
     start: str | None = None
     stages: list[Stage] = Field(min_length=1)
+    conditions: list[Condition] = Field(default_factory=list)
+    report: list[ReportedValue] = Field(default_factory=list)
     migrations: list[Migration] = Field(default_factory=list)
     origin: Origin | None = None
+    parameter_schema: ParameterSchema | None = None
 
     @field_validator("name")
     @classmethod

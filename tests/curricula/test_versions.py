@@ -227,7 +227,8 @@ def test_migrate_plans_from_the_status_tables_then_moves_the_mice(
         ],
     )
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    # (no broker here: a warning says the published versions were not read)
+    lines = [line for line in result.output.splitlines() if not line.startswith("warning:")]
     assert lines[1].split()[:5] == ["A", "s2_training", "(0.1.0)", "s2_practice", "(1.0.0)"]
     assert lines[2].split()[:5] == ["B", "s2_training", "(0.1.0)", "s2_practice", "(1.0.0)"]
     assert lines[3].split()[:5] == ["C", "s3_full_task", "(0.1.0)", "s3_full_task", "(1.0.0)"]
