@@ -13,7 +13,12 @@
    simulated mouse). Every event goes to the durable outbox first; a background thread drains
    it to Kafka in order.
 4. After the session, wait for the outbox to drain and for the decision on the session and the
-   next assignment, and show them; offline, say how many events wait.
+   assignment that follows it, and show (and log) the evidence it carries: the status reached,
+   each rule with its values and pass/fail, the reported metrics and the warnings; offline,
+   say how many events wait.
+
+A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
+it.
 
 Faults for crash tests (environment variable ``SHAPING_RIG_FAULT``, comma-separated):
 ``kill-after-event:N`` SIGKILLs the process right after the N-th event it stored,
@@ -42,6 +47,7 @@ from rig.config import RigConfig, ValveCalibration
 from rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
 from rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
 from rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
+from rig.evidence import EJECTED, evidence_lines, next_session_line
 from rig.follow import AssignmentFollower
 from rig.locks import FileLock
 from rig.reach import reach_session_metrics
@@ -67,6 +73,9 @@ from schemas.events import (
 from services.common.topics import TopicNames
 
 log = logging.getLogger(__name__)
+
+EVIDENCE_LOG = "evidence.log"
+"""File in the rig's state folder where the evidence of every decision received is appended."""
 
 
 class Display(Protocol):
@@ -346,24 +355,46 @@ class RigAgent:
         self._wake.set()
         deadline = time.monotonic() + options.decision_timeout_s
         waiting_said = False
+        followed: CachedAssignment | None = None
         while time.monotonic() < deadline:
             with suppress(BrokerUnreachableError):
                 link.poll(0.3)
             decision = self.store.decision(mouse, session_id)
             cached = self.store.cached_assignment(mouse)
+            # The assignment that followed the decision carries its evidence; a trainer's
+            # later override or adjustment may already have replaced it in the cache.
+            followed = self.store.last_evidence(mouse)
             if (
                 decision is not None
-                and cached is not None
-                and (cached.assignment.causation_id == decision.event_id)
+                and followed is not None
+                and (followed.assignment.causation_id == decision.event_id)
             ):
-                report.decision, report.next_assignment = decision, cached.assignment
+                report.decision, report.next_assignment = decision, followed.assignment
+                if cached is not None and cached.assignment.session_number >= (
+                    followed.assignment.session_number
+                ):
+                    report.next_assignment = cached.assignment  # the one in force
+                break
+            if cached is not None and cached.assignment.reason == EJECTED:
+                # Ejected during the session: it is kept but not judged.
+                report.next_assignment = cached.assignment
                 break
             if not waiting_said:
                 self.display.message("waiting for the decision on this session ...")
                 waiting_said = True
         report.unsent = self.store.unsent_count()
-        if report.decision is not None:
-            self.display.decision(report.decision, report.next_assignment)
+        if report.decision is not None and followed is not None:
+            evidence = followed.assignment
+            self.display.decision(report.decision, evidence)
+            self._log_evidence(mouse, session_id, evidence_lines(report.decision, evidence))
+            newer = report.next_assignment
+            if newer is not None and newer.event_id != evidence.event_id:
+                self.display.message(f"since then, {newer.reason}: {next_session_line(newer)}")
+        elif report.next_assignment is not None:
+            self.display.message(
+                f"{mouse} was ejected during this session: the session is kept but not judged. "
+                f"{report.next_assignment.reason_detail}"
+            )
         else:
             reason = link.problem() or "the processor has not decided yet"
             self.display.message(
@@ -372,6 +403,20 @@ class RigAgent:
                 "decision once it arrives."
             )
         return report
+
+    def _log_evidence(self, mouse: str, session_id: str, lines: list[str]) -> None:
+        """Logs the evidence and appends it to ``evidence.log`` in the rig's state folder, the
+        trainer's record of every decision the rig received."""
+        for line in lines:
+            log.info("%s %s: %s", mouse, session_id, line)
+        path = self.config.state_dir / EVIDENCE_LOG
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            with path.open("a", encoding="utf-8") as out:
+                out.write(f"{stamp} UTC {mouse} session {session_id}\n")
+                out.writelines(f"  {line}\n" for line in lines)
+        except OSError as exc:
+            self.display.message(f"cannot write {path}: {exc.strerror}")
 
     # -- assignments ----------------------------------------------------------------------------
 
@@ -413,6 +458,10 @@ class RigAgent:
             raise NoAssignmentError(
                 f"no assignment known for {mouse}: {where}. Enroll the mouse and run once "
                 "with the broker reachable, so the rig can cache its assignment."
+            )
+        if cached.assignment.reason == EJECTED:
+            raise RigError(
+                f"{mouse} was ejected: {cached.assignment.reason_detail or 'no more sessions'}"
             )
         self.display.message(_describe(cached, link, waiting_for))
         return cached.assignment

@@ -159,34 +159,14 @@ class ConsoleDisplay:
         )
 
     def decision(self, decision: StageTransitioned, assignment: AssignmentIssued | None) -> None:
-        """Prints the decision, every rule's evidence and the next assignment."""
-        rule = f" (rule {decision.rule})" if decision.rule else ""
-        self.message(
-            f"decision: {decision.decision} {decision.from_stage} -> {decision.to_stage}{rule}"
-        )
-        summary = decision.session_summary
-        accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.0%}"
-        self.message(
-            f"  judged: {summary.n_trials} trials, accuracy {accuracy}, session "
-            f"{decision.session_total} of the mouse, {decision.sessions_at_stage} at this stage"
-        )
-        for evaluation in decision.rule_evaluations:
-            verdict = "held" if evaluation.verdict else "did not hold"
-            self.message(
-                f"  rule {evaluation.rule} ({evaluation.decision} to {evaluation.to_stage}) "
-                f"{verdict}: {evaluation.description}"
-            )
-            for o in evaluation.observations:
-                mark = "ok" if o.passed else "no"
-                self.message(
-                    f"    [{mark}] {o.metric} = {_fmt(o.observed)} {o.comparator} "
-                    f"{_fmt(o.threshold)}"
-                )
+        """Prints the decision, the status reached, every rule's evidence, the reported
+        metrics, the warnings, and the next assignment."""
+        from rig.evidence import evidence_lines, next_session_line
+
+        for line in evidence_lines(decision, assignment):
+            self.message(line)
         if assignment is not None:
-            self.message(
-                f"next session ({assignment.session_number}): stage {assignment.stage}; "
-                f"{assignment.reason_detail or assignment.reason}"
-            )
+            self.message(next_session_line(assignment))
 
 
 def _fmt(value: Any) -> str:
@@ -306,6 +286,7 @@ def rig_status(
 ) -> None:
     """Show the assignment cache, the outbox and whether Kafka answers."""
     from rig.errors import BrokerUnreachableError
+    from rig.evidence import EJECTED, evidence_lines
     from rig.follow import AssignmentFollower
     from rig.store import RigStore
     from services.common.topics import TopicNames
@@ -343,6 +324,10 @@ def rig_status(
             cached = store.cached_assignment(mouse)
             if cached is None:
                 typer.echo("    assignment: none cached (enroll the mouse; run with the broker up)")
+            elif cached.assignment.reason == EJECTED:
+                typer.echo(
+                    f"    EJECTED: {cached.assignment.reason_detail}; `shaping rig run` refuses it"
+                )
             else:
                 a = cached.assignment
                 typer.echo(
@@ -369,6 +354,16 @@ def rig_status(
                     else "no decision received yet"
                 )
                 typer.echo(f"    last session {last.session_id}: {verdict}")
+            followed = store.last_evidence(mouse)
+            if followed is not None:
+                evidence = followed.assignment
+                typer.echo(
+                    f"    evidence of the last decision (received "
+                    f"{followed.received_at:%Y-%m-%d %H:%M} UTC):"
+                )
+                judged = store.decision_with_id(mouse, evidence.causation_id or "")
+                for line in evidence_lines(judged, evidence):
+                    typer.echo(f"      {line}")
         agent_calibrations = {**rig_config.valves, **store.calibrations()}
         typer.echo("valves:")
         for valve in ("left", "right"):

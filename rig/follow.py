@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from rig.drain import describe_error, kafka_errors, partition_for
 from rig.errors import BrokerUnreachableError
+from rig.evidence import is_decision
 from rig.store import RigStore
 from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.errors import SerializationError
@@ -147,6 +148,8 @@ class AssignmentFollower:
             return 0
         if isinstance(event, AssignmentIssued):
             self.store.save_assignment(event)
+            if is_decision(event):
+                self.store.save_evidence(event)
             return 1
         if isinstance(event, StageTransitioned):
             self.store.save_decision(event)

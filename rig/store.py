@@ -10,7 +10,9 @@
   drainer reads the partition from there to find what already arrived (see
   :meth:`OutboxDrainer.reconcile <rig.drain.OutboxDrainer.reconcile>`).
 * **Assignment cache and decisions.** The latest AssignmentIssued per mouse and the
-  StageTransitioned per session, as read from Kafka, so a session can start offline.
+  StageTransitioned per session, as read from Kafka, so a session can start offline; and per
+  mouse the latest assignment that followed a decision, with the evidence it carries (a
+  trainer's later override or adjustment replaces the cached assignment, not the evidence).
 * **Calibrations.** Every valve calibration, newest last.
 
 Several processes may open the store (``rig run`` and ``rig status``); SQLite's WAL mode and a
@@ -63,6 +65,13 @@ CREATE TABLE IF NOT EXISTS partition_marks (
     PRIMARY KEY (topic, partition)
 );
 CREATE TABLE IF NOT EXISTS assignments (
+    mouse_id TEXT PRIMARY KEY,
+    session_number INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    value BLOB NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence (
     mouse_id TEXT PRIMARY KEY,
     session_number INTEGER NOT NULL,
     event_id TEXT NOT NULL,
@@ -337,14 +346,33 @@ class RigStore:
 
     def save_assignment(self, assignment: AssignmentIssued) -> bool:
         """Caches an assignment unless a newer one (higher session number) is cached."""
+        return self._keep_latest("assignments", assignment)
+
+    def cached_assignment(self, mouse_id: str) -> CachedAssignment | None:
+        """The latest assignment known for a mouse."""
+        return self._latest("assignments", mouse_id)
+
+    def save_evidence(self, assignment: AssignmentIssued) -> bool:
+        """Keeps the assignment that followed a decision (with its evidence), unless one of a
+        later session is kept."""
+        return self._keep_latest("evidence", assignment)
+
+    def last_evidence(self, mouse_id: str) -> CachedAssignment | None:
+        """The latest assignment that followed a decision on one of the mouse's sessions."""
+        return self._latest("evidence", mouse_id)
+
+    def _keep_latest(self, table: str, assignment: AssignmentIssued) -> bool:
+        """Upserts the mouse's row of ``table`` (``assignments`` or ``evidence``) unless it holds
+        one of a later session; True when the row changed."""
+        assert table in ("assignments", "evidence")
         with self._tx() as conn:
             cursor = conn.execute(
-                "INSERT INTO assignments (mouse_id, session_number, event_id, value, "
+                f"INSERT INTO {table} (mouse_id, session_number, event_id, value, "
                 "received_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (mouse_id) DO UPDATE SET "
                 "session_number = excluded.session_number, event_id = excluded.event_id, "
                 "value = excluded.value, received_at = excluded.received_at "
-                "WHERE excluded.session_number >= assignments.session_number "
-                "AND excluded.event_id != assignments.event_id",
+                f"WHERE excluded.session_number >= {table}.session_number "
+                f"AND excluded.event_id != {table}.event_id",
                 (
                     assignment.mouse_id,
                     assignment.session_number,
@@ -355,11 +383,11 @@ class RigStore:
             )
             return cursor.rowcount == 1
 
-    def cached_assignment(self, mouse_id: str) -> CachedAssignment | None:
-        """The latest assignment known for a mouse."""
+    def _latest(self, table: str, mouse_id: str) -> CachedAssignment | None:
+        assert table in ("assignments", "evidence")
         row = (
             self._conn()
-            .execute("SELECT value, received_at FROM assignments WHERE mouse_id = ?", (mouse_id,))
+            .execute(f"SELECT value, received_at FROM {table} WHERE mouse_id = ?", (mouse_id,))
             .fetchone()
         )
         if row is None:
@@ -390,6 +418,21 @@ class RigStore:
             .execute(
                 "SELECT value FROM decisions WHERE mouse_id = ? AND session_id = ?",
                 (mouse_id, session_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        event = self.codec.decode(row[0])
+        return event if isinstance(event, StageTransitioned) else None
+
+    def decision_with_id(self, mouse_id: str, event_id: str) -> StageTransitioned | None:
+        """A kept decision of the mouse by its event id (an assignment's ``causation_id``)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT value FROM decisions WHERE mouse_id = ? AND event_id = ?",
+                (mouse_id, event_id),
             )
             .fetchone()
         )

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rig import cli as rig_cli
+from services.common.cli_options import Bootstrap, DbUrl, Prefix, settings_with
 from services.curricula import cli as curricula_cli
 from services.operator import cli as operator_cli
+from services.operator import interventions as interventions_cli
+from services.operator import replay_cli
 
 if TYPE_CHECKING:
     from services.common.settings import Settings
@@ -32,20 +35,6 @@ app.add_typer(curricula_cli.app, name="curriculum")
 app.command("evaluate")(curricula_cli.evaluate)
 app.command("migrate")(curricula_cli.migrate)
 
-Bootstrap = Annotated[
-    str | None,
-    typer.Option("--bootstrap", help="Kafka bootstrap servers (default: $SHAPING_BOOTSTRAP)."),
-]
-Prefix = Annotated[
-    str | None,
-    typer.Option("--prefix", help="Topic name prefix (default: $SHAPING_TOPIC_PREFIX)."),
-]
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--db-url", help="SQLAlchemy URL of the status tables (default: $SHAPING_DB_URL)."
-    ),
-]
 MetricsHost = Annotated[
     str,
     typer.Option(
@@ -65,15 +54,7 @@ def _settings(
     """Settings from the environment, overridden by the options given on the command line."""
     from dataclasses import replace
 
-    from services.common.settings import Settings
-
-    settings = Settings()
-    if bootstrap is not None:
-        settings = replace(settings, bootstrap=bootstrap)
-    if prefix is not None:
-        settings = replace(settings, topic_prefix=prefix)
-    if db_url is not None:
-        settings = replace(settings, db_url=db_url)
+    settings = settings_with(bootstrap, prefix, db_url)
     if partitions is not None:
         settings = replace(settings, partitions=partitions)
     return settings
@@ -215,6 +196,8 @@ def topics_create(
 
 # status, history, export, plot, enroll
 operator_cli.register(app)
+interventions_cli.register(app)  # override, eject, adjust
+replay_cli.register(app)  # replay, whatif
 
 
 def main() -> None:

@@ -18,19 +18,55 @@ from schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     Event,
+    MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     Parameters,
+    ParametersAdjusted,
     SessionEnded,
     SessionStarted,
     SessionSummary,
+    StageOverridden,
     StageTransitioned,
     TrialCompleted,
 )
-from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from services.domain.curriculum import CurriculumCatalog, CurriculumEngine, Evaluation
 from services.domain.errors import CurriculumError, ImpossibleEvent
-from services.domain.metrics import SessionMetrics, session_record
-from services.domain.state import MAX_SESSION_HISTORY, MAX_TRIAL_WINDOW, MouseState, OpenSession
+from services.domain.interventions import (
+    INTERVENTIONS,
+    decide_adjusted,
+    decide_ejected,
+    decide_overridden,
+    decision_outputs,
+    ejected_refusal,
+    evolve_intervention,
+    with_adjustments,
+)
+from services.domain.metrics import (
+    SessionMetrics,
+    append_record,
+    count_session,
+    rename_stage,
+    session_record,
+)
+from services.domain.recompute import (
+    append_judged,
+    check_recomputable,
+    closed,
+    counted,
+    focus_session,
+    fold_decision,
+    insert_late,
+    is_late,
+    is_open,
+    judged_entry,
+    judged_index,
+    recompute,
+    start_key,
+    start_session,
+    was_judged,
+)
+from services.domain.state import MouseState, OpenSession
 
 _OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
 
@@ -52,6 +88,10 @@ def initial_state(mouse_id: str) -> MouseState:
 def evolve(state: MouseState, event: Event) -> MouseState:
     """Folds one event into the mouse's state (never raises on a valid event; redeliveries are
     no-ops)."""
+    if isinstance(event, TrialCompleted | SessionEnded):
+        # Sessions in progress are kept by id: a late rig's session may drain from its outbox
+        # while the mouse runs on another rig (see services.domain.recompute).
+        state = focus_session(state, event.session_id)
     if isinstance(event, TrialCompleted):
         return _evolve_trial(state, event)
     if state.seen(event.event_id):
@@ -63,6 +103,10 @@ def evolve(state: MouseState, event: Event) -> MouseState:
                 "enrolled": True,
                 "curriculum_name": event.curriculum_name,
                 "curriculum_version": event.curriculum_version,
+                # A re-enrolment after an ejection starts over, without the adjustments.
+                "ejected": False,
+                "ejected_reason": "",
+                "adjustments": {},
                 "recent_event_ids": ids,
             }
         )
@@ -74,13 +118,12 @@ def evolve(state: MouseState, event: Event) -> MouseState:
                 "curriculum_version": event.curriculum_version,
                 "last_assignment": event,
                 "recent_event_ids": ids,
+                **({"enrolled_stage": event.stage} if event.reason == "enrolled" else {}),
             }
         )
     if isinstance(event, SessionStarted):
-        started = OpenSession(
-            session_id=event.session_id or "", stage=event.stage, rig_id=event.rig_id
-        )
-        return state.model_copy(update={"open_session": started, "recent_event_ids": ids})
+        started = _open_session(event)
+        return start_session(state, started, ids)
     if isinstance(event, SessionEnded):
         session = state.open_session
         if session is None or session.session_id != event.session_id:
@@ -91,15 +134,21 @@ def evolve(state: MouseState, event: Event) -> MouseState:
         # session_at_current_stage).
         last_stage = state.history[-1].stage if state.history else None
         streak = state.run_streak + 1 if session.stage == last_stage else 1
-        record = session_record(session, event.metrics)
+        record = session_record(session, event.metrics, event.duration_s)
+        entry = judged_entry(state, session, event)
+        if is_late(state, entry.order_key):
+            counts = counted(state.session_counts, record, 1)
+            return insert_late(state, record, entry, ids, counts)
         return state.model_copy(
             update={
-                "open_session": None,
+                **closed(state, session.session_id),
+                "judged": append_judged(state, entry),
                 "stage": session.stage,
                 "sessions_at_stage": streak,
                 "run_streak": streak,
                 "session_total": state.session_total + 1,
-                "history": (*state.history, record)[-MAX_SESSION_HISTORY:],
+                "history": append_record(state.history, record),
+                "session_counts": count_session(state.session_counts, record),
                 "last_closed_session_id": session.session_id,
                 "recent_event_ids": ids,
             }
@@ -115,23 +164,40 @@ def evolve(state: MouseState, event: Event) -> MouseState:
                 "curriculum_version": event.to_version,
                 "stage": event.to_stage,
                 "history": history,
+                "session_counts": rename_stage(
+                    state.session_counts, event.from_stage, event.to_stage
+                ),
                 "recent_event_ids": ids,
             }
         )
     if isinstance(event, StageTransitioned):
-        moved = event.to_stage != event.from_stage
-        return state.model_copy(
-            update={
-                "stage": event.to_stage,
-                "sessions_at_stage": 0 if moved else state.sessions_at_stage,
-                "last_decision": event,
-                "recent_event_ids": ids,
-            }
-        )
+        return fold_decision(state, event, ids)
+    if isinstance(event, INTERVENTIONS):
+        return evolve_intervention(state, event, ids)
     return state.model_copy(update={"recent_event_ids": ids})
 
 
+def _open_session(event: SessionStarted) -> OpenSession:
+    """The session a SessionStarted opens, with the facts metrics read from its parameters."""
+    parameters = event.parameters
+    protocol = parameters.get("task_protocol")
+    delay = parameters.get("session_start_delay_s")
+    return OpenSession(
+        session_id=event.session_id or "",
+        stage=event.stage,
+        rig_id=event.rig_id,
+        session_date=event.effective_date,
+        started_at=event.occurred_at,
+        task_protocol=protocol if isinstance(protocol, str) else None,
+        ephys_rig=parameters.get("ephys_rig") is True,
+        start_delay_s=(
+            float(delay) if isinstance(delay, int | float) and not isinstance(delay, bool) else None
+        ),
+    )
+
+
 def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
+    """Adds a trial to its session's statistics (a redelivered or stale trial is a no-op)."""
     session = state.open_session
     if (
         session is None
@@ -139,19 +205,10 @@ def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
         or trial.trial_index <= session.last_trial_index
     ):
         return state
-    outcomes = state.recent_outcomes
-    if trial.outcome != "miss":
-        outcomes = (outcomes + ("1" if trial.outcome == "correct" else "0"))[-MAX_TRIAL_WINDOW:]
     session = session.model_copy(
-        update={
-            "last_trial_index": trial.trial_index,
-            "n_trials": session.n_trials + 1,
-            "n_correct": session.n_correct + (trial.outcome == "correct"),
-            "n_incorrect": session.n_incorrect + (trial.outcome == "incorrect"),
-            "n_miss": session.n_miss + (trial.outcome == "miss"),
-        }
+        update={"last_trial_index": trial.trial_index, "stats": session.stats.add(trial)}
     )
-    return state.model_copy(update={"open_session": session, "recent_outcomes": outcomes})
+    return state.model_copy(update={"open_session": session})
 
 
 def fold(state: MouseState, events: Iterable[Event]) -> MouseState:
@@ -194,10 +251,29 @@ class TrainingCore:
         if isinstance(event, SessionEnded):
             return self._decide_session_end(state, event)
         if isinstance(event, MouseMigrated):
+            if state.ejected and not state.seen(event.event_id):
+                raise ejected_refusal(state, "MouseMigrated")
             return self._decide_migrated(state, event)
+        if isinstance(event, INTERVENTIONS):
+            return self._decide_intervention(state, event)
         if isinstance(event, CurriculumPublished):
             self._check_published(event)
         return []
+
+    def _decide_intervention(
+        self, state: MouseState, event: StageOverridden | MouseEjected | ParametersAdjusted
+    ) -> list[Event]:
+        """A trainer's override, ejection or adjustment (see services.domain.interventions)."""
+        if state.seen(event.event_id):
+            return []
+        if not state.enrolled:
+            raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
+        curriculum = self.curriculum_of(state)
+        if isinstance(event, StageOverridden):
+            return decide_overridden(state, event, curriculum)
+        if isinstance(event, MouseEjected):
+            return decide_ejected(state, event, curriculum)
+        return decide_adjusted(state, event, curriculum)
 
     def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
         """Decides, then folds the event and its consequences: the processor's one step.
@@ -302,30 +378,29 @@ class TrainingCore:
                 f"the processor's {curriculum.name} {curriculum.version} differs from the one "
                 f"the migration was planned with ({event.content_hash})"
             )
-        return [
-            AssignmentIssued(
-                event_id=derived_event_id(event, "AssignmentIssued"),
-                mouse_id=event.mouse_id,
-                occurred_at=event.occurred_at,
-                causation_id=event.event_id,
-                stage=event.to_stage,
-                parameters=curriculum.parameters(event.to_stage),
-                curriculum_name=curriculum.name,
-                curriculum_version=curriculum.version,
-                reason="migrated",
-                reason_detail=f"Migrated from {event.from_version} ({event.from_stage}) to "
-                f"{event.to_version} ({event.to_stage})"
-                + (f"; {event.reason}" if event.reason else "")
-                + (" (stage renamed)" if renamed else ""),
-                sessions_at_stage=state.sessions_at_stage,
-                session_number=state.session_total + 1,
-            )
-        ]
+        assignment = AssignmentIssued(
+            event_id=derived_event_id(event, "AssignmentIssued"),
+            mouse_id=event.mouse_id,
+            occurred_at=event.occurred_at,
+            causation_id=event.event_id,
+            stage=event.to_stage,
+            parameters=curriculum.parameters(event.to_stage),
+            curriculum_name=curriculum.name,
+            curriculum_version=curriculum.version,
+            reason="migrated",
+            reason_detail=f"Migrated from {event.from_version} ({event.from_stage}) to "
+            f"{event.to_version} ({event.to_stage})"
+            + (f"; {event.reason}" if event.reason else "")
+            + (" (stage renamed)" if renamed else ""),
+            sessions_at_stage=state.sessions_at_stage,
+            session_number=state.session_total + 1,
+        )
+        return [with_adjustments(assignment, state, curriculum)]  # the trainer's stay on
 
     def _decide_enrolled(self, state: MouseState, event: MouseEnrolled) -> list[Event]:
         if state.seen(event.event_id):
             return []
-        if state.enrolled:
+        if state.enrolled and not state.ejected:
             raise ImpossibleEvent(
                 f"mouse {event.mouse_id!r} is already enrolled on {state.curriculum_name!r}"
             )
@@ -347,10 +422,10 @@ class TrainingCore:
                 curriculum_name=curriculum.name,
                 curriculum_version=curriculum.version,
                 reason="enrolled",
-                reason_detail=f"Enrolled on {curriculum.name} {curriculum.version}; starts at "
-                f"{stage}.",
+                reason_detail=("Enrolled again after an ejection" if state.ejected else "Enrolled")
+                + f" on {curriculum.name} {curriculum.version}; starts at {stage}.",
                 sessions_at_stage=0,
-                session_number=1,
+                session_number=state.session_total + 1,
             )
         ]
 
@@ -361,9 +436,13 @@ class TrainingCore:
             raise ImpossibleEvent("SessionStarted without a session_id")
         if state.seen(event.event_id):
             return
-        if event.session_id == state.last_closed_session_id:
+        if state.ejected:
+            raise ejected_refusal(state, f"session {event.session_id!r}")
+        if was_judged(state, event.session_id):
             raise ImpossibleEvent(f"session {event.session_id!r} already ended")
         curriculum = self.curriculum_of(state)
+        if is_late(state, start_key(event)):
+            check_recomputable(state, start_key(event), event.session_id, curriculum)
         if not curriculum.has_stage(event.stage):
             raise ImpossibleEvent(
                 f"session runs stage {event.stage!r}, which {curriculum.name} "
@@ -372,11 +451,12 @@ class TrainingCore:
 
     @staticmethod
     def _check_trial(state: MouseState, event: TrialCompleted) -> None:
-        session = state.open_session
-        if session is not None and session.session_id == event.session_id:
+        if is_open(state, event.session_id):
             return
-        if event.session_id is not None and event.session_id == state.last_closed_session_id:
+        if was_judged(state, event.session_id):
             raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
+        if state.ejected:
+            raise ejected_refusal(state, f"trial of session {event.session_id!r}")
         raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
 
     @staticmethod
@@ -389,13 +469,29 @@ class TrainingCore:
         return last.parameters
 
     def _decide_session_end(self, state: MouseState, event: SessionEnded) -> list[Event]:
+        if state.ejected:
+            session = state.open_session
+            if event.session_id is not None and event.session_id in (
+                state.last_closed_session_id,
+                session.session_id if session is not None else None,
+            ):
+                return []  # the session in progress at the ejection ends; it is not judged
+            raise ejected_refusal(state, f"end of session {event.session_id!r}")
         if event.session_id is not None and event.session_id == state.last_closed_session_id:
             # Redelivered end of the last session: send the same decision again (same ids).
             return [e for e in (state.last_decision, state.last_assignment) if e is not None]
+        if judged_index(state, event.session_id) is not None:
+            # Redelivered end of a session judged late (by a recompute): its decisions were
+            # published before the state that records them was stored; nothing to send again.
+            return []
+        state = focus_session(state, event.session_id)
         session = state.open_session
         if session is None or session.session_id != event.session_id:
             raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
         curriculum = self.curriculum_of(state)
+        entry = judged_entry(state, session, event)
+        if is_late(state, entry.order_key):
+            return self._decide_late_end(state, event, session, curriculum)
         after = evolve(state, event)
         evaluation = curriculum.evaluate(
             session.stage, SessionMetrics(after, session), self._running_parameters(state, session)
@@ -415,6 +511,8 @@ class TrainingCore:
             decision=evaluation.decision,
             rule=evaluation.rule,
             rule_evaluations=evaluation.rule_evaluations,
+            metrics=evaluation.metrics,
+            session_date=entry.session_date,
             sessions_at_stage=after.sessions_at_stage,
             session_total=after.session_total,
             session_summary=SessionSummary(
@@ -454,4 +552,48 @@ class TrainingCore:
             sessions_at_stage=0 if moved else after.sessions_at_stage,
             session_number=after.session_total + 1,
         )
-        return [transition, assignment]
+        return decision_outputs(state, event, transition, assignment, evaluation, curriculum)
+
+    def _decide_late_end(
+        self,
+        state: MouseState,
+        event: SessionEnded,
+        session: OpenSession,
+        curriculum: CurriculumEngine,
+    ) -> list[Event]:
+        """The end of a late session: the mouse is recomputed from it (see
+        :mod:`services.domain.recompute`).
+
+        Raises:
+            ImpossibleEvent: when the sessions to judge again are no longer kept, or a
+                recomputed stage does not exist in a session's curriculum version.
+        """
+        entry = judged_entry(state, session, event)
+        check_recomputable(
+            state, entry.order_key, entry.session_id, curriculum, session.stats.n_responded
+        )
+        name = curriculum.name
+
+        def lookup(version: str) -> CurriculumEngine:
+            try:
+                return self.catalog.get(name, version or None)
+            except CurriculumError as exc:
+                raise ImpossibleEvent(str(exc)) from exc
+
+        def judge(
+            evaluation: Evaluation,
+            transition: StageTransitioned,
+            assignment: AssignmentIssued,
+            engine: CurriculumEngine,
+        ) -> list[Event]:
+            return decision_outputs(state, event, transition, assignment, evaluation, engine)
+
+        return recompute(
+            state,
+            evolve(state, event),
+            event,
+            lookup,
+            lambda view, record: SessionMetrics(view),
+            judge,
+            derived_event_id,
+        )

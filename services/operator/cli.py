@@ -15,26 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from services.common.cli_options import Bootstrap, DbUrl, Prefix
+
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
     from rich.text import Text
     from sqlalchemy import Engine
 
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--db-url", help="SQLAlchemy URL of the status tables (default: $SHAPING_DB_URL)."
-    ),
-]
-Bootstrap = Annotated[
-    str | None,
-    typer.Option("--bootstrap", help="Kafka bootstrap servers (default: $SHAPING_BOOTSTRAP)."),
-]
-Prefix = Annotated[
-    str | None,
-    typer.Option("--prefix", help="Topic name prefix (default: $SHAPING_TOPIC_PREFIX)."),
-]
 Mouse = Annotated[str, typer.Argument(help="The mouse id, e.g. M001.", show_default=False)]
 
 
@@ -125,6 +113,7 @@ def status(
         "sessions_at_stage": "on stage",
         "sessions_completed": "sessions",
         "last_decision": "last decision",
+        "last_reason": "reason",  # of the assignment: progress, override, ejected, ...
         "last_accuracy": "last accuracy",
         "last_rig_id": "last rig",
         "last_decision_at": "decided at",
@@ -205,12 +194,17 @@ def history(mouse: Mouse, db_url: DbUrl = None) -> None:
         decided = f"{row.from_stage} -> {row.to_stage}: {row.decision}"
         if isinstance(row.rule, str) and row.rule:
             decided += f" ({row.rule})"
+        if isinstance(row.superseded_by, str) and row.superseded_by:
+            decided += " [superseded after a late session]"
         evidence.add_row(
             _text(row.session_total),
             _text(decided),
             _text("\n".join(_evidence_lines(row.evidence_json))),
         )
     console.print(evidence)
+    from services.operator.interventions import show_timeline
+
+    show_timeline(console, db_url, mouse)  # overrides, ejections, adjustments, warnings
 
 
 def export(

@@ -82,6 +82,9 @@ DECISION_COLUMNS: dict[str, str] = {
     "sessions_at_stage": "sessions on from_stage, this one included",
     "session_total": "sessions finished in all",
     "evidence_json": "every rule evaluated, its observations and verdict (JSON)",
+    "session_date": "calendar date of the judged session",
+    "supersedes": "the decision this one replaces after a late session (empty: none)",
+    "superseded_by": "the decision that replaced this one (empty: in force)",
 }
 """Columns of the decisions frame (one row per decision, oldest first per mouse)."""
 
@@ -195,11 +198,13 @@ def decisions_frame(engine: Engine, mouse_id: str | None = None) -> pd.DataFrame
 
 
 def stage_history_frame(engine: Engine, mouse_id: str) -> pd.DataFrame:
-    """The stages a mouse entered, in order (``entered_at_session`` 0 = at enrolment)."""
+    """The stages a mouse entered, in order (``entered_at_session`` 0 = at enrolment); entries
+    a recompute replaced are left out."""
     columns = [column.name for column in stage_history.columns]
     query = (
         select(stage_history)
         .where(stage_history.c.mouse_id == mouse_id)
+        .where(stage_history.c.superseded_by.is_(None))
         .order_by(stage_history.c.entered_at_session, stage_history.c.occurred_at)
     )
     return _frame(engine, query, columns)

@@ -1,10 +1,11 @@
 """The stream processor on Kafka: a faust app that runs :class:`ProcessorStep` per event.
 
 One agent consumes the ``events`` topic. For every message it loads the mouse's state from the
-changelog-backed table ``mouse_state``, calls :meth:`ProcessorStep.process` (decoding, the
-training core and the encoding of what follows all happen there), publishes the outputs to the
-``decisions``, ``assignments`` or ``dead-letter`` topic, and stores the new state. The agent
-computes nothing itself, so this path and the embedded runner cannot disagree.
+changelog-backed tables ``mouse_state`` and ``mouse_sessions`` (see "State records" below),
+calls :meth:`ProcessorStep.process` (decoding, the training core and the encoding of what
+follows all happen there), publishes the outputs to the ``decisions``, ``assignments`` or
+``dead-letter`` topic, and stores the new state. The agent computes nothing itself, so this
+path and the embedded runner cannot disagree.
 
 Delivery is at least once, and it is safe because the domain is idempotent: a re-processed input
 yields the same outputs with the same (deterministic) event ids, and consumers drop ids they
@@ -25,6 +26,32 @@ core treats the redelivery as a duplicate (trials by index, other events by id; 
 SessionEnded re-sends the decision it already made). An input is never lost, and the state never
 runs ahead of the outputs it caused (which would lose e.g. the first assignment of an enrolment).
 
+State records: a mouse's state is stored as two records, so that a trial does not rewrite the
+whole state (50-60 KB for an IBL mouse, whose history keeps per-trial statistics). The
+``mouse_state`` table holds the whole :class:`MouseState` as it was after the last message that
+changed anything but the open sessions (session starts and ends, decisions, enrolments,
+interventions). The ``mouse_sessions`` table holds, after a trial (which changes only
+``open_session`` and ``parked_sessions``), those two fields and the digest of the
+``mouse_state`` record they extend (:class:`~services.domain.state.OpenSessions`, zlib
+compressed: ~2 KB). The stored state is ``mouse_state`` with the open sessions of
+``mouse_sessions`` when its digest matches, else ``mouse_state`` alone
+(:func:`~services.domain.state.join_sessions`). Every message writes at most one record, to
+one table or the other, so a crash never leaves half a write: the reasoning above holds as it
+is. The two changelog topics are not ordered with each other, though, and the open sessions of
+a trial must never reach the broker without the ``mouse_state`` record they extend (with that
+record lost, the join would fall back to an older one and lose trials whose inputs were
+already committed). So a ``mouse_state`` write waits until the broker has acknowledged it
+before the input is acknowledged (a round trip a few times per session, not per trial). A
+``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale by the digest
+and ignored; so is one left behind by replay's hand-over, which writes whole states to the
+``mouse_state`` changelog.
+
+Curricula: the catalog holds the shipped versions, a lab's folder (``SHAPING_CURRICULA_DIR``)
+and every version published on the compacted ``<prefix>.curricula`` topic, read in full before
+the worker starts and followed afterwards (:mod:`services.curricula.published`), so a restarted
+processor still knows the versions its mice are on. A CurriculumPublished on the events topic
+(how earlier releases published) is still accepted and adds its version while the process runs.
+
 Bad input never stops the stream: :class:`ProcessorStep` turns it into an EventRejected on the
 dead-letter topic. An unexpected exception (a bug, or a producer that cannot deliver) is not
 acknowledged and crashes the worker (``CrashingSupervisor``): the process exits non-zero and,
@@ -37,6 +64,7 @@ Faust 0.15 itself can lose input when a worker starts or rebalances with a backl
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,11 +82,19 @@ from services.common.metrics import ServiceMetrics, attach_faust_sensors
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
 from services.curricula.catalog import default_catalog
+from services.curricula.published import CurriculaFollower, FollowingCatalog
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
+from services.domain.state import join_sessions, records_to_store
 from services.processor.step import ProcessorStep, StepResult, TopicKind
+
+log = logging.getLogger(__name__)
 
 STATE_TABLE = "mouse_state"
 """Name of the per-mouse state table (changelog topic ``<processor_id>-mouse_state-changelog``)."""
+
+SESSIONS_TABLE = "mouse_sessions"
+"""Name of the per-mouse open-sessions table (changelog topic
+``<processor_id>-mouse_sessions-changelog``): what trials change, on top of ``mouse_state``."""
 
 COMMIT_INTERVAL_S = 1.0
 """Seconds between offset commits. Shorter than faust's 2.8 s so that a restarted processor
@@ -121,6 +157,9 @@ class FaustProcessor:
             :meth:`MouseState.to_bytes`.
         outputs: the topic for each kind of output message.
         metrics: where to count what happened (None: not measured).
+        sessions: per-mouse open sessions on top of ``table``, same keys, values from
+            :meth:`~services.domain.state.OpenSessions.to_bytes` (see "State records" in the
+            module docstring).
     """
 
     def __init__(
@@ -130,12 +169,14 @@ class FaustProcessor:
         table: TableT,
         outputs: dict[TopicKind, TopicT],
         metrics: ServiceMetrics | None = None,
+        sessions: TableT | None = None,
     ) -> None:
         self.app = app
         self.step = step
         self.table = table
         self.outputs = outputs
         self.metrics = metrics
+        self.sessions = sessions
 
     async def handle(self, event: EventT) -> StepResult:
         """Processes one message of the events topic; returns what the step decided.
@@ -146,8 +187,9 @@ class FaustProcessor:
         message = event.message
         key: bytes | None = event.key
         started = time.perf_counter()
+        stored = self.load(key)
         result = self.step.process(
-            self.load(key),
+            stored,
             key,
             event.value,
             message.topic,
@@ -157,10 +199,7 @@ class FaustProcessor:
         )
         await self.publish(result)
         if result.state is not None:
-            # Assign a new value (never mutate one in place): only assignment logs the
-            # change to the changelog topic.
-            self.table[encode_key(result.state.mouse_id)] = result.state.to_bytes()
-            await self._hand_changelog_to_producer()
+            await self.store(stored, result.state)
         if self.metrics is not None:
             self._measure(message, result, time.perf_counter() - started)
         return result
@@ -191,7 +230,32 @@ class FaustProcessor:
         if key is None:
             return None
         stored = self.table.get(key)
-        return None if stored is None else MouseState.from_bytes(stored)
+        if stored is None:
+            return None
+        sessions = self.sessions.get(key) if self.sessions is not None else None
+        return join_sessions(stored, sessions)
+
+    async def store(self, before: MouseState | None, after: MouseState) -> None:
+        """Stores the new state (one record, see "State records" in the module docstring);
+        returns once the record is in the Kafka producer (a ``mouse_state`` record: once the
+        broker has acknowledged it)."""
+        key = encode_key(after.mouse_id)
+        # Assign a new value (never mutate one in place): only assignment logs the change to
+        # the changelog topic.
+        if self.sessions is None:
+            self.table[key] = after.to_bytes()
+            await self._hand_changelog_to_producer()
+            return
+        record, sessions = records_to_store(self.table.get(key), before, after)
+        if sessions is not None:
+            self.sessions[key] = sessions
+            await self._hand_changelog_to_producer()
+            return
+        self.table[key] = record
+        await self._hand_changelog_to_producer()
+        # Open sessions written on this record must not reach the broker without it (the two
+        # changelogs are not ordered with each other): wait for the broker's acknowledgement.
+        await self.app.producer.flush()
 
     async def publish(self, result: StepResult) -> None:
         """Sends the outputs in order and waits until the broker has acknowledged them all.
@@ -233,7 +297,8 @@ def build_app(
             (None: nothing is measured).
 
     Returns:
-        The app, with the ``mouse_state`` table and the ``process_events`` agent.
+        The app, with the ``mouse_state`` and ``mouse_sessions`` tables and the
+        ``process_events`` agent.
     """
     # Faust's data directory defaults to one relative to the working directory (which could be
     # the repository); keep it under the configured data directory. Faust creates it without
@@ -285,13 +350,20 @@ def build_app(
         value_type=bytes,
         help="Per-mouse training state (MouseState.to_bytes), keyed by mouse id.",
     )
+    sessions = app.Table(
+        SESSIONS_TABLE,
+        partitions=settings.partitions,
+        key_type=bytes,
+        value_type=bytes,
+        help="Per-mouse open sessions on top of mouse_state (OpenSessions.to_bytes).",
+    )
     outputs: dict[TopicKind, TopicT] = {
         "decisions": raw_topic(topics.decisions),
         "assignments": raw_topic(topics.assignments),
         "dead_letter": raw_topic(topics.dead_letter),
     }
     step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec())
-    processor = FaustProcessor(app, step, table, outputs, metrics)
+    processor = FaustProcessor(app, step, table, outputs, metrics, sessions)
 
     @app.agent(
         raw_topic(topics.events),
@@ -322,8 +394,10 @@ def run_processor(
 ) -> None:
     """Runs the processor in this process until SIGTERM or SIGINT.
 
-    Creates the Shaping topics if they are missing, then starts a faust worker. On a signal
-    the worker finishes the message in flight, commits and stops.
+    Creates the Shaping topics if they are missing, reads every published curriculum version
+    from the curricula topic (:mod:`services.curricula.published`), then starts a faust worker
+    while a thread follows that topic. On a signal the worker finishes the message in flight,
+    commits and stops.
 
     Args:
         settings: where Kafka is and how topics and the processor are named.
@@ -336,15 +410,26 @@ def run_processor(
         SystemExit: with a non-zero code when the worker crashed.
     """
     ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
-    metrics = ServiceMetrics("processor") if metrics_port is not None else None
-    app = build_app(settings, web_port=web_port, metrics=metrics)
-    if metrics is not None and metrics_port is not None:
-        metrics.serve(metrics_port, metrics_host)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    # The start-up spinner writes terminal control codes to stdout; a service's log is no tty.
-    worker.spinner = None
+    # Every published curriculum version is in the catalog before the worker sees an event;
+    # then the follower keeps adding new ones (and reads the topic on a miss).
+    catalog = FollowingCatalog.copy_of(default_catalog())
+    follower = CurriculaFollower(settings.bootstrap, settings.topics.curricula, catalog)
     try:
-        worker.execute_from_commandline()  # always ends in SystemExit
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            raise
+        loaded = follower.load()
+        log.info("read %d record(s) of %s", loaded, settings.topics.curricula)
+        follower.start()
+        metrics = ServiceMetrics("processor") if metrics_port is not None else None
+        app = build_app(settings, catalog=catalog, web_port=web_port, metrics=metrics)
+        if metrics is not None and metrics_port is not None:
+            metrics.serve(metrics_port, metrics_host)
+        worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        # The start-up spinner writes terminal control codes to stdout; a service's log is
+        # no tty.
+        worker.spinner = None
+        try:
+            worker.execute_from_commandline()  # always ends in SystemExit
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise
+    finally:
+        follower.stop()

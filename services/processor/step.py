@@ -19,15 +19,26 @@ from schemas.events import (
     CurriculumPublished,
     Event,
     EventRejected,
+    MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     MovementDetected,
+    ParametersAdjusted,
+    StageOverridden,
 )
 from services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
 
 TopicKind = Literal["events", "decisions", "assignments", "dead_letter"]
 
-INPUT_TYPES = (MouseEnrolled, MouseMigrated, CurriculumPublished, *RIG_EVENTS)
+INPUT_TYPES = (
+    MouseEnrolled,
+    MouseMigrated,
+    CurriculumPublished,
+    StageOverridden,
+    MouseEjected,
+    ParametersAdjusted,
+    *RIG_EVENTS,
+)
 """Event types accepted on the input (``events``) topic."""
 
 NOT_FOLDED = (MovementDetected,)
@@ -37,6 +48,7 @@ of the state's recent-id window)."""
 
 OUTPUT_TOPIC: dict[str, TopicKind] = {
     "StageTransitioned": "decisions",
+    "TrainingWarning": "decisions",
     "AssignmentIssued": "assignments",
     "EventRejected": "dead_letter",
 }

@@ -23,39 +23,51 @@ from sqlalchemy import (
     Table,
     and_,
     create_engine,
+    delete,
     event,
     make_url,
     or_,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from schemas.codec import default_codec
+from schemas.errors import SerializationError
 from schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     Event,
     EventRejected,
+    MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     MovementDetected,
+    ParametersAdjusted,
     SessionEnded,
     SessionStarted,
+    StageOverridden,
     StageTransitioned,
+    TrainingWarning,
     TrialCompleted,
 )
 from services.projector.errors import ProjectorError
 from services.projector.tables import (
     PROJECTION_TABLES,
     decision_log,
+    interventions,
     metadata,
+    mouse_adjustments,
     mouse_status,
     projected_events,
     projector_offsets,
     rejected_events,
     session_summaries,
     stage_history,
+    stage_reached,
+    training_warnings,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +88,11 @@ _ACCEPTED: dict[str, tuple[type[Event], ...]] = {
         MovementDetected,
         CurriculumPublished,
         MouseMigrated,
+        StageOverridden,
+        MouseEjected,
+        ParametersAdjusted,
     ),
-    "decisions": (StageTransitioned,),
+    "decisions": (StageTransitioned, TrainingWarning),
     "assignments": (AssignmentIssued,),
     "dead_letter": (EventRejected,),
 }
@@ -95,6 +110,9 @@ _NOT_PROJECTED: tuple[type[Event], ...] = (
 )
 
 SnapshotRow = dict[str, Any]
+
+_INTERVENTION_REASONS = ("override", "ejected", "adjusted")
+"""Reasons of the assignments the processor issues for a trainer's intervention."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +230,7 @@ class SqlProjectionStore:
         except (ArgumentError, ImportError) as exc:
             raise ProjectorError(f"cannot open the projection database: {exc}") from exc
         self._dialect = self.engine.dialect.name
+        self._codec = default_codec()  # reads the original of a dead-lettered intervention
         if self._dialect not in self._DIALECTS:
             self.engine.dispose()
             raise ProjectorError(
@@ -331,6 +350,10 @@ class SqlProjectionStore:
             self._assignment_issued(conn, ev)
         elif isinstance(ev, EventRejected):
             self._event_rejected(conn, ev)
+        elif isinstance(ev, StageOverridden | MouseEjected | ParametersAdjusted):
+            self._intervention(conn, ev)
+        elif isinstance(ev, TrainingWarning):
+            self._training_warning(conn, ev)
         else:  # pragma: no cover - _ACCEPTED lists only the types handled above
             raise ProjectorError(f"no projection for {ev.event_type}")
         return 1
@@ -395,6 +418,16 @@ class SqlProjectionStore:
         )
 
     def _stage_transitioned(self, conn: Connection, ev: StageTransitioned) -> None:
+        # A decision replaced after a late session (a recompute) stays in the log, marked by
+        # superseded_by. Whichever of the two decisions is projected first, the marks end up
+        # the same: the replacing one marks the replaced row, and a replaced one projected
+        # after its replacement finds it by ``supersedes``.
+        superseded_by = conn.execute(
+            select(decision_log.c.event_id)
+            .where(decision_log.c.supersedes == ev.event_id)
+            .order_by(decision_log.c.event_id)
+            .limit(1)
+        ).scalar()
         evidence = [evaluation.model_dump(mode="json") for evaluation in ev.rule_evaluations]
         self._insert_if_absent(
             conn,
@@ -413,48 +446,11 @@ class SqlProjectionStore:
                 "sessions_at_stage": ev.sessions_at_stage,
                 "session_total": ev.session_total,
                 "evidence_json": json.dumps(evidence, sort_keys=True),
+                "session_date": ev.session_date or ev.occurred_at.date().isoformat(),
+                "supersedes": ev.supersedes,
+                "superseded_by": superseded_by,
             },
         )
-        # Newest decision by session count, then time: decisions of a mouse share a partition,
-        # but a replayed or re-published old one must not roll the status back.
-        self._upsert(
-            conn,
-            mouse_status,
-            {
-                "mouse_id": ev.mouse_id,
-                "last_decision": ev.decision,
-                "last_decision_at": ev.occurred_at,
-                "last_session_id": ev.session_id,
-                "sessions_completed": ev.session_total,
-            },
-            where=lambda new: or_(
-                mouse_status.c.sessions_completed.is_(None),
-                mouse_status.c.sessions_completed < new.sessions_completed,
-                and_(
-                    mouse_status.c.sessions_completed == new.sessions_completed,
-                    mouse_status.c.last_decision_at <= new.last_decision_at,
-                ),
-            ),
-        )
-        if ev.session_id is not None:
-            summary = ev.session_summary
-            self._upsert(
-                conn,
-                session_summaries,
-                {
-                    "session_id": ev.session_id,
-                    "mouse_id": ev.mouse_id,
-                    "n_trials": summary.n_trials,
-                    "n_correct": summary.n_correct,
-                    "n_incorrect": summary.n_incorrect,
-                    "n_miss": summary.n_miss,
-                    "accuracy": summary.accuracy,
-                    "decision": ev.decision,
-                    "next_stage": ev.to_stage,
-                    "decided_at": ev.occurred_at,
-                },
-                insert_only=("mouse_id",),
-            )
         if ev.decision != "stay":
             self._insert_if_absent(
                 conn,
@@ -470,8 +466,107 @@ class SqlProjectionStore:
                     "curriculum_name": ev.curriculum_name,
                     "curriculum_version": ev.curriculum_version,
                     "occurred_at": ev.occurred_at,
+                    "superseded_by": superseded_by,
                 },
             )
+        if ev.supersedes is not None:
+            for table in (decision_log, stage_history):
+                conn.execute(
+                    update(table)
+                    .where(table.c.event_id == ev.supersedes)
+                    .values(superseded_by=ev.event_id)
+                )
+        # Everything below is derived from the effective decisions (not superseded), so it
+        # follows the newest of them whatever order the decisions were projected in.
+        self._follow_effective_decisions(conn, ev)
+
+    def _effective_decisions(self, conn: Connection, mouse_id: str) -> list[Any]:
+        """The mouse's decisions in force (not superseded), in no particular order."""
+        return list(
+            conn.execute(
+                select(decision_log)
+                .where(decision_log.c.mouse_id == mouse_id)
+                .where(decision_log.c.superseded_by.is_(None))
+            ).mappings()
+        )
+
+    def _follow_effective_decisions(self, conn: Connection, ev: StageTransitioned) -> None:
+        """Rewrites what derives from the mouse's effective decisions: the decision columns of
+        its status and of the session's summary, and its first date per stage."""
+        mouse_id, session_id = ev.mouse_id, ev.session_id
+        effective = sorted(
+            self._effective_decisions(conn, mouse_id),
+            key=lambda row: (row["session_total"], row["occurred_at"], row["event_id"]),
+        )
+        if not effective:
+            return
+        newest = effective[-1]
+        self._upsert(
+            conn,
+            mouse_status,
+            {
+                "mouse_id": mouse_id,
+                "last_decision": newest["decision"],
+                "last_decision_at": newest["occurred_at"],
+                "last_session_id": newest["session_id"],
+                "sessions_completed": newest["session_total"],
+            },
+        )
+        judged = [row for row in effective if row["session_id"] == session_id]
+        if session_id is not None and judged:
+            self._session_decision(conn, ev, judged[-1])
+        self._stage_reached(conn, mouse_id, effective)
+
+    def _session_decision(
+        self, conn: Connection, ev: StageTransitioned, row: Mapping[str, Any]
+    ) -> None:
+        """The session summary's columns from its decisions: the counts (every decision on a
+        session reports the same ones) and the decision in force (``row``)."""
+        summary = ev.session_summary
+        self._upsert(
+            conn,
+            session_summaries,
+            {
+                "session_id": row["session_id"],
+                "mouse_id": ev.mouse_id,
+                "n_trials": summary.n_trials,
+                "n_correct": summary.n_correct,
+                "n_incorrect": summary.n_incorrect,
+                "n_miss": summary.n_miss,
+                "accuracy": summary.accuracy,
+                "decision": row["decision"],
+                "next_stage": row["to_stage"],
+                "decided_at": row["occurred_at"],
+            },
+            insert_only=("mouse_id",),
+        )
+
+    def _stage_reached(
+        self, conn: Connection, mouse_id: str, effective: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """The first date each stage was reached, from the effective decisions: the date of
+        the first session judged at it (the stage the mouse started on, an override) or sent
+        to it."""
+        first: dict[str, dict[str, Any]] = {}
+        ordered = sorted(
+            effective, key=lambda r: (r["session_date"] or "", r["session_total"], r["event_id"])
+        )
+        for row in ordered:
+            for stage in (row["from_stage"], row["to_stage"]):
+                first.setdefault(
+                    stage,
+                    {
+                        "mouse_id": mouse_id,
+                        "stage": stage,
+                        "first_date": row["session_date"] or row["occurred_at"].date().isoformat(),
+                        "session_id": row["session_id"],
+                        "decision_id": row["event_id"],
+                        "session_total": row["session_total"],
+                    },
+                )
+        conn.execute(delete(stage_reached).where(stage_reached.c.mouse_id == mouse_id))
+        if first:
+            conn.execute(self._insert(stage_reached).values(list(first.values())))
 
     def _assignment_issued(self, conn: Connection, ev: AssignmentIssued) -> None:
         # Newest assignment by session number, then time (see _stage_transitioned on why).
@@ -499,6 +594,9 @@ class SqlProjectionStore:
                 ),
             ),
         )
+        self._current_adjustments(conn, ev)
+        if ev.reason in _INTERVENTION_REASONS and ev.causation_id is not None:
+            self._intervention_honoured(conn, ev)
         # Stage changes come from StageTransitioned (the decisions topic is never compacted);
         # only the stage a mouse starts on has no decision behind it.
         if ev.reason == "enrolled":
@@ -535,6 +633,115 @@ class SqlProjectionStore:
                 "source_offset": ev.source_offset,
                 "rejected_by": ev.rejected_by,
                 "original_value_hex": ev.original_value.hex(),
+            },
+        )
+        if ev.causation_id is not None:
+            self._intervention_refused(conn, ev)
+
+    # -- interventions and warnings ------------------------------------------------------------
+    # An intervention's row has three column groups, each written by one event type: the
+    # trainer's event (events topic), the assignment that honoured it (assignments topic,
+    # causation_id = the event) or the dead letter that refused it (dead-letter topic). Whichever
+    # arrives first creates the row, so the topics may interleave in any order.
+
+    def _intervention(
+        self, conn: Connection, ev: StageOverridden | MouseEjected | ParametersAdjusted
+    ) -> None:
+        row: dict[str, Any] = {
+            "event_id": ev.event_id,
+            "mouse_id": ev.mouse_id,
+            "requested_at": ev.occurred_at,
+            "reason": ev.reason,
+        }
+        if isinstance(ev, StageOverridden):
+            row.update(
+                kind="override",
+                requested_by=ev.overridden_by,
+                from_stage=ev.from_stage,
+                to_stage=ev.to_stage,
+            )
+        elif isinstance(ev, MouseEjected):
+            row.update(kind="eject", requested_by=ev.ejected_by)
+        else:
+            row.update(
+                kind="adjust",
+                requested_by=ev.adjusted_by,
+                adjustments_json=_parameters_json(ev.adjustments),
+            )
+        self._upsert(conn, interventions, row, insert_only=("mouse_id",))
+
+    def _current_adjustments(self, conn: Connection, ev: AssignmentIssued) -> None:
+        # Newest assignment by session number, then time, as for mouse_status.
+        self._upsert(
+            conn,
+            mouse_adjustments,
+            {
+                "mouse_id": ev.mouse_id,
+                "adjustments_json": _parameters_json(ev.adjustments),
+                "stage": ev.stage,
+                "assignment_id": ev.event_id,
+                "session_number": ev.session_number,
+                "assigned_at": ev.occurred_at,
+            },
+            where=lambda new: or_(
+                mouse_adjustments.c.session_number < new.session_number,
+                and_(
+                    mouse_adjustments.c.session_number == new.session_number,
+                    mouse_adjustments.c.assigned_at <= new.assigned_at,
+                ),
+            ),
+        )
+
+    def _intervention_honoured(self, conn: Connection, ev: AssignmentIssued) -> None:
+        self._upsert(
+            conn,
+            interventions,
+            {
+                "event_id": ev.causation_id,
+                "mouse_id": ev.mouse_id,
+                "assignment_id": ev.event_id,
+                "assigned_stage": ev.stage,
+                "honoured_at": ev.occurred_at,
+            },
+            insert_only=("mouse_id",),
+        )
+
+    def _intervention_refused(self, conn: Connection, ev: EventRejected) -> None:
+        try:
+            original = self._codec.decode(ev.original_value)
+        except SerializationError:
+            return
+        if not isinstance(original, StageOverridden | MouseEjected | ParametersAdjusted):
+            return
+        self._upsert(
+            conn,
+            interventions,
+            {
+                "event_id": original.event_id,
+                "mouse_id": original.mouse_id,
+                "refused_reason": ev.reason,
+                "refused_at": ev.occurred_at,
+            },
+            insert_only=("mouse_id",),
+        )
+
+    def _training_warning(self, conn: Connection, ev: TrainingWarning) -> None:
+        evidence = [evaluation.model_dump(mode="json") for evaluation in ev.evidence]
+        self._insert_if_absent(
+            conn,
+            training_warnings,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "session_id": ev.session_id,
+                "occurred_at": ev.occurred_at,
+                "kind": ev.kind,
+                "message": ev.message,
+                "stage": ev.stage,
+                "curriculum_name": ev.curriculum_name,
+                "curriculum_version": ev.curriculum_version,
+                "decision_id": ev.causation_id,
+                "evidence_json": json.dumps(evidence, sort_keys=True),
             },
         )
 

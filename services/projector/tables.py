@@ -106,9 +106,28 @@ stage_history = Table(
     Column("curriculum_name", String),
     Column("curriculum_version", String),
     Column("occurred_at", UtcDateTime, nullable=False),
+    # The decision that replaced this row's decision after a recompute (NULL: in force).
+    Column("superseded_by", String),
 )
 """One row per stage a mouse entered: from AssignmentIssued with reason "enrolled" and from
-StageTransitioned with a decision other than "stay"."""
+StageTransitioned with a decision other than "stay". Rows of a replaced decision stay, marked
+by ``superseded_by``."""
+
+stage_reached = Table(
+    "stage_reached",
+    metadata,
+    Column("mouse_id", String, primary_key=True),
+    Column("stage", String, primary_key=True),
+    # Derived from the mouse's effective decisions (decision_log rows not superseded), so it is
+    # right again as soon as a recompute's decisions are projected.
+    Column("first_date", String, nullable=False),
+    Column("session_id", String),
+    Column("decision_id", String, nullable=False),
+    Column("session_total", Integer, nullable=False),
+)
+"""Per mouse and stage (IBL: training status), the first date it was reached: the date of the
+first session judged at it or sent to it by an effective decision (its session_id and
+decision_id say which)."""
 
 session_summaries = Table(
     "session_summaries",
@@ -157,8 +176,17 @@ decision_log = Table(
     Column("session_total", Integer, nullable=False),
     # Every rule evaluated, in order, with its observations (JSON, sorted keys).
     Column("evidence_json", Text, nullable=False),
+    # The session's calendar date (StageTransitioned.session_date; else the UTC date decided).
+    Column("session_date", String),
+    # The decision this one replaces after a recompute (a late session), if any.
+    Column("supersedes", String),
+    # Written by the decision that replaces this one (whichever of the two arrives first):
+    # NULL while this decision is in force.
+    Column("superseded_by", String),
 )
-"""Every StageTransitioned, with the evidence behind it."""
+"""Every StageTransitioned, with the evidence behind it. A decision replaced after a late
+session stays, marked by ``superseded_by``; the effective history is the rows where it is
+NULL (one per judged session)."""
 
 rejected_events = Table(
     "rejected_events",
@@ -175,6 +203,63 @@ rejected_events = Table(
     Column("original_value_hex", Text, nullable=False),
 )
 """Every EventRejected (dead letter), with the original bytes in hex."""
+
+interventions = Table(
+    "interventions",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    # From the trainer's StageOverridden, MouseEjected or ParametersAdjusted (events topic).
+    Column("kind", String),  # override, eject or adjust
+    Column("requested_at", UtcDateTime),
+    Column("requested_by", String),
+    Column("reason", Text),
+    Column("from_stage", String),  # override: the stage the trainer saw (None: not checked)
+    Column("to_stage", String),  # override: the stage chosen
+    Column("adjustments_json", Text),  # adjust: what was set (null clears), JSON
+    # From the AssignmentIssued the processor issued for it (it was honoured).
+    Column("assignment_id", String),
+    Column("assigned_stage", String),
+    Column("honoured_at", UtcDateTime),
+    # From the EventRejected the processor dead-lettered it with (it was refused).
+    Column("refused_reason", Text),
+    Column("refused_at", UtcDateTime),
+)
+"""Audit of every override, ejection and adjustment a trainer sent: who, when, what, why, and
+whether the processor honoured it (``assignment_id``) or refused it (``refused_reason``)."""
+
+mouse_adjustments = Table(
+    "mouse_adjustments",
+    metadata,
+    Column("mouse_id", String, primary_key=True),
+    # From the newest AssignmentIssued (by session_number, then occurred_at), as mouse_status.
+    Column("adjustments_json", Text, nullable=False),  # applied on top of the stage's values
+    Column("stage", String, nullable=False),
+    Column("assignment_id", String, nullable=False),
+    Column("session_number", Integer, nullable=False),
+    Column("assigned_at", UtcDateTime, nullable=False),
+)
+"""The per-mouse parameter adjustments in force: those the mouse's current assignment applied
+(``{}`` when none)."""
+
+training_warnings = Table(
+    "training_warnings",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    Column("session_id", String),
+    Column("occurred_at", UtcDateTime, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("stage", String, nullable=False),
+    Column("curriculum_name", String, nullable=False),
+    Column("curriculum_version", String, nullable=False),
+    # The StageTransitioned the warning was raised with.
+    Column("decision_id", String),
+    # The warning rule and its observations (JSON, sorted keys).
+    Column("evidence_json", Text, nullable=False),
+)
+"""Every TrainingWarning (decisions topic): something a trainer should know about a mouse."""
 
 projector_offsets = Table(
     "projector_offsets",
@@ -197,14 +282,22 @@ projected_events = Table(
 Index("ix_stage_history_stage", stage_history.c.stage)
 Index("ix_session_summaries_mouse", session_summaries.c.mouse_id, session_summaries.c.started_at)
 Index("ix_decision_log_mouse", decision_log.c.mouse_id, decision_log.c.occurred_at)
+Index("ix_decision_log_supersedes", decision_log.c.supersedes)
+Index("ix_decision_log_session", decision_log.c.session_id)
 Index("ix_rejected_events_mouse", rejected_events.c.mouse_id)
+Index("ix_interventions_mouse", interventions.c.mouse_id, interventions.c.requested_at)
+Index("ix_training_warnings_mouse", training_warnings.c.mouse_id, training_warnings.c.occurred_at)
 
 PROJECTION_TABLES: tuple[Table, ...] = (
     mouse_status,
     stage_history,
+    stage_reached,
     session_summaries,
     decision_log,
     rejected_events,
+    interventions,
+    mouse_adjustments,
+    training_warnings,
 )
 """The tables that hold projected facts (what a snapshot compares)."""
 

@@ -28,7 +28,7 @@ from schemas.events import (
     TrialCompleted,
 )
 from services.common.topics import TopicNames
-from services.domain import MouseState
+from services.domain.state import join_sessions
 from tests.conftest import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.scripts import REPO
@@ -315,17 +315,20 @@ def test_a_restarted_processor_recovers_state_from_the_changelog(
     mouse = "M-recovery"
     processor_id = new_processor_id()
     changelog = f"{processor_id}-mouse_state-changelog"
+    # A trial's state change (the open sessions) goes to a second changelog.
+    sessions_changelog = f"{processor_id}-mouse_sessions-changelog"
     story = [enrolled(mouse), *session(mouse, "M-recovery-s1", trials(correct=100, incorrect=20))]
     before, after = story[:72], story[72:]  # enrolment, start, 70 trials | 50 trials, end
 
     first = processors.start(processor_id)
     publisher.events(before)
-    with TopicReader(kafka_bootstrap, [changelog]) as states:
+    with TopicReader(kafka_bootstrap, [changelog, sessions_changelog]) as states:
 
         def trials_in_state(records: list[ReadRecord]) -> int:
-            if not records:
+            latest = {r.topic: r.value for r in records}
+            if changelog not in latest:
                 return 0
-            state = MouseState.from_bytes(records[-1].value)
+            state = join_sessions(latest[changelog], latest.get(sessions_changelog))
             return state.open_session.n_trials if state.open_session else 0
 
         states.wait_for(
@@ -336,6 +339,7 @@ def test_a_restarted_processor_recovers_state_from_the_changelog(
     assert processors.stop(first) == 0, processors.log_tail()
     # Faust created its changelog like our topics: same partitions, compacted.
     assert topic_layout(kafka_bootstrap, changelog) == (TEST_PARTITIONS, "compact")
+    assert topic_layout(kafka_bootstrap, sessions_changelog) == (TEST_PARTITIONS, "compact")
     # Everything consumed was committed at shutdown, so the next process does not re-read the
     # first 72 events: the 70 trials can only come back through the changelog.
     committed = committed_offsets(kafka_bootstrap, processor_id, kafka_topics.events)

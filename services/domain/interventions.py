@@ -1,0 +1,399 @@
+"""What trainers do by hand, and what travels with every decision.
+
+A trainer can move a mouse to a stage (StageOverridden), take it out of training
+(MouseEjected), or adjust some of its parameters within what its curriculum allows
+(ParametersAdjusted). Each is judged against the mouse's state like any other event: one the
+processor cannot honour is impossible (dead letter, with the reason); one it honours issues an
+AssignmentIssued at once, so rigs learn about it before the next session.
+
+The same module builds what a decision carries to the rig: the assignment's evidence, reported
+metrics and warning messages, the per-mouse adjustments applied on top of the stage's
+parameters, and a TrainingWarning event per warning rule that held. Pure functions, no I/O;
+:class:`services.domain.core.TrainingCore` calls them.
+
+Semantics (docs/interventions.md explains them for trainers):
+
+* An override is refused while the mouse is in a session: the decision on that session would
+  replace it. Otherwise the next session runs the overridden stage and is judged by that
+  stage's rules; ``sessions_at_stage`` restarts at the new stage (the stage actually run
+  counts, as in AIND's closed loop).
+* An ejected mouse gets an assignment with reason ``ejected`` (the compacted assignments topic
+  keeps it as the mouse's latest, so every rig learns it, even one offline for weeks) and the
+  rig refuses to run it. Its new sessions and their trials are refused; the session in
+  progress when it was ejected may still finish (its data is kept, it is not judged). An
+  ejected mouse may be enrolled again; it starts over on the curriculum it is enrolled on,
+  with its past sessions kept in its history, and without its adjustments.
+* Adjustments are validated against the mouse's current stage. They stay in force across
+  stages and apply at every stage that allows them; at a stage that does not allow one, the
+  stage's own value holds (the assignment's ``adjustments`` lists what was applied). A value
+  of None clears an adjustment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    MouseEjected,
+    Parameters,
+    ParametersAdjusted,
+    ParamValue,
+    StageOverridden,
+    StageTransitioned,
+    TrainingWarning,
+)
+from services.domain.curriculum import CurriculumEngine, Evaluation
+from services.domain.errors import CurriculumError, ImpossibleEvent
+from services.domain.state import MouseState
+
+INTERVENTIONS = (StageOverridden, MouseEjected, ParametersAdjusted)
+"""Events a trainer sends to change a mouse's training by hand."""
+
+EJECTED = "ejected"
+"""The ``reason`` of the assignment that tells rigs a mouse is out of training."""
+
+_NAMESPACE = uuid.UUID("8f0c7d36-2b8e-4f4e-9d5e-61c0a4b7e2d5")
+
+
+@runtime_checkable
+class AdjustableCurriculum(Protocol):
+    """A curriculum that allows per-mouse adjustments (``CompiledCurriculum`` is one)."""
+
+    def check_adjustments(self, stage: str, requested: Mapping[str, ParamValue | None]) -> None:
+        """Raises CurriculumError naming every requested adjustment ``stage`` does not allow
+        (a None value clears an adjustment and is always allowed)."""
+        ...
+
+    def adjusted_parameters(
+        self,
+        stage: str,
+        adjustments: Mapping[str, ParamValue | None],
+        parameters: Parameters | None = None,
+    ) -> tuple[Parameters, Parameters, dict[str, str]]:
+        """``parameters`` with the adjustments ``stage`` allows applied on top; returns them,
+        the adjustments applied, and why each other one was not."""
+        ...
+
+
+def check_adjustments(
+    curriculum: CurriculumEngine, stage: str, requested: Mapping[str, ParamValue]
+) -> None:
+    """Checks that ``stage`` of ``curriculum`` allows every requested adjustment.
+
+    Raises:
+        CurriculumError: naming each adjustment that is not allowed (or that the curriculum
+            allows no adjustments at all).
+    """
+    if not requested:
+        return
+    if not isinstance(curriculum, AdjustableCurriculum):
+        raise CurriculumError(
+            f"{curriculum.name} {curriculum.version} allows no per-mouse adjustments"
+        )
+    curriculum.check_adjustments(stage, dict(requested))
+
+
+def apply_adjustments(
+    curriculum: CurriculumEngine, stage: str, parameters: Parameters, adjustments: Parameters
+) -> tuple[Parameters, Parameters, list[str]]:
+    """Applies the mouse's adjustments that ``stage`` allows on top of ``parameters``.
+
+    Returns:
+        The adjusted parameters, the adjustments applied, and the names of those kept but not
+        applied because the stage does not allow them.
+    """
+    if not adjustments:
+        return dict(parameters), {}, []
+    if not isinstance(curriculum, AdjustableCurriculum):
+        return dict(parameters), {}, sorted(adjustments)
+    result, applied, skipped = curriculum.adjusted_parameters(stage, adjustments, parameters)
+    return result, applied, sorted(skipped)
+
+
+def _adjustment_note(applied: Parameters, skipped: Sequence[str], stage: str) -> str:
+    parts = []
+    if applied:
+        shown = ", ".join(f"{k}={v!r}" for k, v in applied.items())
+        parts.append(f"Per-mouse adjustments: {shown}.")
+    if skipped:
+        parts.append(f"Not allowed at {stage}, so not applied: {', '.join(skipped)}.")
+    return " ".join(parts)
+
+
+def with_adjustments(
+    assignment: AssignmentIssued, state: MouseState, curriculum: CurriculumEngine
+) -> AssignmentIssued:
+    """The assignment with the mouse's adjustments applied to its parameters and listed."""
+    if not state.adjustments:
+        return assignment
+    parameters, applied, skipped = apply_adjustments(
+        curriculum, assignment.stage, assignment.parameters, state.adjustments
+    )
+    note = _adjustment_note(applied, skipped, assignment.stage)
+    detail = f"{assignment.reason_detail} {note}".strip()
+    return assignment.model_copy(
+        update={"parameters": parameters, "adjustments": applied, "reason_detail": detail}
+    )
+
+
+def warning_events(
+    cause: Event, transition: StageTransitioned, evaluation: Evaluation
+) -> list[TrainingWarning]:
+    """A TrainingWarning per warning rule that held in ``evaluation``, caused by the decision.
+
+    Ids derive from the decision's id and the warning's position, so a decision made again
+    (a redelivered session end) raises the same warnings with the same ids.
+    """
+    warnings = []
+    for index, warning in enumerate(evaluation.warnings):
+        warnings.append(
+            TrainingWarning(
+                event_id=str(
+                    uuid.uuid5(_NAMESPACE, f"{transition.event_id}/{index}/{warning.rule}")
+                ),
+                mouse_id=transition.mouse_id,
+                rig_id=cause.rig_id,
+                session_id=transition.session_id,
+                occurred_at=transition.occurred_at,
+                causation_id=transition.event_id,
+                kind=warning.rule,
+                message=warning.description,
+                stage=evaluation.from_stage,
+                curriculum_name=transition.curriculum_name,
+                curriculum_version=transition.curriculum_version,
+                evidence=[warning],
+            )
+        )
+    return warnings
+
+
+def decision_outputs(
+    state: MouseState,
+    cause: Event,
+    transition: StageTransitioned,
+    assignment: AssignmentIssued,
+    evaluation: Evaluation,
+    curriculum: CurriculumEngine,
+) -> list[Event]:
+    """The events of one decision: the transition, its warnings, and the next assignment with
+    the evidence, metrics and warnings it carries to the rig and the mouse's adjustments.
+
+    Anything that judges a session (a session's end, a recompute) ends here, so every
+    decision's assignment carries the same things.
+    """
+    assignment = assignment.model_copy(
+        update={
+            "evidence": list(evaluation.rule_evaluations),
+            "metrics": dict(evaluation.metrics),
+            "warnings": [w.description for w in evaluation.warnings],
+        }
+    )
+    assignment = with_adjustments(assignment, state, curriculum)
+    return [transition, *warning_events(cause, transition, evaluation), assignment]
+
+
+# -- judging the interventions ----------------------------------------------------------------
+
+
+def _check_enrolled(state: MouseState, event: Event, what: str) -> None:
+    if not state.enrolled:
+        raise ImpossibleEvent(f"cannot {what} mouse {event.mouse_id!r}: it is not enrolled")
+    if state.ejected:
+        raise ImpossibleEvent(
+            f"cannot {what} mouse {event.mouse_id!r}: it was ejected ({state.ejected_reason}); "
+            "enrol it again to train it"
+        )
+
+
+def _issued_at(state: MouseState, event: Event) -> datetime:
+    """When an assignment caused by an operator's event is issued: the event's time, but never
+    before the assignment in force (an operator's clock may lag a rig's), so the newest
+    assignment is also the latest in time."""
+    last = state.last_assignment
+    if last is not None and last.occurred_at > event.occurred_at:
+        return last.occurred_at
+    return event.occurred_at
+
+
+def _assignment(
+    state: MouseState,
+    event: Event,
+    curriculum: CurriculumEngine,
+    stage: str,
+    parameters: Parameters,
+    reason: str,
+    detail: str,
+    sessions_at_stage: int,
+) -> AssignmentIssued:
+    return AssignmentIssued(
+        event_id=str(uuid.uuid5(_NAMESPACE, f"{event.event_id}/AssignmentIssued")),
+        mouse_id=event.mouse_id,
+        occurred_at=_issued_at(state, event),
+        causation_id=event.event_id,
+        stage=stage,
+        parameters=parameters,
+        curriculum_name=curriculum.name,
+        curriculum_version=curriculum.version,
+        reason=reason,
+        reason_detail=detail,
+        sessions_at_stage=sessions_at_stage,
+        session_number=state.session_total + 1,
+    )
+
+
+def decide_overridden(
+    state: MouseState, event: StageOverridden, curriculum: CurriculumEngine
+) -> list[Event]:
+    """The assignment of the stage a trainer chose.
+
+    Raises:
+        ImpossibleEvent: the mouse is not enrolled or was ejected, the stage does not exist in
+            the mouse's curriculum version, the mouse is no longer at ``from_stage``, or it is
+            in a session.
+    """
+    _check_enrolled(state, event, "override the stage of")
+    if not curriculum.has_stage(event.to_stage):
+        names = list(getattr(curriculum, "stage_names", []))
+        close = difflib.get_close_matches(event.to_stage, names, n=3, cutoff=0.5)
+        hint = (
+            f"; did you mean {' or '.join(close)}?" if close else f" (stages: {', '.join(names)})"
+        )
+        raise ImpossibleEvent(
+            f"{curriculum.name} {curriculum.version} has no stage {event.to_stage!r}{hint}"
+        )
+    if event.from_stage is not None and event.from_stage != state.stage:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is at {state.stage!r} now, not {event.from_stage!r}: "
+            "check its status and override again"
+        )
+    session = state.open_session
+    if session is not None:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is in session {session.session_id!r} (stage "
+            f"{session.stage!r}); the decision on it would replace the override: override "
+            "after the session ends"
+        )
+    moved = event.to_stage != state.stage
+    who = event.overridden_by or "a trainer"
+    detail = f"Overridden by {who}: {state.stage} -> {event.to_stage}. Reason: {event.reason}"
+    assignment = _assignment(
+        state,
+        event,
+        curriculum,
+        event.to_stage,
+        curriculum.parameters(event.to_stage),
+        "override",
+        detail,
+        0 if moved else state.sessions_at_stage,
+    )
+    return [with_adjustments(assignment, state, curriculum)]
+
+
+def decide_ejected(
+    state: MouseState, event: MouseEjected, curriculum: CurriculumEngine
+) -> list[Event]:
+    """The ``ejected`` assignment that tells rigs the mouse is out of training.
+
+    Raises:
+        ImpossibleEvent: the mouse is not enrolled or already ejected.
+    """
+    _check_enrolled(state, event, "eject")
+    who = event.ejected_by or "a trainer"
+    detail = (
+        f"Ejected by {who}. Reason: {event.reason}. No more sessions: rigs refuse this "
+        "assignment; enrol the mouse again to train it."
+    )
+    stage = state.stage or curriculum.first_stage
+    return [
+        _assignment(state, event, curriculum, stage, {}, EJECTED, detail, state.sessions_at_stage)
+    ]
+
+
+def adjusted(state: MouseState, event: ParametersAdjusted) -> Parameters:
+    """The mouse's adjustments after ``event`` (None values clear)."""
+    kept = {k: v for k, v in state.adjustments.items() if k not in event.adjustments}
+    return {**kept, **{k: v for k, v in event.adjustments.items() if v is not None}}
+
+
+def decide_adjusted(
+    state: MouseState, event: ParametersAdjusted, curriculum: CurriculumEngine
+) -> list[Event]:
+    """An assignment of the mouse's current stage with the adjustments in force at once.
+
+    Raises:
+        ImpossibleEvent: the mouse is not enrolled or was ejected, nothing is adjusted, a
+            cleared parameter has no adjustment, or the current stage does not allow a value.
+    """
+    _check_enrolled(state, event, "adjust the parameters of")
+    if not event.adjustments:
+        raise ImpossibleEvent("ParametersAdjusted without any adjustment")
+    stage = state.stage or curriculum.first_stage
+    cleared = sorted(k for k, v in event.adjustments.items() if v is None)
+    unknown = [k for k in cleared if k not in state.adjustments]
+    if unknown:
+        current = ", ".join(sorted(state.adjustments)) or "none"
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} has no adjustment of {', '.join(unknown)} to clear "
+            f"(adjusted: {current})"
+        )
+    requested = {k: v for k, v in event.adjustments.items() if v is not None}
+    try:
+        check_adjustments(curriculum, stage, requested)
+    except CurriculumError as exc:
+        raise ImpossibleEvent(
+            f"{curriculum.name} {curriculum.version} does not allow this at {stage}: {exc}"
+        ) from exc
+    own = curriculum.parameters(stage)
+    last = state.last_assignment
+    base = dict(last.parameters) if last is not None and last.stage == stage else own
+    for key in cleared:  # back to the stage's own value
+        if key in own:
+            base[key] = own[key]
+        else:
+            base.pop(key, None)
+    who = event.adjusted_by or "a trainer"
+    changes = ", ".join(
+        f"{k} cleared" if v is None else f"{k}={v!r}" for k, v in sorted(event.adjustments.items())
+    )
+    detail = f"Adjusted by {who}: {changes}. Reason: {event.reason}"
+    assignment = _assignment(
+        state, event, curriculum, stage, base, "adjusted", detail, state.sessions_at_stage
+    )
+    after = state.model_copy(update={"adjustments": adjusted(state, event)})
+    return [with_adjustments(assignment, after, curriculum)]
+
+
+def evolve_intervention(state: MouseState, event: Event, ids: tuple[str, ...]) -> MouseState:
+    """Folds an accepted intervention into the state (its assignment is folded after it)."""
+    if isinstance(event, StageOverridden):
+        moved = event.to_stage != state.stage
+        return state.model_copy(
+            update={
+                "stage": event.to_stage,
+                "sessions_at_stage": 0 if moved else state.sessions_at_stage,
+                "recent_event_ids": ids,
+            }
+        )
+    if isinstance(event, MouseEjected):
+        return state.model_copy(
+            update={"ejected": True, "ejected_reason": event.reason, "recent_event_ids": ids}
+        )
+    if isinstance(event, ParametersAdjusted):
+        return state.model_copy(
+            update={"adjustments": adjusted(state, event), "recent_event_ids": ids}
+        )
+    return state.model_copy(update={"recent_event_ids": ids})
+
+
+def ejected_refusal(state: MouseState, what: str) -> ImpossibleEvent:
+    """The error for a session event of an ejected mouse."""
+    return ImpossibleEvent(
+        f"{what} for mouse {state.mouse_id!r}, which was ejected ({state.ejected_reason}): it "
+        "gets no more sessions; enrol it again to train it"
+    )

@@ -1,0 +1,692 @@
+"""``shaping override``, ``eject`` and ``adjust``: a trainer's interventions, as events.
+
+Each command publishes one event to the events topic, keyed by the mouse id, through an
+idempotent kafka-python producer with ``acks=all`` (as ``shaping enroll`` does):
+StageOverridden, MouseEjected or ParametersAdjusted. The processor judges it against the
+mouse's state and either honours it (an AssignmentIssued caused by the event, at once) or
+refuses it (an EventRejected on the dead-letter topic, with the reason). The command waits for
+that answer (``--wait`` seconds) and prints it, so the trainer knows at once.
+
+Before publishing, what can be checked here is checked, with suggestions for typos: the mouse
+against the status tables, the stage and the adjusted parameters against the mouse's
+curriculum version. When the status tables cannot be read, the event goes out unchecked and
+the processor alone judges it. An override names the stage the status tables show as the
+mouse's ``from_stage``, so the processor refuses it if the mouse has moved since.
+
+Only typer is imported at module level (``shaping`` stays light on a rig); each command imports
+what it needs when it runs. docs/interventions.md describes the commands and their semantics.
+"""
+
+from __future__ import annotations
+
+import difflib
+import getpass
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from sqlalchemy import Engine
+
+    from schemas.events import Event, Parameters, ParamValue
+    from services.common.settings import Settings
+    from services.domain import CurriculumCatalog, CurriculumEngine
+
+SEND_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+DEFAULT_WAIT_S = 20.0
+
+Mouse = Annotated[str, typer.Argument(help="The mouse id, e.g. M001.", show_default=False)]
+Reason = Annotated[
+    str,
+    typer.Option("--reason", help="Why (kept in the audit; required).", show_default=False),
+]
+By = Annotated[
+    str | None,
+    typer.Option("--by", help="Who decides (default: $SHAPING_OPERATOR, else your user name)."),
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--db-url",
+        help="Status tables used to check the mouse, stage and parameters (default: "
+        "$SHAPING_DB_URL).",
+    ),
+]
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--wait", min=0, help="Seconds to wait for the processor's answer (0: do not wait)."
+    ),
+]
+
+
+class InterventionError(Exception):
+    """An intervention cannot be sent as asked (bad input, or a known-impossible request)."""
+
+
+# -- what the status tables say about a mouse ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MouseView:
+    """A mouse as the status tables show it."""
+
+    mouse_id: str
+    curriculum_name: str | None
+    curriculum_version: str | None
+    stage: str | None
+    last_reason: str | None
+
+    @property
+    def ejected(self) -> bool:
+        """Whether its current assignment is the ejection."""
+        return self.last_reason == "ejected"
+
+
+def mouse_view(db_url: str, mouse_id: str) -> MouseView | None:
+    """The mouse's row of the status tables; None when they cannot be read here.
+
+    Raises:
+        InterventionError: the tables are readable and have no such mouse (closest ids named).
+    """
+    from sqlalchemy import select
+
+    from services.operator.errors import OperatorError
+    from services.operator.queries import open_database, require_mouse
+    from services.projector.tables import mouse_status
+
+    try:
+        engine = open_database(db_url)
+    except OperatorError:
+        return None
+    try:
+        try:
+            require_mouse(engine, mouse_id)
+        except OperatorError as exc:
+            raise InterventionError(str(exc)) from exc
+        columns = (
+            mouse_status.c.curriculum_name,
+            mouse_status.c.curriculum_version,
+            mouse_status.c.stage,
+            mouse_status.c.last_reason,
+        )
+        with engine.connect() as conn:
+            row = conn.execute(select(*columns).where(mouse_status.c.mouse_id == mouse_id)).one()
+        return MouseView(mouse_id, *row)
+    finally:
+        engine.dispose()
+
+
+def _curriculum(
+    view: MouseView | None, catalog: CurriculumCatalog | None
+) -> CurriculumEngine | None:
+    if view is None or catalog is None or view.curriculum_name is None:
+        return None
+    from services.domain import CurriculumError
+
+    try:
+        return catalog.get(view.curriculum_name, view.curriculum_version)
+    except CurriculumError:
+        return None  # a version published to the log only: the processor checks
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f"did you mean {' or '.join(close)}?" if close else f"known: {', '.join(choices)}"
+
+
+def _reason(reason: str) -> str:
+    if not reason.strip():
+        raise InterventionError("give a --reason: every intervention is audited")
+    return reason.strip()
+
+
+def _not_ejected(view: MouseView | None, what: str) -> None:
+    if view is not None and view.ejected:
+        raise InterventionError(
+            f"mouse {view.mouse_id} is ejected: cannot {what} it (enrol it again to train it)"
+        )
+
+
+# -- building the events --------------------------------------------------------------------------
+
+
+def build_override(
+    mouse_id: str,
+    stage: str,
+    reason: str,
+    by: str,
+    from_stage: str | None = None,
+    view: MouseView | None = None,
+    catalog: CurriculumCatalog | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
+    """The StageOverridden event, after the checks that can be made here.
+
+    Raises:
+        InterventionError: no reason, an ejected mouse, or a stage its curriculum lacks.
+    """
+    from schemas.events import StageOverridden
+
+    why = _reason(reason)
+    _not_ejected(view, "override the stage of")
+    curriculum = _curriculum(view, catalog)
+    if curriculum is not None and not curriculum.has_stage(stage):
+        names = list(getattr(curriculum, "stage_names", []))
+        raise InterventionError(
+            f"{curriculum.name} {curriculum.version} has no stage {stage!r}; "
+            f"{_suggest(stage, names)}"
+        )
+    seen = from_stage if from_stage is not None else (view.stage if view is not None else None)
+    return StageOverridden(
+        mouse_id=mouse_id,
+        occurred_at=occurred_at or datetime.now(UTC),
+        to_stage=stage,
+        from_stage=seen,
+        reason=why,
+        overridden_by=by,
+    )
+
+
+def build_ejection(
+    mouse_id: str,
+    reason: str,
+    by: str,
+    view: MouseView | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
+    """The MouseEjected event.
+
+    Raises:
+        InterventionError: no reason, or the mouse is already ejected.
+    """
+    from schemas.events import MouseEjected
+
+    why = _reason(reason)
+    _not_ejected(view, "eject")
+    return MouseEjected(
+        mouse_id=mouse_id,
+        occurred_at=occurred_at or datetime.now(UTC),
+        reason=why,
+        ejected_by=by,
+    )
+
+
+def parse_value(text: str) -> ParamValue:
+    """A parameter value typed on the command line: JSON when it parses (``300``, ``0.5``,
+    ``true``, ``"text"``), else the text itself."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise InterventionError(f"{text!r}: a parameter is a number, true/false or text")
+
+
+def parse_adjustments(sets: Sequence[str], clears: Sequence[str]) -> Parameters:
+    """``--set NAME=VALUE`` and ``--clear NAME`` as one adjustment set (None clears).
+
+    Raises:
+        InterventionError: a ``--set`` without ``=``, an empty name, nothing to do, or a name
+            both set and cleared.
+    """
+    adjustments: dict[str, ParamValue] = {}
+    for item in sets:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise InterventionError(f"--set {item!r}: write NAME=VALUE, e.g. max_trials=300")
+        value = parse_value(text.strip())
+        if value is None:
+            raise InterventionError(f"--set {item!r}: use --clear {name.strip()} to clear it")
+        adjustments[name.strip()] = value
+    for name in clears:
+        if name in adjustments:
+            raise InterventionError(f"{name} is both set and cleared")
+        adjustments[name.strip()] = None
+    if not adjustments:
+        raise InterventionError("nothing to adjust: give --set NAME=VALUE and/or --clear NAME")
+    return adjustments
+
+
+def build_adjustment(
+    mouse_id: str,
+    sets: Sequence[str],
+    clears: Sequence[str],
+    reason: str,
+    by: str,
+    view: MouseView | None = None,
+    catalog: CurriculumCatalog | None = None,
+    occurred_at: datetime | None = None,
+) -> Event:
+    """The ParametersAdjusted event, checked against what the mouse's stage allows.
+
+    Raises:
+        InterventionError: bad ``--set``/``--clear``, no reason, an ejected mouse, or an
+            adjustment the stage does not allow (with the allowed names suggested).
+    """
+    from schemas.events import ParametersAdjusted
+    from services.domain import CurriculumError
+    from services.domain.interventions import check_adjustments
+
+    why = _reason(reason)
+    adjustments = parse_adjustments(sets, clears)
+    _not_ejected(view, "adjust")
+    curriculum = _curriculum(view, catalog)
+    if curriculum is not None and view is not None and view.stage is not None:
+        allowed = _adjustable(curriculum, view.stage)
+        for name in adjustments:
+            if allowed is not None and name not in allowed:
+                raise InterventionError(
+                    f"{name} is not adjustable at {view.stage} ({curriculum.name} "
+                    f"{curriculum.version}); {_suggest(name, allowed) if allowed else 'none is'}"
+                )
+        requested = {k: v for k, v in adjustments.items() if v is not None}
+        try:
+            check_adjustments(curriculum, view.stage, requested)
+        except CurriculumError as exc:
+            raise InterventionError(str(exc)) from exc
+    return ParametersAdjusted(
+        mouse_id=mouse_id,
+        occurred_at=occurred_at or datetime.now(UTC),
+        adjustments=adjustments,
+        reason=why,
+        adjusted_by=by,
+    )
+
+
+def _adjustable(curriculum: CurriculumEngine, stage: str) -> list[str] | None:
+    """Names a trainer may adjust at ``stage`` (None: this curriculum cannot say)."""
+    try:
+        compiled = curriculum.stage(stage)  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    return sorted(getattr(compiled, "adjustable", {}) or {})
+
+
+# -- publishing and waiting for the answer --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a published intervention.
+
+    Attributes:
+        partition, offset: where the event was written.
+        answer: the processor's AssignmentIssued or EventRejected, or None (no answer in time).
+    """
+
+    partition: int
+    offset: int
+    answer: Event | None
+
+
+def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) -> Outcome:
+    """Publishes the event and waits up to ``wait_s`` for the processor's answer.
+
+    Raises:
+        InterventionError: no broker answers, the topics do not exist, or the write fails.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    from schemas.codec import default_codec, encode_key
+    from services.common.errors import TopicMissingError
+    from services.common.topics import wait_for_partitions
+
+    codec = default_codec()
+    topics = settings.topics
+    unreachable = (
+        f"no Kafka broker answered at {settings.bootstrap} within {CONNECT_TIMEOUT_S:g} s; start "
+        "one (`make kafka-up`) or pass --bootstrap"
+    )
+    consumer: Any = None
+    try:
+        if wait_s > 0:
+            # Read the answer topics from their current ends, fixed before the event goes out.
+            consumer = KafkaConsumer(
+                bootstrap_servers=settings.bootstrap,
+                client_id="shaping-operator-answer",
+                group_id=None,
+                enable_auto_commit=False,
+                bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+            )
+            partitions = (
+                wait_for_partitions(
+                    consumer, [topics.assignments, topics.dead_letter], CONNECT_TIMEOUT_S
+                )
+                or []
+            )
+            consumer.assign(partitions)
+            consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                consumer.position(tp)  # fixes the end now, before the event goes out
+        producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            client_id="shaping-operator",
+            acks="all",
+            enable_idempotence=True,
+            max_block_ms=int(SEND_TIMEOUT_S * 1000),
+            bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+        )
+    except TopicMissingError as exc:
+        _close(consumer)
+        raise InterventionError(f"{exc} (`shaping topics create`)") from exc
+    except KafkaError as exc:
+        _close(consumer)
+        raise InterventionError(unreachable) from exc
+    try:
+        future = producer.send(
+            topics.events, key=encode_key(event.mouse_id), value=codec.encode(event)
+        )
+        metadata = future.get(timeout=SEND_TIMEOUT_S)
+    except KafkaTimeoutError as exc:
+        _close(consumer)
+        raise InterventionError(
+            f"could not write to topic {topics.events!r} within {SEND_TIMEOUT_S:g} s: does it "
+            "exist? (`shaping topics create`)"
+        ) from exc
+    except KafkaError as exc:
+        _close(consumer)
+        raise InterventionError(f"Kafka refused the event: {exc}") from exc
+    finally:
+        producer.close(timeout=10)
+    answer = None
+    if consumer is not None:
+        try:
+            answer = _await_answer(consumer, codec, event.event_id, wait_s)
+        except KafkaError:
+            answer = None  # the event is out; the answer shows in `shaping history`
+        finally:
+            _close(consumer)
+    return Outcome(int(metadata.partition), int(metadata.offset), answer)
+
+
+def _await_answer(consumer: Any, codec: Any, event_id: str, wait_s: float) -> Event | None:
+    from schemas.errors import SerializationError
+    from schemas.events import AssignmentIssued, EventRejected
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=300).values():
+            for record in records:
+                try:
+                    event = codec.decode(record.value)
+                except SerializationError:
+                    continue
+                if isinstance(event, AssignmentIssued | EventRejected) and (
+                    event.causation_id == event_id
+                ):
+                    return event
+    return None
+
+
+def _close(consumer: Any) -> None:
+    if consumer is not None:
+        consumer.close()
+
+
+# -- the commands ---------------------------------------------------------------------------------
+
+
+_fail = fail
+_settings = settings_with
+
+
+def _who(by: str | None) -> str:
+    return by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
+
+
+def _view(settings: Settings, mouse: str) -> MouseView | None:
+    try:
+        view = mouse_view(settings.db_url, mouse)
+    except InterventionError as exc:
+        _fail(str(exc))
+    if view is None:
+        typer.secho(
+            f"warning: cannot read the status tables at {settings.db_url}; sending unchecked "
+            "(the processor judges it)",
+            err=True,
+        )
+    return view
+
+
+def _catalog() -> CurriculumCatalog | None:
+    try:
+        from services.curricula.catalog import default_catalog
+
+        return default_catalog()
+    except Exception as exc:  # the event still goes out; the processor judges it
+        typer.secho(f"warning: cannot load the curricula here: {exc}", err=True)
+        return None
+
+
+def _send(settings: Settings, event: Event, wait: float, what: str) -> None:
+    from schemas.events import AssignmentIssued, EventRejected
+
+    try:
+        outcome = publish(settings, event, wait)
+    except InterventionError as exc:
+        _fail(str(exc), code=1)
+    where = f"{settings.topics.events}[{outcome.partition}]@{outcome.offset}"
+    answer = outcome.answer
+    if isinstance(answer, EventRejected):
+        _fail(f"the processor refused the {what} of {event.mouse_id}: {answer.reason}", code=1)
+    if isinstance(answer, AssignmentIssued):
+        typer.echo(
+            f"{what} of {event.mouse_id} honoured (event {event.event_id}, {where}): "
+            f"next session {answer.session_number}, stage {answer.stage}"
+        )
+        typer.echo(f"  {answer.reason_detail}")
+        return
+    waited = f"within {wait:g} s " if wait > 0 else ""
+    typer.echo(
+        f"sent the {what} of {event.mouse_id} (event {event.event_id}, {where}); no answer "
+        f"from the processor {waited}yet: `shaping history {event.mouse_id}` shows it"
+    )
+
+
+def override(
+    mouse: Mouse,
+    stage: Annotated[str, typer.Option("--stage", help="The stage the mouse's next session runs.")],
+    reason: Reason,
+    by: By = None,
+    from_stage: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="The stage you saw the mouse at; refused if it has moved since (default: the "
+            "stage in the status tables).",
+        ),
+    ] = None,
+    wait: Wait = DEFAULT_WAIT_S,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    db_url: DbUrl = None,
+) -> None:
+    """Move a mouse to a stage by hand (audited): publishes a StageOverridden event.
+
+    The next session runs that stage and is judged by its rules. Refused while the mouse is in
+    a session, and if it is no longer at --from.
+    """
+    settings = _settings(bootstrap, prefix, db_url)
+    view = _view(settings, mouse)
+    try:
+        event = build_override(mouse, stage, reason, _who(by), from_stage, view, _catalog())
+    except InterventionError as exc:
+        _fail(str(exc))
+    _send(settings, event, wait, "override")
+
+
+def eject(
+    mouse: Mouse,
+    reason: Reason,
+    by: By = None,
+    wait: Wait = DEFAULT_WAIT_S,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    db_url: DbUrl = None,
+) -> None:
+    """Take a mouse out of training: publishes a MouseEjected event.
+
+    It gets no more assignments (rigs refuse to run it) and its new sessions are refused.
+    Enrolling it again starts it over.
+    """
+    settings = _settings(bootstrap, prefix, db_url)
+    view = _view(settings, mouse)
+    try:
+        event = build_ejection(mouse, reason, _who(by), view)
+    except InterventionError as exc:
+        _fail(str(exc))
+    _send(settings, event, wait, "ejection")
+
+
+def adjust(
+    mouse: Mouse,
+    reason: Reason,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="NAME=VALUE, e.g. max_trials=300 (repeat the option).",
+            metavar="NAME=VALUE",
+        ),
+    ] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--clear",
+            help="Clear an adjustment: back to the stage's value (repeat).",
+            metavar="NAME",
+        ),
+    ] = None,
+    by: By = None,
+    wait: Wait = DEFAULT_WAIT_S,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    db_url: DbUrl = None,
+) -> None:
+    """Adjust some of a mouse's parameters within what its curriculum allows.
+
+    Publishes a ParametersAdjusted event; the adjustments apply on top of every later
+    assignment, at every stage that allows them, until cleared.
+    """
+    settings = _settings(bootstrap, prefix, db_url)
+    view = _view(settings, mouse)
+    try:
+        event = build_adjustment(mouse, set_ or [], clear or [], reason, _who(by), view, _catalog())
+    except InterventionError as exc:
+        _fail(str(exc))
+    _send(settings, event, wait, "adjustment")
+
+
+# -- history and status -------------------------------------------------------------------------
+
+
+def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
+    """A mouse's interventions and warnings, oldest first, as display rows (``at``, ``what``,
+    ``by``, ``why``, ``outcome``). Empty when the tables are older than this feature."""
+    from sqlalchemy import inspect, select
+
+    from services.projector.tables import interventions, training_warnings
+
+    present = set(inspect(engine).get_table_names())
+    rows: list[dict[str, Any]] = []
+    with engine.connect() as conn:
+        if interventions.name in present:
+            query = select(interventions).where(interventions.c.mouse_id == mouse_id)
+            for r in conn.execute(query).mappings():
+                rows.append(_intervention_row(dict(r)))
+        if training_warnings.name in present:
+            query = select(training_warnings).where(training_warnings.c.mouse_id == mouse_id)
+            for r in conn.execute(query).mappings():
+                rows.append(
+                    {
+                        "at": r["occurred_at"],
+                        "what": f"warning {r['kind']} (at {r['stage']})",
+                        "by": "curriculum",
+                        "why": r["message"],
+                        "outcome": f"session {r['session_id']}" if r["session_id"] else "",
+                    }
+                )
+    floor = datetime.min.replace(tzinfo=UTC)
+    rows.sort(key=lambda row: row["at"] or floor)
+    return rows
+
+
+def _intervention_row(r: dict[str, Any]) -> dict[str, Any]:
+    kind = r["kind"]
+    if kind == "override":
+        seen = f"{r['from_stage']} -> " if r["from_stage"] else "-> "
+        what = f"override {seen}{r['to_stage']}"
+    elif kind == "adjust":
+        values = json.loads(r["adjustments_json"] or "{}")
+        shown = ", ".join(
+            f"{k} cleared" if v is None else f"{k}={v}" for k, v in sorted(values.items())
+        )
+        what = f"adjust {shown}"
+    elif kind == "eject":
+        what = "eject"
+    else:
+        what = "intervention (its event not projected yet)"
+    if r["refused_reason"]:
+        outcome = f"refused: {r['refused_reason']}"
+    elif r["assignment_id"] and kind == "eject":
+        outcome = "honoured: no more sessions"
+    elif r["assignment_id"]:
+        outcome = f"honoured: next stage {r['assigned_stage']}"
+    else:
+        outcome = "no answer yet"
+    return {
+        "at": r["requested_at"] or r["honoured_at"] or r["refused_at"],
+        "what": what,
+        "by": r["requested_by"] or "",
+        "why": r["reason"] or "",
+        "outcome": outcome,
+    }
+
+
+def show_timeline(console: Console, db_url: str | None, mouse_id: str) -> None:
+    """Prints the mouse's interventions and warnings (``shaping history`` calls it)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from services.common.settings import Settings
+    from services.operator.errors import OperatorError
+    from services.operator.queries import open_database
+
+    try:
+        engine = open_database(db_url if db_url is not None else Settings().db_url)
+    except OperatorError:
+        return
+    try:
+        rows = timeline(engine, mouse_id)
+    finally:
+        engine.dispose()
+    if not rows:
+        return
+    table = Table(title="interventions and warnings", title_justify="left", show_lines=True)
+    for title in ("when", "what", "by", "why", "outcome"):
+        table.add_column(title)
+    for row in rows:
+        at = row["at"].strftime("%Y-%m-%d %H:%M") if row["at"] is not None else ""
+        cells = (at, row["what"], row["by"], row["why"], row["outcome"])
+        table.add_row(*(Text(str(cell)) for cell in cells))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``override``, ``eject`` and ``adjust`` to the ``shaping`` app."""
+    app.command()(override)
+    app.command()(eject)
+    app.command()(adjust)

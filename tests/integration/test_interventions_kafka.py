@@ -1,0 +1,293 @@
+"""Trainers' interventions end to end: real Kafka, the faust processor in its own process, the
+projector on a real PostgreSQL, and the ``shaping override/eject/adjust`` commands.
+
+One mouse is enrolled, adjusted, trains a session (its next assignment, as the rig caches it,
+carries the adjustment), is overridden back a stage (the next session's decision judges the
+overridden stage), is refused an override planned on a stale stage, and is ejected (no more
+assignments; its next session goes to the dead-letter topic). The status tables show it all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from typer.testing import CliRunner
+
+from rig.follow import AssignmentFollower
+from rig.store import RigStore
+from schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
+from services.cli import app
+from services.common.topics import TopicNames
+from services.projector.runner import run_projector
+from services.projector.store import SqlProjectionStore
+from tests.conftest import TEST_PARTITIONS
+from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.processes import stop, wait_until
+from tests.support.scripts import REPO
+from tests.support.story import enrolled, session, trials
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+GOOD = trials(correct=250)
+WAIT_S = 120.0
+
+
+def fresh_database(server_url: str) -> str:
+    """A database of its own on the session's PostgreSQL (other tests reset theirs)."""
+    name = f"interventions_{uuid4().hex[:8]}"
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+class Stack:
+    """The processor process and the projector thread of one test, and ways to look at them."""
+
+    def __init__(self, bootstrap: str, topics: TopicNames, db_url: str, workdir: Path) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.prefix = topics.events.removesuffix(".events")
+        self.db_url = db_url
+        self.workdir = workdir
+        self.log = workdir / "processor.log"
+        env = {
+            **os.environ,
+            "SHAPING_BOOTSTRAP": bootstrap,
+            "SHAPING_TOPIC_PREFIX": self.prefix,
+            "SHAPING_PARTITIONS": str(TEST_PARTITIONS),
+            "SHAPING_PROCESSOR_ID": f"processor-{uuid4().hex[:8]}",
+            "SHAPING_DATA_DIR": str(workdir / "data"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.log.open("wb") as out:
+            self.processor = subprocess.Popen(
+                [sys.executable, "-m", "services.processor"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.store = SqlProjectionStore(db_url)
+        self.stop_projector = threading.Event()
+        self.projector = threading.Thread(
+            target=run_projector,
+            args=(bootstrap, topics, self.store),
+            kwargs={"stop": self.stop_projector},
+            daemon=True,
+        )
+        self.projector.start()
+        self.reader = TopicReader(
+            bootstrap, [topics.decisions, topics.assignments, topics.dead_letter]
+        )
+        self.publisher = Publisher(bootstrap, topics.events)
+
+    def close(self) -> None:
+        self.stop_projector.set()
+        self.projector.join(60)
+        stop(self.processor, 60)
+        self.reader.close()
+        self.publisher.close()
+        self.store.close()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+    def publish(self, events: list[Event]) -> None:
+        self.publisher.events(events)
+
+    def shaping(self, *args: str) -> tuple[int, str]:
+        """Runs ``shaping ARGS`` in-process against this stack."""
+        env = {
+            "SHAPING_BOOTSTRAP": self.bootstrap,
+            "SHAPING_TOPIC_PREFIX": self.prefix,
+            "SHAPING_DB_URL": self.db_url,
+            "SHAPING_OPERATOR": "ada",
+            "COLUMNS": "220",
+        }
+        result = CliRunner().invoke(app, list(args), env=env)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.output
+
+    def tables(self) -> dict[str, list[dict[str, Any]]]:
+        return self.store.snapshot()
+
+    def status(self, mouse: str) -> dict[str, Any] | None:
+        rows = [r for r in self.tables()["mouse_status"] if r["mouse_id"] == mouse]
+        return rows[0] if rows else None
+
+    def wait_for_status(self, mouse: str, **expected: Any) -> dict[str, Any]:
+        def matches() -> dict[str, Any] | None:
+            row = self.status(mouse)
+            ok = row is not None and all(row[k] == v for k, v in expected.items())
+            return row if ok else None
+
+        return wait_until(matches, WAIT_S, f"status {expected} of {mouse}")
+
+    def decision_on(self, session_id: str) -> StageTransitioned:
+        [decision] = self.reader.wait_for(
+            lambda _: [
+                e
+                for e in self.reader.events(event_type=StageTransitioned)
+                if e.session_id == session_id
+            ],
+            WAIT_S,
+            f"the decision on {session_id}",
+            self.tail,
+        )
+        return decision
+
+
+@pytest.fixture
+def stack(
+    kafka_bootstrap: str, kafka_topics: TopicNames, postgres_url: str, tmp_path: Path
+) -> Iterator[Stack]:
+    running = Stack(kafka_bootstrap, kafka_topics, fresh_database(postgres_url), tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def rig_cache(stack: Stack, mouse: str, tmp_path: Path) -> AssignmentIssued | None:
+    """The assignment a rig of ``mouse`` caches after reading the topics to their end."""
+    store = RigStore(tmp_path / "rig" / "rig.sqlite")
+    follower = AssignmentFollower(
+        store, stack.bootstrap, stack.topics.assignments, stack.topics.decisions, (mouse,)
+    )
+    try:
+        follower.catch_up(30)
+    finally:
+        follower.close()
+    cached = store.cached_assignment(mouse)
+    return cached.assignment if cached is not None else None
+
+
+def test_override_eject_and_adjust_through_kafka_and_the_status_tables(
+    stack: Stack, tmp_path: Path
+) -> None:
+    stack.publish([enrolled("M1")])
+    stack.wait_for_status("M1", stage="s1_habituation", last_reason="enrolled")
+
+    # An adjustment: honoured at once, and it reaches the rig's assignment after the session.
+    code, out = stack.shaping("adjust", "M1", "--set", "max_trials=150", "--reason", "tires")
+    assert code == 0 and "adjustment of M1 honoured" in out, out + stack.tail()
+    stack.publish(session("M1", "s-1", GOOD))
+    decision = stack.decision_on("s-1")
+    assert (decision.decision, decision.to_stage) == ("progress", "s2_training")
+    cached = wait_until(
+        lambda: (
+            (a := rig_cache(stack, "M1", tmp_path)) and a.causation_id == decision.event_id and a
+        ),
+        WAIT_S,
+        "the rig to cache the assignment after s-1",
+    )
+    assert cached.stage == "s2_training" and cached.reason == "progress"
+    assert cached.parameters["max_trials"] == 150  # s2_training's own is 300
+    assert cached.adjustments == {"max_trials": 150}
+    assert cached.evidence == decision.rule_evaluations
+    stack.wait_for_status("M1", stage="s2_training", sessions_completed=1)
+
+    # An override planned on a stage the mouse has left is refused by the processor.
+    code, out = stack.shaping(
+        "override", "M1", "--stage", "s3_full_task", "--from", "s1_habituation", "--reason", "x"
+    )
+    assert code == 1, out
+    assert "refused the override of M1: mouse 'M1' is at 's2_training' now" in " ".join(out.split())
+
+    # An override back to s1: the next session is judged by s1's rules.
+    code, out = stack.shaping(
+        "override", "M1", "--stage", "s1_habituation", "--reason", "lost weight"
+    )
+    assert code == 0 and "override of M1 honoured" in out and "stage s1_habituation" in out, out
+    assert rig_cache(stack, "M1", tmp_path).stage == "s1_habituation"  # type: ignore[union-attr]
+    stack.publish(session("M1", "s-2", GOOD, stage="s1_habituation", day=1))
+    decision = stack.decision_on("s-2")
+    assert (decision.from_stage, decision.rule, decision.to_stage) == (
+        "s1_habituation",
+        "engaged_and_accurate",
+        "s2_training",
+    )
+    stack.wait_for_status("M1", stage="s2_training", sessions_completed=2)
+
+    # An ejection: no more assignments; the next session is dead-lettered.
+    code, out = stack.shaping("eject", "M1", "--reason", "end of experiment")
+    assert code == 0 and "ejection of M1 honoured" in out, out
+    ejected = rig_cache(stack, "M1", tmp_path)
+    assert ejected is not None and ejected.reason == "ejected" and ejected.parameters == {}
+    late = session("M1", "s-3", GOOD, stage="s2_training", day=2)
+    stack.publish(late)
+    refused = stack.reader.wait_for(
+        lambda _: [
+            e
+            for e in stack.reader.events(event_type=EventRejected)
+            if e.causation_id == late[0].event_id
+        ],
+        WAIT_S,
+        "the dead letter of the session after the ejection",
+        stack.tail,
+    )
+    assert refused[0].error_kind == "impossible"
+    assert "which was ejected (end of experiment)" in refused[0].reason
+    stack.reader.poll(2.0)
+    after_ejection = [
+        e
+        for e in stack.reader.events(event_type=AssignmentIssued)
+        if e.mouse_id == "M1" and e.session_number > ejected.session_number
+    ]
+    assert after_ejection == []
+
+    # The status tables show it all.
+    stack.wait_for_status("M1", last_reason="ejected")
+    tables = wait_until(
+        lambda: (
+            (t := stack.tables())
+            and len(t["interventions"]) == 4
+            and all(r["honoured_at"] or r["refused_at"] for r in t["interventions"])
+            and any("which was ejected" in r["reason"] for r in t["rejected_events"])
+            and t
+        ),
+        WAIT_S,
+        "the interventions in the status tables",
+    )
+    audit = sorted(tables["interventions"], key=lambda r: str(r["requested_at"]))
+    assert [(r["kind"], r["to_stage"], r["requested_by"]) for r in audit] == [
+        ("adjust", None, "ada"),
+        ("override", "s3_full_task", "ada"),
+        ("override", "s1_habituation", "ada"),
+        ("eject", None, "ada"),
+    ]
+    assert json.loads(audit[0]["adjustments_json"]) == {"max_trials": 150}
+    assert "is at 's2_training' now" in audit[1]["refused_reason"]
+    assert (
+        audit[2]["from_stage"] == "s2_training" and audit[2]["assigned_stage"] == "s1_habituation"
+    )
+    assert [r["reason"] for r in audit] == ["tires", "x", "lost weight", "end of experiment"]
+
+    code, out = stack.shaping("status")
+    assert code == 0 and any("M1" in line and "ejected" in line for line in out.splitlines()), out
+    code, out = stack.shaping("history", "M1")
+    flat = " ".join(out.split())
+    assert code == 0, out
+    for shown in (
+        "adjust max_trials=150",
+        "override s1_habituation -> s3_full_task",
+        "override s2_training -> s1_habituation",
+        "eject",
+    ):
+        assert shown in flat, flat
