@@ -22,6 +22,11 @@
 #                                       (default: processor and projector on 127.0.0.1 at
 #                                       $SHAPING_PROCESSOR_METRICS_PORT / $SHAPING_PROJECTOR_METRICS_PORT,
 #                                       9101 and 9102 by default, as in infra/shaping.env)
+#                                       (several targets of one job form one job, e.g. two rigs)
+#   SHAPING_PROMETHEUS_RIG_FILES        file_sd files of the `rigs` job: the rigs' metrics endpoints
+#                                       (`shaping rig run --metrics-port`), re-read when they change
+#                                       (default: $REPO/infra/prometheus/rigs/*.yml, also what
+#                                       docker-compose mounts)
 #   SHAPING_OWNER_PID                   optional: stop Prometheus when this process exits
 #
 # Everything binds to 127.0.0.1 only.
@@ -34,6 +39,7 @@ PORT="${SHAPING_PROMETHEUS_PORT:-9090}"
 DATA="${SHAPING_PROMETHEUS_DATA:-$REPO/.cache/prometheus-data}"
 INTERVAL="${SHAPING_PROMETHEUS_SCRAPE_INTERVAL:-15s}"
 TARGETS="${SHAPING_PROMETHEUS_TARGETS:-processor=127.0.0.1:${SHAPING_PROCESSOR_METRICS_PORT:-9101} projector=127.0.0.1:${SHAPING_PROJECTOR_METRICS_PORT:-9102}}"
+RIG_FILES="${SHAPING_PROMETHEUS_RIG_FILES:-$REPO/infra/prometheus/rigs/*.yml}"
 START_TIMEOUT="${SHAPING_PROMETHEUS_START_TIMEOUT:-60}"
 
 CONFIG="$DATA/prometheus.yml"
@@ -84,21 +90,42 @@ install() {
 
 write_config() {
     mkdir -p "$DATA"
+    # Targets grouped by job, jobs in the order they first appear.
+    local -a jobs=()
+    local -A addresses=()
+    local target job address
+    for target in ${TARGETS//,/ }; do
+        [[ "$target" == *=* ]] || die "target '$target' is not JOB=HOST:PORT"
+        job="${target%%=*}"
+        address="${target#*=}"
+        [[ "$job" =~ ^[A-Za-z_][A-Za-z0-9_-]*$ ]] || die "job name '$job' is not a name"
+        [[ "$address" =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]] || die "target address '$address' is not HOST:PORT"
+        if [[ -z "${addresses[$job]+set}" ]]; then
+            jobs+=("$job")
+            addresses[$job]="'$address'"
+        else
+            addresses[$job]+=", '$address'"
+        fi
+    done
+    [[ -n "${addresses[rigs]+set}" ]] || jobs+=(rigs)
     {
         echo "# Written by infra/prometheus/prometheus.sh; edits are overwritten."
         echo "global:"
         echo "  scrape_interval: $INTERVAL"
         echo "  evaluation_interval: $INTERVAL"
         echo "scrape_configs:"
-        local target job address
-        for target in ${TARGETS//,/ }; do
-            [[ "$target" == *=* ]] || die "target '$target' is not JOB=HOST:PORT"
-            job="${target%%=*}"
-            address="${target#*=}"
-            [[ "$address" =~ ^[A-Za-z0-9._-]+:[0-9]+$ ]] || die "target address '$address' is not HOST:PORT"
+        for job in "${jobs[@]}"; do
             echo "  - job_name: $job"
-            echo "    static_configs:"
-            echo "      - targets: ['$address']"
+            if [[ -n "${addresses[$job]+set}" ]]; then
+                echo "    static_configs:"
+                echo "      - targets: [${addresses[$job]}]"
+            fi
+            if [[ "$job" == rigs ]]; then
+                # The rigs are machines of the lab: listed in files Prometheus re-reads.
+                echo "    file_sd_configs:"
+                echo "      - files: ['$RIG_FILES']"
+                echo "        refresh_interval: 30s"
+            fi
         done
     } >"$CONFIG.tmp"
     mv "$CONFIG.tmp" "$CONFIG"

@@ -22,13 +22,22 @@ Decision = Literal["stay", "progress", "rollback", "skip", "graduate"]
 class MetricSource(Protocol):
     """Metric values at decision time (see :mod:`services.domain.metrics` for the kinds)."""
 
-    def value(self, metric: str, window: int | None = None) -> float | None:
-        """A counter's or trial-window metric's value, or the judged session's value of a
-        session metric; None when it cannot be computed."""
+    def value(
+        self,
+        metric: str,
+        window: int | None = None,
+        arguments: Mapping[str, ParamValue] | None = None,
+    ) -> float | None:
+        """A counter's, trial-window or window metric's value (with the rule's keyword
+        ``arguments``), or the judged session's value of a session metric; None when it cannot
+        be computed."""
         ...
 
-    def series(self, metric: str) -> Sequence[float | None]:
-        """A session metric's values, oldest first, ending with the judged session."""
+    def series(
+        self, metric: str, arguments: Mapping[str, ParamValue] | None = None
+    ) -> Sequence[float | None]:
+        """A session metric's values, oldest first, ending with the judged session; or a
+        window-series metric's values over its window (``arguments``)."""
         ...
 
 

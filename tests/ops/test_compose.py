@@ -97,12 +97,20 @@ def test_prometheus_scrapes_the_metrics_ports_of_the_shared_settings(
     settings = env_file()
     config = yaml.safe_load((REPO / "infra/prometheus/prometheus.yml").read_text())
     targets = {
-        job["job_name"]: job["static_configs"][0]["targets"][0] for job in config["scrape_configs"]
+        job["job_name"]: job["static_configs"][0]["targets"][0]
+        for job in config["scrape_configs"]
+        if "static_configs" in job
     }
     assert targets == {
         "processor": f"processor:{settings['SHAPING_PROCESSOR_METRICS_PORT']}",
         "projector": f"projector:{settings['SHAPING_PROJECTOR_METRICS_PORT']}",
     }
+    # The rigs (machines of the lab) come from the file_sd files of the mounted rigs folder.
+    [rigs] = [job for job in config["scrape_configs"] if job["job_name"] == "rigs"]
+    assert rigs["file_sd_configs"][0]["files"] == ["/etc/prometheus/rigs/*.yml"]
+    volumes = compose()["services"]["prometheus"]["volumes"]
+    assert "./infra/prometheus/rigs:/etc/prometheus/rigs:ro" in volumes
+    assert yaml.safe_load((REPO / "infra/prometheus/rigs/rigs.yml").read_text()) == []
     result = subprocess.run(
         ["promtool", "check", "config", str(REPO / "infra/prometheus/prometheus.yml")],
         capture_output=True,

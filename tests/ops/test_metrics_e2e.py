@@ -1,20 +1,25 @@
 """Prometheus metrics on the real stack: a real Prometheus (Debian's package, started by
 infra/prometheus/prometheus.sh on a free loopback port) scrapes the processor and the projector,
-run as separate processes, while simulated rigs train mice over Kafka. Then: the values in
-Prometheus agree with the status tables, promtool accepts every /metrics output, and every
-dashboard query runs in Prometheus on metric names the services really export."""
+run as separate processes, while simulated rigs train mice over Kafka, and two rigs' outbox
+exporters (found through the ``rigs`` job's file_sd file, as in docker-compose). Then: the
+values in Prometheus agree with the status tables and the rigs' outboxes, promtool accepts every
+/metrics output, and every dashboard query runs in Prometheus on metric names really exported."""
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 from rig.kafka_transport import KafkaRigTransport
 from rig.lab import LabPlan, run_lab
+from rig.metrics import OutboxDepthExporter
+from rig.store import RigStore
 from services.common.metrics import RIG_OUTBOX_DEPTH
 from services.common.topics import TopicNames, ensure_topics
 from services.projector.store import SqlProjectionStore
@@ -33,11 +38,14 @@ from tests.ops.helpers import (
 )
 from tests.support.kafka_io import Publisher
 from tests.support.processes import shaping_process, wait_until
+from tests.support.story import enrolled, session, trials
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]
 
 PLAN = LabPlan(n_mice=3, n_rigs=3, n_days=3, seed=11)
 SESSIONS = PLAN.n_mice * PLAN.n_days
+OUTBOXES = {"rig-a": 5, "rig-b": 0}
+"""Events waiting in each exporting rig's outbox (Kafka never acknowledged them)."""
 
 
 @dataclass
@@ -45,6 +53,41 @@ class Observed:
     prometheus: str
     scrapes: dict[str, str]
     tables: dict[str, list[dict[str, object]]]
+
+
+def rig_exporters(folder: Path) -> tuple[list[OutboxDepthExporter], Path]:
+    """An outbox exporter per rig of OUTBOXES, each rig's store holding that many unsent
+    events, and the file_sd file that lists them for Prometheus' ``rigs`` job."""
+    events = [enrolled("R1"), *session("R1", "R1-s1", trials(correct=2))]
+    exporters, targets = [], []
+    for rig, unsent in OUTBOXES.items():
+        store = RigStore(folder / rig / "rig.sqlite")
+        try:
+            for event in events[:unsent]:
+                store.append(event, "shaping.events")
+        finally:
+            store.close()
+        exporter = OutboxDepthExporter(store.path, rig, 0, "127.0.0.1").start()
+        exporters.append(exporter)
+        targets.append(f"'127.0.0.1:{exporter.port}'")
+    sd_file = folder / "rigs.yml"
+    sd_file.write_text(f"- targets: [{', '.join(targets)}]\n")
+    return exporters, sd_file
+
+
+def tables_settled(store: SqlProjectionStore) -> dict[str, list[dict[str, object]]] | None:
+    """The status tables once every decision, the rejection and every mouse's assignment for
+    its next session are projected (assignments and decisions come on different topics)."""
+    tables = store.snapshot()
+    status = tables["mouse_status"]
+    if (
+        len(tables["decision_log"]) == SESSIONS
+        and len(tables["rejected_events"]) == 1
+        and len(status) == PLAN.n_mice
+        and all(row["next_session_number"] == PLAN.n_days + 1 for row in status)
+    ):
+        return tables
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +104,7 @@ def observed(
     store.reset()
     store.close()
     prom_port, processor_port, projector_port = free_ports(3)
+    exporters, sd_file = rig_exporters(tmp / "rigs")
     prom_env = {
         **os.environ,
         "SHAPING_PROMETHEUS_PORT": str(prom_port),
@@ -69,6 +113,7 @@ def observed(
         "SHAPING_PROMETHEUS_TARGETS": (
             f"processor=127.0.0.1:{processor_port},projector=127.0.0.1:{projector_port}"
         ),
+        "SHAPING_PROMETHEUS_RIG_FILES": str(sd_file),
         "SHAPING_OWNER_PID": str(os.getpid()),
     }
     base = f"http://127.0.0.1:{prom_port}"
@@ -107,25 +152,31 @@ def observed(
                 transport.close()
             store = SqlProjectionStore(postgres_url)
             try:
-                wait_until(
-                    lambda: (
-                        len(store.snapshot()["decision_log"]) == SESSIONS
-                        and len(store.snapshot()["rejected_events"]) == 1
-                    ),
+                tables = wait_until(
+                    lambda: tables_settled(store),
                     90,
-                    "the projector to record every decision and the rejection",
+                    "the projector to record every decision, assignment and the rejection",
                 )
-                tables = store.snapshot()
             finally:
                 store.close()
-            # Prometheus has scraped the final state once its sums match the tables.
+            settled_at = time.time()
+            # The mice-per-stage gauge is computed from the tables when Prometheus scrapes: a
+            # scrape that started after the tables settled holds their final counts. (Waiting
+            # for the right sums alone is not enough: every mouse is counted on some stage
+            # before its last assignment is projected.)
+            wait_until(
+                lambda: (prom_value(base, 'timestamp(up{job="projector"})') or 0) > settled_at,
+                60,
+                "a scrape of the projector after the tables settled",
+            )
             wait_until(
                 lambda: (
                     prom_value(base, "sum(shaping_decisions_total)") == SESSIONS
                     and prom_value(base, "sum(shaping_mice_per_stage)") == PLAN.n_mice
+                    and len(prom_query(base, "shaping_rig_outbox_depth")) == len(OUTBOXES)
                 ),
                 60,
-                "Prometheus to scrape the final counts",
+                "Prometheus to scrape the final counts and every rig",
             )
             # rate() and increase() need two samples of a series; the last ones appeared late.
             wait_until(
@@ -136,12 +187,18 @@ def observed(
                 30,
                 "two samples of every counter",
             )
-            scrapes = {"processor": scrape(processor_port), "projector": scrape(projector_port)}
+            scrapes = {
+                "processor": scrape(processor_port),
+                "projector": scrape(projector_port),
+                "rig": scrape(exporters[0].port),
+            }
             assert processor.poll() is None, (tmp / "processor.log").read_text()[-3000:]
             assert projector.poll() is None, (tmp / "projector.log").read_text()[-3000:]
             yield Observed(base, scrapes, tables)
     finally:
         run(["bash", str(PROMETHEUS_SH), "down"], prom_env)
+        for exporter in exporters:
+            exporter.stop()
 
 
 def test_prometheus_holds_nonzero_values_for_every_service_metric(observed: Observed) -> None:
@@ -192,7 +249,7 @@ def test_prometheus_values_agree_with_the_status_tables(observed: Observed) -> N
     assert ended == SESSIONS
 
 
-@pytest.mark.parametrize("service", ["processor", "projector"])
+@pytest.mark.parametrize("service", ["processor", "projector", "rig"])
 def test_promtool_accepts_every_metrics_output(observed: Observed, service: str) -> None:
     result = promtool_check_metrics(observed.scrapes[service])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -200,7 +257,8 @@ def test_promtool_accepts_every_metrics_output(observed: Observed, service: str)
 
 def test_every_dashboard_query_reads_exported_metrics_and_runs(observed: Observed) -> None:
     exported = set().union(*(scraped_names(text) for text in observed.scrapes.values()))
-    allowed = exported | {RIG_OUTBOX_DEPTH} | PROMETHEUS_SYNTHETIC
+    assert RIG_OUTBOX_DEPTH in exported
+    allowed = exported | PROMETHEUS_SYNTHETIC
     expressions = dashboard_promql()
     assert len(expressions) >= 10
     for expr in expressions:
@@ -208,10 +266,18 @@ def test_every_dashboard_query_reads_exported_metrics_and_runs(observed: Observe
         assert names, expr
         assert names <= allowed, f"{expr!r} reads {sorted(names - allowed)}, not exported"
         result = prom_query(observed.prometheus, expr)  # raises on a PromQL error
-        if RIG_OUTBOX_DEPTH not in names:  # the rigs here export no metrics
-            assert result, f"{expr!r} returned no data"
+        assert result, f"{expr!r} returned no data"
 
 
-def test_prometheus_sees_both_services_up(observed: Observed) -> None:
+def test_prometheus_sees_both_services_and_every_rig_up(observed: Observed) -> None:
     up = prom_query(observed.prometheus, "up")
-    assert {s["metric"]["job"]: s["value"][1] for s in up} == {"processor": "1", "projector": "1"}
+    jobs = sorted((s["metric"]["job"], s["value"][1]) for s in up)
+    assert jobs == [("processor", "1"), ("projector", "1")] + [("rigs", "1")] * len(OUTBOXES)
+
+
+def test_prometheus_scrapes_the_outbox_depth_of_every_rig(observed: Observed) -> None:
+    depth = {
+        series["metric"]["rig"]: float(series["value"][1])
+        for series in prom_query(observed.prometheus, 'shaping_rig_outbox_depth{job="rigs"}')
+    }
+    assert depth == OUTBOXES
