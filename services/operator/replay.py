@@ -68,6 +68,7 @@ from schemas.events import AssignmentIssued, Event, EventRejected
 from services.common.topics import TopicNames
 from services.curricula.catalog import default_catalog
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
+from services.domain.state import join_sessions
 from services.operator.errors import OperatorError
 from services.processor.step import Outgoing, ProcessorStep, TopicKind
 from services.projector.store import ProjectedMessage, SqlProjectionStore
@@ -84,6 +85,10 @@ BUILD_CONSUMER = "replay-build"
 STATE_TABLE = "mouse_state"
 """The processor's faust table (see services/processor/app.py); its changelog topic is
 ``<processor_id>-mouse_state-changelog``."""
+
+SESSIONS_TABLE = "mouse_sessions"
+"""The processor's table of open-sessions records, written after trials on top of the state
+record (see services/domain/state.py, OpenSessions)."""
 
 INACTIVE_GROUP_STATES = {"Empty", "Dead", ""}
 """Consumer group states in which the group's offsets may be moved from outside."""
@@ -115,9 +120,9 @@ class SourceRecord:
     timestamp: datetime | None = None
 
 
-def changelog_topic(processor_id: str) -> str:
-    """The changelog topic of the processor's state table (faust's naming)."""
-    return f"{processor_id}-{STATE_TABLE}-changelog"
+def changelog_topic(processor_id: str, table: str = STATE_TABLE) -> str:
+    """The changelog topic of one of the processor's tables (faust's naming)."""
+    return f"{processor_id}-{table}-changelog"
 
 
 def _kafka_consumer(bootstrap: str, client_id: str) -> Any:
@@ -795,6 +800,7 @@ class ProcessorHandover:
         self.bootstrap = bootstrap
         self.group = processor_id
         self.changelog = changelog_topic(processor_id)
+        self.sessions_changelog = changelog_topic(processor_id, SESSIONS_TABLE)
 
     def _admin(self) -> Any:
         from kafka import KafkaAdminClient
@@ -830,9 +836,11 @@ class ProcessorHandover:
             if tp.topic == topic and oam.offset >= 0
         }
 
-    def read_states(self) -> dict[bytes, tuple[int, bytes | None]]:
-        """The latest record per key of the changelog: ``{key: (partition, value)}``."""
-        bounds = {k: v for k, v in self._bounds([self.changelog]).items() if k[0] == self.changelog}
+    def read_states(self, topic: str | None = None) -> dict[bytes, tuple[int, bytes | None]]:
+        """The latest record per key of a changelog (the state table's by default):
+        ``{key: (partition, value)}``."""
+        topic = topic or self.changelog
+        bounds = {k: v for k, v in self._bounds([topic]).items() if k[0] == topic}
         latest: dict[bytes, tuple[int, bytes | None]] = {}
         for record in read_kafka(self.bootstrap, bounds, "shaping-replay-changelog"):
             if record.key is not None:
@@ -852,22 +860,34 @@ class ProcessorHandover:
     def write_states(
         self, states: dict[str, MouseState], partition_of: dict[str, int], partitions: int
     ) -> int:
-        """Writes every state that differs from the changelog's (and a tombstone for a mouse
-        the rebuilt state does not have). Returns how many records were written."""
+        """Writes every state that differs from the live one (and a tombstone for a mouse the
+        rebuilt state does not have). Returns how many records were written.
+
+        The live state of a mouse is its state record joined with its open-sessions record
+        (what the processor would load). A rewritten mouse also gets a tombstone for its
+        open-sessions record, so no open sessions of the old state outlive the hand-over.
+        """
         from kafka import KafkaProducer
 
         live = self.read_states()
-        records: list[tuple[bytes, bytes | None, int]] = []
+        sessions = {k: v for k, v in self.read_states(self.sessions_changelog).items() if v[1]}
+        records: list[tuple[str, bytes, bytes | None, int]] = []
         for mouse_id, state in sorted(states.items()):
             key = encode_key(mouse_id)
             known = live.get(key)
-            if known is not None and known[1] is not None and _same_state(known[1], state):
+            extra = sessions.get(key)
+            stored = known[1] if known is not None else None
+            if stored is not None and _same_state(stored, extra[1] if extra else None, state):
                 continue
-            records.append((key, state.to_bytes(), partition_of[mouse_id]))
+            records.append((self.changelog, key, state.to_bytes(), partition_of[mouse_id]))
+            if extra is not None:
+                records.append((self.sessions_changelog, key, None, extra[0]))
         wanted = {encode_key(m) for m in states}
         for key, (partition, value) in sorted(live.items()):
             if key not in wanted and value is not None:
-                records.append((key, None, partition))
+                records.append((self.changelog, key, None, partition))
+                if key in sessions:
+                    records.append((self.sessions_changelog, key, None, sessions[key][0]))
         if not records:
             return 0
         self._ensure_changelog(partitions)
@@ -878,8 +898,8 @@ class ProcessorHandover:
             enable_idempotence=True,
         )
         try:
-            for key, value, partition in records:
-                producer.send(self.changelog, key=key, value=value, partition=partition)
+            for topic, key, value, partition in records:
+                producer.send(topic, key=key, value=value, partition=partition)
             producer.flush(timeout=_KAFKA_TIMEOUT_S)
         finally:
             producer.close()
@@ -940,9 +960,10 @@ class ProcessorHandover:
         return len(moves)
 
 
-def _same_state(stored: bytes, state: MouseState) -> bool:
+def _same_state(stored: bytes, sessions: bytes | None, state: MouseState) -> bool:
+    """Whether the live records (state record, open-sessions record) hold ``state``."""
     try:
-        return MouseState.from_bytes(stored) == state
+        return join_sessions(stored, sessions) == state
     except ValueError:
         return False
 

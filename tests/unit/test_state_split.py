@@ -173,3 +173,11 @@ def test_a_trial_record_is_a_fraction_of_the_state() -> None:
 def test_bytes_that_are_no_open_sessions_record_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError, match="open-sessions record"):
         OpenSessions.from_bytes(data)
+
+
+def test_replay_and_processor_agree_on_table_names() -> None:
+    """Replay writes the processor's changelogs from outside: the table names must match."""
+    from services.operator import replay
+    from services.processor import app
+
+    assert (replay.STATE_TABLE, replay.SESSIONS_TABLE) == (app.STATE_TABLE, app.SESSIONS_TABLE)
