@@ -10,8 +10,6 @@ the in-order mouse's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,32 +46,6 @@ def plans(mouse: str) -> list[Plan]:
         Plan(f"{mouse}-d4", 3, 0, mixed(220, 0.95, seed=4)),
         Plan(f"{mouse}-d5", 4, 0, mixed(220, 0.95, seed=5)),
     ]
-
-
-@pytest.fixture
-def processors(
-    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
-) -> Iterator[ProcessorRunner]:
-    runner = ProcessorRunner(kafka_bootstrap, kafka_topics, tmp_path)
-    try:
-        yield runner
-    finally:
-        runner.kill_all()
-
-
-@pytest.fixture
-def outputs(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[TopicReader]:
-    with TopicReader(
-        kafka_bootstrap,
-        [kafka_topics.decisions, kafka_topics.assignments, kafka_topics.dead_letter],
-    ) as reader:
-        yield reader
-
-
-@pytest.fixture
-def publisher(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[Publisher]:
-    with Publisher(kafka_bootstrap, kafka_topics.events) as pub:
-        yield pub
 
 
 def of_mouse(reader: TopicReader, mouse: str, event_type: type[Event]) -> list[Any]:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,32 +98,6 @@ class ProcessorRunner:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-
-
-@pytest.fixture
-def processors(
-    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
-) -> Iterator[ProcessorRunner]:
-    runner = ProcessorRunner(kafka_bootstrap, kafka_topics, tmp_path)
-    try:
-        yield runner
-    finally:
-        runner.kill_all()
-
-
-@pytest.fixture
-def outputs(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[TopicReader]:
-    with TopicReader(
-        kafka_bootstrap,
-        [kafka_topics.decisions, kafka_topics.assignments, kafka_topics.dead_letter],
-    ) as reader:
-        yield reader
-
-
-@pytest.fixture
-def publisher(kafka_bootstrap: str, kafka_topics: TopicNames) -> Iterator[Publisher]:
-    with Publisher(kafka_bootstrap, kafka_topics.events) as pub:
-        yield pub
 
 
 def new_processor_id() -> str:
