@@ -47,14 +47,8 @@ from services.curricula.ibl_trials import (
     session_events,
     short_protocol,
 )
-from tests.integration.test_processor_kafka import (  # noqa: F401 - fixtures
-    ProcessorRunner,
-    new_processor_id,
-    of_mouse,
-    outputs,
-    processors,
-    publisher,
-)
+from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures
+from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.scripts import REPO
 

@@ -23,14 +23,8 @@ from services.curricula.store import publish
 from services.curricula.validate import compile_curriculum
 from tests.curricula.aind_support import aind_decision, alias, sessions_as_events, v01, v01_document
 from tests.curricula.test_event_path import open_loop_mice
-from tests.integration.test_processor_kafka import (  # noqa: F401 - fixtures
-    ProcessorRunner,
-    new_processor_id,
-    of_mouse,
-    outputs,
-    processors,
-    publisher,
-)
+from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures
+from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.kafka_io import Publisher, TopicReader
 
 pytestmark = pytest.mark.kafka
