@@ -1,6 +1,6 @@
 """``python -m bench.state_bytes``: bytes the processor writes to its changelogs per message.
 
-Runs subject SWC_054's 11 IBL sessions (ibllib's test fixture, ``../shared/anchors/ibl``)
+Runs subject SWC_054's 11 IBL sessions (ibllib's test fixture, ``tests/data/anchors/ibl``)
 through the processing step, as the faust processor does, and stores the state after every
 message in two ways:
 
@@ -30,9 +30,10 @@ from services.curricula.loader import load_curriculum
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
 from services.domain.state import join_sessions, records_to_store, split_sessions
 from services.processor.step import ProcessorStep
+from tests.support.anchors import IBL
 
 REPO = Path(__file__).resolve().parent.parent
-TRIALS = REPO.parent / "shared" / "anchors" / "ibl" / "trials_test_flat.csv"
+TRIALS = IBL / "trials_test_flat.csv"
 LADDER = REPO / "curricula" / "ibl" / "training-status.yaml"
 MOUSE = "SWC_054"
 
@@ -43,7 +44,7 @@ def _median_us(values: list[float]) -> str:
 
 def main() -> int:
     if not TRIALS.exists():
-        print(f"needs {TRIALS} (the shared reference data)", file=sys.stderr)
+        print(f"needs {TRIALS} (the IBL conformance data, tests/data/anchors/ibl)", file=sys.stderr)
         return 1
     curriculum = load_curriculum(LADDER)
     core = TrainingCore(CurriculumCatalog([curriculum]))

@@ -3,12 +3,16 @@
 # Kafka (infra/kafka), PostgreSQL (infra/postgres), the topics, the processor, the projector and
 # Prometheus (infra/prometheus) scraping both. `make stack-up` / `make stack-down` call this.
 #
-# Usage: infra/stack.sh up|down|status|config
+# Usage: infra/stack.sh up|down|status|config|check
 #
-#   up      start every part that is not running, in order, and wait until each answers
+#   up      check what the parts need (see `check`), then start every part that is not
+#           running, in order, and wait until each answers; if a part fails, stop again the
+#           parts this `up` started, so a failed `up` leaves nothing running
 #   down    stop every part, in reverse order (also the parts of a half-started stack)
 #   status  one line per part; exit 0 if all run, 3 otherwise
 #   config  print the effective SHAPING_* settings, one KEY=VALUE a line
+#   check   only check, starting nothing: the interpreter exists, and (as root, where the
+#           PostgreSQL server runs as the user 'postgres') 'postgres' can reach the stack dir
 #
 # Settings: infra/shaping.env, the file docker-compose.yml gives its services. A variable that is
 # already set in the environment wins over the file, so e.g.
@@ -33,6 +37,7 @@ while IFS= read -r line || [[ -n "$line" ]]; do
 done <"$ENV_FILE"
 
 STACK="${SHAPING_STACK_DIR:-$REPO/.cache/stack}"
+[[ "$STACK" == /* ]] || STACK="$PWD/$STACK"
 export PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 OWNER="${SHAPING_OWNER_PID:-}"
 # The parts below get the stack's own watchdog instead of one each.
@@ -144,16 +149,127 @@ stop_watchdog() {
     fi
 }
 
+# --- preconditions, checked before anything starts -----------------------------------
+
+# Can the user that runs the PostgreSQL server search directory $1 itself (its own mode bits;
+# the path above it is checked separately)? As root that user is 'postgres'; when the package
+# is not installed yet (postgres.sh installs it), 'postgres' will be a stranger to $1.
+pg_user_can_search() {
+    local mode owner group bit=1 # others' x
+    read -r mode owner group < <(stat -c '%a %U %G' "$1")
+    if id postgres >/dev/null 2>&1; then
+        if [[ "$owner" == postgres ]]; then
+            bit=64 # owner's x
+        elif id -nG postgres | tr ' ' '\n' | grep -qxF "$group"; then
+            bit=8 # group's x
+        fi
+    fi
+    (((8#$mode & bit) != 0))
+}
+
+# The directories on the way to $1 that stop 'postgres', outermost first.
+pg_blockers() {
+    local dir="$1" found=()
+    while :; do
+        if ! pg_user_can_search "$dir"; then found=("$dir" "${found[@]}"); fi
+        [[ "$dir" == / ]] && break
+        dir="$(dirname "$dir")"
+    done
+    printf '%s\n' "${found[@]}"
+}
+
+pg_user_reaches() {
+    if id postgres >/dev/null 2>&1; then
+        runuser -u postgres -- test -x "$1" 2>/dev/null
+    else
+        [[ -z "$(pg_blockers "$1")" ]]
+    fi
+}
+
+preflight() {
+    [[ -x "$PYTHON" ]] || die "no Python at $PYTHON: run 'make install' first (or set PYTHON to an interpreter with Shaping installed). Nothing was started."
+    mkdir -p "$STACK" || die "cannot create the stack directory $STACK (SHAPING_STACK_DIR). Nothing was started."
+    [[ "$(id -u)" -eq 0 ]] || return 0
+    # As root, PostgreSQL runs as 'postgres' and keeps its data in $STACK/postgres.
+    pg_user_reaches "$STACK" && return 0
+    local blockers=() modes="" dir
+    mapfile -t blockers < <(pg_blockers "$STACK")
+    for dir in "${blockers[@]}"; do
+        modes+=" $dir (mode $(stat -c %a "$dir"), owner $(stat -c %U "$dir"))"
+    done
+    {
+        echo "stack: ERROR: PostgreSQL cannot keep its data in $STACK/postgres."
+        echo "stack: Running as root, the PostgreSQL server runs as the user 'postgres', and"
+        echo "stack: user 'postgres' cannot reach $STACK: it may not enter${modes:- a directory on the way (an ACL?)}."
+        echo "stack: Nothing was started. Fix it either way:"
+        echo "stack:   - put the stack where 'postgres' can reach it, e.g."
+        echo "stack:       SHAPING_STACK_DIR=/var/tmp/shaping-stack make stack-up"
+        if ((${#blockers[@]} > 0)); then
+            echo "stack:   - or let 'postgres' (and every other user) through those directories:"
+            local quoted
+            quoted="$(printf '%q ' "${blockers[@]}")"
+            echo "stack:       chmod o+x ${quoted% }"
+        fi
+    } >&2
+    exit 1
+}
+
+# --- starting, and stopping again on failure ----------------------------------------------
+
+part_running() {
+    case "$1" in
+        kafka) "$KAFKA_SH" status >/dev/null 2>&1 ;;
+        postgres) "$POSTGRES_SH" status >/dev/null 2>&1 ;;
+        prometheus) "$PROMETHEUS_SH" status >/dev/null 2>&1 ;;
+        *) service_pid "$1" >/dev/null ;;
+    esac
+}
+
+stop_part() {
+    case "$1" in
+        kafka) "$KAFKA_SH" down ;;
+        postgres) "$POSTGRES_SH" down ;;
+        prometheus) "$PROMETHEUS_SH" down ;;
+        *) stop_service "$1" ;;
+    esac
+}
+
+STARTED=()
+# A part this `up` is about to start (not one that already ran): stopped again on failure.
+claim() { part_running "$1" || STARTED+=("$1"); }
+
+# EXIT trap of `up`: after a failure, stop the claimed parts, last first.
+rollback() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    if ((rc != 0 && ${#STARTED[@]} > 0)); then
+        echo "stack: up failed; stopping what it started: ${STARTED[*]}" >&2
+        for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_part "${STARTED[$i]}" >&2 || true; done
+        echo "stack: stopped what this up started (parts that ran before it are left running)" >&2
+    fi
+    exit "$rc"
+}
+
 up() {
-    mkdir -p "$STACK"
+    preflight
+    trap rollback EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    claim kafka
     "$KAFKA_SH" up
     "$PYTHON" -m services.cli topics create >/dev/null
     say "topics ${SHAPING_TOPIC_PREFIX}.* ready on $SHAPING_BOOTSTRAP"
+    claim postgres
     "$POSTGRES_SH" up
     export SHAPING_DB_URL="${SHAPING_DB_URL:-$("$POSTGRES_SH" url)}"
-    for name in "${SERVICES[@]}"; do start_service "$name"; done
+    for name in "${SERVICES[@]}"; do
+        claim "$name"
+        start_service "$name"
+    done
+    claim prometheus
     "$PROMETHEUS_SH" up
     if [[ -n "$OWNER" ]]; then start_watchdog; fi
+    trap - EXIT INT TERM
     say "up: Kafka $SHAPING_BOOTSTRAP, status tables $SHAPING_DB_URL,"
     say "    Prometheus http://127.0.0.1:$SHAPING_PROMETHEUS_PORT (logs and data in $STACK)"
 }
@@ -188,8 +304,9 @@ case "${1:-}" in
     down) down ;;
     status) status ;;
     config) env | grep -E '^SHAPING_' | sort ;;
+    check) preflight && say "ok: the stack can start in $STACK" ;;
     *)
-        echo "usage: $0 up|down|status|config" >&2
+        echo "usage: $0 up|down|status|config|check" >&2
         exit 2
         ;;
 esac

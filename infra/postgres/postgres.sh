@@ -38,13 +38,18 @@ REPO="$(cd "$HERE/../.." && pwd)"
 PORT="${SHAPING_PG_PORT:-55432}"
 DB=shaping
 DEFAULT_DATA="$REPO/.cache/pg-data"
+# Paths given relative to the caller's directory, made absolute before the `cd /` below.
+absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s/%s' "$PWD" "$1"; fi; }
+if [[ -n "${SHAPING_PG_DATA:-}" ]]; then SHAPING_PG_DATA="$(absolute "$SHAPING_PG_DATA")"; fi
+if [[ -n "${SHAPING_PG_BIN:-}" ]]; then SHAPING_PG_BIN="$(absolute "$SHAPING_PG_BIN")"; fi
 DATA="${SHAPING_PG_DATA:-$DEFAULT_DATA}"
 URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/$DB"
 
 say() { printf 'postgres: %s\n' "$*"; }
 die() { printf 'postgres: ERROR: %s\n' "$*" >&2; exit 1; }
 
-# Server processes must not inherit a working directory they cannot read.
+# Server processes must not inherit a working directory they cannot read. Everything below uses
+# absolute paths ($HERE, $REPO, $DATA), so the script works by any path from any directory.
 cd /
 
 IS_ROOT=0
@@ -264,7 +269,7 @@ SQL
 
 # stop_watchdog comes from here; start_watchdog below replaces the shared one because a
 # PostgreSQL server is watched through its postmaster.pid, not its pid.
-source "$(dirname "${BASH_SOURCE[0]}")/../lib/watchdog.sh"
+source "$HERE/../lib/watchdog.sh"
 
 # Stop the server if the owning process (e.g. a pytest session) disappears
 # without running its teardown.

@@ -1,4 +1,4 @@
-"""AIND curricula and tables for the conformance tests (read from ../shared/anchors)."""
+"""AIND curricula and tables for the conformance tests (tests/data/anchors/aind)."""
 
 from __future__ import annotations
 

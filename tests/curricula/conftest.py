@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.anchors import AIND as ANCHORS
 from tests.support.scripts import REPO
 
-ANCHORS = REPO.parent / "shared" / "anchors" / "aind"
 AIND_CURRICULA = ANCHORS / "curricula"
 AIND_DATA = ANCHORS / "data"
 DATA = Path(__file__).parent / "data"

@@ -1,5 +1,5 @@
 """Conformance with IBL's training status (ibllib ``brainbox.behavior.training``) on the real
-trials of subject SWC_054 (../shared/anchors/ibl), through Shaping's event path only.
+trials of subject SWC_054 (tests/data/anchors/ibl), through Shaping's event path only.
 
 Three sets of expectations from ``ibl_expected_statuses.json``, each checked through the batch
 command (``shaping evaluate --trials``, which runs the embedded runtime) and through the stream
@@ -49,10 +49,10 @@ from services.curricula.ibl_trials import (
 )
 from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures
 from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
+from tests.support.anchors import IBL
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.scripts import REPO
 
-IBL = REPO.parent / "shared" / "anchors" / "ibl"
 TRIALS = IBL / "trials_test_flat.csv"
 EXPECTED = IBL / "ibl_expected_statuses.json"
 BASIC = REPO / "curricula" / "basic-shaping.yaml"
@@ -61,7 +61,7 @@ BASIC = REPO / "curricula" / "basic-shaping.yaml"
 def anchor(path: Path) -> Path:
     """An anchor file; a missing one fails the test (never skips it)."""
     if not path.is_file():
-        pytest.fail(f"missing anchor {path}: the IBL conformance data must be in ../shared")
+        pytest.fail(f"missing anchor {path}: the IBL conformance data is in tests/data/anchors")
     return path
 
 

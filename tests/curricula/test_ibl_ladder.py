@@ -26,9 +26,9 @@ from services.curricula.ibl_trials import IblSession, read_trials, session_event
 from services.curricula.loader import load_curriculum
 from services.domain import CurriculumCatalog, MouseState, TrainingCore, initial_state
 from services.domain.metrics import SessionMetrics
+from tests.support.anchors import IBL
 from tests.support.scripts import REPO
 
-IBL = REPO.parent / "shared" / "anchors" / "ibl"
 TRIALS = IBL / "trials_test_flat.csv"
 EXPECTED = IBL / "ibl_expected_statuses.json"
 LADDER = REPO / "curricula" / "ibl" / "training-status.yaml"

@@ -84,6 +84,86 @@ def test_every_env_file_and_mounted_path_exists() -> None:
                 assert source in named_volumes, (name, source)
 
 
+# Where each stateful service keeps its data. Each is read from the service's own settings in
+# docker-compose.yml (never left to an image default, which can change between image versions:
+# apache/kafka's default log.dirs is /tmp/kraft-combined-logs, lost with the container).
+STATELESS = {"topics", "projector", "rigs"}
+
+
+def _dockerfile_env(name: str) -> str | None:
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        match = re.match(rf"ENV\s+{name}=(\S+)", line.strip())
+        if match:
+            return match.group(1)
+    return None
+
+
+def data_dirs(services: dict[str, Any]) -> dict[str, list[str]]:
+    kafka = services["kafka"].get("environment") or {}
+    postgres = services["postgres"].get("environment") or {}
+    grafana = services["grafana"].get("environment") or {}
+    processor = services["processor"].get("environment") or {}
+    tsdb = [
+        arg.split("=", 1)[1]
+        for arg in services["prometheus"].get("command") or []
+        if arg.startswith("--storage.tsdb.path=")
+    ]
+    dirs = {
+        "kafka": str(kafka.get("KAFKA_LOG_DIRS", "")).split(","),
+        "postgres": [postgres.get("PGDATA", "")],
+        "prometheus": tsdb or [""],
+        "grafana": [grafana.get("GF_PATHS_DATA", "")],
+        "processor": [processor.get("SHAPING_DATA_DIR") or _dockerfile_env("SHAPING_DATA_DIR")],
+    }
+    if "KAFKA_METADATA_LOG_DIR" in kafka:
+        dirs["kafka"].append(kafka["KAFKA_METADATA_LOG_DIR"])
+    return {name: [str(d or "") for d in found] for name, found in dirs.items()}
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each volume, in the short or the long syntax."""
+    found = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            source, target = str(volume.get("source", "")), str(volume["target"])
+            found.append((source, target, bool(volume.get("read_only"))))
+        else:
+            parts = volume.split(":")
+            found.append((parts[0], parts[1], len(parts) > 2 and "ro" in parts[2].split(",")))
+    return found
+
+
+def test_every_service_is_known_as_stateful_or_stateless() -> None:
+    services = compose()["services"]
+    assert set(services) == set(data_dirs(services)) | STATELESS
+
+
+def test_every_stateful_service_keeps_its_data_on_a_named_volume() -> None:
+    document = compose()
+    services = document["services"]
+    named = set(document.get("volumes") or {})
+    for name, dirs in data_dirs(services).items():
+        for path in dirs:
+            assert path.startswith("/"), f"{name}: its data directory is not set explicitly"
+            assert not path.startswith("/tmp"), f"{name}: data in {path} is lost on restart"
+            holders = [
+                (source, target, read_only)
+                for source, target, read_only in mounts(services[name])
+                if path == target or path.startswith(target.rstrip("/") + "/")
+            ]
+            # The innermost mount holds the data (Grafana mounts dashboards inside its data).
+            assert holders, f"{name}: {path} is on no volume"
+            source, _, read_only = max(holders, key=lambda mount: len(mount[1]))
+            assert source in named, f"{name}: {path} is on {source!r}, not a named volume"
+            assert not read_only, f"{name}: {path} is mounted read-only"
+
+
+def test_kafka_keeps_its_log_in_the_volume_the_image_declares() -> None:
+    kafka = compose()["services"]["kafka"]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert ("kafka-data", "/var/lib/kafka/data", False) in mounts(kafka)
+
+
 def test_the_dockerfile_copies_what_exists() -> None:
     for line in (REPO / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):

@@ -5,6 +5,9 @@ through the environment, used by simulated rigs, and stopped without leaving any
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from services.common.topics import TopicNames
 from services.projector.store import SqlProjectionStore
 from tests.ops.helpers import STACK_SH, free_ports, port_open, prom_value, read_pid, run
 from tests.support.processes import wait_until
-from tests.support.scripts import make_temp_dir, remove_dir
+from tests.support.scripts import REPO, make_temp_dir, remove_dir
 
 pytestmark = [pytest.mark.e2e]
 
@@ -97,4 +100,98 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
     assert not [port for port in ports if port_open(port)]
     assert not list(stack.glob("*.pid")) and not (stack / "kafka" / "kafka.pid").exists()
     assert not (stack / "prometheus" / "prometheus.pid").exists()
+    remove_dir(base)
+
+
+def _stack_env(base: Path) -> tuple[dict[str, str], list[int]]:
+    """The environment of a stack on free ports with its data under ``base``."""
+    ports = free_ports(7)
+    names = ["KAFKA", "KAFKA_CONTROLLER", "PG", "PROMETHEUS", "PROCESSOR_METRICS"]
+    names += ["PROJECTOR_METRICS", "GRAFANA"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
+    env.update({f"SHAPING_{name}_PORT": str(port) for name, port in zip(names, ports, strict=True)})
+    env["SHAPING_STACK_DIR"] = str(base / "stack")
+    env["SHAPING_OWNER_PID"] = str(os.getpid())  # safety net if this test dies
+    return env, ports
+
+
+def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``make stack-<command>`` (``stack.sh check`` has no make target)."""
+    args = (
+        ["bash", str(STACK_SH), "check"]
+        if command == "check"
+        else ["make", "-s", f"stack-{command}"]
+    )
+    return subprocess.run(
+        args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def _nothing_runs(stack: Path, ports: list[int], but: frozenset[int] = frozenset()) -> None:
+    pid_files = [
+        stack / "kafka" / "kafka.pid",
+        stack / "processor.pid",
+        stack / "projector.pid",
+        stack / "prometheus" / "prometheus.pid",
+        stack / "postgres" / "postmaster.pid",
+    ]
+    alive = {str(path): read_pid(path) for path in pid_files if _alive(read_pid(path))}
+    assert not alive, f"left running: {alive}"
+    assert not [port for port in ports if port not in but and port_open(port)]
+
+
+def test_stack_up_in_a_directory_postgres_cannot_reach_starts_nothing_and_says_how_to_fix() -> None:
+    """As root the server runs as the postgres user, which cannot traverse a 0700 directory
+    (what mkdtemp makes). `up` used to start Kafka, then fail at PostgreSQL and leave Kafka
+    running; now it checks first and says what to change."""
+    base = Path(tempfile.mkdtemp(prefix="shaping-test-0700-"))  # mode 0700
+    env, ports = _stack_env(base)
+    stack = base / "stack"
+    try:
+        check = _stack("check", env)
+        if os.geteuid() != 0:
+            # Not root: the server runs as us, who can reach our own directory.
+            assert check.returncode == 0, check.stdout + check.stderr
+            return
+        assert check.returncode != 0
+        result = _stack("up", env)
+        assert result.returncode != 0
+        for output in (check.stderr, result.stderr):
+            assert "user 'postgres' cannot reach" in output, output
+            assert str(base) in output, output
+            assert "SHAPING_STACK_DIR=" in output and f"chmod o+x {base}" in output, output
+        assert "kafka: starting" not in result.stdout + result.stderr
+        _nothing_runs(stack, ports)
+        assert not (stack / "kafka").exists() and not (stack / "postgres").exists()
+    finally:
+        _stack("down", env)
+        remove_dir(base)
+    _nothing_runs(stack, ports)
+
+
+def test_stack_up_stops_what_it_started_when_a_later_part_fails(
+    prometheus_installed: None,
+) -> None:
+    """The last part (Prometheus) cannot start: its port is taken by a stranger. Kafka,
+    PostgreSQL, the processor and the projector, started by this `up`, are stopped again."""
+    base = make_temp_dir("shaping-test-stack-rollback-")
+    env, ports = _stack_env(base)
+    stack = base / "stack"
+    stranger = socket.socket()
+    stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    prometheus_port = int(env["SHAPING_PROMETHEUS_PORT"])
+    stranger.bind(("127.0.0.1", prometheus_port))
+    stranger.listen()
+    try:
+        result = _stack("up", env)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert f"port 127.0.0.1:{prometheus_port} is already in use" in output, output
+        assert "projector up" in output and "processor up" in output, output
+        assert "stopping what it started: kafka postgres processor projector" in output, output
+        _nothing_runs(stack, ports, but=frozenset({prometheus_port}))
+    finally:
+        stranger.close()
+        _stack("down", env)
+    _nothing_runs(stack, ports)
     remove_dir(base)

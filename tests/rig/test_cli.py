@@ -16,9 +16,10 @@ from rig.clock import VirtualClock
 from rig.store import RigStore
 from services.cli import app
 from tests.rig.support import PINS, START, assignment, config_in, seed_cache, write_config
+from tests.support.anchors import REACH
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
-ANCHOR = Path(__file__).resolve().parents[3] / "shared" / "anchors" / "reach" / "mouse001.json"
+ANCHOR = REACH / "mouse001.json"
 PARAMS = {
     "session_minutes": 10,
     "iti_min_s": 2.0,

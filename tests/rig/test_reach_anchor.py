@@ -1,6 +1,6 @@
 """reach interop: its fixture mouse, imported as events, gives reach's own per-session results.
 
-The anchors are read from ../shared/anchors/reach at test time (never copied here):
+The anchors are reach's own files, kept in tests/data/anchors/reach (GPLv3 data, see its README):
 ``mouse001.json`` is reach's test fixture (8 sessions) and ``expected_results.json`` holds what
 reach's ``Mouse.get_results`` computes at HEAD, plus the values reach's own tests assert.
 """
@@ -8,7 +8,6 @@ reach's ``Mouse.get_results`` computes at HEAD, plus the values reach's own test
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +15,9 @@ import pytest
 from rig.reach import import_reach_sessions, load_reach_file, reach_results
 from schemas.codec import default_codec
 from schemas.events import MovementDetected, SessionEnded, SessionStarted, TrialCompleted
+from tests.support.anchors import REACH
 
-ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "anchors" / "reach"
+ANCHORS = REACH
 COUNTS = [
     "trials",
     "correct_l",
