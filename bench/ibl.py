@@ -12,9 +12,9 @@ Measures, on one synthetic IBL mouse (60 dates of 600 trials by default, ``train
    embedded runtime (Avro bytes, the processor step) as ``shaping evaluate --trials`` runs it;
 3. ibllib: the same trials judged by ibllib's own ``brainbox.behavior.training``
    (``get_training_status`` per date on the 3-date window, then
-   ``pass_through_training_hierachy``) in a separate venv (``.cache/bench-ibllib-venv``, created
-   and filled by ``pip install ibllib`` the first time), in the same run; the statuses of both
-   are compared date by date.
+   ``pass_through_training_hierachy``) in a separate venv (``.cache/bench-ibllib-venv``,
+   created and filled by ``pip install ibllib==4.1.0`` the first time), in the same run; the
+   statuses of both are compared date by date.
 
 Prints the figures and rewrites the IBL section of bench/REPORT.md (between its markers;
 ``python -m bench.run`` keeps that section when it rewrites the rest).
@@ -48,6 +48,8 @@ REPORT = Path(__file__).resolve().parent / "REPORT.md"
 BEGIN = "<!-- bench.ibl: begin (written by python -m bench.ibl; kept by python -m bench.run) -->"
 END = "<!-- bench.ibl: end -->"
 VENV = REPO / ".cache" / "bench-ibllib-venv"
+IBLLIB = "ibllib==4.1.0"
+"""The ibllib the comparisons run (tests/data/ibl_generated was made with it)."""
 UPSTREAM = Path(__file__).resolve().parent / "ibl_upstream.py"
 CURRICULUM = "ibl"
 BASELINE = "basic-shaping"
@@ -270,7 +272,8 @@ def through_runtime(sessions, curriculum: str) -> tuple[float, list[str]]:  # ty
 def venv_python(venv: Path = VENV, log: Callable[[str], None] = print) -> Path:
     """The python of a venv that has ibllib, creating and filling it the first time.
 
-    ``pip install ibllib`` (it brings ONE, iblutil, psychofit, matplotlib, seaborn, boto3...);
+    ``pip install ibllib==4.1.0`` (:data:`IBLLIB`; it brings ONE, iblutil, psychofit,
+    matplotlib, seaborn, boto3...);
     when that fails, ibllib without its dependencies plus what ``brainbox.behavior.training``
     and ``ibllib.pipes.training_status`` import.
     """
@@ -285,7 +288,7 @@ def venv_python(venv: Path = VENV, log: Callable[[str], None] = print) -> Path:
     log(f"  creating {venv} with ibllib (once; several minutes) ...")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
-    done = subprocess.run([*pip, "ibllib"], capture_output=True, text=True)
+    done = subprocess.run([*pip, IBLLIB], capture_output=True, text=True)
     if done.returncode != 0:
         log("  pip install ibllib failed; trying ibllib without its dependencies ...")
         minimal = [
@@ -299,7 +302,7 @@ def venv_python(venv: Path = VENV, log: Callable[[str], None] = print) -> Path:
             "ONE-api",
             "boto3",
         ]
-        subprocess.run([*pip, "--no-deps", "ibllib"], check=True)
+        subprocess.run([*pip, "--no-deps", IBLLIB], check=True)
         subprocess.run([*pip, *minimal], check=True)
     result = subprocess.run(probe, capture_output=True, text=True)
     if result.returncode != 0:
@@ -651,7 +654,8 @@ def method(plan: MousePlan, n_trials: int) -> list[str]:
         "state, decisions included; the psychometric fit cache is emptied before every timed "
         "run. ibllib runs in its own process and venv on the same CSV, "
         "timed from per-date numpy arrays to the last status, `np.random.seed(0)` before each "
-        "repeat. Median of the repeats; the machine is shared, so compare within one run.",
+        "window, as ibllib's tests do. Median of the repeats; the machine is shared, so "
+        "compare within one run.",
     ]
 
 

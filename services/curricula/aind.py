@@ -18,6 +18,10 @@ versions, so the suffix becomes part of the name (``Uncoupled Without Baiting rw
 version ``2.2.1``) and the original is kept in ``origin``; the ``Graduated`` stage, which AIND
 treats as absorbing, becomes a terminal stage; each stage keeps AIND's enum name
 (``STAGE_1_WARMUP``) as an alias; parameters shared by every stage become ``defaults``.
+``metrics.session_total`` keeps its name and meaning: AIND sets it to the session's number
+(``session_total=session``), and so does Shaping's ``session_total`` (a session table's
+``session`` column; on the event path the count of the mouse's sessions, which is the number
+of the assignment the rig ran), so sessions 1-7 then 10 make the last one session 10.
 
 Parameter types: AIND publishes JSON Schemas of its curricula next to them
 (``DynamicForagingCurriculum_v1.0.json``, ``DummyTaskCurriculum_v1.0.json``), whose ``$defs``

@@ -10,9 +10,14 @@ counts, the decision, the next stage, the rule that held, and the evidence (ever
 observed values and verdict, as JSON).
 
 Semantics match the event path (:mod:`services.domain.core`): the first session runs the first
-stage; ``session_total`` counts the subject's sessions; ``sessions_at_stage`` counts sessions
-in a row at the stage actually run (restarting at 1 when it changes); a version change keeps
-the subject's stage and counts.
+stage; ``session_total`` is the judged session's number, as AIND's engine reads it
+(``session_total=session``): the table's ``session`` value when it holds a number, so a table
+with sessions 1-7 then 10 judges the last one as session 10, and a row without a number
+counts on from the session before it (the first is 1; with no session column, the count of
+the subject's sessions). On the event path, where every session a rig runs is reported, the
+session number is the count of the mouse's sessions, which is also the ``session_number`` of
+the assignment it ran. ``sessions_at_stage`` counts sessions in a row at the stage actually run
+(restarting at 1 when it changes); a version change keeps the subject's stage and counts.
 """
 
 from __future__ import annotations
@@ -49,10 +54,14 @@ OUTPUT_COLUMNS = (
 
 @dataclass
 class TableMetrics:
-    """Metric values of one subject at one session, from the table's columns."""
+    """Metric values of one subject at one session, from the table's columns.
+
+    ``session_total`` is the judged session's number (AIND's ``session_total=session``), not
+    the count of rows: it can skip numbers.
+    """
 
     history: list[dict[str, float | None]]
-    session_total: int
+    session_total: float
     sessions_at_stage: int
 
     def value(
@@ -107,7 +116,7 @@ class _Subject:
     next_stage: str | None = None
     last_run: str | None = None
     streak: int = 0
-    total: int = 0
+    number: float = 0.0
     history: list[dict[str, float | None]] = field(default_factory=list)
 
 
@@ -122,6 +131,11 @@ def _float(text: Any) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _number(value: float) -> int | float:
+    """A session number as written: an integer when it is one."""
+    return int(value) if value.is_integer() else value
 
 
 def _session_key(row: Mapping[str, Any], column: str, index: int) -> tuple[float, int]:
@@ -208,12 +222,13 @@ class Evaluator:
             if given not in options.no_stage_values:
                 actual = curriculum.resolve(given)
                 closed_loop = True
-        state.total += 1
+        given_number = _float(row.get(options.session_column))
+        state.number = given_number if given_number is not None else state.number + 1
         state.streak = state.streak + 1 if actual == state.last_run else 1
         values = {m: _float(row.get(self.metric_column(m))) for m in metrics}
         state.history.append(values)
         evaluation = curriculum.evaluate(
-            actual, TableMetrics(state.history, state.total, state.streak)
+            actual, TableMetrics(state.history, state.number, state.streak)
         )
         state.last_run = actual
         state.next_stage = evaluation.to_stage
@@ -226,7 +241,7 @@ class Evaluator:
             "current_stage_suggested": suggested,
             "current_stage_actual": actual,
             "if_closed_loop": closed_loop,
-            "session_total": state.total,
+            "session_total": _number(state.number),
             "session_at_current_stage": state.streak,
             "decision": evaluation.decision,
             "next_stage_suggested": evaluation.to_stage,

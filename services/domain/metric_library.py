@@ -23,7 +23,7 @@ from services.domain.metric_registry import (
     median,
     ratio,
 )
-from services.domain.psychometric import fit_psychometric
+from services.domain.psychometric import block_fit_position, fit_psychometric
 from services.domain.session_stats import SessionStats, block_key, parse_cell
 
 _NORMAL = NormalDist()
@@ -219,10 +219,19 @@ def _window_dprime(view: MetricView, **window: Any) -> float | None:
 def _psych(view: MetricView, block: float | None, window: dict[str, Any]) -> tuple[float, ...]:
     key = ("psych", block, tuple(sorted(window.items())))
     if key not in view.cache:
-        cells = _cells(view.window(window), block)
+        units = view.window(window)
+        cells = _cells(units, block)
         contrasts = sorted(cells)
+        # ibllib fits a window's blocks in one sequence of its random generator (0.2, then
+        # 0.8): the position of this fit in it (services/domain/psychometric.py).
+        after = block_fit_position(
+            block, lambda other: any(n for n, _ in _cells(units, other).values())
+        )
         view.cache[key] = fit_psychometric(
-            contrasts, [cells[c][0] for c in contrasts], [cells[c][1] for c in contrasts]
+            contrasts,
+            [cells[c][0] for c in contrasts],
+            [cells[c][1] for c in contrasts],
+            after=after,
         )
     fit: tuple[float, ...] = view.cache[key]
     return fit
@@ -299,9 +308,10 @@ def _psych_definition(name: str, what: str) -> MetricDefinition:
         f"{what} of IBL's psychometric fit (psychofit erf_psycho_2gammas, maximum likelihood, "
         f"{_IBL}.compute_psychometric's training-status settings) of the fraction of rightward "
         f"choices per signed contrast, misses counted as not rightward; block=p fits only "
-        f"trials with probabilityLeft p. Deterministic: psychofit's random restarts use a "
-        f"fixed seed (services/domain/psychometric.py). NaN when the window has no trials."
-        + _WINDOW,
+        f"trials with probabilityLeft p. Deterministic: psychofit's random restarts draw from "
+        f"a generator seeded with 0 per window, shared by the block fits in ibllib's order "
+        f"(0.2, then 0.8), as in ibllib's tests (services/domain/psychometric.py). NaN when "
+        f"the window has no trials." + _WINDOW,
         function=functions[name],
         arguments=(_BLOCK,),
     )
@@ -315,7 +325,11 @@ def builtin_metrics() -> list[MetricDefinition]:
         MetricDefinition(
             "session_total",
             "counter",
-            "Sessions run in all, including the judged one.",
+            "The judged session's number (AIND's session_total, which upstream sets to the "
+            "session number): on the event path the mouse's sessions run in all, including the "
+            "judged one (the session_number of the assignment a rig runs); in a session table "
+            "(shaping evaluate --sessions) the session column's number, which can skip numbers "
+            "(sessions 1-7 then 10: 10 on the 8th row).",
             function=_session_total,
         ),
         MetricDefinition(

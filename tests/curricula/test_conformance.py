@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -162,4 +163,131 @@ def test_shaping_evaluate_writes_the_decision_table(tmp_path: Path) -> None:
     assert [o["metric"] for o in evidence[0]["observations"]] == [
         "finished_trials[-1]",
         "foraging_efficiency[-1]",
+    ]
+
+
+def gap_table() -> list[dict[str, str]]:
+    """One mouse run at Stage final for sessions 1-7 and then 10 (8 rows), every session good
+    enough to graduate under Coupled Baiting v0.1 once ``session_total >= 10``."""
+    return [
+        {
+            "subject_id": "gap",
+            "session": str(number),
+            "finished_trials": "600",
+            "foraging_efficiency": "0.8",
+            "stage_run": "STAGE_FINAL",
+        }
+        for number in (*range(1, 8), 10)
+    ]
+
+
+def test_session_total_is_the_session_number_so_aind_graduates_at_session_10() -> None:
+    """AIND's engine reads ``session_total`` as the session's number (``session_total=session``),
+    not the count of rows: with sessions 1-7 then 10, v0.1's graduation (session_total >= 10,
+    5 sessions at Stage final, mean finished trials >= 500, mean efficiency >= 0.7) holds on the
+    8th row, session 10."""
+    options = TableOptions(stage_column="stage_run")
+    decisions = Evaluator([v01()], options).run(gap_table())
+    curriculum = v01()
+    ours = [
+        (
+            d["session"],
+            d["session_total"],
+            aind_decision(str(d["decision"])),
+            alias(curriculum, str(d["next_stage_suggested"])),
+        )
+        for d in decisions
+    ]
+    assert ours == [
+        *((str(n), n, "STAY", "STAGE_FINAL") for n in range(1, 8)),
+        ("10", 10, "PROGRESS", "GRADUATED"),
+    ]
+    assert (decisions[-1]["decision"], decisions[-1]["next_stage_suggested"]) == (
+        "progress",
+        "Graduated",
+    )
+    assert decisions[-1]["session_at_current_stage"] == 8
+    # The same sessions numbered 1-8 are 8 sessions: not yet 10, so the mouse stays.
+    renumbered = [{**row, "session": str(i + 1)} for i, row in enumerate(gap_table())]
+    last = Evaluator([v01()], options).run(renumbered)[-1]
+    assert (last["session_total"], last["decision"]) == (8, "stay")
+
+
+def test_shaping_evaluate_reads_the_session_number_from_the_table(tmp_path: Path) -> None:
+    """The gap case through the command: the decision table says session_total 10 and the
+    move to Graduated."""
+    import yaml
+
+    curriculum = tmp_path / "coupled-baiting-0.1.yaml"
+    curriculum.write_text(yaml.safe_dump(v01_document(), sort_keys=False))
+    table = tmp_path / "sessions.csv"
+    rows = gap_table()
+    with table.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "decisions.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--curriculum",
+            str(curriculum),
+            "--sessions",
+            str(table),
+            "--out",
+            str(out),
+            "--stage-column",
+            "stage_run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with out.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["session"], r["session_total"], r["decision"]) for r in written][-2:] == [
+        ("7", "7", "stay"),
+        ("10", "10", "progress"),
+    ]
+    assert written[-1]["next_stage_suggested"] == "Graduated"
+
+
+def test_on_the_event_path_the_session_number_is_the_number_of_the_assignment_run() -> None:
+    """The event path numbers sessions as the rig runs them: the assignment for the next
+    session carries its number (sessions finished + 1), and the decision on it reads that number
+    as ``session_total``. A rig cannot skip a number, so ten good sessions at Stage final
+    graduate on the tenth, as the table's session 10 does."""
+    from schemas.events import AssignmentIssued, MouseEnrolled, StageTransitioned
+    from services.domain import TrainingCore, initial_state
+    from services.domain.curriculum import CurriculumCatalog
+    from tests.curricula.aind_support import sessions_as_events
+
+    curriculum = v01()
+    core = TrainingCore(CurriculumCatalog([curriculum]))
+    state, outputs = core.handle(
+        initial_state("numbered"),
+        MouseEnrolled(
+            event_id="numbered-enrolled",
+            mouse_id="numbered",
+            occurred_at=datetime(2024, 1, 1, tzinfo=UTC),
+            curriculum_name=curriculum.name,
+            curriculum_version=curriculum.version,
+        ),
+    )
+    numbers = [o.session_number for o in outputs if isinstance(o, AssignmentIssued)]
+    seen: list[tuple[int, int, str, str]] = []
+    good = [{"finished_trials": 600, "foraging_efficiency": 0.8}] * 10
+    for events in sessions_as_events("numbered", good, lambda _: "Stage final"):
+        for event in events:
+            state, outputs = core.handle(state, event)
+            for output in outputs:
+                if isinstance(output, StageTransitioned):
+                    seen.append(
+                        (numbers[-1], output.session_total, output.decision, output.to_stage)
+                    )
+                elif isinstance(output, AssignmentIssued):
+                    numbers.append(output.session_number)
+    assert [(ran, total) for ran, total, _, _ in seen] == [(n, n) for n in range(1, 11)]
+    assert [(d, to) for _, _, d, to in seen][-2:] == [
+        ("stay", "Stage final"),
+        ("progress", "Graduated"),
     ]
