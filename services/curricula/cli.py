@@ -159,27 +159,68 @@ def show(
 def render(
     file: File,
     out: Out = None,
-    fmt: Annotated[str, typer.Option("--format", help="svg (needs graphviz) or dot.")] = "svg",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="svg, png, pdf (drawn by graphviz) or dot; by default the extension of --out "
+            "says it (svg without --out).",
+        ),
+    ] = None,
     parameters: Annotated[
         str, typer.Option(help="Parameters in the stage boxes: differing, all or none.")
     ] = "differing",
+    rules: Annotated[
+        str,
+        typer.Option(
+            help="auto, edges (descriptions on the edges) or table (rule names on the edges, "
+            "descriptions in one table; auto: table for a dense curriculum)."
+        ),
+    ] = "auto",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="auto, ranks (graphviz's dot, one rank per stage) or arcs (a ladder: one "
+            "column of stages, forward moves right, moves back left; auto: arcs for a dense "
+            "curriculum)."
+        ),
+    ] = "auto",
 ) -> None:
-    """Draw the stage graph (rule descriptions on the edges) and each stage's parameters."""
-    from services.curricula.errors import RenderError
-    from services.curricula.render import to_dot, to_svg
+    """Draw the stage graph (the rules on the edges, a legend) and each stage's parameters.
 
-    if fmt not in ("svg", "dot") or parameters not in ("differing", "all", "none"):
-        _fail("--format is svg or dot; --parameters is differing, all or none")
+    The format follows the extension of --out (.svg, .png, .pdf, .dot); an extension naming
+    no format is refused.
+    """
+    from services.curricula.errors import RenderError
+    from services.curricula.render import FORMATS, Format, format_for, render
+
+    if fmt is not None and fmt not in FORMATS:
+        _fail(f"--format {fmt}: the formats are svg, png, pdf or dot")
+    try:
+        wanted = format_for(out) if out is not None and (fmt is None or out.suffix) else None
+    except RenderError as exc:
+        if fmt is None:
+            _fail(str(exc))
+        wanted = None  # an extension naming no format, and --format says which
+    if fmt is not None and wanted is not None and fmt != wanted:
+        _fail(f"--format {fmt} contradicts the extension of {out} ({wanted})")
+    chosen: Format = fmt or wanted or "svg"
+    if parameters not in ("differing", "all", "none"):
+        _fail("--parameters is differing, all or none")
+    if rules not in ("auto", "edges", "table") or layout not in ("auto", "ranks", "arcs"):
+        _fail("--rules is auto, edges or table; --layout is auto, ranks or arcs")
     curriculum = _load(file)
     try:
-        data: bytes | str = (
-            to_svg(curriculum, parameters)  # type: ignore[arg-type]
-            if fmt == "svg"
-            else to_dot(curriculum, parameters)  # type: ignore[arg-type]
+        drawn = render(
+            curriculum,
+            chosen,
+            parameters,  # type: ignore[arg-type]
+            rules,  # type: ignore[arg-type]
+            layout,  # type: ignore[arg-type]
         )
     except RenderError as exc:
         _fail(str(exc))
-    _write(out, data)
+    _write(out, drawn.decode("utf-8") if chosen == "dot" else drawn)
 
 
 @app.command("diff")
