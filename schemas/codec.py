@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from schemas.errors import SerializationError
 from schemas.events import EVENT_TYPES, Event
+from schemas.identifiers import printable
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -65,12 +67,18 @@ class EventCodec:
 
     Schemas are parsed once, at construction. Writing always uses the newest schema of the
     event's type; reading accepts any committed version and resolves it to the newest.
+
+    Args:
+        versions: the schema versions this codec knows (default: every committed one). A
+            subset stands for an older release, e.g. a rig that does not know the newest
+            AssignmentIssued: it rejects data written with the versions it lacks as
+            ``undecodable`` (unknown fingerprint), as that release would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, versions: Iterable[SchemaVersion] | None = None) -> None:
         self._by_fingerprint: dict[bytes, SchemaVersion] = {}
         self._newest: dict[str, SchemaVersion] = {}
-        for version in load_schema_versions():
+        for version in load_schema_versions() if versions is None else versions:
             self._by_fingerprint[version.fingerprint] = version
             newest = self._newest.get(version.event_type)
             if newest is None or version.version > newest.version:
@@ -95,8 +103,10 @@ class EventCodec:
         buf.write(schema.fingerprint)
         try:
             fastavro.schemaless_writer(buf, schema.parsed, record, strict=True)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SerializationError(f"cannot encode {event.event_type}: {exc}", "invalid") from exc
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise SerializationError(
+                f"cannot encode {event.event_type}: {_describe(exc)}", "invalid"
+            ) from exc
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> Event:
@@ -119,14 +129,28 @@ class EventCodec:
                 f"unknown writer schema fingerprint {data[2:HEADER_LEN].hex()}"
             )
         reader = self._newest[writer.event_type]
+        body = io.BytesIO(data[HEADER_LEN:])
         try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(data[HEADER_LEN:]), writer.parsed, reader.parsed
-            )
-        except (EOFError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+            record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+        except Exception as exc:
+            # Any failure of the reader means the body is not a valid record of that schema:
+            # a truncated or mutated body (EOFError, ValueError, IndexError), bad UTF-8, or a
+            # timestamp outside Python's years 1-9999 (OverflowError). None may escape.
             raise SerializationError(
-                f"corrupt {writer.event_type} v{writer.version} body: {exc}"
+                f"corrupt {writer.event_type} v{writer.version} body: {_describe(exc)}"
             ) from exc
+        extra = len(data) - HEADER_LEN - body.tell()
+        if extra:
+            raise SerializationError(
+                f"corrupt {writer.event_type} v{writer.version} body: {extra} bytes after the "
+                "end of the record"
+            )
+        if isinstance(record, dict) and record.get("schema_version") != writer.version:
+            raise SerializationError(
+                f"schema_version field {printable(str(record.get('schema_version')))} does not "
+                f"match the writer schema ({writer.event_type} v{writer.version})",
+                "invalid",
+            )
         return self.from_record(writer.event_type, record)
 
     @staticmethod
@@ -148,6 +172,14 @@ class EventCodec:
                 f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
             )
             raise SerializationError(f"invalid {event_type}: {problems}", "invalid") from exc
+        except Exception as exc:  # a validator that failed in an unforeseen way
+            raise SerializationError(f"invalid {event_type}: {_describe(exc)}", "invalid") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short sentence for a person (bounded, no control characters)."""
+    text = printable(str(exc), 300) if str(exc) else type(exc).__name__
+    return text if isinstance(exc, ValueError | EOFError) else f"{text} ({type(exc).__name__})"
 
 
 @cache

@@ -13,7 +13,9 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.identifiers import check_id, check_name, check_session_id
 
 ParamValue = bool | int | float | str | None
 """A task parameter value: the Avro union ``[null, boolean, long, double, string]``."""
@@ -71,6 +73,44 @@ class Event(Record):
     occurred_at: UtcMillis
     causation_id: str | None = None
 
+    NAME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "curriculum_name",
+        "stage",
+        "from_stage",
+        "to_stage",
+        "start_stage",
+    )
+    """Fields that hold a curriculum or stage name (schemas.identifiers): checked in every
+    event that has them."""
+
+    @field_validator("mouse_id")
+    @classmethod
+    def _valid_mouse_id(cls, value: str) -> str:
+        return cls.check_mouse_id(value)
+
+    @classmethod
+    def check_mouse_id(cls, value: str) -> str:
+        """The grammar of this event type's ``mouse_id`` (a mouse id; see CurriculumPublished)."""
+        return check_id(value, "mouse_id")
+
+    @field_validator("rig_id")
+    @classmethod
+    def _valid_rig_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "rig_id")
+
+    @field_validator("session_id")
+    @classmethod
+    def _valid_session_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_session_id(value, "session_id")
+
+    @model_validator(mode="after")
+    def _valid_names(self) -> Event:
+        for name in self.NAME_FIELDS:
+            value = getattr(self, name, None)
+            if value is not None:
+                check_name(value, name)
+        return self
+
     def model_post_init(self, context: object) -> None:
         """Fills the wire name and schema version from the class when not given."""
         if not self.event_type:
@@ -110,9 +150,16 @@ class SessionStarted(Event):
     check that the rig ran exactly what it was told. ``session_date`` is the rig's local
     calendar date (``YYYY-MM-DD``; None: the UTC date of ``occurred_at``): metrics that pool the
     sessions of a date (IBL) and the recompute after a late session go by it.
+
+    Version 3 says whether the rig knew the assignment was not the current one
+    (``assignment_stale``: the decision on the previous session had not arrived within the
+    rig's bound, or the newest assignment was written with a schema the rig cannot read; the
+    words in ``assignment_stale_reason``) and how long it waited for the current assignment
+    (``assignment_wait_s``; None: not measured). A writer before v3 reads as not stale, with
+    the wait None.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     stage: str
     curriculum_name: str
@@ -120,6 +167,9 @@ class SessionStarted(Event):
     parameters: Parameters
     assignment_id: str | None = None
     session_date: Annotated[str | None, AfterValidator(_iso_date)] = None
+    assignment_stale: bool = False
+    assignment_wait_s: float | None = None
+    assignment_stale_reason: str | None = None
 
     @property
     def effective_date(self) -> str:
@@ -271,17 +321,47 @@ class AssignmentIssued(Event):
     warnings: list[str] = Field(default_factory=list)
 
 
+ERROR_KINDS = ("undecodable", "invalid", "impossible", "duplicate", "clock", "failed")
+"""Why a message was refused: not a Shaping message; breaks the contract; cannot have happened
+given the mouse's history; an event id reused with other content; dated outside the accepted
+window around the broker's time; or a failure that is a bug, parked after bounded retries."""
+
+ORIGINAL_VALUE_MAX = 65_536
+"""A dead letter keeps at most this many bytes of the original value (with its full size and
+SHA-256), so that it always fits in a Kafka message."""
+
+ORIGINAL_KEY_MAX = 1_024
+"""A dead letter keeps at most this many bytes of the original key."""
+
+REASON_MAX = 2_000
+"""A rejection reason is cut to this many characters."""
+
+
 class EventRejected(Event):
-    """A message that could not be accepted, kept with its original bytes (dead letter)."""
+    """A message that could not be accepted, kept with its original bytes (dead letter).
+
+    Schema version 2 bounded the copy: ``original_value`` holds at most
+    :data:`ORIGINAL_VALUE_MAX` bytes, and ``original_size`` and ``original_sha256`` describe the
+    whole original (None in version 1 data, whose copy is whole).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     reason: str
-    error_kind: Literal["undecodable", "invalid", "impossible"]
+    error_kind: Literal["undecodable", "invalid", "impossible", "duplicate", "clock", "failed"]
     source_topic: str
     source_partition: int
     source_offset: int
     original_key: bytes | None = None
     original_value: bytes
     rejected_by: str
+    original_size: int | None = None
+    original_sha256: str | None = None
+
+    @property
+    def original_truncated(self) -> bool:
+        """Whether ``original_value`` is only the start of the original."""
+        return self.original_size is not None and self.original_size > len(self.original_value)
 
 
 class CurriculumPublished(Event):
@@ -302,6 +382,15 @@ class CurriculumPublished(Event):
     bump: str = ""
     published_by: str = ""
     notes: str = ""
+
+    @classmethod
+    def check_mouse_id(cls, value: str) -> str:
+        """``curriculum:<name>``: a published version concerns no mouse."""
+        prefix = "curriculum:"
+        if not value.startswith(prefix):
+            raise ValueError(f"mouse_id of a CurriculumPublished must start with {prefix!r}")
+        check_name(value[len(prefix) :], "curriculum name in mouse_id")
+        return value
 
 
 class MouseMigrated(Event):

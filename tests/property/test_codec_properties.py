@@ -17,9 +17,14 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
+from schemas.identifiers import ID_RE, NAME_RE, SESSION_ID_RE
 
 TEXT = st.text(min_size=1, max_size=20)
 MAYBE_TEXT = st.none() | TEXT
+# Ids and names follow the identifier grammar (schemas/identifiers.py); free text is any text.
+ID = st.from_regex(ID_RE, fullmatch=True).filter(lambda v: len(v) <= 64)
+SESSION_ID = st.from_regex(SESSION_ID_RE, fullmatch=True).filter(lambda v: len(v) <= 128)
+NAME = st.from_regex(NAME_RE, fullmatch=True).filter(lambda v: len(v) <= 64)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 WHEN = st.datetimes(
     min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
@@ -31,9 +36,9 @@ PARAMS = st.dictionaries(
 )
 ENVELOPE = {
     "event_id": st.uuids().map(str),
-    "mouse_id": TEXT,
-    "rig_id": MAYBE_TEXT,
-    "session_id": MAYBE_TEXT,
+    "mouse_id": ID,
+    "rig_id": st.none() | ID,
+    "session_id": st.none() | SESSION_ID,
     "occurred_at": WHEN,
     "causation_id": MAYBE_TEXT,
 }
@@ -61,8 +66,8 @@ EVENTS = st.one_of(
     st.builds(
         SessionStarted,
         **ENVELOPE,
-        stage=TEXT,
-        curriculum_name=TEXT,
+        stage=NAME,
+        curriculum_name=NAME,
         curriculum_version=TEXT,
         parameters=PARAMS,
         assignment_id=MAYBE_TEXT,
@@ -70,9 +75,9 @@ EVENTS = st.one_of(
     st.builds(
         AssignmentIssued,
         **ENVELOPE,
-        stage=TEXT,
+        stage=NAME,
         parameters=PARAMS,
-        curriculum_name=TEXT,
+        curriculum_name=NAME,
         curriculum_version=TEXT,
         reason=TEXT,
         reason_detail=st.text(max_size=40),
@@ -82,10 +87,10 @@ EVENTS = st.one_of(
     st.builds(
         StageTransitioned,
         **ENVELOPE,
-        curriculum_name=TEXT,
+        curriculum_name=NAME,
         curriculum_version=TEXT,
-        from_stage=TEXT,
-        to_stage=TEXT,
+        from_stage=NAME,
+        to_stage=NAME,
         decision=st.sampled_from(["stay", "progress", "rollback", "skip", "graduate"]),
         rule=MAYBE_TEXT,
         rule_evaluations=st.lists(

@@ -221,5 +221,7 @@ def example_events() -> dict[str, Event]:
             original_key=b"M042",
             original_value=b"\xc3\x01\x00garbage",
             rejected_by="processor",
+            original_size=70_000,
+            original_sha256="ef" * 32,
         ),
     }

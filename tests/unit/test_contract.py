@@ -22,6 +22,7 @@ from schemas.events import (
     Event,
     Observation,
     RuleEvaluation,
+    SessionStarted,
     SessionSummary,
     TrialCompleted,
 )
@@ -291,3 +292,68 @@ def test_events_are_immutable_and_typed() -> None:
         event.n_trials = 3  # type: ignore[misc]
     assert isinstance(event, Event)
     assert event.event_type == "SessionEnded"
+
+
+def _golden(event_type: str, version: int) -> bytes:
+    return bytes.fromhex((GOLDEN / f"{event_type}.v{version}.hex").read_text())
+
+
+def test_session_started_v3_reads_v2_data_as_not_stale_and_not_measured() -> None:
+    """A rig still writing SessionStarted v2 (before the stale-assignment policy) is read as
+    having run its assignment as current, with the wait unknown."""
+    event = default_codec().decode(_golden("SessionStarted", 2))
+    assert event.schema_version == 2
+    assert isinstance(event, SessionStarted)
+    assert (event.assignment_stale, event.assignment_wait_s, event.assignment_stale_reason) == (
+        False,
+        None,
+        None,
+    )
+    assert event.assignment_id == example_events()["SessionStarted"].assignment_id
+
+
+def test_session_started_v3_carries_a_stale_assignment_on_the_wire() -> None:
+    stale = example_events()["SessionStarted"].model_copy(
+        update={
+            "assignment_stale": True,
+            "assignment_wait_s": 12.5,
+            "assignment_stale_reason": "no decision on M042-20260301T0930 after 12.5 s",
+        }
+    )
+    codec = default_codec()
+    encoded = codec.encode(stale)
+    assert encoded[2:10] == codec.newest("SessionStarted").fingerprint
+    assert codec.decode(encoded) == stale
+
+
+def test_a_codec_without_the_newest_schema_is_an_older_release() -> None:
+    """``EventCodec(versions=...)`` stands for a release that lacks a schema version: it reads
+    what it knows and rejects data written with the version it lacks as undecodable (unknown
+    fingerprint), which is what an old rig does with a newer assignment."""
+    older = EventCodec(
+        v for v in VERSIONS if not (v.event_type == "AssignmentIssued" and v.version >= 2)
+    )
+    assert older.newest("AssignmentIssued").version == 1
+    assert older.decode(_golden("AssignmentIssued", 1)).event_type == "AssignmentIssued"
+    with pytest.raises(SerializationError) as caught:
+        older.decode(_golden("AssignmentIssued", 2))
+    assert caught.value.kind == "undecodable"
+    assert "unknown writer schema fingerprint" in str(caught.value)
+    with pytest.raises(SerializationError, match="no Avro schema for event types"):
+        EventCodec(v for v in VERSIONS if v.event_type != "SessionEnded")
+
+
+RIG_WRITTEN = ("SessionStarted", "TrialCompleted", "SessionEnded", "MovementDetected")
+
+
+@pytest.mark.parametrize(
+    "version",
+    [v for v in VERSIONS if v.event_type in RIG_WRITTEN],
+    ids=lambda v: f"{v.event_type}.v{v.version}",
+)
+def test_the_current_service_reads_what_every_older_rig_wrote(version: Any) -> None:
+    """Services upgrade first (schemas/README.md): every version a rig of any release writes
+    decodes with the current codec, the fields added since taking their defaults."""
+    event = default_codec().decode(_golden(version.event_type, version.version))
+    assert event.schema_version == version.version
+    assert version.version <= type(event).SCHEMA_VERSION

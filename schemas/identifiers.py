@@ -1,0 +1,78 @@
+"""The one grammar for the names people and rigs give to things.
+
+Identifiers reach terminals, SQL tables, file names and Kafka keys, so they are checked where
+events enter (the pydantic models, hence every decoder) and where operators type them (the
+CLI), with the same functions:
+
+- **ids** (``mouse_id``, ``rig_id``): 1 to 64 characters, ASCII letters, digits and ``. _ -``,
+  starting with a letter or digit. ``M007``, ``SWC_054``, ``689798``, ``rig-2``.
+- **session ids**: the same characters plus ``: @ +``, up to 128 characters.
+- **names** (curricula and stages): 1 to 64 characters, ASCII letters, digits, spaces and
+  ``. _ - ( ) +``, starting with a letter or digit and not ending with a space. ``basic-shaping``,
+  ``Coupled Baiting``, ``trained 1a``, ``STAGE_FINAL``.
+
+Nothing else passes: no control characters, no NUL, no ``/`` (paths), no quotes or ``;``
+(SQL), no escape sequences (terminals), nothing longer than the limit.
+"""
+
+from __future__ import annotations
+
+import re
+
+ID_MAX = 64
+SESSION_ID_MAX = 128
+NAME_MAX = 64
+
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._()+-]*[A-Za-z0-9._()+-])?")
+_ID, _SESSION_ID, _NAME = ID_RE, SESSION_ID_RE, NAME_RE
+
+
+def printable(value: str, limit: int = 80) -> str:
+    """``value`` made safe to quote in a message for a person: control characters and
+    non-printable characters escaped (``\\x1b``), and cut to ``limit`` characters with the
+    full length said."""
+    shown = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value
+    )
+    if len(shown) > limit:
+        return f"{shown[:limit]}… ({len(value)} characters)"
+    return shown
+
+
+def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
+    if not pattern.fullmatch(value):
+        raise ValueError(f"{what} {printable(value)!r} is not allowed: {rule}")
+    return value
+
+
+_ID_RULE = "use letters, digits and . _ - (starting with a letter or digit)"
+_SESSION_RULE = "use letters, digits and . _ - : @ + (starting with a letter or digit)"
+_NAME_RULE = "use letters, digits, spaces and . _ - ( ) + (starting with a letter or digit)"
+
+
+def check_id(value: object, what: str = "id") -> str:
+    """Returns ``value`` when it is a valid mouse or rig id; raises ValueError saying why not."""
+    return _check(value, what, _ID, ID_MAX, _ID_RULE)
+
+
+def check_session_id(value: object, what: str = "session id") -> str:
+    """Returns ``value`` when it is a valid session id; raises ValueError saying why not."""
+    return _check(value, what, _SESSION_ID, SESSION_ID_MAX, _SESSION_RULE)
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Returns ``value`` when it is a valid curriculum or stage name; raises ValueError."""
+    return _check(value, what, _NAME, NAME_MAX, _NAME_RULE)
+
+
+def is_id(value: object) -> bool:
+    """Whether ``value`` is a valid mouse or rig id."""
+    return isinstance(value, str) and len(value) <= ID_MAX and bool(_ID.fullmatch(value))
