@@ -24,8 +24,19 @@ shaping_event_age_seconds          histogram  service                           
 shaping_consumer_lag               gauge      service, topic, partition         processor,
                                                                                 projector
 shaping_decisions_total            counter    curriculum, stage, decision       processor
+shaping_events_duplicate_total     counter    service                           processor
+shaping_processing_retries_total   counter    service, outcome                  processor,
+                                                                                projector
+shaping_event_time_offset_seconds  gauge      rig                               processor
 shaping_mice_per_stage             gauge      curriculum, stage                 projector
 shaping_rig_outbox_depth           gauge      rig                               rig agents
+shaping_rig_stale_assignments_     counter    rig, action                       rig agents
+total
+shaping_rig_undecodable_           counter    rig                               rig agents
+assignments_total
+shaping_rig_undecodable_           counter    rig                               rig agents
+decisions_total
+shaping_rig_clock_skew_seconds     gauge      rig                               rig agents
 faust_*                            various    (faust's own sensors)             processor
 =================================  =========  ================================  ================
 
@@ -134,6 +145,29 @@ CATALOGUE: tuple[MetricDoc, ...] = (
         "Input messages sent to the dead-letter topic, by EventRejected.error_kind.",
     ),
     MetricDoc(
+        "shaping_events_duplicate_total",
+        "counter",
+        ("service",),
+        ("processor",),
+        "Input messages dropped as duplicates: redeliveries and events seen before.",
+    ),
+    MetricDoc(
+        "shaping_processing_retries_total",
+        "counter",
+        ("service", "outcome"),
+        ("processor", "projector"),
+        "Messages whose processing failed and was retried (outcome retried) or parked on the "
+        "dead-letter topic or table after the last try (outcome parked).",
+    ),
+    MetricDoc(
+        "shaping_event_time_offset_seconds",
+        "gauge",
+        ("rig",),
+        ("processor",),
+        "occurred_at minus the broker's time of a rig's latest accepted event: its clock skew "
+        "plus the time the event waited in its outbox (the rig measures its skew alone).",
+    ),
+    MetricDoc(
         "shaping_processing_seconds",
         "histogram",
         ("service", "unit"),
@@ -175,6 +209,36 @@ CATALOGUE: tuple[MetricDoc, ...] = (
         ("rig",),
         ("rig",),
         "Events in a rig's durable outbox that Kafka has not acknowledged yet.",
+    ),
+    MetricDoc(
+        "shaping_rig_stale_assignments_total",
+        "counter",
+        ("rig", "action"),
+        ("rig",),
+        "Sessions about to start whose assignment had not arrived in time: run on the cached "
+        "assignment (action ran_cached) or refused (action refused).",
+    ),
+    MetricDoc(
+        "shaping_rig_undecodable_assignments_total",
+        "counter",
+        ("rig",),
+        ("rig",),
+        "Assignments for the rig's mice that it could not decode (a newer schema, corruption).",
+    ),
+    MetricDoc(
+        "shaping_rig_undecodable_decisions_total",
+        "counter",
+        ("rig",),
+        ("rig",),
+        "Decisions for the rig's mice that it could not decode.",
+    ),
+    MetricDoc(
+        "shaping_rig_clock_skew_seconds",
+        "gauge",
+        ("rig",),
+        ("rig",),
+        "The rig's clock minus the broker's, measured on its outbox's acknowledgements "
+        "(smoothed; positive: ahead).",
     ),
 )
 """Every metric Shaping defines (faust's own sensors come on top, prefixed ``faust_``)."""
@@ -273,6 +337,9 @@ class ServiceMetrics:
         self.produced = counter("shaping_events_produced_total")
         self.rejected = counter("shaping_events_rejected_total")
         self.decisions = counter("shaping_decisions_total")
+        self.duplicates = counter("shaping_events_duplicate_total")
+        self.retries = counter("shaping_processing_retries_total")
+        self.event_offset = gauge("shaping_event_time_offset_seconds")
         self.lag = gauge("shaping_consumer_lag")
         self.processing = histogram("shaping_processing_seconds", _LATENCY_BUCKETS)
         self.event_age = histogram("shaping_event_age_seconds", _AGE_BUCKETS)
@@ -290,6 +357,18 @@ class ServiceMetrics:
     def count_rejected(self, error_kind: str) -> None:
         """Counts one input sent to the dead-letter topic."""
         self.rejected.labels(self.service, error_kind).inc()
+
+    def count_duplicate(self) -> None:
+        """Counts one input dropped as a duplicate."""
+        self.duplicates.labels(self.service).inc()
+
+    def count_retry(self, outcome: str) -> None:
+        """Counts a failed processing attempt: ``retried`` or ``parked``."""
+        self.retries.labels(self.service, outcome).inc()
+
+    def set_event_offset(self, rig: str, seconds: float) -> None:
+        """Records how far a rig's latest event is dated from the broker's time."""
+        self.event_offset.labels(rig).set(seconds)
 
     def count_decision(self, curriculum: str, stage: str, decision: str) -> None:
         """Counts one StageTransitioned."""

@@ -27,6 +27,10 @@ class Settings:
         projector_id: the projector's name in its offsets table [SHAPING_PROJECTOR_ID].
         db_url: SQLAlchemy URL of the status tables [SHAPING_DB_URL].
         data_dir: working directory for local state [SHAPING_DATA_DIR].
+        clock_max_ahead_s: how far (seconds) an event may be dated ahead of the broker's time
+            of its message before the processor refuses it [SHAPING_CLOCK_MAX_AHEAD_S].
+        clock_max_behind_days: how far (days) before it [SHAPING_CLOCK_MAX_BEHIND_DAYS]; a
+            rig that was offline drains its outbox late, so this is wide.
     """
 
     bootstrap: str = field(default_factory=lambda: _env("SHAPING_BOOTSTRAP", "127.0.0.1:9092"))
@@ -38,6 +42,12 @@ class Settings:
     projector_id: str = field(default_factory=lambda: _env("SHAPING_PROJECTOR_ID", "projector"))
     db_url: str = field(default_factory=lambda: _env("SHAPING_DB_URL", "sqlite:///shaping.sqlite"))
     data_dir: str = field(default_factory=lambda: _env("SHAPING_DATA_DIR", ".shaping"))
+    clock_max_ahead_s: float = field(
+        default_factory=lambda: float(_env("SHAPING_CLOCK_MAX_AHEAD_S", "900"))
+    )
+    clock_max_behind_days: float = field(
+        default_factory=lambda: float(_env("SHAPING_CLOCK_MAX_BEHIND_DAYS", "366"))
+    )
 
     @property
     def topics(self) -> TopicNames:

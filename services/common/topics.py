@@ -3,7 +3,12 @@
 Five topics, all with the same explicit partition count (keys are mouse ids, so
 one mouse's records always land on one partition and stay ordered):
 
-``<prefix>.events``       the event log of record; kept forever (event sourcing)
+``<prefix>.events``       the event log of record; kept forever (event sourcing); the broker
+                          stamps each record with its own time (LogAppendTime), which the
+                          processor checks event dates against
+``<prefix>.accepted``     the rig and operator facts the processor accepted, verbatim (trials
+                          and movements aside): the projector's source of facts, so a refused
+                          event never reaches a table; kept forever
 ``<prefix>.decisions``    what the processor decided; kept forever (audit trail)
 ``<prefix>.assignments``  current curriculum assignment per key; *compacted*
 ``<prefix>.dead-letter``  records that could not be processed; kept for a long time
@@ -51,6 +56,7 @@ _DEAD_LETTER_RETENTION_MS = str(90 * 24 * 60 * 60 * 1000)  # 90 days
 # The configs describe_topics() reports (besides the partition count).
 _REPORTED_CONFIGS = (
     "cleanup.policy",
+    "message.timestamp.type",
     "retention.ms",
     "min.cleanable.dirty.ratio",
     "segment.ms",
@@ -66,6 +72,12 @@ class TopicNames:
     assignments: str
     dead_letter: str
     curricula: str
+    accepted: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.accepted:  # names built by hand before the accepted topic existed
+            prefix = self.events.removesuffix(".events")
+            object.__setattr__(self, "accepted", f"{prefix}.accepted")
 
     @classmethod
     def with_prefix(cls, prefix: str = "shaping") -> TopicNames:
@@ -77,10 +89,18 @@ class TopicNames:
             assignments=f"{prefix}.assignments",
             dead_letter=f"{prefix}.dead-letter",
             curricula=f"{prefix}.curricula",
+            accepted=f"{prefix}.accepted",
         )
 
     def all(self) -> list[str]:
-        return [self.events, self.decisions, self.assignments, self.dead_letter, self.curricula]
+        return [
+            self.events,
+            self.accepted,
+            self.decisions,
+            self.assignments,
+            self.dead_letter,
+            self.curricula,
+        ]
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,18 @@ def topic_specs(names: TopicNames, partitions: int = 4) -> list[TopicSpec]:
     return [
         TopicSpec(
             names.events,
+            partitions,
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": _FOREVER,
+                "retention.bytes": "-1",
+                # The broker's time, not the rig's: dates are checked against it and a rig's
+                # clock skew is measured from it.
+                "message.timestamp.type": "LogAppendTime",
+            },
+        ),
+        TopicSpec(
+            names.accepted,
             partitions,
             {"cleanup.policy": "delete", "retention.ms": _FOREVER, "retention.bytes": "-1"},
         ),
@@ -248,6 +280,16 @@ def _mismatches(specs: list[TopicSpec], found: dict[str, dict[str, Any]]) -> lis
         if info["partitions"] != spec.partitions:
             problems.append(
                 f"{spec.name}: has {info['partitions']} partitions, expected {spec.partitions}"
+            )
+        stamp = spec.configs.get("message.timestamp.type")
+        if stamp is not None and info.get("configs", {}).get("message.timestamp.type") != stamp:
+            # Not fatal (the topic works), but dates are then checked against the rigs' clocks.
+            log.warning(
+                "%s uses message.timestamp.type=%s, not %s: the processor checks dates against "
+                "the producers' clocks; change it with kafka-configs.sh --alter",
+                spec.name,
+                info.get("configs", {}).get("message.timestamp.type"),
+                stamp,
             )
         want, have = _policies(spec.cleanup_policy), _policies(info["cleanup.policy"])
         if want != have:

@@ -477,10 +477,18 @@ class TrainingCore:
             ):
                 return []  # the session in progress at the ejection ends; it is not judged
             raise ejected_refusal(state, f"end of session {event.session_id!r}")
+        judged_at = judged_index(state, event.session_id)
+        if judged_at is not None and state.judged[judged_at].ended_event_id != event.event_id:
+            # Another end of a session that already ended (a rig that re-sent a session under
+            # new ids, say): never a redelivery, which carries the same id.
+            raise ImpossibleEvent(
+                f"session {event.session_id!r} already ended (SessionEnded "
+                f"{state.judged[judged_at].ended_event_id}); a second end is refused"
+            )
         if event.session_id is not None and event.session_id == state.last_closed_session_id:
             # Redelivered end of the last session: send the same decision again (same ids).
             return [e for e in (state.last_decision, state.last_assignment) if e is not None]
-        if judged_index(state, event.session_id) is not None:
+        if judged_at is not None:
             # Redelivered end of a session judged late (by a recompute): its decisions were
             # published before the state that records them was stored; nothing to send again.
             return []

@@ -192,6 +192,12 @@ class MouseState(BaseModel):
             ``history`` (see :class:`JudgedSession`).
         enrolled_stage: the stage the mouse started on (its first assignment), where a
             recompute from its very first session starts.
+        input_offsets: per input ``topic/partition``, the offset of the last message folded
+            into this state. A message at or below it is a redelivery (the processor restarted
+            before committing its offset) and is dropped, whatever its age.
+        event_digests: digests of the content of the newest non-trial events, by event id
+            (at most :data:`RECENT_IDS`): an id that comes again with other content is a
+            reused id, refused, not a redelivery.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -217,6 +223,8 @@ class MouseState(BaseModel):
     parked_sessions: tuple[OpenSession, ...] = ()
     judged: tuple[JudgedSession, ...] = ()
     enrolled_stage: str | None = None
+    input_offsets: dict[str, int] = Field(default_factory=dict)
+    event_digests: dict[str, str] = Field(default_factory=dict)
 
     def seen(self, event_id: str) -> bool:
         """Whether a non-trial event with this id was already folded in."""
@@ -238,9 +246,10 @@ class MouseState(BaseModel):
 
 # -- the state as the processor stores it: a state record and an open-sessions record ----------
 
-SESSION_FIELDS = ("open_session", "parked_sessions")
+SESSION_FIELDS = ("open_session", "parked_sessions", "input_offsets")
 """The :class:`MouseState` fields a TrialCompleted can change (``evolve``: ``focus_session``
-then ``_evolve_trial``); every other field changes only with a non-trial event."""
+then ``_evolve_trial``; the processing step: the input offset); every other field changes
+only with a non-trial event."""
 
 _SESSIONS_MAGIC = b"SOS1"
 """First bytes of an open-sessions record (then zlib-compressed JSON)."""
@@ -271,6 +280,7 @@ class OpenSessions(BaseModel):
         base: digest of the state record these open sessions extend.
         open_session: ``MouseState.open_session``.
         parked_sessions: ``MouseState.parked_sessions``.
+        input_offsets: ``MouseState.input_offsets``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -278,6 +288,7 @@ class OpenSessions(BaseModel):
     base: str
     open_session: OpenSession | None = None
     parked_sessions: tuple[OpenSession, ...] = ()
+    input_offsets: dict[str, int] = Field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """Serialises the record (a marker, then zlib-compressed JSON)."""
@@ -306,6 +317,7 @@ def split_sessions(state: MouseState, record: bytes) -> OpenSessions:
         base=record_digest(record),
         open_session=state.open_session,
         parked_sessions=state.parked_sessions,
+        input_offsets=state.input_offsets,
     )
 
 
@@ -323,13 +335,17 @@ def join_sessions(record: bytes, sessions: bytes | None) -> MouseState:
     if part.base != record_digest(record):
         return state
     return state.model_copy(
-        update={"open_session": part.open_session, "parked_sessions": part.parked_sessions}
+        update={
+            "open_session": part.open_session,
+            "parked_sessions": part.parked_sessions,
+            "input_offsets": part.input_offsets or state.input_offsets,
+        }
     )
 
 
 def only_sessions_changed(before: MouseState, after: MouseState) -> bool:
     """Whether ``after`` differs from ``before`` at most in :data:`SESSION_FIELDS`."""
-    empty: dict[str, object] = {"open_session": None, "parked_sessions": ()}
+    empty: dict[str, object] = {"open_session": None, "parked_sessions": (), "input_offsets": {}}
     return before.model_copy(update=empty) == after.model_copy(update=empty)
 
 

@@ -12,9 +12,13 @@ import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic_core import to_jsonable_python
 
 from schemas.codec import EventCodec
 from schemas.errors import SerializationError
+from schemas.events import Event
 
 
 @dataclass(frozen=True)
@@ -55,22 +59,20 @@ class InProcessLog:
         return list(self._order)
 
     def save_jsonl(self, path: Path, codec: EventCodec) -> None:
-        """Writes the log as JSON Lines: position, key, base64 value and the decoded event."""
+        """Writes the log as JSON Lines (see :func:`jsonl_line`)."""
         with path.open("w", encoding="utf-8") as out:
             for record in self._order:
-                try:
-                    event = codec.decode(record.value).model_dump(mode="json")
-                except SerializationError as exc:
-                    event = {"undecodable": str(exc)}
-                line = {
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                    "key": record.key.decode("utf-8", "replace") if record.key else None,
-                    "value_b64": base64.b64encode(record.value).decode("ascii"),
-                    "event": event,
-                }
-                out.write(json.dumps(line, sort_keys=True) + "\n")
+                out.write(
+                    jsonl_line(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        codec,
+                    )
+                    + "\n"
+                )
 
     @classmethod
     def load_jsonl(cls, path: Path) -> InProcessLog:
@@ -78,7 +80,71 @@ class InProcessLog:
         log = cls()
         with path.open(encoding="utf-8") as lines:
             for line in lines:
-                item = json.loads(line)
-                key = item["key"].encode("utf-8") if item["key"] is not None else None
-                log.append(item["topic"], key, base64.b64decode(item["value_b64"]))
+                if line.strip():
+                    topic, _, _, key, value = jsonl_fields(json.loads(line))
+                    log.append(topic, key, value)
         return log
+
+
+def plain_json(value: Any) -> Any:
+    """``value`` as JSON-ready data: bytes as hex, dates as ISO 8601 text, anything else that
+    JSON cannot hold as its text (never raises on what a log holds)."""
+    return to_jsonable_python(value, bytes_mode="hex", inf_nan_mode="null", serialize_unknown=True)
+
+
+def event_json(event: Event, exclude: set[str] | None = None) -> dict[str, Any]:
+    """An event as JSON-ready data, as ``model_dump(mode="json")`` gives it, except that bytes
+    (a dead letter's original key and value) are hex rather than UTF-8 text, which arbitrary
+    bytes are not."""
+    data: dict[str, Any] = plain_json(event.model_dump(mode="python", exclude=exclude))
+    return data
+
+
+def jsonl_line(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes, codec: EventCodec
+) -> str:
+    """One message as a line of the log file: its position, its key (UTF-8 text, and whole in
+    base64 as ``key_b64`` when it is not UTF-8), its value in base64, and the decoded event for
+    people (bytes in it as hex; ``{"undecodable": why}`` when it does not decode)."""
+    event: Any
+    try:
+        event = event_json(codec.decode(value))
+    except SerializationError as exc:
+        event = {"undecodable": str(exc)}
+    line: dict[str, Any] = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode("utf-8", "replace") if key else None,
+        "value_b64": base64.b64encode(value or b"").decode("ascii"),
+        "event": event,
+    }
+    if key is not None and not _is_utf8(key):
+        line["key_b64"] = base64.b64encode(key).decode("ascii")
+    return json.dumps(line, sort_keys=True)
+
+
+def jsonl_fields(item: dict[str, Any]) -> tuple[str, int, int, bytes | None, bytes]:
+    """``(topic, partition, offset, key, value)`` of a line written by :func:`jsonl_line`.
+
+    Raises:
+        KeyError, TypeError, ValueError: when ``item`` is no such line.
+    """
+    topic, partition, offset = item["topic"], item["partition"], item["offset"]
+    if not isinstance(topic, str) or not isinstance(partition, int):
+        raise TypeError("topic must be text and partition a number")
+    if not isinstance(offset, int) or partition < 0 or offset < 0:
+        raise ValueError("offset must be a number, partition and offset at least 0")
+    if item.get("key_b64") is not None:
+        key: bytes | None = base64.b64decode(item["key_b64"], validate=True)
+    else:
+        key = item["key"].encode("utf-8") if item["key"] is not None else None
+    return topic, partition, offset, key, base64.b64decode(item["value_b64"], validate=True)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

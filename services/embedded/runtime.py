@@ -48,6 +48,7 @@ class EmbeddedRuntime:
         self.assignments: dict[str, AssignmentIssued] = {}
         self._kinds: dict[str, TopicKind] = {
             self.topics.events: "events",
+            self.topics.accepted: "accepted",
             self.topics.decisions: "decisions",
             self.topics.assignments: "assignments",
             self.topics.dead_letter: "dead_letter",
@@ -95,20 +96,25 @@ class EmbeddedRuntime:
         pending = self.log.records()[self._projected :]
         if not pending:
             return
+        self.store.apply_batch(PROJECTOR, self.messages(pending))
+        self._projected += len(pending)
+
+    def messages(self, records: Sequence[LogRecord] | None = None) -> list[ProjectedMessage]:
+        """Log records (all by default) as the projector reads them, decoded and with their
+        topic's kind; undecodable ones carry no event (they still advance the offset)."""
         messages = []
-        for record in pending:
+        for record in self.log.records() if records is None else records:
             event: Event | None
             try:
                 event = self.codec.decode(record.value)
-            except SerializationError:  # still advances the offset
+            except SerializationError:
                 event = None
             messages.append(
                 ProjectedMessage(
                     record.topic, record.partition, record.offset, event, self._kinds[record.topic]
                 )
             )
-        self.store.apply_batch(PROJECTOR, messages)
-        self._projected += len(pending)
+        return messages
 
     def latest_assignment(
         self, mouse_id: str, min_session_number: int = 1, timeout_s: float = 0.0

@@ -6,19 +6,22 @@ with the code and curricula installed now, next to the live ones, and then switc
 
 1. Snapshot. The processor's consumer group must be inactive (the processor stopped). Replay
    takes the end offsets of the events topic as its snapshot and reads the live output topics
-   (decisions, assignments, dead letters) to their ends.
+   (accepted, decisions, assignments, dead letters) to their ends.
 2. Fold. A throwaway consumer (no group, nothing committed) reads the events topic up to the
    snapshot, partitions merged by broker timestamp, and every message goes through the same
    :class:`~services.processor.step.ProcessorStep` and
    :class:`~services.domain.TrainingCore` the processor runs (so the same curricula, dead
-   letters and ids). A rich progress bar shows events/s and the time left.
-3. Project. The input messages and the outputs the fold produced are projected by the
-   projector's own store into fresh tables: a fresh PostgreSQL schema, or a fresh SQLite file.
+   letters and ids). An enrolment that names no curriculum version is pinned to the version
+   the log says it was accepted on (:class:`EnrolmentPins`), never to a newer one known now.
+   A rich progress bar shows events/s and the time left.
+3. Project. What the fold republished on the accepted topic and its outputs are projected by
+   the projector's own store into fresh tables: a fresh PostgreSQL schema, or a fresh SQLite
+   file.
 4. Reconcile. Each output is compared with the live one of the same id. Identical: the live
    event is kept. Different: a correction with a new id and ``supersedes`` naming the live
    version is published (decisions; for the compacted assignments topic only each mouse's
    latest assignment, which is what rigs read), so rigs get corrected assignments and every
-   consumer keeps the audit trail. Absent: published as it is.
+   consumer keeps the audit trail. Absent: published as it is (an accepted input verbatim).
 5. Diff. The fresh tables are compared with the live ones: per mouse, the stage now and after
    replay, and the decisions added, removed or changed (by session).
 6. Switch over. In one transaction the live tables are locked, checked to be untouched since
@@ -34,7 +37,13 @@ with the code and curricula installed now, next to the live ones, and then switc
    during the replay.
 
 Every step compares before it writes, so replaying twice changes nothing, and a replay that
-stopped half-way converges when run again. ``--dry-run`` stops after the diff.
+stopped half-way converges when run again. ``--dry-run`` stops after the diff and is read-only,
+so it may run while the services run: the live tables are read on a read-only connection, the
+fresh ones built in a temporary SQLite file, and nothing is published, written to a changelog
+or committed to a consumer group.
+
+Nothing in a log makes replay fail: records that hold no event, dead letters with arbitrary
+bytes (shown as hex), events the processor refused are all taken as the processor takes them.
 
 The embedded mode (``shaping demo``'s ``events.jsonl`` and SQLite file) runs the same fold,
 projection, reconciliation, diff and switch-over; corrections are appended to the log file,
@@ -44,33 +53,47 @@ starts). See ``docs/replay.md``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import delete, make_url, select, text
+from sqlalchemy import Connection, create_engine, delete, inspect, make_url, select, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.errors import SerializationError
-from schemas.events import AssignmentIssued, Event, EventRejected
+from schemas.events import (
+    AssignmentIssued,
+    Event,
+    EventRejected,
+    MouseEjected,
+    MouseEnrolled,
+    MouseMigrated,
+    SessionStarted,
+)
 from services.common.topics import TopicNames
 from services.curricula.catalog import default_catalog
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
+from services.domain.core import derived_event_id
 from services.domain.state import join_sessions
+from services.embedded.log import event_json, jsonl_fields, jsonl_line
 from services.operator.errors import OperatorError
-from services.processor.step import Outgoing, ProcessorStep, TopicKind
+from services.processor.step import ClockWindow, Outgoing, ProcessorStep, TopicKind
+from services.projector.errors import ProjectorError
 from services.projector.store import ProjectedMessage, SqlProjectionStore
 from services.projector.tables import PROJECTION_TABLES, metadata, projector_offsets
 
@@ -234,54 +257,62 @@ def _order(record: SourceRecord) -> tuple[float, int, int]:
 def read_jsonl(path: Path) -> list[SourceRecord]:
     """Every message of an embedded log (``events.jsonl`` of ``shaping demo``), in log order.
 
+    A key that is not UTF-8 is read from ``key_b64`` when the line has it (replay writes it).
+
     Raises:
         ReplayError: when the file cannot be read or is not such a log.
     """
     records = []
     try:
-        with path.open(encoding="utf-8") as lines:
+        with path.open(encoding="utf-8", errors="replace") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
-                    item = json.loads(line)
-                    key = item["key"].encode("utf-8") if item["key"] is not None else None
-                    value = base64.b64decode(item["value_b64"])
-                    records.append(
-                        SourceRecord(item["topic"], item["partition"], item["offset"], key, value)
-                    )
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ReplayError(f"{path}:{number}: not an event-log line ({exc})") from None
+                    records.append(_jsonl_record(json.loads(line)))
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise ReplayError(
+                        f"{path}:{number}: not an event-log line ({type(exc).__name__}: "
+                        f"{str(exc)[:200]})"
+                    ) from None
     except OSError as exc:
         raise ReplayError(f"cannot read the event log {path}: {exc.strerror}") from None
     return records
 
 
+def _jsonl_record(item: dict[str, Any]) -> SourceRecord:
+    """One line of an embedded log (raises KeyError, TypeError or ValueError if it is none)."""
+    return SourceRecord(*jsonl_fields(item))
+
+
 def _jsonl_line(record: SourceRecord, codec: EventCodec) -> str:
     """A log line as :meth:`services.embedded.log.InProcessLog.save_jsonl` writes it."""
+    return jsonl_line(
+        record.topic, record.partition, record.offset, record.key, record.value or b"", codec
+    )
+
+
+def decode_or_none(codec: EventCodec, value: bytes | None) -> Event | None:
+    """The event in ``value``, or None when it holds none (a log may hold any bytes)."""
     try:
-        event: Any = codec.decode(record.value).model_dump(mode="json")
-    except SerializationError as exc:
-        event = {"undecodable": str(exc)}
-    line = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key.decode("utf-8", "replace") if record.key else None,
-        "value_b64": base64.b64encode(record.value or b"").decode("ascii"),
-        "event": event,
-    }
-    return json.dumps(line, sort_keys=True)
+        return codec.decode(value)
+    except SerializationError:
+        return None
 
 
 # -- reconciling outputs with the live ones -----------------------------------------------------
 
 
 def content_of(event: Event) -> str:
-    """What an output says, without its identity (id, causation, supersedes, schema version)."""
-    return json.dumps(
-        event.model_dump(mode="json", exclude=_CONTENT_EXCLUDED), sort_keys=True, default=str
-    )
+    """What an output says, without its identity (id, causation, supersedes, schema version).
+
+    A dead letter whose input could not be decoded has no date of its own (the step dates it
+    with the broker's time, or the time it ran), so its date is left out too.
+    """
+    exclude = _CONTENT_EXCLUDED
+    if isinstance(event, EventRejected) and event.causation_id is None:
+        exclude = exclude | {"occurred_at"}
+    return json.dumps(event_json(event, exclude), sort_keys=True, default=str)
 
 
 class LiveOutputs:
@@ -290,12 +321,15 @@ class LiveOutputs:
     Args:
         events: decoded events of the decisions, assignments and dead-letter topics, in the
             order they were read (per partition: topic order).
+        accepted: ids of the events on the accepted topic (the inputs the live processor
+            accepted, republished verbatim).
     """
 
-    def __init__(self, events: Iterable[Event]) -> None:
+    def __init__(self, events: Iterable[Event], accepted: Iterable[str] = ()) -> None:
         self.by_id: dict[str, Event] = {}
         self.successors: dict[str, list[str]] = {}
         self.latest_assignment: dict[str, AssignmentIssued] = {}
+        self.accepted: set[str] = set(accepted)
         for event in events:
             self.by_id[event.event_id] = event
             replaced = getattr(event, "supersedes", None)
@@ -338,15 +372,34 @@ def correction_id(original_id: str, replaced_id: str, content: str) -> str:
 
 
 class Reconciler:
-    """Decides, output by output, which event the rebuilt tables hold and what to publish."""
+    """Decides, output by output, which event the rebuilt tables hold and what to publish.
 
-    def __init__(self, live: LiveOutputs) -> None:
+    Attributes:
+        to_publish: the messages to publish, in order (corrections, outputs absent from the
+            live topics, and accepted inputs missing from the accepted topic, verbatim).
+    """
+
+    def __init__(self, live: LiveOutputs, codec: EventCodec | None = None) -> None:
         self.live = live
-        self.to_publish: list[Event] = []
+        self.codec = codec or default_codec()
+        self.to_publish: list[Outgoing] = []
         self.renamed: dict[str, str] = {}
         self.unfixable: list[str] = []
         self.corrections = 0
         self.standing: dict[str, Event] = {}
+
+    def _publish(self, event: Event) -> None:
+        self.to_publish.append(
+            Outgoing(_kind_of(event), encode_key(event.mouse_id), self.codec.encode(event), event)
+        )
+
+    def accepted(self, out: Outgoing) -> None:
+        """An input the fold accepted: published (its original bytes) when the accepted topic
+        lacks it (the live processor refused it, had not got that far, or predates the topic).
+        """
+        if out.event.event_id not in self.live.accepted:
+            self.to_publish.append(out)
+            self.live.accepted.add(out.event.event_id)
 
     def output(self, event: Event) -> Event:
         """The event that stands for ``event`` (the live one when they agree), noting any
@@ -358,7 +411,7 @@ class Reconciler:
     def _output(self, event: Event) -> Event:
         latest = self.live.latest_version(event.event_id)
         if latest is None:
-            self.to_publish.append(event)
+            self._publish(event)
             return event
         content = content_of(event)
         if content_of(latest) == content:
@@ -383,7 +436,7 @@ class Reconciler:
     def _final_assignment(self, event: AssignmentIssued) -> Event:
         live = self.live.latest_assignment.get(event.mouse_id)
         if live is None:
-            self.to_publish.append(event)
+            self._publish(event)
             return event
         content = content_of(event)
         if content_of(live) == content:
@@ -404,9 +457,178 @@ class Reconciler:
         corrected = event.model_copy(update=update)
         self.renamed[event.event_id] = new_id
         if new_id not in self.live.by_id:
-            self.to_publish.append(corrected)
+            self._publish(corrected)
             self.corrections += 1
         return corrected
+
+
+# -- enrolments pinned to the version they were accepted on ------------------------------------
+
+LOOKAHEAD = 200_000
+"""How many input messages a fold reads ahead at most to find the version an enrolment was
+accepted on (see :class:`EnrolmentPins`)."""
+
+
+class Lookahead:
+    """Input messages in order, with the ability to look at the next ones first (those read
+    ahead are kept and handed out in their turn)."""
+
+    def __init__(self, records: Iterable[SourceRecord], limit: int = LOOKAHEAD) -> None:
+        self._source = iter(records)
+        self._ahead: deque[SourceRecord] = deque()
+        self.limit = limit
+
+    def __iter__(self) -> Lookahead:
+        return self
+
+    def __next__(self) -> SourceRecord:
+        if self._ahead:
+            return self._ahead.popleft()
+        return next(self._source)
+
+    def ahead(self) -> Iterator[SourceRecord]:
+        """The messages after the last one handed out, reading ahead up to :attr:`limit`."""
+        index = 0
+        while True:
+            if index < len(self._ahead):
+                yield self._ahead[index]
+            elif len(self._ahead) < self.limit:
+                record = next(self._source, None)
+                if record is None:
+                    return
+                self._ahead.append(record)
+                yield record
+            else:
+                return
+            index += 1
+
+
+class EnrolmentPins:
+    """The curriculum version each enrolment that names none was accepted on, as the log says.
+
+    The processor resolves an enrolment without a version to the newest version it knows when
+    it accepts it. A fold today may know newer ones (a major version added to the lab's folder,
+    a version published since) and must not move the mouse onto one of them: a mouse changes
+    version only by a MouseMigrated. What the log recorded, in order of trust:
+
+    1. the assignment the enrolment caused (``causation_id`` = the enrolment's id) on the
+       assignments topic, or its row in the live stage history (the compacted topic drops an
+       enrolment's assignment once the mouse has a newer one);
+    2. else the mouse's next events, read ahead up to its next enrolment: a migration's
+       ``from_version``, the version named by an output one of them caused (a decision, an
+       assignment, a warning), or a session's version (the rig ran what it was assigned).
+       Events the live processor refused are passed over.
+
+    An enrolment the live processor refused, or one the log says nothing more about, is not
+    pinned: it resolves as the processor would resolve it now.
+
+    Args:
+        outputs: the live outputs (decisions, assignments, dead letters).
+        tables: the live status tables (their ``stage_history``).
+    """
+
+    def __init__(
+        self,
+        outputs: Iterable[Event] = (),
+        tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        self.codec = default_codec()
+        self._caused: dict[str, tuple[str, str]] = {}
+        self._refused: set[str] = set()
+        corrections: dict[str, tuple[str, str]] = {}
+        for event in outputs:
+            cause = event.causation_id
+            if not cause:
+                continue
+            if isinstance(event, EventRejected):
+                self._refused.add(cause)
+                continue
+            name = getattr(event, "curriculum_name", None)
+            version = getattr(event, "curriculum_version", None)
+            if isinstance(name, str) and isinstance(version, str):
+                # A correction an earlier replay published says what that replay decided; the
+                # processor's own output says what the mouse was on.
+                found = corrections if getattr(event, "supersedes", None) else self._caused
+                found.setdefault(cause, (name, version))
+        for cause, named in corrections.items():
+            self._caused.setdefault(cause, named)
+        self._history: dict[str, tuple[str, str]] = {
+            str(row["event_id"]): (str(row.get("curriculum_name")), str(row["curriculum_version"]))
+            for row in (tables or {}).get("stage_history", [])
+            if row.get("decision") == "enrolled" and row.get("curriculum_version")
+        }
+        self.pinned: dict[str, str | None] = {}
+        self._inputs: Lookahead | None = None
+
+    def read(self, records: Iterable[SourceRecord], limit: int = LOOKAHEAD) -> Lookahead:
+        """The input messages for the fold, in which :meth:`version_for` may read ahead."""
+        self._inputs = Lookahead(records, limit)
+        return self._inputs
+
+    def version_for(self, event: MouseEnrolled) -> str | None:
+        """The version the enrolment was accepted on (None: as the processor resolves it)."""
+        if event.curriculum_version is not None:
+            return event.curriculum_version
+        if event.event_id not in self.pinned:
+            self.pinned[event.event_id] = self._find(event)
+        return self.pinned[event.event_id]
+
+    def _find(self, event: MouseEnrolled) -> str | None:
+        name = event.curriculum_name
+        recorded = (
+            self._caused.get(event.event_id),
+            self._history.get(derived_event_id(event, "AssignmentIssued")),
+        )
+        for found in recorded:
+            if found is not None and found[0] == name:
+                return found[1]
+        if event.event_id in self._refused or self._inputs is None:
+            return None
+        key = encode_key(event.mouse_id)
+        ejected = False
+        for record in self._inputs.ahead():
+            if record.key != key:
+                continue
+            later = decode_or_none(self.codec, record.value)
+            if (
+                later is None
+                or later.mouse_id != event.mouse_id
+                or later.event_id == event.event_id
+                or later.event_id in self._refused
+            ):
+                continue
+            if isinstance(later, MouseEjected):
+                ejected = True
+            elif isinstance(later, MouseEnrolled):
+                if ejected:
+                    return None  # enrolled again: this enrolment left no trace
+                # else refused live (the mouse was enrolled), its dead letter maybe expired
+            elif isinstance(later, MouseMigrated):
+                return later.from_version if later.curriculum_name == name else None
+            named = self._caused.get(later.event_id)
+            if named is not None and named[0] == name:
+                return named[1]
+            if isinstance(later, SessionStarted) and later.curriculum_name == name:
+                return later.curriculum_version
+        return None
+
+
+class PinnedCore(TrainingCore):
+    """The training core, with every enrolment that names no version pinned to the version the
+    log says it was accepted on (:class:`EnrolmentPins`)."""
+
+    def __init__(self, catalog: CurriculumCatalog, pins: EnrolmentPins) -> None:
+        super().__init__(catalog)
+        self.pins = pins
+
+    def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
+        if isinstance(event, MouseEnrolled) and event.curriculum_version is None:
+            version = self.pins.version_for(event)
+            if version is not None:
+                # The state and outputs are those of the enrolment as accepted: the version
+                # goes into the state only with the assignment it causes, as it did live.
+                event = event.model_copy(update={"curriculum_version": version})
+        return super().handle(state, event)
 
 
 # -- the fold -----------------------------------------------------------------------------------
@@ -414,6 +636,9 @@ class Reconciler:
 
 class Rebuild:
     """Folds input messages through the processor's step and projects into fresh tables.
+
+    The projector takes no fact from the events topic: it projects what the processor
+    republished on the accepted topic and its outputs, and so does the rebuild.
 
     Args:
         step: the processor's step (its core holds the catalog).
@@ -439,6 +664,7 @@ class Rebuild:
         self.states: dict[str, MouseState] = {}
         self.partition_of: dict[str, int] = {}
         self.processed = 0
+        self.parked = 0
         self._batch: list[ProjectedMessage] = []
         self._out_offsets: dict[str, int] = {}
         self._pending_assignment: dict[str, AssignmentIssued] = {}
@@ -458,15 +684,16 @@ class Rebuild:
         if result.state is not None:
             self.states[result.state.mouse_id] = result.state
             self.partition_of[result.state.mouse_id] = record.partition
-        self._project(
-            ProjectedMessage(record.topic, record.partition, record.offset, result.event, "events")
-        )
         for out in result.outputs:
             self._output(out)
         self.processed += 1
 
     def _output(self, out: Outgoing) -> None:
         event = out.event
+        if out.topic_kind == "accepted":
+            self.reconciler.accepted(out)
+            self._project_output(event, "accepted")
+            return
         if isinstance(event, AssignmentIssued):
             # Only each mouse's latest assignment is reconciled (the topic is compacted).
             earlier = self._pending_assignment.pop(event.mouse_id, None)
@@ -491,9 +718,23 @@ class Rebuild:
             self.flush()
 
     def flush(self) -> None:
-        """Projects what is buffered."""
+        """Projects what is buffered. A message the projector's store cannot apply is parked
+        in ``rejected_events``, as the projector parks it (it stops neither)."""
         if self.store is not None and self._batch:
-            self.store.apply_batch(BUILD_CONSUMER, self._batch)
+            try:
+                self.store.apply_batch(BUILD_CONSUMER, self._batch)
+            except ProjectorError as exc:
+                if exc.transient:
+                    raise ReplayError(f"cannot write the fresh tables: {exc}") from exc
+                for message in self._batch:
+                    try:
+                        self.store.apply_batch(BUILD_CONSUMER, [message])
+                    except ProjectorError as failed:
+                        if failed.transient:
+                            raise ReplayError(f"cannot write the fresh tables: {failed}") from None
+                        reason = f"the projector could not apply it: {failed}"
+                        self.store.park(BUILD_CONSUMER, message, reason)
+                        self.parked += 1
         self._batch = []
 
     def finish(self) -> None:
@@ -535,15 +776,31 @@ def live_offsets(store: SqlProjectionStore) -> list[tuple[str, str, int, int]]:
 
 
 class FreshTables:
-    """A fresh set of the projector's tables beside the live ones, and the switch-over."""
+    """A fresh set of the projector's tables beside the live ones, and the switch-over.
 
-    def __init__(self, live_url: str) -> None:
+    Args:
+        live_url: the live status tables.
+        scratch: build the tables in a SQLite file in a temporary folder instead, away from the
+            live database (a dry run writes nothing there); they cannot be swapped in.
+    """
+
+    def __init__(self, live_url: str, scratch: bool = False) -> None:
         self.live_url = make_url(live_url)
         self.dialect = self.live_url.get_backend_name()
         self.stamp = _stamp()
         self.schema: str | None = None
         self.path: Path | None = None
-        if self.dialect == "postgresql":
+        self.scratch: Path | None = None
+        if self.dialect not in ("postgresql", "sqlite"):
+            raise ReplayError(f"unsupported database {self.dialect!r}")
+        url: str | URL
+        if scratch:
+            # Snapshots of SQLite and PostgreSQL tables compare equal when they hold the same
+            # facts (SqlProjectionStore.snapshot), so the dry run's tables may be SQLite.
+            self.scratch = Path(tempfile.mkdtemp(prefix="shaping-replay-"))
+            self.path = self.scratch / "fresh.sqlite"
+            url = f"sqlite:///{self.path}"
+        elif self.dialect == "postgresql":
             live = SqlProjectionStore(self.live_url)
             try:
                 with live.engine.begin() as conn:
@@ -552,17 +809,13 @@ class FreshTables:
                     conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
             finally:
                 live.close()
-            url: str | URL = self.live_url.update_query_dict(
-                {"options": f"-csearch_path={self.schema}"}
-            )
-        elif self.dialect == "sqlite":
+            url = self.live_url.update_query_dict({"options": f"-csearch_path={self.schema}"})
+        else:
             database = self.live_url.database or ""
             if database in ("", ":memory:"):
                 raise ReplayError("replay needs a database file, not an in-memory SQLite")
             self.path = Path(database).with_name(f"{Path(database).name}.replay-{self.stamp}")
             url = f"sqlite:///{self.path}"
-        else:
-            raise ReplayError(f"unsupported database {self.dialect!r}")
         self.store = SqlProjectionStore(url)
 
     def set_offsets(self, consumer: str, offsets: dict[tuple[str, int], int]) -> None:
@@ -589,6 +842,8 @@ class FreshTables:
         if self.path is not None:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def swap(self, expected: list[tuple[str, str, int, int]]) -> str:
         """Replaces the live tables with the fresh ones in one transaction.
@@ -603,6 +858,8 @@ class FreshTables:
         Raises:
             ReplayError: when the live offsets moved since the snapshot.
         """
+        if self.scratch is not None:
+            raise ReplayError("scratch tables cannot be switched in")
         self.store.close()
         if self.dialect == "postgresql":
             return self._swap_postgres(expected)
@@ -807,20 +1064,29 @@ class ProcessorHandover:
 
         return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="shaping-replay")
 
-    def check_inactive(self) -> None:
-        """Raises ReplayError when the processor's consumer group has members."""
+    def activity(self) -> tuple[int, str]:
+        """The processor group's members and state (read only)."""
         admin = self._admin()
         try:
             described = admin.describe_groups([self.group]).get(self.group, {})
         finally:
             admin.close()
         state = str(described.get("group_state") or described.get("state") or "")
-        members = described.get("members") or []
+        return len(described.get("members") or []), state
+
+    def running(self) -> bool:
+        """Whether a processor is in the group."""
+        members, state = self.activity()
+        return bool(members) or state not in INACTIVE_GROUP_STATES
+
+    def check_inactive(self) -> None:
+        """Raises ReplayError when the processor's consumer group has members."""
+        members, state = self.activity()
         if members or state not in INACTIVE_GROUP_STATES:
             raise ReplayError(
-                f"the processor (consumer group {self.group!r}) is running: {len(members)} "
+                f"the processor (consumer group {self.group!r}) is running: {members} "
                 f"member(s), state {state or 'unknown'}. Stop every processor first: replay "
-                "rebuilds its state and hands it over"
+                "rebuilds its state and hands it over (--dry-run works while it runs)"
             )
 
     def committed(self, topic: str) -> dict[int, int]:
@@ -988,15 +1254,16 @@ class Source(Protocol):
         """The events topic up to the snapshot, in processing order."""
         ...
 
-    def live_outputs(self) -> list[SourceRecord]:
-        """The output topics, to their ends at the snapshot."""
+    def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
+        """The output topics (accepted, decisions, assignments, dead letters) but ``skip``, to
+        their ends at the snapshot."""
         ...
 
     def projector_offsets(self) -> dict[tuple[str, int], int]:
         """The projector's positions that go with the rebuilt tables."""
         ...
 
-    def publish(self, events: Sequence[Event]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> None:
         """Publishes corrections and new outputs to the live topics."""
         ...
 
@@ -1006,7 +1273,7 @@ class Source(Protocol):
 
 
 class KafkaSource:
-    """The event log on Kafka."""
+    """The event log on Kafka (read by throwaway consumers: no group, nothing committed)."""
 
     def __init__(self, bootstrap: str, topics: TopicNames) -> None:
         self.bootstrap = bootstrap
@@ -1014,9 +1281,19 @@ class KafkaSource:
         self.input_bounds: dict[tuple[str, int], tuple[int, int]] = {}
         self.output_bounds: dict[tuple[str, int], tuple[int, int]] = {}
 
-    def snapshot(self) -> int:
+    def output_topics(self) -> list[str]:
+        """The output topics there are (the accepted topic is missing before its release)."""
         outputs = [self.topics.decisions, self.topics.assignments, self.topics.dead_letter]
-        bounds = kafka_offsets(self.bootstrap, [self.topics.events, *outputs])
+        consumer = _kafka_consumer(self.bootstrap, "shaping-replay-offsets")
+        try:
+            if consumer.partitions_for_topic(self.topics.accepted):
+                outputs.insert(0, self.topics.accepted)
+        finally:
+            consumer.close(autocommit=False)
+        return outputs
+
+    def snapshot(self) -> int:
+        bounds = kafka_offsets(self.bootstrap, [self.topics.events, *self.output_topics()])
         self.input_bounds = {k: v for k, v in bounds.items() if k[0] == self.topics.events}
         self.output_bounds = {k: v for k, v in bounds.items() if k[0] != self.topics.events}
         return sum(end - begin for begin, end in self.input_bounds.values())
@@ -1024,20 +1301,20 @@ class KafkaSource:
     def inputs(self) -> Iterator[SourceRecord]:
         return read_kafka(self.bootstrap, self.input_bounds, "shaping-replay")
 
-    def live_outputs(self) -> list[SourceRecord]:
-        return list(read_kafka(self.bootstrap, self.output_bounds, "shaping-replay-outputs"))
+    def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
+        bounds = {tp: b for tp, b in self.output_bounds.items() if tp[0] not in skip}
+        return list(read_kafka(self.bootstrap, bounds, "shaping-replay-outputs"))
 
     def projector_offsets(self) -> dict[tuple[str, int], int]:
-        # The projector records a partition once it has read a message there.
-        bounds = {**self.input_bounds, **self.output_bounds}
-        return {tp: end for tp, (_, end) in bounds.items() if end > 0}
+        # The projector reads the output topics (facts come from the accepted topic, not the
+        # events topic), and records a partition once it has read a message there.
+        return {tp: end for tp, (_, end) in self.output_bounds.items() if end > 0}
 
-    def publish(self, events: Sequence[Event]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> None:
         from kafka import KafkaProducer
 
-        if not events:
+        if not messages:
             return
-        codec = default_codec()
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap,
             client_id="shaping-replay",
@@ -1045,9 +1322,9 @@ class KafkaSource:
             enable_idempotence=True,
         )
         try:
-            for event in events:
-                topic = getattr(self.topics, _kind_of(event))
-                producer.send(topic, key=encode_key(event.mouse_id), value=codec.encode(event))
+            for message in messages:
+                topic = getattr(self.topics, message.topic_kind)
+                producer.send(topic, key=message.key, value=message.value)
             producer.flush(timeout=_KAFKA_TIMEOUT_S)
         finally:
             producer.close()
@@ -1081,8 +1358,8 @@ class JsonlSource:
     def inputs(self) -> Iterator[SourceRecord]:
         return (r for r in self.records if r.topic == self.topics.events)
 
-    def live_outputs(self) -> list[SourceRecord]:
-        return [r for r in self.records if r.topic != self.topics.events]
+    def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
+        return [r for r in self.records if r.topic != self.topics.events and r.topic not in skip]
 
     def projector_offsets(self) -> dict[tuple[str, int], int]:
         ends: dict[tuple[str, int], int] = {}
@@ -1090,17 +1367,17 @@ class JsonlSource:
             ends[(record.topic, record.partition)] = record.offset + 1
         return ends
 
-    def publish(self, events: Sequence[Event]) -> None:
-        if not events:
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
             return
         codec = default_codec()
         ends = self.projector_offsets()
         lines = []
-        for event in events:
-            topic = getattr(self.topics, _kind_of(event))
+        for message in messages:
+            topic = getattr(self.topics, message.topic_kind)
             offset = ends.get((topic, 0), 0)
             ends[(topic, 0)] = offset + 1
-            record = SourceRecord(topic, 0, offset, encode_key(event.mouse_id), codec.encode(event))
+            record = SourceRecord(topic, 0, offset, message.key, message.value)
             self.records.append(record)
             lines.append(_jsonl_line(record, codec))
         with self.path.open("a", encoding="utf-8") as out:
@@ -1129,6 +1406,7 @@ class ReplaySummary:
     published: int = 0
     corrections: int = 0
     unfixable: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     states_written: int = 0
     offsets_moved: int = 0
     switched: bool = False
@@ -1155,8 +1433,14 @@ def run_replay(
     projector_id: str = "projector",
     dry_run: bool = False,
     progress: Callable[[int], ProgressFn] | None = None,
+    clock: ClockWindow | None = None,
 ) -> ReplaySummary:
     """Rebuilds state and tables from the log and switches over (see the module docstring).
+
+    A dry run is read-only and may run while the services run: it reads the live tables on a
+    read-only connection, the topics with throwaway consumers (no group, nothing committed),
+    builds the fresh tables in a temporary SQLite file away from the live database, and
+    publishes nothing, writes no changelog and moves no offset.
 
     Args:
         source: where the log is (Kafka or an embedded log file).
@@ -1166,31 +1450,49 @@ def run_replay(
         dry_run: stop after the diff; change nothing.
         progress: called with the number of input messages; returns the function to call as
             they are folded.
+        clock: the processor's window of accepted dates (its settings; None: the default).
 
     Raises:
-        ReplayError: when the processor is running, the log or tables cannot be read, or the
-            projector wrote during the replay (then nothing was switched).
+        ReplayError: when the processor is running (not for a dry run), the log or tables
+            cannot be read, or the projector wrote during the replay (then nothing was
+            switched).
     """
+    running = False
     if handover is not None:
-        handover.check_inactive()
-    live_store = _open_live(db_url)
-    try:
-        before_offsets = live_offsets(live_store)
-        before = live_store.snapshot()
-    finally:
-        live_store.close()
+        if dry_run:
+            running = handover.running()
+        else:
+            handover.check_inactive()
+    if dry_run:
+        before_offsets, before = read_live(db_url)
+    else:
+        live_store = _open_live(db_url)
+        try:
+            before_offsets = live_offsets(live_store)
+            before = live_store.snapshot()
+        finally:
+            live_store.close()
     total = source.snapshot()
     codec = default_codec()
-    live = LiveOutputs(_decoded(codec, source.live_outputs()))
-    reconciler = Reconciler(live)
-    fresh = FreshTables(db_url)
+    outputs = source.live_outputs()
+    accepted_topic = source.topics.accepted
+    produced = list(_decoded(codec, (r for r in outputs if r.topic != accepted_topic)))
+    accepted = (
+        e.event_id for e in _decoded(codec, (r for r in outputs if r.topic == accepted_topic))
+    )
+    reconciler = Reconciler(LiveOutputs(produced, accepted), codec)
+    pins = EnrolmentPins(produced, before)
+    try:
+        fresh = FreshTables(db_url, scratch=dry_run)
+    except (ProjectorError, SQLAlchemyError) as exc:
+        raise ReplayError(f"cannot make the fresh tables: {exc}") from exc
     summary = ReplaySummary(events=total, dry_run=dry_run)
     try:
-        step = ProcessorStep(TrainingCore(source.catalog()), codec)
+        step = ProcessorStep(PinnedCore(source.catalog(), pins), codec, clock=clock)
         rebuild = Rebuild(step, source.topics, reconciler, fresh.store)
         tick = progress(total) if progress is not None else None
         done = 0
-        for record in source.inputs():
+        for record in pins.read(source.inputs()):
             rebuild.feed(record)
             done += 1
             if tick is not None and done % 200 == 0:
@@ -1198,7 +1500,11 @@ def run_replay(
         if tick is not None:
             tick(done % 200)
         rebuild.finish()
-        after = fresh.store.snapshot()
+        if dry_run:  # read as the live tables were, row for row
+            with fresh.store.engine.connect() as conn:
+                after = table_rows(conn)
+        else:
+            after = fresh.store.snapshot()
         summary.mice = len(rebuild.states)
         summary.mouse_changes, summary.table_changes = diff_tables(before, after)
         summary.unfixable = reconciler.unfixable
@@ -1206,6 +1512,7 @@ def run_replay(
         if dry_run:
             summary.published = len(reconciler.to_publish)
             summary.corrections = reconciler.corrections
+            summary.notes = _running_notes(source, handover, running, before_offsets, projector_id)
             return summary
         fresh.set_offsets(projector_id, wanted_offsets)
         # Identical tables stay: the live projector goes on from its own offsets (it drops the
@@ -1231,9 +1538,136 @@ def run_replay(
             fresh.discard()
 
 
-def _open_live(db_url: str) -> SqlProjectionStore:
-    from services.projector.errors import ProjectorError
+def _running_notes(
+    source: Source,
+    handover: ProcessorHandover | None,
+    running: bool,
+    offsets: list[tuple[str, str, int, int]],
+    projector_id: str,
+) -> list[str]:
+    """What a dry run says about services that ran while it read: how far each was behind the
+    snapshot (what it had yet to do shows as changes)."""
+    if not isinstance(source, KafkaSource):
+        return []
+    notes = []
+    if handover is not None and running:
+        committed = handover.committed(source.topics.events)
+        behind = sum(
+            max(0, end - committed.get(p, first))
+            for (_, p), (first, end) in source.input_bounds.items()
+        )
+        notes.append(
+            f"the processor (group {handover.group!r}) is running"
+            + (
+                f"; {behind} events of the snapshot were not yet committed by it: what it had "
+                "not processed shows as changes"
+                if behind
+                else "; it had processed the whole snapshot"
+            )
+        )
+    read = {(t, p): n for c, t, p, n in offsets if c == projector_id}
+    behind = sum(
+        max(0, end - read.get(tp, first)) for tp, (first, end) in source.output_bounds.items()
+    )
+    if behind:
+        notes.append(
+            f"the projector ({projector_id!r}) had {behind} messages of the output topics left "
+            "to project: the live tables were behind, and what they lacked shows as changes"
+        )
+    return notes
 
+
+def read_live(
+    db_url: str,
+) -> tuple[list[tuple[str, str, int, int]], dict[str, list[dict[str, Any]]]]:
+    """The projector's offsets and the live tables, read in one read-only transaction:
+    PostgreSQL ``REPEATABLE READ, READ ONLY``; SQLite ``PRAGMA query_only`` in one read
+    transaction. Nothing is written, not even a missing table (it reads as empty).
+
+    Raises:
+        ReplayError: when there is no such database, or it cannot be read.
+    """
+    url = make_url(db_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        database = url.database or ""
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise ReplayError(f"no status database at {db_url}: point --db-url at the live one")
+    elif backend != "postgresql":
+        raise ReplayError(f"unsupported database {backend!r}")
+    try:
+        engine = create_engine(url)
+    except (ArgumentError, ImportError) as exc:
+        raise ReplayError(f"cannot open the status database: {exc}") from exc
+    if backend == "sqlite":
+        sa_event.listen(engine, "connect", _sqlite_query_only)
+    try:
+        with engine.connect() as conn:
+            if backend == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            else:
+                conn.exec_driver_sql("BEGIN")
+            try:
+                return _offset_rows(conn), table_rows(conn)
+            finally:
+                conn.rollback()
+    except SQLAlchemyError as exc:
+        shown = url.render_as_string(hide_password=True)
+        raise ReplayError(f"cannot read the status tables at {shown}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def _sqlite_query_only(dbapi_connection: Any, connection_record: Any) -> None:
+    """A SQLite connection that refuses every change, with explicit transactions."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+    finally:
+        cursor.close()
+
+
+def _offset_rows(conn: Connection) -> list[tuple[str, str, int, int]]:
+    if not inspect(conn).has_table(projector_offsets.name):
+        return []
+    rows = conn.execute(select(projector_offsets)).all()
+    return sorted((str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows)
+
+
+def table_rows(conn: Connection) -> dict[str, list[dict[str, Any]]]:
+    """Every projection table, as :meth:`SqlProjectionStore.snapshot` gives it (values as JSON
+    ready data, rows sorted by primary key in Python, so both backends compare equal); a table
+    the database lacks is empty."""
+    present = set(inspect(conn).get_table_names())
+    result: dict[str, list[dict[str, Any]]] = {}
+    for table in PROJECTION_TABLES:
+        rows: list[dict[str, Any]] = []
+        if table.name in present:
+            rows = [
+                {key: _cell(value) for key, value in row.items()}
+                for row in conn.execute(select(table)).mappings()
+            ]
+        keys = [column.name for column in table.primary_key.columns]
+        rows.sort(key=_by_columns(keys))
+        result[table.name] = rows
+    return result
+
+
+def _by_columns(keys: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    return lambda row: tuple(row[k] for k in keys)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def _open_live(db_url: str) -> SqlProjectionStore:
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
         database = url.database or ""
@@ -1247,10 +1681,14 @@ def _open_live(db_url: str) -> SqlProjectionStore:
 
 def _decoded(codec: EventCodec, records: Iterable[SourceRecord]) -> Iterator[Event]:
     for record in records:
-        try:
-            yield codec.decode(record.value)
-        except SerializationError:
-            continue
+        event = decode_or_none(codec, record.value)
+        if event is not None:
+            yield event
+
+
+def live_events(codec: EventCodec, records: Iterable[SourceRecord]) -> list[Event]:
+    """The decoded events among ``records`` (what is no event is left out)."""
+    return list(_decoded(codec, records))
 
 
 def projection_tables() -> list[str]:
@@ -1259,16 +1697,20 @@ def projection_tables() -> list[str]:
 
 
 __all__ = [
+    "EnrolmentPins",
     "EventRejected",
     "FreshTables",
     "JsonlSource",
     "KafkaSource",
     "LiveOutputs",
+    "PinnedCore",
     "ProcessorHandover",
     "Reconciler",
     "ReplayError",
     "ReplaySummary",
     "changelog_topic",
+    "content_of",
     "diff_tables",
+    "read_live",
     "run_replay",
 ]

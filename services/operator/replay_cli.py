@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from services.common.settings import Settings
     from services.operator.replay import ReplaySummary
+    from services.processor.step import ClockWindow
 
 EventsLog = Annotated[
     Path | None,
@@ -124,14 +125,20 @@ def replay(
         ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would change; read-only (publishes and writes nothing, commits no "
+            "offset), so it may run while the services run.",
+        ),
     ] = False,
 ) -> None:
     """Rebuild the processor's state and the status tables from offset 0, then switch over.
 
     The processor must be stopped (its state is rebuilt and handed over), and the projector
-    too (replay refuses to switch if it wrote meanwhile). Prints what changed per mouse;
-    running it twice changes nothing. docs/replay.md explains each step.
+    too (replay refuses to switch if it wrote meanwhile); --dry-run is read-only and runs
+    beside them. Prints what changed per mouse; running it twice changes nothing.
+    docs/replay.md explains each step.
     """
     settings = _settings(bootstrap, prefix, db_url)
     if events_log is not None and bootstrap is not None:
@@ -168,7 +175,14 @@ def _run(
             projector_id=projector_id or "projector",
             dry_run=dry_run,
             progress=start,
+            clock=_clock(settings),
         )
+    if not dry_run:
+        # A deployment from before the accepted topic has none yet: replay reads it and
+        # publishes to it, and the projector offsets it writes cover it.
+        from services.common.topics import ensure_topics
+
+        ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     return run_replay(
         KafkaSource(settings.bootstrap, settings.topics),
         settings.db_url,
@@ -176,6 +190,19 @@ def _run(
         projector_id=projector_id or settings.projector_id,
         dry_run=dry_run,
         progress=start,
+        clock=_clock(settings),
+    )
+
+
+def _clock(settings: Settings) -> ClockWindow:
+    """The window of accepted dates the processor runs with (the same settings)."""
+    from datetime import timedelta
+
+    from services.processor.step import ClockWindow
+
+    return ClockWindow(
+        max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
+        max_behind=timedelta(days=settings.clock_max_behind_days),
     )
 
 
@@ -212,7 +239,7 @@ def _print_summary(summary: ReplaySummary, seconds: float) -> None:
                 f"table {name}: {rows.added} added, {rows.removed} removed, {rows.changed} changed"
             )
         )
-    for note in summary.unfixable:
+    for note in [*summary.notes, *summary.unfixable]:
         console.print(Text(f"note: {note}"))
     verb = "would publish" if summary.dry_run else "published"
     if summary.published:
@@ -288,7 +315,8 @@ def whatif(
         )
     settings = _settings(bootstrap, prefix, None)
     with _errors():
-        from services.operator.replay import JsonlSource, KafkaSource, Source
+        from schemas.codec import default_codec
+        from services.operator.replay import JsonlSource, KafkaSource, Source, live_events
         from services.operator.whatif import (
             load_new_curriculum,
             parse_date,
@@ -309,7 +337,18 @@ def whatif(
         catalog = source.catalog()
         new = load_new_curriculum(curriculum, catalog)
         source.snapshot()
-        result = run_whatif(source.inputs(), source.topics.events, catalog, new, wanted, since_date)
+        # The outputs record the version each enrolment was accepted on (read, never written).
+        produced = source.live_outputs(skip=[source.topics.accepted])
+        result = run_whatif(
+            source.inputs(),
+            source.topics.events,
+            catalog,
+            new,
+            wanted,
+            since_date,
+            outputs=live_events(default_codec(), produced),
+            clock=_clock(settings),
+        )
         if not result.mice:
             _fail("the event log has no enrolled mouse", code=1)
         _print_whatif(result)

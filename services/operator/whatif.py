@@ -9,7 +9,11 @@ from the sessions already recorded, without touching the live system:
   of an embedded install.
 - The path a mouse took (**live**) is what the processor decides over that log: the same
   :class:`~services.processor.step.ProcessorStep` over the same curricula (shipped, a lab's
-  folder, published versions). Per session: the stage it ran and the decision after it.
+  folder, published versions). Per session: the stage it ran and the decision after it. A
+  mouse stays on the curriculum version the log says it was on: an enrolment that names no
+  version is pinned to the version it was accepted on (the output topics, read with the same
+  throwaway consumer, record it; else the mouse's sessions say it), not to the newest known
+  today (:class:`~services.operator.replay.EnrolmentPins`).
 - The path under **NEW** is open loop: each mouse's recorded behaviour (its trials and session
   metrics, as recorded) is judged by NEW, and every session is taken to run the stage NEW would
   have assigned. The same :class:`~services.domain.TrainingCore` folds the events, so the
@@ -45,8 +49,8 @@ from services.domain import CurriculumCatalog, CurriculumEngine, MouseState, Tra
 from services.domain.core import initial_state
 from services.domain.errors import ImpossibleEvent
 from services.operator.errors import OperatorError
-from services.operator.replay import SourceRecord
-from services.processor.step import ProcessorStep
+from services.operator.replay import EnrolmentPins, PinnedCore, SourceRecord
+from services.processor.step import ClockWindow, ProcessorStep
 
 CSV_COLUMNS = (
     "mouse_id",
@@ -222,8 +226,14 @@ def run_whatif(
     new: CurriculumEngine,
     mice: Sequence[str] | None = None,
     since: date | None = None,
+    outputs: Iterable[Event] = (),
+    clock: ClockWindow | None = None,
 ) -> WhatIf:
     """Judges the recorded sessions under the mice's curricula and, open loop, under ``new``.
+
+    The live path keeps every mouse on the curriculum version the log says it was on: an
+    enrolment that names no version is pinned to the version it was accepted on
+    (:class:`~services.operator.replay.EnrolmentPins`), not to the newest one known today.
 
     Args:
         records: the event log (only the events topic is read).
@@ -233,12 +243,16 @@ def run_whatif(
         new: the curriculum to try.
         mice: only these mice (default: every mouse with an enrolment).
         since: switch to ``new`` at the first session on or after this date.
+        outputs: the live outputs (decisions, assignments, dead letters), which record the
+            version each enrolment was accepted on; without them the sessions tell it.
+        clock: the processor's window of accepted dates (its settings; None: the default).
 
     Raises:
         OperatorError: for a mouse of ``mice`` that the log does not have.
     """
     codec = default_codec()
-    live_step = ProcessorStep(TrainingCore(catalog), codec)
+    pins = EnrolmentPins(outputs)
+    live_step = ProcessorStep(PinnedCore(catalog, pins), codec, clock=clock)
     new_core = TrainingCore(CurriculumCatalog([new]))
     wanted = set(mice) if mice else None
     live_states: dict[str, MouseState] = {}
@@ -249,9 +263,7 @@ def run_whatif(
     dates: dict[str, str] = {}
     paths: dict[str, MousePaths] = {}
     seen: set[str] = set()
-    for record in records:
-        if record.topic != events_topic:
-            continue
+    for record in pins.read(r for r in records if r.topic == events_topic):
         mouse = (record.key or b"").decode("utf-8", "replace")
         seen.add(mouse)
         # Other mice's events change nothing here, but published curricula do.
@@ -259,11 +271,17 @@ def run_whatif(
             continue
         before = live_states.get(mouse)
         result = live_step.process(
-            before, record.key, record.value, record.topic, record.partition, record.offset
+            before,
+            record.key,
+            record.value,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
         )
         event = result.event
-        if result.rejected or event is None:
-            continue
+        if result.rejected or event is None or result.outcome == "duplicate":
+            continue  # refused, or a redelivery the processor dropped
         if result.state is not None:
             live_states[mouse] = result.state
         live.note(o.event for o in result.outputs)
@@ -384,6 +402,11 @@ def _fold_new(
         state, outputs = core.handle(state, rewritten)
     except ImpossibleEvent as exc:
         paths.skipped.append(f"{event.event_type} {event.event_id}: {exc}")
+        return
+    except Exception as exc:  # NEW never ran on these events live: say so, never crash
+        paths.skipped.append(
+            f"{event.event_type} {event.event_id}: {type(exc).__name__}: {str(exc)[:200]}"
+        )
         return
     states[mouse] = state
     recorder.note(outputs)

@@ -52,10 +52,15 @@ the worker starts and followed afterwards (:mod:`services.curricula.published`),
 processor still knows the versions its mice are on. A CurriculumPublished on the events topic
 (how earlier releases published) is still accepted and adds its version while the process runs.
 
-Bad input never stops the stream: :class:`ProcessorStep` turns it into an EventRejected on the
-dead-letter topic. An unexpected exception (a bug, or a producer that cannot deliver) is not
-acknowledged and crashes the worker (``CrashingSupervisor``): the process exits non-zero and,
-when restarted, resumes from the last committed offset instead of skipping a message.
+Bad input never stops the stream: :class:`ProcessorStep` turns it into one EventRejected on
+the dead-letter topic and never raises. A failure around it (a bug, a producer that refuses an
+output) is retried a few times with a pause and then parked on the dead-letter topic as
+``failed`` (counted in ``shaping_processing_retries_total``), so no message loops the worker.
+Only when the broker takes not even that small dead letter does the worker crash
+(``CrashingSupervisor``) and, restarted, resume from the last committed offset.
+
+A redelivered input (the worker died between its state write and its offset commit) is
+recognised by its offset, which the mouse's state records, and dropped silently.
 
 Faust 0.15 itself can lose input when a worker starts or rebalances with a backlog waiting:
 :class:`_RecoveryResumingSafely` closes that gap (the recovery test in
@@ -64,9 +69,10 @@ Faust 0.15 itself can lose input when a worker starts or rebalances with a backl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -78,6 +84,7 @@ from mode import CrashingSupervisor
 
 from schemas.codec import default_codec, encode_key
 from schemas.events import EventRejected, StageTransitioned
+from schemas.headers import headers_for
 from services.common.metrics import ServiceMetrics, attach_faust_sensors
 from services.common.settings import Settings
 from services.common.topics import ensure_topics
@@ -85,7 +92,7 @@ from services.curricula.catalog import default_catalog
 from services.curricula.published import CurriculaFollower, FollowingCatalog
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
 from services.domain.state import join_sessions, records_to_store
-from services.processor.step import ProcessorStep, StepResult, TopicKind
+from services.processor.step import ClockWindow, ProcessorStep, StepResult, TopicKind
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,20 @@ re-reads little; re-reading is harmless (idempotent), only wasted work."""
 COMMIT_EVERY = 1000
 """Also commit after this many acknowledged messages (faust's default is 10,000), which bounds
 the re-read work during a fast replay."""
+
+ATTEMPTS = 3
+"""Tries of one message before it is parked on the dead-letter topic as ``failed``."""
+
+RETRY_PAUSE_S = 0.5
+"""Pause after a failed try, times the number of tries so far."""
+
+SESSION_TIMEOUT_S = 6.0
+"""How long the broker waits for a silent worker before it hands its partitions to another
+(a restarted one). Kafka's smallest allowed value by default (group.min.session.timeout.ms):
+after a ``kill -9`` the first decision comes within seconds, not a minute (faust's 60 s)."""
+
+HEARTBEAT_S = 1.5
+"""Heartbeat interval: well under a third of :data:`SESSION_TIMEOUT_S`."""
 
 DEFAULT_WEB_PORT = 6066
 """Faust's own default, passed on (unused) when the web server is disabled."""
@@ -183,11 +204,60 @@ class FaustProcessor:
 
         Must run inside the agent's stream iteration: faust writes a table's changelog record
         to the partition of the event being processed.
+
+        The step itself never raises (bad input becomes a dead letter). What can still fail is
+        the I/O around it, or a bug: a failed attempt is retried :data:`ATTEMPTS` times with a
+        growing pause, then the message is parked on the dead-letter topic (kind ``failed``)
+        and the stream goes on, so no message can loop the processor.
         """
+        message = event.message
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return await self._handle_once(event)
+            except Exception as exc:
+                if attempt == ATTEMPTS:
+                    log.exception(
+                        "%s/%d@%d failed %d times; parking it on the dead-letter topic",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        attempt,
+                    )
+                    if self.metrics is not None:
+                        self.metrics.count_retry("parked")
+                    parked = self.step.park(
+                        event.key,
+                        event.value,
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        exc,
+                        _broker_time(message.timestamp),
+                    )
+                    # If even this fails, the broker cannot take a small message: crash and
+                    # let the restart resume from the committed offset.
+                    await self.publish(parked)
+                    return parked
+                log.warning(
+                    "%s/%d@%d failed (attempt %d of %d): %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    attempt,
+                    ATTEMPTS,
+                    exc,
+                )
+                if self.metrics is not None:
+                    self.metrics.count_retry("retried")
+                await asyncio.sleep(RETRY_PAUSE_S * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _handle_once(self, event: EventT) -> StepResult:
         message = event.message
         key: bytes | None = event.key
         started = time.perf_counter()
         stored = self.load(key)
+        broker_time = _broker_time(message.timestamp)
         result = self.step.process(
             stored,
             key,
@@ -195,19 +265,25 @@ class FaustProcessor:
             message.topic,
             message.partition,
             message.offset,
-            _broker_time(message.timestamp),
+            broker_time,
         )
         await self.publish(result)
         if result.state is not None:
             await self.store(stored, result.state)
         if self.metrics is not None:
             self._measure(message, result, time.perf_counter() - started)
+            if result.event is not None and result.event.rig_id and broker_time is not None:
+                skew = (result.event.occurred_at - broker_time).total_seconds()
+                if result.outcome == "accepted":
+                    self.metrics.set_event_offset(result.event.rig_id, skew)
         return result
 
     def _measure(self, message: Any, result: StepResult, seconds: float) -> None:
         """Counts the input, its outputs, rejections and decisions; records latency and lag."""
         metrics = cast(ServiceMetrics, self.metrics)
         metrics.count_consumed(message.topic, result.event.event_type if result.event else None)
+        if result.outcome == "duplicate":
+            metrics.count_duplicate()
         for out in result.outputs:
             metrics.count_produced(
                 self.outputs[out.topic_kind].get_topic_name(), out.event.event_type
@@ -267,7 +343,11 @@ class FaustProcessor:
         for out in result.outputs:
             # ``send`` returns once the record is queued in the Kafka producer, so awaiting
             # each one in turn keeps the queue (and so each partition) in output order.
-            pending.append(await self.outputs[out.topic_kind].send(key=out.key, value=out.value))
+            pending.append(
+                await self.outputs[out.topic_kind].send(
+                    key=out.key, value=out.value, headers=headers_for(out.value)
+                )
+            )
         for delivered in pending:
             await delivered
 
@@ -320,6 +400,8 @@ def build_app(
         # Wait for the in-flight message before a rebalance or shutdown commits.
         stream_wait_empty=True,
         producer_acks=-1,  # every in-sync replica has an output before it counts as sent
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=HEARTBEAT_S,
         # Faust creates only the topics it owns (the table's changelog), with the partition
         # count of our topics: a table partition must match its input partition. Our own
         # topics are created by ensure_topics; faust never declares non-internal topics.
@@ -358,11 +440,16 @@ def build_app(
         help="Per-mouse open sessions on top of mouse_state (OpenSessions.to_bytes).",
     )
     outputs: dict[TopicKind, TopicT] = {
+        "accepted": raw_topic(topics.accepted),
         "decisions": raw_topic(topics.decisions),
         "assignments": raw_topic(topics.assignments),
         "dead_letter": raw_topic(topics.dead_letter),
     }
-    step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec())
+    clock = ClockWindow(
+        max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
+        max_behind=timedelta(days=settings.clock_max_behind_days),
+    )
+    step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec(), clock=clock)
     processor = FaustProcessor(app, step, table, outputs, metrics, sessions)
 
     @app.agent(

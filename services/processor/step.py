@@ -1,20 +1,38 @@
-"""One processing step, shared by the faust worker and the embedded runner.
+"""One processing step, shared by the faust worker, the embedded runner and replay.
 
-It turns one input message into the mouse's new state and the messages to publish: decisions,
-assignments, or an EventRejected for the dead-letter topic. It performs no I/O, so the Kafka
-path and the embedded path cannot disagree.
+It turns one input message into the mouse's new state and the messages to publish: the input
+itself on the ``accepted`` topic when the processor accepted it (the projector's only source
+of rig and operator facts), decisions, assignments, or one EventRejected for the dead-letter
+topic. It performs no I/O, so the Kafka path and the embedded path cannot disagree.
+
+No input can make it raise (see docs/integrity.md). Every message ends in exactly one of:
+
+- **accepted**: folded into the state, published on ``accepted`` (trials and movements, which
+  no table shows, are not), with whatever decisions follow;
+- **duplicate**: a redelivery (an offset the state has already folded, whatever its age) or the
+  same event again (same id, same content): dropped silently and counted;
+- **rejected**: one EventRejected with a reason for a person and a bounded copy of the bytes.
+  Kinds: ``undecodable``, ``invalid`` (breaks the contract or the identifier grammar),
+  ``impossible`` (cannot have happened given the mouse's history), ``duplicate`` (an event id
+  reused with other content), ``clock`` (dated outside the window around the broker's time)
+  and ``failed`` (a bug: the step raised; the message is parked, not looped on).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from schemas.codec import EventCodec, encode_key
 from schemas.errors import SerializationError
 from schemas.events import (
+    ORIGINAL_KEY_MAX,
+    ORIGINAL_VALUE_MAX,
+    REASON_MAX,
     RIG_EVENTS,
     CurriculumPublished,
     Event,
@@ -24,11 +42,17 @@ from schemas.events import (
     MouseMigrated,
     MovementDetected,
     ParametersAdjusted,
+    SessionStarted,
     StageOverridden,
+    TrialCompleted,
 )
+from schemas.identifiers import is_id, printable
 from services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
+from services.domain.state import RECENT_IDS
 
-TopicKind = Literal["events", "decisions", "assignments", "dead_letter"]
+log = logging.getLogger(__name__)
+
+TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter"]
 
 INPUT_TYPES = (
     MouseEnrolled,
@@ -46,6 +70,10 @@ NOT_FOLDED = (MovementDetected,)
 (a rig sends hundreds per session, and folding them would crowd redelivered session events out
 of the state's recent-id window)."""
 
+NOT_REPUBLISHED = (TrialCompleted, MovementDetected)
+"""Accepted input types not republished on the ``accepted`` topic: no table shows them one by
+one (trials are summarised in the decision of their session), and they are most of the log."""
+
 OUTPUT_TOPIC: dict[str, TopicKind] = {
     "StageTransitioned": "decisions",
     "TrainingWarning": "decisions",
@@ -54,6 +82,75 @@ OUTPUT_TOPIC: dict[str, TopicKind] = {
 }
 
 _REJECT_NAMESPACE = uuid.UUID("0d6f43a4-54b3-4d8e-8f0a-6a1f9d8b2c33")
+
+Outcome = Literal["accepted", "duplicate", "rejected", "ignored"]
+
+
+@dataclass(frozen=True)
+class ClockWindow:
+    """How far an event's ``occurred_at`` may lie from the broker's time of its message.
+
+    Rigs' clocks are not trusted for order (the log gives the order), but a date decides which
+    sessions are pooled and judged together, so a date far from the time the broker received
+    the message is refused. A rig drains its outbox late after an outage, so the past is wide;
+    the future is narrow. Messages without a broker time (the embedded runtime's log on one PC)
+    are not checked.
+
+    Attributes:
+        max_ahead: how far in the future of the broker's time an event may be dated.
+        max_behind: how far in the past.
+        max_date_skew: how far a SessionStarted's ``session_date`` (the rig's local calendar
+            date) may lie from the UTC date of its ``occurred_at``.
+    """
+
+    max_ahead: timedelta = timedelta(minutes=15)
+    max_behind: timedelta = timedelta(days=366)
+    max_date_skew: timedelta = timedelta(days=1)
+
+    def problem(self, event: Event, broker_time: datetime | None) -> str | None:
+        """Why the event's dates are refused, or None when they are fine."""
+        if isinstance(event, SessionStarted) and event.session_date is not None:
+            skew = abs(date.fromisoformat(event.session_date) - event.occurred_at.date())
+            if skew > self.max_date_skew:
+                return (
+                    f"session_date {event.session_date} is {skew.days} days from the date it "
+                    f"started ({event.occurred_at.date()}); at most {self.max_date_skew.days} "
+                    "allowed"
+                )
+        if broker_time is None:
+            return None
+        delta = event.occurred_at - broker_time
+        if delta > self.max_ahead:
+            return (
+                f"occurred_at {event.occurred_at.isoformat()} is {_span(delta)} ahead of the "
+                f"broker's time {broker_time.isoformat()} (at most {_span(self.max_ahead)} "
+                "allowed): the clock of the rig or PC that sent it is wrong; configure NTP"
+            )
+        if -delta > self.max_behind:
+            return (
+                f"occurred_at {event.occurred_at.isoformat()} is {_span(-delta)} before the "
+                f"broker's time {broker_time.isoformat()} (at most {_span(self.max_behind)} "
+                "allowed): the clock of the rig or PC that sent it is wrong; configure NTP"
+            )
+        return None
+
+
+def _span(delta: timedelta) -> str:
+    seconds = delta.total_seconds()
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    if seconds >= 7200:
+        return f"{seconds / 3600:,.1f} hours"
+    if seconds >= 120:
+        return f"{seconds / 60:,.0f} minutes"
+    return f"{seconds:,.0f} s"
+
+
+def content_digest(event: Event) -> str:
+    """A digest of what an event says (not of its encoding: a newer schema version of the same
+    event has the same digest)."""
+    text = event.model_dump_json(exclude={"schema_version"})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -71,14 +168,17 @@ class StepResult:
     """What one input message led to.
 
     Attributes:
-        event: the decoded input, or None when it was rejected.
+        event: the decoded input, or None when it could not be decoded.
         state: the mouse's new state, or None when it must stay as it was.
         outputs: messages to publish, in order.
+        outcome: accepted, duplicate (dropped silently), rejected, or ignored (accepted but
+            changing nothing, e.g. a movement).
     """
 
     event: Event | None
     state: MouseState | None
     outputs: list[Outgoing] = field(default_factory=list)
+    outcome: Outcome = "accepted"
 
     @property
     def rejected(self) -> bool:
@@ -87,12 +187,26 @@ class StepResult:
 
 
 class ProcessorStep:
-    """Decodes a message, runs the training core, encodes what follows."""
+    """Decodes a message, runs the training core, encodes what follows.
 
-    def __init__(self, core: TrainingCore, codec: EventCodec, service: str = "processor") -> None:
+    Args:
+        core: the training core.
+        codec: the wire format.
+        service: name written into rejections (``rejected_by``).
+        clock: the window of accepted dates (None: the default :class:`ClockWindow`).
+    """
+
+    def __init__(
+        self,
+        core: TrainingCore,
+        codec: EventCodec,
+        service: str = "processor",
+        clock: ClockWindow | None = None,
+    ) -> None:
         self.core = core
         self.codec = codec
         self.service = service
+        self.clock = clock or ClockWindow()
 
     def process(
         self,
@@ -104,56 +218,112 @@ class ProcessorStep:
         offset: int,
         timestamp: datetime | None = None,
     ) -> StepResult:
-        """Processes one message of the input topic.
+        """Processes one message of the input topic; never raises.
 
         Args:
             state: the stored state for the message key's mouse, None if there is none.
             key: Kafka key (the mouse id).
             value: message value in the Shaping wire format.
-            topic, partition, offset: where the message came from (kept in a rejection).
-            timestamp: broker timestamp, used as the rejection time of undecodable bytes.
+            topic, partition, offset: where the message came from (kept in a rejection, and
+                the position that tells a redelivery).
+            timestamp: the broker's time of the message (LogAppendTime), which dates are
+                checked against; None: not checked.
         """
+        try:
+            return self._process(state, key, value, topic, partition, offset, timestamp)
+        except Exception as exc:  # a bug, not bad input: park the message, never loop on it
+            log.exception("processing %s/%d@%d failed; parking it", topic, partition, offset)
+            return self.park(key, value, topic, partition, offset, exc, timestamp)
+
+    def park(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        error: BaseException,
+        timestamp: datetime | None = None,
+    ) -> StepResult:
+        """The dead letter of a message whose processing failed (kind ``failed``)."""
+        reason = (
+            f"processing failed with {type(error).__name__}: {printable(str(error), 300)}; "
+            "this is a bug in Shaping, not bad input: the message is kept here and the stream "
+            "went on (report it with this dead letter)"
+        )
+        return self._reject(key, value, topic, partition, offset, reason, "failed", None, timestamp)
+
+    def _process(
+        self,
+        state: MouseState | None,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None,
+    ) -> StepResult:
+        def reject(reason: str, kind: str, event: Event | None) -> StepResult:
+            return self._reject(
+                key, value, topic, partition, offset, reason, kind, event, timestamp
+            )
+
         try:
             event = self.codec.decode(value)
         except SerializationError as exc:
-            return self._reject(
-                key, value, topic, partition, offset, str(exc), exc.kind, None, timestamp
-            )
+            return reject(str(exc), exc.kind, None)
         if not isinstance(event, INPUT_TYPES):
-            return self._reject(
-                key,
-                value,
-                topic,
-                partition,
-                offset,
-                f"{event.event_type} is not accepted on the input topic",
+            return reject(
+                f"{event.event_type} is not accepted on the input topic", "invalid", event
+            )
+        if key is None or key != encode_key(event.mouse_id):
+            shown = "none" if key is None else repr(printable(key.decode("utf-8", "replace")))
+            return reject(
+                f"the Kafka key ({shown}) must be the mouse id {event.mouse_id!r}",
                 "invalid",
                 event,
-                timestamp,
             )
-        if key is None or key.decode("utf-8", "replace") != event.mouse_id:
-            return self._reject(
-                key,
-                value,
-                topic,
-                partition,
-                offset,
-                f"Kafka key {key!r} differs from mouse_id {event.mouse_id!r}",
-                "invalid",
-                event,
-                timestamp,
-            )
+        position = f"{topic}/{partition}"
+        if state is not None and offset <= state.input_offsets.get(position, -1):
+            return StepResult(event, None, [], "duplicate")
+        problem = self.clock.problem(event, timestamp)
+        if problem is not None:
+            return reject(problem, "clock", event)
         if isinstance(event, NOT_FOLDED):
-            return StepResult(event, None, [])
+            return StepResult(event, None, [], "ignored")
         current = state or initial_state(event.mouse_id)
+        digest = None
+        if not isinstance(event, TrialCompleted):
+            digest = content_digest(event)
+            known = current.event_digests.get(event.event_id)
+            if known == digest:
+                return StepResult(event, None, [], "duplicate")
+            if known is not None:
+                return reject(
+                    f"event id {event.event_id} was already used by another "
+                    f"{event.event_type} with different content; every event needs a new id",
+                    "duplicate",
+                    event,
+                )
         try:
             new_state, emitted = self.core.handle(current, event)
         except ImpossibleEvent as exc:
-            return self._reject(
-                key, value, topic, partition, offset, str(exc), "impossible", event, timestamp
-            )
+            return reject(str(exc), "impossible", event)
+        if new_state == current:
+            # The core folded nothing: a trial it had already counted, an event it had seen
+            # (a redelivered SessionEnded re-sends its decision, with the same ids), or a
+            # curriculum version, which goes to the catalog, not to a mouse.
+            outcome: Outcome = "accepted" if isinstance(event, CurriculumPublished) else "duplicate"
+            return StepResult(event, None, [self._outgoing(e) for e in emitted], outcome)
+        update: dict[str, object] = {"input_offsets": {**new_state.input_offsets, position: offset}}
+        if digest is not None:
+            digests = {**new_state.event_digests, event.event_id: digest}
+            update["event_digests"] = dict(list(digests.items())[-RECENT_IDS:])
+        new_state = new_state.model_copy(update=update)
         outputs = [self._outgoing(e) for e in emitted]
-        return StepResult(event, None if new_state == current else new_state, outputs)
+        if not isinstance(event, NOT_REPUBLISHED) and value is not None:
+            outputs.insert(0, Outgoing("accepted", key, value, event))
+        return StepResult(event, new_state, outputs, "accepted")
 
     def _outgoing(self, event: Event) -> Outgoing:
         return Outgoing(
@@ -175,21 +345,33 @@ class ProcessorStep:
         event: Event | None,
         timestamp: datetime | None,
     ) -> StepResult:
-        mouse_id = event.mouse_id if event else (key or b"").decode("utf-8", "replace")
+        value = value or b""
+        if event is not None:
+            mouse_id = event.mouse_id
+        else:
+            text = (key or b"").decode("utf-8", "replace")
+            mouse_id = text if is_id(text) else "unknown"
+        when = timestamp or datetime.now(UTC)
+        if event is not None and kind != "clock":
+            when = event.occurred_at
+        if len(reason) > REASON_MAX:
+            reason = reason[: REASON_MAX - 40] + f"… (reason cut; {len(reason)} characters)"
         rejected = EventRejected(
             event_id=str(uuid.uuid5(_REJECT_NAMESPACE, f"{topic}/{partition}/{offset}")),
-            mouse_id=mouse_id or "unknown",
+            mouse_id=mouse_id,
             rig_id=event.rig_id if event else None,
             session_id=event.session_id if event else None,
-            occurred_at=event.occurred_at if event else (timestamp or datetime.now(UTC)),
+            occurred_at=when,
             causation_id=event.event_id if event else None,
             reason=reason,
             error_kind=kind,  # type: ignore[arg-type]
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
-            original_key=key,
-            original_value=value or b"",
+            original_key=None if key is None else key[:ORIGINAL_KEY_MAX],
+            original_value=value[:ORIGINAL_VALUE_MAX],
             rejected_by=self.service,
+            original_size=len(value),
+            original_sha256=hashlib.sha256(value).hexdigest(),
         )
-        return StepResult(event, None, [self._outgoing(rejected)])
+        return StepResult(event, None, [self._outgoing(rejected)], "rejected")

@@ -1,8 +1,18 @@
-"""The projector's Kafka loop: read Shaping's four topics and apply them to a projection store.
+"""The projector's Kafka loop: read the processor's topics and apply them to a projection store.
+
+It reads what the processor wrote, never what rigs and operators sent: the accepted facts,
+decisions, assignments and dead letters. So a refused event changes no row but
+``rejected_events``.
 
 Offsets are never committed to Kafka. The store's tracking record, written in the same
 transaction as the rows, is the only record of what was applied, so the consumer is assigned
 every partition by hand and seeks each to the store's committed offset on start.
+
+It rides out outages: when the broker or the database is out of reach it waits, with a
+growing pause (up to :data:`MAX_BACKOFF_S`), and resumes where it was. A message it fails to
+apply for another reason (a bug) is tried :data:`ATTEMPTS` times, then recorded in
+``rejected_events`` (rejected by the projector, kind ``failed``) and passed over, so no message
+can stop or loop it.
 """
 
 from __future__ import annotations
@@ -30,6 +40,12 @@ _POLL_TIMEOUT_MS = 200
 # Pause between attempts to read a topic's partitions from the broker's metadata.
 _METADATA_RETRY_S = 0.5
 
+ATTEMPTS = 3
+"""Tries of one message before the projector parks it in ``rejected_events``."""
+
+MAX_BACKOFF_S = 10.0
+"""Longest pause between two tries to reach the broker or the database."""
+
 
 def topic_kinds(topics: TopicNames) -> dict[str, TopicKind]:
     """Maps each of Shaping's topic names to its kind.
@@ -38,10 +54,10 @@ def topic_kinds(topics: TopicNames) -> dict[str, TopicKind]:
         topics: the deployment's topic names.
 
     Returns:
-        ``{topic name: "events" | "decisions" | "assignments" | "dead_letter"}``.
+        ``{topic name: "accepted" | "decisions" | "assignments" | "dead_letter"}``.
     """
     return {
-        topics.events: "events",
+        topics.accepted: "accepted",
         topics.decisions: "decisions",
         topics.assignments: "assignments",
         topics.dead_letter: "dead_letter",
@@ -143,8 +159,14 @@ def _consume(
 ) -> int:
     consumed = 0
     last_arrival = time.monotonic()
+    backoff = _Backoff(stop)
     while stop is None or not stop.is_set():
-        polled = kafka.poll(timeout_ms=_POLL_TIMEOUT_MS, max_records=batch_size)
+        try:
+            polled = kafka.poll(timeout_ms=_POLL_TIMEOUT_MS, max_records=batch_size)
+        except Exception as exc:  # the broker is out of reach: wait and try again
+            backoff.wait(f"cannot read from Kafka ({type(exc).__name__}: {exc})")
+            continue
+        backoff.reset()
         records = [record for tp in sorted(polled) for record in polled[tp]]
         if metrics is not None:
             _measure_lag(kafka, metrics)
@@ -165,12 +187,83 @@ def _consume(
             for record in records
         ]
         started = time.perf_counter()
-        applied = store.apply_batch(consumer, messages)
+        applied = _apply(store, consumer, messages, stop, metrics)
         if metrics is not None:
             _measure_batch(metrics, messages, records, time.perf_counter() - started)
         consumed += len(messages)
         log.debug("projector %s: %d messages, %d new events", consumer, len(messages), applied)
     return consumed
+
+
+class _Backoff:
+    """Growing pauses while something is out of reach, cut short by ``stop``."""
+
+    def __init__(self, stop: threading.Event | None) -> None:
+        self.stop = stop
+        self.pause = 0.0
+
+    def wait(self, why: str) -> None:
+        self.pause = min(MAX_BACKOFF_S, max(0.5, self.pause * 2))
+        log.warning("%s; trying again in %.1f s", why, self.pause)
+        if self.stop is not None:
+            self.stop.wait(self.pause)
+        else:
+            time.sleep(self.pause)
+
+    def reset(self) -> None:
+        self.pause = 0.0
+
+
+def _apply(
+    store: ProjectionStore,
+    consumer: str,
+    messages: list[ProjectedMessage],
+    stop: threading.Event | None,
+    metrics: ServiceMetrics | None,
+) -> int:
+    """Applies a batch; waits out a database outage; parks a message that keeps failing."""
+    backoff = _Backoff(stop)
+    while True:
+        try:
+            return store.apply_batch(consumer, messages)
+        except ProjectorError as exc:
+            if not exc.transient:
+                break
+            if stop is not None and stop.is_set():
+                raise
+            backoff.wait(f"the projection database is out of reach ({exc})")
+    # A message of the batch cannot be applied: apply them one by one to find it.
+    applied = 0
+    for message in messages:
+        failures = 0
+        error: ProjectorError | None = None
+        while True:
+            try:
+                if failures < ATTEMPTS:
+                    applied += store.apply_batch(consumer, [message])
+                else:
+                    log.error(
+                        "parking %s/%d@%d after %d failures",
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        failures,
+                    )
+                    store.park(consumer, message, f"the projector could not apply it: {error}")
+                    if metrics is not None:
+                        metrics.count_retry("parked")
+                break
+            except ProjectorError as exc:
+                if exc.transient:  # not the message's fault: wait, and do not count it
+                    if stop is not None and stop.is_set():
+                        raise
+                    backoff.wait(f"the projection database is out of reach ({exc})")
+                    continue
+                failures += 1
+                error = exc
+                if metrics is not None and failures < ATTEMPTS:
+                    metrics.count_retry("retried")
+    return applied
 
 
 def _measure_lag(kafka: Any, metrics: ServiceMetrics) -> None:

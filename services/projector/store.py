@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
 
 from sqlalchemy import (
@@ -21,17 +21,23 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
-    and_,
     create_engine,
     delete,
     event,
+    inspect,
     make_url,
-    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import StaticPool
 
 from schemas.codec import default_codec
@@ -72,15 +78,18 @@ from services.projector.tables import (
 
 log = logging.getLogger(__name__)
 
-TopicKind = Literal["events", "decisions", "assignments", "dead_letter"]
+TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter"]
 """Which of Shaping's topics a message came from (independent of the topic prefix)."""
 
 TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
 
 # The event types each topic carries. An event found on another topic (say a StageTransitioned
 # published to the events topic by hand) is not the processor's word, so it is not projected.
+# The raw events topic is not projected at all: what rigs and operators send may be refused, and
+# the tables hold accepted facts only, which the processor republishes on the accepted topic.
 _ACCEPTED: dict[str, tuple[type[Event], ...]] = {
-    "events": (
+    "events": (),
+    "accepted": (
         MouseEnrolled,
         SessionStarted,
         TrialCompleted,
@@ -162,6 +171,11 @@ class ProjectionStore(Protocol):
         """
         ...
 
+    def park(self, consumer: str, message: ProjectedMessage, reason: str) -> None:
+        """Records a message that cannot be applied in ``rejected_events`` and moves
+        ``consumer`` past it, in one transaction."""
+        ...
+
     def committed_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         """Returns the next offset to read, per ``(topic, partition)``, for ``consumer``."""
         ...
@@ -241,9 +255,19 @@ class SqlProjectionStore:
             event.listen(self.engine, "begin", _sqlite_begin)
         try:
             metadata.create_all(self.engine)
+            missing = _missing_columns(self.engine)
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise ProjectorError(f"cannot create the projection tables: {exc}") from exc
+            raise ProjectorError(
+                f"cannot create the projection tables: {exc}", transient=_transient(exc)
+            ) from exc
+        if missing:
+            self.engine.dispose()
+            raise ProjectorError(
+                "the projection tables were made by an older Shaping and lack "
+                f"{', '.join(missing)}; rebuild them from the log with `shaping replay` "
+                "(or point --db-url at a new database)"
+            )
 
     def close(self) -> None:
         """Closes every pooled connection."""
@@ -270,7 +294,8 @@ class SqlProjectionStore:
                     except Exception as exc:
                         raise ProjectorError(
                             f"cannot apply {message.topic}/{message.partition}@{message.offset}"
-                            f" ({type(message.event).__name__}): {exc}"
+                            f" ({type(message.event).__name__}): {exc}",
+                            transient=_transient(exc),
                         ) from exc
                 for (topic, partition), next_offset in advanced.items():
                     self._upsert(
@@ -284,12 +309,55 @@ class SqlProjectionStore:
                         },
                     )
         except SQLAlchemyError as exc:
-            # Raised at commit (the per-message errors are wrapped above): nothing was kept.
-            raise ProjectorError(f"cannot commit the batch: {exc}") from exc
+            # Raised at commit or connect (the per-message errors are wrapped above): nothing
+            # was kept.
+            raise ProjectorError(
+                f"cannot commit the batch: {exc}", transient=_transient(exc)
+            ) from exc
         log.debug(
             "consumer %s applied %d new events of %d messages", consumer, applied, len(messages)
         )
         return applied
+
+    def park(self, consumer: str, message: ProjectedMessage, reason: str) -> None:
+        """Records a message the projector failed to apply in ``rejected_events`` (kind
+        ``failed``, rejected by the projector) and moves the consumer past it, in one
+        transaction: the stream goes on and a person can see what was skipped and why."""
+        ev = message.event
+        row = {
+            "event_id": f"projector:{message.topic}/{message.partition}/{message.offset}",
+            "mouse_id": ev.mouse_id if ev is not None else "unknown",
+            "occurred_at": ev.occurred_at if ev is not None else datetime.now(UTC),
+            "reason": reason[:2000],
+            "error_kind": "failed",
+            "source_topic": message.topic,
+            "source_partition": message.partition,
+            "source_offset": message.offset,
+            "rejected_by": "projector",
+            "original_value_hex": "",
+            "original_size": None,
+            "original_sha256": None,
+        }
+        try:
+            with self.engine.begin() as conn:
+                self._insert_if_absent(conn, rejected_events, row)
+                position = self._offsets(conn, consumer).get((message.topic, message.partition))
+                if position is None or position <= message.offset:
+                    self._upsert(
+                        conn,
+                        projector_offsets,
+                        {
+                            "consumer": consumer,
+                            "topic": message.topic,
+                            "partition": message.partition,
+                            "next_offset": message.offset + 1,
+                        },
+                    )
+        except SQLAlchemyError as exc:
+            raise ProjectorError(
+                f"cannot park {message.topic}/{message.partition}@{message.offset}: {exc}",
+                transient=_transient(exc),
+            ) from exc
 
     def committed_offsets(self, consumer: str) -> dict[tuple[str, int], int]:
         """Returns the committed next offsets of ``consumer`` per ``(topic, partition)``."""
@@ -322,7 +390,7 @@ class SqlProjectionStore:
     def _apply(self, conn: Connection, message: ProjectedMessage) -> int:
         """Projects one message; returns 1 when its event was new, else 0."""
         ev = message.event
-        if ev is None:
+        if ev is None or message.topic_kind == "events":
             return 0
         if type(ev) not in _ACCEPTED[message.topic_kind]:
             log.warning(
@@ -366,16 +434,12 @@ class SqlProjectionStore:
         return result.rowcount == 1
 
     def _mouse_enrolled(self, conn: Connection, ev: MouseEnrolled) -> None:
-        # Enrollments of a mouse share its partition of the events topic, so they arrive in
-        # order; ">=" lets the later of two at the same instant win, as it would live.
+        # Enrolments of a mouse share its partition of the accepted topic, so the projector
+        # applies them in log order: the last one applied is the newest, whatever its clock.
         self._upsert(
             conn,
             mouse_status,
             {"mouse_id": ev.mouse_id, "enrolled_at": ev.occurred_at, "enrolled_by": ev.enrolled_by},
-            where=lambda new: or_(
-                mouse_status.c.enrolled_at.is_(None),
-                mouse_status.c.enrolled_at <= new.enrolled_at,
-            ),
         )
 
     def _session_started(self, conn: Connection, ev: SessionStarted) -> None:
@@ -569,7 +633,10 @@ class SqlProjectionStore:
             conn.execute(self._insert(stage_reached).values(list(first.values())))
 
     def _assignment_issued(self, conn: Connection, ev: AssignmentIssued) -> None:
-        # Newest assignment by session number, then time (see _stage_transitioned on why).
+        # "Current" is the newest by processing order: a mouse's assignments share one partition
+        # of the assignments topic, so the last one applied is the newest. Never by occurred_at
+        # (a rig's or an operator's clock) or by session number (a migration or an override
+        # keeps the session number; a re-enrolment starts it over).
         self._upsert(
             conn,
             mouse_status,
@@ -585,14 +652,6 @@ class SqlProjectionStore:
                 "assignment_id": ev.event_id,
                 "assigned_at": ev.occurred_at,
             },
-            where=lambda new: or_(
-                mouse_status.c.next_session_number.is_(None),
-                mouse_status.c.next_session_number < new.next_session_number,
-                and_(
-                    mouse_status.c.next_session_number == new.next_session_number,
-                    mouse_status.c.assigned_at <= new.assigned_at,
-                ),
-            ),
         )
         self._current_adjustments(conn, ev)
         if ev.reason in _INTERVENTION_REASONS and ev.causation_id is not None:
@@ -633,6 +692,8 @@ class SqlProjectionStore:
                 "source_offset": ev.source_offset,
                 "rejected_by": ev.rejected_by,
                 "original_value_hex": ev.original_value.hex(),
+                "original_size": ev.original_size,
+                "original_sha256": ev.original_sha256,
             },
         )
         if ev.causation_id is not None:
@@ -671,7 +732,7 @@ class SqlProjectionStore:
         self._upsert(conn, interventions, row, insert_only=("mouse_id",))
 
     def _current_adjustments(self, conn: Connection, ev: AssignmentIssued) -> None:
-        # Newest assignment by session number, then time, as for mouse_status.
+        # The newest assignment by processing order, as for mouse_status.
         self._upsert(
             conn,
             mouse_adjustments,
@@ -683,13 +744,6 @@ class SqlProjectionStore:
                 "session_number": ev.session_number,
                 "assigned_at": ev.occurred_at,
             },
-            where=lambda new: or_(
-                mouse_adjustments.c.session_number < new.session_number,
-                and_(
-                    mouse_adjustments.c.session_number == new.session_number,
-                    mouse_adjustments.c.assigned_at <= new.assigned_at,
-                ),
-            ),
         )
 
     def _intervention_honoured(self, conn: Connection, ev: AssignmentIssued) -> None:
@@ -713,6 +767,9 @@ class SqlProjectionStore:
             return
         if not isinstance(original, StageOverridden | MouseEjected | ParametersAdjusted):
             return
+        # The processor refused the request, so it never reaches the accepted topic: its audit
+        # row (who asked for what, and why) comes from the dead letter, marked refused.
+        self._intervention(conn, original)
         self._upsert(
             conn,
             interventions,
@@ -753,7 +810,7 @@ class SqlProjectionStore:
         return sqlite.insert(table)
 
     def _insert_if_absent(self, conn: Connection, table: Table, row: dict[str, Any]) -> None:
-        conn.execute(self._insert(table).values(row).on_conflict_do_nothing())
+        conn.execute(self._insert(table).values(_storable(row)).on_conflict_do_nothing())
 
     def _upsert(
         self,
@@ -776,6 +833,7 @@ class SqlProjectionStore:
                 every writer of the row agrees on, like the mouse of a session).
         """
         keys = [column.name for column in table.primary_key.columns]
+        row = _storable(row)
         stmt = self._insert(table).values(row)
         updates = {
             name: stmt.excluded[name]
@@ -795,6 +853,33 @@ class SqlProjectionStore:
             ).where(projector_offsets.c.consumer == consumer)
         )
         return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+
+
+def _missing_columns(engine: Engine) -> list[str]:
+    """``table.column`` of every column this version's tables have and the database's lack."""
+    inspector = inspect(engine)
+    missing = []
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in present]
+    return missing
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a database error says the database is out of reach rather than that a row is
+    wrong: worth waiting for, never a reason to skip a message."""
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _storable(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with text every backend can hold: PostgreSQL's text cannot contain NUL, so a
+    NUL in free text (a reason, a note) is stored as U+FFFD instead of failing the batch."""
+    return {
+        key: value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+        for key, value in row.items()
+    }
 
 
 def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:

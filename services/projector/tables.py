@@ -68,7 +68,7 @@ mouse_status = Table(
     "mouse_status",
     metadata,
     Column("mouse_id", String, primary_key=True),
-    # From the newest AssignmentIssued (by session_number, then occurred_at).
+    # From the newest AssignmentIssued (by processing order: the last one applied).
     Column("curriculum_name", String),
     Column("curriculum_version", String),
     Column("stage", String),
@@ -78,7 +78,7 @@ mouse_status = Table(
     Column("last_reason", String),
     Column("assignment_id", String),
     Column("assigned_at", UtcDateTime),
-    # From the newest MouseEnrolled.
+    # From the newest MouseEnrolled (by processing order).
     Column("enrolled_at", UtcDateTime),
     Column("enrolled_by", String),
     # From the newest StageTransitioned (by session_total, then occurred_at).
@@ -201,8 +201,12 @@ rejected_events = Table(
     Column("source_offset", BigInteger, nullable=False),
     Column("rejected_by", String, nullable=False),
     Column("original_value_hex", Text, nullable=False),
+    # Version 2 dead letters: the whole original's size and SHA-256 (the hex may be cut).
+    Column("original_size", BigInteger),
+    Column("original_sha256", String),
 )
-"""Every EventRejected (dead letter), with the original bytes in hex."""
+"""Every EventRejected (dead letter), with the original bytes in hex; also what the projector
+itself parked (``rejected_by = 'projector'``: a message it failed to apply)."""
 
 interventions = Table(
     "interventions",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -21,7 +24,7 @@ from services.common.topics import (
     topic_specs,
     wait_for_broker,
 )
-from tests.support.scripts import port_in_use
+from tests.support.scripts import REPO, port_in_use
 
 
 @pytest.fixture
@@ -43,6 +46,7 @@ def test_topic_names_with_prefix() -> None:
     names = TopicNames.with_prefix("lab1")
     assert names.all() == [
         "lab1.events",
+        "lab1.accepted",
         "lab1.decisions",
         "lab1.assignments",
         "lab1.dead-letter",
@@ -52,12 +56,73 @@ def test_topic_names_with_prefix() -> None:
     specs = {spec.name: spec for spec in topic_specs(names, partitions=6)}
     assert specs["lab1.assignments"].cleanup_policy == "compact"
     assert specs["lab1.curricula"].cleanup_policy == "compact"
+    # The broker, not the rig, stamps the input: dates are checked against its time.
+    assert specs["lab1.events"].configs["message.timestamp.type"] == "LogAppendTime"
     assert {spec.partitions for spec in specs.values()} == {6}
 
 
 def test_topic_errors_are_infra_errors() -> None:
     assert issubclass(TopicMismatchError, InfraError)
     assert issubclass(BrokerUnavailableError, InfraError)
+
+
+# --- infra/bootstrap.sh (a stand-in python, no network) ---------------------------------
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3 and the venv's python: 'venv DIR' makes DIR/bin/python this script;
+# 'pip install' talks as much as setuptools does and exits with $FAKE_PIP_RC.
+if [[ "$1" == "-m" && "$2" == "venv" ]]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0
+fi
+if [[ "$1" == "-m" && "$2" == "pip" ]]; then
+    for i in $(seq 40); do echo "  BuildBackendWarning: project.license is a table ($i)" >&2; done
+    echo "pip noise on stdout"
+    [[ "${FAKE_PIP_RC:-0}" == 0 ]] || echo "ERROR: No matching distribution found for faust" >&2
+    exit "${FAKE_PIP_RC:-0}"
+fi
+exit 0
+"""
+
+
+def _bootstrap(tmp_path: Path, pip_rc: int) -> tuple[subprocess.CompletedProcess[str], Path]:
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "cache" / "bootstrap.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
+    env |= {"PYTHON_BIN": str(fake), "SHAPING_VENV": str(tmp_path / "venv")}
+    env |= {"SHAPING_BOOTSTRAP_LOG": str(log), "FAKE_PIP_RC": str(pip_rc)}
+    result = subprocess.run(
+        ["bash", str(REPO / "infra" / "bootstrap.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, log
+
+
+def test_bootstrap_keeps_pip_output_in_its_log_when_the_install_works(tmp_path: Path) -> None:
+    result, log = _bootstrap(tmp_path, pip_rc=0)
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "warning" not in output.lower() and "pip noise" not in output, output
+    assert len(output.splitlines()) <= 2, output  # at most "creating" and "installing"
+    assert "BuildBackendWarning" in log.read_text() and "pip noise" in log.read_text()
+    assert (tmp_path / "venv" / ".shaping-installed").is_file()
+    # Installed once: the second run has nothing to do and says nothing.
+    again, _ = _bootstrap(tmp_path, pip_rc=0)
+    assert again.returncode == 0 and again.stdout + again.stderr == ""
+
+
+def test_bootstrap_shows_pip_output_when_the_install_fails(tmp_path: Path) -> None:
+    result, log = _bootstrap(tmp_path, pip_rc=1)
+    assert result.returncode != 0
+    assert "No matching distribution found for faust" in result.stderr
+    assert str(log) in result.stderr
+    assert not (tmp_path / "venv" / ".shaping-installed").exists()
 
 
 # --- the broker ----------------------------------------------------------------------
@@ -270,3 +335,71 @@ def test_postgres_accepts_sqlalchemy(postgres_url: str) -> None:
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+
+
+# --- the infra scripts, called by a relative path from any working directory ------------
+
+# (script, subcommand, exit codes that mean "it ran"): read-only subcommands only.
+RELATIVE_CALLS = [
+    ("infra/postgres/postgres.sh", "url", {0}),
+    ("infra/postgres/postgres.sh", "status", {0, 3}),
+    ("infra/kafka/kafka.sh", "status", {0, 3}),
+    ("infra/prometheus/prometheus.sh", "url", {0}),
+    ("infra/prometheus/prometheus.sh", "status", {0, 3}),
+    ("infra/stack.sh", "config", {0}),
+    ("infra/stack.sh", "status", {0, 3}),
+]
+
+
+@pytest.mark.parametrize("where", ["outside", "repo", "subdir"])
+@pytest.mark.parametrize(("script", "command", "codes"), RELATIVE_CALLS)
+def test_infra_scripts_work_by_a_relative_path_from_any_directory(
+    tmp_path: Path, where: str, script: str, command: str, codes: set[int]
+) -> None:
+    """As `make pg-up` and `$(infra/postgres/postgres.sh url)` call them."""
+    cwd = {"outside": tmp_path, "repo": REPO, "subdir": REPO / "tests"}[where]
+    relative = os.path.relpath(REPO / script, cwd)
+    assert not os.path.isabs(relative)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
+    # Ports nothing listens on, and data where nothing is: the calls only look.
+    env |= {"SHAPING_PG_PORT": "39431", "SHAPING_KAFKA_PORT": "39432"}
+    env |= {"SHAPING_KAFKA_CONTROLLER_PORT": "39433", "SHAPING_PROMETHEUS_PORT": "39434"}
+    env |= {"SHAPING_STACK_DIR": str(tmp_path / "stack")}
+    env |= {"SHAPING_KAFKA_DATA": str(tmp_path / "kafka")}
+    env |= {"SHAPING_PROMETHEUS_DATA": str(tmp_path / "prometheus")}
+    result = subprocess.run(
+        [relative, command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode in codes, output
+    assert "No such file or directory" not in output, output
+    if (script, command) == ("infra/postgres/postgres.sh", "url"):
+        assert result.stdout == "postgresql+psycopg://postgres@127.0.0.1:39431/shaping\n"
+
+
+def test_postgres_data_dir_given_relative_is_taken_from_the_callers_directory(
+    tmp_path: Path,
+) -> None:
+    """postgres.sh works from / (the server must not inherit an unreadable directory), so a
+    relative SHAPING_PG_DATA is resolved against the directory it was called from first."""
+    (tmp_path / "here").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
+    env |= {"SHAPING_PG_PORT": "39431", "SHAPING_PG_DATA": "rel/pg"}
+    result = subprocess.run(
+        [str(REPO / "infra" / "postgres" / "postgres.sh"), "status"],
+        cwd=tmp_path / "here",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode in {0, 3}, result.stdout + result.stderr
+    if "not installed" not in result.stdout:
+        assert f"(data {tmp_path / 'here' / 'rel' / 'pg'})" in result.stdout, result.stdout

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -22,7 +23,12 @@ from typer.testing import CliRunner
 
 from rig.kafka_transport import KafkaRigTransport
 from rig.lab import LabPlan, run_lab
-from schemas.events import AssignmentIssued, SessionEnded, StageTransitioned
+from schemas.events import (
+    AssignmentIssued,
+    MouseEnrolled,
+    StageOverridden,
+    StageTransitioned,
+)
 from services.cli import app
 from services.common.topics import TopicNames, ensure_topics
 from services.domain import MouseState
@@ -30,6 +36,7 @@ from services.embedded.demo import run_demo
 from services.operator.replay import changelog_topic, kafka_offsets
 from services.projector.runner import run_projector
 from services.projector.store import SqlProjectionStore
+from tests.ops.test_replay_logs import major_version
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until
 from tests.support.scripts import REPO
@@ -93,6 +100,11 @@ class Lab:
     tmp: Path
     live: dict[str, list[dict[str, Any]]]
     refusal: Any
+    # Dry runs while the processor and the projector ran: the plain one, one with a new major
+    # version in the lab's folder, one as a PostgreSQL role that may only read; and what the
+    # broker and the database looked like before and after them.
+    dry_runs: dict[str, Any] = field(default_factory=dict)
+    observed: tuple[Any, Any] = (None, None)
 
     def args(self) -> list[str]:
         return [
@@ -144,6 +156,71 @@ class Lab:
         )
 
 
+def observe(lab: Lab) -> dict[str, Any]:
+    """What a read-only command must leave as it was: the end of every topic on the broker
+    (the deployment's and the processor's changelogs), the consumer groups and the processor's
+    committed offsets, and the database's schemas and tables."""
+    admin = KafkaAdminClient(bootstrap_servers=lab.bootstrap, client_id="replay-tests")
+    try:
+        topics = sorted(t for t in admin.list_topics() if not t.startswith("__"))
+        groups = sorted(str(g[0] if isinstance(g, tuple) else g) for g in admin.list_groups())
+    finally:
+        admin.close()
+    engine = create_engine(lab.db_url)
+    try:
+        with engine.connect() as conn:
+            schemas = sorted(conn.execute(text("SELECT nspname FROM pg_namespace")).scalars())
+    finally:
+        engine.dispose()
+    return {
+        "ends": lab.ends(topics),
+        "groups": groups,
+        "committed": lab.committed(),
+        "schemas": schemas,
+        "tables": lab.snapshot(),
+    }
+
+
+def read_only_url(db_url: str) -> str:
+    """The URL of a new role that may read the database's tables and create nothing."""
+    role = f"ro_{uuid4().hex[:8]}"
+    database = make_url(db_url).database
+    engine = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'read-only'"))
+            conn.execute(text(f'REVOKE CREATE, TEMPORARY ON DATABASE "{database}" FROM PUBLIC'))
+            conn.execute(text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+            conn.execute(text(f'GRANT CONNECT ON DATABASE "{database}" TO {role}'))
+            conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+            conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+    finally:
+        engine.dispose()
+    url = make_url(db_url).set(username=role, password="read-only")
+    return url.render_as_string(hide_password=False)
+
+
+def refused_avro_events(at: datetime) -> list[Any]:
+    """Events the processor refuses; their dead letters hold Avro bytes (C3 01 ...), which are
+    not UTF-8: an enrolment of an enrolled mouse and an override to a stage that does not
+    exist."""
+    return [
+        MouseEnrolled(
+            event_id=f"enrolled-again-{uuid4().hex[:6]}",
+            mouse_id="M001",
+            occurred_at=at,
+            curriculum_name="basic-shaping",
+        ),
+        StageOverridden(
+            event_id=f"override-nowhere-{uuid4().hex[:6]}",
+            mouse_id="M002",
+            occurred_at=at,
+            to_stage="no_such_stage",
+            reason="typo",
+        ),
+    ]
+
+
 def fresh_database(server_url: str) -> str:
     """A database of its own on the session's PostgreSQL (other modules reset theirs)."""
     name = f"replay_{uuid4().hex[:8]}"
@@ -156,8 +233,9 @@ def fresh_database(server_url: str) -> str:
     return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
-def settled(db_url: str) -> dict[str, list[dict[str, Any]]] | None:
-    """The tables once every session's decision and next assignment are projected."""
+def settled(db_url: str, refused: int = 0) -> dict[str, list[dict[str, Any]]] | None:
+    """The tables once every session's decision and next assignment are projected (and the
+    dead letters of ``refused`` refused events)."""
     store = SqlProjectionStore(db_url)
     try:
         tables = store.snapshot()
@@ -165,6 +243,7 @@ def settled(db_url: str) -> dict[str, list[dict[str, Any]]] | None:
         store.close()
     status = tables["mouse_status"]
     done = len(tables["decision_log"]) == SESSIONS and len(status) == PLAN.n_mice
+    done = done and len(tables["rejected_events"]) == refused
     if done and all(row["next_session_number"] == PLAN.n_days + 1 for row in status):
         return tables
     return None
@@ -174,8 +253,9 @@ def settled(db_url: str) -> dict[str, list[dict[str, Any]]] | None:
 def lab(
     kafka_bootstrap: str, postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Lab]:
-    """Trains the plan's mice through the real processor and projector, asks replay to run
-    while the processor is still up (it must refuse), then stops both services."""
+    """Trains the plan's mice through the real processor and projector, with two events the
+    processor refuses; asks replay to run while the processor is still up (it must refuse) and
+    to dry-run (it must work and write nothing), then stops both services."""
     tmp = tmp_path_factory.mktemp("replay")
     prefix = f"r{uuid4().hex[:6]}"
     topics = TopicNames.with_prefix(prefix)
@@ -196,8 +276,29 @@ def lab(
             run_lab(PLAN, transport, wait_s=90)
         finally:
             transport.close()
-        lab.live = wait_until(lambda: settled(db_url), 120, "the projector to catch up")
+        refused = refused_avro_events(PLAN.start + timedelta(days=PLAN.n_days))
+        with Publisher(kafka_bootstrap, topics.events) as publisher:
+            publisher.events(refused)
+        lab.live = wait_until(
+            lambda: settled(db_url, len(refused)), 120, "the projector to catch up"
+        )
         lab.refusal = invoke(lab.args())
+        # The processor commits its offsets now and then: wait until it has committed the
+        # whole log, so that nothing but a dry run could move anything below.
+        events_end = {p: end for (_, p), end in lab.ends([topics.events]).items() if end}
+        wait_until(
+            lambda: {p: o for p, o in lab.committed().items() if o} == events_end,
+            60,
+            "the processor to commit its offsets",
+        )
+        before = observe(lab)
+        dry = [*lab.args(), "--dry-run"]
+        lab.dry_runs["plain"] = invoke(dry)
+        major = {"SHAPING_CURRICULA_DIR": str(major_version(tmp / "major"))}
+        lab.dry_runs["major"] = invoke(dry, major)
+        read_only = [a if a != db_url else read_only_url(db_url) for a in dry]
+        lab.dry_runs["read-only"] = invoke(read_only)
+        lab.observed = (before, observe(lab))
         assert processor.poll() is None, (tmp / "processor.log").read_text()[-3000:]
         assert projector.poll() is None, (tmp / "projector.log").read_text()[-3000:]
         assert stop(processor) == 0
@@ -211,6 +312,37 @@ def test_replay_refuses_while_the_processor_runs(lab: Lab) -> None:
     assert lab.processor_id in lab.refusal.stderr
     assert "Traceback" not in lab.refusal.output
     assert lab.snapshot() == lab.live
+
+
+def test_dry_run_works_and_writes_nothing_while_the_services_run(lab: Lab) -> None:
+    """Read only: no record produced anywhere (not on the outputs, not on a changelog), no
+    consumer group made, no offset committed, no schema or table written, even as a role
+    that may only read; and on a log whose dead letters hold Avro bytes."""
+    before, after = lab.observed
+    assert after == before
+    assert before["tables"] == lab.live and len(lab.live["rejected_events"]) == 2
+    for name, result in lab.dry_runs.items():
+        assert result.exit_code == 0, f"{name}: {result.output}"
+        assert "Traceback" not in result.output
+        assert re.search(r"replayed \d+ events of 4 mice", result.stdout), result.stdout
+        assert "no change" in result.stdout, f"{name}: {result.stdout}"
+        assert "would publish" not in result.stdout
+        assert f"note: the processor (group {lab.processor_id!r}) is running" in result.stdout
+
+
+def test_a_new_major_version_in_the_folder_moves_no_mouse(lab: Lab) -> None:
+    """The enrolments named no version; basic-shaping 2.0.0 (a major version) is now in the
+    lab's folder and no mouse was migrated to it: replay keeps every mouse on the version it
+    was enrolled on."""
+    env = {"SHAPING_CURRICULA_DIR": str(major_version(lab.tmp / "major"))}
+    outputs_before = lab.ends([*lab.outputs(), changelog_topic(lab.processor_id)])
+    for args in ([*lab.args(), "--dry-run"], lab.args()):
+        result = invoke(args, env)
+        assert result.exit_code == 0, result.output
+        assert "no change" in result.stdout, result.stdout
+        assert lab.snapshot() == lab.live
+    assert lab.ends([*lab.outputs(), changelog_topic(lab.processor_id)]) == outputs_before
+    assert {r["curriculum_version"] for r in lab.live["mouse_status"]} == {"0.1.0"}
 
 
 def test_replay_of_an_unchanged_log_changes_nothing_twice(lab: Lab) -> None:
@@ -314,46 +446,45 @@ def test_replay_after_a_curriculum_fix_changes_exactly_the_affected_mice(lab: La
     assert "no change" in again.stdout
     assert lab.snapshot() == after
 
-    # A restarted processor recovers the rebuilt state: the rig's duplicate of a changed
-    # mouse's last SessionEnded makes it repeat the decision that now stands (the correction),
-    # not the one it had made before.
-    mouse = sorted(moved_out_of_s2)[0]
-    [last_end] = [
-        r
-        for r in read_to_end(lab.bootstrap, [lab.topics.events])
-        if isinstance(r.event, SessionEnded) and r.event.mouse_id == mouse
-    ][-1:]
-    ended = last_end.event
-    assert isinstance(ended, SessionEnded)
-    standing = [d for d in corrections if d.mouse_id == mouse and d.session_id == ended.session_id]
-    assert standing, "the last decision of the mouse was corrected"
-    decisions_end = lab.ends([lab.topics.decisions])
-    with lab.processor("processor-after-replay.log", env) as processor:
-        with Publisher(lab.bootstrap, lab.topics.events) as publisher:
-            publisher.raw(last_end.key, last_end.value)
-        with TopicReader(lab.bootstrap, [lab.topics.decisions]) as reader:
-            [repeated] = reader.wait_for(
-                lambda recs: [
-                    r.event
-                    for r in recs
-                    if r.offset >= decisions_end[(r.topic, r.partition)]
-                    and isinstance(r.event, StageTransitioned)
-                ],
-                what="the repeated decision",
-                on_timeout=lambda: (lab.tmp / "processor-after-replay.log").read_text()[-3000:],
-            )
-        assert processor.poll() is None
-    assert repeated.event_id == standing[-1].event_id
-    assert repeated.decision == "stay"
-
-    # The projector goes on with the switched tables: the corrections and the repeated
-    # decision are events it already has, so the tables stay as replay built them.
+    # The projector goes on with the switched tables: the corrections are events it already
+    # has, so the tables stay as replay built them.
     store = SqlProjectionStore(lab.db_url)
     try:
         run_projector(lab.bootstrap, lab.topics, store, consumer="projector", idle_exit_s=3)
         assert store.snapshot() == after
     finally:
         store.close()
+
+    # A restarted processor recovers the rebuilt state: an override that says the mouse is at
+    # s2_training (where the rebuilt state has it) is honoured; the state the processor had
+    # before the replay (the mouse had left s2) would refuse it.
+    mouse = sorted(moved_out_of_s2)[0]
+    [was] = [r for r in live["mouse_status"] if r["mouse_id"] == mouse]
+    assert was["stage"] != "s2_training"
+    override = StageOverridden(
+        event_id=f"after-replay-{uuid4().hex[:6]}",
+        mouse_id=mouse,
+        occurred_at=datetime.now(UTC),
+        from_stage="s2_training",
+        to_stage="s2_training",
+        reason="check the hand-over",
+    )
+    with lab.processor("processor-after-replay.log", env) as processor:
+        with Publisher(lab.bootstrap, lab.topics.events) as publisher:
+            publisher.events([override])
+        with TopicReader(lab.bootstrap, [lab.topics.assignments, lab.topics.dead_letter]) as reader:
+            [answer] = reader.wait_for(
+                lambda recs: [
+                    r.event
+                    for r in recs
+                    if r.event is not None and r.event.causation_id == override.event_id
+                ],
+                what="the processor's answer to the override",
+                on_timeout=lambda: (lab.tmp / "processor-after-replay.log").read_text()[-3000:],
+            )
+        assert processor.poll() is None
+    assert isinstance(answer, AssignmentIssued), answer
+    assert (answer.stage, answer.reason) == ("s2_training", "override")
 
 
 # -- embedded mode -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from services.embedded.demo import run_demo
 from services.embedded.runtime import EmbeddedRuntime
 from services.operator.replay import kafka_offsets, read_jsonl
 from services.operator.whatif import CSV_COLUMNS, run_whatif
+from tests.ops.test_replay_logs import major_version
 from tests.support.scripts import REPO
 
 PLAN = LabPlan(n_mice=4, n_rigs=4, n_days=5, seed=7)
@@ -203,6 +204,28 @@ def test_since_and_mice_options(recorded: Recorded, tmp_path: Path) -> None:
     missing = invoke([*recorded.args(), "--curriculum", "basic-shapin@0.1.0"])
     assert missing.exit_code == 2 and "did you mean basic-shaping@0.1.0" in missing.stderr
     assert "Traceback" not in unknown.output + bad_date.output + missing.output
+
+
+def test_a_new_major_version_in_the_folder_leaves_the_live_versions(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """The enrolments named no version, and basic-shaping 2.0.0 (a major version that renames
+    a stage) is now in the lab's folder: the live path stays on the version each mouse was
+    enrolled on, with every recorded session (the events topic alone says which: the sessions
+    name their version)."""
+    env = {"COLUMNS": "200", "SHAPING_CURRICULA_DIR": str(major_version(tmp_path / "major"))}
+    out_csv = tmp_path / "major.csv"
+    result = CliRunner().invoke(
+        app,
+        [*recorded.args(), "--curriculum", "basic-shaping@2.0.0", "--out-csv", str(out_csv)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    table = rows(out_csv)
+    assert len(table) == PLAN.n_mice * PLAN.n_days
+    assert {r["curriculum_live"] for r in table} == {"basic-shaping@0.1.0"}
+    assert {r["curriculum_new"] for r in table} == {"basic-shaping@2.0.0"}
+    assert "basic-shaping@0.1.0" in result.stdout
 
 
 def test_whatif_on_a_demo_log_uses_the_core_session_metrics(tmp_path: Path) -> None:

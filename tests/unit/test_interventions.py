@@ -440,6 +440,10 @@ def test_warnings_go_to_the_decisions_topic_with_the_same_ids_when_reprocessed()
         "AssignmentIssued": "assignments",
         "StageTransitioned": "decisions",
         "TrainingWarning": "decisions",
+        # The accepted inputs, republished for the projector (trials are not).
+        "MouseEnrolled": "accepted",
+        "SessionStarted": "accepted",
+        "SessionEnded": "accepted",
     }
 
 
@@ -458,7 +462,7 @@ def test_the_processor_accepts_interventions_and_dead_letters_refusals() -> None
     good = step.process(
         state, encode_key("M1"), codec.encode(override("s2_training")), "shaping.events", 0, 2
     )
-    assert [o.topic_kind for o in good.outputs] == ["assignments"]
+    assert [o.topic_kind for o in good.outputs] == ["accepted", "assignments"]
 
 
 # -- redelivery and replay ------------------------------------------------------------------------
@@ -643,22 +647,7 @@ def test_the_new_tables_do_not_depend_on_how_topics_interleave(order: Random) ->
 
 
 def _messages(runtime: EmbeddedRuntime) -> list[ProjectedMessage]:
-    kinds = {
-        runtime.topics.events: "events",
-        runtime.topics.decisions: "decisions",
-        runtime.topics.assignments: "assignments",
-        runtime.topics.dead_letter: "dead_letter",
-    }
-    return [
-        ProjectedMessage(
-            r.topic,
-            r.partition,
-            r.offset,
-            runtime.codec.decode(r.value),
-            kinds[r.topic],  # type: ignore[arg-type]
-        )
-        for r in runtime.log.records()
-    ]
+    return runtime.messages()
 
 
 # -- the operator's commands (checks made before anything is sent) -------------------------------

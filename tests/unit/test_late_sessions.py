@@ -858,17 +858,10 @@ def late_messages() -> list[ProjectedMessage]:
         stage = runtime.states["M1"].stage
         assert stage is not None
         runtime.publish(session_events("M1", plans[index], stage))
-    codec = default_codec()
-    kinds = {
-        runtime.topics.events: "events",
-        runtime.topics.decisions: "decisions",
-        runtime.topics.assignments: "assignments",
-        runtime.topics.dead_letter: "dead_letter",
-    }
     return [
-        ProjectedMessage(r.topic, 0, r.offset, codec.decode(r.value), kinds[r.topic])  # type: ignore[arg-type]
-        for r in runtime.log.records()
-        if r.topic != runtime.topics.events or b"TrialCompleted" not in r.value
+        message
+        for message in runtime.messages()
+        if message.topic_kind != "events" or not isinstance(message.event, TrialCompleted)
     ]
 
 
@@ -881,7 +874,7 @@ def test_the_projection_of_a_recompute_does_not_depend_on_topic_interleaving(
         store.apply_batch("projector", messages)
         reference = store.snapshot()
         assert any(r["superseded_by"] for r in reference["decision_log"])
-        rank = {"dead_letter": 0, "assignments": 1, "decisions": 2, "events": 3}
+        rank = {"dead_letter": 0, "assignments": 1, "decisions": 2, "accepted": 3, "events": 4}
         for reverse in (False, True):
             store.reset()
             reordered = sorted(messages, key=lambda m: rank[m.topic_kind], reverse=reverse)

@@ -42,6 +42,7 @@ from tests.support.builders import (
 TOPICS = TopicNames.with_prefix("proj")
 TOPIC_OF = {
     "events": TOPICS.events,
+    "accepted": TOPICS.accepted,
     "decisions": TOPICS.decisions,
     "assignments": TOPICS.assignments,
     "dead_letter": TOPICS.dead_letter,
@@ -61,10 +62,13 @@ def to_messages(
     next_offset: dict[tuple[str, int], int] = defaultdict(int)
     messages = []
     for item in published:
-        topic, partition = TOPIC_OF[item.kind], partition_of[item.mouse_id]
+        # What a rig sent reaches the projector as the processor republished it, on the
+        # accepted topic; garbage stays on the events topic, which is not projected.
+        kind = "accepted" if item.kind == "events" and item.event is not None else item.kind
+        topic, partition = TOPIC_OF[kind], partition_of[item.mouse_id]
         offset = next_offset[(topic, partition)]
         next_offset[(topic, partition)] += 1
-        messages.append(ProjectedMessage(topic, partition, offset, item.event, item.kind))
+        messages.append(ProjectedMessage(topic, partition, offset, item.event, kind))  # type: ignore[arg-type]
     return messages
 
 
@@ -371,7 +375,7 @@ class ProjectionStoreContract:
         reference = _fresh_snapshot(store, messages)
         # The worst case for a naive projector: assignments and decisions before the events
         # that caused them, dead letters first of all.
-        rank = {"dead_letter": 0, "assignments": 1, "decisions": 2, "events": 3}
+        rank = {"dead_letter": 0, "assignments": 1, "decisions": 2, "accepted": 3, "events": 4}
         reordered = sorted(messages, key=lambda m: rank[m.topic_kind])
         store.reset()
         store.apply_batch(CONSUMER, reordered)
@@ -404,11 +408,15 @@ class ProjectionStoreContract:
 
         check()
 
-    def test_stale_assignment_or_decision_does_not_roll_back(self, store: ProjectionStore) -> None:
-        newer = assignment_issued("M1", "stage_2", session_number=3, reason="progress", minute=50)
-        older = assignment_issued("M1", "stage_1", session_number=2, reason="stay", minute=40)
-        same_later = assignment_issued(
-            "M1", "stage_2", session_number=3, reason="stay", minute=55, sessions_at_stage=1
+    def test_current_assignment_is_the_last_in_the_log_whatever_its_clock(
+        self, store: ProjectionStore
+    ) -> None:
+        # A rig whose clock runs ahead stamped the session's assignment an hour late; the
+        # trainer's migration after it carries the true (earlier) time. The log says which
+        # came last: the migration.
+        ahead = assignment_issued("M1", "stage_2", session_number=3, reason="progress", minute=90)
+        migrated = assignment_issued(
+            "M1", "stage_2", session_number=3, reason="migrated", minute=50, sessions_at_stage=1
         )
         decided = stage_transitioned(
             "M1", "M1-s2", from_stage="stage_1", to_stage="stage_2", decision="progress",
@@ -419,27 +427,25 @@ class ProjectionStoreContract:
             session_total=1, sessions_at_stage=1, outcomes=LOW, minute=30,
         )  # fmt: skip
         published = [
-            Published("assignments", "M1", newer),
-            Published("assignments", "M1", older),
+            Published("assignments", "M1", ahead),
             Published("decisions", "M1", decided),
+            Published("assignments", "M1", migrated),
             Published("decisions", "M1", stale),
         ]
         store.apply_batch(CONSUMER, to_messages(published))
         [status] = store.snapshot()["mouse_status"]
-        assert (status["stage"], status["next_session_number"], status["last_reason"]) == (
-            "stage_2",
-            3,
-            "progress",
-        )
+        assert (status["assignment_id"], status["last_reason"]) == (migrated.event_id, "migrated")
+        # Decisions go by the session they judge: a late older one does not roll back.
         assert (status["last_session_id"], status["sessions_completed"]) == ("M1-s2", 2)
         assert status["enrolled_at"] is None  # no MouseEnrolled seen (yet)
 
-        # An assignment for the same session issued later (an override, say) does replace it.
-        store.apply_batch(
-            CONSUMER, [ProjectedMessage(TOPICS.assignments, 0, 2, same_later, "assignments")]
-        )
-        [status] = store.snapshot()["mouse_status"]
-        assert (status["assignment_id"], status["sessions_at_stage"]) == (same_later.event_id, 1)
+    def test_events_on_the_raw_topic_are_not_projected(self, store: ProjectionStore) -> None:
+        # A rig's event that the processor has not accepted (it may refuse it) changes no row.
+        enrolled = mouse_story("M1", [])[0].event
+        message = ProjectedMessage(TOPICS.events, 0, 0, enrolled, "events")
+        assert store.apply_batch(CONSUMER, [message]) == 0
+        assert store.snapshot()["mouse_status"] == []
+        assert store.committed_offsets(CONSUMER) == {(TOPICS.events, 0): 1}
 
     def test_events_on_the_wrong_topic_are_not_projected(self, store: ProjectionStore) -> None:
         forged = stage_transitioned(
@@ -479,7 +485,7 @@ class TestSqliteProjectionStore(ProjectionStoreContract):
         second = SqlProjectionStore(url)
         assert second.snapshot() == snap
         assert second.committed_offsets(CONSUMER) == {
-            (TOPICS.events, 0): 1,
+            (TOPICS.accepted, 0): 1,
             (TOPICS.assignments, 0): 1,
         }
         second.close()

@@ -136,7 +136,7 @@ def test_a_trial_changes_only_the_open_sessions() -> None:
             }
         state = after
     assert changed == {"open_session"}
-    assert set(SESSION_FIELDS) == {"open_session", "parked_sessions"}
+    assert set(SESSION_FIELDS) == {"open_session", "parked_sessions", "input_offsets"}
 
 
 def test_open_sessions_left_behind_by_a_later_state_record_are_ignored() -> None:
