@@ -3,7 +3,12 @@
 ``RigAgent.run`` is what ``shaping rig run --mouse M`` does:
 
 1. Refresh the local cache of assignments from Kafka; if the broker is unreachable, say so and
-   use the cached assignment (the one received last for the mouse).
+   use the cached assignment (the one received last for the mouse). When the rig knows the
+   cached assignment is stale (the decision on the mouse's previous session on this rig has
+   not arrived within ``stale_assignment.max_wait_s``, or the newest assignment on the broker
+   is written with a schema this rig cannot read), the config's ``stale_assignment.policy``
+   decides: run it anyway, saying so on screen, in the log, in the rig's metrics and in the
+   SessionStarted it records (``assignment_stale``), or refuse to run.
 2. If the journal shows a session of the mouse that started and never ended (the rig crashed
    or was killed), resume it: same session, same parameters, the adapted settings as they were
    after its last trial. Otherwise start a new session with exactly the assignment's
@@ -43,15 +48,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rig.clock import Clock, SystemClock, to_datetime
-from rig.config import RigConfig, ValveCalibration
+from rig.config import RigConfig, StaleAssignmentSettings, ValveCalibration
 from rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
 from rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
 from rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
 from rig.evidence import EJECTED, evidence_lines, next_session_line
-from rig.follow import AssignmentFollower
+from rig.follow import AssignmentFollower, unreadable_hint
 from rig.locks import FileLock
 from rig.reach import reach_session_metrics
-from rig.store import CachedAssignment, OpenSession, RigStore
+from rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
 from rig.task import (
     ReachParameters,
     ReachTask,
@@ -60,6 +65,7 @@ from rig.task import (
     TaskState,
     TrialProgress,
 )
+from schemas.codec import EventCodec
 from schemas.events import (
     AssignmentIssued,
     Event,
@@ -76,6 +82,24 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_LOG = "evidence.log"
 """File in the rig's state folder where the evidence of every decision received is appended."""
+
+CLOCK_SKEW_WARNING_S = 60.0
+"""A rig clock further than this from the broker's gets a warning (``rig run``, ``rig status``)."""
+
+
+class StaleAssignmentRefusedError(RigError):
+    """The assignment the rig has is stale and ``stale_assignment.policy`` is ``refuse``."""
+
+
+def clock_skew_warning(skew: ClockSkew | None) -> str | None:
+    """The warning for a rig clock more than a minute off the broker's, else None."""
+    if skew is None or abs(skew.smoothed_s) <= CLOCK_SKEW_WARNING_S:
+        return None
+    direction = "ahead of" if skew.smoothed_s > 0 else "behind"
+    return (
+        f"WARNING: this rig's clock runs {abs(skew.smoothed_s):.0f} s {direction} the broker's; "
+        "configure NTP (event times and session dates come from this clock)"
+    )
 
 
 class Display(Protocol):
@@ -116,7 +140,8 @@ class RunOptions:
         pace: simulation only: at most this many times faster than real time.
         offline: do not contact Kafka at all (the cache and the outbox only).
         assignment_timeout_s: how long to wait for the decision on the mouse's previous
-            session (and so its new assignment) before starting with the cached one.
+            session (and so its new assignment) before the stale assignment policy applies
+            (None: the config's ``stale_assignment.max_wait_s``).
         decision_timeout_s: how long to wait after the session for its decision.
         abandon_open: close an interrupted session instead of resuming it.
     """
@@ -127,7 +152,7 @@ class RunOptions:
     start: datetime | None = None
     pace: float | None = None
     offline: bool = False
-    assignment_timeout_s: float = 10.0
+    assignment_timeout_s: float | None = None
     decision_timeout_s: float = 60.0
     abandon_open: bool = False
 
@@ -146,6 +171,22 @@ class SessionReport:
     decision: StageTransitioned | None = None
     next_assignment: AssignmentIssued | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChosenAssignment:
+    """The assignment a new session runs, and whether the rig knew it was stale.
+
+    Attributes:
+        assignment: the assignment.
+        stale_reason: why the rig knows it is not the mouse's current assignment (None: it is
+            the current one, as far as the rig can tell).
+        waited_s: how long the rig waited for the current assignment (0: it did not wait).
+    """
+
+    assignment: AssignmentIssued
+    stale_reason: str | None = None
+    waited_s: float = 0.0
 
 
 class _Faults:
@@ -178,12 +219,21 @@ class RigAgent:
         config: the rig's validated config.
         display: where progress goes.
         store: the rig's store (opened from the config if not given).
+        codec: the codec the rig reads Kafka with (default: every committed schema; tests
+            give a subset to stand for an older rig release).
     """
 
-    def __init__(self, config: RigConfig, display: Display, store: RigStore | None = None) -> None:
+    def __init__(
+        self,
+        config: RigConfig,
+        display: Display,
+        store: RigStore | None = None,
+        codec: EventCodec | None = None,
+    ) -> None:
         self.config = config
         self.display = display
         self.store = store or RigStore(config.store_path)
+        self.codec = codec
         self.topics = TopicNames.with_prefix(config.topic_prefix)
         self._wake = threading.Event()
         self._faults = _Faults()
@@ -215,13 +265,14 @@ class RigAgent:
                 f"closed the interrupted session {ended.session_id} ({ended.n_trials} trials)"
             )
             open_session = None
+        chosen: ChosenAssignment | None = None
         if open_session is not None:
             started = open_session.started
-            assignment = None
             params = ReachParameters.from_assignment(started.parameters)
             seed = _task_seed(started.parameters)
         else:
-            assignment = self._choose_assignment(mouse, link, options)
+            chosen = self._choose_assignment(mouse, link, options)
+            assignment = chosen.assignment
             params = ReachParameters.from_assignment(assignment.parameters)
             seed = (
                 random.Random(f"{options.seed}:{mouse}:{assignment.event_id}").getrandbits(31)
@@ -232,7 +283,7 @@ class RigAgent:
         runtime = self._runtime(options, open_session)
         try:
             return self._session(
-                options, link, runtime, open_session, assignment, params, rewards, seed
+                options, link, runtime, open_session, chosen, params, rewards, seed
             )
         finally:
             disconnect_inputs(runtime.hardware)
@@ -244,7 +295,7 @@ class RigAgent:
         link: _Link,
         runtime: _Runtime,
         open_session: OpenSession | None,
-        assignment: AssignmentIssued | None,
+        chosen: ChosenAssignment | None,
         params: ReachParameters,
         rewards: RewardPlan,
         seed: int,
@@ -279,7 +330,7 @@ class RigAgent:
                 f"(interrupted after {state.n_trials} trials)"
             )
         else:
-            assert assignment is not None
+            assert chosen is not None
             session_start = clock.now()
             session_id = f"{mouse}-{self.config.rig_id}-{to_datetime(session_start):%Y%m%dT%H%M%S}"
             if self.store.events(session_id):
@@ -294,13 +345,14 @@ class RigAgent:
         if runtime.begin_cycle is not None:
             runtime.begin_cycle(session_id, state.trial_index)
         if open_session is None:
-            assert assignment is not None
+            assert chosen is not None
+            assignment = chosen.assignment
             parameters: dict[str, ParamValue] = {
                 **params.resolved(),
                 **assignment.parameters,
                 "task_seed": seed,
             }
-            started = recorder.started(assignment, parameters)
+            started = self._record_started(recorder, chosen, parameters)
             unused = sorted(set(assignment.parameters) - set(params.resolved()))
             if unused:
                 # Visible, not fatal: a curriculum may carry another task's parameters, but a
@@ -356,6 +408,8 @@ class RigAgent:
         deadline = time.monotonic() + options.decision_timeout_s
         waiting_said = False
         followed: CachedAssignment | None = None
+        unreadable_before = self._unreadable_now(mouse)
+        unreadable: list[str] = []
         while time.monotonic() < deadline:
             with suppress(BrokerUnreachableError):
                 link.poll(0.3)
@@ -379,6 +433,9 @@ class RigAgent:
                 # Ejected during the session: it is kept but not judged.
                 report.next_assignment = cached.assignment
                 break
+            unreadable = [r for r in self._unreadable_now(mouse) if r not in unreadable_before]
+            if unreadable:
+                break  # the processor answered in a schema this rig cannot read
             if not waiting_said:
                 self.display.message("waiting for the decision on this session ...")
                 waiting_said = True
@@ -395,6 +452,11 @@ class RigAgent:
                 f"{mouse} was ejected during this session: the session is kept but not judged. "
                 f"{report.next_assignment.reason_detail}"
             )
+        elif unreadable:
+            self._say_unreadable(
+                mouse, "the processor's answer on this session: " + "; ".join(unreadable)
+            )
+            report.notes.append("unreadable answer")
         else:
             reason = link.problem() or "the processor has not decided yet"
             self.display.message(
@@ -420,41 +482,66 @@ class RigAgent:
 
     # -- assignments ----------------------------------------------------------------------------
 
-    def _choose_assignment(self, mouse: str, link: _Link, options: RunOptions) -> AssignmentIssued:
+    def _choose_assignment(self, mouse: str, link: _Link, options: RunOptions) -> ChosenAssignment:
+        """The assignment a new session of the mouse runs, under the stale assignment policy.
+
+        Waits (bounded) for the decision on the mouse's last session on this rig, or for the
+        first assignment of a mouse just enrolled. An assignment the rig knows is stale is run
+        loudly or refused, as ``stale_assignment.policy`` says.
+
+        Raises:
+            NoAssignmentError: no assignment of the mouse is cached.
+            StaleAssignmentRefusedError: the cached one is stale and the policy refuses it.
+            RigError: the mouse was ejected.
+        """
+        policy = self.config.stale_assignment
+        max_wait_s = (
+            policy.max_wait_s
+            if options.assignment_timeout_s is None
+            else options.assignment_timeout_s
+        )
+        began = time.monotonic()
+        waited = False
         last = self.store.last_session(mouse)
         waiting_for = (
             last.session_id
             if last is not None and self.store.decision(mouse, last.session_id or "") is None
             else None
         )
-        if not link.offline and waiting_for is not None:
+        if not link.offline and waiting_for is not None and not self.store.undecodable(mouse):
             self.display.message(
-                f"waiting up to {options.assignment_timeout_s:g} s for the decision on "
-                f"{waiting_for} ..."
+                f"waiting up to {max_wait_s:g} s for the decision on {waiting_for} ..."
             )
-            deadline = time.monotonic() + options.assignment_timeout_s
-            while time.monotonic() < deadline:
+            waited = True
+            while time.monotonic() < began + max_wait_s:
                 with suppress(BrokerUnreachableError):
                     link.poll(0.3)
-                if self.store.decision(mouse, waiting_for) is not None:
-                    # The processor publishes the assignment right after the decision.
-                    link.poll(0.5)
+                if self._answered(mouse, waiting_for):
                     waiting_for = None
                     break
+                if self.store.undecodable(mouse) is not None:
+                    break  # the answer came, in a schema this rig cannot read: waiting is vain
         cached = self.store.cached_assignment(mouse)
-        if cached is None and not link.offline:
+        if cached is None and not link.offline and not self.store.undecodable(mouse):
             # Just enrolled: the processor may not have issued the first assignment yet.
-            deadline = time.monotonic() + options.assignment_timeout_s
-            while cached is None and time.monotonic() < deadline:
+            waited = True
+            while cached is None and time.monotonic() < began + max_wait_s:
                 with suppress(BrokerUnreachableError):
                     link.poll(0.3)
                 cached = self.store.cached_assignment(mouse)
+        waited_s = round(time.monotonic() - began, 3) if waited else 0.0
+        unreadable = self.store.undecodable(mouse)
         if cached is None:
-            where = (
-                f"the broker is unreachable ({link.problem()})"
-                if link.offline
-                else "none was found on the assignments topic"
-            )
+            if unreadable is not None:
+                where = (
+                    f"its assignment on the broker cannot be read by this rig "
+                    f"({unreadable.describe()}); {unreadable_hint(unreadable.error)}"
+                )
+                self._say_unreadable(mouse, where)
+            elif link.offline:
+                where = f"the broker is unreachable ({link.problem()})"
+            else:
+                where = f"none was found on the assignments topic within {max_wait_s:g} s"
             raise NoAssignmentError(
                 f"no assignment known for {mouse}: {where}. Enroll the mouse and run once "
                 "with the broker reachable, so the rig can cache its assignment."
@@ -463,8 +550,118 @@ class RigAgent:
             raise RigError(
                 f"{mouse} was ejected: {cached.assignment.reason_detail or 'no more sessions'}"
             )
-        self.display.message(_describe(cached, link, waiting_for))
-        return cached.assignment
+        reasons = []
+        if waiting_for is not None and self.store.decision(mouse, waiting_for) is not None:
+            reasons.append(
+                f"the decision on {waiting_for} arrived but not the assignment that follows it "
+                + ("(offline)" if link.offline else f"after {waited_s:g} s")
+            )
+        elif waiting_for is not None:
+            reasons.append(
+                f"the decision on {waiting_for} has not arrived "
+                + (
+                    f"(offline: {link.problem() or 'the broker was not contacted'})"
+                    if link.offline
+                    else f"after {waited_s:g} s"
+                )
+            )
+        if unreadable is not None:
+            reasons.append(
+                f"the newest assignment for {mouse} cannot be read by this rig "
+                f"({unreadable.describe()})"
+            )
+            self._say_unreadable(
+                mouse,
+                f"its newest assignment ({unreadable.describe()}); "
+                f"{unreadable_hint(unreadable.error)}",
+            )
+        if not reasons:
+            self.display.message(_describe(cached, link))
+            return ChosenAssignment(cached.assignment, None, waited_s)
+        reason = "; ".join(reasons)
+        return self._stale(mouse, cached, reason, waited_s, policy)
+
+    def _answered(self, mouse: str, session_id: str) -> bool:
+        """Whether the decision on the session arrived, and the assignment that follows it
+        (the processor publishes it right after the decision, naming it as its cause)."""
+        decision = self.store.decision(mouse, session_id)
+        if decision is None:
+            return False
+        followed = self.store.last_evidence(mouse)
+        return followed is not None and followed.assignment.causation_id == decision.event_id
+
+    def _unreadable_now(self, mouse: str) -> list[str]:
+        """The mouse's records on the assignments and decisions topics the rig cannot read."""
+        found = []
+        for kind in ("decisions", "assignments"):
+            record = self.store.undecodable(mouse, kind)
+            if record is not None:
+                found.append(f"{record.describe()}; {unreadable_hint(record.error)}")
+        return found
+
+    def _say_unreadable(self, mouse: str, what: str) -> None:
+        """Says loudly that the rig cannot read what the broker holds for the mouse."""
+        text = f"UNREADABLE: this rig cannot read {what}"
+        log.warning("%s: %s", mouse, text)
+        self.display.message(text)
+
+    def _stale(
+        self,
+        mouse: str,
+        cached: CachedAssignment,
+        reason: str,
+        waited_s: float,
+        policy: StaleAssignmentSettings,
+    ) -> ChosenAssignment:
+        """Applies the stale assignment policy: run the cached assignment loudly, or refuse."""
+        a = cached.assignment
+        what = (
+            f"session {a.session_number}, stage {a.stage} ({a.curriculum_name} "
+            f"{a.curriculum_version}; {a.reason}), received {cached.received_at:%Y-%m-%d %H:%M} UTC"
+        )
+        if policy.policy == "refuse":
+            self.store.record_stale_run(mouse, a.event_id, "refused", reason, waited_s)
+            text = (
+                f"STALE ASSIGNMENT for {mouse}: {reason}. Refusing to run the cached assignment "
+                f"({what}) as stale_assignment.policy = refuse; run again once the processor "
+                "has answered, or change the policy in the rig's config"
+            )
+            log.warning("%s", text)
+            raise StaleAssignmentRefusedError(text)
+        self.store.record_stale_run(mouse, a.event_id, "ran_cached", reason, waited_s)
+        text = (
+            f"STALE ASSIGNMENT for {mouse}: {reason}. Running the cached assignment ({what}); "
+            "the session records assignment_stale = true"
+        )
+        log.warning("%s", text)
+        self.display.message(text)
+        return ChosenAssignment(a, reason, waited_s)
+
+    def _record_started(
+        self,
+        recorder: SessionRecorder,
+        chosen: ChosenAssignment,
+        parameters: dict[str, ParamValue],
+    ) -> SessionStarted:
+        """Records SessionStarted, with whether the assignment was stale and the wait for it."""
+        # The recorder builds the event (its id, time and envelope); it is stored once the
+        # assignment's freshness is added.
+        built: list[Event] = []
+        sink, recorder.sink = recorder.sink, built.append
+        try:
+            recorder.started(chosen.assignment, parameters)
+        finally:
+            recorder.sink = sink
+        started = built[0].model_copy(
+            update={
+                "assignment_stale": chosen.stale_reason is not None,
+                "assignment_wait_s": chosen.waited_s,
+                "assignment_stale_reason": chosen.stale_reason,
+            }
+        )
+        assert isinstance(started, SessionStarted)
+        recorder.sink(started)
+        return started
 
     def calibrations(self) -> dict[str, ValveCalibration]:
         """Valve calibrations in force: the config file's, replaced by stored calibrations."""
@@ -614,17 +811,32 @@ class _Link:
                 agent.topics.decisions,
                 config.mice,
                 client_id=f"shaping-rig-{config.rig_id}",
+                codec=agent.codec,
             )
             self.drainer = OutboxDrainer(
-                agent.store, config.bootstrap, client_id=f"shaping-rig-{config.rig_id}"
+                agent.store,
+                config.bootstrap,
+                client_id=f"shaping-rig-{config.rig_id}",
+                codec=agent.codec,
             )
 
     def start(self) -> None:
+        warning = clock_skew_warning(self.agent.store.clock_skew())
+        if warning is not None:
+            log.warning("%s", warning)
+            self.agent.display.message(warning)
         if self.follower is None or self.drainer is None:
             self.agent.display.message("offline mode: the broker is not contacted")
             return
         try:
-            self.follower.catch_up(timeout_s=max(5.0, self.options.assignment_timeout_s))
+            self.follower.catch_up(
+                timeout_s=max(
+                    5.0,
+                    self.agent.config.stale_assignment.max_wait_s
+                    if self.options.assignment_timeout_s is None
+                    else self.options.assignment_timeout_s,
+                )
+            )
             self.offline = False
         except BrokerUnreachableError as exc:
             self._problem = str(exc)
@@ -672,7 +884,7 @@ def _task_seed(parameters: Mapping[str, ParamValue]) -> int:
     raise RigError("the interrupted session does not record its task_seed; use --abandon")
 
 
-def _describe(cached: CachedAssignment, link: _Link, waiting_for: str | None) -> str:
+def _describe(cached: CachedAssignment, link: _Link) -> str:
     a = cached.assignment
     what = (
         f"assignment for {a.mouse_id}: session {a.session_number}, stage {a.stage} "
@@ -681,8 +893,6 @@ def _describe(cached: CachedAssignment, link: _Link, waiting_for: str | None) ->
     received = f"received {cached.received_at:%Y-%m-%d %H:%M} UTC"
     if link.offline:
         return f"offline: using the cached {what}, {received}"
-    if waiting_for is not None:
-        return f"stale: no decision yet on {waiting_for}; running the last known {what}, {received}"
     return f"{what}"
 
 

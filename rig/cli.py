@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -27,6 +27,7 @@ from services.common.settings import Settings
 
 if TYPE_CHECKING:
     from rig.config import RigConfig
+    from rig.lab import LabRun
     from rig.task import ReachParameters, TaskState, TrialProgress
     from schemas.events import AssignmentIssued, SessionEnded, SessionStarted, StageTransitioned
 
@@ -51,6 +52,21 @@ ConfigPath = Annotated[
 DEFAULT_CONFIG = Path("rig.toml")
 
 
+def _echo(message: object = "", **kwargs: Any) -> None:
+    """typer.echo of text that may hold data (ids, stages, reasons, evidence): control
+    characters and escape sequences are shown escaped (``\\x1b``), line breaks kept."""
+    from services.operator.terminal import printable_lines
+
+    typer.echo(printable_lines(message), **kwargs)
+
+
+def _secho(message: object = "", **kwargs: Any) -> None:
+    """typer.secho, escaped like :func:`_echo`."""
+    from services.operator.terminal import printable_lines
+
+    typer.secho(printable_lines(message), **kwargs)
+
+
 @contextmanager
 def _rig_errors() -> Iterator[None]:
     """Turns rig errors into one red line and an exit code (2: config, 1: anything else)."""
@@ -59,10 +75,10 @@ def _rig_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, ParameterError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        _secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     except RigError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        _secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
 
 
@@ -107,9 +123,11 @@ class ConsoleDisplay:
             self._line_open = False
 
     def message(self, text: str) -> None:
-        """Prints a line."""
+        """Prints a line, escaped (data in it cannot reach the terminal as control codes)."""
+        from services.operator.terminal import printable_lines
+
         self._close_line()
-        self.echo(text)
+        self.echo(printable_lines(text))
 
     def session_started(
         self, started: SessionStarted, params: ReachParameters, resumed_at: int | None
@@ -142,6 +160,9 @@ class ConsoleDisplay:
             f"cue {_fmt(p.get('cue_duration_s'))} s, spouts L{p.get('spout_position_left')} "
             f"R{p.get('spout_position_right')}"
         )
+        from services.operator.terminal import printable
+
+        line = printable(line)
         if self.live:
             sys.stdout.write("\r" + line.ljust(120))
             sys.stdout.flush()
@@ -203,8 +224,13 @@ def rig_run(
         typer.Option("--abandon", help="Close an interrupted session instead of resuming it."),
     ] = False,
     assignment_timeout: Annotated[
-        float, typer.Option(min=0, help="Seconds to wait for the previous session's decision.")
-    ] = 10.0,
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds to wait for the previous session's decision before the stale "
+            "assignment policy applies (default: stale_assignment.max_wait_s of the config).",
+        ),
+    ] = None,
     decision_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for this session's decision.")
     ] = 60.0,
@@ -215,7 +241,8 @@ def rig_run(
         int | None,
         typer.Option(
             envvar="SHAPING_RIG_METRICS_PORT",
-            help="Serve shaping_rig_outbox_depth on this port (/metrics) while running.",
+            help="Serve the rig's metrics (shaping_rig_outbox_depth, ...) on this port "
+            "(/metrics) while running.",
         ),
     ] = None,
     metrics_host: Annotated[
@@ -245,7 +272,7 @@ def rig_run(
                     rig_config.store_path, rig_config.rig_id, metrics_port, metrics_host
                 ).start()
             except OSError as exc:
-                typer.secho(
+                _secho(
                     f"error: cannot serve metrics on {metrics_host}:{metrics_port}: {exc}",
                     fg=typer.colors.RED,
                     err=True,
@@ -269,7 +296,7 @@ def rig_run(
             if exporter is not None:
                 exporter.stop()
         results = reach_results(agent.store.events(report.session_id))
-        typer.echo(
+        _echo(
             f"reach results: d' {results.d_prime:.2f} (correction trials excluded), resets "
             f"{results.resets}, spontaneous reaches {results.spontaneous_reaches}"
         )
@@ -285,9 +312,10 @@ def rig_status(
     timeout: Annotated[float, typer.Option(min=0.5, help="Seconds to wait for Kafka.")] = 5.0,
 ) -> None:
     """Show the assignment cache, the outbox and whether Kafka answers."""
+    from rig.agent import clock_skew_warning
     from rig.errors import BrokerUnreachableError
     from rig.evidence import EJECTED, evidence_lines
-    from rig.follow import AssignmentFollower
+    from rig.follow import AssignmentFollower, unreadable_hint
     from rig.store import RigStore
     from services.common.topics import TopicNames
 
@@ -311,37 +339,69 @@ def rig_status(
             broker = f"UNREACHABLE ({exc}); the cache below is what the rig last received"
         finally:
             follower.close()
-        typer.echo(f"rig {rig_config.rig_id} (config {rig_config.path})")
-        typer.echo(f"store: {rig_config.store_path}")
-        typer.echo(f"broker {rig_config.bootstrap}: {broker}")
+        _echo(f"rig {rig_config.rig_id} (config {rig_config.path})")
+        _echo(f"store: {rig_config.store_path}")
+        _echo(f"broker {rig_config.bootstrap}: {broker}")
         unsent = store.unsent_count()
         oldest = store.oldest_unsent()
         since = f" (oldest from {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else ""
-        typer.echo(f"outbox: {unsent} event{'s' if unsent != 1 else ''} waiting{since}")
-        typer.echo("mice:")
+        _echo(f"outbox: {unsent} event{'s' if unsent != 1 else ''} waiting{since}")
+        skew = store.clock_skew()
+        if skew is None:
+            _echo(
+                "clock: skew not measured yet (measured when the rig sends to a topic with "
+                "LogAppendTime)"
+            )
+        else:
+            ahead = "ahead of" if skew.smoothed_s >= 0 else "behind"
+            _echo(
+                f"clock: {abs(skew.smoothed_s):.2f} s {ahead} the broker's (smoothed over "
+                f"{skew.samples} sends; latest {skew.latest_s:+.2f} s ± {skew.uncertainty_s:.2f} s "
+                f"at {skew.measured_at:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+        warning = clock_skew_warning(skew)
+        if warning is not None:
+            _secho(warning, fg=typer.colors.RED)
+        _echo(f"stale assignments: {rig_config.stale_assignment.describe()}")
+        _echo("mice:")
         for mouse in rig_config.mice:
-            typer.echo(f"  {mouse}:")
+            _echo(f"  {mouse}:")
             cached = store.cached_assignment(mouse)
             if cached is None:
-                typer.echo("    assignment: none cached (enroll the mouse; run with the broker up)")
+                _echo("    assignment: none cached (enroll the mouse; run with the broker up)")
             elif cached.assignment.reason == EJECTED:
-                typer.echo(
+                _echo(
                     f"    EJECTED: {cached.assignment.reason_detail}; `shaping rig run` refuses it"
                 )
             else:
                 a = cached.assignment
-                typer.echo(
+                _echo(
                     f"    assignment: session {a.session_number}, stage {a.stage} "
                     f"({a.curriculum_name} {a.curriculum_version}; {a.reason}), received "
                     f"{cached.received_at:%Y-%m-%d %H:%M} UTC"
                 )
+            unreadable = store.undecodable(mouse)
+            if unreadable is not None:
+                _secho(
+                    f"    UNREADABLE: the newest assignment on the broker ({unreadable.describe()}"
+                    f"); {unreadable_hint(unreadable.error)}. `shaping rig run` treats the "
+                    "cached one as stale",
+                    fg=typer.colors.RED,
+                )
+            stale = store.last_stale_run(mouse)
+            if stale is not None:
+                did = "ran the cached assignment" if stale.action == "ran_cached" else "refused"
+                _echo(
+                    f"    last stale assignment: {stale.at:%Y-%m-%d %H:%M} UTC, {did} "
+                    f"({stale.reason})"
+                )
             waiting = store.unsent_count(mouse)
             if waiting:
-                typer.echo(f"    outbox: {waiting} events waiting")
+                _echo(f"    outbox: {waiting} events waiting")
             open_session = store.open_session(mouse)
             if open_session is not None:
                 trials = sum(1 for e in open_session.events if e.event_type == "TrialCompleted")
-                typer.echo(
+                _echo(
                     f"    interrupted session {open_session.started.session_id} ({trials} "
                     "trials): `shaping rig run` resumes it, --abandon closes it"
                 )
@@ -353,25 +413,25 @@ def rig_status(
                     if decision
                     else "no decision received yet"
                 )
-                typer.echo(f"    last session {last.session_id}: {verdict}")
+                _echo(f"    last session {last.session_id}: {verdict}")
             followed = store.last_evidence(mouse)
             if followed is not None:
                 evidence = followed.assignment
-                typer.echo(
+                _echo(
                     f"    evidence of the last decision (received "
                     f"{followed.received_at:%Y-%m-%d %H:%M} UTC):"
                 )
                 judged = store.decision_with_id(mouse, evidence.causation_id or "")
                 for line in evidence_lines(judged, evidence):
-                    typer.echo(f"      {line}")
+                    _echo(f"      {line}")
         agent_calibrations = {**rig_config.valves, **store.calibrations()}
-        typer.echo("valves:")
+        _echo("valves:")
         for valve in ("left", "right"):
             calibration = agent_calibrations.get(valve)
             if calibration is None:
-                typer.echo(f"  {valve}: not calibrated (rewards only by duration)")
+                _echo(f"  {valve}: not calibrated (rewards only by duration)")
             else:
-                typer.echo(f"  {valve}: {calibration.ml_per_ms:.6g} ml/ms ({calibration.source})")
+                _echo(f"  {valve}: {calibration.ml_per_ms:.6g} ml/ms ({calibration.source})")
 
 
 # -- calibrate ----------------------------------------------------------------------------------
@@ -379,7 +439,10 @@ def rig_status(
 
 @app.command("calibrate")
 def rig_calibrate(
-    valve: Annotated[str, typer.Argument(help="The valve: left or right.")],
+    valve: Annotated[
+        str | None,
+        typer.Argument(help="The valve: left or right (with --history: only that valve)."),
+    ] = None,
     config: ConfigPath = DEFAULT_CONFIG,
     pulses: Annotated[int, typer.Option(min=1, help="Openings per measurement.")] = 100,
     ms: Annotated[
@@ -392,28 +455,64 @@ def rig_calibrate(
     simulate: Annotated[
         bool, typer.Option("--simulate", help="Open the valve on gpiozero mock pins.")
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Save without asking.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Save a plausible calibration without asking.")
+    ] = False,
+    by: Annotated[
+        str | None,
+        typer.Option(help="Who calibrates (default: $SHAPING_OPERATOR, else your user name)."),
+    ] = None,
+    history: Annotated[
+        bool, typer.Option("--history", help="Show every calibration kept, oldest first.")
+    ] = False,
 ) -> None:
     """Calibrate a valve: dispense, weigh, and store millilitres per millisecond.
 
     For each opening time the valve opens PULSES times; weigh the water and type the grams.
     The slope through the origin of volume per opening against opening time is stored and used
-    for every reward given by volume.
+    for every reward given by volume. Each measurement's µL per opening and the slope are
+    checked against the valve's bounds (config [valves.VALVE]; defaults 0.5-20 µL per opening
+    and 0.01-0.5 µL/ms plausible, 0.1-50 µL and 0.002-2 µL/ms possible): outside the possible
+    range the calibration is refused; outside the plausible range (or with measurements that
+    disagree, or openings under 5 ms) a warning is shown and the answer defaults to No, and
+    --yes does not save it. Every calibration is kept with its time, who, the rig and the
+    values, saved or not (--history shows them).
     """
-    from rig.calibration import CalibrationPoint, dispense, fit_ml_per_ms, parse_grams
+    import getpass
+    import os
+
+    from rig.calibration import (
+        CalibrationPoint,
+        check_calibration,
+        dispense,
+        fit_ml_per_ms,
+        parse_grams,
+    )
     from rig.clock import SystemClock, VirtualClock
     from rig.config import SIDES
     from rig.gpio import GpiozeroValve
     from rig.store import RigStore
 
-    if valve not in SIDES:
+    if valve is not None and valve not in SIDES:
         close = difflib.get_close_matches(valve, SIDES, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
-        typer.secho(
+        _secho(
             f"error: no valve {valve!r}{hint} (valves: left, right)", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(code=2)
+    if history:
+        with _rig_errors():
+            _show_calibrations(_load(config), valve)
+        return
+    if valve is None:
+        _secho(
+            "error: name the valve to calibrate (left or right), or ask for --history",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=2)
     durations = ms or [70.0]
+    who = by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
     with _rig_errors():
         rig_config = _load(config)
         factory: Any = None
@@ -435,30 +534,99 @@ def rig_calibrate(
                 grams = _ask_grams(f"Grams of water after {pulses} x {open_ms:g} ms", parse_grams)
                 point = CalibrationPoint(open_ms, pulses, grams)
                 points.append(point)
-                typer.echo(
+                _echo(
                     f"  {point.ml_per_pulse * 1000:.3f} µL per opening "
                     f"({point.ml_per_pulse / open_ms:.6g} ml/ms)"
                 )
         finally:
             device.device.close()
         rate = fit_ml_per_ms(points)
-        typer.echo(
+        _echo(
             f"{valve} valve: {rate:.6g} ml/ms: 70 ms gives {rate * 70 * 1000:.2f} µL; "
             f"a 3 µL reward opens it for {0.003 / rate:.1f} ms"
         )
-        if not yes and not typer.confirm("Save this calibration?", default=True):
-            typer.echo("not saved")
-            raise typer.Exit(code=1)
+        check = check_calibration(points, rate, rig_config.valve_bounds(valve))
         store = RigStore(rig_config.store_path)
-        saved = store.save_calibration(valve, rate, [p.as_dict() for p in points])
-        typer.echo(f"saved in {rig_config.store_path} ({saved.source}); rewards by volume use it")
+        values = [p.as_dict() for p in points]
+        kept = {"by": who, "rig_id": rig_config.rig_id}
+        if check.refused:
+            for reason in check.refused:
+                _secho(f"REFUSED: {reason}", fg=typer.colors.RED, bold=True, err=True)
+            store.record_calibration(
+                valve, rate, values, "refused", warnings=check.refused + check.warnings, **kept
+            )
+            _secho(
+                "not saved: impossible for a valve; check the tube, the scale and the grams typed "
+                "(kept in `shaping rig calibrate --history`)",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            raise typer.Exit(code=1)
+        if check.warnings:
+            for warning in check.warnings:
+                _secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, bold=True, err=True)
+            if yes:
+                _secho(
+                    "not saved: --yes saves only plausible calibrations; run without --yes "
+                    "to confirm this one",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                save = False
+            else:
+                save = _confirm("Save this implausible calibration anyway?", default=False)
+        else:
+            save = yes or _confirm("Save this calibration?", default=True)
+        if not save:
+            store.record_calibration(
+                valve, rate, values, "declined", warnings=check.warnings, **kept
+            )
+            _echo("not saved")
+            raise typer.Exit(code=1)
+        saved = store.save_calibration(valve, rate, values, warnings=check.warnings, **kept)
+        _echo(f"saved in {rig_config.store_path} ({saved.source}); rewards by volume use it")
+
+
+def _confirm(text: str, default: bool) -> bool:
+    try:
+        return typer.confirm(text, default=default)
+    except (EOFError, typer.Abort):
+        return False
+
+
+def _show_calibrations(rig_config: RigConfig, valve: str | None) -> None:
+    """Every calibration kept on this rig (of ``valve`` or of both), oldest first."""
+    from rig.store import RigStore
+
+    records = RigStore(rig_config.store_path).calibration_history(valve)
+    which = f"the {valve} valve" if valve else "both valves"
+    _echo(f"calibrations of {which} on rig {rig_config.rig_id} ({rig_config.store_path}):")
+    if not records:
+        _echo("  none yet")
+    for record in records:
+        who = (
+            f"by {record.by} on {record.rig_id}"
+            if record.by is not None
+            else "by ? (kept before the history was)"
+        )
+        outcome = record.outcome + (", in force" if record.in_force else "")
+        _echo(
+            f"{record.calibrated_at:%Y-%m-%d %H:%M} UTC  {record.valve:5s}  "
+            f"{record.ml_per_ms:.6g} ml/ms ({record.ml_per_ms * 1000:.3g} µL/ms)  {outcome}  {who}"
+        )
+        measured = "; ".join(
+            f"{p['pulses']:g} x {p['open_ms']:g} ms: {p['grams']:g} g" for p in record.points
+        )
+        _echo(f"    measured: {measured}")
+        for warning in record.warnings:
+            _echo(f"    {warning}")
 
 
 def _ask(text: str) -> None:
     try:
         typer.prompt(text, default="", show_default=False, prompt_suffix="\n> ")
     except (EOFError, typer.Abort):
-        typer.secho("error: calibration cancelled (no answer)", fg=typer.colors.RED, err=True)
+        _secho("error: calibration cancelled (no answer)", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from None
 
 
@@ -467,12 +635,12 @@ def _ask_grams(text: str, parse: Callable[[str], float]) -> float:
         try:
             answer = typer.prompt(text, prompt_suffix="\n> ")
         except (EOFError, typer.Abort):
-            typer.secho("error: calibration cancelled (no weight)", fg=typer.colors.RED, err=True)
+            _secho("error: calibration cancelled (no weight)", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=1) from None
         try:
             return parse(answer)
         except ValueError as exc:
-            typer.echo(f"  {exc}")
+            _echo(f"  {exc}")
 
 
 # -- sync ---------------------------------------------------------------------------------------
@@ -503,7 +671,7 @@ def rig_sync(
         finally:
             drainer.close()
         left = store.unsent_count()
-        typer.echo(
+        _echo(
             f"outbox: sent {before - left} of {before} events"
             + (f" ({drainer.status.reconciled} were already on the broker)" if done else "")
         )
@@ -518,13 +686,13 @@ def rig_sync(
         )
         try:
             follower.catch_up(min(timeout, 15))
-            typer.echo("assignment cache refreshed")
+            _echo("assignment cache refreshed")
         except BrokerUnreachableError as exc:
-            typer.echo(f"assignment cache not refreshed: {exc}")
+            _echo(f"assignment cache not refreshed: {exc}")
         finally:
             follower.close()
         if not done:
-            typer.secho(
+            _secho(
                 f"error: {left} events still wait ({drainer.status.last_error})",
                 fg=typer.colors.RED,
                 err=True,
@@ -554,16 +722,16 @@ def rig_import_reach(
         mouse_id = mouse or file.stem
         imported = import_reach_sessions(sessions, mouse_id, utc_offset)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        typer.secho(
+        _secho(
             f"error: cannot read {file} as reach training data: {type(exc).__name__}: {exc}",
             fg=typer.colors.RED,
             err=True,
         )
         raise typer.Exit(code=2) from None
-    typer.echo("day  date        trials  corr L/R  incorr L/R  missed L/R  resets  spont  d'")
+    _echo("day  date        trials  corr L/R  incorr L/R  missed L/R  resets  spont  d'")
     for day, events in enumerate(imported, start=1):
         r = reach_results(events)
-        typer.echo(
+        _echo(
             f"{day:3d}  {r.date}  {r.trials:6d}  {r.correct_l:4d}/{r.correct_r:<3d} "
             f"{r.incorrect_l:6d}/{r.incorrect_r:<3d} {r.missed_l:6d}/{r.missed_r:<3d} "
             f"{r.resets:7d} {r.spontaneous_reaches:6d}  {r.d_prime:.3f}"
@@ -574,7 +742,7 @@ def rig_import_reach(
                 for event in events:
                     handle.write(event.model_dump_json() + "\n")
         count = sum(len(events) for events in imported)
-        typer.echo(f"wrote {count} events of {len(imported)} sessions to {out}")
+        _echo(f"wrote {count} events of {len(imported)} sessions to {out}")
 
 
 # -- simulate (a whole lab) ---------------------------------------------------------------------
@@ -588,36 +756,103 @@ def rig_simulate(
     rigs: Annotated[int, typer.Option(min=1, help="Number of rigs.")] = 3,
     days: Annotated[int, typer.Option(min=1, help="Sessions per mouse.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="First day (YYYY-MM-DD, UTC; sessions from 09:00). Default: the day after the "
+            "last day the lab knows for these mice (2026-01-05 for a new lab).",
+            show_default=False,
+        ),
+    ] = None,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for each new assignment before a session.")
     ] = 60.0,
 ) -> None:
-    """Run simulated rigs with simulated mice against Kafka.
+    """Run simulated rigs with simulated mice against Kafka, continuing the lab.
 
     Before each session a rig reads the mouse's latest assignment from the compacted
-    assignments topic and runs exactly those parameters.
+    assignments topic and runs exactly those parameters. A mouse the topic already knows is
+    continued, not enrolled again: its newest assignment gives its next session number, and
+    the days go on after the last day the lab knows for these mice (the newest assignment's
+    date), so session ids never repeat. Every day must lie before today. At the end the run
+    waits for the decision on each mouse's last session, so the next run goes on from there.
     """
+    from rig.errors import RigError
     from rig.kafka_transport import KafkaRigTransport
-    from rig.lab import LabPlan, run_lab
+    from rig.lab import LabPlan, continue_lab
 
+    first_day = _date(start) if start is not None else None
     settings = Settings()
     if bootstrap:
         settings = replace(settings, bootstrap=bootstrap)
     if prefix:
         settings = replace(settings, topic_prefix=prefix)
-    transport = KafkaRigTransport(
-        settings.bootstrap,
-        settings.topics.events,
-        settings.topics.assignments,
-        client_id="sim-rigs",
-    )
+    plan = LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed)
+    with _rig_errors():
+        try:
+            transport = KafkaRigTransport(
+                settings.bootstrap,
+                settings.topics.events,
+                settings.topics.assignments,
+                client_id="sim-rigs",
+            )
+        except RigError:
+            raise
+        except Exception as exc:  # kafka-python: no broker there
+            raise RigError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+        try:
+            _read_to_end(transport, timeout_s=max(wait, 10.0))
+            run = continue_lab(plan, transport, wait, start=first_day)
+        finally:
+            transport.close()
+    _print_lab_run(run)
+
+
+def _date(value: str) -> date:
     try:
-        run = run_lab(LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed), transport, wait)
-    finally:
-        transport.close()
+        return datetime.fromisoformat(value).date()
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date (YYYY-MM-DD)", param_hint="--start"
+        ) from None
+
+
+def _read_to_end(transport: Any, timeout_s: float) -> None:
+    """Reads the assignments topic up to the end it has now into the transport's cache, so the
+    lab continues from every assignment already written."""
+    import time
+
+    from rig.errors import RigError
+
+    consumer = transport.consumer
+    partitions = list(consumer.assignment())
+    ends = consumer.end_offsets(partitions)
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.position(tp) < ends[tp] for tp in partitions):
+        if time.monotonic() > deadline:
+            raise RigError(
+                f"could not read the assignments topic to its end within {timeout_s:g} s"
+            )
+        transport.poll(0.2)
+
+
+def _print_lab_run(run: LabRun) -> None:
+    """What ``shaping rig simulate`` did: where it continued, every session, what is pending."""
+    plan = run.plan
+    last = plan.start + timedelta(days=plan.n_days - 1)
+    _echo(f"days {plan.start:%Y-%m-%d} to {last:%Y-%m-%d}")
+    for mouse, number in sorted(run.continued.items()):
+        _echo(f"{mouse}: continued from session {number}")
+    for mouse, why in sorted(run.skipped.items()):
+        _echo(f"{mouse}: not run, {why}")
     for record in run.sessions:
         flag = " (stale assignment)" if record.stale_assignment else ""
-        typer.echo(
+        _echo(
             f"day {record.day + 1} {record.rig_id} {record.mouse_id} "
             f"session {record.assignment.session_number}: {record.started.stage}{flag}"
+        )
+    for mouse, number in sorted(run.pending.items()):
+        _echo(
+            f"{mouse}: no decision on session {number - 1} yet; the next run continues from "
+            "the newest assignment it finds"
         )

@@ -23,6 +23,11 @@ A rig reads one TOML file (``docs/rig.md`` shows a full example)::
 
     [valves.left]
     ml_per_ms = 0.0000857           # from `shaping rig calibrate left`
+    ul_per_opening = [0.5, 20]      # plausible calibrations (the defaults; see CalibrationBounds)
+
+    [stale_assignment]              # when the current assignment has not arrived
+    policy = "wait_then_run_cached" # or "refuse"
+    max_wait_s = 10                 # how long `rig run` waits for it
 
 Everything is checked when the file is loaded, and a mistake is reported with the entry that
 causes it (``pins.cue_lft: unknown device; did you mean cue_left?``), so a rig never starts
@@ -79,7 +84,16 @@ _PIN_OPTIONS: dict[DeviceKind, set[str]] = {
     "pwm": {"pin", "active_high"},
 }
 
-_TOP_LEVEL = {"rig_id", "mice", "state_dir", "broker", "pins", "valves", "actuators"}
+_TOP_LEVEL = {
+    "rig_id",
+    "mice",
+    "state_dir",
+    "broker",
+    "pins",
+    "valves",
+    "actuators",
+    "stale_assignment",
+}
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,35 @@ class ValveCalibration:
         return (volume_ul / 1000.0) / self.ml_per_ms
 
 
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class CalibrationBounds:
+    """What a valve's calibration may measure (``[valves.left]`` and ``[valves.right]`` of the
+    config change them per valve).
+
+    Each measurement's volume per opening and the fitted slope are checked: outside a hard
+    range ``shaping rig calibrate`` refuses the calibration; outside a plausible range it
+    warns loudly and asks, the answer defaulting to No.
+
+    Attributes:
+        ul_per_opening: plausible µL per opening (a reward is a few µL).
+        ul_per_ms: plausible slope, µL per millisecond open (0.0857 µL/ms = 0.0000857 ml/ms).
+        hard_ul_per_opening: possible µL per opening.
+        hard_ul_per_ms: possible slope.
+    """
+
+    ul_per_opening: Range = (0.5, 20.0)
+    ul_per_ms: Range = (0.01, 0.5)
+    hard_ul_per_opening: Range = (0.1, 50.0)
+    hard_ul_per_ms: Range = (0.002, 2.0)
+
+
+CALIBRATION_BOUND_KEYS = ("ul_per_opening", "ul_per_ms", "hard_ul_per_opening", "hard_ul_per_ms")
+"""The settings of a ``[valves.X]`` table that bound its calibrations."""
+
+
 @dataclass(frozen=True)
 class ActuatorSettings:
     """How spout positions map to the actuators' PWM pulses (50 Hz servo-style signal).
@@ -160,6 +203,44 @@ class ActuatorSettings:
         return (self.pulse_ms_at_1 + (position - 1) * self.pulse_ms_per_position) / 20.0
 
 
+StalePolicy = Literal["wait_then_run_cached", "refuse"]
+STALE_POLICIES: tuple[StalePolicy, ...] = ("wait_then_run_cached", "refuse")
+"""What ``rig run`` does when the current assignment of the mouse has not arrived."""
+
+MAX_ASSIGNMENT_WAIT_S = 3600.0
+"""The longest ``stale_assignment.max_wait_s`` a config may set: the wait is bounded."""
+
+
+@dataclass(frozen=True)
+class StaleAssignmentSettings:
+    """The stale assignment policy (``[stale_assignment]``).
+
+    An assignment is stale when the rig knows it is not the mouse's current one: the decision
+    on the mouse's previous session on this rig has not arrived (the processor is slow or
+    down, or the rig is offline), or the newest assignment on the broker was written with a
+    schema this rig cannot read (the services were upgraded before the rig).
+
+    Attributes:
+        policy: ``wait_then_run_cached``: wait up to ``max_wait_s`` for the current assignment,
+            then run the cached one, saying so on screen, in the log, in the
+            ``shaping_rig_stale_assignments_total`` metric and in the SessionStarted it
+            records (``assignment_stale``). ``refuse``: wait as long, then run nothing.
+        max_wait_s: how long ``shaping rig run`` waits for the current assignment
+            (``--assignment-timeout`` overrides it for one run).
+    """
+
+    policy: StalePolicy = "wait_then_run_cached"
+    max_wait_s: float = 10.0
+
+    def describe(self) -> str:
+        """The policy in words."""
+        then = "run the cached one" if self.policy == "wait_then_run_cached" else "refuse to run"
+        return (
+            f"wait up to {self.max_wait_s:g} s for the current assignment, then {then} "
+            f"(stale_assignment.policy = {self.policy})"
+        )
+
+
 @dataclass(frozen=True)
 class RigConfig:
     """A rig's validated configuration.
@@ -174,6 +255,9 @@ class RigConfig:
         pins: the pin map.
         valves: valve calibrations from the config file, by valve (``left``/``right``).
         actuators: spout actuator settings.
+        calibration_bounds: the bounds a valve's calibrations are checked against, for the
+            valves whose ``[valves.X]`` sets any (:meth:`valve_bounds`).
+        stale_assignment: what ``rig run`` does when the current assignment has not arrived.
         path: the file the config was read from.
     """
 
@@ -185,12 +269,19 @@ class RigConfig:
     pins: PinMap
     valves: Mapping[str, ValveCalibration] = field(default_factory=dict)
     actuators: ActuatorSettings = ActuatorSettings()
+    calibration_bounds: Mapping[str, CalibrationBounds] = field(default_factory=dict)
+    stale_assignment: StaleAssignmentSettings = StaleAssignmentSettings()
     path: Path | None = None
 
     @property
     def store_path(self) -> Path:
         """The rig's SQLite store."""
         return self.state_dir / "rig.sqlite"
+
+    def valve_bounds(self, valve: str) -> CalibrationBounds:
+        """The bounds a calibration of ``valve`` is checked against (the defaults unless the
+        config's ``[valves.VALVE]`` sets them)."""
+        return self.calibration_bounds.get(valve, CalibrationBounds())
 
 
 def load_config(path: Path | str) -> RigConfig:
@@ -251,7 +342,9 @@ def parse_config(
         state_dir=state_path,
         pins=parse_pin_map(data.get("pins"), where),
         valves=_valves(data.get("valves", {}), where),
+        calibration_bounds=_calibration_bounds(data.get("valves", {}), where),
         actuators=_actuators(data.get("actuators", {}), where),
+        stale_assignment=_stale_assignment(data.get("stale_assignment", {}), where),
         path=path,
     )
 
@@ -341,7 +434,10 @@ def _valves(value: Any, where: str) -> dict[str, ValveCalibration]:
             )
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{where}valves.{valve} must be a table with ml_per_ms")
-        _reject_unknown(entry, {"ml_per_ms"}, f"valves.{valve}.", where, ConfigError)
+        allowed = {"ml_per_ms", *CALIBRATION_BOUND_KEYS}
+        _reject_unknown(entry, allowed, f"valves.{valve}.", where, ConfigError)
+        if "ml_per_ms" not in entry and any(key in entry for key in CALIBRATION_BOUND_KEYS):
+            continue  # only calibration bounds for this valve
         rate = entry.get("ml_per_ms")
         if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
             raise ConfigError(
@@ -350,6 +446,47 @@ def _valves(value: Any, where: str) -> dict[str, ValveCalibration]:
             )
         valves[valve] = ValveCalibration(valve, float(rate))
     return valves
+
+
+def _calibration_bounds(value: Any, where: str) -> dict[str, CalibrationBounds]:
+    """The calibration bounds of each valve table that sets any (``_valves`` checked the rest)."""
+    bounds: dict[str, CalibrationBounds] = {}
+    if not isinstance(value, Mapping):
+        return bounds
+    defaults = CalibrationBounds()
+    for valve, entry in value.items():
+        if not isinstance(entry, Mapping) or not any(k in entry for k in CALIBRATION_BOUND_KEYS):
+            continue
+        ranges: dict[str, Range] = {}
+        for key in CALIBRATION_BOUND_KEYS:
+            ranges[key] = _range(
+                entry.get(key, getattr(defaults, key)), f"{where}valves.{valve}.{key}"
+            )
+        for soft in ("ul_per_opening", "ul_per_ms"):
+            low, high = ranges[soft]
+            hard_low, hard_high = ranges[f"hard_{soft}"]
+            if not (hard_low <= low and high <= hard_high):
+                raise ConfigError(
+                    f"{where}valves.{valve}.{soft} = [{low:g}, {high:g}] must lie within "
+                    f"hard_{soft} = [{hard_low:g}, {hard_high:g}]"
+                )
+        bounds[valve] = CalibrationBounds(**ranges)
+    return bounds
+
+
+def _range(value: Any, where: str) -> Range:
+    numbers = (
+        [float(v) for v in value]
+        if isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        else None
+    )
+    if numbers is None or not numbers[0] < numbers[1]:
+        raise ConfigError(f"{where} must be [low, high], two numbers with low below high")
+    if numbers[0] <= 0:
+        raise ConfigError(f"{where} must hold positive numbers")
+    return numbers[0], numbers[1]
 
 
 def _actuators(value: Any, where: str) -> ActuatorSettings:
@@ -371,6 +508,30 @@ def _actuators(value: Any, where: str) -> ActuatorSettings:
     if not 0 < settings.duty(1) <= 1 or not 0 < settings.duty(positions) <= 1:
         raise ConfigError(f"{where}actuators: pulses must lie within the 20 ms PWM period")
     return settings
+
+
+def _stale_assignment(value: Any, where: str) -> StaleAssignmentSettings:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}[stale_assignment] must be a table with policy and max_wait_s")
+    _reject_unknown(value, {"policy", "max_wait_s"}, "stale_assignment.", where, ConfigError)
+    defaults = StaleAssignmentSettings()
+    policy = value.get("policy", defaults.policy)
+    if policy not in STALE_POLICIES:
+        raise ConfigError(
+            f"{where}stale_assignment.policy: {policy!r} is no policy"
+            f"{_suggest(str(policy), STALE_POLICIES)}; choose {' or '.join(STALE_POLICIES)}"
+        )
+    wait = value.get("max_wait_s", defaults.max_wait_s)
+    if (
+        isinstance(wait, bool)
+        or not isinstance(wait, int | float)
+        or not 0 <= wait <= MAX_ASSIGNMENT_WAIT_S
+    ):
+        raise ConfigError(
+            f"{where}stale_assignment.max_wait_s must be a number of seconds from 0 to "
+            f"{MAX_ASSIGNMENT_WAIT_S:g}"
+        )
+    return StaleAssignmentSettings(policy, float(wait))
 
 
 def _reject_unknown(

@@ -12,6 +12,17 @@ unsent rows it reads the partition from its mark (the end of the partition befor
 first sent to it, then one past the last offset it confirmed) and marks sent every unsent row
 whose event id it finds there. Only then does it send again. Every event reaches the topic
 once, in the order it was recorded.
+
+**Clock skew.** Every record is sent with the rig's clock as its timestamp. On a topic with
+``message.timestamp.type=LogAppendTime`` the broker answers with its own append time instead,
+and the drainer measures the rig's clock against it: the broker appended the record between
+the start of the round and its acknowledgement (rig time ``t0`` and ``t1``), so the rig's
+clock minus the broker's is ``(t0 + t1) / 2 - broker time``, to within half the round trip.
+It is measured from the send time and not from the event's ``occurred_at``, which may be hours
+old when the outbox waited for the network. The store keeps the latest and a smoothed value
+(:meth:`RigStore.record_clock_skew <rig.store.RigStore.record_clock_skew>`); ``rig status``
+and the ``shaping_rig_clock_skew_seconds`` gauge show them. A topic with ``CreateTime`` echoes
+the rig's timestamp back, and nothing is measured.
 """
 
 from __future__ import annotations
@@ -29,17 +40,22 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
+from rig.clock import Clock, SystemClock
 from rig.errors import BrokerUnreachableError, RigBusyError
 from rig.locks import FileLock
-from rig.store import OutboxRow, RigStore, Sent
+from rig.store import ClockSkew, OutboxRow, RigStore, Sent
 from schemas.codec import EventCodec, default_codec
 from schemas.errors import SerializationError
+from schemas.headers import headers_for
 
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "SHAPING_RIG_FAULT"
 """Fault injection for crash tests: ``kill-after-ack:N`` makes the process SIGKILL itself after
 the N-th broker acknowledgement it receives, before marking that row sent."""
+
+MAX_SKEW_UNCERTAINTY_S = 10.0
+"""A round slower than twice this measures no clock skew (the broker's time is too loose)."""
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -62,6 +78,7 @@ class DrainStatus:
     failures: int = 0
     reconciled: int = 0
     order_problems: list[str] = field(default_factory=list)
+    clock_skew: ClockSkew | None = None
 
 
 class OutboxDrainer:
@@ -76,6 +93,7 @@ class OutboxDrainer:
             failed (the rows stay in the outbox and are retried).
         lock: held while draining, so two processes never send the same rows (default: a
             ``drain.lock`` next to the store).
+        clock: the rig's clock: the records' timestamps and the clock skew measurement.
     """
 
     def __init__(
@@ -86,8 +104,10 @@ class OutboxDrainer:
         codec: EventCodec | None = None,
         delivery_timeout_ms: int = 15000,
         lock: FileLock | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
+        self.clock = clock or SystemClock()
         self.lock = lock or FileLock(store.path.parent / "drain.lock", "the outbox")
         self.bootstrap = bootstrap
         self.client_id = client_id
@@ -244,14 +264,25 @@ class OutboxDrainer:
     def _send(self, rows: list[OutboxRow]) -> int:
         producer, _ = self._clients()
         futures = []
+        sent_at = self.clock.now()
+        stamp_ms = int(sent_at * 1000)
         for row in rows:
             partition = partition_for(row.key, self._partition_count(row.topic))
             if self.store.partition_mark(row.topic, partition) is None:
                 self._mark_partition_end(row.topic, partition)
             futures.append(
-                producer.send(row.topic, key=row.key, value=row.value, partition=partition)
+                producer.send(
+                    row.topic,
+                    key=row.key,
+                    value=row.value,
+                    partition=partition,
+                    headers=headers_for(row.value),
+                    timestamp_ms=stamp_ms,
+                )
             )
         producer.flush(timeout=self.delivery_timeout_ms / 1000 + 5)
+        acked_at = self.clock.now()
+        skews: list[float] = []
         sent: dict[str, list[Sent]] = defaultdict(list)
         failure: BaseException | None = None
         for row, future in zip(rows, futures, strict=True):
@@ -259,12 +290,19 @@ class OutboxDrainer:
                 failure = future.exception or TimeoutError("no acknowledgement in time")
                 break
             metadata = future.value
+            broker_ms = getattr(metadata, "timestamp", None)
+            if isinstance(broker_ms, int) and broker_ms not in (-1, stamp_ms):
+                # LogAppendTime: the broker's clock (CreateTime echoes stamp_ms back).
+                skews.append((sent_at + acked_at) / 2 - broker_ms / 1000)
             self._acks += 1
             if self._kill_after_ack is not None and self._acks >= self._kill_after_ack:
                 self._kill()
             sent[row.topic].append(Sent(row.seq, metadata.partition, metadata.offset))
         for topic, done in sent.items():
             self.store.mark_sent(done, topic)
+        uncertainty = (acked_at - sent_at) / 2
+        if skews and uncertainty <= MAX_SKEW_UNCERTAINTY_S:
+            self.status.clock_skew = self.store.record_clock_skew(skews[-1], uncertainty)
         count = sum(len(done) for done in sent.values())
         if count:
             self.status.sent += count

@@ -5,6 +5,13 @@ The follower reads, for the partitions the rig's mice hash to, the compacted ass
 session), and stores what concerns the rig's mice in its :class:`~rig.store.RigStore`. It
 remembers how far it read, so a restart continues where it stopped; the cache itself lives on
 disk, so a session can start from it while the broker is unreachable.
+
+A record keyed by one of the rig's mice that this rig cannot decode (a newer release of the
+services wrote it with a schema version this rig does not know) is never skipped silently: it
+is logged as a warning and kept in the store (:meth:`~rig.store.RigStore.save_undecodable`)
+until a readable record of the mouse follows it; ``rig run`` then treats the mouse's cached
+assignment as stale, ``rig status`` shows it, and the rig's metrics count it
+(``shaping_rig_undecodable_assignments_total``).
 """
 
 from __future__ import annotations
@@ -109,7 +116,9 @@ class AssignmentFollower:
             positions: dict[tuple[str, int], int] = {}
             for tp, records in batches.items():
                 for record in records:
-                    count += self._keep(record.value)
+                    count += self._keep(
+                        tp.topic, tp.partition, record.offset, record.key, record.value
+                    )
                     positions[(tp.topic, tp.partition)] = record.offset + 1
             self.store.save_read_positions(positions)
             self.last_error = None
@@ -139,22 +148,58 @@ class AssignmentFollower:
             if all(consumer.position(tp) >= end for tp, end in ends.items()):
                 return
 
-    def _keep(self, value: bytes | None) -> int:
+    def _keep(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> int:
+        kind = "assignments" if topic == self.topics[0] else "decisions"
         try:
             event = self.codec.decode(value)
-        except SerializationError:
-            return 0  # the processor writes valid records; anything else is not ours
+        except SerializationError as exc:
+            return self._unreadable(kind, topic, partition, offset, key, exc)
         if event.mouse_id not in self.mice:
             return 0
         if isinstance(event, AssignmentIssued):
             self.store.save_assignment(event)
             if is_decision(event):
                 self.store.save_evidence(event)
-            return 1
-        if isinstance(event, StageTransitioned):
+        elif isinstance(event, StageTransitioned):
             self.store.save_decision(event)
-            return 1
-        return 0
+        else:
+            return 0
+        self.store.resolve_undecodable(
+            kind, event.mouse_id, topic, partition, offset, event.event_id
+        )
+        return 1
+
+    def _unreadable(
+        self,
+        kind: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        exc: SerializationError,
+    ) -> int:
+        """A record this rig cannot decode: not ours unless its key is one of our mice, and
+        then never skipped without a word."""
+        try:
+            mouse = key.decode("utf-8") if key is not None else None
+        except UnicodeDecodeError:
+            mouse = None
+        if mouse is None or mouse not in self.mice:
+            return 0  # another rig's mouse, or not a Shaping record: not ours to judge
+        if self.store.save_undecodable(kind, mouse, topic, partition, offset, str(exc)):
+            log.warning(
+                "cannot read the %s for %s at %s[%d]@%d (%s): %s",
+                "assignment" if kind == "assignments" else "decision",
+                mouse,
+                topic,
+                partition,
+                offset,
+                exc,
+                unreadable_hint(str(exc)),
+            )
+        return 1
 
     def _drop(self, exc: BaseException) -> None:
         self.last_error = describe_error(exc)
@@ -170,3 +215,13 @@ class AssignmentFollower:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def unreadable_hint(error: str) -> str:
+    """What to do about a record the rig cannot decode, from the decoder's error."""
+    if "fingerprint" in error:
+        return (
+            "it was written with a schema version this rig does not know, by a newer release "
+            "of the services; upgrade the rig software (schemas/README.md, compatibility)"
+        )
+    return "it breaks the event contract; report it to whoever runs the processor"

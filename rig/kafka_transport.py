@@ -3,6 +3,7 @@ of the compacted assignments topic that keeps the latest assignment per mouse.""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -12,8 +13,11 @@ from rig.errors import RigError
 from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.errors import SerializationError
 from schemas.events import AssignmentIssued, Event
+from schemas.headers import headers_for
 from services.common.errors import TopicMissingError
 from services.common.topics import wait_for_partitions
+
+log = logging.getLogger(__name__)
 
 
 class KafkaRigTransport:
@@ -64,8 +68,12 @@ class KafkaRigTransport:
     def publish(self, events: Sequence[Event]) -> None:
         """Sends events in order and waits until the broker has acknowledged all of them."""
         for event in events:
+            value = self.codec.encode(event)
             self.producer.send(
-                self.events_topic, key=encode_key(event.mouse_id), value=self.codec.encode(event)
+                self.events_topic,
+                key=encode_key(event.mouse_id),
+                value=value,
+                headers=headers_for(value),
             )
         self.producer.flush()
 
@@ -77,8 +85,18 @@ class KafkaRigTransport:
             for record in records:
                 try:
                     event = self.codec.decode(record.value)
-                except SerializationError:
-                    continue  # The processor only writes valid assignments; skip anything else.
+                except SerializationError as exc:
+                    # Never skipped without a word: a newer processor may write a version this
+                    # release cannot read, and the lab then runs stale assignments.
+                    log.warning(
+                        "cannot read the assignment at %s[%d]@%d (key %r): %s",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        exc,
+                    )
+                    continue
                 if isinstance(event, AssignmentIssued):
                     known = self.assignments.get(event.mouse_id)
                     if known is None or event.session_number >= known.session_number:

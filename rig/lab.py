@@ -2,20 +2,34 @@
 
 The same driver runs the embedded demo and the Kafka end-to-end tests: it only talks to a
 :class:`~rig.transport.RigTransport`, so both paths see the same events.
+
+A lab that already trained the plan's mice is continued, not started again
+(:func:`lab_position`, :func:`continue_plan`): each mouse's newest assignment gives the number
+of its next session, it is not enrolled again, and the first simulated day is the day after
+the newest date the lab knows for those mice (an assignment is dated by the session end or the
+trainer's event that caused it, so no session of theirs is later). Session ids hold the mouse
+and the start time, so they never repeat.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 
-from rig.errors import NoAssignmentError
+from rig.errors import NoAssignmentError, RigError
+from rig.evidence import EJECTED
 from rig.session import run_simulated_session
 from rig.sim import SimulatedMouse
 from rig.transport import RigTransport
 from schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
+"""The first day of a lab that knows none of the plan's mice (the same seed, the same lab)."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,21 +64,146 @@ class SessionRecord:
 
 @dataclass
 class LabRun:
-    """Everything the simulated lab did."""
+    """Everything the simulated lab did.
+
+    Attributes:
+        plan: the plan it ran.
+        sessions: every session, in the order run.
+        continued: mice it continued, with the number of the first session it ran for each.
+        skipped: mice it did not run, with the reason (ejected).
+        pending: mice whose decision on their last session had not arrived when the run
+            ended (``settle``), with the session number the lab waited for.
+    """
 
     plan: LabPlan
     sessions: list[SessionRecord] = field(default_factory=list)
+    continued: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
 
 
-def run_lab(plan: LabPlan, transport: RigTransport, wait_s: float = 0.0) -> LabRun:
+@dataclass(frozen=True)
+class LabPosition:
+    """Where the lab stands for a plan's mice: each one's newest assignment (None: the lab has
+    never assigned it, so it is enrolled)."""
+
+    assignments: Mapping[str, AssignmentIssued | None]
+
+    def known(self) -> dict[str, AssignmentIssued]:
+        """The mice the lab has assigned, with their newest assignment."""
+        return {m: a for m, a in self.assignments.items() if a is not None}
+
+    def next_session(self, mouse_id: str) -> int:
+        """The number of the mouse's next session (1 for a mouse the lab does not know)."""
+        assignment = self.assignments.get(mouse_id)
+        return assignment.session_number if assignment is not None else 1
+
+    @property
+    def last_date(self) -> date | None:
+        """The newest date (UTC) of an assignment of the plan's mice, None when there is none."""
+        dates = [a.occurred_at.astimezone(UTC).date() for a in self.known().values()]
+        return max(dates) if dates else None
+
+    def first_day(self) -> datetime:
+        """Midnight (UTC) of the day after :attr:`last_date`; :data:`DEFAULT_START` for a lab
+        that knows none of the mice."""
+        last = self.last_date
+        if last is None:
+            return DEFAULT_START
+        return datetime.combine(last + timedelta(days=1), time(), tzinfo=UTC)
+
+
+def lab_position(plan: LabPlan, transport: RigTransport) -> LabPosition:
+    """The newest assignment the transport knows for each of the plan's mice (a Kafka transport
+    must have read the assignments topic to its end first)."""
+    return LabPosition(
+        {mouse: transport.latest_assignment(mouse, 1, 0.0) for mouse, _ in plan.mice()}
+    )
+
+
+def continue_plan(plan: LabPlan, position: LabPosition, start: date | None = None) -> LabPlan:
+    """The plan, starting on ``start`` or else on the day after the lab's last date.
+
+    Raises:
+        RigError: ``start`` is on or before the newest date the lab knows for the plan's mice
+            (sessions there could repeat session ids, or be judged as late sessions).
+    """
+    last = position.last_date
+    if start is None:
+        return replace(plan, start=position.first_day())
+    if last is not None and start <= last:
+        raise RigError(
+            f"--start {start.isoformat()} is not after {last.isoformat()}, the last day the lab "
+            "knows for these mice: pick a later date (or leave --start out to continue the day "
+            "after it)"
+        )
+    return replace(plan, start=datetime.combine(start, time(), tzinfo=UTC))
+
+
+def continue_lab(
+    plan: LabPlan,
+    transport: RigTransport,
+    wait_s: float = 0.0,
+    start: date | None = None,
+    now: datetime | None = None,
+) -> LabRun:
+    """``shaping rig simulate``: continues the lab where it stands (see the module's doc).
+
+    The transport must know every assignment already written (a Kafka transport must have read
+    the assignments topic to its end). Every simulated day must lie before today (``now``, UTC,
+    the wall clock by default): a rig cannot run sessions in the future, and the processor
+    refuses events dated ahead of the broker's clock. The run waits for the decision on each
+    mouse's last session (``settle``), so the next run continues from there.
+
+    Raises:
+        RigError: a ``start`` not after the lab's last day, or days that reach today.
+    """
+    position = lab_position(plan, transport)
+    plan = continue_plan(plan, position, start)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    last_day = plan.start.date() + timedelta(days=plan.n_days - 1)
+    if last_day >= today:
+        raise RigError(
+            f"{plan.n_days} days from {plan.start.date().isoformat()} run until "
+            f"{last_day.isoformat()}, but simulated sessions must lie before today "
+            f"({today.isoformat()}): ask for fewer --days, an earlier --start (after the last "
+            "day the lab knows), or use another topic --prefix for a new lab"
+        )
+    return run_lab(plan, transport, wait_s, position=position, settle=True)
+
+
+def run_lab(
+    plan: LabPlan,
+    transport: RigTransport,
+    wait_s: float = 0.0,
+    position: LabPosition | None = None,
+    settle: bool = False,
+) -> LabRun:
     """Enrolls the plan's mice, then runs every day's sessions through ``transport``.
 
     Before each session the rig reads the mouse's latest assignment; on the Kafka path it waits
     up to ``wait_s`` for the decision on the previous session. A rig that never got an
     assignment cannot run (NoAssignmentError).
+
+    With a ``position`` (:func:`lab_position`), the mice it knows are continued: not enrolled
+    again, their sessions numbered from their newest assignment, their event ids drawn afresh
+    (from the seed, the mouse and the plan's start), and ejected ones skipped. ``settle``
+    waits up to ``wait_s`` at the end for the decision on each mouse's last session, so a
+    later run continues from there (:attr:`LabRun.pending` lists those that did not arrive).
     """
     run = LabRun(plan)
     mice = {mouse_id: SimulatedMouse(mouse_id, plan.seed) for mouse_id, _ in plan.mice()}
+    known = position.known() if position is not None else {}
+    sessions_done = dict.fromkeys(mice, 0)
+    for mouse_id, newest in known.items():
+        if newest.reason == EJECTED:
+            run.skipped[mouse_id] = f"ejected ({newest.reason_detail})"
+            continue
+        # a continued mouse draws its event ids from a stream of its own for this start, so
+        # they differ from every earlier run's
+        mice[mouse_id].rng.seed(f"{plan.seed}:{mouse_id}:{plan.start.isoformat()}")
+        sessions_done[mouse_id] = newest.session_number - 1
+        run.continued[mouse_id] = newest.session_number
     transport.publish(
         [
             MouseEnrolled(
@@ -75,21 +214,30 @@ def run_lab(plan: LabPlan, transport: RigTransport, wait_s: float = 0.0) -> LabR
                 enrolled_by="lab-simulation",
             )
             for mouse_id, mouse in mice.items()
+            if mouse_id not in known
         ]
     )
-    sessions_done = dict.fromkeys(mice, 0)
     for day in range(plan.n_days):
         day_start = plan.start + timedelta(days=day, hours=plan.first_session_hour)
         for rig_index in range(plan.n_rigs):
             rig_id = f"rig-{rig_index + 1}"
-            on_rig = [m for m, r in plan.mice() if r == rig_id]
+            on_rig = [m for m, r in plan.mice() if r == rig_id and m not in run.skipped]
             for slot, mouse_id in enumerate(on_rig):
                 wanted = sessions_done[mouse_id] + 1
                 assignment = transport.latest_assignment(mouse_id, wanted, wait_s)
                 if assignment is None:
                     raise NoAssignmentError(f"no assignment for {mouse_id}; is it enrolled?")
                 started_at = day_start + timedelta(minutes=slot * plan.slot_minutes)
-                events = run_simulated_session(mice[mouse_id], assignment, rig_id, started_at)
+                stale = None
+                if assignment.session_number < wanted:
+                    stale = (
+                        f"the assignment for session {wanted} had not arrived after {wait_s:g} s; "
+                        f"ran the one for session {assignment.session_number}"
+                    )
+                    log.warning("%s on %s: stale assignment: %s", mouse_id, rig_id, stale)
+                events = run_simulated_session(
+                    mice[mouse_id], assignment, rig_id, started_at, stale
+                )
                 transport.publish(events)
                 sessions_done[mouse_id] += 1
                 started = events[0]
@@ -104,4 +252,11 @@ def run_lab(plan: LabPlan, transport: RigTransport, wait_s: float = 0.0) -> LabR
                         assignment.session_number < wanted,
                     )
                 )
+    if settle:
+        for mouse_id, done in sessions_done.items():
+            if mouse_id in run.skipped:
+                continue
+            judged = transport.latest_assignment(mouse_id, done + 1, wait_s)
+            if judged is None or judged.session_number < done + 1:
+                run.pending[mouse_id] = done + 1
     return run

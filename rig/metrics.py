@@ -1,9 +1,26 @@
-"""The rig's Prometheus metric, served without prometheus-client (the rig stays light).
+"""The rig's Prometheus metrics, served without prometheus-client (the rig stays light).
 
-``shaping_rig_outbox_depth{rig="..."}`` (gauge): events in the rig's durable outbox that Kafka
-has not acknowledged yet; the name is in the services' catalogue
-(``services.common.metrics.RIG_OUTBOX_DEPTH``) and on the pipeline dashboard. ``shaping rig
-run --metrics-port N`` serves it on ``/metrics`` while the agent runs.
+Every value is read from the rig's store at scrape time, so any process may serve them and a
+restart loses nothing (the counters are counts of rows the store keeps):
+
+``shaping_rig_outbox_depth{rig}`` (gauge)
+    events in the rig's durable outbox that Kafka has not acknowledged yet; the name is in the
+    services' catalogue (``services.common.metrics.RIG_OUTBOX_DEPTH``) and on the pipeline
+    dashboard.
+``shaping_rig_stale_assignments_total{rig, action}`` (counter)
+    session starts where the rig knew its assignment was stale (the decision on the previous
+    session had not arrived in time, or the newest assignment was unreadable), by what it did:
+    ``ran_cached`` or ``refused`` (``stale_assignment.policy`` in the rig's config).
+``shaping_rig_undecodable_assignments_total{rig}`` (counter)
+    records of the rig's mice on the assignments topic that this rig cannot decode (written
+    by a newer release: upgrade the rig).
+``shaping_rig_undecodable_decisions_total{rig}`` (counter)
+    the same on the decisions topic.
+``shaping_rig_clock_skew_seconds{rig}`` (gauge)
+    the rig's clock minus the broker's (smoothed; positive: the rig runs ahead), measured on
+    every acknowledged send to a topic with ``LogAppendTime``; absent until measured.
+
+``shaping rig run --metrics-port N`` serves them on ``/metrics`` while the agent runs.
 """
 
 from __future__ import annotations
@@ -11,25 +28,105 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import closing
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 OUTBOX_DEPTH = "shaping_rig_outbox_depth"
+STALE_ASSIGNMENTS = "shaping_rig_stale_assignments_total"
+UNDECODABLE_ASSIGNMENTS = "shaping_rig_undecodable_assignments_total"
+UNDECODABLE_DECISIONS = "shaping_rig_undecodable_decisions_total"
+CLOCK_SKEW = "shaping_rig_clock_skew_seconds"
+
+RIG_METRICS = (OUTBOX_DEPTH, STALE_ASSIGNMENTS, UNDECODABLE_ASSIGNMENTS, UNDECODABLE_DECISIONS)
+"""The names every scrape carries (the clock skew only once it was measured)."""
 
 
-def render(rig_id: str, depth: int) -> str:
-    """The metric in Prometheus' text exposition format."""
-    label = rig_id.replace("\\", "\\\\").replace('"', '\\"')
-    return (
+@dataclass(frozen=True)
+class RigMetrics:
+    """The values of one scrape."""
+
+    outbox_depth: int
+    stale: dict[str, int] = field(default_factory=lambda: {"ran_cached": 0, "refused": 0})
+    undecodable: dict[str, int] = field(default_factory=lambda: {"assignments": 0, "decisions": 0})
+    clock_skew_s: float | None = None
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def render(rig_id: str, depth: int | RigMetrics) -> str:
+    """The metrics in Prometheus' text exposition format (a bare depth: the outbox only)."""
+    rig = f'rig="{_label(rig_id)}"'
+    if isinstance(depth, int):
+        values, full = RigMetrics(depth), False
+    else:
+        values, full = depth, True
+    lines = [
         f"# HELP {OUTBOX_DEPTH} Events in a rig's durable outbox that Kafka has not "
-        "acknowledged yet.\n"
-        f"# TYPE {OUTBOX_DEPTH} gauge\n"
-        f'{OUTBOX_DEPTH}{{rig="{label}"}} {depth}\n'
-    )
+        "acknowledged yet.",
+        f"# TYPE {OUTBOX_DEPTH} gauge",
+        f"{OUTBOX_DEPTH}{{{rig}}} {values.outbox_depth}",
+    ]
+    if full:
+        lines += [
+            f"# HELP {STALE_ASSIGNMENTS} Session starts on an assignment the rig knew was stale, "
+            "by what it did (ran_cached or refused).",
+            f"# TYPE {STALE_ASSIGNMENTS} counter",
+            *(
+                f'{STALE_ASSIGNMENTS}{{{rig},action="{_label(action)}"}} {count}'
+                for action, count in sorted(values.stale.items())
+            ),
+            f"# HELP {UNDECODABLE_ASSIGNMENTS} Records of the rig's mice on the assignments "
+            "topic that this rig cannot decode (a newer release wrote them).",
+            f"# TYPE {UNDECODABLE_ASSIGNMENTS} counter",
+            f"{UNDECODABLE_ASSIGNMENTS}{{{rig}}} {values.undecodable.get('assignments', 0)}",
+            f"# HELP {UNDECODABLE_DECISIONS} Records of the rig's mice on the decisions topic "
+            "that this rig cannot decode (a newer release wrote them).",
+            f"# TYPE {UNDECODABLE_DECISIONS} counter",
+            f"{UNDECODABLE_DECISIONS}{{{rig}}} {values.undecodable.get('decisions', 0)}",
+        ]
+        if values.clock_skew_s is not None:
+            lines += [
+                f"# HELP {CLOCK_SKEW} The rig's clock minus the broker's (smoothed; positive: "
+                "ahead).",
+                f"# TYPE {CLOCK_SKEW} gauge",
+                f"{CLOCK_SKEW}{{{rig}}} {_number(values.clock_skew_s)}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def read_metrics(store_path: Path) -> RigMetrics:
+    """The metric values from the rig's store (a fresh connection: scrapes come from any
+    thread). Tables a store of an older release lacks count as empty."""
+    with closing(sqlite3.connect(store_path, timeout=5)) as conn:
+        depth = int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
+        values = RigMetrics(depth)
+        try:
+            for action, count in conn.execute(
+                "SELECT action, count(*) FROM stale_runs GROUP BY action"
+            ):
+                values.stale[action] = int(count)
+            for kind, count in conn.execute(
+                "SELECT kind, count(*) FROM undecodable_records GROUP BY kind"
+            ):
+                values.undecodable[kind] = int(count)
+            row = conn.execute("SELECT smoothed_s FROM clock_skew WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:
+            return values
+    if row is None:
+        return values
+    return RigMetrics(depth, values.stale, values.undecodable, float(row[0]))
 
 
 class OutboxDepthExporter:
-    """Serves the outbox depth on ``/metrics`` from a background thread.
+    """Serves the rig's metrics (the outbox depth and the others above) on ``/metrics`` from a
+    background thread.
 
     Args:
         store_path: the rig's SQLite store.
@@ -48,7 +145,7 @@ class OutboxDepthExporter:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics here")
                     return
-                body = render(exporter.rig_id, exporter.depth()).encode()
+                body = render(exporter.rig_id, read_metrics(exporter.store_path)).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -67,10 +164,8 @@ class OutboxDepthExporter:
         return int(self._server.server_address[1])
 
     def depth(self) -> int:
-        """Unsent events now (a fresh connection per scrape: scrapes come from any thread)."""
-        with closing(sqlite3.connect(self.store_path, timeout=5)) as conn:
-            row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-        return int(row[0])
+        """Unsent events now."""
+        return read_metrics(self.store_path).outbox_depth
 
     def start(self) -> OutboxDepthExporter:
         """Starts serving."""
@@ -81,3 +176,7 @@ class OutboxDepthExporter:
         """Stops serving."""
         self._server.shutdown()
         self._server.server_close()
+
+
+RigMetricsExporter = OutboxDepthExporter
+"""The exporter under the name of what it serves now (every rig metric)."""

@@ -28,8 +28,13 @@ def run_simulated_session(
     assignment: AssignmentIssued,
     rig_id: str,
     started_at: datetime,
+    stale_reason: str | None = None,
 ) -> list[Event]:
     """Runs a session with exactly the assignment's parameters on a simulated mouse.
+
+    ``stale_reason`` says why the simulated rig knows the assignment is stale (its
+    SessionStarted then records ``assignment_stale``); the simulated lab does not measure
+    its wait, so ``assignment_wait_s`` stays None.
 
     The session stops at ``max_trials`` or when ``session_minutes`` have passed, whichever
     comes first. Trial times advance by the inter-trial interval drawn from
@@ -49,6 +54,8 @@ def run_simulated_session(
             curriculum_version=assignment.curriculum_version,
             parameters=params,
             assignment_id=assignment.event_id,
+            assignment_stale=stale_reason is not None,
+            assignment_stale_reason=stale_reason,
             mouse_id=mouse.mouse_id,
             rig_id=rig_id,
             session_id=session_id,

@@ -13,7 +13,17 @@
   StageTransitioned per session, as read from Kafka, so a session can start offline; and per
   mouse the latest assignment that followed a decision, with the evidence it carries (a
   trainer's later override or adjustment replaces the cached assignment, not the evidence).
-* **Calibrations.** Every valve calibration, newest last.
+* **Calibrations.** Every valve calibration, newest last (``calibrations``: what rewards use),
+  and the history of every calibration measured (``calibration_history``): when, who, on which
+  rig, the measurements, the slope, the warnings, and whether it was saved, declined or
+  refused. Rows of ``calibrations`` written before the history existed stay readable.
+* **What the rig could not read, and what it ran stale.** Every record of the rig's mice on
+  the assignments and decisions topics that this rig's schemas cannot decode (a newer
+  release wrote it), until a readable record of the mouse follows it; and every session start
+  where the rig knew its assignment was stale (run anyway, or refused). The rig's metrics
+  count both.
+* **Clock skew.** The rig's clock minus the broker's, measured by the drainer on every
+  acknowledged send to a topic with ``LogAppendTime`` (the latest value and a smoothed one).
 
 Several processes may open the store (``rig run`` and ``rig status``); SQLite's WAL mode and a
 busy timeout let them share it.
@@ -26,7 +36,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,12 +102,53 @@ CREATE TABLE IF NOT EXISTS read_positions (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+CREATE TABLE IF NOT EXISTS undecodable_records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    mouse_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    record_offset INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    resolved_by TEXT,
+    UNIQUE (topic, partition, record_offset)
+);
+CREATE TABLE IF NOT EXISTS stale_runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mouse_id TEXT NOT NULL,
+    assignment_id TEXT,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    waited_s REAL NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clock_skew (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    latest_s REAL NOT NULL,
+    smoothed_s REAL NOT NULL,
+    uncertainty_s REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    measured_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS calibrations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     valve TEXT NOT NULL,
     ml_per_ms REAL NOT NULL,
     calibrated_at TEXT NOT NULL,
     points TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS calibration_history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    valve TEXT NOT NULL,
+    calibrated_at TEXT NOT NULL,
+    calibrated_by TEXT NOT NULL,
+    rig_id TEXT NOT NULL,
+    ml_per_ms REAL NOT NULL,
+    points TEXT NOT NULL,
+    warnings TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    calibration_id INTEGER
 );
 """
 
@@ -129,12 +180,113 @@ class Sent:
     offset: int
 
 
+CALIBRATION_OUTCOMES = ("saved", "declined", "refused")
+"""What became of a calibration measured (``CalibrationRecord.outcome``)."""
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """A calibration of the history.
+
+    Attributes:
+        valve: ``left`` or ``right``.
+        calibrated_at: when (UTC).
+        by: who calibrated (None for calibrations older than the history).
+        rig_id: the rig (None for calibrations older than the history).
+        ml_per_ms: the fitted slope.
+        points: the measurements (``open_ms``, ``pulses``, ``grams``).
+        warnings: what the checks found (refusal reasons for a refused one).
+        outcome: ``saved``, ``declined`` (the person said no) or ``refused`` (impossible).
+        calibration_id: its row in ``calibrations`` when saved.
+        in_force: whether rewards use it now (the valve's newest saved calibration).
+    """
+
+    valve: str
+    calibrated_at: datetime
+    by: str | None
+    rig_id: str | None
+    ml_per_ms: float
+    points: list[dict[str, float]]
+    warnings: tuple[str, ...]
+    outcome: str
+    calibration_id: int | None = None
+    in_force: bool = False
+
+
 @dataclass(frozen=True)
 class CachedAssignment:
     """An assignment from the cache and when the rig received it."""
 
     assignment: AssignmentIssued
     received_at: datetime
+
+
+UNDECODABLE_KINDS = ("assignments", "decisions")
+"""The topics whose unreadable records the store keeps (``UndecodableRecord.kind``)."""
+
+STALE_ACTIONS = ("ran_cached", "refused")
+"""What ``rig run`` did with a stale assignment (``StaleRun.action``)."""
+
+SKEW_SMOOTHING = 0.2
+"""Weight of a new clock skew sample in the smoothed value (exponential moving average)."""
+
+
+@dataclass(frozen=True)
+class UndecodableRecord:
+    """A record of one of the rig's mice that this rig's schemas cannot decode.
+
+    Attributes:
+        kind: ``assignments`` or ``decisions`` (the topic it was read from).
+        mouse_id: the mouse (the record's key).
+        topic, partition, offset: where it is.
+        error: why it does not decode (an unknown writer schema fingerprint: a newer release
+            wrote it).
+        received_at: when the rig read it (UTC).
+    """
+
+    kind: str
+    mouse_id: str
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    received_at: datetime
+
+    def describe(self) -> str:
+        """Where the record is and why the rig cannot read it."""
+        return f"{self.topic}[{self.partition}]@{self.offset}: {self.error}"
+
+
+@dataclass(frozen=True)
+class StaleRun:
+    """A session start where the rig knew its assignment was stale."""
+
+    mouse_id: str
+    assignment_id: str | None
+    action: str
+    reason: str
+    waited_s: float
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ClockSkew:
+    """The rig's clock minus the broker's (seconds; positive: the rig's clock runs ahead).
+
+    Attributes:
+        latest_s: the last measurement.
+        smoothed_s: the exponential moving average of the measurements.
+        uncertainty_s: half the round trip of the last measurement (the broker's timestamp
+            lies within it).
+        samples: how many measurements went into ``smoothed_s``.
+        measured_at: when the last one was taken (UTC, the rig's clock).
+    """
+
+    latest_s: float
+    smoothed_s: float
+    uncertainty_s: float
+    samples: int
+    measured_at: datetime
 
 
 @dataclass(frozen=True)
@@ -464,20 +616,272 @@ class RigStore:
                 [(topic, partition, offset) for (topic, partition), offset in positions.items()],
             )
 
+    # -- unreadable records, stale runs ---------------------------------------------------------
+
+    def save_undecodable(
+        self, kind: str, mouse_id: str, topic: str, partition: int, offset: int, error: str
+    ) -> bool:
+        """Keeps a record of the mouse the rig cannot decode; False when it was kept before."""
+        assert kind in UNDECODABLE_KINDS
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO undecodable_records (kind, mouse_id, topic, partition, "
+                "record_offset, error, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, mouse_id, topic, partition, offset, error, _now()),
+            )
+            return cursor.rowcount == 1
+
+    def resolve_undecodable(
+        self, kind: str, mouse_id: str, topic: str, partition: int, offset: int, event_id: str
+    ) -> None:
+        """A readable record of the mouse at ``offset`` follows the unreadable ones before it."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE undecodable_records SET resolved_by = ? WHERE kind = ? AND mouse_id = ? "
+                "AND topic = ? AND partition = ? AND record_offset < ? AND resolved_by IS NULL",
+                (event_id, kind, mouse_id, topic, partition, offset),
+            )
+
+    def undecodable(self, mouse_id: str, kind: str = "assignments") -> UndecodableRecord | None:
+        """The newest record of the mouse the rig cannot decode that no readable one followed."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT kind, mouse_id, topic, partition, record_offset, error, received_at "
+                "FROM undecodable_records WHERE mouse_id = ? AND kind = ? AND resolved_by IS NULL "
+                "ORDER BY seq DESC LIMIT 1",
+                (mouse_id, kind),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return UndecodableRecord(
+            kind=row[0],
+            mouse_id=row[1],
+            topic=row[2],
+            partition=int(row[3]),
+            offset=int(row[4]),
+            error=row[5],
+            received_at=datetime.fromisoformat(row[6]),
+        )
+
+    def undecodable_counts(self) -> dict[str, int]:
+        """How many unreadable records the rig met, per kind (every kind, 0 included)."""
+        counts = dict.fromkeys(UNDECODABLE_KINDS, 0)
+        for kind, count in self._conn().execute(
+            "SELECT kind, count(*) FROM undecodable_records GROUP BY kind"
+        ):
+            counts[kind] = int(count)
+        return counts
+
+    def record_stale_run(
+        self, mouse_id: str, assignment_id: str | None, action: str, reason: str, waited_s: float
+    ) -> None:
+        """Keeps a session start on a stale assignment (``ran_cached``) or its refusal."""
+        assert action in STALE_ACTIONS
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO stale_runs (mouse_id, assignment_id, action, reason, waited_s, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (mouse_id, assignment_id, action, reason, waited_s, _now()),
+            )
+
+    def last_stale_run(self, mouse_id: str) -> StaleRun | None:
+        """The mouse's last start on a stale assignment (run or refused)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT mouse_id, assignment_id, action, reason, waited_s, at FROM stale_runs "
+                "WHERE mouse_id = ? ORDER BY seq DESC LIMIT 1",
+                (mouse_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return StaleRun(
+            mouse_id=row[0],
+            assignment_id=row[1],
+            action=row[2],
+            reason=row[3],
+            waited_s=float(row[4]),
+            at=datetime.fromisoformat(row[5]),
+        )
+
+    def stale_run_counts(self) -> dict[str, int]:
+        """How many stale assignments the rig ran and refused (every action, 0 included)."""
+        counts = dict.fromkeys(STALE_ACTIONS, 0)
+        for action, count in self._conn().execute(
+            "SELECT action, count(*) FROM stale_runs GROUP BY action"
+        ):
+            counts[action] = int(count)
+        return counts
+
+    # -- clock skew -----------------------------------------------------------------------------
+
+    def record_clock_skew(self, skew_s: float, uncertainty_s: float) -> ClockSkew:
+        """Adds a measurement of the rig's clock minus the broker's; returns the new state."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT smoothed_s, samples FROM clock_skew WHERE id = 1").fetchone()
+            if row is None:
+                smoothed, samples = skew_s, 1
+            else:
+                smoothed = row[0] + SKEW_SMOOTHING * (skew_s - row[0])
+                samples = int(row[1]) + 1
+            at = _now()
+            conn.execute(
+                "INSERT INTO clock_skew (id, latest_s, smoothed_s, uncertainty_s, samples, "
+                "measured_at) VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "latest_s = excluded.latest_s, smoothed_s = excluded.smoothed_s, "
+                "uncertainty_s = excluded.uncertainty_s, samples = excluded.samples, "
+                "measured_at = excluded.measured_at",
+                (skew_s, smoothed, uncertainty_s, samples, at),
+            )
+        return ClockSkew(skew_s, smoothed, uncertainty_s, samples, datetime.fromisoformat(at))
+
+    def clock_skew(self) -> ClockSkew | None:
+        """The rig's clock skew against the broker, if it was ever measured."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT latest_s, smoothed_s, uncertainty_s, samples, measured_at FROM clock_skew "
+                "WHERE id = 1"
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return ClockSkew(row[0], row[1], row[2], int(row[3]), datetime.fromisoformat(row[4]))
+
     # -- calibrations ---------------------------------------------------------------------------
 
     def save_calibration(
-        self, valve: str, ml_per_ms: float, points: Sequence[dict[str, float]]
+        self,
+        valve: str,
+        ml_per_ms: float,
+        points: Sequence[dict[str, float]],
+        *,
+        by: str = "",
+        rig_id: str = "",
+        warnings: Sequence[str] = (),
     ) -> ValveCalibration:
-        """Stores a valve calibration; it replaces the config file's value from now on."""
+        """Stores a valve calibration; it replaces the config file's value from now on. The
+        history keeps it too, with who calibrated, on which rig and the warnings accepted."""
         at = _now()
         with self._tx() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO calibrations (valve, ml_per_ms, calibrated_at, points) "
                 "VALUES (?, ?, ?, ?)",
                 (valve, ml_per_ms, at, json.dumps(list(points))),
             )
+            self._history_row(
+                conn, valve, at, by, rig_id, ml_per_ms, points, warnings, "saved", cursor.lastrowid
+            )
         return ValveCalibration(valve, ml_per_ms, f"calibrated {at[:16].replace('T', ' ')} UTC")
+
+    def record_calibration(
+        self,
+        valve: str,
+        ml_per_ms: float,
+        points: Sequence[dict[str, float]],
+        outcome: str,
+        *,
+        by: str = "",
+        rig_id: str = "",
+        warnings: Sequence[str] = (),
+    ) -> None:
+        """Keeps a calibration that was not saved (``declined`` by the person, or ``refused``
+        as impossible) in the history; rewards do not use it."""
+        assert outcome in CALIBRATION_OUTCOMES and outcome != "saved"
+        with self._tx() as conn:
+            self._history_row(
+                conn, valve, _now(), by, rig_id, ml_per_ms, points, warnings, outcome, None
+            )
+
+    @staticmethod
+    def _history_row(
+        conn: sqlite3.Connection,
+        valve: str,
+        at: str,
+        by: str,
+        rig_id: str,
+        ml_per_ms: float,
+        points: Sequence[dict[str, float]],
+        warnings: Sequence[str],
+        outcome: str,
+        calibration_id: int | None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO calibration_history (valve, calibrated_at, calibrated_by, rig_id, "
+            "ml_per_ms, points, warnings, outcome, calibration_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                valve,
+                at,
+                by,
+                rig_id,
+                ml_per_ms,
+                json.dumps(list(points)),
+                json.dumps(list(warnings)),
+                outcome,
+                calibration_id,
+            ),
+        )
+
+    def calibration_history(self, valve: str | None = None) -> list[CalibrationRecord]:
+        """Every calibration measured (of ``valve``, or of both), oldest first: the history's
+        rows and the stored calibrations older than the history (who and where unknown)."""
+        conn = self._conn()
+        records = []
+        for row in conn.execute(
+            "SELECT valve, calibrated_at, calibrated_by, rig_id, ml_per_ms, points, warnings, "
+            "outcome, calibration_id FROM calibration_history ORDER BY id"
+        ):
+            records.append(
+                CalibrationRecord(
+                    valve=row[0],
+                    calibrated_at=datetime.fromisoformat(row[1]),
+                    by=row[2] or None,
+                    rig_id=row[3] or None,
+                    ml_per_ms=row[4],
+                    points=json.loads(row[5]),
+                    warnings=tuple(json.loads(row[6])),
+                    outcome=row[7],
+                    calibration_id=row[8],
+                )
+            )
+        for row in conn.execute(
+            "SELECT id, valve, ml_per_ms, calibrated_at, points FROM calibrations WHERE id NOT IN "
+            "(SELECT calibration_id FROM calibration_history WHERE calibration_id IS NOT NULL) "
+            "ORDER BY id"
+        ):
+            records.append(
+                CalibrationRecord(
+                    valve=row[1],
+                    calibrated_at=datetime.fromisoformat(row[3]),
+                    by=None,
+                    rig_id=None,
+                    ml_per_ms=row[2],
+                    points=json.loads(row[4]),
+                    warnings=(),
+                    outcome="saved",
+                    calibration_id=row[0],
+                )
+            )
+        in_force = {
+            valve: number
+            for number, valve in conn.execute("SELECT id, valve FROM calibrations ORDER BY id")
+        }
+        records = [
+            replace(
+                r,
+                in_force=r.calibration_id is not None and in_force.get(r.valve) == r.calibration_id,
+            )
+            for r in records
+            if valve is None or r.valve == valve
+        ]
+        return sorted(records, key=lambda r: (r.calibrated_at, r.calibration_id or 0))
 
     def calibrations(self) -> dict[str, ValveCalibration]:
         """The newest stored calibration of each valve."""

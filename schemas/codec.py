@@ -169,7 +169,9 @@ class EventCodec:
             return cls.model_validate(record)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+                (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+                + err["msg"].removeprefix("Value error, ")
+                for err in exc.errors()
             )
             raise SerializationError(f"invalid {event_type}: {problems}", "invalid") from exc
         except Exception as exc:  # a validator that failed in an unforeseen way

@@ -117,3 +117,36 @@ class FakeDisplay:
 
     def decision(self, decision: Any, assignment: Any) -> None:
         self.messages.append("decision")
+
+
+def encode_as(event: Any, version: int) -> bytes:
+    """``event`` on the wire as a writer of schema ``version`` of its type would send it (the
+    fields that version lacks left out): what an older release produces."""
+    import io
+
+    import fastavro
+
+    from schemas.codec import MAGIC, load_schema_versions
+
+    schema = next(
+        v
+        for v in load_schema_versions()
+        if v.event_type == event.event_type and v.version == version
+    )
+    dumped = event.model_dump()
+    record = {f["name"]: dumped[f["name"]] for f in schema.raw["fields"]}
+    record["schema_version"] = version
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, schema.parsed, record, strict=True)
+    return MAGIC + schema.fingerprint + out.getvalue()
+
+
+def older_rig_codec(event_type: str = "AssignmentIssued", known_up_to: int = 1) -> Any:
+    """The codec of a rig release that knows ``event_type`` only up to ``known_up_to``."""
+    from schemas.codec import EventCodec, load_schema_versions
+
+    return EventCodec(
+        v
+        for v in load_schema_versions()
+        if not (v.event_type == event_type and v.version > known_up_to)
+    )
