@@ -15,6 +15,7 @@ from rig import cli as rig_cli
 from services.common.cli_options import Bootstrap, DbUrl, Prefix, settings_with
 from services.curricula import cli as curricula_cli
 from services.operator import cli as operator_cli
+from services.operator import events as events_cli
 from services.operator import interventions as interventions_cli
 from services.operator import replay_cli
 
@@ -32,6 +33,7 @@ topics_app = typer.Typer(help="Kafka topics of a deployment.", no_args_is_help=T
 app.add_typer(topics_app, name="topics")
 app.add_typer(rig_cli.app, name="rig")
 app.add_typer(curricula_cli.app, name="curriculum")
+app.add_typer(events_cli.app, name="events")  # tail, show: the topics as text
 app.command("evaluate")(curricula_cli.evaluate)
 app.command("migrate")(curricula_cli.migrate)
 

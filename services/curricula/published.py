@@ -34,6 +34,7 @@ from typing import Any
 from schemas.codec import default_codec
 from schemas.errors import SerializationError
 from schemas.events import CurriculumPublished
+from schemas.headers import headers_for
 from services.curricula.catalog import compile_content
 from services.curricula.errors import PublishError
 from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
@@ -285,10 +286,12 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
     except KafkaError as exc:
         raise PublishError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
     try:
+        value = default_codec().encode(event)
         producer.send(
             topic,
             key=version_key(event.curriculum_name, event.curriculum_version),
-            value=default_codec().encode(event),
+            value=value,
+            headers=headers_for(value),
         ).get(timeout=SEND_TIMEOUT_S)
     except KafkaError as exc:
         raise PublishError(f"could not write to {topic!r}: {exc}") from exc

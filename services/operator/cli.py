@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from rich.text import Text
     from sqlalchemy import Engine
 
+    from services.operator.queries import MouseAttention
+    from services.operator.terminal import Kind
+
 Mouse = Annotated[str, typer.Argument(help="The mouse id, e.g. M001.", show_default=False)]
 
 
@@ -40,7 +43,9 @@ def _console() -> Console:
 
 
 def _fail(exc: Exception, code: int = 1) -> NoReturn:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    from services.operator.terminal import printable
+
+    typer.secho(f"error: {printable(exc)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code) from exc
 
 
@@ -58,18 +63,82 @@ def _engine(db_url: str | None) -> Engine:
 def _text(value: Any, digits: int = 2) -> Text:
     """A cell: empty for missing values, rounded floats, timestamps to the minute.
 
-    A rich Text, never markup: ids and rule names are shown as they are, brackets included.
+    A rich Text, never markup, escaped (:func:`services.operator.terminal.printable`): ids and
+    rule names are shown as they are, brackets included, control characters as escapes.
     """
-    import pandas as pd
-    from rich.text import Text
+    from services.operator.terminal import cell
 
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return Text("")
-    if isinstance(value, float):
-        return Text(f"{value:.{digits}f}")
-    if isinstance(value, pd.Timestamp):
-        return Text(value.strftime("%Y-%m-%d %H:%M"))
-    return Text(str(value))
+    return cell(value, digits=digits)
+
+
+Wide = Annotated[
+    bool,
+    typer.Option("--wide", help="Show every column in full, however wide the lines get (less -S)."),
+]
+
+STATUS_COLUMNS_SHOWN: tuple[tuple[str, str, int | None, bool, Kind], ...] = (
+    # (column, header, drop order (None: never), folds, kind)
+    ("mouse_id", "mouse", None, False, "text"),
+    ("curriculum_name", "curriculum", 2, True, "text"),
+    ("stage", "stage", None, True, "text"),
+    ("sessions_at_stage", "on stage", 8, False, "count"),
+    ("sessions_completed", "sessions", 6, False, "count"),
+    ("last_decision", "last decision", 7, False, "text"),
+    ("last_reason", "reason", 4, True, "text"),  # of the assignment: progress, override, ...
+    ("last_accuracy", "accuracy", 5, False, "ratio"),
+    ("last_rig_id", "rig", 3, False, "text"),
+    ("last_decision_at", "decided at", 1, True, "time"),
+)
+"""The columns of ``shaping status``; on a narrow terminal they go in the drop order."""
+
+FOLD_MIN = {"stage": 16, "next_stage": 16, "curriculum_name": 14}
+"""The narrowest a folding column gets before columns are dropped (10 for the others): stage
+and curriculum names stay whole as long as they fit in these."""
+
+
+def print_status(console: Console, frame: pd.DataFrame, wide: bool = False) -> None:
+    """Prints the status frame as a table that fits ``console`` (see the ``status`` help)."""
+    from services.operator.terminal import Col, cell_text, print_table
+
+    columns = [
+        Col(
+            name,
+            header,
+            drop,
+            fold,
+            fold_min=FOLD_MIN.get(name, 10),  # a time wraps after its date
+            justify="right" if kind in ("count", "ratio") else "left",
+        )
+        for name, header, drop, fold, kind in STATUS_COLUMNS_SHOWN
+    ]
+    rows = [
+        {name: cell_text(record.get(name), kind) for name, _, _, _, kind in STATUS_COLUMNS_SHOWN}
+        for record in frame.to_dict("records")
+    ]
+    print_table(console, columns, rows, wide=wide, title=f"{len(frame)} mice")
+
+
+def print_attention(console: Console, found: list[MouseAttention], wide: bool = False) -> None:
+    """Prints the mice that need a person, most urgent first, each reason on a line."""
+    from services.operator.terminal import Col, cell_text, print_table
+
+    columns = [
+        Col("rank", "#", None),
+        Col("mouse_id", "mouse", None),
+        Col("stage", "stage", 1, fold=True, fold_min=16),
+        Col("reasons", "needs a person because", None, fold=True, fold_min=20),
+    ]
+    rows = [
+        {
+            "rank": str(number),
+            "mouse_id": cell_text(item.mouse_id),
+            "stage": cell_text(item.stage),
+            "reasons": "\n".join(cell_text(reason.text) for reason in item.reasons),
+        }
+        for number, item in enumerate(found, start=1)
+    ]
+    title = f"{len(found)} mice need a person, most urgent first"
+    print_table(console, columns, rows, wide=wide, title=title, show_lines=True)
 
 
 def status(
@@ -79,17 +148,74 @@ def status(
     rig: Annotated[
         str | None, typer.Option(help="Only mice whose most recent session ran on this rig.")
     ] = None,
+    wide: Wide = False,
+    attention: Annotated[
+        bool,
+        typer.Option(
+            "--attention",
+            help="Only the mice that need a person, most urgent first, with the reasons.",
+        ),
+    ] = False,
+    stalled_after: Annotated[
+        int,
+        typer.Option(min=1, help="--attention: sessions at one stage that count as stalled."),
+    ] = 10,
+    recent: Annotated[
+        int,
+        typer.Option(min=1, help="--attention: last sessions whose rollbacks and warnings count."),
+    ] = 3,
+    rejected_hours: Annotated[
+        float,
+        typer.Option(min=0, help="--attention: hours back that rejected events count."),
+    ] = 24.0,
     db_url: DbUrl = None,
 ) -> None:
-    """Show every mouse's current stage and last decision (query mice by status)."""
-    import difflib
+    """Show every mouse's current stage and last decision (query mice by status).
 
-    from rich.table import Table
+    The mouse id is always shown in full. On a narrow terminal the curriculum, stage and
+    reason wrap over lines, then columns are left out in this order: decided at, curriculum,
+    rig, reason, accuracy, sessions, last decision, on stage (mouse and stage always stay).
+    --wide shows every column whatever the width. Counts are whole numbers.
+
+    --attention lists only the mice that need a person, each with its reasons: events of
+    it rejected in the last --rejected-hours; enrolled without an assignment, or an
+    assignment behind the sessions done; a rollback among its last --recent sessions; a
+    training warning with those sessions (untrainable or unbiasable risk, ...) or an
+    untrainable/unbiasable stage; --stalled-after sessions or more at one stage (not at a
+    curriculum's last stage). Ranking: the most urgent reason first, in that order (rejected
+    events, assignment, regression, warning, stall); then more reasons; then the larger count
+    (events rejected, sessions behind or stalled); then the mouse id. Ejected mice only for
+    rejected events.
+    """
+    import difflib
 
     from services.operator.errors import OperatorError
     from services.operator.queries import known_values, status_frame
 
+    if attention and (stage is not None or rig is not None):
+        _fail(OperatorError("--attention looks at every mouse; drop --stage and --rig"), code=2)
     engine = _engine(db_url)
+    if attention:
+        from services.operator.queries import attention as needs_attention
+        from services.operator.queries import terminal_stage_check
+
+        try:
+            found = needs_attention(
+                engine,
+                stalled_after=stalled_after,
+                recent_sessions=recent,
+                rejected_hours=rejected_hours,
+                is_terminal=terminal_stage_check(),
+            )
+        except OperatorError as exc:
+            _fail(exc)
+        finally:
+            engine.dispose()
+        if not found:
+            typer.echo("no mouse needs a person")
+            return
+        print_attention(_console(), found, wide=wide)
+        return
     try:
         frame = status_frame(engine, stage=stage, rig=rig)
         if frame.empty:
@@ -105,24 +231,7 @@ def status(
         _fail(exc)
     finally:
         engine.dispose()
-    table = Table(title=f"{len(frame)} mice", title_justify="left")
-    columns = {
-        "mouse_id": "mouse",
-        "curriculum_name": "curriculum",
-        "stage": "stage",
-        "sessions_at_stage": "on stage",
-        "sessions_completed": "sessions",
-        "last_decision": "last decision",
-        "last_reason": "reason",  # of the assignment: progress, override, ejected, ...
-        "last_accuracy": "last accuracy",
-        "last_rig_id": "last rig",
-        "last_decision_at": "decided at",
-    }
-    for title in columns.values():
-        table.add_column(title, no_wrap=True)
-    for row in frame.itertuples(index=False):
-        table.add_row(*(_text(getattr(row, name)) for name in columns))
-    _console().print(table)
+    print_status(_console(), frame, wide=wide)
 
 
 def _evidence_lines(evidence_json: str) -> list[str]:
@@ -145,17 +254,128 @@ def _evidence_lines(evidence_json: str) -> list[str]:
     return lines
 
 
-def history(mouse: Mouse, db_url: DbUrl = None) -> None:
-    """Show every session of a mouse, the decision after it and the evidence behind it."""
-    from rich.table import Table
+HISTORY_COLUMNS_SHOWN: tuple[tuple[str, str, int | None, bool, Kind], ...] = (
+    # (column, header, drop order (None: never), folds, kind)
+    ("number", "#", None, False, "count"),
+    ("started_at", "started", 2, True, "time"),
+    ("rig_id", "rig", 1, False, "text"),
+    ("stage", "stage", None, True, "text"),
+    ("n_trials", "trials", 4, False, "count"),
+    ("accuracy", "accuracy", 5, False, "ratio"),
+    ("decision", "decision", None, False, "text"),
+    ("next_stage", "next stage", 3, True, "text"),
+)
+"""The columns of ``shaping history``'s sessions table, and their drop order."""
 
+
+def print_history(
+    console: Console,
+    mouse: str,
+    sessions: pd.DataFrame,
+    decisions: pd.DataFrame,
+    stages: pd.DataFrame,
+    timeline: list[dict[str, Any]],
+    wide: bool = False,
+) -> None:
+    """Prints a mouse's history fitted to ``console`` (see the ``history`` help)."""
+    from services.operator.terminal import Col, cell_text, print_table, printable, text
+
+    path = " -> ".join(stages["stage"]) if not stages.empty else "(none yet)"
+    console.print(text(f"{mouse}: {len(sessions)} sessions; stages {path}"))
+    columns = [
+        Col(
+            name,
+            header,
+            drop,
+            fold,
+            fold_min=FOLD_MIN.get(name, 10),
+            justify="right" if kind in ("count", "ratio") else "left",
+        )
+        for name, header, drop, fold, kind in HISTORY_COLUMNS_SHOWN
+    ]
+    rows = [
+        {
+            name: cell_text(number if name == "number" else record.get(name), kind)
+            for name, _, _, _, kind in HISTORY_COLUMNS_SHOWN
+        }
+        for number, record in enumerate(sessions.to_dict("records"), start=1)
+    ]
+    print_table(console, columns, rows, wide=wide, title="sessions")
+    evidence_rows = []
+    for row in decisions.to_dict("records"):
+        decided = f"{row['from_stage']} -> {row['to_stage']}: {row['decision']}"
+        if isinstance(row["rule"], str) and row["rule"]:
+            decided += f" ({row['rule']})"
+        if isinstance(row["superseded_by"], str) and row["superseded_by"]:
+            decided += " [superseded after a late session]"
+        evidence_rows.append(
+            {
+                "session": cell_text(row["session_total"], "count"),
+                "decision": printable(decided),
+                "evidence": "\n".join(
+                    printable(line) for line in _evidence_lines(row["evidence_json"])
+                ),
+            }
+        )
+    evidence_columns = [
+        Col("session", "session", None, justify="right"),
+        Col("decision", "decision", None, fold=True, fold_min=16),
+        Col("evidence", "evidence (each rule evaluated, in order)", None, fold=True, fold_min=24),
+    ]
+    print_table(
+        console,
+        evidence_columns,
+        evidence_rows,
+        wide=wide,
+        title="decisions and evidence",
+        show_lines=True,
+    )
+    if timeline:  # overrides, ejections, adjustments, warnings
+        timeline_rows = [
+            {
+                "at": cell_text(item["at"], "time"),
+                "what": cell_text(item["what"]),
+                "by": cell_text(item["by"]),
+                "why": cell_text(item["why"]),
+                "outcome": cell_text(item["outcome"]),
+            }
+            for item in timeline
+        ]
+        timeline_columns = [
+            Col("at", "when", None, fold=True),
+            Col("what", "what", None, fold=True, fold_min=14),
+            Col("by", "by", None, fold=True, fold_min=8),
+            Col("why", "why", None, fold=True, fold_min=14),
+            Col("outcome", "outcome", None, fold=True, fold_min=14),
+        ]
+        print_table(
+            console,
+            timeline_columns,
+            timeline_rows,
+            wide=wide,
+            title="interventions and warnings",
+            show_lines=True,
+        )
+
+
+def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
+    """Show every session of a mouse, the decision after it and the evidence behind it.
+
+    Then the trainers' interventions and the training warnings, in order. On a narrow
+    terminal the stage, next stage, start time and evidence wrap over lines, then the
+    sessions table leaves out columns in this order: rig, started, next stage, trials,
+    accuracy (#, stage and decision always stay). --wide shows every column whatever the
+    width. Counts are whole numbers.
+    """
     from services.operator.errors import OperatorError, UnknownMouseError
+    from services.operator.interventions import timeline
     from services.operator.queries import (
         decisions_frame,
         require_mouse,
         sessions_frame,
         stage_history_frame,
     )
+    from services.operator.terminal import printable
 
     engine = _engine(db_url)
     try:
@@ -163,48 +383,18 @@ def history(mouse: Mouse, db_url: DbUrl = None) -> None:
         sessions = sessions_frame(engine, mouse)
         decisions = decisions_frame(engine, mouse)
         stages = stage_history_frame(engine, mouse)
+        try:
+            events = timeline(engine, mouse)
+        except Exception as exc:  # the tables are older than interventions: show the rest
+            typer.secho(f"warning: no interventions shown: {printable(exc)}", err=True)
+            events = []
     except UnknownMouseError as exc:
         _fail(exc, code=2)
     except OperatorError as exc:
         _fail(exc)
     finally:
         engine.dispose()
-    console = _console()
-    path = " -> ".join(stages["stage"]) if not stages.empty else "(none yet)"
-    console.print(_text(f"{mouse}: {len(sessions)} sessions; stages {path}"))
-    table = Table(title="sessions", title_justify="left")
-    for title in ("#", "started", "rig", "stage", "trials", "accuracy", "decision", "next stage"):
-        table.add_column(title, no_wrap=True)
-    for number, row in enumerate(sessions.itertuples(index=False), start=1):
-        table.add_row(
-            _text(number),
-            _text(row.started_at),
-            _text(row.rig_id),
-            _text(row.stage),
-            _text(row.n_trials),
-            _text(row.accuracy),
-            _text(row.decision),
-            _text(row.next_stage),
-        )
-    console.print(table)
-    evidence = Table(title="decisions and evidence", title_justify="left", show_lines=True)
-    for title in ("session", "decision", "evidence (each rule evaluated, in order)"):
-        evidence.add_column(title)
-    for row in decisions.itertuples(index=False):
-        decided = f"{row.from_stage} -> {row.to_stage}: {row.decision}"
-        if isinstance(row.rule, str) and row.rule:
-            decided += f" ({row.rule})"
-        if isinstance(row.superseded_by, str) and row.superseded_by:
-            decided += " [superseded after a late session]"
-        evidence.add_row(
-            _text(row.session_total),
-            _text(decided),
-            _text("\n".join(_evidence_lines(row.evidence_json))),
-        )
-    console.print(evidence)
-    from services.operator.interventions import show_timeline
-
-    show_timeline(console, db_url, mouse)  # overrides, ejections, adjustments, warnings
+    print_history(_console(), mouse, sessions, decisions, stages, events, wide=wide)
 
 
 def export(
@@ -261,30 +451,53 @@ def plot(
     out: Annotated[
         Path | None, typer.Option(help="PNG file to write (default: MOUSE.png).")
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="learning: accuracy per session and the stage timeline (interventions, "
+            "migrations, warnings marked); ibl: IBL's training view per date (status, trials, "
+            "easy-trial performance, psychometric fits and curves)."
+        ),
+    ] = "learning",
+    events_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="--kind ibl: an embedded install's event log (events.jsonl), for the values "
+            "reported with each decision (the psychometric curves); the tables do not keep them."
+        ),
+    ] = None,
     db_url: DbUrl = None,
 ) -> None:
-    """Draw a mouse's learning curve and stage timeline as a PNG."""
+    """Draw a mouse's training as a PNG: its learning curve and stage timeline, or IBL's
+    training view (--kind ibl)."""
     from services.operator.errors import OperatorError, UnknownMouseError
-    from services.operator.queries import require_mouse, sessions_frame, stage_history_frame
+    from services.operator.plot import KINDS
+
+    if kind not in KINDS:
+        _fail(OperatorError(f"--kind {kind}: the kinds are {' or '.join(KINDS)}"), code=2)
+    target = out if out is not None else Path(f"{mouse}.png")
+    if target.suffix.lower() != ".png":
+        _fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
+    if events_log is not None and not events_log.is_file():
+        _fail(OperatorError(f"no event log at {events_log} (events.jsonl)"), code=2)
+    from services.operator.plot import plot_ibl, plot_mouse, read_mouse
+    from services.operator.queries import require_mouse
 
     engine = _engine(db_url)
     try:
         require_mouse(engine, mouse)
-        sessions = sessions_frame(engine, mouse)
-        stages = stage_history_frame(engine, mouse)
+        tables = read_mouse(engine, mouse, events_log if kind == "ibl" else None)
     except UnknownMouseError as exc:
         _fail(exc, code=2)
     except OperatorError as exc:
         _fail(exc)
     finally:
         engine.dispose()
-    from services.operator.plot import plot_mouse
-
-    target = out if out is not None else Path(f"{mouse}.png")
-    if target.suffix.lower() != ".png":
-        _fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
     try:
-        written = plot_mouse(mouse, sessions, stages, target)
+        if kind == "ibl":
+            written = plot_ibl(mouse, tables, target)
+        else:
+            written = plot_mouse(mouse, tables, None, target)
     except OperatorError as exc:
         _fail(exc)
     except OSError as exc:
@@ -331,9 +544,13 @@ def enroll(
         partition, offset = publish_enrollment(settings.bootstrap, settings.topics.events, event)
     except OperatorError as exc:
         _fail(exc)
+    from services.operator.terminal import printable
+
     typer.echo(
-        f"enrolled {mouse} on {curriculum} (event {event.event_id},"
-        f" {settings.topics.events}[{partition}]@{offset})"
+        printable(
+            f"enrolled {mouse} on {curriculum} (event {event.event_id},"
+            f" {settings.topics.events}[{partition}]@{offset})"
+        )
     )
 
 
@@ -345,7 +562,9 @@ def _known_curricula() -> list[str] | None:
 
         return default_catalog().names()
     except Exception as exc:  # the enrolment still goes out; the processor decides
-        typer.secho(f"warning: cannot check the curriculum name here: {exc}", err=True)
+        from services.operator.terminal import printable
+
+        typer.secho(f"warning: cannot check the curriculum name here: {printable(exc)}", err=True)
         return None
 
 

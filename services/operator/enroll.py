@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from schemas.codec import default_codec, encode_key
 from schemas.events import MouseEnrolled
+from schemas.headers import headers_for
 from services.operator.errors import OperatorError
 
 SEND_TIMEOUT_S = 30.0
@@ -90,7 +91,9 @@ def publish_enrollment(bootstrap: str, topic: str, event: MouseEnrolled) -> tupl
         ) from exc
     try:
         value = default_codec().encode(event)
-        future = producer.send(topic, key=encode_key(event.mouse_id), value=value)
+        future = producer.send(
+            topic, key=encode_key(event.mouse_id), value=value, headers=headers_for(value)
+        )
         metadata = future.get(timeout=SEND_TIMEOUT_S)
     except KafkaTimeoutError as exc:
         raise OperatorError(

@@ -341,6 +341,7 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
     from kafka.errors import KafkaError, KafkaTimeoutError
 
     from schemas.codec import default_codec, encode_key
+    from schemas.headers import headers_for
     from services.common.errors import TopicMissingError
     from services.common.topics import wait_for_partitions
 
@@ -386,8 +387,9 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
         _close(consumer)
         raise InterventionError(unreachable) from exc
     try:
+        value = codec.encode(event)
         future = producer.send(
-            topics.events, key=encode_key(event.mouse_id), value=codec.encode(event)
+            topics.events, key=encode_key(event.mouse_id), value=value, headers=headers_for(value)
         )
         metadata = future.get(timeout=SEND_TIMEOUT_S)
     except KafkaTimeoutError as exc:

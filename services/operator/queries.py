@@ -9,7 +9,9 @@ Timestamps are timezone-aware UTC (pandas ``DatetimeTZDtype``) on SQLite and Pos
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,15 @@ import pandas as pd
 from sqlalchemy import Engine, Select, Table, create_engine, func, inspect, make_url, select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from services.domain import CurriculumCatalog
 from services.operator.errors import OperatorError, UnknownMouseError
 from services.projector.tables import (
     decision_log,
     mouse_status,
+    rejected_events,
     session_summaries,
     stage_history,
+    training_warnings,
 )
 
 STATUS_COLUMNS: dict[str, str] = {
@@ -259,3 +264,277 @@ def mice_per_stage(engine: Engine) -> list[tuple[tuple[str, str], int]]:
         return [
             ((str(curriculum), str(stage)), int(n)) for curriculum, stage, n in conn.execute(query)
         ]
+
+
+# -- mice that need a person ------------------------------------------------------------------
+
+ATTENTION_ORDER: tuple[str, ...] = ("rejected", "assignment", "regressed", "warning", "stalled")
+"""Kinds of reasons a mouse needs a person, most urgent first: events of the mouse the
+processor rejected lately (a rig's data is refused right now), a missing or stale assignment
+(the rig cannot run the right session), a regression, a training warning (untrainable or
+unbiasable risk, or any other the curriculum raises), a stall at one stage."""
+
+RISK_STAGES = frozenset({"untrainable", "unbiasable"})
+"""Stages (IBL's statuses) that are a risk in themselves: a mouse on one needs a person."""
+
+StageCheck = Callable[[str | None, str | None, str], bool]
+"""Whether (curriculum name, version, stage) is a terminal stage (no stall is reported there)."""
+
+
+@dataclass(frozen=True)
+class AttentionReason:
+    """One reason a mouse needs a person.
+
+    Attributes:
+        kind: one of :data:`ATTENTION_ORDER`.
+        text: what to tell the person (from data: print it escaped).
+        weight: how much of it (rejected events, sessions stalled or behind); larger is worse.
+    """
+
+    kind: str
+    text: str
+    weight: float = 0.0
+
+    @property
+    def rank(self) -> int:
+        """Position of its kind in :data:`ATTENTION_ORDER` (0 is the most urgent)."""
+        return ATTENTION_ORDER.index(self.kind)
+
+
+@dataclass(frozen=True)
+class MouseAttention:
+    """A mouse that needs a person and why, its most urgent reason first."""
+
+    mouse_id: str
+    stage: str | None
+    reasons: tuple[AttentionReason, ...]
+
+    @property
+    def sort_key(self) -> tuple[int, int, float, str]:
+        """Most urgent first: the most urgent reason's kind, then more reasons, then the
+        larger weight of that reason, then the mouse id."""
+        top = self.reasons[0]
+        return (top.rank, -len(self.reasons), -top.weight, self.mouse_id)
+
+
+def _present(engine: Engine) -> set[str]:
+    try:
+        return set(inspect(engine).get_table_names())
+    except SQLAlchemyError as exc:
+        raise OperatorError(f"query failed: {_first_line(exc)}") from exc
+
+
+def _rows(engine: Engine, query: Select[Any]) -> list[dict[str, Any]]:
+    try:
+        with engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+    except SQLAlchemyError as exc:
+        raise OperatorError(f"query failed: {_first_line(exc)}") from exc
+
+
+def attention(
+    engine: Engine,
+    *,
+    stalled_after: int = 10,
+    recent_sessions: int = 3,
+    rejected_hours: float = 24.0,
+    now: datetime | None = None,
+    is_terminal: StageCheck | None = None,
+) -> list[MouseAttention]:
+    """The mice that need a person, most urgent first (see :attr:`MouseAttention.sort_key`).
+
+    A mouse needs a person when:
+
+    * ``rejected``: the processor rejected events of it in the ``rejected_hours`` before
+      ``now`` (the wall clock by default): the count and the latest reason. Also a mouse the
+      status table does not know (a rig sends events of an unknown mouse).
+    * ``assignment``: it is enrolled but has no assignment, or its assignment is for an earlier
+      session than the next one (``next_session_number`` below ``sessions_completed + 1``).
+    * ``regressed``: a rollback among the decisions in force on its last ``recent_sessions``
+      sessions.
+    * ``warning``: a training warning raised with one of those decisions (untrainable or
+      unbiasable risk, a prevented regression, ...), or its stage is untrainable or unbiasable.
+    * ``stalled``: ``stalled_after`` or more sessions finished at its current stage, unless
+      ``is_terminal`` says the stage is the curriculum's last.
+
+    An ejected mouse is out of training: only rejected events are reported for it.
+    """
+    present = _present(engine)
+    now = now if now is not None else datetime.now(UTC)
+    reasons: dict[str, list[AttentionReason]] = {}
+    stages: dict[str, str | None] = {}
+
+    def add(mouse: str, reason: AttentionReason) -> None:
+        reasons.setdefault(mouse, []).append(reason)
+
+    status = _rows(engine, select(mouse_status).order_by(mouse_status.c.mouse_id))
+    ejected = set()
+    for row in status:
+        mouse = str(row["mouse_id"])
+        stages[mouse] = row["stage"]
+        if row["last_reason"] == "ejected":
+            ejected.add(mouse)
+            continue
+        done = row["sessions_completed"] or 0
+        planned = row["next_session_number"]
+        if row["assignment_id"] is None or planned is None:
+            if row["enrolled_at"] is not None:
+                since = f" {row['enrolled_at']:%Y-%m-%d %H:%M} UTC" if row["enrolled_at"] else ""
+                add(mouse, AttentionReason("assignment", f"enrolled{since}, no assignment", 1e9))
+        elif planned < done + 1:
+            add(
+                mouse,
+                AttentionReason(
+                    "assignment",
+                    f"stale assignment: for session {planned}, but {done} sessions are done"
+                    f" (the next is {done + 1})",
+                    done + 1 - planned,
+                ),
+            )
+        stage = row["stage"]
+        if isinstance(stage, str) and stage.strip().lower() in RISK_STAGES:
+            add(mouse, AttentionReason("warning", f"at stage {stage}", 1))
+        at_stage = row["sessions_at_stage"] or 0
+        if (
+            isinstance(stage, str)
+            and at_stage >= stalled_after
+            and not (
+                is_terminal
+                and is_terminal(row["curriculum_name"], row["curriculum_version"], stage)
+            )
+        ):
+            add(
+                mouse,
+                AttentionReason("stalled", f"stalled: {at_stage} sessions at {stage}", at_stage),
+            )
+
+    decisions = _rows(
+        engine,
+        select(
+            decision_log.c.event_id,
+            decision_log.c.mouse_id,
+            decision_log.c.session_id,
+            decision_log.c.decision,
+            decision_log.c.from_stage,
+            decision_log.c.to_stage,
+            decision_log.c.rule,
+            decision_log.c.session_total,
+        )
+        .where(decision_log.c.superseded_by.is_(None))
+        .order_by(decision_log.c.mouse_id, decision_log.c.session_total.desc()),
+    )
+    recent: dict[str, list[dict[str, Any]]] = {}
+    for row in decisions:
+        kept = recent.setdefault(str(row["mouse_id"]), [])
+        if len(kept) < recent_sessions:
+            kept.append(row)
+    for mouse, rows in recent.items():
+        if mouse in ejected:
+            continue
+        for row in rows:
+            if row["decision"] == "rollback":
+                rule = f" ({row['rule']})" if row["rule"] else ""
+                add(
+                    mouse,
+                    AttentionReason(
+                        "regressed",
+                        f"regressed: rollback {row['from_stage']} -> {row['to_stage']} after"
+                        f" session {row['session_total']}{rule}",
+                        row["session_total"] or 0,
+                    ),
+                )
+
+    if training_warnings.name in present:
+        warned = _rows(
+            engine,
+            select(training_warnings).order_by(
+                training_warnings.c.mouse_id, training_warnings.c.occurred_at
+            ),
+        )
+        # one reason per warning kind and stage: the newest message, and how often it came
+        latest: dict[tuple[str, str, str], tuple[dict[str, Any], int]] = {}
+        for row in warned:
+            mouse = str(row["mouse_id"])
+            rows = recent.get(mouse, [])
+            ids = {r["event_id"] for r in rows}
+            sessions = {r["session_id"] for r in rows if r["session_id"]}
+            current = (
+                row["decision_id"] in ids
+                if row["decision_id"]
+                else row["session_id"] is not None and row["session_id"] in sessions
+            )
+            if mouse in ejected or not current:
+                continue
+            key = (mouse, str(row["kind"]), str(row["stage"] or ""))
+            latest[key] = (row, latest.get(key, (row, 0))[1] + 1)
+        for (mouse, kind, stage), (row, count) in latest.items():
+            where = f" at {stage}" if stage else ""
+            times = f" ({count} of the last {recent_sessions} sessions)" if count > 1 else ""
+            add(
+                mouse,
+                AttentionReason(
+                    "warning", f"warning {kind}{where}: {row['message']}{times}", count
+                ),
+            )
+
+    if rejected_events.name in present:
+        cutoff = now - timedelta(hours=rejected_hours)
+        rejected = _rows(
+            engine,
+            select(rejected_events)
+            .where(rejected_events.c.occurred_at >= cutoff)
+            .order_by(rejected_events.c.mouse_id, rejected_events.c.occurred_at),
+        )
+        by_mouse: dict[str, list[dict[str, Any]]] = {}
+        for row in rejected:
+            by_mouse.setdefault(str(row["mouse_id"]), []).append(row)
+        for mouse, refused in by_mouse.items():
+            newest = refused[-1]
+            count = len(refused)
+            unknown = "" if mouse in stages else " (a mouse the status table does not know)"
+            add(
+                mouse,
+                AttentionReason(
+                    "rejected",
+                    f"{count} rejected event{'s' if count != 1 else ''} in the last"
+                    f" {rejected_hours:g} h{unknown}; latest {newest['error_kind']}:"
+                    f" {newest['reason']}",
+                    count,
+                ),
+            )
+
+    found = [
+        MouseAttention(
+            mouse,
+            stages.get(mouse),
+            tuple(sorted(found_reasons, key=lambda r: (r.rank, -r.weight))),
+        )
+        for mouse, found_reasons in reasons.items()
+    ]
+    return sorted(found, key=lambda item: item.sort_key)
+
+
+def terminal_stage_check(catalog: CurriculumCatalog | None = None) -> StageCheck:
+    """Tells terminal stages from ``catalog``, by default the curricula this machine loads
+    (the shipped ones and ``$SHAPING_CURRICULA_DIR``); a curriculum or stage it cannot find
+    counts as not terminal."""
+    if catalog is None:
+        try:
+            from services.curricula.catalog import default_catalog
+
+            catalog = default_catalog()
+        except Exception:  # no curricula here: every stall is reported
+            return lambda name, version, stage: False
+    known = catalog
+
+    def check(name: str | None, version: str | None, stage: str) -> bool:
+        if not name:
+            return False
+        try:
+            curriculum = known.get(name, version)
+            compiled = curriculum.stage(stage)  # type: ignore[attr-defined]
+            return bool(compiled.stage.terminal)
+        except Exception:
+            return False
+
+    return check
