@@ -49,7 +49,7 @@ def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule:
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
     if not pattern.fullmatch(value):
-        raise ValueError(f"{what} {printable(value)!r} is not allowed: {rule}")
+        raise ValueError(f"{what} '{printable(value)}' is not allowed: {rule}")
     return value
 
 

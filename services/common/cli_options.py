@@ -4,6 +4,7 @@ command quick to start."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -25,6 +26,45 @@ DbUrl = Annotated[
     typer.Option(
         "--db-url", help="SQLAlchemy URL of the status tables (default: $SHAPING_DB_URL)."
     ),
+]
+
+
+def _checked(check: Callable[[object, str], str], what: str) -> Callable[[str | None], str | None]:
+    """A typer callback that holds a value to the identifier grammar (schemas/identifiers.py),
+    so a hostile id (control characters, ``../``, quotes, 100,000 characters) is refused with
+    the rule before anything is sent or read."""
+
+    def callback(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check(value, what)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _id(value: object, what: str) -> str:
+    from schemas.identifiers import check_id
+
+    return check_id(value, what)
+
+
+def _name(value: object, what: str) -> str:
+    from schemas.identifiers import check_name
+
+    return check_name(value, what)
+
+
+check_mouse = _checked(_id, "mouse id")
+check_rig = _checked(_id, "rig id")
+check_stage = _checked(_name, "stage")
+check_curriculum = _checked(_name, "curriculum name")
+
+Mouse = Annotated[
+    str,
+    typer.Argument(help="The mouse id, e.g. M001.", show_default=False, callback=check_mouse),
 ]
 
 

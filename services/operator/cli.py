@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from services.common.cli_options import Bootstrap, DbUrl, Prefix
+from services.common.cli_options import (
+    Bootstrap,
+    DbUrl,
+    Mouse,
+    Prefix,
+    check_curriculum,
+    check_rig,
+    check_stage,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,8 +33,6 @@ if TYPE_CHECKING:
 
     from services.operator.queries import MouseAttention
     from services.operator.terminal import Kind
-
-Mouse = Annotated[str, typer.Argument(help="The mouse id, e.g. M001.", show_default=False)]
 
 
 class ExportFormat(StrEnum):
@@ -143,7 +149,8 @@ def print_attention(console: Console, found: list[MouseAttention], wide: bool = 
 
 def status(
     stage: Annotated[
-        str | None, typer.Option(help="Only mice whose next session is on this stage.")
+        str | None,
+        typer.Option(help="Only mice whose next session is on this stage.", callback=check_stage),
     ] = None,
     rig: Annotated[
         str | None, typer.Option(help="Only mice whose most recent session ran on this rig.")
@@ -463,7 +470,8 @@ def plot(
         Path | None,
         typer.Option(
             help="--kind ibl: an embedded install's event log (events.jsonl), for the values "
-            "reported with each decision (the psychometric curves); the tables do not keep them."
+            "reported with each decision (the psychometric curves) when the tables were projected "
+            "before they kept them (decision_log.metrics_json)."
         ),
     ] = None,
     db_url: DbUrl = None,
@@ -508,16 +516,24 @@ def plot(
 def enroll(
     mouse: Mouse,
     curriculum: Annotated[
-        str, typer.Option(help="Curriculum to train the mouse on.", show_default=False)
+        str,
+        typer.Option(
+            help="Curriculum to train the mouse on.", show_default=False, callback=check_curriculum
+        ),
     ],
     start_stage: Annotated[
-        str | None, typer.Option(help="Stage to start on (default: the curriculum's first).")
+        str | None,
+        typer.Option(
+            help="Stage to start on (default: the curriculum's first).", callback=check_stage
+        ),
     ] = None,
     by: Annotated[
         str | None, typer.Option(help="Who enrols the mouse (default: your user name).")
     ] = None,
     notes: Annotated[str, typer.Option(help="Free text kept with the enrolment.")] = "",
-    rig: Annotated[str | None, typer.Option(help="Rig the mouse trains on, if known.")] = None,
+    rig: Annotated[
+        str | None, typer.Option(help="Rig the mouse trains on, if known.", callback=check_rig)
+    ] = None,
     bootstrap: Bootstrap = None,
     prefix: Prefix = None,
 ) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from services.common.cli_options import Bootstrap, Mouse, Prefix, check_stage, fail, settings_with
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,7 +45,6 @@ SEND_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_WAIT_S = 20.0
 
-Mouse = Annotated[str, typer.Argument(help="The mouse id, e.g. M001.", show_default=False)]
 Reason = Annotated[
     str,
     typer.Option("--reason", help="Why (kept in the audit; required).", show_default=False),
@@ -500,7 +499,12 @@ def _send(settings: Settings, event: Event, wait: float, what: str) -> None:
 
 def override(
     mouse: Mouse,
-    stage: Annotated[str, typer.Option("--stage", help="The stage the mouse's next session runs.")],
+    stage: Annotated[
+        str,
+        typer.Option(
+            "--stage", help="The stage the mouse's next session runs.", callback=check_stage
+        ),
+    ],
     reason: Reason,
     by: By = None,
     from_stage: Annotated[
@@ -509,6 +513,7 @@ def override(
             "--from",
             help="The stage you saw the mouse at; refused if it has moved since (default: the "
             "stage in the status tables).",
+            callback=check_stage,
         ),
     ] = None,
     wait: Wait = DEFAULT_WAIT_S,
