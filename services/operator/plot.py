@@ -20,7 +20,8 @@ easy-trial performance and trial count, the pooled fit's |bias|, threshold and l
 the criteria of trained 1a/1b are checked), each block's lapses and the 0.8 - 0.2 bias shift.
 No fit keeps its four signed parameters there, so curves need the values the curriculum
 reports with each decision (``StageTransitioned.metrics``: ``psych_bias``, ``psych_20_*``,
-``psych_80_*``, ``perf_easy[-1]``, ...), which the projector does not store: they are read
+``psych_80_*``, ``perf_easy[-1]``, ...), which the projector keeps in
+``decision_log.metrics_json``; for tables projected before that column existed they can be read
 from an embedded install's event log (``--events-log``), and the plot says so when they are
 missing. As ibllib, the view shows the probabilityLeft block fits only for windows without a
 trainingChoiceWorld date (a training date's few stray block trials give a meaningless fit).
@@ -137,8 +138,9 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
     Args:
         engine: the status tables.
         mouse_id: the mouse.
-        events_log: an embedded install's event log (``events.jsonl``), for the values the
-            curriculum reported with each decision (the tables do not keep them).
+        events_log: an embedded install's event log (``events.jsonl``) to read the values
+            the curriculum reported with each decision from, for tables projected before
+            ``decision_log.metrics_json`` kept them (None: from the tables).
 
     Raises:
         OperatorError: when a query fails or the log cannot be read.
@@ -167,8 +169,23 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
         interventions=trainer,
         warnings=_rows(engine, training_warnings, mouse_id, ["occurred_at", "event_id"]),
         status=status.iloc[0].to_dict() if not status.empty else {},
-        reported=reported_metrics_from_log(events_log, mouse_id) if events_log else {},
+        reported=(
+            reported_metrics_from_log(events_log, mouse_id)
+            if events_log
+            else _reported_from_tables(decisions)
+        ),
     )
+
+
+def _reported_from_tables(decisions: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """The values reported with each decision, by decision id, from ``decision_log``."""
+    reported: dict[str, dict[str, float | None]] = {}
+    for event_id, text in zip(
+        decisions.get("event_id", []), decisions.get("metrics_json", []), strict=False
+    ):
+        if isinstance(text, str) and text:
+            reported[str(event_id)] = json.loads(text)
+    return reported
 
 
 def _refused_originals(trainer: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
@@ -949,8 +966,8 @@ def ibl_figure(mouse_id: str, tables: MouseTables) -> Figure:
                 "no fit of this block: ibllib fits the\nprobabilityLeft blocks on windows of\n"
                 "biased dates only"
                 if tables.reported
-                else "the status tables keep no fit's four\nparameters; the curves need the "
-                "values\nreported with each decision: --events-log"
+                else "these tables keep no reported values\n(projected before metrics_json);"
+                "\nread them from the log: --events-log"
             )
             ax.text(
                 0.5,

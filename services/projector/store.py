@@ -510,6 +510,7 @@ class SqlProjectionStore:
                 "sessions_at_stage": ev.sessions_at_stage,
                 "session_total": ev.session_total,
                 "evidence_json": json.dumps(evidence, sort_keys=True),
+                "metrics_json": json.dumps(ev.metrics, sort_keys=True),
                 "session_date": ev.session_date or ev.occurred_at.date().isoformat(),
                 "supersedes": ev.supersedes,
                 "superseded_by": superseded_by,

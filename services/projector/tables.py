@@ -176,6 +176,9 @@ decision_log = Table(
     Column("session_total", Integer, nullable=False),
     # Every rule evaluated, in order, with its observations (JSON, sorted keys).
     Column("evidence_json", Text, nullable=False),
+    # The values the curriculum reports with the decision (StageTransitioned.metrics, JSON):
+    # IBL's per-date performance and signed psychometric parameters, which the plots draw.
+    Column("metrics_json", Text),
     # The session's calendar date (StageTransitioned.session_date; else the UTC date decided).
     Column("session_date", String),
     # The decision this one replaces after a recompute (a late session), if any.

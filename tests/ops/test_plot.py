@@ -501,33 +501,29 @@ def test_the_ibl_view_from_the_tables_and_the_log(
         plt.close(fig)
 
 
-def test_the_ibl_view_from_the_tables_alone_says_what_it_lacks(ibl_lab: tuple[str, Path]) -> None:
-    """The decision evidence holds the window's worst easy-trial performance and the fits'
-    parameters only as the criteria read them (|bias|, the 0.8 - 0.2 bias shift): no fit has
-    all four signed parameters, so no curve is drawn, and the axes say why."""
+def test_the_ibl_view_from_the_tables_alone_draws_the_same_curves(
+    ibl_lab: tuple[str, Path], ibl_reported: dict[str, dict[str, float | None]]
+) -> None:
+    """The projector keeps the values reported with each decision (metrics_json), so the
+    tables alone give what the event log gives: every fit's four signed parameters."""
     tables = _ibl_tables(ibl_lab, with_log=False)
+    assert tables.reported == ibl_reported
     fig = ibl_figure("SWC_054", tables)
     try:
         save_for_eyes(fig, "ibl-tables-only.png")
-        performance = axes_titled(fig, "performance")
-        assert "easy-trial performance, worst date of the 3-date window" in legend_labels(
-            performance
-        )
-        worst = line(performance, "easy-trial performance, worst date of the 3-date window")
-        assert len(worst.get_xdata()) == 11
-        assert math.isclose(worst.get_ydata()[0], 0.9085365853658537)
         for block in ("all trials", "probabilityLeft 0.2", "probabilityLeft 0.8"):
-            ax = axes_titled(fig, f"psychometric curves: {block}")
-            assert ax.get_lines() == []
-            assert any("--events-log" in t.get_text() for t in ax.texts), block
-        bias = axes_titled(fig, "psychometric bias and threshold (3-date window)")
-        labels = legend_labels(bias)
-        assert "|bias|, all trials" in labels and "bias shift (0.8 - 0.2)" in labels
-        lapses = axes_titled(fig, "psychometric lapse rates (3-date window)")
-        assert "lapse low, probabilityLeft 0.8" in legend_labels(lapses)
-        # the criteria come from the evidence's thresholds
-        threshold_lines = [t.get_text() for t in axes_titled(fig, "trials per session").texts]
-        assert threshold_lines == ["> 200", "> 400"]
+            assert axes_titled(fig, f"psychometric curves: {block}").get_lines(), block
+        with_log = ibl_figure("SWC_054", _ibl_tables(ibl_lab, with_log=True))
+        try:
+            for block in ("all trials", "probabilityLeft 0.8"):
+                title = f"psychometric curves: {block}"
+                ours = [list(line.get_ydata()) for line in axes_titled(fig, title).get_lines()]
+                theirs = [
+                    list(line.get_ydata()) for line in axes_titled(with_log, title).get_lines()
+                ]
+                assert ours == theirs, block
+        finally:
+            plt.close(with_log)
     finally:
         plt.close(fig)
 
