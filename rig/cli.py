@@ -471,7 +471,7 @@ def rig_calibrate(
     For each opening time the valve opens PULSES times; weigh the water and type the grams.
     The slope through the origin of volume per opening against opening time is stored and used
     for every reward given by volume. Each measurement's µL per opening and the slope are
-    checked against the valve's bounds (config [valves.VALVE]; defaults 0.5-20 µL per opening
+    checked against the valve's bounds (config \\[valves.VALVE]; defaults 0.5-20 µL per opening
     and 0.01-0.5 µL/ms plausible, 0.1-50 µL and 0.002-2 µL/ms possible): outside the possible
     range the calibration is refused; outside the plausible range (or with measurements that
     disagree, or openings under 5 ms) a warning is shown and the answer defaults to No, and

@@ -138,7 +138,8 @@ def projector(
     ] = None,
     metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
-    """Run the projector: consume every topic and keep the SQL status tables."""
+    """Run the projector: keep the SQL status tables from what the processor wrote (accepted
+    facts, decisions, assignments, dead letters)."""
     import signal
     import threading
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from schemas.codec import default_codec, encode_key
 from schemas.events import CurriculumPublished, Event
+from schemas.headers import headers_for
 from services.curricula.errors import MigrationError
 from services.curricula.migrate import MouseOnCurriculum
 
@@ -82,7 +83,11 @@ def publish(bootstrap: str, topic: str, events: Sequence[Event]) -> None:
             # A publication goes to every partition, ahead of what follows it there: whichever
             # worker owns a mouse's partition learns the version before that mouse's migration.
             targets = partitions if isinstance(event, CurriculumPublished) else [None]
-            futures.extend(producer.send(topic, key=key, value=value, partition=p) for p in targets)
+            headers = headers_for(value)
+            futures.extend(
+                producer.send(topic, key=key, value=value, partition=p, headers=headers)
+                for p in targets
+            )
         for future in futures:
             future.get(timeout=SEND_TIMEOUT_S)
     except KafkaError as exc:

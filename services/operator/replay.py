@@ -85,6 +85,7 @@ from schemas.events import (
     MouseMigrated,
     SessionStarted,
 )
+from schemas.headers import headers_for
 from services.common.topics import TopicNames
 from services.curricula.catalog import default_catalog
 from services.domain import CurriculumCatalog, MouseState, TrainingCore
@@ -1324,7 +1325,9 @@ class KafkaSource:
         try:
             for message in messages:
                 topic = getattr(self.topics, message.topic_kind)
-                producer.send(topic, key=message.key, value=message.value)
+                producer.send(
+                    topic, key=message.key, value=message.value, headers=headers_for(message.value)
+                )
             producer.flush(timeout=_KAFKA_TIMEOUT_S)
         finally:
             producer.close()
