@@ -358,6 +358,13 @@ class EventRejected(Event):
     original_size: int | None = None
     original_sha256: str | None = None
 
+    @classmethod
+    def check_mouse_id(cls, value: str) -> str:
+        """A mouse id, or ``curriculum:<name>`` for a refused curriculum publication."""
+        if value.startswith("curriculum:"):
+            return CurriculumPublished.check_mouse_id(value)
+        return check_id(value, "mouse_id")
+
     @property
     def original_truncated(self) -> bool:
         """Whether ``original_value`` is only the start of the original."""

@@ -147,7 +147,8 @@ def test_replay_rebuilds_identical_tables_from_offset_zero(
         consumed = run_projector(
             stack_run.bootstrap, stack_run.topics, store, consumer="replay", idle_exit_s=5
         )
-        assert consumed > SESSIONS * 100  # every trial event was read again
+        # Every session's start and end (accepted), decision and assignment was read again.
+        assert consumed >= SESSIONS * 4
         assert store.snapshot() == stack_run.tables
     finally:
         store.close()

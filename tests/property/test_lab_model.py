@@ -64,6 +64,7 @@ class Lab:
     day: dict[str, int] = field(default_factory=dict)
     sessions: list[list[Event]] = field(default_factory=list)
     sent: list[tuple[bytes, bytes]] = field(default_factory=list)
+    pin: str | None = None  # the version enrolments name (None: the newest the processor knows)
 
     def send(self, events: list[Event]) -> None:
         for event in events:
@@ -103,7 +104,8 @@ ACTION = st.one_of(
 def act(lab: Lab, action: tuple[Any, ...]) -> None:
     kind = action[0]
     if kind == "enrol":
-        lab.send([enrolled(action[1]).model_copy(update={"occurred_at": T0})])
+        pin = {"curriculum_version": lab.pin} if lab.pin else {}
+        lab.send([enrolled(action[1], **pin).model_copy(update={"occurred_at": T0})])
     elif kind == "session":
         _, mouse, correct, incorrect, step, stage = action
         day = lab.day.get(mouse, 0) + step
@@ -198,31 +200,59 @@ def test_tables_are_the_fold_of_the_accepted_events(
     tmp_path_factory: Any, actions: list[tuple[Any, ...]]
 ) -> None:
     folder: Path = tmp_path_factory.mktemp("lab")
+    history = run_history(actions, folder)
+    try:
+        # Every accepted input is accepted again, in the same context.
+        accepted = history.accepted()
+        assert [o for _, _, o in history.fold_step.seen] == ["accepted"] * len(accepted)
+        assert tables(history.fold_store) == tables(history.lab_store)
+        assert history.fold.states == history.lab.runtime.states or _same_but_positions(
+            history.fold.states, history.lab.runtime.states
+        )
+    finally:
+        history.close()
+
+
+@dataclass
+class History:
+    """A lab history run on the embedded path, and the fold of what it accepted."""
+
+    lab: Lab
+    lab_store: SqlProjectionStore
+    fold: EmbeddedRuntime
+    fold_step: RecordingStep
+    fold_store: SqlProjectionStore
+
+    def accepted(self) -> list[tuple[bytes | None, bytes | None]]:
+        return [(k, v) for k, v, outcome in self.lab.step.seen if outcome == "accepted"]
+
+    def close(self) -> None:
+        self.lab_store.close()
+        self.fold_store.close()
+
+
+def run_history(
+    actions: list[tuple[Any, ...]], folder: Path, pin: str | None = None
+) -> History:
+    """Runs the actions (after enrolling two mice) through a recording embedded runtime, then
+    feeds only the inputs it accepted, in order, to a fresh one."""
     lab_store = SqlProjectionStore(f"sqlite:///{folder / 'lab.sqlite'}")
     runtime = EmbeddedRuntime(lab_store, catalog=default_catalog())
     step = RecordingStep(runtime.step)
     runtime.step = step
-    lab = Lab(runtime, step)
+    lab = Lab(runtime, step, pin=pin)
     for mouse in MICE[:2]:
         act(lab, ("enrol", mouse))
     for action in actions:
         act(lab, action)
-
-    accepted = [(key, value) for key, value, outcome in step.seen if outcome == "accepted"]
     fold_store = SqlProjectionStore(f"sqlite:///{folder / 'fold.sqlite'}")
     fold = EmbeddedRuntime(fold_store, catalog=default_catalog())
     fold_step = RecordingStep(fold.step)
     fold.step = fold_step
-    for key, value in accepted:
-        fold.publish_raw(key, value)
-    try:
-        # Every accepted input is accepted again, in the same context.
-        assert [outcome for _, _, outcome in fold_step.seen] == ["accepted"] * len(accepted)
-        assert tables(fold_store) == tables(lab_store)
-        assert fold.states == runtime.states or _same_but_positions(fold.states, runtime.states)
-    finally:
-        lab_store.close()
-        fold_store.close()
+    history = History(lab, lab_store, fold, fold_step, fold_store)
+    for key, value in history.accepted():
+        fold.publish_raw(key, value)  # type: ignore[arg-type]
+    return history
 
 
 def _same_but_positions(a: dict[str, Any], b: dict[str, Any]) -> bool:
