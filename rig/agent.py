@@ -22,6 +22,14 @@
    each rule with its values and pass/fail, the reported metrics and the warnings; offline,
    say how many events wait.
 
+Before a new session starts, the assignment is held against the rig's safety limits (the
+config's ``[safety]``; :func:`rig.safety.screen_assignment`): one outside them is refused,
+said on screen and in the log, kept in the store and counted in
+``shaping_rig_unsafe_assignments_total``, and the agent runs nothing or the newest assignment
+of the mouse it received that passes them (``safety.on_violation``), recording
+``assignment_stale`` on that session. While the session runs the task keeps within the same
+limits (:class:`rig.task.ReachTask`).
+
 A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
 it.
 
@@ -56,6 +64,12 @@ from rig.evidence import EJECTED, evidence_lines, next_session_line
 from rig.follow import AssignmentFollower, unreadable_hint
 from rig.locks import FileLock
 from rig.reach import reach_session_metrics
+from rig.safety import (
+    Screening,
+    UnsafeAssignmentRefusedError,
+    printable,
+    screen_assignment,
+)
 from rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
 from rig.task import (
     ReachParameters,
@@ -99,6 +113,30 @@ def clock_skew_warning(skew: ClockSkew | None) -> str | None:
     return (
         f"WARNING: this rig's clock runs {abs(skew.smoothed_s):.0f} s {direction} the broker's; "
         "configure NTP (event times and session dates come from this clock)"
+    )
+
+
+def screen_on_rig(config: RigConfig, store: RigStore, assignment: AssignmentIssued) -> Screening:
+    """Holds an assignment against the rig's safety limits as a session of the reach task on
+    this rig would run it: with the task's defaults, and the rewards through the valves'
+    calibrations in force; the last safe candidates are the mouse's assignments in the store.
+
+    Raises:
+        RigError: the assignment's parameters or rewards cannot run at all (a wrong type, a
+            reward by volume on a valve without calibration).
+    """
+    calibrations = {**config.valves, **store.calibrations()}
+
+    def rewards(parameters: Mapping[str, ParamValue]) -> dict[str, tuple[float, float]]:
+        plan = RewardPlan.plan(ReachParameters.from_assignment(parameters), calibrations)
+        return {side: (plan.open_ms[side], plan.volume_ul[side]) for side in plan.open_ms}
+
+    return screen_assignment(
+        assignment,
+        config.safety,
+        [c.assignment for c in store.assignment_history(assignment.mouse_id)],
+        ReachParameters().resolved(),
+        rewards,
     )
 
 
@@ -271,7 +309,7 @@ class RigAgent:
             params = ReachParameters.from_assignment(started.parameters)
             seed = _task_seed(started.parameters)
         else:
-            chosen = self._choose_assignment(mouse, link, options)
+            chosen = self._screen(mouse, self._choose_assignment(mouse, link, options))
             assignment = chosen.assignment
             params = ReachParameters.from_assignment(assignment.parameters)
             seed = (
@@ -318,7 +356,8 @@ class RigAgent:
                     if isinstance(e, MovementDetected) and e.trial_index == state.trial_index
                 )
             session_start = started.occurred_at.timestamp()
-            if session_start + params.session_minutes * 60 <= clock.now():
+            minutes = min(params.session_minutes, self.config.safety.max_session_minutes)
+            if session_start + minutes * 60 <= clock.now():
                 ended = self._close_interrupted(open_session)
                 self.display.message(
                     f"session {session_id} was interrupted after {state.n_trials} trials and "
@@ -373,7 +412,11 @@ class RigAgent:
             task_seed=seed,
             on_trial=lambda progress: self.display.trial(progress, stage),
             session_metrics=lambda: reach_session_metrics(self.store.events(session_id)),
+            limits=self.config.safety,
         )
+        for cut in task.reward_cuts():
+            log.warning("%s: %s", mouse, cut)
+            self.display.message(f"SAFETY: {cut}")
         with _interrupt_on_sigint(bus):
             ended = task.run(state)
         self.display.session_ended(ended, state)
@@ -636,6 +679,38 @@ class RigAgent:
         log.warning("%s", text)
         self.display.message(text)
         return ChosenAssignment(a, reason, waited_s)
+
+    def _screen(self, mouse: str, chosen: ChosenAssignment) -> ChosenAssignment:
+        """Holds the chosen assignment against the rig's safety limits (``[safety]``).
+
+        A safe one runs as chosen. An unsafe one is said on screen and in the log, kept in the
+        store (``shaping_rig_unsafe_assignments_total``), and replaced by the newest safe
+        assignment the rig received for the mouse (``on_violation = "last_safe"``; the session
+        records it as stale), or refused.
+
+        Raises:
+            UnsafeAssignmentRefusedError: nothing safe can run.
+        """
+        screening = screen_on_rig(self.config, self.store, chosen.assignment)
+        if screening.safe:
+            return chosen
+        text = screening.message()
+        violations = "; ".join(v.describe() for v in screening.violations)
+        action = screening.action or "refused"
+        ran = screening.run
+        self.store.record_unsafe_assignment(
+            mouse,
+            chosen.assignment.event_id,
+            action,
+            violations,
+            ran.event_id if ran is not None else None,
+        )
+        log.warning("%s", printable(text))
+        if ran is None:
+            raise UnsafeAssignmentRefusedError(text)
+        self.display.message(text)
+        reasons = [r for r in (chosen.stale_reason, screening.stale_reason()) if r]
+        return ChosenAssignment(ran, "; ".join(reasons), chosen.waited_s)
 
     def _record_started(
         self,
@@ -914,4 +989,11 @@ def _interrupt_on_sigint(bus: InputBus) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-__all__ = ["Display", "RigAgent", "RigBusyError", "RunOptions", "SessionReport"]
+__all__ = [
+    "Display",
+    "RigAgent",
+    "RigBusyError",
+    "RunOptions",
+    "SessionReport",
+    "UnsafeAssignmentRefusedError",
+]

@@ -363,6 +363,7 @@ def rig_status(
         if warning is not None:
             _secho(warning, fg=typer.colors.RED)
         _echo(f"stale assignments: {rig_config.stale_assignment.describe()}")
+        _echo(f"safety limits: {rig_config.safety.describe()}")
         _echo("mice:")
         for mouse in rig_config.mice:
             _echo(f"  {mouse}:")
@@ -379,6 +380,19 @@ def rig_status(
                     f"    assignment: session {a.session_number}, stage {a.stage} "
                     f"({a.curriculum_name} {a.curriculum_version}; {a.reason}), received "
                     f"{cached.received_at:%Y-%m-%d %H:%M} UTC"
+                )
+            if cached is not None and cached.assignment.reason != EJECTED:
+                _show_unsafe(rig_config, store, cached.assignment)
+            unsafe = store.last_unsafe_assignment(mouse)
+            if unsafe is not None:
+                did = (
+                    f"ran the last safe assignment {unsafe.ran_assignment_id}"
+                    if unsafe.ran_assignment_id
+                    else "refused, nothing ran"
+                )
+                _echo(
+                    f"    last unsafe assignment: {unsafe.at:%Y-%m-%d %H:%M} UTC, "
+                    f"{unsafe.assignment_id}: {did} ({unsafe.violations})"
                 )
             unreadable = store.undecodable(mouse)
             if unreadable is not None:
@@ -432,6 +446,31 @@ def rig_status(
                 _echo(f"  {valve}: not calibrated (rewards only by duration)")
             else:
                 _echo(f"  {valve}: {calibration.ml_per_ms:.6g} ml/ms ({calibration.source})")
+
+
+def _show_unsafe(rig_config: RigConfig, store: Any, cached: AssignmentIssued) -> None:
+    """``rig status``: says when the cached assignment lies outside the safety limits, and
+    what ``rig run`` will do with it."""
+    from rig.agent import screen_on_rig
+    from rig.errors import RigError
+
+    try:
+        screening = screen_on_rig(rig_config, store, cached)
+    except RigError:
+        return  # `rig run` names what is wrong with it
+    if screening.safe:
+        return
+    violations = "; ".join(v.describe() for v in screening.violations)
+    then = (
+        f"runs the last safe assignment {screening.run.event_id} instead"
+        if screening.run is not None
+        else "refuses it, nothing runs"
+    )
+    _secho(
+        f"    UNSAFE: the cached assignment is outside the safety limits ({violations}); "
+        f"`shaping rig run` {then} (safety.on_violation = {rig_config.safety.on_violation})",
+        fg=typer.colors.RED,
+    )
 
 
 # -- calibrate ----------------------------------------------------------------------------------
@@ -767,6 +806,15 @@ def rig_simulate(
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for each new assignment before a session.")
     ] = 60.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A rig config whose [safety] limits every simulated rig applies (default: "
+            "the default limits).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run simulated rigs with simulated mice against Kafka, continuing the lab.
 
@@ -776,6 +824,8 @@ def rig_simulate(
     the days go on after the last day the lab knows for these mice (the newest assignment's
     date), so session ids never repeat. Every day must lie before today. At the end the run
     waits for the decision on each mouse's last session, so the next run goes on from there.
+    Each rig holds an assignment against its safety limits first (--config's [safety]): one
+    outside them is refused and printed, and nothing or the last safe assignment runs.
     """
     from rig.errors import RigError
     from rig.kafka_transport import KafkaRigTransport
@@ -789,6 +839,7 @@ def rig_simulate(
         settings = replace(settings, topic_prefix=prefix)
     plan = LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed)
     with _rig_errors():
+        safety = _load(config).safety if config is not None else None
         try:
             transport = KafkaRigTransport(
                 settings.bootstrap,
@@ -802,7 +853,7 @@ def rig_simulate(
             raise RigError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
         try:
             _read_to_end(transport, timeout_s=max(wait, 10.0))
-            run = continue_lab(plan, transport, wait, start=first_day)
+            run = continue_lab(plan, transport, wait, start=first_day, safety=safety)
         finally:
             transport.close()
     _print_lab_run(run)
@@ -836,6 +887,17 @@ def _read_to_end(transport: Any, timeout_s: float) -> None:
         transport.poll(0.2)
 
 
+def _lab_order(
+    run: LabRun, day: int, rig_id: str, mouse_id: str, kind: int
+) -> tuple[int, int, int, int]:
+    """Where a line of the lab's output goes: by day, rig (``rig-N``), slot (the plan's order
+    of the mice), a refusal before the session that ran instead."""
+    number = rig_id.rpartition("-")[2]
+    slots = [mouse for mouse, _ in run.plan.mice()]
+    slot = slots.index(mouse_id) if mouse_id in slots else len(slots)
+    return (day, int(number) if number.isdigit() else 0, slot, kind)
+
+
 def _print_lab_run(run: LabRun) -> None:
     """What ``shaping rig simulate`` did: where it continued, every session, what is pending."""
     plan = run.plan
@@ -845,12 +907,30 @@ def _print_lab_run(run: LabRun) -> None:
         _echo(f"{mouse}: continued from session {number}")
     for mouse, why in sorted(run.skipped.items()):
         _echo(f"{mouse}: not run, {why}")
+    lines: list[tuple[tuple[int, int, int, int], str, bool]] = []
     for record in run.sessions:
         flag = " (stale assignment)" if record.stale_assignment else ""
-        _echo(
-            f"day {record.day + 1} {record.rig_id} {record.mouse_id} "
-            f"session {record.assignment.session_number}: {record.started.stage}{flag}"
+        lines.append(
+            (
+                _lab_order(run, record.day, record.rig_id, record.mouse_id, 1),
+                f"day {record.day + 1} {record.rig_id} {record.mouse_id} "
+                f"session {record.assignment.session_number}: {record.started.stage}{flag}",
+                False,
+            )
         )
+    for unsafe in run.unsafe:  # before the session that ran instead, if one did
+        lines.append(
+            (
+                _lab_order(run, unsafe.day, unsafe.rig_id, unsafe.mouse_id, 0),
+                f"day {unsafe.day + 1} {unsafe.rig_id} {unsafe.mouse_id}: {unsafe.message}",
+                True,
+            )
+        )
+    for _, line, alarm in sorted(lines, key=lambda entry: entry[0]):
+        if alarm:
+            _secho(line, fg=typer.colors.RED)
+        else:
+            _echo(line)
     for mouse, number in sorted(run.pending.items()):
         _echo(
             f"{mouse}: no decision on session {number - 1} yet; the next run continues from "

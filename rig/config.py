@@ -29,6 +29,17 @@ A rig reads one TOML file (``docs/rig.md`` shows a full example)::
     policy = "wait_then_run_cached" # or "refuse"
     max_wait_s = 10                 # how long `rig run` waits for it
 
+    [safety]                        # for the animal: what no assignment may ask (the defaults)
+    max_reward_ul_per_trial = 20
+    max_reward_ms_per_trial = 250
+    max_reward_ul_per_session = 3000
+    max_session_minutes = 120
+    max_trials = 2000
+    on_violation = "refuse"         # or "last_safe"
+
+    [safety.parameters]             # optional: allowed ranges of any parameter
+    cue_duration_s = [2, 10]
+
 Everything is checked when the file is loaded, and a mistake is reported with the entry that
 causes it (``pins.cue_lft: unknown device; did you mean cue_left?``), so a rig never starts
 half-configured.
@@ -37,9 +48,10 @@ half-configured.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +105,7 @@ _TOP_LEVEL = {
     "valves",
     "actuators",
     "stale_assignment",
+    "safety",
 }
 
 
@@ -241,6 +254,73 @@ class StaleAssignmentSettings:
         )
 
 
+SafetyAction = Literal["refuse", "last_safe"]
+SAFETY_ACTIONS: tuple[SafetyAction, ...] = ("refuse", "last_safe")
+"""What a rig does with an assignment outside its safety limits: run nothing, or run the
+newest assignment of the mouse it received that lies within them."""
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """The rig's safety limits, for the animal (``[safety]``): what no assignment may ask,
+    whoever wrote it (the processor, a trainer's adjustment, or a forged record).
+
+    An assignment outside them is refused before the session starts: the rig says so on
+    screen and in its log, counts it in ``shaping_rig_unsafe_assignments_total`` and keeps it
+    in its store, then runs nothing (``on_violation = "refuse"``) or the newest assignment of
+    the mouse it received that passes them (``"last_safe"``). While a session runs, the task
+    also never gives more water per trial than allowed and stops the session at the
+    per-session limits (:class:`rig.task.ReachTask`).
+
+    Attributes:
+        max_reward_ul_per_trial: the most water one reward may give (µL; ``reward_volume_ul``,
+            and ``reward_ms`` through a calibrated valve).
+        max_reward_ms_per_trial: the longest a valve may open for one reward (``reward_ms``,
+            and ``reward_volume_ul`` through the valve's calibration).
+        max_reward_ul_per_session: the most water a session may give (µL): the task stops
+            before a reward would pass it.
+        max_session_minutes: the longest session (``session_minutes``).
+        max_trials: the most trials of a session (``max_trials``; a session whose assignment
+            sets none stops here).
+        parameters: allowed ``[low, high]`` of any numeric parameter, by name.
+        on_violation: ``refuse`` or ``last_safe``.
+    """
+
+    max_reward_ul_per_trial: float = 20.0
+    max_reward_ms_per_trial: float = 250.0
+    max_reward_ul_per_session: float = 3000.0
+    max_session_minutes: float = 120.0
+    max_trials: int = 2000
+    parameters: Mapping[str, Range] = field(default_factory=dict)
+    on_violation: SafetyAction = "refuse"
+
+    def describe(self) -> str:
+        """The limits in words."""
+        ranges = "".join(
+            f", {name} in [{low:g}, {high:g}]" for name, (low, high) in self.parameters.items()
+        )
+        return (
+            f"at most {self.max_reward_ul_per_trial:g} µL and {self.max_reward_ms_per_trial:g} ms "
+            f"per reward, {self.max_reward_ul_per_session:g} µL, {self.max_session_minutes:g} "
+            f"min and {self.max_trials} trials per session{ranges}; "
+            f"on_violation = {self.on_violation}"
+        )
+
+
+SAFETY_CEILINGS: dict[str, float] = {
+    "max_reward_ul_per_trial": 100.0,
+    "max_reward_ms_per_trial": 1000.0,
+    "max_reward_ul_per_session": 10_000.0,
+    "max_session_minutes": 1440.0,
+    "max_trials": 100_000,
+}
+"""The highest value each ``[safety]`` limit may be set to: above it a limit protects no
+mouse, and is taken for a mistake (a value in the wrong unit)."""
+
+SAFETY_KEYS = (*SAFETY_CEILINGS, "parameters", "on_violation")
+"""The settings of ``[safety]``."""
+
+
 @dataclass(frozen=True)
 class RigConfig:
     """A rig's validated configuration.
@@ -258,6 +338,7 @@ class RigConfig:
         calibration_bounds: the bounds a valve's calibrations are checked against, for the
             valves whose ``[valves.X]`` sets any (:meth:`valve_bounds`).
         stale_assignment: what ``rig run`` does when the current assignment has not arrived.
+        safety: what no assignment may ask, and what the rig does with one that does.
         path: the file the config was read from.
     """
 
@@ -271,6 +352,7 @@ class RigConfig:
     actuators: ActuatorSettings = ActuatorSettings()
     calibration_bounds: Mapping[str, CalibrationBounds] = field(default_factory=dict)
     stale_assignment: StaleAssignmentSettings = StaleAssignmentSettings()
+    safety: SafetyLimits = SafetyLimits()
     path: Path | None = None
 
     @property
@@ -345,6 +427,7 @@ def parse_config(
         calibration_bounds=_calibration_bounds(data.get("valves", {}), where),
         actuators=_actuators(data.get("actuators", {}), where),
         stale_assignment=_stale_assignment(data.get("stale_assignment", {}), where),
+        safety=parse_safety(data.get("safety", {}), where),
         path=path,
     )
 
@@ -532,6 +615,110 @@ def _stale_assignment(value: Any, where: str) -> StaleAssignmentSettings:
             f"{MAX_ASSIGNMENT_WAIT_S:g}"
         )
     return StaleAssignmentSettings(policy, float(wait))
+
+
+def parse_safety(value: Any, where: str = "") -> SafetyLimits:
+    """Validates the ``[safety]`` table (missing settings take the defaults).
+
+    Raises:
+        ConfigError: naming the setting at fault: an unknown one (with the closest name), a
+            limit that is no number, not above 0 or above its ceiling
+            (:data:`SAFETY_CEILINGS`), a per-trial volume above the per-session one, an
+            unknown ``on_violation``, or a bad ``[safety.parameters]`` range.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{where}[safety] must be a table of limits (max_reward_ul_per_trial, ...)"
+        )
+    _reject_unknown(value, set(SAFETY_KEYS), "safety.", where, ConfigError)
+    defaults = SafetyLimits()
+    numbers: dict[str, Any] = {}
+    for key, ceiling in SAFETY_CEILINGS.items():
+        number = value.get(key, getattr(defaults, key))
+        if key == "max_trials":
+            if (
+                isinstance(number, bool)
+                or not isinstance(number, int)
+                or not 1 <= number <= ceiling
+            ):
+                raise ConfigError(
+                    f"{where}safety.max_trials must be a whole number from 1 to {ceiling:g}"
+                )
+            numbers[key] = number
+            continue
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or not 0 < number <= ceiling
+        ):
+            raise ConfigError(
+                f"{where}safety.{key} must be a number above 0 and at most {ceiling:g}"
+            )
+        numbers[key] = float(number)
+    if numbers["max_reward_ul_per_trial"] > numbers["max_reward_ul_per_session"]:
+        raise ConfigError(
+            f"{where}safety.max_reward_ul_per_trial = {numbers['max_reward_ul_per_trial']:g} is "
+            f"above safety.max_reward_ul_per_session = "
+            f"{numbers['max_reward_ul_per_session']:g}: one reward cannot give more than a "
+            "session may"
+        )
+    action = value.get("on_violation", defaults.on_violation)
+    if action not in SAFETY_ACTIONS:
+        raise ConfigError(
+            f"{where}safety.on_violation: {action!r} is no policy"
+            f"{_suggest(str(action), SAFETY_ACTIONS)}; choose {' or '.join(SAFETY_ACTIONS)}"
+        )
+    return SafetyLimits(
+        **numbers,
+        parameters=_parameter_ranges(value.get("parameters", {}), where),
+        on_violation=action,
+    )
+
+
+def _parameter_ranges(value: Any, where: str) -> dict[str, Range]:
+    """``[safety.parameters]``: ``name = [low, high]`` for numeric parameters.
+
+    A name the reach task reads must be one of its numbers; a name it does not read (another
+    task's parameter, which the assignment may carry) is allowed unless it is so close to one
+    of the task's names that it is a misspelling.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}[safety.parameters] must be a table of name = [low, high]")
+    from rig.task import ReachParameters  # the task's parameters and their types
+
+    kinds = {f.name: str(f.type).replace(" | None", "") for f in fields(ReachParameters)}
+    ranges: dict[str, Range] = {}
+    for name, entry in value.items():
+        key = f"{where}safety.parameters.{name}"
+        kind = kinds.get(name)
+        if kind is None:
+            close = difflib.get_close_matches(name, list(kinds), n=1, cutoff=0.85)
+            if close:
+                raise ConfigError(
+                    f"{key}: no parameter of the reach task; did you mean {close[0]}? (a name "
+                    "of another task's parameter is allowed, but not one this close to the "
+                    "reach task's)"
+                )
+        elif kind not in ("int", "float"):
+            what = "true or false" if kind == "bool" else "text"
+            raise ConfigError(f"{key}: a range needs a number; {name} is {what}")
+        numbers = (
+            [float(v) for v in entry]
+            if isinstance(entry, list)
+            and len(entry) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in entry)
+            else None
+        )
+        if numbers is None or not numbers[0] <= numbers[1]:
+            raise ConfigError(
+                f"{key} must be [low, high], two numbers with low at most high "
+                f"(e.g. {name} = [2, 10])"
+            )
+        if not all(math.isfinite(v) for v in numbers):
+            raise ConfigError(f"{key} must be [low, high], two finite numbers")
+        ranges[name] = (numbers[0], numbers[1])
+    return ranges
 
 
 def _reject_unknown(

@@ -9,6 +9,11 @@ of its next session, it is not enrolled again, and the first simulated day is th
 the newest date the lab knows for those mice (an assignment is dated by the session end or the
 trainer's event that caused it, so no session of theirs is later). Session ids hold the mouse
 and the start time, so they never repeat.
+
+Every simulated rig holds the assignment it is about to run against the rig's safety limits
+(:func:`rig.safety.screen_assignment`, as the agent does): one outside them is refused, logged
+and kept in :attr:`LabRun.unsafe`, and the rig runs nothing or the newest assignment of the
+mouse it received that passes them (``on_violation``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 
+from rig.config import SafetyLimits
 from rig.errors import NoAssignmentError, RigError
 from rig.evidence import EJECTED
-from rig.session import run_simulated_session
+from rig.safety import printable, screen_assignment
+from rig.session import SIMULATED_DEFAULTS, run_simulated_session
 from rig.sim import SimulatedMouse
 from rig.transport import RigTransport
 from schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
@@ -62,6 +69,27 @@ class SessionRecord:
     stale_assignment: bool
 
 
+@dataclass(frozen=True)
+class UnsafeStart:
+    """A session about to start on an assignment outside the rig's safety limits.
+
+    Attributes:
+        mouse_id, rig_id, day: where and when.
+        assignment: the unsafe assignment.
+        action: ``refused`` (no session) or ``ran_last_safe``.
+        ran: the last safe assignment run instead (None: nothing ran).
+        message: what the rig said (its log, and ``shaping rig simulate``'s output).
+    """
+
+    mouse_id: str
+    rig_id: str
+    day: int
+    assignment: AssignmentIssued
+    action: str
+    ran: AssignmentIssued | None
+    message: str
+
+
 @dataclass
 class LabRun:
     """Everything the simulated lab did.
@@ -69,6 +97,7 @@ class LabRun:
     Attributes:
         plan: the plan it ran.
         sessions: every session, in the order run.
+        unsafe: every session start on an assignment outside the safety limits, in order.
         continued: mice it continued, with the number of the first session it ran for each.
         skipped: mice it did not run, with the reason (ejected).
         pending: mice whose decision on their last session had not arrived when the run
@@ -77,6 +106,7 @@ class LabRun:
 
     plan: LabPlan
     sessions: list[SessionRecord] = field(default_factory=list)
+    unsafe: list[UnsafeStart] = field(default_factory=list)
     continued: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
@@ -146,6 +176,7 @@ def continue_lab(
     wait_s: float = 0.0,
     start: date | None = None,
     now: datetime | None = None,
+    safety: SafetyLimits | None = None,
 ) -> LabRun:
     """``shaping rig simulate``: continues the lab where it stands (see the module's doc).
 
@@ -153,7 +184,8 @@ def continue_lab(
     the assignments topic to its end). Every simulated day must lie before today (``now``, UTC,
     the wall clock by default): a rig cannot run sessions in the future, and the processor
     refuses events dated ahead of the broker's clock. The run waits for the decision on each
-    mouse's last session (``settle``), so the next run continues from there.
+    mouse's last session (``settle``), so the next run continues from there. ``safety`` is the
+    simulated rigs' limits (the defaults unless given).
 
     Raises:
         RigError: a ``start`` not after the lab's last day, or days that reach today.
@@ -169,7 +201,7 @@ def continue_lab(
             f"({today.isoformat()}): ask for fewer --days, an earlier --start (after the last "
             "day the lab knows), or use another topic --prefix for a new lab"
         )
-    return run_lab(plan, transport, wait_s, position=position, settle=True)
+    return run_lab(plan, transport, wait_s, position=position, settle=True, safety=safety)
 
 
 def run_lab(
@@ -178,6 +210,7 @@ def run_lab(
     wait_s: float = 0.0,
     position: LabPosition | None = None,
     settle: bool = False,
+    safety: SafetyLimits | None = None,
 ) -> LabRun:
     """Enrolls the plan's mice, then runs every day's sessions through ``transport``.
 
@@ -190,8 +223,15 @@ def run_lab(
     (from the seed, the mouse and the plan's start), and ejected ones skipped. ``settle``
     waits up to ``wait_s`` at the end for the decision on each mouse's last session, so a
     later run continues from there (:attr:`LabRun.pending` lists those that did not arrive).
+
+    Before each session the rig holds the assignment against ``safety`` (the default limits
+    unless given; :func:`rig.safety.screen_assignment`): an unsafe one is refused (no session
+    that day for the mouse) or replaced by the newest safe assignment the rig received for the
+    mouse, as ``safety.on_violation`` says, and logged and kept in :attr:`LabRun.unsafe`.
     """
+    limits = safety or SafetyLimits()
     run = LabRun(plan)
+    received: dict[str, list[AssignmentIssued]] = {mouse_id: [] for mouse_id, _ in plan.mice()}
     mice = {mouse_id: SimulatedMouse(mouse_id, plan.seed) for mouse_id, _ in plan.mice()}
     known = position.known() if position is not None else {}
     sessions_done = dict.fromkeys(mice, 0)
@@ -224,19 +264,42 @@ def run_lab(
             on_rig = [m for m, r in plan.mice() if r == rig_id and m not in run.skipped]
             for slot, mouse_id in enumerate(on_rig):
                 wanted = sessions_done[mouse_id] + 1
-                assignment = transport.latest_assignment(mouse_id, wanted, wait_s)
-                if assignment is None:
+                latest = transport.latest_assignment(mouse_id, wanted, wait_s)
+                if latest is None:
                     raise NoAssignmentError(f"no assignment for {mouse_id}; is it enrolled?")
+                history = received[mouse_id]
+                if all(a.event_id != latest.event_id for a in history):
+                    history.insert(0, latest)
+                screening = screen_assignment(latest, limits, history, SIMULATED_DEFAULTS)
+                if not screening.safe:
+                    message = screening.message()
+                    log.warning("%s on %s: %s", mouse_id, rig_id, printable(message))
+                    run.unsafe.append(
+                        UnsafeStart(
+                            mouse_id,
+                            rig_id,
+                            day,
+                            latest,
+                            screening.action or "refused",
+                            screening.run,
+                            message,
+                        )
+                    )
+                assignment = screening.run
+                if assignment is None:
+                    continue  # refused: no session for this mouse today
                 started_at = day_start + timedelta(minutes=slot * plan.slot_minutes)
                 stale = None
-                if assignment.session_number < wanted:
+                if not screening.safe:
+                    stale = screening.stale_reason()
+                elif assignment.session_number < wanted:
                     stale = (
                         f"the assignment for session {wanted} had not arrived after {wait_s:g} s; "
                         f"ran the one for session {assignment.session_number}"
                     )
                     log.warning("%s on %s: stale assignment: %s", mouse_id, rig_id, stale)
                 events = run_simulated_session(
-                    mice[mouse_id], assignment, rig_id, started_at, stale
+                    mice[mouse_id], assignment, rig_id, started_at, stale, limits
                 )
                 transport.publish(events)
                 sessions_done[mouse_id] += 1
@@ -249,7 +312,7 @@ def run_lab(
                         day,
                         started,
                         assignment,
-                        assignment.session_number < wanted,
+                        stale is not None,
                     )
                 )
     if settle:

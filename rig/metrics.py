@@ -11,6 +11,10 @@ restart loses nothing (the counters are counts of rows the store keeps):
     session starts where the rig knew its assignment was stale (the decision on the previous
     session had not arrived in time, or the newest assignment was unreadable), by what it did:
     ``ran_cached`` or ``refused`` (``stale_assignment.policy`` in the rig's config).
+``shaping_rig_unsafe_assignments_total{rig, action}`` (counter)
+    assignments outside the rig's safety limits (``[safety]`` in its config) that a session was
+    about to run, by what the rig did: ``refused`` (nothing ran) or ``ran_last_safe`` (the
+    newest assignment of the mouse within the limits ran instead).
 ``shaping_rig_undecodable_assignments_total{rig}`` (counter)
     records of the rig's mice on the assignments topic that this rig cannot decode (written
     by a newer release: upgrade the rig).
@@ -27,18 +31,25 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 OUTBOX_DEPTH = "shaping_rig_outbox_depth"
 STALE_ASSIGNMENTS = "shaping_rig_stale_assignments_total"
+UNSAFE_ASSIGNMENTS = "shaping_rig_unsafe_assignments_total"
 UNDECODABLE_ASSIGNMENTS = "shaping_rig_undecodable_assignments_total"
 UNDECODABLE_DECISIONS = "shaping_rig_undecodable_decisions_total"
 CLOCK_SKEW = "shaping_rig_clock_skew_seconds"
 
-RIG_METRICS = (OUTBOX_DEPTH, STALE_ASSIGNMENTS, UNDECODABLE_ASSIGNMENTS, UNDECODABLE_DECISIONS)
+RIG_METRICS = (
+    OUTBOX_DEPTH,
+    STALE_ASSIGNMENTS,
+    UNSAFE_ASSIGNMENTS,
+    UNDECODABLE_ASSIGNMENTS,
+    UNDECODABLE_DECISIONS,
+)
 """The names every scrape carries (the clock skew only once it was measured)."""
 
 
@@ -50,6 +61,7 @@ class RigMetrics:
     stale: dict[str, int] = field(default_factory=lambda: {"ran_cached": 0, "refused": 0})
     undecodable: dict[str, int] = field(default_factory=lambda: {"assignments": 0, "decisions": 0})
     clock_skew_s: float | None = None
+    unsafe: dict[str, int] = field(default_factory=lambda: {"ran_last_safe": 0, "refused": 0})
 
 
 def _label(value: str) -> str:
@@ -82,6 +94,13 @@ def render(rig_id: str, depth: int | RigMetrics) -> str:
                 f'{STALE_ASSIGNMENTS}{{{rig},action="{_label(action)}"}} {count}'
                 for action, count in sorted(values.stale.items())
             ),
+            f"# HELP {UNSAFE_ASSIGNMENTS} Assignments outside the rig's safety limits, by what it "
+            "did (refused or ran_last_safe).",
+            f"# TYPE {UNSAFE_ASSIGNMENTS} counter",
+            *(
+                f'{UNSAFE_ASSIGNMENTS}{{{rig},action="{_label(action)}"}} {count}'
+                for action, count in sorted(values.unsafe.items())
+            ),
             f"# HELP {UNDECODABLE_ASSIGNMENTS} Records of the rig's mice on the assignments "
             "topic that this rig cannot decode (a newer release wrote them).",
             f"# TYPE {UNDECODABLE_ASSIGNMENTS} counter",
@@ -107,6 +126,11 @@ def read_metrics(store_path: Path) -> RigMetrics:
     with closing(sqlite3.connect(store_path, timeout=5)) as conn:
         depth = int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
         values = RigMetrics(depth)
+        with suppress(sqlite3.OperationalError):  # a store of an older release has none
+            for action, count in conn.execute(
+                "SELECT action, count(*) FROM unsafe_assignments GROUP BY action"
+            ):
+                values.unsafe[action] = int(count)
         try:
             for action, count in conn.execute(
                 "SELECT action, count(*) FROM stale_runs GROUP BY action"
@@ -121,7 +145,7 @@ def read_metrics(store_path: Path) -> RigMetrics:
             return values
     if row is None:
         return values
-    return RigMetrics(depth, values.stale, values.undecodable, float(row[0]))
+    return RigMetrics(depth, values.stale, values.undecodable, float(row[0]), values.unsafe)
 
 
 class OutboxDepthExporter:

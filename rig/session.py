@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
+from rig.config import SafetyLimits
 from rig.sim import SimulatedMouse
 from schemas.events import (
     AssignmentIssued,
@@ -16,6 +17,19 @@ from schemas.events import (
 )
 
 REWARD_CONSUMPTION_S = 1.5
+
+SIMULATED_DEFAULTS: dict[str, ParamValue] = {
+    "max_trials": 300,
+    "session_minutes": 45,
+    "iti_min_s": 2,
+    "iti_max_s": 4,
+    "response_window_s": 10,
+    "timeout_s": 8,
+    "difficulty": 0,
+    "reward_volume_ul": 3,
+}
+"""The value a simulated session runs with for each parameter its assignment leaves out (the
+rig's safety limits hold these too: :func:`rig.lab.run_lab`)."""
 
 
 def _number(parameters: Mapping[str, ParamValue], name: str, default: float) -> float:
@@ -29,6 +43,7 @@ def run_simulated_session(
     rig_id: str,
     started_at: datetime,
     stale_reason: str | None = None,
+    limits: SafetyLimits | None = None,
 ) -> list[Event]:
     """Runs a session with exactly the assignment's parameters on a simulated mouse.
 
@@ -39,6 +54,12 @@ def run_simulated_session(
     The session stops at ``max_trials`` or when ``session_minutes`` have passed, whichever
     comes first. Trial times advance by the inter-trial interval drawn from
     ``[iti_min_s, iti_max_s]``, the response, reward consumption and the error timeout.
+
+    The rig's safety ``limits`` (the defaults unless given) bound it as they bound a real
+    session (:class:`rig.task.ReachTask`): no reward above ``max_reward_ul_per_trial``, and the
+    session ends at ``max_trials`` (``safety_max_trials``), ``max_session_minutes``
+    (``safety_time_limit``) or before a reward would take it past
+    ``max_reward_ul_per_session`` (``safety_reward_limit``) when these come first.
 
     Returns:
         SessionStarted, one TrialCompleted per trial, and SessionEnded, in order.
@@ -61,25 +82,43 @@ def run_simulated_session(
             session_id=session_id,
         )
     ]
-    max_trials = int(_number(params, "max_trials", 300))
-    limit_s = _number(params, "session_minutes", 45) * 60
-    iti_min, iti_max = _number(params, "iti_min_s", 2), _number(params, "iti_max_s", 4)
-    window = _number(params, "response_window_s", 10)
-    timeout = _number(params, "timeout_s", 8)
-    difficulty = _number(params, "difficulty", 0)
-    reward = _number(params, "reward_volume_ul", 3)
+    limits = limits or SafetyLimits()
+
+    def number(name: str) -> float:
+        default = SIMULATED_DEFAULTS[name]
+        assert isinstance(default, int | float)
+        return _number(params, name, default)
+
+    max_trials = int(number("max_trials"))
+    limit_s = number("session_minutes") * 60
+    iti_min, iti_max = number("iti_min_s"), number("iti_max_s")
+    window = number("response_window_s")
+    timeout = number("timeout_s")
+    difficulty = number("difficulty")
+    reward = min(number("reward_volume_ul"), limits.max_reward_ul_per_trial)
+    trials_reason = "max_trials"
+    if max_trials > limits.max_trials:
+        max_trials, trials_reason = limits.max_trials, "safety_max_trials"
+    time_reason = "time_limit"
+    if limit_s > limits.max_session_minutes * 60:
+        limit_s, time_reason = limits.max_session_minutes * 60, "safety_time_limit"
+    given_ul = 0.0
     elapsed = 0.0
     n = 0
-    end_reason = "max_trials"
+    end_reason = trials_reason
     while n < max_trials:
         if elapsed >= limit_s:
-            end_reason = "time_limit"
+            end_reason = time_reason
+            break
+        if given_ul + reward > limits.max_reward_ul_per_session:
+            end_reason = "safety_reward_limit"
             break
         response = mouse.respond(difficulty, window)
         elapsed += mouse.rng.uniform(iti_min, iti_max)
         elapsed += response.reaction_time_s if response.reaction_time_s is not None else window
         correct = response.outcome == "correct"
         elapsed += REWARD_CONSUMPTION_S if correct else timeout
+        given_ul += reward if correct else 0.0
         events.append(
             TrialCompleted(
                 event_id=mouse.new_id(),

@@ -17,11 +17,17 @@
   and the history of every calibration measured (``calibration_history``): when, who, on which
   rig, the measurements, the slope, the warnings, and whether it was saved, declined or
   refused. Rows of ``calibrations`` written before the history existed stay readable.
-* **What the rig could not read, and what it ran stale.** Every record of the rig's mice on
-  the assignments and decisions topics that this rig's schemas cannot decode (a newer
-  release wrote it), until a readable record of the mouse follows it; and every session start
-  where the rig knew its assignment was stale (run anyway, or refused). The rig's metrics
-  count both.
+* **Assignment history.** Every assignment received for each mouse (its newest
+  :data:`HISTORY_PER_MOUSE`), whether or not it replaced the cached one, so a rig whose
+  current assignment lies outside its safety limits can run the newest one that does
+  (``safety.on_violation = "last_safe"``; :mod:`rig.safety`). A store of an older release gets
+  the table when it is opened, filled from its cache.
+* **What the rig could not read, what it ran stale, what it refused as unsafe.** Every record
+  of the rig's mice on the assignments and decisions topics that this rig's schemas cannot
+  decode (a newer release wrote it), until a readable record of the mouse follows it; every
+  session start where the rig knew its assignment was stale (run anyway, or refused); and
+  every assignment outside the rig's safety limits (refused, or replaced by the last safe
+  one). The rig's metrics count them.
 * **Clock skew.** The rig's clock minus the broker's, measured by the drainer on every
   acknowledged send to a topic with ``LogAppendTime`` (the latest value and a smoothed one).
 
@@ -42,6 +48,7 @@ from pathlib import Path
 
 from rig.config import ValveCalibration
 from rig.errors import RigError
+from rig.safety import UNSAFE_ACTIONS
 from schemas.codec import EventCodec, default_codec, encode_key
 from schemas.events import (
     AssignmentIssued,
@@ -121,6 +128,29 @@ CREATE TABLE IF NOT EXISTS stale_runs (
     action TEXT NOT NULL,
     reason TEXT NOT NULL,
     waited_s REAL NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignment_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mouse_id TEXT NOT NULL,
+    session_number INTEGER NOT NULL,
+    event_id TEXT NOT NULL UNIQUE,
+    value BLOB NOT NULL,
+    received_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS assignment_history_mouse
+    ON assignment_history (mouse_id, session_number, seq);
+INSERT OR IGNORE INTO assignment_history (mouse_id, session_number, event_id, value, received_at)
+    SELECT mouse_id, session_number, event_id, value, received_at FROM assignments
+    UNION ALL
+    SELECT mouse_id, session_number, event_id, value, received_at FROM evidence;
+CREATE TABLE IF NOT EXISTS unsafe_assignments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mouse_id TEXT NOT NULL,
+    assignment_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    violations TEXT NOT NULL,
+    ran_assignment_id TEXT,
     at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS clock_skew (
@@ -227,6 +257,9 @@ UNDECODABLE_KINDS = ("assignments", "decisions")
 STALE_ACTIONS = ("ran_cached", "refused")
 """What ``rig run`` did with a stale assignment (``StaleRun.action``)."""
 
+HISTORY_PER_MOUSE = 50
+"""How many of a mouse's assignments the history keeps (the newest)."""
+
 SKEW_SMOOTHING = 0.2
 """Weight of a new clock skew sample in the smoothed value (exponential moving average)."""
 
@@ -266,6 +299,27 @@ class StaleRun:
     action: str
     reason: str
     waited_s: float
+    at: datetime
+
+
+@dataclass(frozen=True)
+class UnsafeAssignment:
+    """An assignment the rig held outside its safety limits, and what it did.
+
+    Attributes:
+        mouse_id: the mouse.
+        assignment_id: the unsafe assignment.
+        action: ``refused`` (nothing ran) or ``ran_last_safe``.
+        violations: how it broke the limits, in words.
+        ran_assignment_id: the last safe assignment run instead (None: nothing ran).
+        at: when (UTC).
+    """
+
+    mouse_id: str
+    assignment_id: str
+    action: str
+    violations: str
+    ran_assignment_id: str | None
     at: datetime
 
 
@@ -497,8 +551,48 @@ class RigStore:
     # -- assignment cache and decisions ---------------------------------------------------------
 
     def save_assignment(self, assignment: AssignmentIssued) -> bool:
-        """Caches an assignment unless a newer one (higher session number) is cached."""
+        """Caches an assignment unless a newer one (higher session number) is cached; the
+        mouse's assignment history keeps it either way."""
+        self._keep_history(assignment)
         return self._keep_latest("assignments", assignment)
+
+    def _keep_history(self, assignment: AssignmentIssued) -> None:
+        with self._tx() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO assignment_history (mouse_id, session_number, event_id, "
+                "value, received_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    assignment.mouse_id,
+                    assignment.session_number,
+                    assignment.event_id,
+                    self.codec.encode(assignment),
+                    _now(),
+                ),
+            )
+            if cursor.rowcount == 1:
+                conn.execute(
+                    "DELETE FROM assignment_history WHERE mouse_id = ? AND seq NOT IN (SELECT "
+                    "seq FROM assignment_history WHERE mouse_id = ? ORDER BY session_number "
+                    "DESC, seq DESC LIMIT ?)",
+                    (assignment.mouse_id, assignment.mouse_id, HISTORY_PER_MOUSE),
+                )
+
+    def assignment_history(self, mouse_id: str) -> list[CachedAssignment]:
+        """The mouse's assignments the rig received, newest first (by session number, then
+        arrival); records this rig's codec no longer reads are left out."""
+        history = []
+        for value, received_at in self._conn().execute(
+            "SELECT value, received_at FROM assignment_history WHERE mouse_id = ? "
+            "ORDER BY session_number DESC, seq DESC",
+            (mouse_id,),
+        ):
+            try:
+                event = self.codec.decode(value)
+            except Exception:  # a row an older codec wrote differently: not one to run
+                continue
+            if isinstance(event, AssignmentIssued):
+                history.append(CachedAssignment(event, datetime.fromisoformat(received_at)))
+        return history
 
     def cached_assignment(self, mouse_id: str) -> CachedAssignment | None:
         """The latest assignment known for a mouse."""
@@ -714,6 +808,56 @@ class RigStore:
         counts = dict.fromkeys(STALE_ACTIONS, 0)
         for action, count in self._conn().execute(
             "SELECT action, count(*) FROM stale_runs GROUP BY action"
+        ):
+            counts[action] = int(count)
+        return counts
+
+    # -- unsafe assignments ---------------------------------------------------------------------
+
+    def record_unsafe_assignment(
+        self,
+        mouse_id: str,
+        assignment_id: str,
+        action: str,
+        violations: str,
+        ran_assignment_id: str | None,
+    ) -> None:
+        """Keeps an assignment held outside the safety limits and what the rig did with it."""
+        assert action in UNSAFE_ACTIONS
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO unsafe_assignments (mouse_id, assignment_id, action, violations, "
+                "ran_assignment_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (mouse_id, assignment_id, action, violations, ran_assignment_id, _now()),
+            )
+
+    def last_unsafe_assignment(self, mouse_id: str) -> UnsafeAssignment | None:
+        """The mouse's last assignment held outside the safety limits."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT mouse_id, assignment_id, action, violations, ran_assignment_id, at FROM "
+                "unsafe_assignments WHERE mouse_id = ? ORDER BY seq DESC LIMIT 1",
+                (mouse_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        return UnsafeAssignment(
+            mouse_id=row[0],
+            assignment_id=row[1],
+            action=row[2],
+            violations=row[3],
+            ran_assignment_id=row[4],
+            at=datetime.fromisoformat(row[5]),
+        )
+
+    def unsafe_assignment_counts(self) -> dict[str, int]:
+        """How many unsafe assignments the rig refused or replaced (every action, 0 included)."""
+        counts: dict[str, int] = dict.fromkeys(UNSAFE_ACTIONS, 0)
+        for action, count in self._conn().execute(
+            "SELECT action, count(*) FROM unsafe_assignments GROUP BY action"
         ):
             counts[action] = int(count)
         return counts

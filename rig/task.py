@@ -56,6 +56,16 @@ recent_outcomes_left/right  ""           carried-over adaptation window, oldest 
                                          ``c`` correct, ``i`` incorrect, ``m`` miss
 ==========================  ===========  ================================================
 
+The rig's safety limits (``[safety]`` of its config, :class:`rig.config.SafetyLimits`) bound
+every session whatever its assignment says (the agent refuses an assignment outside them before
+the session; this is the second line): no reward opens a valve longer than
+``max_reward_ms_per_trial`` or gives more than ``max_reward_ul_per_trial`` (a larger one is cut
+to the limit, and the trial records what was given), and the session ends at
+``max_session_minutes`` (``end_reason = "safety_time_limit"``), at ``max_trials``
+(``"safety_max_trials"``) or before a reward would take the session's water past
+``max_reward_ul_per_session`` (``"safety_reward_limit"``), whichever comes first, when it comes
+before the assignment's own limit.
+
 A trial counts as a correction trial (``TrialCompleted.correction_trial``) when the previous
 trial with a response was incorrect: the definition reach's d' uses to exclude them.
 
@@ -73,7 +83,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from rig.clock import Clock, to_datetime
-from rig.config import SIDES, Side, ValveCalibration
+from rig.config import SIDES, SafetyLimits, Side, ValveCalibration
 from rig.devices import InputBus, InputEvent, RigHardware
 from rig.errors import CalibrationError, ParameterError
 from schemas.events import (
@@ -92,6 +102,10 @@ Phase = Literal["iti", "trial", "outcome"]
 DEFAULT_REWARD_MS = 70.0
 MAX_OPEN_MS = 1000.0
 """No reward opens a valve longer than this (a wrong calibration must not flood the rig)."""
+
+SAFETY_END_REASONS = ("safety_time_limit", "safety_max_trials", "safety_reward_limit")
+"""``SessionEnded.end_reason`` of a session the rig's safety limits ended before the
+assignment's own limits did (the schema's ``end_reason`` is free text; these are the rig's)."""
 
 _CODES: dict[str, str] = {"correct": "c", "incorrect": "i", "miss": "m"}
 _EVENT_NAMESPACE = uuid.UUID("8a4f5b0e-3f4b-4f53-9d5e-6c0b7a1d2e91")
@@ -281,6 +295,7 @@ class TaskState:
     n_incorrect: int = 0
     n_miss: int = 0
     movements_in_trial: int = 0
+    reward_ul: float = 0.0
 
     @classmethod
     def start(cls, params: ReachParameters) -> TaskState:
@@ -311,6 +326,7 @@ class TaskState:
             if isinstance(cue, int | float) and not isinstance(cue, bool):
                 state.cue_duration_s = float(cue)
             record_outcome(state, target, trial.outcome)
+            state.reward_ul += trial.reward_volume_ul
         return state
 
     @property
@@ -519,6 +535,8 @@ class ReachTask:
         on_trial: called after every trial (for a display).
         session_metrics: called at the end; what it returns goes into
             ``SessionEnded.metrics`` (the agent reports reach's results there).
+        limits: the rig's safety limits (see the module docstring); the defaults unless the
+            rig's config sets them.
     """
 
     hardware: RigHardware
@@ -531,29 +549,73 @@ class ReachTask:
     task_seed: int
     on_trial: Callable[[TrialProgress], None] | None = None
     session_metrics: Callable[[], Mapping[str, float | None]] | None = None
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
     _end_at: float = field(init=False)
+    _time_reason: str = field(init=False)
+    _max_trials: int = field(init=False)
+    _trials_reason: str = field(init=False)
+    _open_ms: dict[Side, float] = field(init=False)
+    _volume_ul: dict[Side, float] = field(init=False)
 
     def __post_init__(self) -> None:
-        self._end_at = self.session_start + self.params.session_minutes * 60
+        limits = self.limits
+        own_end = self.session_start + self.params.session_minutes * 60
+        safe_end = self.session_start + limits.max_session_minutes * 60
+        self._end_at = min(own_end, safe_end)
+        self._time_reason = "safety_time_limit" if safe_end < own_end else "time_limit"
+        own_trials = self.params.max_trials
+        if own_trials is not None and own_trials <= limits.max_trials:
+            self._max_trials, self._trials_reason = own_trials, "max_trials"
+        else:
+            self._max_trials, self._trials_reason = limits.max_trials, "safety_max_trials"
+        # No reward beyond the per-trial limits: a larger one is cut (a valve gives water in
+        # proportion to the time it is open).
+        self._open_ms, self._volume_ul = {}, {}
+        for side in SIDES:
+            open_ms = self.rewards.open_ms[side]
+            volume = self.rewards.volume_ul[side]
+            factor = 1.0
+            if open_ms > limits.max_reward_ms_per_trial:
+                factor = limits.max_reward_ms_per_trial / open_ms
+            if volume * factor > limits.max_reward_ul_per_trial:
+                factor = limits.max_reward_ul_per_trial / volume
+            self._open_ms[side] = open_ms * factor
+            self._volume_ul[side] = volume * factor
+
+    def reward_cuts(self) -> list[str]:
+        """The rewards the safety limits cut, in words (empty: none)."""
+        return [
+            f"the {side} valve's reward is cut from {self.rewards.open_ms[side]:.0f} ms "
+            f"({self.rewards.volume_ul[side]:.3g} µL) to {self._open_ms[side]:.0f} ms "
+            f"({self._volume_ul[side]:.3g} µL) by the rig's safety limits"
+            for side in SIDES
+            if self._open_ms[side] < self.rewards.open_ms[side]
+        ]
 
     def run(self, state: TaskState) -> SessionEnded:
         """Runs trials from ``state`` until the session ends; records SessionEnded.
 
         The session ends at ``session_minutes`` (checked between trials and during the
         inter-trial interval), at ``max_trials``, or when the bus is interrupted (the operator
-        stopped it; an unfinished trial is dropped).
+        stopped it; an unfinished trial is dropped); and at the rig's safety limits, when they
+        come first (``safety_time_limit``, ``safety_max_trials``, and ``safety_reward_limit``
+        before a reward would take the session past its water limit).
         """
         self.hardware.all_off()
         self._position_spouts(state)
+        largest_reward = max(self._volume_ul.values())
         while True:
             if self.bus.interrupted:
                 reason = "aborted"
                 break
-            if self.params.max_trials is not None and state.trial_index >= self.params.max_trials:
-                reason = "max_trials"
+            if state.trial_index >= self._max_trials:
+                reason = self._trials_reason
                 break
             if self._time_left() <= 0:
-                reason = "time_limit"
+                reason = self._time_reason
+                break
+            if state.reward_ul + largest_reward > self.limits.max_reward_ul_per_session:
+                reason = "safety_reward_limit"
                 break
             rng = random.Random(f"{self.task_seed}:{state.trial_index}")
             target = choose_target(rng, state, self.params)
@@ -642,10 +704,11 @@ class ReachTask:
         if outcome == "correct":
             spout.valve.open()
             try:
-                self._idle(state, self.rewards.open_ms[target] / 1000, "outcome")
+                self._idle(state, self._open_ms[target] / 1000, "outcome")
             finally:
                 spout.valve.close()
-            reward_ul = self.rewards.volume_ul[target]
+            reward_ul = self._volume_ul[target]
+            state.reward_ul += reward_ul
         elif outcome == "incorrect":
             self._idle(state, self.params.timeout_s, "outcome")
         trial = self.recorder.trial(
@@ -661,7 +724,7 @@ class ReachTask:
                 "response_window_s": window_s,
                 "spout_position_left": state.positions["left"],
                 "spout_position_right": state.positions["right"],
-                "reward_ms": round(self.rewards.open_ms[target], 3),
+                "reward_ms": round(self._open_ms[target], 3),
             },
         )
         record_outcome(state, target, outcome)

@@ -32,6 +32,8 @@ shaping_mice_per_stage             gauge      curriculum, stage                 
 shaping_rig_outbox_depth           gauge      rig                               rig agents
 shaping_rig_stale_assignments_     counter    rig, action                       rig agents
 total
+shaping_rig_unsafe_assignments_    counter    rig, action                       rig agents
+total
 shaping_rig_undecodable_           counter    rig                               rig agents
 assignments_total
 shaping_rig_undecodable_           counter    rig                               rig agents
@@ -217,6 +219,15 @@ CATALOGUE: tuple[MetricDoc, ...] = (
         ("rig",),
         "Sessions about to start whose assignment had not arrived in time: run on the cached "
         "assignment (action ran_cached) or refused (action refused).",
+    ),
+    MetricDoc(
+        "shaping_rig_unsafe_assignments_total",
+        "counter",
+        ("rig", "action"),
+        ("rig",),
+        "Assignments outside the rig's safety limits ([safety] of its config) that a session "
+        "was about to run: refused, nothing ran (action refused), or the newest safe assignment "
+        "of the mouse ran instead (action ran_last_safe).",
     ),
     MetricDoc(
         "shaping_rig_undecodable_assignments_total",

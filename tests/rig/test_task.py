@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rig.clock import VirtualClock
-from rig.config import SIDES, ActuatorSettings, ValveCalibration, parse_pin_map
+from rig.config import SIDES, ActuatorSettings, SafetyLimits, ValveCalibration, parse_pin_map
 from rig.devices import InputBus, connect_inputs
 from rig.errors import CalibrationError, ParameterError
 from rig.gpio import build_gpiozero_hardware
@@ -44,6 +44,7 @@ class Harness:
     script: list[Step] = field(default_factory=list)
     calibrations: dict[str, ValveCalibration] = field(default_factory=lambda: CALIBRATED)
     iti_lifts: list[float] = field(default_factory=list)  # seconds into each ITI wait
+    limits: SafetyLimits | None = None  # the rig's safety limits (None: the defaults)
 
     def __post_init__(self) -> None:
         self.factory = mock_factory()
@@ -107,6 +108,7 @@ class Harness:
             session_start=self.clock.now(),
             task_seed=42,
             session_metrics=lambda: reach_session_metrics(self.events),
+            limits=self.limits or SafetyLimits(),
         )
         if stop_at is not None:
             self.clock.schedule(START.timestamp() + stop_at, self.bus.interrupt)
