@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from services.common.cli_options import Bootstrap, Mouse, Prefix, check_stage, fail, settings_with
+from services.operator.terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -482,13 +483,16 @@ def _send(settings: Settings, event: Event, wait: float, what: str) -> None:
     where = f"{settings.topics.events}[{outcome.partition}]@{outcome.offset}"
     answer = outcome.answer
     if isinstance(answer, EventRejected):
-        _fail(f"the processor refused the {what} of {event.mouse_id}: {answer.reason}", code=1)
+        _fail(
+            f"the processor refused the {what} of {event.mouse_id}: {printable(answer.reason)}",
+            code=1,
+        )
     if isinstance(answer, AssignmentIssued):
         typer.echo(
-            f"{what} of {event.mouse_id} honoured (event {event.event_id}, {where}): "
-            f"next session {answer.session_number}, stage {answer.stage}"
+            f"{what} of {event.mouse_id} honoured (event {printable(event.event_id)}, {where}): "
+            f"next session {answer.session_number}, stage {printable(answer.stage)}"
         )
-        typer.echo(f"  {answer.reason_detail}")
+        typer.echo(f"  {printable(answer.reason_detail)}")
         return
     waited = f"within {wait:g} s " if wait > 0 else ""
     typer.echo(
@@ -688,7 +692,7 @@ def show_timeline(console: Console, db_url: str | None, mouse_id: str) -> None:
     for row in rows:
         at = row["at"].strftime("%Y-%m-%d %H:%M") if row["at"] is not None else ""
         cells = (at, row["what"], row["by"], row["why"], row["outcome"])
-        table.add_row(*(Text(str(cell)) for cell in cells))
+        table.add_row(*(Text(printable(cell)) for cell in cells))
     console.print(table)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from services.operator.terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -225,12 +226,12 @@ def _print_summary(summary: ReplaySummary, seconds: float) -> None:
             table.add_column(title)
         for change in summary.mouse_changes:
             table.add_row(
-                Text(change.mouse_id),
-                Text(str(change.stage_before)),
-                Text(str(change.stage_after)),
-                Text("\n".join(change.added) or "-"),
-                Text("\n".join(change.removed) or "-"),
-                Text("\n".join(change.changed) or "-"),
+                Text(printable(change.mouse_id)),
+                Text(printable(change.stage_before)),
+                Text(printable(change.stage_after)),
+                Text("\n".join(map(printable, change.added)) or "-"),
+                Text("\n".join(map(printable, change.removed)) or "-"),
+                Text("\n".join(map(printable, change.changed)) or "-"),
             )
         console.print(table)
     for name, rows in summary.table_changes.items():
@@ -240,7 +241,7 @@ def _print_summary(summary: ReplaySummary, seconds: float) -> None:
             )
         )
     for note in [*summary.notes, *summary.unfixable]:
-        console.print(Text(f"note: {note}"))
+        console.print(Text(f"note: {printable(note)}"))
     verb = "would publish" if summary.dry_run else "published"
     if summary.published:
         console.print(
@@ -423,4 +424,6 @@ def _print_whatif(result: Any) -> None:
     console.print(reach)
     for mouse in result.mice:
         for note in mouse.skipped[:5]:
-            console.print(Text(f"note: {mouse.mouse_id}: NEW could not take {note}"))
+            console.print(
+                Text(f"note: {printable(mouse.mouse_id)}: NEW could not take {printable(note)}")
+            )

@@ -31,6 +31,7 @@ REASON = "[bold]loud[/bold]\x1b[5m"
 RIG = "rig\x9b1m"
 RULE = "rule\x1b[2J"
 WHY = "[bold]why[/bold]\r\x1b[Kcover"
+LEGACY = "M-legacy"
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")  # newlines aside, no control reaches us
 AT = datetime(2026, 1, 9, 9, tzinfo=UTC)
 
@@ -150,6 +151,28 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> str:
                 to_stage=STAGE,
             )
         )
+        # The same hostile content under an id the CLI accepts, for `history` (a hostile id
+        # itself is refused at the command line: tests/unit/test_cli_identifiers.py).
+        for table, row in [
+            (tables.mouse_status, {"curriculum_name": "basic-shaping",
+             "curriculum_version": "0.1.0", "stage": STAGE, "sessions_at_stage": 12,
+             "next_session_number": 2, "last_reason": REASON, "assignment_id": "a-2",
+             "assigned_at": AT, "enrolled_at": AT - timedelta(days=1), "last_decision": "stay",
+             "last_decision_at": AT, "last_session_id": "s-2", "sessions_completed": 1}),
+            (tables.session_summaries, {"session_id": "s-2", "rig_id": RIG, "stage": STAGE,
+             "started_at": AT - timedelta(hours=1), "ended_at": AT, "n_trials": 20,
+             "accuracy": 0.5, "decision": "stay", "next_stage": STAGE, "decided_at": AT}),
+            (tables.decision_log, {"event_id": "d-2", "session_id": "s-2", "occurred_at": AT,
+             "curriculum_name": "basic-shaping", "curriculum_version": "0.1.0",
+             "from_stage": STAGE, "to_stage": STAGE, "decision": "stay", "rule": None,
+             "sessions_at_stage": 12, "session_total": 1,
+             "evidence_json": json.dumps(evidence)}),
+            (tables.stage_history, {"entered_at_session": 0, "event_id": "h-2", "stage": STAGE,
+             "decision": "enrolled", "occurred_at": AT - timedelta(days=1)}),
+            (tables.interventions, {"event_id": "i-2", "kind": "override", "requested_at": AT,
+             "requested_by": "alice\x1b[2J", "reason": WHY, "to_stage": STAGE}),
+        ]:  # fmt: skip
+            conn.execute(insert(table).values(mouse_id=LEGACY, **row))
     engine.dispose()
     return url
 
@@ -176,10 +199,10 @@ def test_status_escapes_ids_stages_reasons_and_rigs(hostile_db: str) -> None:
 
 
 def test_history_escapes_evidence_interventions_and_the_heading(hostile_db: str) -> None:
-    code, out = invoke("history", HOSTILE, "--db-url", hostile_db)
+    code, out = invoke("history", LEGACY, "--db-url", hostile_db)
     assert code == 0, out
     assert_harmless(out)
-    assert out.startswith(f"{SHOWN}: 1 sessions; stages {printable(STAGE)}")
+    assert out.startswith(f"{LEGACY}: 1 sessions; stages {printable(STAGE)}")
     assert printable(RULE) in out and "acc\\x1b[1m=0.5" in out
     assert "[bold]why[/bold]\\r\\x1b[Kcover" in out and "alice\\x1b[2J" in out
 
@@ -193,10 +216,13 @@ def test_attention_escapes_rejected_keys(hostile_db: str) -> None:
 
 
 def test_errors_escape_the_names_they_suggest(hostile_db: str) -> None:
-    code, out = invoke("history", HOSTILE[:-3], "--db-url", hostile_db)
+    code, out = invoke("history", "M2J0ownedboldXbold", "--db-url", hostile_db)
     assert code == 2
     assert_harmless(out)
-    assert "did you mean" in out and SHOWN in out
+    assert "did you mean" in out and SHOWN in out  # the hostile id, suggested, is escaped
+    code, out = invoke("history", HOSTILE, "--db-url", hostile_db)
+    assert code == 2 and "is not allowed" in out  # and cannot be typed
+    assert_harmless(out)
 
 
 def test_on_a_colour_terminal_only_rich_s_own_styles_reach_it(hostile_db: str) -> None:
