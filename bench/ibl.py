@@ -255,6 +255,20 @@ def recompute(catalog, enrol, per_session) -> tuple[float, float, list[str]]:  #
     return time.perf_counter() - start, deciding, statuses
 
 
+def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[str]]:  # type: ignore[no-untyped-def]
+    """As :func:`recompute`, with the fits of the whole history first fitted together, in one
+    lockstep run, from the events (``prefetch_history_fits``, what a replay of a stored history
+    can do); returns (seconds in all, seconds of that prefetch, the statuses)."""
+    from services.curricula.ibl_trials import prefetch_history_fits
+
+    events = [enrol, *(e for session in per_session for e in session)]
+    start = time.perf_counter()
+    prefetch_history_fits(events, catalog.get(CURRICULUM))
+    fitted = time.perf_counter() - start
+    seconds, _, statuses = recompute(catalog, enrol, per_session)
+    return fitted + seconds, fitted, statuses
+
+
 def through_runtime(sessions, curriculum: str) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
     """``shaping evaluate --trials``'s path: events encoded, run by the embedded runtime."""
     from services.curricula.catalog import default_catalog
@@ -324,6 +338,40 @@ def run_ibllib(python: Path, table: Path, repeats: int) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+# --------------------------------------------------------------------------- many mice
+
+
+def many_mice(folder: Path, count: int, plan: MousePlan) -> tuple[Path, list[Path], int]:
+    """``count`` synthetic mice (the plan, seeds plan.seed + 101...): one table per mouse (for
+    ibllib) and one table of them all with a ``subject`` column (for ``evaluate --trials``);
+    returns (that table, the per-mouse tables, the trials in all)."""
+    paths: list[Path] = []
+    total = 0
+    combined = folder / "mice.csv"
+    with combined.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        for number in range(1, count + 1):
+            path = folder / f"mouse-{number:02d}.csv"
+            mouse = MousePlan(
+                dates=plan.dates,
+                trials=plan.trials,
+                biased_from=plan.biased_from,
+                ephys_from=plan.ephys_from,
+                delay_from=plan.delay_from,
+                seed=plan.seed + 100 + number,
+            )
+            total += synthetic_table(path, mouse)
+            paths.append(path)
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                header = next(reader)
+                if number == 1:
+                    writer.writerow(["subject", *header])
+                for row in reader:
+                    writer.writerow([path.stem, *row])
+    return combined, paths, total
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -374,9 +422,12 @@ class Outcome:
     seconds: float
     our_fits: int | None = None
     their_fits: int | None = None
+    mice: int = 0
+    mice_trials: int = 0
+    mice_agree: tuple[int, int] | None = None
 
 
-def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
+def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> Outcome:
     began = time.perf_counter()
     results = Results()
     with tempfile.TemporaryDirectory(prefix="bench-ibl-") as folder:
@@ -449,6 +500,37 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
                 f"{plan.dates} decisions",
             )
         )
+        batched: list[float] = []
+        batched_statuses: list[str] = []
+
+        def whole_batched() -> float:
+            seconds, fitted, statuses = recompute_batched(catalog, enrol, per_session)
+            batched.append(fitted)
+            batched_statuses[:] = statuses
+            return seconds
+
+        seconds = _timed(repeats, whole_batched)
+        results.add(
+            Figure(
+                "ibl",
+                "recompute one mouse from scratch, fits batched ahead: TrainingCore.handle",
+                "ms",
+                tuple(1000 * x for x in seconds),
+                "prefetch_history_fits (every window's fits in one lockstep run, from the "
+                "events) then the same fold; all timed",
+            )
+        )
+        results.add(
+            Figure(
+                "ibl",
+                "of which: the batched fits (prefetch_history_fits)",
+                "ms",
+                tuple(1000 * x for x in batched),
+                f"{fits} fits",
+            )
+        )
+        if batched_statuses != ours:
+            raise BenchError("the batched recompute and the core disagree on the statuses")
         runtime_statuses: list[str] = []
 
         def runtime() -> float:
@@ -463,7 +545,8 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
                 "recompute through the embedded runtime (shaping evaluate --trials)",
                 "ms",
                 tuple(1000 * x for x in seconds),
-                "events Avro-encoded, ProcessorStep per message, decisions decoded",
+                "fits batched ahead from the table (prefetch), events built, Avro-encoded, "
+                "ProcessorStep per message, decisions decoded",
             )
         )
         if runtime_statuses != ours:
@@ -473,6 +556,7 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
         their_fits: int | None = None
         versions: dict[str, str] = {}
         dates = [s.session_date for s in sessions]
+        python: Path | None = None
         if with_ibllib:
             print("  ibllib: preparing its venv ...", flush=True)
             python = venv_python()
@@ -491,6 +575,66 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
             )
             agree = sum(a == b for a, b in zip(ours, theirs, strict=True))
             print(f"  statuses agree with ibllib on {agree}/{len(ours)} dates", flush=True)
+        mice_agree: tuple[int, int] | None = None
+        mice_trials = 0
+        if mice:
+            combined, paths, mice_trials = many_mice(Path(folder), mice, plan)
+            from services.curricula.ibl_trials import read_trials
+
+            print(
+                f"  {mice} mice ({mice_trials:,} trials): shaping evaluate --trials ...", flush=True
+            )
+            everyone = read_trials(combined)
+            by_mouse: dict[str, list[str]] = {}
+
+            def evaluate_all() -> float:
+                from services.curricula.catalog import default_catalog
+                from services.curricula.ibl_trials import evaluate_sessions
+
+                catalog_ = default_catalog()
+                start = time.perf_counter()
+                found = evaluate_sessions(everyone, catalog_.get(CURRICULUM), catalog_)
+                spent = time.perf_counter() - start
+                by_mouse.clear()
+                for status in found:
+                    by_mouse.setdefault(status.subject, []).append(status.status)
+                return spent
+
+            seconds = _timed(repeats, evaluate_all)
+            results.add(
+                Figure(
+                    "ibl",
+                    f"evaluate --trials, {mice} mice in one table (embedded runtime)",
+                    "ms",
+                    tuple(1000 * x for x in seconds),
+                    f"{mice} x {plan.dates} dates x {plan.trials} trials; each mouse's fits "
+                    "batched ahead from the table",
+                )
+            )
+            if python is not None:
+                print(f"  ibllib: the same {mice} mice ...", flush=True)
+                totals = [0.0] * repeats
+                agree, dates_all = 0, 0
+                for path in paths:
+                    upstream = run_ibllib(python, path, repeats)
+                    for index, value in enumerate(upstream["seconds"]):  # type: ignore[arg-type]
+                        totals[index] += float(value)
+                    mine = by_mouse.get(path.stem, [])
+                    theirs_mouse = list(upstream["statuses"])  # type: ignore[call-overload]
+                    agree += sum(a == b for a, b in zip(mine, theirs_mouse, strict=True))
+                    dates_all += len(theirs_mouse)
+                mice_agree = (agree, dates_all)
+                results.add(
+                    Figure(
+                        "ibl",
+                        f"ibllib: the same {mice} mice, one table each",
+                        "ms",
+                        tuple(1000 * x for x in totals),
+                        "get_training_status per date + pass_through_training_hierachy, "
+                        "summed over the mice",
+                    )
+                )
+                print(f"  statuses agree with ibllib on {agree}/{dates_all} dates", flush=True)
     return Outcome(
         results,
         plan,
@@ -502,6 +646,9 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool) -> Outcome:
         time.perf_counter() - began,
         fits,
         their_fits,
+        mice,
+        mice_trials,
+        mice_agree,
     )
 
 
@@ -549,14 +696,26 @@ def section(outcome: Outcome, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(theirs: Figure | None, ours: Figure | None) -> str:
+    """``ibllib's time / ours`` as ``12.3x faster`` (or ``0.8x: slower``)."""
+    if theirs is None or ours is None or ours.value <= 0:
+        return "n/a"
+    ratio = theirs.value / ours.value
+    return f"{ratio:.1f}x faster than ibllib" if ratio >= 1 else f"{1 / ratio:.1f}x slower"
+
+
 def readings(outcome: Outcome) -> list[str]:
     results = outcome.results
     ibl = _find(results, "TrialCompleted folded")
     base = _find(results, "the same trials")
-    whole = _find(results, "recompute one mouse")
+    whole = _find(results, "recompute one mouse from scratch: TrainingCore")
     deciding = _find(results, "of which: the decisions")
+    batched = _find(results, "recompute one mouse from scratch, fits batched")
+    batch_fits = _find(results, "of which: the batched fits")
     runtime = _find(results, "recompute through")
-    upstream = _find(results, "ibllib:")
+    upstream = _find(results, "ibllib: get_training_status")
+    many = _find(results, "evaluate --trials,")
+    many_upstream = _find(results, "ibllib: the same")
     dates = outcome.plan.dates
     out = []
     if ibl and base:
@@ -578,53 +737,62 @@ def readings(outcome: Outcome) -> list[str]:
         share = deciding.value / whole.value
         out.append(
             f"- Recomputing the whole history ({dates} sessions, {outcome.n_trials:,} trials) "
-            f"from scratch takes {whole.value / 1000:.2f} s: "
+            f"from scratch, each decision fitting its window when it is made (as the processor "
+            f"runs), takes {whole.value / 1000:.2f} s ({_ratio(upstream, whole)}): "
             f"{deciding.value / 1000:.2f} s ({share:.0%}) for the {dates} decisions "
             f"({deciding.value / dates:.0f} ms each), the rest for folding the trials "
             f"({(whole.value - deciding.value) / 1000 / outcome.n_trials * 1e6:.0f} µs each)."
             + (
                 f" The decisions ran {outcome.our_fits} psychometric fits, about "
-                f"{deciding.value / outcome.our_fits:.0f} ms each: the fits are the cost."
+                f"{deciding.value / outcome.our_fits:.0f} ms each with the rest of the decision "
+                "(a decision's fits run together, in lockstep)."
                 if outcome.our_fits
                 else ""
             )
         )
-    if runtime and whole:
-        extra = (runtime.value - whole.value) / 1000
-        events = outcome.n_trials + 2 * dates + 1
+    if batched and batch_fits:
         out.append(
-            f"- Through the embedded runtime (Avro bytes in and out, the processor step, as "
-            f"`shaping evaluate --trials` runs) the same recompute takes "
-            f"{runtime.value / 1000:.2f} s, {runtime.value / whole.value:.1f}x the core's time"
-            + (
-                f": {extra:.1f} s more, about {extra / events * 1e6:.0f} µs per event for "
-                "encoding, decoding and validating it."
-                if extra > 0
-                else "."
-            )
+            f"- With the history's fits batched ahead (all {outcome.our_fits or ''} in one "
+            f"lockstep run, from the events), the same recompute takes "
+            f"{batched.value / 1000:.2f} s ({_ratio(upstream, batched)}): "
+            f"{batch_fits.value / 1000:.2f} s of fits, the rest folding the events and "
+            "deciding from the cached fits."
         )
-    if upstream and whole:
+    if runtime and whole:
         out.append(
-            f"- ibllib takes {upstream.value / 1000:.2f} s for the {dates} statuses of the same "
-            f"trials, already in memory as numpy arrays. Shaping's full recompute from events "
-            f"takes {whole.value / upstream.value:.1f}x ibllib's time through the core"
-            + (
-                f" and {runtime.value / upstream.value:.1f}x through the embedded runtime. "
-                if runtime
-                else ". "
+            f"- Through the embedded runtime (`shaping evaluate --trials`'s path: the fits "
+            f"batched ahead from the table, then events built, Avro-encoded, run by the "
+            f"processor step and decoded) one mouse takes {runtime.value / 1000:.2f} s "
+            f"({_ratio(upstream, runtime)}); the event path, not the fits, is now its cost."
+        )
+    if many:
+        text = (
+            f"- `evaluate --trials` on {outcome.mice} mice in one table "
+            f"({outcome.mice_trials:,} trials) takes {many.value / 1000:.2f} s"
+        )
+        if many_upstream:
+            text += (
+                f", ibllib {many_upstream.value / 1000:.2f} s on the same mice: "
+                f"{_ratio(many_upstream, many)}"
             )
-            + "Both spend their time in psychofit (5 restarts per fit); counting and pooling "
-            "trials is cheap either way (Shaping folds each trial once into per-date counts, "
-            "ibllib recomputes each window from its trial arrays)."
+        if outcome.mice_agree:
+            agree, total = outcome.mice_agree
+            text += f"; the statuses agree on {agree}/{total} dates"
+        out.append(text + ".")
+    if upstream:
+        out.append(
+            f"- ibllib takes {upstream.value / 1000:.2f} s for the {dates} statuses of the one "
+            "mouse, its trials already in memory as numpy arrays; nearly all of it is psychofit "
+            "(5 Nelder-Mead restarts per fit, scipy's fmin, one likelihood evaluation at a "
+            "time). Shaping runs the same fits, bit for bit (services/domain/psychometric.py), "
+            "with the runs of many fits in lockstep and their likelihoods vectorised."
         )
         if outcome.our_fits and outcome.their_fits:
             out.append(
-                f"- ibllib ran {outcome.their_fits} fits, about "
-                f"{upstream.value / outcome.their_fits:.0f} ms each (all its work included), "
-                f"and Shaping {outcome.our_fits}: the `ibl` curriculum reports the pooled fit "
-                "and both block fits at every decision where trials exist, where ibllib fits "
-                "the pooled window only when a training date is in it and the two blocks only "
-                "when none is. The difference in time is mostly the difference in fits."
+                f"- ibllib ran {outcome.their_fits} fits and Shaping {outcome.our_fits}: the "
+                "`ibl` curriculum reports the pooled fit and both block fits at every decision "
+                "where trials exist, where ibllib fits the pooled window only when a training "
+                "date is in it and the two blocks only when none is."
             )
     if outcome.theirs is not None:
         agree = sum(a == b for a, b in zip(outcome.ours, outcome.theirs, strict=True))
@@ -652,7 +820,10 @@ def method(plan: MousePlan, n_trials: int) -> list[str]:
         "Metric updates: only the TrialCompleted events are timed (session starts and ends "
         "folded off the clock). Recompute: every event of the mouse folded into a fresh "
         "state, decisions included; the psychometric fit cache is emptied before every timed "
-        "run. ibllib runs in its own process and venv on the same CSV, "
+        "run (so every figure fits every window itself). Many mice: the same plan with other "
+        "seeds, one table with a subject column for `evaluate --trials` (read before the "
+        "clock starts), one table per mouse for ibllib. ibllib runs in its own process and "
+        "venv on the same CSVs, "
         "timed from per-date numpy arrays to the last status, `np.random.seed(0)` before each "
         "window, as ibllib's tests do. Median of the repeats; the machine is shared, so "
         "compare within one run.",
@@ -687,10 +858,15 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--dates", type=int, help="dates of the mouse (default 60)")
     parser.add_argument("--trials", type=int, help="trials per date (default 600)")
     parser.add_argument("--repeats", type=int, help="repeats of every measurement (default 3)")
+    parser.add_argument(
+        "--mice", type=int, help="mice of the evaluate --trials figure (default 8; 0: none)"
+    )
     parser.add_argument("--no-ibllib", action="store_true", help="skip the ibllib comparison")
     parser.add_argument("--report", type=Path, default=REPORT, help="the report to update")
     parser.add_argument("--no-report", action="store_true", help="print only")
     args = parser.parse_args(list(argv))
+    if args.mice is not None and args.mice < 0:
+        parser.error("--mice must be 0 or more")
     for name in ("dates", "trials", "repeats"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -716,7 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     repeats = args.repeats or (1 if args.quick else 3)
     try:
-        outcome = measure(plan, repeats, with_ibllib=not args.no_ibllib)
+        mice = args.mice if args.mice is not None else (3 if args.quick else 8)
+        outcome = measure(plan, repeats, with_ibllib=not args.no_ibllib, mice=mice)
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1

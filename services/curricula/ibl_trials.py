@@ -30,11 +30,18 @@ How a trial becomes an event (IBL conventions, ibllib ``brainbox.behavior.traini
   ``habituation``; a full protocol name such as ``_iblrig_tasks_trainingChoiceWorld6.4.2`` is
   shortened as ibllib does), ``ephys_rig`` and ``session_start_delay_s``; the session's
   ``session_date`` is the table's date.
+
+The psychometric fits the decisions will read are fitted ahead from the table, many windows
+in one lockstep run (:func:`prefetch_fits`; :func:`prefetch_history_fits` does the same from
+stored events), into the fit cache keyed by their exact data: the decisions then find them.
+That changes how fast the decisions are made, never what they find.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import json
 import math
 import re
@@ -56,6 +63,8 @@ from schemas.events import (
     TrialCompleted,
 )
 from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from services.domain.psychometric import FitRequest
+from services.domain.session_stats import block_key, signed_contrast
 
 TRIAL_COLUMNS = (
     "session_date",
@@ -417,6 +426,246 @@ def session_events(
     return events
 
 
+PSYCHOMETRIC_METRICS = frozenset(
+    {"psych_bias", "psych_threshold", "psych_lapse_low", "psych_lapse_high"}
+)
+"""The metrics that read a psychometric fit (services/domain/metric_library.py)."""
+
+PREFETCH_FITS = 1500
+"""Most fits prefetched in one lockstep run (the subjects are taken in groups of about this
+many fits; the fit cache keeps more than that, so none is evicted before it is read)."""
+
+PsychWindow = tuple[str, int, float | None]
+"""A psychometric fit a curriculum reads: ``("dates", k, block)`` or ``("sessions", k,
+block)`` (block None: every trial)."""
+
+
+def psychometric_windows(curriculum: CurriculumEngine) -> list[PsychWindow]:
+    """Every psychometric fit the curriculum's conditions, rules, warnings, policies and
+    reports read (the arguments of its ``psych_*`` calls), in first-seen order; empty for a
+    curriculum that reads none (or is not a compiled curriculum file)."""
+    from services.curricula.rules import MetricCall, Node
+
+    expressions = getattr(curriculum, "_expressions", None)
+    if expressions is None:
+        return []
+    found: dict[PsychWindow, None] = {}
+
+    def walk(node: object) -> None:
+        if isinstance(node, MetricCall) and node.name in PSYCHOMETRIC_METRICS:
+            arguments = dict(node.arguments)
+            block = arguments.pop("block", None)
+            for unit in ("dates", "sessions"):
+                size = arguments.pop(unit, None)
+                if isinstance(size, int) and not arguments:
+                    found[(unit, size, None if block is None else float(block))] = None
+        if isinstance(node, Node) and dataclasses.is_dataclass(node):
+            for item in dataclasses.fields(node):
+                value = getattr(node, item.name)
+                for child in value if isinstance(value, list | tuple) else (value,):
+                    if isinstance(child, Node):
+                        walk(child)
+
+    for expression in expressions():
+        walk(expression.root)
+    return list(found)
+
+
+Cells = dict[tuple[str, float], list[int]]
+"""A session's psychometric table: (block key, signed contrast) -> [trials, rightward]."""
+
+
+def _session_cells(session: IblSession) -> Cells:
+    """What the session's TrialCompleted events add to its SessionStats.psych: trials and
+    rightward choices per block and signed contrast (services/domain/session_stats.py)."""
+    cells: Cells = {}
+    for trial in session.trials:
+        parameters: dict[str, float] = {}
+        if trial.contrast_left is not None:
+            parameters["contrast_left"] = trial.contrast_left
+        if trial.contrast_right is not None:
+            parameters["contrast_right"] = trial.contrast_right
+        contrast = signed_contrast(parameters)
+        if contrast is None:
+            continue
+        cell = cells.setdefault((block_key(trial.probability_left), contrast), [0, 0])
+        cell[0] += 1
+        cell[1] += trial.response_side == "right"  # never a miss (a no-go has no side)
+    return cells
+
+
+Record = tuple[str, str, Cells]
+"""What a window reads of one session: its date, its task protocol and its cells."""
+
+
+def _pooled(units: Sequence[Sequence[Record]], block: float | None) -> dict[float, list[int]]:
+    """[trials, rightward] per signed contrast over the window's sessions, in one block (None:
+    every trial), as the metric library's ``_cells`` pools them."""
+    wanted = None if block is None else block_key(block)
+    total: dict[float, list[int]] = {}
+    for unit in units:
+        for _, _, cells in unit:
+            for (key, contrast), (n, right) in cells.items():
+                if wanted is not None and key != wanted:
+                    continue
+                cell = total.setdefault(contrast, [0, 0])
+                cell[0] += n
+                cell[1] += right
+    return total
+
+
+def _has_trials(units: Sequence[Sequence[Record]], block: float) -> bool:
+    return any(n for n, _ in _pooled(units, block).values())
+
+
+def _window_requests(records: Sequence[Record], windows: Sequence[PsychWindow]) -> list[FitRequest]:
+    """The fits read by the decisions after each of a mouse's sessions (``records``, in the
+    order they are judged): per window, the pooled trials per signed contrast as the metric
+    library pools the sessions' statistics (dates=k: the session's date and the k-1 dates
+    before it, a date's sessions pooled; sessions=k: the last k sessions; habituation dates and
+    sessions carry no data), with the fit's place in ibllib's sequence."""
+    from services.domain.metric_registry import HABITUATION
+    from services.domain.psychometric import block_fit_position, fit_request
+    from services.domain.state import MAX_SESSION_HISTORY
+
+    requests: list[FitRequest] = []
+    history: list[Record] = []
+    for record in records:
+        history = [*history[-(MAX_SESSION_HISTORY - 1) :], record]
+        for unit, size, block in windows:
+            if unit == "dates":
+                days = sorted({day for day, _, _ in history if day <= record[0]})[-size:]
+                groups = [[h for h in history if h[0] == day] for day in days]
+            else:
+                groups = [[h] for h in history[-size:]]
+            kept = [g for g in groups if g[-1][1] != HABITUATION]
+            cells = _pooled(kept, block)
+            contrasts = sorted(cells)
+            after = block_fit_position(block, functools.partial(_has_trials, kept))
+            requests.append(
+                fit_request(
+                    contrasts,
+                    [cells[c][0] for c in contrasts],
+                    [cells[c][1] for c in contrasts],
+                    after=after,
+                )
+            )
+    return requests
+
+
+def fit_requests(
+    sessions: Sequence[IblSession], windows: Sequence[PsychWindow]
+) -> list[FitRequest]:
+    """The psychometric fits the decisions on these sessions will read (per subject, after
+    each session, in the order ``evaluate_sessions`` sends them), from the trial table.
+
+    These are what ``psychometric.fit_many`` can fit in one batch ahead of the decisions. A
+    decision whose window differed would find no fit cached and fit its own (the cache is
+    keyed by the exact data): this decides only how fast the decisions are, never what they
+    find."""
+    by_subject: dict[str, list[IblSession]] = {}
+    for session in sessions:
+        by_subject.setdefault(session.subject, []).append(session)
+    requests: list[FitRequest] = []
+    for own in by_subject.values():
+        records = [
+            (s.session_date, s.task_protocol, _session_cells(s))
+            for s in sorted(own, key=session_order)
+        ]
+        requests += _window_requests(records, windows)
+    return requests
+
+
+def _cell_key(parameters: Mapping[str, object]) -> tuple[str, float] | None:
+    """A trial's (block key, signed contrast), as SessionStats.add files it (None: no contrast)."""
+    contrast = signed_contrast(parameters)
+    if contrast is None:
+        return None
+    block = parameters.get("probability_left")
+    number = (
+        float(block)
+        if isinstance(block, int | float) and not isinstance(block, bool) and math.isfinite(block)
+        else None
+    )
+    return block_key(number), contrast
+
+
+def history_fit_requests(
+    events: Iterable[Event], windows: Sequence[PsychWindow]
+) -> list[FitRequest]:
+    """The psychometric fits the decisions on a stored history of events will read (per
+    mouse, after each SessionEnded, sessions judged in the order they end), from the events
+    themselves: what a replay or a recompute of that history can fit in one batch ahead
+    (see :func:`fit_requests`)."""
+    open_sessions: dict[tuple[str, str], tuple[str, str, Cells]] = {}
+    records: dict[str, list[Record]] = {}
+    keys: dict[tuple[object, object, object], tuple[str, float] | None] = {}
+    for event in events:
+        if isinstance(event, TrialCompleted):
+            found = open_sessions.get((event.mouse_id, event.session_id or ""))
+            if found is None:
+                continue
+            parameters = event.trial_parameters
+            # A session's trials take few (contrast, block) values: each is worked out once.
+            memo = (
+                parameters.get("contrast_left"),
+                parameters.get("contrast_right"),
+                parameters.get("probability_left"),
+            )
+            try:
+                key = keys[memo]
+            except KeyError:
+                key = keys[memo] = _cell_key(parameters)
+            except TypeError:  # an unhashable parameter value
+                key = _cell_key(parameters)
+            if key is None:
+                continue
+            cell = found[2].setdefault(key, [0, 0])
+            cell[0] += 1
+            cell[1] += event.outcome != "miss" and event.response_side == "right"
+        elif isinstance(event, SessionStarted):
+            protocol = event.parameters.get("task_protocol")
+            open_sessions[(event.mouse_id, event.session_id or "")] = (
+                event.effective_date,
+                protocol if isinstance(protocol, str) else "",
+                {},
+            )
+        elif isinstance(event, SessionEnded):
+            ended = open_sessions.pop((event.mouse_id, event.session_id or ""), None)
+            if ended is not None:
+                records.setdefault(event.mouse_id, []).append(ended)
+    requests: list[FitRequest] = []
+    for own in records.values():
+        requests += _window_requests(own, windows)
+    return requests
+
+
+def prefetch_fits(sessions: Sequence[IblSession], curriculum: CurriculumEngine) -> int:
+    """Fits, in one lockstep run, every psychometric fit the curriculum's decisions on these
+    sessions will read, into the fit cache; returns how many were asked (0 when the
+    curriculum reads none)."""
+    windows = psychometric_windows(curriculum)
+    if not windows:
+        return 0
+    from services.domain.psychometric import fit_many
+
+    requests = fit_requests(sessions, windows)
+    fit_many(requests)
+    return len(requests)
+
+
+def prefetch_history_fits(events: Iterable[Event], curriculum: CurriculumEngine) -> int:
+    """As :func:`prefetch_fits`, for a stored history of events (a replay, a recompute)."""
+    windows = psychometric_windows(curriculum)
+    if not windows:
+        return 0
+    from services.domain.psychometric import fit_many
+
+    requests = history_fit_requests(events, windows)
+    fit_many(requests)
+    return len(requests)
+
+
 class BatchError(ValueError):
     """The event path refused an event of the table (the message says which and why)."""
 
@@ -485,8 +734,20 @@ def evaluate_sessions(
         by_subject.setdefault(session.subject, []).append(session)
     statuses: list[DateStatus] = []
     rejected_seen = 0
-    for subject, own in by_subject.items():
-        own = sorted(own, key=session_order)
+    windows = psychometric_windows(curriculum)
+    prefetched: set[str] = set()
+    subjects = list(by_subject)
+    for position, subject in enumerate(subjects):
+        if windows and subject not in prefetched:
+            # The fits of this subject and the next ones, up to PREFETCH_FITS, in one run.
+            group: list[IblSession] = []
+            for other in subjects[position:]:
+                if group and len(group) + len(by_subject[other]) * len(windows) > PREFETCH_FITS:
+                    break
+                group.extend(by_subject[other])
+                prefetched.add(other)
+            _prefetch(group, windows)
+        own = sorted(by_subject[subject], key=session_order)
         first_day = datetime.fromisoformat(own[0].session_date).replace(tzinfo=UTC)
         runtime.publish(
             [
@@ -542,6 +803,12 @@ def evaluate_sessions(
                 )
             )
     return statuses
+
+
+def _prefetch(sessions: Sequence[IblSession], windows: Sequence[PsychWindow]) -> None:
+    from services.domain.psychometric import fit_many
+
+    fit_many(fit_requests(sessions, windows))
 
 
 def _by_date(sessions: Sequence[IblSession]) -> Iterator[tuple[str, list[IblSession]]]:
@@ -602,6 +869,11 @@ __all__ = [
     "TrialColumns",
     "TrialTableError",
     "evaluate_sessions",
+    "fit_requests",
+    "history_fit_requests",
+    "prefetch_fits",
+    "prefetch_history_fits",
+    "psychometric_windows",
     "read_trials",
     "session_events",
     "short_protocol",

@@ -23,7 +23,7 @@ from services.domain.metric_registry import (
     median,
     ratio,
 )
-from services.domain.psychometric import block_fit_position, fit_psychometric
+from services.domain.psychometric import FitRequest, block_fit_position, fit_many, fit_request
 from services.domain.session_stats import SessionStats, block_key, parse_cell
 
 _NORMAL = NormalDist()
@@ -216,25 +216,48 @@ def _window_dprime(view: MetricView, **window: Any) -> float | None:
     return log_linear_dprime(hits, left, false_alarms, right)
 
 
+_PSYCH_READ: dict[tuple[tuple[str, Any], ...], list[float | None]] = {}
+"""Per window (its arguments), the blocks whose psychometric fit a decision has read in this
+process (None: every trial), in the order first read. The IBL ladder reads the pooled fit and
+both block fits at every decision."""
+
+
+def _psych_request(units: Sequence[Unit], block: float | None) -> FitRequest:
+    """The fit of one block of a window (None: every trial): its data and its position in
+    ibllib's sequence of the window's fits."""
+    cells = _cells(units, block)
+    contrasts = sorted(cells)
+    # ibllib fits a window's blocks in one sequence of its random generator (0.2, then
+    # 0.8): the position of this fit in it (services/domain/psychometric.py).
+    after = block_fit_position(
+        block, lambda other: any(n for n, _ in _cells(units, other).values())
+    )
+    return fit_request(
+        contrasts, [cells[c][0] for c in contrasts], [cells[c][1] for c in contrasts], after=after
+    )
+
+
 def _psych(view: MetricView, block: float | None, window: dict[str, Any]) -> tuple[float, ...]:
-    key = ("psych", block, tuple(sorted(window.items())))
+    """The window's fit of one block (None: every trial).
+
+    The fits of a window that decisions read are fitted together, in one lockstep run
+    (psychometric.fit_many): the first fit a decision asks of a window brings the window's
+    other fits that earlier decisions read (the blocks in ``_PSYCH_READ``), so a decision of
+    the IBL ladder fits its pooled, 0.2 and 0.8 fits at once, and a curriculum that reads one
+    fit fits only that one. Each fit is exactly what it would be alone."""
+    spec = tuple(sorted(window.items()))
+    key = ("psych", block, spec)
     if key not in view.cache:
+        read = _PSYCH_READ.setdefault(spec, [])
+        if block not in read:
+            read.append(block)
+        blocks = [block, *(b for b in read if b != block and ("psych", b, spec) not in view.cache)]
         units = view.window(window)
-        cells = _cells(units, block)
-        contrasts = sorted(cells)
-        # ibllib fits a window's blocks in one sequence of its random generator (0.2, then
-        # 0.8): the position of this fit in it (services/domain/psychometric.py).
-        after = block_fit_position(
-            block, lambda other: any(n for n, _ in _cells(units, other).values())
-        )
-        view.cache[key] = fit_psychometric(
-            contrasts,
-            [cells[c][0] for c in contrasts],
-            [cells[c][1] for c in contrasts],
-            after=after,
-        )
-    fit: tuple[float, ...] = view.cache[key]
-    return fit
+        fits = fit_many([_psych_request(units, b) for b in blocks])
+        for other, fit in zip(blocks, fits, strict=True):
+            view.cache[("psych", other, spec)] = fit
+    found: tuple[float, ...] = view.cache[key]
+    return found
 
 
 def _psych_bias(view: MetricView, block: float | None = None, **window: Any) -> float:
