@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from bench import core, latency, throughput
+from bench.faults import kept_section as kept_faults
 from bench.ibl import kept_section
 from bench.kafka_env import BenchError, KafkaEnv
 from bench.report import Machine, RunInfo, render
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         load_after=os.getloadavg(),
         section_seconds=section_seconds,
     )
-    # The IBL section (python -m bench.ibl) is measured separately: keep it.
-    kept = kept_section(args.report)
+    # The IBL (python -m bench.ibl) and faults (python -m bench.faults) sections are measured
+    # separately: keep them.
+    kept = "\n".join(part for part in (kept_section(args.report), kept_faults(args.report)) if part)
     report = render(Machine.describe(), run, results)
     args.report.write_text(report + ("\n" + kept if kept else ""))
     print(f"wrote {args.report}", flush=True)

@@ -20,6 +20,11 @@ from services.common.topics import wait_for_partitions
 log = logging.getLogger(__name__)
 
 
+RECONNECT_BACKOFF_MAX_MS = 2000
+"""Longest pause between two tries to reach a broker that went away (kafka-python's default,
+30 s, grows during an outage and left rigs idle up to 18 s after the broker was back)."""
+
+
 class KafkaRigTransport:
     """Publishes events to the input topic and follows the assignments topic.
 
@@ -49,6 +54,8 @@ class KafkaRigTransport:
             enable_idempotence=True,
             linger_ms=5,
             max_in_flight_requests_per_connection=5,
+            # Back on the broker within seconds of its return, not after kafka-python's 30 s.
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -56,6 +63,7 @@ class KafkaRigTransport:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         try:
             partitions = wait_for_partitions(self.consumer, [assignments_topic]) or []

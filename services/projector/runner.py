@@ -46,6 +46,12 @@ ATTEMPTS = 3
 MAX_BACKOFF_S = 10.0
 """Longest pause between two tries to reach the broker or the database."""
 
+RECONNECT_BACKOFF_MAX_S = 2.0
+"""Longest pause of the Kafka client between two tries to reconnect, and to refresh metadata,
+while the broker is away. kafka-python's default (30 s) grows during an outage and, after a
+30 s outage, kept the projector idle for up to ~45 s after the broker was back (first the
+reconnect, then the metadata it needs after the broker's restart raised the leader epochs)."""
+
 
 def topic_kinds(topics: TopicNames) -> dict[str, TopicKind]:
     """Maps each of Shaping's topic names to its kind.
@@ -114,6 +120,7 @@ def run_projector(
         # recreated): start over; the store skips offsets it has already applied.
         auto_offset_reset="earliest",
         max_poll_records=batch_size,
+        reconnect_backoff_max_ms=int(RECONNECT_BACKOFF_MAX_S * 1000),
     )
     try:
         try:
