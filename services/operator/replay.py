@@ -120,8 +120,7 @@ INACTIVE_GROUP_STATES = {"Empty", "Dead", ""}
 _CONTENT_EXCLUDED = {"event_id", "supersedes", "causation_id", "schema_version"}
 _BATCH = 1000
 _POLL_MS = 500
-_BUFFER_HIGH = 20_000
-_BUFFER_LOW = 2_000
+_READ_AHEAD = 10_000  # records read ahead per partition at most (and one fetch)
 _KAFKA_TIMEOUT_S = 60.0
 
 
@@ -149,7 +148,7 @@ def changelog_topic(processor_id: str, table: str = STATE_TABLE) -> str:
     return f"{processor_id}-{table}-changelog"
 
 
-def _kafka_consumer(bootstrap: str, client_id: str) -> Any:
+def _kafka_consumer(bootstrap: str, client_id: str, **config: Any) -> Any:
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
@@ -158,7 +157,7 @@ def _kafka_consumer(bootstrap: str, client_id: str) -> Any:
         group_id=None,  # throwaway: no group, nothing committed
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_poll_records=2000,
+        **{"max_poll_records": _READ_AHEAD, **config},
     )
 
 
@@ -193,61 +192,98 @@ def _record(message: Any) -> SourceRecord:
 
 
 def read_kafka(
-    bootstrap: str, bounds: dict[tuple[str, int], tuple[int, int]], client_id: str
+    bootstrap: str,
+    bounds: dict[tuple[str, int], tuple[int, int]],
+    client_id: str,
+    *,
+    buffer: int = _READ_AHEAD,
+    fetch_bytes: int | None = None,
+    timeout_s: float = _KAFKA_TIMEOUT_S,
 ) -> Iterator[SourceRecord]:
-    """Every message of the given partitions between their bounds, partitions merged by broker
-    timestamp (then partition, offset), which is close to the order a live consumer saw.
+    """Every message of the given partitions between their bounds, each partition in offset
+    order, partitions merged by broker timestamp (then partition, offset), which is close to
+    the order a live consumer saw. Nothing at or past a partition's end bound is yielded.
 
-    A throwaway consumer (no group) reads them; nothing is committed.
+    A throwaway consumer (no group) reads them; nothing is committed. It reads one partition at
+    a time: when a partition's buffer runs dry, the consumer is assigned that partition alone,
+    seeks to where it left off and polls it once (one fetch, at most ``buffer`` records). So the
+    memory held is at most one fetch (``max_partition_fetch_bytes``) and ``buffer`` records per
+    partition, whatever the size of the log, and no partition is ever paused: kafka-python
+    3.0.12 keeps the records it had fetched for a paused partition parked after the partition
+    is resumed, and never fetches that partition again.
+
+    Args:
+        bounds: ``{(topic, partition): (first offset, end offset)}``; empty ranges are skipped.
+        buffer: most records read ahead per partition.
+        fetch_bytes: the consumer's ``max_partition_fetch_bytes`` (None: kafka-python's).
+        timeout_s: how long a partition may deliver nothing before replay gives up.
+
+    Raises:
+        ReplayError: when a partition delivers nothing for ``timeout_s``.
     """
     from kafka import TopicPartition
 
-    pending = {TopicPartition(t, p): b for (t, p), b in bounds.items() if b[0] < b[1]}
-    if not pending:
+    ends = {TopicPartition(t, p): end for (t, p), (begin, end) in bounds.items() if begin < end}
+    if not ends:
         return
-    consumer = _kafka_consumer(bootstrap, client_id)
+    positions = {TopicPartition(t, p): begin for (t, p), (begin, _) in bounds.items()}
+    config: dict[str, Any] = {"max_poll_records": buffer}
+    if fetch_bytes is not None:
+        config["max_partition_fetch_bytes"] = fetch_bytes
+    consumer = _kafka_consumer(bootstrap, client_id, **config)
     try:
-        consumer.assign(list(pending))
-        for tp, (begin, _) in pending.items():
-            consumer.seek(tp, begin)
-        buffers: dict[Any, deque[SourceRecord]] = {tp: deque() for tp in pending}
-        exhausted: set[Any] = set()
-        paused: set[Any] = set()
-        deadline = time.monotonic() + _KAFKA_TIMEOUT_S
+        buffers: dict[Any, deque[SourceRecord]] = {tp: deque() for tp in ends}
         while buffers:
             # The next record in order is known once every partition that may still hold one
             # has a record buffered.
-            if any(not buf and tp not in exhausted for tp, buf in buffers.items()):
-                resume = [tp for tp in paused if len(buffers.get(tp, ())) < _BUFFER_LOW]
-                if resume:
-                    consumer.resume(*resume)
-                    paused.difference_update(resume)
-                polled = consumer.poll(timeout_ms=_POLL_MS)
-                for tp, messages in polled.items():
-                    end = pending[tp][1]
-                    buffers[tp].extend(_record(m) for m in messages if m.offset < end)
-                    if len(buffers[tp]) > _BUFFER_HIGH:  # bound the memory a fast one takes
-                        consumer.pause(tp)
-                        paused.add(tp)
-                for tp in buffers:
-                    if tp not in exhausted and consumer.position(tp) >= pending[tp][1]:
-                        exhausted.add(tp)
-                        consumer.pause(tp)
-                        paused.discard(tp)
-                if polled:
-                    deadline = time.monotonic() + _KAFKA_TIMEOUT_S
-                elif time.monotonic() > deadline:
-                    stuck = [tp for tp, buf in buffers.items() if not buf and tp not in exhausted]
-                    raise ReplayError(f"no progress reading {sorted(map(str, stuck))}")
-                for tp in [tp for tp, buf in buffers.items() if tp in exhausted and not buf]:
+            for tp in [tp for tp, buf in buffers.items() if not buf]:
+                if positions[tp] < ends[tp]:
+                    records, positions[tp] = _read_on(
+                        consumer, tp, positions[tp], ends[tp], buffer, timeout_s
+                    )
+                    buffers[tp].extend(records)
+                if not buffers[tp]:  # read to its end bound
                     del buffers[tp]
-                continue
-            head = min(buffers, key=lambda tp: _order(buffers[tp][0]))
-            yield buffers[head].popleft()
-            if not buffers[head] and head in exhausted:
-                del buffers[head]
+            if buffers:
+                head = min(buffers, key=lambda tp: _order(buffers[tp][0]))
+                yield buffers[head].popleft()
     finally:
         consumer.close(autocommit=False)
+
+
+def _read_on(
+    consumer: Any, tp: Any, position: int, end: int, most: int, timeout_s: float
+) -> tuple[list[SourceRecord], int]:
+    """The next records of partition ``tp`` from offset ``position`` (at most ``most``, none at
+    or past ``end``) and the offset to go on from; no records when the partition has none left
+    before ``end``.
+
+    The consumer is assigned ``tp`` alone (it stays so between calls for the same partition,
+    keeping what it fetched ahead). Records at offsets already read (a fetch sent before a seek)
+    are dropped, so every record comes once and in offset order.
+    """
+    if consumer.assignment() != {tp}:
+        consumer.assign([tp])
+        consumer.seek(tp, position)
+    elif consumer.position(tp) != position:
+        consumer.seek(tp, position)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        polled = consumer.poll(timeout_ms=_POLL_MS, max_records=most)
+        records = [_record(m) for m in polled.get(tp, ()) if position <= m.offset < end]
+        # The position also moves past offsets that hold no record (transaction markers,
+        # compacted records).
+        reached = max(consumer.position(tp), records[-1].offset + 1 if records else position)
+        if records or reached >= end:
+            return records, reached
+        if reached > position:
+            position = reached
+            deadline = time.monotonic() + timeout_s
+        elif time.monotonic() > deadline:
+            raise ReplayError(
+                f"no progress reading {tp.topic} partition {tp.partition} at offset {position} "
+                f"(end {end}) for {timeout_s:g} s"
+            )
 
 
 def _order(record: SourceRecord) -> tuple[float, int, int]:
