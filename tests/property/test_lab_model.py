@@ -231,9 +231,7 @@ class History:
         self.fold_store.close()
 
 
-def run_history(
-    actions: list[tuple[Any, ...]], folder: Path, pin: str | None = None
-) -> History:
+def run_history(actions: list[tuple[Any, ...]], folder: Path, pin: str | None = None) -> History:
     """Runs the actions (after enrolling two mice) through a recording embedded runtime, then
     feeds only the inputs it accepted, in order, to a fresh one."""
     lab_store = SqlProjectionStore(f"sqlite:///{folder / 'lab.sqlite'}")
