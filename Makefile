@@ -28,6 +28,7 @@ test-fast: install ## Tests that need neither Kafka nor PostgreSQL
 lint: install ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@mkdir -p .cache/typecheck/shaping && for d in services schemas rig curricula; do ln -sfn ../../../$$d .cache/typecheck/shaping/$$d; done
 	$(VENV)/bin/mypy
 
 format: install ## Apply ruff's formatting and safe fixes

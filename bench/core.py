@@ -20,11 +20,11 @@ from collections.abc import Callable
 from bench.kafka_env import BenchError
 from bench.stats import Figure, Results, median
 from bench.workload import Encoded, Workload, build_workload, encode
-from schemas.codec import default_codec
-from schemas.events import Event, StageTransitioned
-from services.curricula.catalog import default_catalog
-from services.domain import MouseState, TrainingCore, initial_state
-from services.processor.step import ProcessorStep
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import Event, StageTransitioned
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import MouseState, TrainingCore, initial_state
+from shaping.services.processor.step import ProcessorStep
 
 TOPIC = "bench.events"
 

@@ -3,8 +3,8 @@ hostile-input check on the real parts.
 
 It starts its own Kafka broker (``infra/kafka/kafka.sh`` on free ports, data in a temporary
 directory), a PostgreSQL (``infra/postgres/postgres.sh``, or ``--db-url``), the processor and
-the projector as separate processes (``python -m services.cli processor|projector``), and a
-seeded simulated lab (:func:`rig.lab.run_lab` through :class:`~rig.kafka_transport.
+the projector as separate processes (``python -m shaping.services.cli processor|projector``), and a
+seeded simulated lab (:func:`shaping.rig.lab.run_lab` through :class:`~rig.kafka_transport.
 KafkaRigTransport`) in a thread. While the lab trains, the main thread kills, at spaced
 moments: the processor with SIGKILL (restarted at once), the broker with SIGKILL (restarted
 after 2 s, from its data dir, without reformatting), the projector with SIGKILL (restarted),
@@ -52,11 +52,11 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from bench.kafka_env import BenchError, rig_producer
-from rig.kafka_transport import KafkaRigTransport
-from rig.lab import LabPlan, LabRun, run_lab
-from schemas.codec import HEADER_LEN, MAGIC, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.schemas.codec import HEADER_LEN, MAGIC, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
@@ -65,14 +65,14 @@ from schemas.events import (
     SessionStarted,
     StageTransitioned,
 )
-from schemas.headers import headers_for
-from services.common.topics import TopicNames, ensure_topics, wait_for_partitions
-from services.curricula.catalog import default_catalog
-from services.domain import TrainingCore
-from services.embedded.runtime import EmbeddedRuntime
-from services.processor.step import ProcessorStep
-from services.projector.store import SqlProjectionStore
-from services.projector.tables import projector_offsets
+from shaping.schemas.headers import headers_for
+from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import TrainingCore
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.processor.step import ProcessorStep
+from shaping.services.projector.store import SqlProjectionStore
+from shaping.services.projector.tables import projector_offsets
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = Path(__file__).resolve().parent / "REPORT.md"
@@ -361,7 +361,7 @@ class Broker:
 
 
 class Service:
-    """``python -m services.cli ARGS`` in its own process; restarted with the same settings."""
+    """``python -m shaping.services.cli ARGS`` in a process; restarted with the same settings."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
@@ -380,7 +380,7 @@ class Service:
             out.write(f"\n===== start {self.starts} at {time.time():.3f} =====\n".encode())
             out.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", *self.args],
+                [sys.executable, "-m", "shaping.services.cli", *self.args],
                 cwd=REPO,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
                 stdin=subprocess.DEVNULL,
@@ -1287,7 +1287,7 @@ def summary(report: FaultReport) -> list[str]:
             f"{'met' if max(stalls) < 10 else 'NOT met'})."
         )
     if stalls:
-        from services.processor.app import SESSION_TIMEOUT_S
+        from shaping.services.processor.app import SESSION_TIMEOUT_S
 
         lines.append(
             f"- Most of that is the broker waiting up to {SESSION_TIMEOUT_S:g} s (the processor's "
@@ -1365,8 +1365,8 @@ def fault_table(report: FaultReport) -> list[str]:
 METHOD = """\
 Method: `bench.faults` starts its own single-node KRaft broker (`infra/kafka/kafka.sh` on free
 ports, data in a temporary directory), a PostgreSQL (`infra/postgres/postgres.sh`, or
-`--db-url`), the processor and the projector as separate processes (`python -m services.cli
-processor|projector`, 4 partitions), and the seeded lab (`rig.lab.run_lab` through
+`--db-url`), the processor and the projector as separate processes (`python -m shaping.services.cli
+processor|projector`, 4 partitions), and the seeded lab (`shaping.rig.lab.run_lab` through
 `KafkaRigTransport`, rigs waiting up to {wait:.0f} s for each fresh assignment) in a thread. The
 driver gates the lab's sessions so that the faults spread over it: once every session sent so
 far is decided, it lets one session go out, injects the fault a seeded 0-1 s later (while the

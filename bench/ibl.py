@@ -173,10 +173,10 @@ def _events_for(table: Path, curriculum: str):  # type: ignore[no-untyped-def]
     """The mouse's events as a rig would send them (built before any clock starts): the
     enrolment, then per session its events, each session run at the stage the core assigned
     after the previous one (found by folding once, untimed)."""
-    from schemas.events import MouseEnrolled
-    from services.curricula.catalog import default_catalog
-    from services.curricula.ibl_trials import read_trials, session_events
-    from services.domain import TrainingCore, initial_state
+    from shaping.schemas.events import MouseEnrolled
+    from shaping.services.curricula.catalog import default_catalog
+    from shaping.services.curricula.ibl_trials import read_trials, session_events
+    from shaping.services.domain import TrainingCore, initial_state
 
     catalog = default_catalog()
     engine = catalog.get(curriculum)
@@ -214,8 +214,8 @@ def _events_for(table: Path, curriculum: str):  # type: ignore[no-untyped-def]
 def fold_trials(catalog, enrol, per_session) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     """Seconds spent folding the TrialCompleted events alone (session starts and ends are
     folded too, off the clock); returns (seconds, trials)."""
-    from schemas.events import TrialCompleted
-    from services.domain import TrainingCore, initial_state
+    from shaping.schemas.events import TrialCompleted
+    from shaping.services.domain import TrainingCore, initial_state
 
     core = TrainingCore(catalog)
     state, _ = core.handle(initial_state(enrol.mouse_id), enrol)
@@ -235,8 +235,8 @@ def fold_trials(catalog, enrol, per_session) -> tuple[float, int]:  # type: igno
 def recompute(catalog, enrol, per_session) -> tuple[float, float, list[str]]:  # type: ignore[no-untyped-def]
     """Folds the whole history into a fresh state; returns (seconds in all, seconds deciding
     at session ends, the status after each session)."""
-    from schemas.events import SessionEnded, StageTransitioned
-    from services.domain import TrainingCore, initial_state
+    from shaping.schemas.events import SessionEnded, StageTransitioned
+    from shaping.services.domain import TrainingCore, initial_state
 
     core = TrainingCore(catalog)
     statuses: list[str] = []
@@ -259,7 +259,7 @@ def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[s
     """As :func:`recompute`, with the fits of the whole history first fitted together, in one
     lockstep run, from the events (``prefetch_history_fits``, what a replay of a stored history
     can do); returns (seconds in all, seconds of that prefetch, the statuses)."""
-    from services.curricula.ibl_trials import prefetch_history_fits
+    from shaping.services.curricula.ibl_trials import prefetch_history_fits
 
     events = [enrol, *(e for session in per_session for e in session)]
     start = time.perf_counter()
@@ -271,8 +271,8 @@ def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[s
 
 def through_runtime(sessions, curriculum: str) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
     """``shaping evaluate --trials``'s path: events encoded, run by the embedded runtime."""
-    from services.curricula.catalog import default_catalog
-    from services.curricula.ibl_trials import evaluate_sessions
+    from shaping.services.curricula.catalog import default_catalog
+    from shaping.services.curricula.ibl_trials import evaluate_sessions
 
     catalog = default_catalog()
     start = time.perf_counter()
@@ -377,7 +377,7 @@ def many_mice(folder: Path, count: int, plan: MousePlan) -> tuple[Path, list[Pat
 
 def forget_fits() -> None:
     """Empties the psychometric fit cache, so a timed run fits every window itself."""
-    from services.domain import psychometric
+    from shaping.services.domain import psychometric
 
     clear = getattr(getattr(psychometric, "_fit", None), "cache_clear", None)
     if clear is not None:
@@ -386,7 +386,7 @@ def forget_fits() -> None:
 
 def fits_made() -> int | None:
     """Psychometric fits computed since :func:`forget_fits` (None: not known)."""
-    from services.domain import psychometric
+    from shaping.services.domain import psychometric
 
     info = getattr(getattr(psychometric, "_fit", None), "cache_info", None)
     return None if info is None else int(info().misses)
@@ -579,7 +579,7 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
         mice_trials = 0
         if mice:
             combined, paths, mice_trials = many_mice(Path(folder), mice, plan)
-            from services.curricula.ibl_trials import read_trials
+            from shaping.services.curricula.ibl_trials import read_trials
 
             print(
                 f"  {mice} mice ({mice_trials:,} trials): shaping evaluate --trials ...", flush=True
@@ -588,8 +588,8 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
             by_mouse: dict[str, list[str]] = {}
 
             def evaluate_all() -> float:
-                from services.curricula.catalog import default_catalog
-                from services.curricula.ibl_trials import evaluate_sessions
+                from shaping.services.curricula.catalog import default_catalog
+                from shaping.services.curricula.ibl_trials import evaluate_sessions
 
                 catalog_ = default_catalog()
                 start = time.perf_counter()
@@ -816,7 +816,7 @@ def method(plan: MousePlan, n_trials: int) -> list[str]:
         f"`training` for {plan.biased_from} dates then `biased`, on an ephys rig from date "
         f"{plan.ephys_from + 1} and with a 1000 s start delay from date {plan.delay_from + 1}; "
         "a psychometric observer that improves over the dates. The trials go through "
-        "`services.curricula.ibl_trials` into events (built before the clocks start). "
+        "`shaping.services.curricula.ibl_trials` into events (built before the clocks start). "
         "Metric updates: only the TrialCompleted events are timed (session starts and ends "
         "folded off the clock). Recompute: every event of the mouse folded into a fresh "
         "state, decisions included; the psychometric fit cache is emptied before every timed "

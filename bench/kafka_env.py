@@ -26,7 +26,12 @@ from typing import TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from services.common.topics import TopicNames, ensure_topics, wait_for_broker, wait_for_partitions
+from shaping.services.common.topics import (
+    TopicNames,
+    ensure_topics,
+    wait_for_broker,
+    wait_for_partitions,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
@@ -248,7 +253,7 @@ class KafkaEnv:
         return name
 
     def start_processor(self, topics: TopicNames) -> Service:
-        """``python -m services.processor`` on ``topics``, configured by SHAPING_* variables."""
+        """``python -m shaping.services.processor`` on ``topics``, set by SHAPING_* variables."""
         processor_id = f"bench-processor-{uuid.uuid4().hex[:8]}"
         env = {
             "SHAPING_BOOTSTRAP": self.bootstrap,
@@ -257,7 +262,7 @@ class KafkaEnv:
             "SHAPING_PROCESSOR_ID": processor_id,
             "SHAPING_DATA_DIR": str(self.workdir / "data"),
         }
-        service = Service(self.workdir, processor_id, ["-m", "services.processor"], env)
+        service = Service(self.workdir, processor_id, ["-m", "shaping.services.processor"], env)
         self.services.append(service)
         return service
 

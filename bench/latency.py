@@ -26,11 +26,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
 from bench.stats import Figure, Results, percentile
 from bench.workload import SEED, START, enrolment, mouse_ids, session_parameters
-from rig.kafka_transport import KafkaRigTransport
-from rig.session import run_simulated_session
-from rig.sim import SimulatedMouse
-from schemas.codec import default_codec
-from schemas.events import AssignmentIssued, SessionEnded
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.session import run_simulated_session
+from shaping.rig.sim import SimulatedMouse
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import AssignmentIssued, SessionEnded
 
 STARTUP_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_S = 30.0

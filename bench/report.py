@@ -231,8 +231,8 @@ METHOD = """\
   repeat listed. The load average before and after the run is above. Compare figures within
   one report rather than across machines or runs. Over 200 samples (the default), a p99 is
   about the second-slowest sample, so it moves a lot from run to run.
-- **Workload.** Sessions are simulated by the rig's own simulator (`rig.session`,
-  `rig.sim`), each from the assignment the core issued after the previous session, with
+- **Workload.** Sessions are simulated by the rig's own simulator (`shaping.rig.session`,
+  `shaping.rig.sim`), each from the assignment the core issued after the previous session, with
   `max_trials` set to the session length and no time limit; mice progress through the
   stages as they would. Events are generated and encoded before any clock starts.
 - **(a)** `TrainingCore.handle` folds decoded events with per-mouse state in a dict.
@@ -241,7 +241,7 @@ METHOD = """\
   table does; it also encodes the outputs. Trial events/s = trials / time for the whole
   stream (enrolments, session starts and ends included in the time).
 - **(b)** Each repeat uses fresh topics (4 partitions) and starts the processor as its own
-  process (`python -m services.processor`, SHAPING_* settings). After the mice are enrolled
+  process (`python -m shaping.services.processor`, SHAPING_* settings). After the mice are enrolled
   and their first assignments are out (start-up excluded), every session's events are
   published with a kafka-python producer configured like a rig (acks=all, idempotent,
   linger 5 ms) from this process; *live* is timed from the first send to the broker

@@ -23,13 +23,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import Event, MouseEnrolled, TrialCompleted
-from services.curricula.ibl_trials import read_trials, session_events
-from services.curricula.loader import load_curriculum
-from services.domain import CurriculumCatalog, MouseState, TrainingCore
-from services.domain.state import join_sessions, records_to_store, split_sessions
-from services.processor.step import ProcessorStep
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import Event, MouseEnrolled, TrialCompleted
+from shaping.services.curricula.ibl_trials import read_trials, session_events
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.domain.state import join_sessions, records_to_store, split_sessions
+from shaping.services.processor.step import ProcessorStep
 from tests.support.anchors import IBL
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,10 +27,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
 from bench.stats import Figure, Results
 from bench.workload import Encoded, Workload, build_workload, encode
-from schemas.codec import default_codec
-from schemas.errors import SerializationError
-from schemas.events import AssignmentIssued, EventRejected, StageTransitioned
-from services.common.topics import TopicNames
+from shaping.schemas.codec import default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransitioned
+from shaping.services.common.topics import TopicNames
 
 STARTUP_TIMEOUT_S = 180.0
 

@@ -1,6 +1,6 @@
 """The benchmark workload: simulated mice running long sessions on the built-in curriculum.
 
-Sessions come from :func:`rig.session.run_simulated_session` (the rig's own simulator), each
+Sessions come from :func:`shaping.rig.session.run_simulated_session` (the rig's own simulator), each
 from the assignment the pure core issued after the previous session, with ``max_trials`` set
 to the wanted session length and the time limit lifted so every session has exactly that many
 trials. Everything is generated (and encoded) before any clock starts.
@@ -11,18 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from rig.session import run_simulated_session
-from rig.sim import SimulatedMouse
-from schemas.codec import default_codec, encode_key
-from schemas.events import (
+from shaping.rig.session import run_simulated_session
+from shaping.rig.sim import SimulatedMouse
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     MouseEnrolled,
     SessionEnded,
     TrialCompleted,
 )
-from services.curricula.catalog import default_catalog
-from services.domain import TrainingCore, initial_state
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import TrainingCore, initial_state
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEED = 20260302

@@ -1,5 +1,5 @@
 """The curricula shipped with Shaping, as data files (YAML); see ``README.md`` here.
 
 This folder is a package only so the files install with Shaping:
-``services.curricula.catalog`` loads them with :mod:`importlib.resources`.
+``shaping.services.curricula.catalog`` loads them with :mod:`importlib.resources`.
 """

@@ -75,7 +75,7 @@ service_pid() {
     pid="$(tr -dc '0-9' <"$file")"
     [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
     if [[ -r "/proc/$pid/cmdline" ]]; then
-        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "services.cli $1" || return 1
+        tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "shaping.services.cli $1" || return 1
     fi
     printf '%s' "$pid"
 }
@@ -96,7 +96,7 @@ start_service() {
     printf '\n===== %s stack.sh up =====\n' "$(date -Is)" >>"$STACK/$name.log"
     # shellcheck disable=SC2016
     setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$STACK/$name.pid" \
-        "$PYTHON" -m services.cli "${args[@]}" </dev/null >>"$STACK/$name.log" 2>&1 &
+        "$PYTHON" -m shaping.services.cli "${args[@]}" </dev/null >>"$STACK/$name.log" 2>&1 &
     local started=$SECONDS
     until metrics_answer "$name"; do
         sleep 0.3
@@ -257,7 +257,7 @@ up() {
     trap 'exit 143' TERM
     claim kafka
     "$KAFKA_SH" up
-    "$PYTHON" -m services.cli topics create >/dev/null
+    "$PYTHON" -m shaping.services.cli topics create >/dev/null
     say "topics ${SHAPING_TOPIC_PREFIX}.* ready on $SHAPING_BOOTSTRAP"
     claim postgres
     "$POSTGRES_SH" up

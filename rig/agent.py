@@ -23,12 +23,12 @@
    say how many events wait.
 
 Before a new session starts, the assignment is held against the rig's safety limits (the
-config's ``[safety]``; :func:`rig.safety.screen_assignment`): one outside them is refused,
+config's ``[safety]``; :func:`shaping.rig.safety.screen_assignment`): one outside them is refused,
 said on screen and in the log, kept in the store and counted in
 ``shaping_rig_unsafe_assignments_total``, and the agent runs nothing or the newest assignment
 of the mouse it received that passes them (``safety.on_violation``), recording
 ``assignment_stale`` on that session. While the session runs the task keeps within the same
-limits (:class:`rig.task.ReachTask`).
+limits (:class:`shaping.rig.task.ReachTask`).
 
 A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
 it.
@@ -36,7 +36,7 @@ it.
 Faults for crash tests (environment variable ``SHAPING_RIG_FAULT``, comma-separated):
 ``kill-after-event:N`` SIGKILLs the process right after the N-th event it stored,
 ``pause-after-event:N:PATH`` creates ``PATH.reached`` after the N-th event and waits until
-``PATH`` exists, and ``kill-after-ack:N`` (see :mod:`rig.drain`).
+``PATH`` exists, and ``kill-after-ack:N`` (see :mod:`shaping.rig.drain`).
 """
 
 from __future__ import annotations
@@ -55,23 +55,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from rig.clock import Clock, SystemClock, to_datetime
-from rig.config import RigConfig, StaleAssignmentSettings, ValveCalibration
-from rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
-from rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
-from rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
-from rig.evidence import EJECTED, evidence_lines, next_session_line
-from rig.follow import AssignmentFollower, unreadable_hint
-from rig.locks import FileLock
-from rig.reach import reach_session_metrics
-from rig.safety import (
+from shaping.rig.clock import Clock, SystemClock, to_datetime
+from shaping.rig.config import RigConfig, StaleAssignmentSettings, ValveCalibration
+from shaping.rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
+from shaping.rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
+from shaping.rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
+from shaping.rig.evidence import EJECTED, evidence_lines, next_session_line
+from shaping.rig.follow import AssignmentFollower, unreadable_hint
+from shaping.rig.locks import FileLock
+from shaping.rig.reach import reach_session_metrics
+from shaping.rig.safety import (
     Screening,
     UnsafeAssignmentRefusedError,
     printable,
     screen_assignment,
 )
-from rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
-from rig.task import (
+from shaping.rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
+from shaping.rig.task import (
     ReachParameters,
     ReachTask,
     RewardPlan,
@@ -79,8 +79,8 @@ from rig.task import (
     TaskState,
     TrialProgress,
 )
-from schemas.codec import EventCodec
-from schemas.events import (
+from shaping.schemas.codec import EventCodec
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     MovementDetected,
@@ -90,7 +90,7 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from services.common.topics import TopicNames
+from shaping.services.common.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -790,11 +790,11 @@ class RigAgent:
 
     def _runtime(self, options: RunOptions, open_session: OpenSession | None) -> _Runtime:
         if not options.simulate:
-            from rig.gpio import build_gpiozero_hardware
+            from shaping.rig.gpio import build_gpiozero_hardware
 
             hardware = build_gpiozero_hardware(self.config.pins, self.config.actuators)
             return _Runtime(hardware, SystemClock(), None)
-        from rig.simulation import build_simulated_rig
+        from shaping.rig.simulation import build_simulated_rig
 
         if open_session is not None:
             # A simulated session resumes where its last trial ended: the simulation is

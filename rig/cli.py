@@ -23,13 +23,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.common.settings import Settings
+from shaping.services.common.settings import Settings
 
 if TYPE_CHECKING:
-    from rig.config import RigConfig
-    from rig.lab import LabRun
-    from rig.task import ReachParameters, TaskState, TrialProgress
-    from schemas.events import AssignmentIssued, SessionEnded, SessionStarted, StageTransitioned
+    from shaping.rig.config import RigConfig
+    from shaping.rig.lab import LabRun
+    from shaping.rig.task import ReachParameters, TaskState, TrialProgress
+    from shaping.schemas.events import (
+        AssignmentIssued,
+        SessionEnded,
+        SessionStarted,
+        StageTransitioned,
+    )
 
 app = typer.Typer(help="Commands for a behaviour rig.", no_args_is_help=True)
 
@@ -55,14 +60,14 @@ DEFAULT_CONFIG = Path("rig.toml")
 def _echo(message: object = "", **kwargs: Any) -> None:
     """typer.echo of text that may hold data (ids, stages, reasons, evidence): control
     characters and escape sequences are shown escaped (``\\x1b``), line breaks kept."""
-    from services.operator.terminal import printable_lines
+    from shaping.services.operator.terminal import printable_lines
 
     typer.echo(printable_lines(message), **kwargs)
 
 
 def _secho(message: object = "", **kwargs: Any) -> None:
     """typer.secho, escaped like :func:`_echo`."""
-    from services.operator.terminal import printable_lines
+    from shaping.services.operator.terminal import printable_lines
 
     typer.secho(printable_lines(message), **kwargs)
 
@@ -70,7 +75,7 @@ def _secho(message: object = "", **kwargs: Any) -> None:
 @contextmanager
 def _rig_errors() -> Iterator[None]:
     """Turns rig errors into one red line and an exit code (2: config, 1: anything else)."""
-    from rig.errors import ConfigError, ParameterError, RigError
+    from shaping.rig.errors import ConfigError, ParameterError, RigError
 
     try:
         yield
@@ -83,7 +88,7 @@ def _rig_errors() -> Iterator[None]:
 
 
 def _load(path: Path, bootstrap: str | None = None) -> RigConfig:
-    from rig.config import load_config
+    from shaping.rig.config import load_config
 
     config = load_config(path)
     if bootstrap:
@@ -124,7 +129,7 @@ class ConsoleDisplay:
 
     def message(self, text: str) -> None:
         """Prints a line, escaped (data in it cannot reach the terminal as control codes)."""
-        from services.operator.terminal import printable_lines
+        from shaping.services.operator.terminal import printable_lines
 
         self._close_line()
         self.echo(printable_lines(text))
@@ -160,7 +165,7 @@ class ConsoleDisplay:
             f"cue {_fmt(p.get('cue_duration_s'))} s, spouts L{p.get('spout_position_left')} "
             f"R{p.get('spout_position_right')}"
         )
-        from services.operator.terminal import printable
+        from shaping.services.operator.terminal import printable
 
         line = printable(line)
         if self.live:
@@ -182,7 +187,7 @@ class ConsoleDisplay:
     def decision(self, decision: StageTransitioned, assignment: AssignmentIssued | None) -> None:
         """Prints the decision, the status reached, every rule's evidence, the reported
         metrics, the warnings, and the next assignment."""
-        from rig.evidence import evidence_lines, next_session_line
+        from shaping.rig.evidence import evidence_lines, next_session_line
 
         for line in evidence_lines(decision, assignment):
             self.message(line)
@@ -254,8 +259,8 @@ def rig_run(
     Uses the latest assignment for the mouse (the cached one when Kafka is unreachable, and
     says so); resumes the mouse's session if the rig stopped in the middle of one.
     """
-    from rig.agent import RigAgent, RunOptions
-    from rig.reach import reach_results
+    from shaping.rig.agent import RigAgent, RunOptions
+    from shaping.rig.reach import reach_results
 
     if not simulate and (start is not None or speed is not None):
         raise typer.BadParameter("--start and --speed need --simulate", param_hint="--start")
@@ -265,7 +270,7 @@ def rig_run(
         agent = RigAgent(rig_config, display)
         exporter = None
         if metrics_port is not None:
-            from rig.metrics import OutboxDepthExporter
+            from shaping.rig.metrics import OutboxDepthExporter
 
             try:
                 exporter = OutboxDepthExporter(
@@ -312,12 +317,12 @@ def rig_status(
     timeout: Annotated[float, typer.Option(min=0.5, help="Seconds to wait for Kafka.")] = 5.0,
 ) -> None:
     """Show the assignment cache, the outbox and whether Kafka answers."""
-    from rig.agent import clock_skew_warning
-    from rig.errors import BrokerUnreachableError
-    from rig.evidence import EJECTED, evidence_lines
-    from rig.follow import AssignmentFollower, unreadable_hint
-    from rig.store import RigStore
-    from services.common.topics import TopicNames
+    from shaping.rig.agent import clock_skew_warning
+    from shaping.rig.errors import BrokerUnreachableError
+    from shaping.rig.evidence import EJECTED, evidence_lines
+    from shaping.rig.follow import AssignmentFollower, unreadable_hint
+    from shaping.rig.store import RigStore
+    from shaping.services.common.topics import TopicNames
 
     with _rig_errors():
         rig_config = _load(config, bootstrap)
@@ -451,8 +456,8 @@ def rig_status(
 def _show_unsafe(rig_config: RigConfig, store: Any, cached: AssignmentIssued) -> None:
     """``rig status``: says when the cached assignment lies outside the safety limits, and
     what ``rig run`` will do with it."""
-    from rig.agent import screen_on_rig
-    from rig.errors import RigError
+    from shaping.rig.agent import screen_on_rig
+    from shaping.rig.errors import RigError
 
     try:
         screening = screen_on_rig(rig_config, store, cached)
@@ -520,17 +525,17 @@ def rig_calibrate(
     import getpass
     import os
 
-    from rig.calibration import (
+    from shaping.rig.calibration import (
         CalibrationPoint,
         check_calibration,
         dispense,
         fit_ml_per_ms,
         parse_grams,
     )
-    from rig.clock import SystemClock, VirtualClock
-    from rig.config import SIDES
-    from rig.gpio import GpiozeroValve
-    from rig.store import RigStore
+    from shaping.rig.clock import SystemClock, VirtualClock
+    from shaping.rig.config import SIDES
+    from shaping.rig.gpio import GpiozeroValve
+    from shaping.rig.store import RigStore
 
     if valve is not None and valve not in SIDES:
         close = difflib.get_close_matches(valve, SIDES, n=1)
@@ -557,7 +562,7 @@ def rig_calibrate(
         factory: Any = None
         clock: Any = SystemClock()
         if simulate:
-            from rig.simulation import mock_factory
+            from shaping.rig.simulation import mock_factory
 
             factory = mock_factory()
             clock = VirtualClock(datetime.now(UTC).timestamp())
@@ -635,7 +640,7 @@ def _confirm(text: str, default: bool) -> bool:
 
 def _show_calibrations(rig_config: RigConfig, valve: str | None) -> None:
     """Every calibration kept on this rig (of ``valve`` or of both), oldest first."""
-    from rig.store import RigStore
+    from shaping.rig.store import RigStore
 
     records = RigStore(rig_config.store_path).calibration_history(valve)
     which = f"the {valve} valve" if valve else "both valves"
@@ -692,11 +697,11 @@ def rig_sync(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to keep trying.")] = 60.0,
 ) -> None:
     """Send every event waiting in the outbox and refresh the assignment cache."""
-    from rig.drain import OutboxDrainer
-    from rig.errors import BrokerUnreachableError
-    from rig.follow import AssignmentFollower
-    from rig.store import RigStore
-    from services.common.topics import TopicNames
+    from shaping.rig.drain import OutboxDrainer
+    from shaping.rig.errors import BrokerUnreachableError
+    from shaping.rig.follow import AssignmentFollower
+    from shaping.rig.store import RigStore
+    from shaping.services.common.topics import TopicNames
 
     with _rig_errors():
         rig_config = _load(config, bootstrap)
@@ -754,7 +759,7 @@ def rig_import_reach(
     ] = 0.0,
 ) -> None:
     """Import reach's per-mouse training file as events and print reach's per-session results."""
-    from rig.reach import import_reach_sessions, load_reach_file, reach_results
+    from shaping.rig.reach import import_reach_sessions, load_reach_file, reach_results
 
     try:
         sessions = load_reach_file(file)
@@ -827,9 +832,9 @@ def rig_simulate(
     Each rig holds an assignment against its safety limits first (--config's [safety]): one
     outside them is refused and printed, and nothing or the last safe assignment runs.
     """
-    from rig.errors import RigError
-    from rig.kafka_transport import KafkaRigTransport
-    from rig.lab import LabPlan, continue_lab
+    from shaping.rig.errors import RigError
+    from shaping.rig.kafka_transport import KafkaRigTransport
+    from shaping.rig.lab import LabPlan, continue_lab
 
     first_day = _date(start) if start is not None else None
     settings = Settings()
@@ -873,7 +878,7 @@ def _read_to_end(transport: Any, timeout_s: float) -> None:
     lab continues from every assignment already written."""
     import time
 
-    from rig.errors import RigError
+    from shaping.rig.errors import RigError
 
     consumer = transport.consumer
     partitions = list(consumer.assignment())

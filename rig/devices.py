@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from rig.clock import Clock
-from rig.config import Side
+from shaping.rig.clock import Clock
+from shaping.rig.config import Side
 
 InputKind = Literal["touch", "paw_lift", "paw_rest"]
 

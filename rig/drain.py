@@ -40,13 +40,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
-from rig.clock import Clock, SystemClock
-from rig.errors import BrokerUnreachableError, RigBusyError
-from rig.locks import FileLock
-from rig.store import ClockSkew, OutboxRow, RigStore, Sent
-from schemas.codec import EventCodec, default_codec
-from schemas.errors import SerializationError
-from schemas.headers import headers_for
+from shaping.rig.clock import Clock, SystemClock
+from shaping.rig.errors import BrokerUnreachableError, RigBusyError
+from shaping.rig.locks import FileLock
+from shaping.rig.store import ClockSkew, OutboxRow, RigStore, Sent
+from shaping.schemas.codec import EventCodec, default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.headers import headers_for
 
 log = logging.getLogger(__name__)
 

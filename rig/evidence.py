@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.events import DECISIONS, AssignmentIssued, RuleEvaluation, StageTransitioned
+from shaping.schemas.events import DECISIONS, AssignmentIssued, RuleEvaluation, StageTransitioned
 
 EJECTED = "ejected"
 """The reason of the assignment that takes a mouse out of training (rigs refuse to run it)."""

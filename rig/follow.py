@@ -22,13 +22,13 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from rig.drain import describe_error, kafka_errors, partition_for
-from rig.errors import BrokerUnreachableError
-from rig.evidence import is_decision
-from rig.store import RigStore
-from schemas.codec import EventCodec, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import AssignmentIssued, StageTransitioned
+from shaping.rig.drain import describe_error, kafka_errors, partition_for
+from shaping.rig.errors import BrokerUnreachableError
+from shaping.rig.evidence import is_decision
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import AssignmentIssued, StageTransitioned
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The devices of :mod:`rig.devices` with gpiozero: the implementation a Raspberry Pi runs.
+"""The devices of :mod:`shaping.rig.devices` with gpiozero: the implementation a Raspberry Pi runs.
 
 :func:`build_gpiozero_hardware` opens every device of a validated pin map. Without a pin
 factory gpiozero picks the Pi's (lgpio, RPi.GPIO, ...); tests and simulations pass gpiozero's
@@ -11,9 +11,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from rig.config import SIDES, ActuatorSettings, PinMap, PinSpec
-from rig.devices import RigHardware, Spout
-from rig.errors import HardwareError
+from shaping.rig.config import SIDES, ActuatorSettings, PinMap, PinSpec
+from shaping.rig.devices import RigHardware, Spout
+from shaping.rig.errors import HardwareError
 
 try:
     from gpiozero import DigitalInputDevice, DigitalOutputDevice, GPIOZeroError, PWMOutputDevice
@@ -168,7 +168,7 @@ def build_gpiozero_hardware(
     """Opens every device of the pin map with gpiozero.
 
     Args:
-        pins: a validated pin map (see :func:`rig.config.parse_pin_map`).
+        pins: a validated pin map (see :func:`shaping.rig.config.parse_pin_map`).
         actuators: spout actuator settings.
         pin_factory: a gpiozero pin factory; None lets gpiozero choose the Pi's.
 

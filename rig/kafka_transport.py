@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from rig.errors import RigError
-from schemas.codec import EventCodec, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import AssignmentIssued, Event
-from schemas.headers import headers_for
-from services.common.errors import TopicMissingError
-from services.common.topics import wait_for_partitions
+from shaping.rig.errors import RigError
+from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import AssignmentIssued, Event
+from shaping.schemas.headers import headers_for
+from shaping.services.common.errors import TopicMissingError
+from shaping.services.common.topics import wait_for_partitions
 
 log = logging.getLogger(__name__)
 

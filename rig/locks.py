@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from rig.errors import RigBusyError
+from shaping.rig.errors import RigBusyError
 
 
 class FileLock:

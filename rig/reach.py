@@ -36,7 +36,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Literal
 
-from schemas.events import (
+from shaping.schemas.events import (
     Event,
     MovementDetected,
     ParamValue,

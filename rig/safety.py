@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from rig.config import SafetyLimits
-from rig.errors import RigError
-from rig.evidence import EJECTED
-from schemas.events import AssignmentIssued, ParamValue
+from shaping.rig.config import SafetyLimits
+from shaping.rig.errors import RigError
+from shaping.rig.evidence import EJECTED
+from shaping.schemas.events import AssignmentIssued, ParamValue
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 def printable(text: str) -> str:
     """Text safe for a terminal or a log read on one: control and format characters (escape
     sequences, bidi overrides) are shown as their Python escapes (``\\x1b``), as
-    ``services.operator.terminal.printable`` does for the operator's commands (the rig's
+    ``shaping.services.operator.terminal.printable`` does for the operator's commands (the rig's
     library code does not import the services)."""
     if text.isprintable():
         return text

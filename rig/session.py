@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from rig.config import SafetyLimits
-from rig.sim import SimulatedMouse
-from schemas.events import (
+from shaping.rig.config import SafetyLimits
+from shaping.rig.sim import SimulatedMouse
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     ParamValue,
@@ -29,7 +29,7 @@ SIMULATED_DEFAULTS: dict[str, ParamValue] = {
     "reward_volume_ul": 3,
 }
 """The value a simulated session runs with for each parameter its assignment leaves out (the
-rig's safety limits hold these too: :func:`rig.lab.run_lab`)."""
+rig's safety limits hold these too: :func:`shaping.rig.lab.run_lab`)."""
 
 
 def _number(parameters: Mapping[str, ParamValue], name: str, default: float) -> float:

@@ -23,10 +23,10 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from rig.clock import ScheduledAction, VirtualClock
-from rig.config import SIDES, ActuatorSettings, PinMap, PinSpec, Side
-from rig.devices import RigHardware
-from rig.gpio import build_gpiozero_hardware
+from shaping.rig.clock import ScheduledAction, VirtualClock
+from shaping.rig.config import SIDES, ActuatorSettings, PinMap, PinSpec, Side
+from shaping.rig.devices import RigHardware
+from shaping.rig.gpio import build_gpiozero_hardware
 
 TOUCH_S = 0.08
 """How long a spout touch lasts."""

@@ -1,7 +1,7 @@
 """The rig's durable local store (SQLite): the outbox, the assignment cache, calibrations.
 
 * **Outbox.** Every event a session produces is appended here, in one committed transaction
-  (synchronous=FULL), before anything else happens; the drainer (:mod:`rig.drain`) sends the
+  (synchronous=FULL), before anything else happens; the drainer (:mod:`shaping.rig.drain`) sends the
   rows in order and marks them sent with their partition and offset. The outbox is also the
   rig's journal: an interrupted session is resumed from it. Appending an event whose id is
   already stored is a no-op, so re-recording after a crash never duplicates.
@@ -46,11 +46,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rig.config import ValveCalibration
-from rig.errors import RigError
-from rig.safety import UNSAFE_ACTIONS
-from schemas.codec import EventCodec, default_codec, encode_key
-from schemas.events import (
+from shaping.rig.config import ValveCalibration
+from shaping.rig.errors import RigError
+from shaping.rig.safety import UNSAFE_ACTIONS
+from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     SessionEnded,

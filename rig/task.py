@@ -56,7 +56,7 @@ recent_outcomes_left/right  ""           carried-over adaptation window, oldest 
                                          ``c`` correct, ``i`` incorrect, ``m`` miss
 ==========================  ===========  ================================================
 
-The rig's safety limits (``[safety]`` of its config, :class:`rig.config.SafetyLimits`) bound
+The rig's safety limits (``[safety]`` of its config, :class:`shaping.rig.config.SafetyLimits`) bound
 every session whatever its assignment says (the agent refuses an assignment outside them before
 the session; this is the second line): no reward opens a valve longer than
 ``max_reward_ms_per_trial`` or gives more than ``max_reward_ul_per_trial`` (a larger one is cut
@@ -82,11 +82,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from rig.clock import Clock, to_datetime
-from rig.config import SIDES, SafetyLimits, Side, ValveCalibration
-from rig.devices import InputBus, InputEvent, RigHardware
-from rig.errors import CalibrationError, ParameterError
-from schemas.events import (
+from shaping.rig.clock import Clock, to_datetime
+from shaping.rig.config import SIDES, SafetyLimits, Side, ValveCalibration
+from shaping.rig.devices import InputBus, InputEvent, RigHardware
+from shaping.rig.errors import CalibrationError, ParameterError
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     MovementDetected,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from schemas.events import AssignmentIssued, Event
+from shaping.schemas.events import AssignmentIssued, Event
 
 
 class RigTransport(Protocol):

@@ -21,9 +21,9 @@ import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from pydantic import ValidationError
 
-from schemas.errors import SerializationError
-from schemas.events import EVENT_TYPES, Event
-from schemas.identifiers import printable
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import EVENT_TYPES, Event
+from shaping.schemas.identifiers import printable
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -44,7 +44,7 @@ class SchemaVersion:
 def load_schema_versions() -> list[SchemaVersion]:
     """Reads every ``schemas/avro/<EventType>.v<N>.avsc`` shipped with the package."""
     versions = []
-    for entry in resources.files("schemas").joinpath("avro").iterdir():
+    for entry in resources.files("shaping.schemas").joinpath("avro").iterdir():
         match = _FILE.match(entry.name)
         if not match:
             continue

@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.identifiers import check_id, check_name, check_session_id
+from shaping.schemas.identifiers import check_id, check_name, check_session_id
 
 ParamValue = bool | int | float | str | None
 """A task parameter value: the Avro union ``[null, boolean, long, double, string]``."""

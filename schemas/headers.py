@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from functools import cache
 
-from schemas.codec import HEADER_LEN, MAGIC, load_schema_versions
+from shaping.schemas.codec import HEADER_LEN, MAGIC, load_schema_versions
 
 CONTENT_TYPE = "application/vnd.shaping.avro-single-object"
 """Media type of a Shaping message value (Avro single-object encoding)."""

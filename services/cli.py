@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rig import cli as rig_cli
-from services.common.cli_options import Bootstrap, DbUrl, Prefix, settings_with
-from services.curricula import cli as curricula_cli
-from services.operator import cli as operator_cli
-from services.operator import events as events_cli
-from services.operator import interventions as interventions_cli
-from services.operator import replay_cli
+from shaping.rig import cli as rig_cli
+from shaping.services.common.cli_options import Bootstrap, DbUrl, Prefix, settings_with
+from shaping.services.curricula import cli as curricula_cli
+from shaping.services.operator import cli as operator_cli
+from shaping.services.operator import events as events_cli
+from shaping.services.operator import interventions as interventions_cli
+from shaping.services.operator import replay_cli
 
 if TYPE_CHECKING:
-    from services.common.settings import Settings
+    from shaping.services.common.settings import Settings
 
 app = typer.Typer(
     name="shaping",
@@ -84,8 +84,8 @@ def demo(
     Simulated rigs run simulated mice through the processor's core and the projector on
     SQLite, then the status table and each mouse's stage path are printed.
     """
-    from rig.lab import LabPlan
-    from services.embedded.demo import render_report, run_demo
+    from shaping.rig.lab import LabPlan
+    from shaping.services.embedded.demo import render_report, run_demo
 
     result = run_demo(out, LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed))
     typer.echo(render_report(result))
@@ -110,7 +110,7 @@ def processor(
     metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Run the stream processor (a faust worker): per-mouse state, decisions, assignments."""
-    from services.processor.app import run_processor
+    from shaping.services.processor.app import run_processor
 
     run_processor(
         _settings(bootstrap, prefix, partitions=partitions),
@@ -143,8 +143,8 @@ def projector(
     import signal
     import threading
 
-    from services.projector.runner import run_projector
-    from services.projector.store import SqlProjectionStore
+    from shaping.services.projector.runner import run_projector
+    from shaping.services.projector.store import SqlProjectionStore
 
     settings = _settings(bootstrap, prefix, db_url)
     stop = threading.Event()
@@ -152,8 +152,8 @@ def projector(
     store = SqlProjectionStore(settings.db_url)
     metrics, server = None, None
     if metrics_port is not None:
-        from services.common.metrics import ServiceMetrics
-        from services.operator.queries import mice_per_stage
+        from shaping.services.common.metrics import ServiceMetrics
+        from shaping.services.operator.queries import mice_per_stage
 
         metrics = ServiceMetrics("projector")
         metrics.mice_per_stage(lambda: mice_per_stage(store.engine))
@@ -185,8 +185,8 @@ def topics_create(
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
 ) -> None:
     """Create the deployment's topics (idempotent; checks existing ones)."""
-    from services.common.errors import InfraError
-    from services.common.topics import ensure_topics
+    from shaping.services.common.errors import InfraError
+    from shaping.services.common.topics import ensure_topics
 
     settings = _settings(bootstrap, prefix, partitions=partitions)
     try:

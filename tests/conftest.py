@@ -25,7 +25,7 @@ from uuid import uuid4
 import pytest
 from kafka import KafkaAdminClient
 
-from services.common.topics import TopicNames, ensure_topics
+from shaping.services.common.topics import TopicNames, ensure_topics
 from tests.support.kafka import start_kafka
 from tests.support.postgres import start_postgres
 from tests.support.scripts import InfraStartError

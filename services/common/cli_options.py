@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from services.common.settings import Settings
+    from shaping.services.common.settings import Settings
 
 Bootstrap = Annotated[
     str | None,
@@ -46,13 +46,13 @@ def _checked(check: Callable[[object, str], str], what: str) -> Callable[[str | 
 
 
 def _id(value: object, what: str) -> str:
-    from schemas.identifiers import check_id
+    from shaping.schemas.identifiers import check_id
 
     return check_id(value, what)
 
 
 def _name(value: object, what: str) -> str:
-    from schemas.identifiers import check_name
+    from shaping.schemas.identifiers import check_name
 
     return check_name(value, what)
 
@@ -78,7 +78,7 @@ def settings_with(
     bootstrap: str | None = None, prefix: str | None = None, db_url: str | None = None
 ) -> Settings:
     """The environment's settings (``SHAPING_*``) with the options the user gave on top."""
-    from services.common.settings import Settings  # imports kafka-python: only when used
+    from shaping.services.common.settings import Settings  # imports kafka-python: only when used
 
     settings = Settings()
     if bootstrap is not None:

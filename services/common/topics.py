@@ -36,7 +36,7 @@ from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaTimeoutError, for_code
 
-from services.common.errors import (
+from shaping.services.common.errors import (
     BrokerUnavailableError,
     InfraError,
     TopicCreationError,

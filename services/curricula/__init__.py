@@ -15,11 +15,11 @@ The model, rule and engine modules are pure; reading files happens in the loader
 and the command line.
 """
 
-from services.curricula.catalog import default_catalog
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import CurriculumInvalid, Problem
-from services.curricula.loader import load_curriculum
-from services.curricula.validate import compile_curriculum
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import CurriculumInvalid, Problem
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.curricula.validate import compile_curriculum
 
 __all__ = [
     "CompiledCurriculum",

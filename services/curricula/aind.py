@@ -46,11 +46,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.curricula.errors import ImportFailed, Problem, RuleSyntaxError
-from services.curricula.model import ParameterSchema
-from services.curricula.paramtypes import parameter_problems
-from services.curricula.rules import unparse
-from services.domain.metrics import METRICS
+from shaping.services.curricula.errors import ImportFailed, Problem, RuleSyntaxError
+from shaping.services.curricula.model import ParameterSchema
+from shaping.services.curricula.paramtypes import parameter_problems
+from shaping.services.curricula.rules import unparse
+from shaping.services.domain.metrics import METRICS
 
 METRIC_NAMES = {"session_at_current_stage": "sessions_at_stage"}
 """AIND metric names that Shaping calls otherwise (same meaning)."""

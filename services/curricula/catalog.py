@@ -13,18 +13,18 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import CurriculumInvalid, Problem
-from services.curricula.loader import SUFFIXES, check_file, curriculum_files, load_all
-from services.curricula.validate import compile_curriculum
-from services.domain.curriculum import CurriculumCatalog
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import CurriculumInvalid, Problem
+from shaping.services.curricula.loader import SUFFIXES, check_file, curriculum_files, load_all
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.domain.curriculum import CurriculumCatalog
 
 CURRICULA_DIR_ENV = "SHAPING_CURRICULA_DIR"
 
 
 def shipped_files() -> list[Path]:
     """The curriculum files installed with Shaping (the ``curricula`` folder)."""
-    root = resources.files("curricula")
+    root = resources.files("shaping.curricula")
     found: list[Path] = []
     stack = [root]
     while stack:

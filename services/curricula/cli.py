@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from services.common.topics import TopicNames
-    from services.curricula.engine import CompiledCurriculum
-    from services.curricula.errors import Problem
-    from services.domain.curriculum import CurriculumCatalog
+    from shaping.services.common.topics import TopicNames
+    from shaping.services.curricula.engine import CompiledCurriculum
+    from shaping.services.curricula.errors import Problem
+    from shaping.services.domain.curriculum import CurriculumCatalog
 
 app = typer.Typer(
     help="Curricula as data: validate, show, render, diff, import, publish.",
@@ -46,8 +46,8 @@ def _print_problems(problems: list[Problem]) -> None:
 
 
 def _load(path: Path) -> CompiledCurriculum:
-    from services.curricula.errors import CurriculumInvalid, ImportFailed
-    from services.curricula.sources import load_any
+    from shaping.services.curricula.errors import CurriculumInvalid, ImportFailed
+    from shaping.services.curricula.sources import load_any
 
     try:
         return load_any(path)
@@ -77,16 +77,16 @@ def validate(files: Files) -> None:
     Every problem is reported with its file, line, stage and rule; exits with 1 if any file
     has an error (warnings do not fail).
     """
-    from services.curricula.errors import CurriculumInvalid, ImportFailed
-    from services.curricula.sources import convert, detect
-    from services.curricula.validate import check_curriculum
+    from shaping.services.curricula.errors import CurriculumInvalid, ImportFailed
+    from shaping.services.curricula.sources import convert, detect
+    from shaping.services.curricula.validate import check_curriculum
 
     failed = 0
     for path in files:
         try:
             kind = detect(path)
             if kind == "shaping":
-                from services.curricula.loader import check_file
+                from shaping.services.curricula.loader import check_file
 
                 compiled, problems = check_file(path)
             else:
@@ -123,7 +123,7 @@ def show(
     When the curriculum records parameter types (an imported AIND curriculum), they are shown
     too: the schema's name, and with --stage the type of each of the stage's parameters.
     """
-    from services.domain.errors import CurriculumError
+    from shaping.services.domain.errors import CurriculumError
 
     curriculum = _load(file)
     schema = curriculum.document.parameter_schema
@@ -191,8 +191,8 @@ def render(
     The format follows the extension of --out (.svg, .png, .pdf, .dot); an extension naming
     no format is refused.
     """
-    from services.curricula.errors import RenderError
-    from services.curricula.render import FORMATS, Format, format_for, render
+    from shaping.services.curricula.errors import RenderError
+    from shaping.services.curricula.render import FORMATS, Format, format_for, render
 
     if fmt is not None and fmt not in FORMATS:
         _fail(f"--format {fmt}: the formats are svg, png, pdf or dot")
@@ -232,8 +232,8 @@ def diff_command(
 
     Exits with 1 when the new version number is too small for its changes.
     """
-    from services.curricula.diff import diff
-    from services.curricula.errors import VersionBumpTooSmall
+    from shaping.services.curricula.diff import diff
+    from shaping.services.curricula.errors import VersionBumpTooSmall
 
     result = diff(_load(old), _load(new))
     for line in result.lines():
@@ -248,9 +248,9 @@ def diff_command(
 def _import(kind: str, file: Path, out: Path | None, schemas: list[Path] | None = None) -> None:
     import yaml
 
-    from services.curricula import aind, mtrain
-    from services.curricula.errors import ImportFailed
-    from services.curricula.validate import check_curriculum
+    from shaping.services.curricula import aind, mtrain
+    from shaping.services.curricula.errors import ImportFailed
+    from shaping.services.curricula.validate import check_curriculum
 
     try:
         document, warnings = (
@@ -354,9 +354,9 @@ def evaluate(
     --trials, feeds the trials through the event path and writes one row per subject and date:
     the status, every metric the curriculum reports, warnings and evidence.
     """
-    from services.curricula.errors import CurriculumInvalid
-    from services.curricula.evaluate import Evaluator, TableOptions, read_table, write_table
-    from services.domain.errors import CurriculumError
+    from shaping.services.curricula.errors import CurriculumInvalid
+    from shaping.services.curricula.evaluate import Evaluator, TableOptions, read_table, write_table
+    from shaping.services.domain.errors import CurriculumError
 
     if (sessions is None) == (trials is None):
         _fail("give exactly one of --sessions (a session table) and --trials (IBL trials)")
@@ -419,8 +419,8 @@ def _evaluate_trials(
     date_column: str,
 ) -> None:
     """``shaping evaluate --trials``: IBL trials through the event path (ibl_trials)."""
-    from services.curricula.errors import CurriculumInvalid
-    from services.curricula.ibl_trials import (
+    from shaping.services.curricula.errors import CurriculumInvalid
+    from shaping.services.curricula.ibl_trials import (
         BatchError,
         TrialColumns,
         TrialTableError,
@@ -428,8 +428,8 @@ def _evaluate_trials(
         read_trials,
         write_statuses,
     )
-    from services.domain.curriculum import CurriculumCatalog
-    from services.domain.errors import CurriculumError
+    from shaping.services.domain.curriculum import CurriculumCatalog
+    from shaping.services.domain.errors import CurriculumError
 
     if len(curricula) != 1:
         _fail("--trials takes exactly one --curriculum (a name such as ibl, or a file)")
@@ -441,7 +441,7 @@ def _evaluate_trials(
             engine: Any = _load(given)
             catalog = CurriculumCatalog([engine])
         else:
-            from services.curricula.catalog import default_catalog
+            from shaping.services.curricula.catalog import default_catalog
 
             catalog = default_catalog()
             engine = catalog.get(str(given))
@@ -483,7 +483,7 @@ def _kafka_target(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
 
 
 def _kafka_topics(bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
-    from services.common.settings import Settings
+    from shaping.services.common.settings import Settings
 
     settings = Settings()
     topics = settings.topics if prefix is None else type(settings.topics).with_prefix(prefix)
@@ -494,9 +494,9 @@ def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) ->
     """The curriculum files (shipped and ``SHAPING_CURRICULA_DIR``) plus every version
     published on the curricula topic. When Kafka cannot be read, ``required`` fails; otherwise
     a warning says that only the files are known."""
-    from services.curricula.catalog import default_catalog
-    from services.curricula.errors import CurriculumInvalid, PublishError
-    from services.curricula.published import add_published, read_published
+    from shaping.services.curricula.catalog import default_catalog
+    from shaping.services.curricula.errors import CurriculumInvalid, PublishError
+    from shaping.services.curricula.published import add_published, read_published
 
     try:
         catalog = default_catalog()
@@ -521,8 +521,8 @@ def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) ->
 
 
 def _catalog_version(catalog: CurriculumCatalog, name: str, version: str) -> CompiledCurriculum:
-    from services.curricula.engine import CompiledCurriculum
-    from services.domain.errors import CurriculumError
+    from shaping.services.curricula.engine import CompiledCurriculum
+    from shaping.services.domain.errors import CurriculumError
 
     try:
         found = catalog.get(name, version)
@@ -576,14 +576,14 @@ def publish(
     """
     from datetime import UTC, datetime
 
-    from services.common.settings import Settings
-    from services.curricula.engine import CompiledCurriculum
-    from services.curricula.errors import MigrationError, PublishError, VersionBumpTooSmall
-    from services.curricula.migrate import migration_events, plan, published_event
-    from services.curricula.model import semver
-    from services.curricula.published import publish_version
-    from services.curricula.store import mice_on
-    from services.curricula.store import publish as send
+    from shaping.services.common.settings import Settings
+    from shaping.services.curricula.engine import CompiledCurriculum
+    from shaping.services.curricula.errors import MigrationError, PublishError, VersionBumpTooSmall
+    from shaping.services.curricula.migrate import migration_events, plan, published_event
+    from shaping.services.curricula.model import semver
+    from shaping.services.curricula.published import publish_version
+    from shaping.services.curricula.store import mice_on
+    from shaping.services.curricula.store import publish as send
 
     curriculum = _load(file)
     catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
@@ -670,11 +670,11 @@ def migrate(
     """
     from datetime import UTC, datetime
 
-    from services.common.settings import Settings
-    from services.curricula.errors import MigrationError
-    from services.curricula.migrate import migration_events, plan
-    from services.curricula.store import mice_on
-    from services.curricula.store import publish as send
+    from shaping.services.common.settings import Settings
+    from shaping.services.curricula.errors import MigrationError
+    from shaping.services.curricula.migrate import migration_events, plan
+    from shaping.services.curricula.store import mice_on
+    from shaping.services.curricula.store import publish as send
 
     name, old_version = _name_version(source)
     new_name, new_version = _name_version(target)

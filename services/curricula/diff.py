@@ -17,9 +17,9 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.curricula.engine import CompiledCurriculum, CompiledStage
-from services.curricula.errors import VersionBumpTooSmall
-from services.curricula.model import semver
+from shaping.services.curricula.engine import CompiledCurriculum, CompiledStage
+from shaping.services.curricula.errors import VersionBumpTooSmall
+from shaping.services.curricula.model import semver
 
 Bump = Literal["none", "patch", "minor", "major"]
 _ORDER: dict[Bump, int] = {"none": 0, "patch": 1, "minor": 2, "major": 3}

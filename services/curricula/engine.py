@@ -1,6 +1,6 @@
 """A loaded, checked curriculum: the domain's :class:`CurriculumEngine`, over the file format.
 
-Build one with :func:`services.curricula.validate.compile_curriculum` (or a loader); this
+Build one with :func:`shaping.services.curricula.validate.compile_curriculum` (or a loader); this
 module only evaluates. Evaluation is pure: the same metrics give the same decision and the same
 evidence, whichever path (processor, embedded runner, batch table) asks.
 """
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.events import Parameters, ParamValue, RuleEvaluation
-from services.curricula.model import (
+from shaping.schemas.events import Parameters, ParamValue, RuleEvaluation
+from shaping.services.curricula.model import (
     Adjustment,
     Curriculum,
     Policy,
@@ -24,11 +24,11 @@ from services.curricula.model import (
     Stage,
     WarningRule,
 )
-from services.curricula.paramtypes import same_kind, value_problem
-from services.curricula.rules import Expression
-from services.domain.curriculum import Evaluation, MetricSource
-from services.domain.errors import CurriculumError
-from services.domain.metrics import MetricRegistry
+from shaping.services.curricula.paramtypes import same_kind, value_problem
+from shaping.services.curricula.rules import Expression
+from shaping.services.domain.curriculum import Evaluation, MetricSource
+from shaping.services.domain.errors import CurriculumError
+from shaping.services.domain.metrics import MetricRegistry
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from services.domain.errors import CurriculumError
+from shaping.services.domain.errors import CurriculumError
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import CurriculumInvalid, Problem
-from services.curricula.model import SEMVER, semver
-from services.domain.errors import CurriculumError
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import CurriculumInvalid, Problem
+from shaping.services.curricula.model import SEMVER, semver
+from shaping.services.domain.errors import CurriculumError
 
 OUTPUT_COLUMNS = (
     "subject_id",

@@ -52,7 +52,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from schemas.events import (
+from shaping.schemas.events import (
     Event,
     EventRejected,
     MouseEnrolled,
@@ -62,9 +62,9 @@ from schemas.events import (
     TrainingWarning,
     TrialCompleted,
 )
-from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
-from services.domain.psychometric import FitRequest
-from services.domain.session_stats import block_key, signed_contrast
+from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from shaping.services.domain.psychometric import FitRequest
+from shaping.services.domain.session_stats import block_key, signed_contrast
 
 TRIAL_COLUMNS = (
     "session_date",
@@ -444,7 +444,7 @@ def psychometric_windows(curriculum: CurriculumEngine) -> list[PsychWindow]:
     """Every psychometric fit the curriculum's conditions, rules, warnings, policies and
     reports read (the arguments of its ``psych_*`` calls), in first-seen order; empty for a
     curriculum that reads none (or is not a compiled curriculum file)."""
-    from services.curricula.rules import MetricCall, Node
+    from shaping.services.curricula.rules import MetricCall, Node
 
     expressions = getattr(curriculum, "_expressions", None)
     if expressions is None:
@@ -524,9 +524,9 @@ def _window_requests(records: Sequence[Record], windows: Sequence[PsychWindow]) 
     library pools the sessions' statistics (dates=k: the session's date and the k-1 dates
     before it, a date's sessions pooled; sessions=k: the last k sessions; habituation dates and
     sessions carry no data), with the fit's place in ibllib's sequence."""
-    from services.domain.metric_registry import HABITUATION
-    from services.domain.psychometric import block_fit_position, fit_request
-    from services.domain.state import MAX_SESSION_HISTORY
+    from shaping.services.domain.metric_registry import HABITUATION
+    from shaping.services.domain.psychometric import block_fit_position, fit_request
+    from shaping.services.domain.state import MAX_SESSION_HISTORY
 
     requests: list[FitRequest] = []
     history: list[Record] = []
@@ -647,7 +647,7 @@ def prefetch_fits(sessions: Sequence[IblSession], curriculum: CurriculumEngine) 
     windows = psychometric_windows(curriculum)
     if not windows:
         return 0
-    from services.domain.psychometric import fit_many
+    from shaping.services.domain.psychometric import fit_many
 
     requests = fit_requests(sessions, windows)
     fit_many(requests)
@@ -659,7 +659,7 @@ def prefetch_history_fits(events: Iterable[Event], curriculum: CurriculumEngine)
     windows = psychometric_windows(curriculum)
     if not windows:
         return 0
-    from services.domain.psychometric import fit_many
+    from shaping.services.domain.psychometric import fit_many
 
     requests = history_fit_requests(events, windows)
     fit_many(requests)
@@ -725,7 +725,7 @@ def evaluate_sessions(
     Raises:
         BatchError: when the processor rejects an event (a dead letter).
     """
-    from services.embedded.runtime import EmbeddedRuntime
+    from shaping.services.embedded.runtime import EmbeddedRuntime
 
     runtime = EmbeddedRuntime(catalog=catalog or CurriculumCatalog([curriculum]))
     codec = runtime.codec
@@ -806,7 +806,7 @@ def evaluate_sessions(
 
 
 def _prefetch(sessions: Sequence[IblSession], windows: Sequence[PsychWindow]) -> None:
-    from services.domain.psychometric import fit_many
+    from shaping.services.domain.psychometric import fit_many
 
     fit_many(fit_requests(sessions, windows))
 

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import CurriculumInvalid, Problem
-from services.curricula.validate import LineMap, check_curriculum
-from services.domain.metrics import METRICS, MetricRegistry
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import CurriculumInvalid, Problem
+from shaping.services.curricula.validate import LineMap, check_curriculum
+from shaping.services.domain.metrics import METRICS, MetricRegistry
 
 SUFFIXES = (".yaml", ".yml", ".json")
 

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from schemas.events import CurriculumPublished, MouseMigrated
-from services.curricula.diff import Bump, diff
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import MigrationError
-from services.curricula.model import semver
+from shaping.schemas.events import CurriculumPublished, MouseMigrated
+from shaping.services.curricula.diff import Bump, diff
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import MigrationError
+from shaping.services.curricula.model import semver
 
 
 @dataclass(frozen=True)

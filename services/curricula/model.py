@@ -32,7 +32,7 @@ A curriculum is a YAML or JSON document::
 The stage's full parameter set is resolved at load: ``defaults``, then each base it extends in
 order, then its own ``parameters`` (YAML anchors and merge keys, as mtrain regimens use them,
 are resolved by the YAML reader before that). Rules are checked when the file is loaded (see
-:mod:`services.curricula.validate`).
+:mod:`shaping.services.curricula.validate`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.events import ParamValue
+from shaping.schemas.events import ParamValue
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.()/+-]*$")
@@ -302,7 +302,7 @@ class ParameterType(FormatModel):
 class ParameterSchema(FormatModel):
     """The schema a curriculum's task parameters follow (an imported AIND curriculum records
     the JSON Schema of its task here). Every stage's resolved parameters, and every per-mouse
-    adjustment, are checked against it (:mod:`services.curricula.paramtypes`).
+    adjustment, are checked against it (:mod:`shaping.services.curricula.paramtypes`).
 
     Attributes:
         name: the schema's name (the JSON Schema's ``title``, e.g. DynamicForagingCurriculum).

@@ -41,10 +41,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from services.curricula.errors import CurriculumInvalid, ImportFailed, Problem, RuleSyntaxError
-from services.curricula.loader import read_document
-from services.curricula.rules import Scope, parse_condition, unparse
-from services.domain.metrics import METRICS
+from shaping.services.curricula.errors import (
+    CurriculumInvalid,
+    ImportFailed,
+    Problem,
+    RuleSyntaxError,
+)
+from shaping.services.curricula.loader import read_document
+from shaping.services.curricula.rules import Scope, parse_condition, unparse
+from shaping.services.domain.metrics import METRICS
 
 CRITERIA: dict[str, tuple[str, str]] = {
     "one_complete": ("sessions_at_stage >= 1", "One session completed at this stage."),

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from schemas.events import Parameters, ParamValue
-from services.curricula.model import Adjustment, Curriculum, ParameterSchema, ParameterType
+from shaping.schemas.events import Parameters, ParamValue
+from shaping.services.curricula.model import Adjustment, Curriculum, ParameterSchema, ParameterType
 
 Report = Callable[..., None]
 """``report(message, path, stage)``: how the validator records a problem."""

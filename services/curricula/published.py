@@ -31,14 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.codec import default_codec
-from schemas.errors import SerializationError
-from schemas.events import CurriculumPublished
-from schemas.headers import headers_for
-from services.curricula.catalog import compile_content
-from services.curricula.errors import PublishError
-from services.domain.curriculum import CurriculumCatalog, CurriculumEngine
-from services.domain.errors import CurriculumError
+from shaping.schemas.codec import default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import CurriculumPublished
+from shaping.schemas.headers import headers_for
+from shaping.services.curricula.catalog import compile_content
+from shaping.services.curricula.errors import PublishError
+from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from shaping.services.domain.errors import CurriculumError
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ class CurriculaLog:
         from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
-        from services.common.errors import TopicMissingError
-        from services.common.topics import wait_for_partitions
+        from shaping.services.common.errors import TopicMissingError
+        from shaping.services.common.topics import wait_for_partitions
 
         self.topic = topic
         self.codec = default_codec()

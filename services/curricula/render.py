@@ -40,9 +40,9 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from schemas.events import ParamValue
-from services.curricula.engine import CompiledCurriculum, CompiledRule
-from services.curricula.errors import RenderError
+from shaping.schemas.events import ParamValue
+from shaping.services.curricula.engine import CompiledCurriculum, CompiledRule
+from shaping.services.curricula.errors import RenderError
 
 ParameterMode = Literal["differing", "all", "none"]
 RuleMode = Literal["auto", "edges", "table"]

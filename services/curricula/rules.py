@@ -13,7 +13,7 @@ rejected when the curriculum is loaded, with the column where it starts.
 What an expression may contain:
 
 - numbers; ``True``/``False``; a quoted string only as a policy's whole value;
-- metric names from the registry (see :mod:`services.domain.metrics`): a counter by name
+- metric names from the registry (see :mod:`shaping.services.domain.metrics`): a counter by name
   (``session_total``), or called with its keyword arguments (``session_count(stage="in
   training")``); a session metric by name (the judged session's value), by a negative
   index (``finished_trials[-2]``: the session before) or by a slice of recent sessions
@@ -55,11 +55,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from schemas.events import Observation, ParamValue
-from services.curricula.errors import RuleSyntaxError
-from services.domain.curriculum import MetricSource
-from services.domain.metrics import MetricDefinition, MetricRegistry
-from services.domain.state import MAX_SESSION_HISTORY
+from shaping.schemas.events import Observation, ParamValue
+from shaping.services.curricula.errors import RuleSyntaxError
+from shaping.services.domain.curriculum import MetricSource
+from shaping.services.domain.metrics import MetricDefinition, MetricRegistry
+from shaping.services.domain.state import MAX_SESSION_HISTORY
 
 Kind = Literal["bool", "number", "series", "mask", "text"]
 NAN = math.nan

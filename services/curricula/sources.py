@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from services.curricula import aind, mtrain
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.errors import CurriculumInvalid
-from services.curricula.loader import load_curriculum, read_document
-from services.curricula.validate import compile_curriculum
+from shaping.services.curricula import aind, mtrain
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.errors import CurriculumInvalid
+from shaping.services.curricula.loader import load_curriculum, read_document
+from shaping.services.curricula.validate import compile_curriculum
 
 Kind = Literal["auto", "shaping", "aind", "mtrain"]
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import CurriculumPublished, Event
-from schemas.headers import headers_for
-from services.curricula.errors import MigrationError
-from services.curricula.migrate import MouseOnCurriculum
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import CurriculumPublished, Event
+from shaping.schemas.headers import headers_for
+from shaping.services.curricula.errors import MigrationError
+from shaping.services.curricula.migrate import MouseOnCurriculum
 
 SEND_TIMEOUT_S = 30.0
 
@@ -27,7 +27,7 @@ def mice_on(db_url: str, curriculum: str) -> list[MouseOnCurriculum]:
     from sqlalchemy import create_engine, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from services.projector.tables import mouse_status
+    from shaping.services.projector.tables import mouse_status
 
     try:
         engine = create_engine(db_url)

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.events import Parameters, ParamValue
-from services.curricula.engine import (
+from shaping.schemas.events import Parameters, ParamValue
+from shaping.services.curricula.engine import (
     CompiledCurriculum,
     CompiledPolicy,
     CompiledReport,
@@ -25,10 +25,10 @@ from services.curricula.engine import (
     CompiledStage,
     CompiledWarning,
 )
-from services.curricula.errors import CurriculumInvalid, Problem, RuleSyntaxError
-from services.curricula.model import SEMVER, Adjustment, Curriculum, Stage
-from services.curricula.paramtypes import check_parameter_types
-from services.curricula.rules import (
+from shaping.services.curricula.errors import CurriculumInvalid, Problem, RuleSyntaxError
+from shaping.services.curricula.model import SEMVER, Adjustment, Curriculum, Stage
+from shaping.services.curricula.paramtypes import check_parameter_types
+from shaping.services.curricula.rules import (
     FUNCTIONS,
     Expression,
     Scope,
@@ -36,7 +36,7 @@ from services.curricula.rules import (
     parse_report,
     parse_value,
 )
-from services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
+from shaping.services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
 
 Path = tuple[str | int, ...]
 LineMap = Mapping[Path, int]

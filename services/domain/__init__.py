@@ -1,20 +1,20 @@
 """The pure training domain: curriculum interface, metrics, per-mouse state and the engine.
 
 Nothing here performs I/O or imports Kafka, SQLAlchemy, faust or gpiozero (ruff enforces it).
-Curricula are loaded from files by ``services.curricula``, which hands the core a
+Curricula are loaded from files by ``shaping.services.curricula``, which hands the core a
 :class:`CurriculumCatalog`.
 """
 
-from services.domain.core import TrainingCore, derived_event_id, evolve, fold, initial_state
-from services.domain.curriculum import (
+from shaping.services.domain.core import TrainingCore, derived_event_id, evolve, fold, initial_state
+from shaping.services.domain.curriculum import (
     CurriculumCatalog,
     CurriculumEngine,
     Evaluation,
     MetricSource,
 )
-from services.domain.errors import CurriculumError, DomainError, ImpossibleEvent
-from services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
-from services.domain.state import MouseState
+from shaping.services.domain.errors import CurriculumError, DomainError, ImpossibleEvent
+from shaping.services.domain.metrics import METRICS, MetricDefinition, MetricRegistry
+from shaping.services.domain.state import MouseState
 
 __all__ = [
     "METRICS",

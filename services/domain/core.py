@@ -14,7 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     Event,
@@ -30,9 +30,9 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from services.domain.curriculum import CurriculumCatalog, CurriculumEngine, Evaluation
-from services.domain.errors import CurriculumError, ImpossibleEvent
-from services.domain.interventions import (
+from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine, Evaluation
+from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.interventions import (
     INTERVENTIONS,
     decide_adjusted,
     decide_ejected,
@@ -42,14 +42,14 @@ from services.domain.interventions import (
     evolve_intervention,
     with_adjustments,
 )
-from services.domain.metrics import (
+from shaping.services.domain.metrics import (
     SessionMetrics,
     append_record,
     count_session,
     rename_stage,
     session_record,
 )
-from services.domain.recompute import (
+from shaping.services.domain.recompute import (
     append_judged,
     check_recomputable,
     closed,
@@ -66,7 +66,7 @@ from services.domain.recompute import (
     start_session,
     was_judged,
 )
-from services.domain.state import MouseState, OpenSession
+from shaping.services.domain.state import MouseState, OpenSession
 
 _OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
 
@@ -570,7 +570,7 @@ class TrainingCore:
         curriculum: CurriculumEngine,
     ) -> list[Event]:
         """The end of a late session: the mouse is recomputed from it (see
-        :mod:`services.domain.recompute`).
+        :mod:`shaping.services.domain.recompute`).
 
         Raises:
             ImpossibleEvent: when the sessions to judge again are no longer kept, or a

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from schemas.events import Parameters, ParamValue, RuleEvaluation
-from services.domain.errors import CurriculumError
+from shaping.schemas.events import Parameters, ParamValue, RuleEvaluation
+from shaping.services.domain.errors import CurriculumError
 
 Decision = Literal["stay", "progress", "rollback", "skip", "graduate"]
 
 
 class MetricSource(Protocol):
-    """Metric values at decision time (see :mod:`services.domain.metrics` for the kinds)."""
+    """Metric values at decision time (see :mod:`shaping.services.domain.metrics` for the kinds)."""
 
     def value(
         self,

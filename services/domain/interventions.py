@@ -9,7 +9,7 @@ AssignmentIssued at once, so rigs learn about it before the next session.
 The same module builds what a decision carries to the rig: the assignment's evidence, reported
 metrics and warning messages, the per-mouse adjustments applied on top of the stage's
 parameters, and a TrainingWarning event per warning rule that held. Pure functions, no I/O;
-:class:`services.domain.core.TrainingCore` calls them.
+:class:`shaping.services.domain.core.TrainingCore` calls them.
 
 Semantics (docs/interventions.md explains them for trainers):
 
@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     MouseEjected,
@@ -48,9 +48,9 @@ from schemas.events import (
     StageTransitioned,
     TrainingWarning,
 )
-from services.domain.curriculum import CurriculumEngine, Evaluation
-from services.domain.errors import CurriculumError, ImpossibleEvent
-from services.domain.state import MouseState
+from shaping.services.domain.curriculum import CurriculumEngine, Evaluation
+from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.state import MouseState
 
 INTERVENTIONS = (StageOverridden, MouseEjected, ParametersAdjusted)
 """Events a trainer sends to change a mouse's training by hand."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from statistics import NormalDist
 from typing import Any
 
-from services.domain.metric_registry import (
+from shaping.services.domain.metric_registry import (
     Argument,
     FinishedSession,
     MetricDefinition,
@@ -23,8 +23,13 @@ from services.domain.metric_registry import (
     median,
     ratio,
 )
-from services.domain.psychometric import FitRequest, block_fit_position, fit_many, fit_request
-from services.domain.session_stats import SessionStats, block_key, parse_cell
+from shaping.services.domain.psychometric import (
+    FitRequest,
+    block_fit_position,
+    fit_many,
+    fit_request,
+)
+from shaping.services.domain.session_stats import SessionStats, block_key, parse_cell
 
 _NORMAL = NormalDist()
 

@@ -17,7 +17,7 @@ Five kinds of metric exist, and the rule language reads each differently:
 
 A lab adds a metric by registering a function::
 
-    from services.domain.metrics import METRICS, Argument
+    from shaping.services.domain.metrics import METRICS, Argument
 
     @METRICS.metric("early_licks", "counter", "Early licks of the judged session ...")
     def early_licks(view):
@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from schemas.events import ParamValue
-from services.domain.session_stats import SessionStats
-from services.domain.state import MAX_SESSION_HISTORY, MAX_TRIAL_WINDOW, SessionRecord
+from shaping.schemas.events import ParamValue
+from shaping.services.domain.session_stats import SessionStats
+from shaping.services.domain.state import MAX_SESSION_HISTORY, MAX_TRIAL_WINDOW, SessionRecord
 
 MetricKind = Literal["counter", "session", "trials", "window", "window_series"]
 ArgumentType = Literal["int", "number", "text", "bool"]

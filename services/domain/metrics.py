@@ -1,10 +1,10 @@
 """Metrics the curriculum rules read: the registry of their definitions, and their values for a
 mouse at decision time.
 
-- :mod:`services.domain.metric_registry`: the kinds of metric, their arguments, the registry
+- :mod:`shaping.services.domain.metric_registry`: the kinds of metric, their arguments, the registry
   and the :class:`MetricView` metric functions read.
-- :mod:`services.domain.metric_library`: the metrics Shaping ships (``METRICS``).
-- :mod:`services.domain.session_stats`: what a trial adds to its session.
+- :mod:`shaping.services.domain.metric_library`: the metrics Shaping ships (``METRICS``).
+- :mod:`shaping.services.domain.session_stats`: what a trial adds to its session.
 - this module: a finished session's record (:func:`session_record`), the history and counters
   it feeds (:func:`append_record`, :func:`count_session`) and the values at a decision
   (:class:`SessionMetrics`).
@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.events import ParamValue
-from services.domain.metric_library import builtin_metrics
-from services.domain.metric_registry import (
+from shaping.schemas.events import ParamValue
+from shaping.services.domain.metric_library import builtin_metrics
+from shaping.services.domain.metric_registry import (
     HABITUATION,
     MAX_DATE_WINDOW,
     Argument,
@@ -37,7 +37,7 @@ from services.domain.metric_registry import (
     MetricView,
     finite,
 )
-from services.domain.state import (
+from shaping.services.domain.state import (
     MAX_SESSION_HISTORY,
     MAX_TRIAL_WINDOW,
     MouseState,

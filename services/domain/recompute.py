@@ -25,7 +25,7 @@ Event ids derive from the late session's SessionEnded, so a redelivered late ses
 meets the state before it (the processor stopped before storing it) yields the same events.
 Once stored, the late session is a judged session and a redelivered end of it changes nothing.
 
-Pure functions, no I/O: :class:`services.domain.core.TrainingCore` calls them.
+Pure functions, no I/O: :class:`shaping.services.domain.core.TrainingCore` calls them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import bisect
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     Parameters,
@@ -43,10 +43,10 @@ from schemas.events import (
     SessionSummary,
     StageTransitioned,
 )
-from services.domain.curriculum import CurriculumEngine, Evaluation, MetricSource
-from services.domain.errors import ImpossibleEvent
-from services.domain.metrics import append_record
-from services.domain.state import (
+from shaping.services.domain.curriculum import CurriculumEngine, Evaluation, MetricSource
+from shaping.services.domain.errors import ImpossibleEvent
+from shaping.services.domain.metrics import append_record
+from shaping.services.domain.state import (
     MAX_SESSION_HISTORY,
     MAX_TRIAL_WINDOW,
     JudgedSession,

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import TrialCompleted
+from shaping.schemas.events import TrialCompleted
 
 EASY_CONTRAST = 50.0
 """|signed contrast| (percent) from which a trial is easy (IBL's perf_easy)."""

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import AssignmentIssued, Parameters, SessionSummary, StageTransitioned
-from services.domain.session_stats import SessionStats
+from shaping.schemas.events import AssignmentIssued, Parameters, SessionSummary, StageTransitioned
+from shaping.services.domain.session_stats import SessionStats
 
 RECENT_IDS = 64
 """How many recent non-trial event ids a state remembers to drop redelivered events."""

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rig.lab import LabPlan, LabRun, run_lab
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.store import SqlProjectionStore
 
 DB_NAME = "shaping.sqlite"
 LOG_NAME = "events.jsonl"

@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from schemas.codec import EventCodec
-from schemas.errors import SerializationError
-from schemas.events import Event
+from shaping.schemas.codec import EventCodec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import Event
 
 
 @dataclass(frozen=True)

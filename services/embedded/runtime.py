@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.codec import EventCodec, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import AssignmentIssued, Event
-from services.common.topics import TopicNames
-from services.curricula.catalog import default_catalog
-from services.domain import CurriculumCatalog, MouseState, TrainingCore
-from services.embedded.log import InProcessLog, LogRecord
-from services.processor.step import ProcessorStep, TopicKind
-from services.projector.store import ProjectedMessage, ProjectionStore
+from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import AssignmentIssued, Event
+from shaping.services.common.topics import TopicNames
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.embedded.log import InProcessLog, LogRecord
+from shaping.services.processor.step import ProcessorStep, TopicKind
+from shaping.services.projector.store import ProjectedMessage, ProjectionStore
 
 PROJECTOR = "projector"
 

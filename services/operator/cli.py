@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from services.common.cli_options import (
+from shaping.services.common.cli_options import (
     Bootstrap,
     DbUrl,
     Mouse,
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from rich.text import Text
     from sqlalchemy import Engine
 
-    from services.operator.queries import MouseAttention
-    from services.operator.terminal import Kind
+    from shaping.services.operator.queries import MouseAttention
+    from shaping.services.operator.terminal import Kind
 
 
 class ExportFormat(StrEnum):
@@ -49,16 +49,16 @@ def _console() -> Console:
 
 
 def _fail(exc: Exception, code: int = 1) -> NoReturn:
-    from services.operator.terminal import printable
+    from shaping.services.operator.terminal import printable
 
     typer.secho(f"error: {printable(exc)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code) from exc
 
 
 def _engine(db_url: str | None) -> Engine:
-    from services.common.settings import Settings
-    from services.operator.errors import OperatorError
-    from services.operator.queries import open_database
+    from shaping.services.common.settings import Settings
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import open_database
 
     try:
         return open_database(db_url if db_url is not None else Settings().db_url)
@@ -72,7 +72,7 @@ def _text(value: Any, digits: int = 2) -> Text:
     A rich Text, never markup, escaped (:func:`services.operator.terminal.printable`): ids and
     rule names are shown as they are, brackets included, control characters as escapes.
     """
-    from services.operator.terminal import cell
+    from shaping.services.operator.terminal import cell
 
     return cell(value, digits=digits)
 
@@ -104,7 +104,7 @@ and curriculum names stay whole as long as they fit in these."""
 
 def print_status(console: Console, frame: pd.DataFrame, wide: bool = False) -> None:
     """Prints the status frame as a table that fits ``console`` (see the ``status`` help)."""
-    from services.operator.terminal import Col, cell_text, print_table
+    from shaping.services.operator.terminal import Col, cell_text, print_table
 
     columns = [
         Col(
@@ -126,7 +126,7 @@ def print_status(console: Console, frame: pd.DataFrame, wide: bool = False) -> N
 
 def print_attention(console: Console, found: list[MouseAttention], wide: bool = False) -> None:
     """Prints the mice that need a person, most urgent first, each reason on a line."""
-    from services.operator.terminal import Col, cell_text, print_table
+    from shaping.services.operator.terminal import Col, cell_text, print_table
 
     columns = [
         Col("rank", "#", None),
@@ -196,15 +196,15 @@ def status(
     """
     import difflib
 
-    from services.operator.errors import OperatorError
-    from services.operator.queries import known_values, status_frame
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import known_values, status_frame
 
     if attention and (stage is not None or rig is not None):
         _fail(OperatorError("--attention looks at every mouse; drop --stage and --rig"), code=2)
     engine = _engine(db_url)
     if attention:
-        from services.operator.queries import attention as needs_attention
-        from services.operator.queries import terminal_stage_check
+        from shaping.services.operator.queries import attention as needs_attention
+        from shaping.services.operator.queries import terminal_stage_check
 
         try:
             found = needs_attention(
@@ -285,7 +285,7 @@ def print_history(
     wide: bool = False,
 ) -> None:
     """Prints a mouse's history fitted to ``console`` (see the ``history`` help)."""
-    from services.operator.terminal import Col, cell_text, print_table, printable, text
+    from shaping.services.operator.terminal import Col, cell_text, print_table, printable, text
 
     path = " -> ".join(stages["stage"]) if not stages.empty else "(none yet)"
     console.print(text(f"{mouse}: {len(sessions)} sessions; stages {path}"))
@@ -374,15 +374,15 @@ def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
     accuracy (#, stage and decision always stay). --wide shows every column whatever the
     width. Counts are whole numbers.
     """
-    from services.operator.errors import OperatorError, UnknownMouseError
-    from services.operator.interventions import timeline
-    from services.operator.queries import (
+    from shaping.services.operator.errors import OperatorError, UnknownMouseError
+    from shaping.services.operator.interventions import timeline
+    from shaping.services.operator.queries import (
         decisions_frame,
         require_mouse,
         sessions_frame,
         stage_history_frame,
     )
-    from services.operator.terminal import printable
+    from shaping.services.operator.terminal import printable
 
     engine = _engine(db_url)
     try:
@@ -419,8 +419,8 @@ def export(
     """
     from rich.table import Table
 
-    from services.operator.errors import OperatorError
-    from services.operator.queries import decisions_frame, sessions_frame, status_frame
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import decisions_frame, sessions_frame, status_frame
 
     engine = _engine(db_url)
     try:
@@ -478,8 +478,8 @@ def plot(
 ) -> None:
     """Draw a mouse's training as a PNG: its learning curve and stage timeline, or IBL's
     training view (--kind ibl)."""
-    from services.operator.errors import OperatorError, UnknownMouseError
-    from services.operator.plot import KINDS
+    from shaping.services.operator.errors import OperatorError, UnknownMouseError
+    from shaping.services.operator.plot import KINDS
 
     if kind not in KINDS:
         _fail(OperatorError(f"--kind {kind}: the kinds are {' or '.join(KINDS)}"), code=2)
@@ -488,8 +488,8 @@ def plot(
         _fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
     if events_log is not None and not events_log.is_file():
         _fail(OperatorError(f"no event log at {events_log} (events.jsonl)"), code=2)
-    from services.operator.plot import plot_ibl, plot_mouse, read_mouse
-    from services.operator.queries import require_mouse
+    from shaping.services.operator.plot import plot_ibl, plot_mouse, read_mouse
+    from shaping.services.operator.queries import require_mouse
 
     engine = _engine(db_url)
     try:
@@ -540,9 +540,9 @@ def enroll(
     """Enrol a mouse on a curriculum: publishes a MouseEnrolled event to the events topic."""
     from dataclasses import replace
 
-    from services.common.settings import Settings
-    from services.operator.enroll import build_enrollment, publish_enrollment
-    from services.operator.errors import OperatorError
+    from shaping.services.common.settings import Settings
+    from shaping.services.operator.enroll import build_enrollment, publish_enrollment
+    from shaping.services.operator.errors import OperatorError
 
     settings = Settings()
     if bootstrap is not None:
@@ -560,7 +560,7 @@ def enroll(
         partition, offset = publish_enrollment(settings.bootstrap, settings.topics.events, event)
     except OperatorError as exc:
         _fail(exc)
-    from services.operator.terminal import printable
+    from shaping.services.operator.terminal import printable
 
     typer.echo(
         printable(
@@ -574,11 +574,11 @@ def _known_curricula() -> list[str] | None:
     """The curricula the processor loads too (shipped ones plus $SHAPING_CURRICULA_DIR), or
     None when they cannot be read here (then the processor alone judges the name)."""
     try:
-        from services.curricula.catalog import default_catalog
+        from shaping.services.curricula.catalog import default_catalog
 
         return default_catalog().names()
     except Exception as exc:  # the enrolment still goes out; the processor decides
-        from services.operator.terminal import printable
+        from shaping.services.operator.terminal import printable
 
         typer.secho(f"warning: cannot check the curriculum name here: {printable(exc)}", err=True)
         return None

@@ -11,10 +11,10 @@ import difflib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import MouseEnrolled
-from schemas.headers import headers_for
-from services.operator.errors import OperatorError
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import MouseEnrolled
+from shaping.schemas.headers import headers_for
+from shaping.services.operator.errors import OperatorError
 
 SEND_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.common.cli_options import Bootstrap, Prefix, fail, settings_with
 
 if TYPE_CHECKING:
-    from schemas.codec import EventCodec
-    from schemas.events import Event, EventRejected
-    from services.common.topics import TopicNames
+    from shaping.schemas.codec import EventCodec
+    from shaping.schemas.events import Event, EventRejected
+    from shaping.services.common.topics import TopicNames
 
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BYTES = 512
@@ -197,7 +197,7 @@ class Decoded:
 
 def decode_any(codec: EventCodec, value: bytes | None) -> Decoded:
     """Decodes a message value; never raises, whatever the bytes."""
-    from schemas.headers import H_EVENT_TYPE, H_SCHEMA_VERSION, headers_for
+    from shaping.schemas.headers import H_EVENT_TYPE, H_SCHEMA_VERSION, headers_for
 
     try:
         described = dict(headers_for(value))
@@ -273,7 +273,7 @@ def record_mice(record: RawRecord, decoded: Decoded, codec: EventCodec) -> set[s
 
 def record_types(record: RawRecord, decoded: Decoded) -> set[str]:
     """The event types a record is of: its decoded type and its header's claim."""
-    from schemas.headers import H_EVENT_TYPE, header_text
+    from shaping.schemas.headers import H_EVENT_TYPE, header_text
 
     types = set()
     if decoded.event is not None:
@@ -315,7 +315,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def summary(event: Event) -> str:
     """A one-line digest of an event's fields that matter most (unescaped)."""
-    from schemas.events import (
+    from shaping.schemas.events import (
         AssignmentIssued,
         CurriculumPublished,
         EventRejected,
@@ -424,8 +424,8 @@ class Renderer:
 
     def as_json(self, record: RawRecord, decoded: Decoded) -> dict[str, Any]:
         """One record as a JSON-ready dict."""
-        from schemas.events import EventRejected
-        from schemas.headers import header_text
+        from shaping.schemas.events import EventRejected
+        from shaping.schemas.headers import header_text
 
         moment = _timestamp(record.timestamp_ms)
         out: dict[str, Any] = {
@@ -464,8 +464,8 @@ class Renderer:
 
     def as_table(self, record: RawRecord, decoded: Decoded) -> list[str]:
         """One record as a table row, with detail lines under it where it needs them."""
-        from schemas.events import EventRejected
-        from schemas.headers import header_text
+        from shaping.schemas.events import EventRejected
+        from shaping.schemas.headers import header_text
 
         moment = _timestamp(record.timestamp_ms)
         when = moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] if moment else "-"
@@ -595,7 +595,7 @@ class TopicScanner:
     ) -> None:
         from kafka import KafkaConsumer
 
-        from services.common.topics import wait_for_partitions
+        from shaping.services.common.topics import wait_for_partitions
 
         timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
         self.consumer = KafkaConsumer(
@@ -823,8 +823,8 @@ def _job(
     headers: bool,
     max_bytes: int,
 ) -> _Job:
-    from schemas.codec import default_codec
-    from schemas.events import EVENT_TYPES
+    from shaping.schemas.codec import default_codec
+    from shaping.schemas.events import EVENT_TYPES
 
     settings = settings_with(bootstrap, prefix)
     known = {name.lower(): name for name in EVENT_TYPES}
@@ -888,7 +888,7 @@ def _mouse_partitions(
 def _scanner(job: _Job) -> TopicScanner:
     from kafka.errors import KafkaError
 
-    from services.common.errors import InfraError
+    from shaping.services.common.errors import InfraError
 
     try:
         scanner = TopicScanner(job.bootstrap, job.topics, job.partitions)

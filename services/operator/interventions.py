@@ -31,16 +31,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.common.cli_options import Bootstrap, Mouse, Prefix, check_stage, fail, settings_with
-from services.operator.terminal import printable
+from shaping.services.common.cli_options import (
+    Bootstrap,
+    Mouse,
+    Prefix,
+    check_stage,
+    fail,
+    settings_with,
+)
+from shaping.services.operator.terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Engine
 
-    from schemas.events import Event, Parameters, ParamValue
-    from services.common.settings import Settings
-    from services.domain import CurriculumCatalog, CurriculumEngine
+    from shaping.schemas.events import Event, Parameters, ParamValue
+    from shaping.services.common.settings import Settings
+    from shaping.services.domain import CurriculumCatalog, CurriculumEngine
 
 SEND_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -101,9 +108,9 @@ def mouse_view(db_url: str, mouse_id: str) -> MouseView | None:
     """
     from sqlalchemy import select
 
-    from services.operator.errors import OperatorError
-    from services.operator.queries import open_database, require_mouse
-    from services.projector.tables import mouse_status
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import open_database, require_mouse
+    from shaping.services.projector.tables import mouse_status
 
     try:
         engine = open_database(db_url)
@@ -132,7 +139,7 @@ def _curriculum(
 ) -> CurriculumEngine | None:
     if view is None or catalog is None or view.curriculum_name is None:
         return None
-    from services.domain import CurriculumError
+    from shaping.services.domain import CurriculumError
 
     try:
         return catalog.get(view.curriculum_name, view.curriculum_version)
@@ -176,7 +183,7 @@ def build_override(
     Raises:
         InterventionError: no reason, an ejected mouse, or a stage its curriculum lacks.
     """
-    from schemas.events import StageOverridden
+    from shaping.schemas.events import StageOverridden
 
     why = _reason(reason)
     _not_ejected(view, "override the stage of")
@@ -210,7 +217,7 @@ def build_ejection(
     Raises:
         InterventionError: no reason, or the mouse is already ejected.
     """
-    from schemas.events import MouseEjected
+    from shaping.schemas.events import MouseEjected
 
     why = _reason(reason)
     _not_ejected(view, "eject")
@@ -275,9 +282,9 @@ def build_adjustment(
         InterventionError: bad ``--set``/``--clear``, no reason, an ejected mouse, or an
             adjustment the stage does not allow (with the allowed names suggested).
     """
-    from schemas.events import ParametersAdjusted
-    from services.domain import CurriculumError
-    from services.domain.interventions import check_adjustments
+    from shaping.schemas.events import ParametersAdjusted
+    from shaping.services.domain import CurriculumError
+    from shaping.services.domain.interventions import check_adjustments
 
     why = _reason(reason)
     adjustments = parse_adjustments(sets, clears)
@@ -340,10 +347,10 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
 
-    from schemas.codec import default_codec, encode_key
-    from schemas.headers import headers_for
-    from services.common.errors import TopicMissingError
-    from services.common.topics import wait_for_partitions
+    from shaping.schemas.codec import default_codec, encode_key
+    from shaping.schemas.headers import headers_for
+    from shaping.services.common.errors import TopicMissingError
+    from shaping.services.common.topics import wait_for_partitions
 
     codec = default_codec()
     topics = settings.topics
@@ -415,8 +422,8 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
 
 
 def _await_answer(consumer: Any, codec: Any, event_id: str, wait_s: float) -> Event | None:
-    from schemas.errors import SerializationError
-    from schemas.events import AssignmentIssued, EventRejected
+    from shaping.schemas.errors import SerializationError
+    from shaping.schemas.events import AssignmentIssued, EventRejected
 
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -465,7 +472,7 @@ def _view(settings: Settings, mouse: str) -> MouseView | None:
 
 def _catalog() -> CurriculumCatalog | None:
     try:
-        from services.curricula.catalog import default_catalog
+        from shaping.services.curricula.catalog import default_catalog
 
         return default_catalog()
     except Exception as exc:  # the event still goes out; the processor judges it
@@ -474,7 +481,7 @@ def _catalog() -> CurriculumCatalog | None:
 
 
 def _send(settings: Settings, event: Event, wait: float, what: str) -> None:
-    from schemas.events import AssignmentIssued, EventRejected
+    from shaping.schemas.events import AssignmentIssued, EventRejected
 
     try:
         outcome = publish(settings, event, wait)
@@ -609,7 +616,7 @@ def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
     ``by``, ``why``, ``outcome``). Empty when the tables are older than this feature."""
     from sqlalchemy import inspect, select
 
-    from services.projector.tables import interventions, training_warnings
+    from shaping.services.projector.tables import interventions, training_warnings
 
     present = set(inspect(engine).get_table_names())
     rows: list[dict[str, Any]] = []
@@ -672,9 +679,9 @@ def show_timeline(console: Console, db_url: str | None, mouse_id: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from services.common.settings import Settings
-    from services.operator.errors import OperatorError
-    from services.operator.queries import open_database
+    from shaping.services.common.settings import Settings
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import open_database
 
     try:
         engine = open_database(db_url if db_url is not None else Settings().db_url)

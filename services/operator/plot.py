@@ -53,7 +53,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine, Table, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.operator.errors import OperatorError
+from shaping.services.operator.errors import OperatorError
 
 KINDS = ("learning", "ibl")
 """What ``shaping plot --kind`` draws."""
@@ -145,8 +145,8 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
     Raises:
         OperatorError: when a query fails or the log cannot be read.
     """
-    from services.operator.queries import sessions_frame, stage_history_frame
-    from services.projector.tables import (
+    from shaping.services.operator.queries import sessions_frame, stage_history_frame
+    from shaping.services.projector.tables import (
         decision_log,
         interventions,
         mouse_status,
@@ -191,9 +191,9 @@ def _reported_from_tables(decisions: pd.DataFrame) -> dict[str, dict[str, float 
 def _refused_originals(trainer: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
     """Fills in what a refused intervention's row lacks (only the refusal is projected: the
     trainer's event never reached the accepted topic) from the dead letter's original."""
-    from schemas.codec import default_codec
-    from schemas.errors import SerializationError
-    from schemas.events import MouseEjected, ParametersAdjusted, StageOverridden
+    from shaping.schemas.codec import default_codec
+    from shaping.schemas.errors import SerializationError
+    from shaping.schemas.events import MouseEjected, ParametersAdjusted, StageOverridden
 
     codec = default_codec()
     originals: dict[str, Any] = {}
@@ -227,9 +227,9 @@ def reported_metrics_from_log(path: Path, mouse_id: str) -> dict[str, dict[str, 
     """
     import base64
 
-    from schemas.codec import default_codec
-    from schemas.errors import SerializationError
-    from schemas.events import StageTransitioned
+    from shaping.schemas.codec import default_codec
+    from shaping.schemas.errors import SerializationError
+    from shaping.schemas.events import StageTransitioned
 
     if not path.is_file():
         raise OperatorError(f"no event log at {path} (the events.jsonl of an embedded install)")

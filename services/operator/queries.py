@@ -19,9 +19,9 @@ import pandas as pd
 from sqlalchemy import Engine, Select, Table, create_engine, func, inspect, make_url, select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from services.domain import CurriculumCatalog
-from services.operator.errors import OperatorError, UnknownMouseError
-from services.projector.tables import (
+from shaping.services.domain import CurriculumCatalog
+from shaping.services.operator.errors import OperatorError, UnknownMouseError
+from shaping.services.projector.tables import (
     decision_log,
     mouse_status,
     rejected_events,
@@ -520,7 +520,7 @@ def terminal_stage_check(catalog: CurriculumCatalog | None = None) -> StageCheck
     counts as not terminal."""
     if catalog is None:
         try:
-            from services.curricula.catalog import default_catalog
+            from shaping.services.curricula.catalog import default_catalog
 
             catalog = default_catalog()
         except Exception:  # no curricula here: every stall is reported

@@ -74,9 +74,9 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from schemas.codec import EventCodec, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
@@ -85,18 +85,18 @@ from schemas.events import (
     MouseMigrated,
     SessionStarted,
 )
-from schemas.headers import headers_for
-from services.common.topics import TopicNames
-from services.curricula.catalog import default_catalog
-from services.domain import CurriculumCatalog, MouseState, TrainingCore
-from services.domain.core import derived_event_id
-from services.domain.state import join_sessions
-from services.embedded.log import event_json, jsonl_fields, jsonl_line
-from services.operator.errors import OperatorError
-from services.processor.step import ClockWindow, Outgoing, ProcessorStep, TopicKind
-from services.projector.errors import ProjectorError
-from services.projector.store import ProjectedMessage, SqlProjectionStore
-from services.projector.tables import PROJECTION_TABLES, metadata, projector_offsets
+from shaping.schemas.headers import headers_for
+from shaping.services.common.topics import TopicNames
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.domain.core import derived_event_id
+from shaping.services.domain.state import join_sessions
+from shaping.services.embedded.log import event_json, jsonl_fields, jsonl_line
+from shaping.services.operator.errors import OperatorError
+from shaping.services.processor.step import ClockWindow, Outgoing, ProcessorStep, TopicKind
+from shaping.services.projector.errors import ProjectorError
+from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
+from shaping.services.projector.tables import PROJECTION_TABLES, metadata, projector_offsets
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,8 @@ def _kafka_consumer(bootstrap: str, client_id: str, **config: Any) -> Any:
 
 
 def _partitions(consumer: Any, topics: list[str]) -> list[Any]:
-    from services.common.errors import TopicMissingError
-    from services.common.topics import wait_for_partitions
+    from shaping.services.common.errors import TopicMissingError
+    from shaping.services.common.topics import wait_for_partitions
 
     try:
         return wait_for_partitions(consumer, topics, 30.0) or []
@@ -323,7 +323,7 @@ def _jsonl_record(item: dict[str, Any]) -> SourceRecord:
 
 
 def _jsonl_line(record: SourceRecord, codec: EventCodec) -> str:
-    """A log line as :meth:`services.embedded.log.InProcessLog.save_jsonl` writes it."""
+    """A log line as :meth:`shaping.services.embedded.log.InProcessLog.save_jsonl` writes it."""
     return jsonl_line(
         record.topic, record.partition, record.offset, record.key, record.value or b"", codec
     )
@@ -1373,7 +1373,7 @@ class KafkaSource:
         curricula = getattr(self.topics, "curricula", None)
         if curricula:
             try:
-                from services.curricula.published import add_published, read_published
+                from shaping.services.curricula.published import add_published, read_published
 
                 for problem in add_published(catalog, read_published(self.bootstrap, curricula)):
                     log.warning("published curriculum left out: %s", problem)
@@ -1429,7 +1429,7 @@ class JsonlSource:
 
 
 def _kind_of(event: Event) -> TopicKind:
-    from services.processor.step import OUTPUT_TOPIC
+    from shaping.services.processor.step import OUTPUT_TOPIC
 
     return OUTPUT_TOPIC[event.event_type]
 

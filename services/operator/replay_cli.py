@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from services.common.cli_options import Bootstrap, Prefix, fail, settings_with
-from services.operator.terminal import printable
+from shaping.services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.operator.terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from services.common.settings import Settings
-    from services.operator.replay import ReplaySummary
-    from services.processor.step import ClockWindow
+    from shaping.services.common.settings import Settings
+    from shaping.services.operator.replay import ReplaySummary
+    from shaping.services.processor.step import ClockWindow
 
 EventsLog = Annotated[
     Path | None,
@@ -42,9 +42,9 @@ def _errors() -> Iterator[None]:
     """One red line for what an operator can fix, never a traceback."""
     from kafka.errors import KafkaError
 
-    from services.curricula.errors import CurriculumInvalid
-    from services.domain.errors import DomainError
-    from services.operator.errors import OperatorError
+    from shaping.services.curricula.errors import CurriculumInvalid
+    from shaping.services.domain.errors import DomainError
+    from shaping.services.operator.errors import OperatorError
 
     try:
         yield
@@ -165,7 +165,12 @@ def _run(
     dry_run: bool,
     start: Callable[[int], Callable[[int], None]],
 ) -> ReplaySummary:
-    from services.operator.replay import JsonlSource, KafkaSource, ProcessorHandover, run_replay
+    from shaping.services.operator.replay import (
+        JsonlSource,
+        KafkaSource,
+        ProcessorHandover,
+        run_replay,
+    )
 
     if events_log is not None:
         if not events_log.is_file():
@@ -181,7 +186,7 @@ def _run(
     if not dry_run:
         # A deployment from before the accepted topic has none yet: replay reads it and
         # publishes to it, and the projector offsets it writes cover it.
-        from services.common.topics import ensure_topics
+        from shaping.services.common.topics import ensure_topics
 
         ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     return run_replay(
@@ -199,7 +204,7 @@ def _clock(settings: Settings) -> ClockWindow:
     """The window of accepted dates the processor runs with (the same settings)."""
     from datetime import timedelta
 
-    from services.processor.step import ClockWindow
+    from shaping.services.processor.step import ClockWindow
 
     return ClockWindow(
         max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
@@ -316,15 +321,15 @@ def whatif(
         )
     settings = _settings(bootstrap, prefix, None)
     with _errors():
-        from schemas.codec import default_codec
-        from services.operator.replay import JsonlSource, KafkaSource, Source, live_events
-        from services.operator.whatif import (
+        from shaping.schemas.codec import default_codec
+        from shaping.services.operator.replay import JsonlSource, KafkaSource, Source, live_events
+        from shaping.services.operator.whatif import (
             load_new_curriculum,
             parse_date,
             run_whatif,
             write_csv,
         )
-        from services.operator.whatif import plot as draw
+        from shaping.services.operator.whatif import plot as draw
 
         since_date = parse_date(since) if since is not None else None
         wanted = [m.strip() for m in mice.split(",") if m.strip()] if mice else None

@@ -35,9 +35,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from schemas.codec import default_codec
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     Event,
     MouseEnrolled,
     SessionEnded,
@@ -45,12 +45,12 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from services.domain import CurriculumCatalog, CurriculumEngine, MouseState, TrainingCore
-from services.domain.core import initial_state
-from services.domain.errors import ImpossibleEvent
-from services.operator.errors import OperatorError
-from services.operator.replay import EnrolmentPins, PinnedCore, SourceRecord
-from services.processor.step import ClockWindow, ProcessorStep
+from shaping.services.domain import CurriculumCatalog, CurriculumEngine, MouseState, TrainingCore
+from shaping.services.domain.core import initial_state
+from shaping.services.domain.errors import ImpossibleEvent
+from shaping.services.operator.errors import OperatorError
+from shaping.services.operator.replay import EnrolmentPins, PinnedCore, SourceRecord
+from shaping.services.processor.step import ClockWindow, ProcessorStep
 
 CSV_COLUMNS = (
     "mouse_id",
@@ -178,9 +178,9 @@ def load_new_curriculum(spec: str, catalog: CurriculumCatalog) -> CurriculumEngi
     Raises:
         OperatorError: when it is neither.
     """
-    from services.curricula.errors import CurriculumInvalid, ImportFailed
-    from services.curricula.sources import load_any
-    from services.domain.errors import CurriculumError
+    from shaping.services.curricula.errors import CurriculumInvalid, ImportFailed
+    from shaping.services.curricula.sources import load_any
+    from shaping.services.domain.errors import CurriculumError
 
     path = Path(spec)
     if path.is_file():

@@ -82,17 +82,17 @@ from faust.tables.recovery import Recovery
 from faust.types import AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import EventRejected, StageTransitioned
-from schemas.headers import headers_for
-from services.common.metrics import ServiceMetrics, attach_faust_sensors
-from services.common.settings import Settings
-from services.common.topics import ensure_topics
-from services.curricula.catalog import default_catalog
-from services.curricula.published import CurriculaFollower, FollowingCatalog
-from services.domain import CurriculumCatalog, MouseState, TrainingCore
-from services.domain.state import join_sessions, records_to_store
-from services.processor.step import ClockWindow, ProcessorStep, StepResult, TopicKind
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import EventRejected, StageTransitioned
+from shaping.schemas.headers import headers_for
+from shaping.services.common.metrics import ServiceMetrics, attach_faust_sensors
+from shaping.services.common.settings import Settings
+from shaping.services.common.topics import ensure_topics
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.published import CurriculaFollower, FollowingCatalog
+from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.domain.state import join_sessions, records_to_store
+from shaping.services.processor.step import ClockWindow, ProcessorStep, StepResult, TopicKind
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from schemas.codec import EventCodec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.schemas.codec import EventCodec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     ORIGINAL_KEY_MAX,
     ORIGINAL_VALUE_MAX,
     REASON_MAX,
@@ -46,9 +46,9 @@ from schemas.events import (
     StageOverridden,
     TrialCompleted,
 )
-from schemas.identifiers import is_id, printable
-from services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
-from services.domain.state import RECENT_IDS
+from shaping.schemas.identifiers import is_id, printable
+from shaping.services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
+from shaping.services.domain.state import RECENT_IDS
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from schemas.codec import EventCodec, default_codec
-from schemas.errors import SerializationError
-from schemas.events import Event
-from services.common.errors import TopicMissingError
-from services.common.metrics import ServiceMetrics
-from services.common.topics import TopicNames, wait_for_partitions
-from services.projector.errors import ProjectorError
-from services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
+from shaping.schemas.codec import EventCodec, default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import Event
+from shaping.services.common.errors import TopicMissingError
+from shaping.services.common.metrics import ServiceMetrics
+from shaping.services.common.topics import TopicNames, wait_for_partitions
+from shaping.services.projector.errors import ProjectorError
+from shaping.services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
 
 log = logging.getLogger(__name__)
 

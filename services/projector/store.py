@@ -1,6 +1,6 @@
 """Where projections live: the ``ProjectionStore`` port and its SQLAlchemy adapter.
 
-The projector folds events into status tables (see :mod:`services.projector.tables`). Its
+The projector folds events into status tables (see :mod:`shaping.services.projector.tables`). Its
 tracking record, the next offset per topic-partition, is written in the same transaction as the
 rows of the batch it covers, so a crash between two batches never loses or double-counts one.
 Events are also deduplicated on ``event_id``, so one published twice is applied once.
@@ -40,9 +40,9 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.pool import StaticPool
 
-from schemas.codec import default_codec
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     Event,
@@ -59,8 +59,8 @@ from schemas.events import (
     TrainingWarning,
     TrialCompleted,
 )
-from services.projector.errors import ProjectorError
-from services.projector.tables import (
+from shaping.services.projector.errors import ProjectorError
+from shaping.services.projector.tables import (
     PROJECTION_TABLES,
     decision_log,
     interventions,
@@ -707,8 +707,16 @@ class SqlProjectionStore:
     # arrives first creates the row, so the topics may interleave in any order.
 
     def _intervention(
-        self, conn: Connection, ev: StageOverridden | MouseEjected | ParametersAdjusted
+        self,
+        conn: Connection,
+        ev: StageOverridden | MouseEjected | ParametersAdjusted,
+        refusal: EventRejected | None = None,
     ) -> None:
+        """Writes the request's columns: from the accepted request, always (it owns the row,
+        and clears any refusal of a message that used its id); from a refused one, only while
+        no accepted request has the id, and only the first refusal, so a corrupted or reused
+        copy of an accepted request never rewrites its audit row, whatever order the topics
+        arrive in."""
         row: dict[str, Any] = {
             "event_id": ev.event_id,
             "mouse_id": ev.mouse_id,
@@ -730,7 +738,20 @@ class SqlProjectionStore:
                 requested_by=ev.adjusted_by,
                 adjustments_json=_parameters_json(ev.adjustments),
             )
-        self._upsert(conn, interventions, row, insert_only=("mouse_id",))
+        if refusal is None:
+            row.update(accepted=True, refused_reason=None, refused_at=None)
+            self._upsert(conn, interventions, row, insert_only=("mouse_id",))
+            return
+        row.update(refused_reason=refusal.reason, refused_at=refusal.occurred_at)
+        self._upsert(
+            conn,
+            interventions,
+            row,
+            insert_only=("mouse_id",),
+            where=lambda _new: (
+                (interventions.c.accepted.is_not(True)) & interventions.c.refused_reason.is_(None)
+            ),
+        )
 
     def _current_adjustments(self, conn: Connection, ev: AssignmentIssued) -> None:
         # The newest assignment by processing order, as for mouse_status.
@@ -770,18 +791,7 @@ class SqlProjectionStore:
             return
         # The processor refused the request, so it never reaches the accepted topic: its audit
         # row (who asked for what, and why) comes from the dead letter, marked refused.
-        self._intervention(conn, original)
-        self._upsert(
-            conn,
-            interventions,
-            {
-                "event_id": original.event_id,
-                "mouse_id": original.mouse_id,
-                "refused_reason": ev.reason,
-                "refused_at": ev.occurred_at,
-            },
-            insert_only=("mouse_id",),
-        )
+        self._intervention(conn, original, refusal=ev)
 
     def _training_warning(self, conn: Connection, ev: TrainingWarning) -> None:
         evidence = [evaluation.model_dump(mode="json") for evaluation in ev.evidence]

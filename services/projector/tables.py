@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -224,6 +225,9 @@ interventions = Table(
     Column("from_stage", String),  # override: the stage the trainer saw (None: not checked)
     Column("to_stage", String),  # override: the stage chosen
     Column("adjustments_json", Text),  # adjust: what was set (null clears), JSON
+    # True once the processor accepted a request with this id (events topic): a refusal of
+    # another message with the same id then changes nothing here.
+    Column("accepted", Boolean),
     # From the AssignmentIssued the processor issued for it (it was honoured).
     Column("assignment_id", String),
     Column("assigned_stage", String),

@@ -6,9 +6,9 @@ import copy
 from functools import cache
 from typing import Any
 
-from services.curricula.aind import convert_file
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.validate import compile_curriculum
+from shaping.services.curricula.aind import convert_file
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.validate import compile_curriculum
 from tests.curricula.conftest import AIND_CURRICULA
 
 V01_FILE = AIND_CURRICULA / "Coupled Baiting_curriculum_v0.1_schema_v0.3.json"
@@ -77,7 +77,7 @@ def sessions_as_events(
     foraging efficiency reported in its metrics."""
     from datetime import UTC, datetime, timedelta
 
-    from schemas.events import SessionEnded, SessionStarted, TrialCompleted
+    from shaping.schemas.events import SessionEnded, SessionStarted, TrialCompleted
 
     start = datetime(2024, 1, 1, 9, tzinfo=UTC)
     for index, row in enumerate(sessions):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.validate import compile_curriculum
-from services.domain.errors import CurriculumError
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.domain.errors import CurriculumError
 from tests.support.scripts import REPO
 
 BASIC = yaml.safe_load((REPO / "curricula" / "basic-shaping.yaml").read_text())

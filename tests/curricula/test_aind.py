@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from services.curricula.aind import convert_file, stage_alias, translate_condition
-from services.curricula.errors import ImportFailed, RuleSyntaxError
-from services.curricula.render import to_dot, to_svg
-from services.curricula.validate import check_curriculum
+from shaping.services.curricula.aind import convert_file, stage_alias, translate_condition
+from shaping.services.curricula.errors import ImportFailed, RuleSyntaxError
+from shaping.services.curricula.render import to_dot, to_svg
+from shaping.services.curricula.validate import check_curriculum
 from tests.curricula.conftest import AIND_CURRICULA
 
 FILES = sorted(AIND_CURRICULA.glob("*.json"))

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.curricula.aind import convert_file
-from services.curricula.errors import ImportFailed
-from services.curricula.validate import check_curriculum, compile_curriculum
-from services.domain.errors import CurriculumError
+from shaping.services.cli import app
+from shaping.services.curricula.aind import convert_file
+from shaping.services.curricula.errors import ImportFailed
+from shaping.services.curricula.validate import check_curriculum, compile_curriculum
+from shaping.services.domain.errors import CurriculumError
 from tests.curricula.conftest import AIND_CURRICULA
 
 V23 = AIND_CURRICULA / "Coupled Baiting_curriculum_v2.3_schema_v1.0.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from services.cli import app
+from shaping.services.cli import app
 from tests.curricula.conftest import AIND_CURRICULA, REGIMEN
 from tests.support.scripts import REPO
 

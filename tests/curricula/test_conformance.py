@@ -13,8 +13,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.curricula.evaluate import Evaluator, TableOptions, read_table
+from shaping.services.cli import app
+from shaping.services.curricula.evaluate import Evaluator, TableOptions, read_table
 from tests.curricula.aind_support import aind_decision, alias, v01, v01_document, v02, v23
 from tests.curricula.conftest import AIND_DATA
 
@@ -256,9 +256,9 @@ def test_on_the_event_path_the_session_number_is_the_number_of_the_assignment_ru
     session carries its number (sessions finished + 1), and the decision on it reads that number
     as ``session_total``. A rig cannot skip a number, so ten good sessions at Stage final
     graduate on the tenth, as the table's session 10 does."""
-    from schemas.events import AssignmentIssued, MouseEnrolled, StageTransitioned
-    from services.domain import TrainingCore, initial_state
-    from services.domain.curriculum import CurriculumCatalog
+    from shaping.schemas.events import AssignmentIssued, MouseEnrolled, StageTransitioned
+    from shaping.services.domain import TrainingCore, initial_state
+    from shaping.services.domain.curriculum import CurriculumCatalog
     from tests.curricula.aind_support import sessions_as_events
 
     curriculum = v01()

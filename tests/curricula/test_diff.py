@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from services.curricula.diff import diff, version_bump
-from services.curricula.errors import VersionBumpTooSmall
-from services.curricula.validate import compile_curriculum
+from shaping.services.curricula.diff import diff, version_bump
+from shaping.services.curricula.errors import VersionBumpTooSmall
+from shaping.services.curricula.validate import compile_curriculum
 from tests.curricula.aind_support import v01_document, v02_document
 
 

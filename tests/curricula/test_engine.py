@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.events import AssignmentIssued, StageTransitioned
-from services.curricula.catalog import default_catalog
-from services.domain import CurriculumError, TrainingCore
+from shaping.schemas.events import AssignmentIssued, StageTransitioned
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import CurriculumError, TrainingCore
 from tests.support.story import enrolled, run, session, trials
 
 

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.evaluate import Evaluator, TableOptions, read_table
-from services.domain import CurriculumCatalog, TrainingCore, initial_state
+from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.evaluate import Evaluator, TableOptions, read_table
+from shaping.services.domain import CurriculumCatalog, TrainingCore, initial_state
 from tests.curricula.aind_support import aind_decision, alias, sessions_as_events, v01
 from tests.curricula.test_conformance import OPEN_LOOP
 

@@ -31,15 +31,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     EventRejected,
     MouseEnrolled,
     StageTransitioned,
     TrainingWarning,
 )
-from services.cli import app
-from services.curricula.ibl_trials import (
+from shaping.services.cli import app
+from shaping.services.curricula.ibl_trials import (
     STATUS_COLUMNS,
     TRIAL_COLUMNS,
     TrialTableError,
@@ -622,7 +622,7 @@ def test_ibl_conformance_through_shaping_evaluate(tmp_path: Path) -> None:
 def run_stream(table: Path, store: Any = None) -> tuple[Any, dict[str, list[Judged]]]:
     """Every subject's sessions published to the embedded runtime as a rig would, one session
     at a time at the stage last assigned; the decisions read back from the log."""
-    from services.embedded.runtime import EmbeddedRuntime
+    from shaping.services.embedded.runtime import EmbeddedRuntime
 
     runtime = EmbeddedRuntime(store=store)
     sessions = read_trials(table)
@@ -679,8 +679,8 @@ def test_ibl_conformance_through_the_event_stream(tmp_path: Path) -> None:
     status table records the first date each status was reached."""
     from sqlalchemy import select
 
-    from services.projector.store import SqlProjectionStore
-    from services.projector.tables import stage_reached
+    from shaping.services.projector.store import SqlProjectionStore
+    from shaping.services.projector.tables import stage_reached
 
     store = SqlProjectionStore(f"sqlite:///{tmp_path / 'status.sqlite'}")
     try:

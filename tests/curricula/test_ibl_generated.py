@@ -31,10 +31,10 @@ from typing import Any
 
 import pytest
 
-from schemas.events import MouseEnrolled, StageTransitioned
-from services.curricula.catalog import default_catalog
-from services.curricula.ibl_trials import read_trials, session_events
-from services.domain import TrainingCore, initial_state
+from shaping.schemas.events import MouseEnrolled, StageTransitioned
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.ibl_trials import read_trials, session_events
+from shaping.services.domain import TrainingCore, initial_state
 from tests.support.scripts import REPO
 
 DATA = REPO / "tests" / "data" / "ibl_generated"
@@ -242,7 +242,7 @@ def test_a_fit_in_position_after_equals_psychofit_run_after_that_many_fits(after
     import numpy as np
     import psychofit
 
-    from services.domain import psychometric
+    from shaping.services.domain import psychometric
 
     contrasts = (-100.0, -25.0, -12.5, -6.25, 0.0, 6.25, 12.5, 25.0, 100.0)
     counts = (40, 38, 41, 39, 80, 40, 42, 37, 40)
@@ -275,7 +275,7 @@ def test_a_fit_in_position_after_equals_psychofit_run_after_that_many_fits(after
 
 
 def test_a_block_fit_stands_after_the_blocks_ibllib_fits_before_it() -> None:
-    from services.domain.psychometric import block_fit_position
+    from shaping.services.domain.psychometric import block_fit_position
 
     both = lambda block: True  # noqa: E731
     only_80 = lambda block: block == 0.8  # noqa: E731

@@ -20,12 +20,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.events import MouseEnrolled, ParamValue, StageTransitioned
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.ibl_trials import IblSession, read_trials, session_events
-from services.curricula.loader import load_curriculum
-from services.domain import CurriculumCatalog, MouseState, TrainingCore, initial_state
-from services.domain.metrics import SessionMetrics
+from shaping.schemas.events import MouseEnrolled, ParamValue, StageTransitioned
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.ibl_trials import IblSession, read_trials, session_events
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore, initial_state
+from shaping.services.domain.metrics import SessionMetrics
 from tests.support.anchors import IBL
 from tests.support.scripts import REPO
 
@@ -248,7 +248,7 @@ def test_the_fits_are_deterministic_whatever_numpys_random_state() -> None:
     first = ladder().report_values(SessionMetrics(state))
     np.random.seed(12345)
     before = np.random.get_state()[1].copy()
-    from services.domain import psychometric
+    from shaping.services.domain import psychometric
 
     psychometric._fit.cache_clear()
     again = ladder().report_values(SessionMetrics(state))

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     EventRejected,
     MouseEnrolled,
     MouseMigrated,
     StageTransitioned,
 )
-from services.common.topics import TopicNames
-from services.curricula.migrate import published_event
-from services.curricula.store import publish
-from services.curricula.validate import compile_curriculum
+from shaping.services.common.topics import TopicNames
+from shaping.services.curricula.migrate import published_event
+from shaping.services.curricula.store import publish
+from shaping.services.curricula.validate import compile_curriculum
 from tests.curricula.aind_support import aind_decision, alias, sessions_as_events, v01, v01_document
 from tests.curricula.test_event_path import open_loop_mice
 from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures

@@ -15,23 +15,23 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from schemas.codec import default_codec
-from schemas.events import AssignmentIssued, EventRejected, StageTransitioned
-from services.cli import app
-from services.common.topics import TopicNames
-from services.curricula.catalog import default_catalog
-from services.curricula.errors import PublishError
-from services.curricula.migrate import published_event
-from services.curricula.published import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransitioned
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.errors import PublishError
+from shaping.services.curricula.migrate import published_event
+from shaping.services.curricula.published import (
     CurriculaFollower,
     FollowingCatalog,
     publish_version,
     read_published,
     version_key,
 )
-from services.curricula.store import mice_on
-from services.curricula.validate import compile_curriculum
-from services.projector.store import SqlProjectionStore
+from shaping.services.curricula.store import mice_on
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.projector.store import SqlProjectionStore
 from tests.conftest import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.curricula.errors import RenderError
-from services.curricula.loader import load_curriculum
-from services.curricula.render import COLOURS, format_for, rule_edges, to_dot
+from shaping.services.cli import app
+from shaping.services.curricula.errors import RenderError
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.curricula.render import COLOURS, format_for, rule_edges, to_dot
 from tests.support.scripts import REPO
 
 BASIC = REPO / "curricula" / "basic-shaping.yaml"

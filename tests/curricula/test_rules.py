@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.curricula.errors import RuleSyntaxError
-from services.curricula.rules import Scope, numpy_sum, parse_condition, parse_value, unparse
-from services.domain.metrics import METRICS
+from shaping.services.curricula.errors import RuleSyntaxError
+from shaping.services.curricula.rules import Scope, numpy_sum, parse_condition, parse_value, unparse
+from shaping.services.domain.metrics import METRICS
 
 NAN = math.nan
 SCOPE = Scope(METRICS)

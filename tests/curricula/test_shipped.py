@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.curricula import aind, mtrain
-from services.curricula.catalog import default_catalog, shipped_files
-from services.curricula.loader import load_curriculum
-from services.curricula.render import to_svg
+from shaping.services.curricula import aind, mtrain
+from shaping.services.curricula.catalog import default_catalog, shipped_files
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.curricula.render import to_svg
 from tests.curricula.conftest import AIND_CURRICULA, REGIMEN
 from tests.support.scripts import REPO
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from services.curricula.errors import CurriculumInvalid, Problem
-from services.curricula.loader import check_file, load_curriculum
+from shaping.services.curricula.errors import CurriculumInvalid, Problem
+from shaping.services.curricula.loader import check_file, load_curriculum
 
 GOOD = """\
 name: tiny

@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     MouseMigrated,
     StageTransitioned,
 )
-from services.cli import app
-from services.curricula.catalog import default_catalog
-from services.curricula.engine import CompiledCurriculum
-from services.curricula.migrate import migration_events, plan, published_event
-from services.curricula.store import mice_on
-from services.domain import ImpossibleEvent, TrainingCore, initial_state
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.store import SqlProjectionStore
+from shaping.services.cli import app
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.migrate import migration_events, plan, published_event
+from shaping.services.curricula.store import mice_on
+from shaping.services.domain import ImpossibleEvent, TrainingCore, initial_state
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO
 from tests.support.story import enrolled, next_id, run, session, trials
 
@@ -66,7 +66,7 @@ def test_publishing_adds_the_version_to_the_catalog_once_and_checks_its_content(
     core = TrainingCore(catalog)
     import yaml
 
-    from services.curricula.validate import compile_curriculum
+    from shaping.services.curricula.validate import compile_curriculum
 
     minor = compile_curriculum(yaml.safe_load(MINOR))
     event = published_event(minor, version(catalog, "0.1.0"), AT, by="ada")
@@ -103,8 +103,8 @@ def rehashed(event: CurriculumPublished) -> CurriculumPublished:
 def test_a_too_small_bump_cannot_be_published() -> None:
     import yaml
 
-    from services.curricula.errors import VersionBumpTooSmall
-    from services.curricula.validate import compile_curriculum
+    from shaping.services.curricula.errors import VersionBumpTooSmall
+    from shaping.services.curricula.validate import compile_curriculum
 
     catalog = default_catalog([])
     patch = compile_curriculum(yaml.safe_load(MINOR.replace("0.2.0", "0.1.1")))
@@ -263,7 +263,7 @@ def test_a_mouse_with_no_mapping_cannot_migrate(lab_dir: Path, tmp_path: Path) -
         version(catalog, "0.1.0"),
         version(catalog, "1.0.0"),
         [
-            __import__("services.curricula.migrate", fromlist=["x"]).MouseOnCurriculum(
+            __import__("shaping.services.curricula.migrate", fromlist=["x"]).MouseOnCurriculum(
                 "B", "basic-shaping", "0.1.0", "s2_training"
             )
         ],
@@ -298,7 +298,7 @@ def test_publish_dry_run_checks_the_bump_and_plans_the_automatic_moves(
 
 
 def test_published_content_compiles_to_the_same_hash() -> None:
-    from services.curricula.catalog import compile_content
+    from shaping.services.curricula.catalog import compile_content
 
     for curriculum in default_catalog([]):
         assert isinstance(curriculum, CompiledCurriculum)

@@ -14,12 +14,12 @@ from uuid import uuid4
 
 import pytest
 
-from rig.kafka_transport import KafkaRigTransport
-from rig.lab import LabPlan, LabRun, run_lab
-from services.common.topics import TopicNames, ensure_topics
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.runner import run_projector
-from services.projector.store import SqlProjectionStore
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.processes import shaping_process, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.topics import TopicNames
+from shaping.services.common.topics import TopicNames
 from tests.integration.test_processor_kafka import ProcessorRunner
 from tests.support.kafka_io import Publisher, TopicReader
 

@@ -21,20 +21,20 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
-from rig.drain import OutboxDrainer
-from rig.kafka_transport import KafkaRigTransport
-from rig.store import RigStore
-from schemas.codec import default_codec, encode_key
-from schemas.events import Event, EventRejected, MouseEjected
-from schemas.headers import CONTENT_TYPE, header_text, headers_for
-from services.cli import app
-from services.common.settings import Settings
-from services.common.topics import TopicNames, wait_for_partitions
-from services.curricula.catalog import default_catalog
-from services.curricula.migrate import published_event
-from services.curricula.published import publish_version
-from services.operator.enroll import build_enrollment, publish_enrollment
-from services.operator.interventions import publish
+from shaping.rig.drain import OutboxDrainer
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import Event, EventRejected, MouseEjected
+from shaping.schemas.headers import CONTENT_TYPE, header_text, headers_for
+from shaping.services.cli import app
+from shaping.services.common.settings import Settings
+from shaping.services.common.topics import TopicNames, wait_for_partitions
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.migrate import published_event
+from shaping.services.curricula.published import publish_version
+from shaping.services.operator.enroll import build_enrollment, publish_enrollment
+from shaping.services.operator.interventions import publish
 from tests.support.story import enrolled, session, trials
 
 pytestmark = pytest.mark.kafka

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from services.common.errors import BrokerUnavailableError, InfraError, TopicMismatchError
-from services.common.topics import (
+from shaping.services.common.errors import BrokerUnavailableError, InfraError, TopicMismatchError
+from shaping.services.common.topics import (
     TopicNames,
     describe_topics,
     ensure_topics,

@@ -23,13 +23,13 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
-from rig.follow import AssignmentFollower
-from rig.store import RigStore
-from schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
-from services.cli import app
-from services.common.topics import TopicNames
-from services.projector.runner import run_projector
-from services.projector.store import SqlProjectionStore
+from shaping.rig.follow import AssignmentFollower
+from shaping.rig.store import RigStore
+from shaping.schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import SqlProjectionStore
 from tests.conftest import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import stop, wait_until
@@ -75,7 +75,7 @@ class Stack:
         }
         with self.log.open("wb") as out:
             self.processor = subprocess.Popen(
-                [sys.executable, "-m", "services.processor"],
+                [sys.executable, "-m", "shaping.services.processor"],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from schemas.codec import default_codec
-from schemas.events import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
@@ -31,8 +31,8 @@ from schemas.events import (
     SessionStarted,
     StageTransitioned,
 )
-from schemas.headers import header_text, headers_for
-from services.common.topics import TopicNames, wait_for_partitions
+from shaping.schemas.headers import header_text, headers_for
+from shaping.services.common.topics import TopicNames, wait_for_partitions
 from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.kafka_io import TopicReader
 from tests.support.scripts import REPO

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer
 
-from schemas.codec import default_codec
-from schemas.errors import SerializationError
-from schemas.events import CurriculumPublished
-from services.common.topics import TopicNames, ensure_topics, wait_for_partitions
-from services.projector.runner import run_projector
-from services.projector.store import SqlProjectionStore
+from shaping.schemas.codec import default_codec
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import CurriculumPublished
+from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import SqlProjectionStore
 from tests.conftest import TEST_PARTITIONS
 from tests.integration.test_processor_kafka import ProcessorRunner
 from tests.property.test_lab_model import ACTION, run_history, tables

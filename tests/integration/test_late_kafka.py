@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from schemas.events import AssignmentIssued, Event, StageTransitioned
-from services.common.topics import TopicNames
-from services.projector.runner import run_projector
-from services.projector.store import SqlProjectionStore
+from shaping.schemas.events import AssignmentIssued, Event, StageTransitioned
+from shaping.services.common.topics import TopicNames
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import SqlProjectionStore
 from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.unit.test_late_sessions import (

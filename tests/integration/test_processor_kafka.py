@@ -1,6 +1,6 @@
 """The faust processor against the real Kafka broker, run as a separate process.
 
-Each test gets fresh topics; the processor runs as ``python -m services.processor`` with its
+Each test gets fresh topics; the processor runs as ``python -m shaping.services.processor`` with its
 settings in ``SHAPING_*`` variables, as it would in a deployment. Events go in with
 kafka-python (acks=all, idempotent, keyed by mouse id) and the outputs are read back from the
 beginning of the decisions, assignments and dead-letter topics.
@@ -19,15 +19,15 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
     StageTransitioned,
     TrialCompleted,
 )
-from services.common.topics import TopicNames
-from services.domain.state import join_sessions
+from shaping.services.common.topics import TopicNames
+from shaping.services.domain.state import join_sessions
 from tests.conftest import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.scripts import REPO
@@ -49,7 +49,7 @@ class ProcessorRunner:
         self.logs: list[Path] = []
 
     def start(self, processor_id: str) -> subprocess.Popen[bytes]:
-        """Starts ``python -m services.processor`` with this test's settings."""
+        """Starts ``python -m shaping.services.processor`` with this test's settings."""
         env = {
             **os.environ,
             "SHAPING_BOOTSTRAP": self.bootstrap,
@@ -62,7 +62,7 @@ class ProcessorRunner:
         log = self.workdir / f"processor-{len(self.logs) + 1}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "services.processor"],
+                [sys.executable, "-m", "shaping.services.processor"],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,

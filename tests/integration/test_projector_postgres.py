@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from schemas.codec import default_codec, encode_key
-from services.common.topics import TopicNames
-from services.projector.runner import run_projector
-from services.projector.store import ProjectionStore, SqlProjectionStore
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.services.common.topics import TopicNames
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import ProjectionStore, SqlProjectionStore
 from tests.support.builders import Published
 from tests.unit.test_projector_sqlite import (
     CONSUMER,

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from schemas.codec import encode_key
-from schemas.events import (
+from shaping.schemas.codec import encode_key
+from shaping.schemas.events import (
     Event,
     MouseEnrolled,
     SessionEnded,
@@ -19,10 +19,10 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from services.curricula.catalog import default_catalog
-from services.domain import CurriculumCatalog
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.store import SqlProjectionStore
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import CurriculumCatalog
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.store import SqlProjectionStore
 
 CURRICULUM = "attention-test"
 CURRICULUM_YAML = """\

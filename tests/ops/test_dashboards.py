@@ -14,10 +14,10 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, make_url, text
 
-from rig.lab import LabPlan, run_lab
-from services.common.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.services.common.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.store import SqlProjectionStore
 from tests.ops.helpers import (
     GRAFANA,
     PROMETHEUS_SYNTHETIC,

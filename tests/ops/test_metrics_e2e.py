@@ -16,13 +16,13 @@ from uuid import uuid4
 
 import pytest
 
-from rig.kafka_transport import KafkaRigTransport
-from rig.lab import LabPlan, run_lab
-from rig.metrics import OutboxDepthExporter
-from rig.store import RigStore
-from services.common.metrics import RIG_OUTBOX_DEPTH
-from services.common.topics import TopicNames, ensure_topics
-from services.projector.store import SqlProjectionStore
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.metrics import OutboxDepthExporter
+from shaping.rig.store import RigStore
+from shaping.services.common.metrics import RIG_OUTBOX_DEPTH
+from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.services.projector.store import SqlProjectionStore
 from tests.ops.helpers import (
     PROMETHEUS_SH,
     PROMETHEUS_SYNTHETIC,

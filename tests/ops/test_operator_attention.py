@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.domain import CurriculumCatalog
-from services.operator.queries import (
+from shaping.services.cli import app
+from shaping.services.domain import CurriculumCatalog
+from shaping.services.operator.queries import (
     ATTENTION_ORDER,
     MouseAttention,
     attention,

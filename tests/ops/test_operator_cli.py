@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from rig.lab import LabPlan, run_lab
-from schemas.events import MouseEnrolled
-from services.cli import app
-from services.common.topics import TopicNames
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.queries import DECISION_COLUMNS, SESSION_COLUMNS, STATUS_COLUMNS
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.events import MouseEnrolled
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.queries import DECISION_COLUMNS, SESSION_COLUMNS, STATUS_COLUMNS
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.kafka_io import TopicReader
 from tests.support.scripts import REPO
 

@@ -15,14 +15,14 @@ from rich.console import Console
 from sqlalchemy import create_engine, insert
 from typer.testing import CliRunner
 
-from rig.lab import LabPlan, run_lab
-from services.cli import app
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.cli import print_status
-from services.operator.queries import open_database, status_frame
-from services.operator.terminal import cell_text, printable, printable_lines
-from services.projector import tables
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.services.cli import app
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.cli import print_status
+from shaping.services.operator.queries import open_database, status_frame
+from shaping.services.operator.terminal import cell_text, printable, printable_lines
+from shaping.services.projector import tables
+from shaping.services.projector.store import SqlProjectionStore
 
 HOSTILE = "M\x1b[2J\x1b]0;owned\x07[bold]X[/bold]\u202e"
 SHOWN = "M\\x1b[2J\\x1b]0;owned\\x07[bold]X[/bold]\\u202e"

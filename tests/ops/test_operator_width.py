@@ -21,13 +21,13 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from rig.lab import LabPlan, run_lab
-from schemas.events import MouseEnrolled, SessionStarted, TrialCompleted
-from services.cli import app
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.cli import STATUS_COLUMNS_SHOWN, print_status
-from services.operator.queries import open_database, status_frame
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.events import MouseEnrolled, SessionStarted, TrialCompleted
+from shaping.services.cli import app
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.cli import STATUS_COLUMNS_SHOWN, print_status
+from shaping.services.operator.queries import open_database, status_frame
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO
 
 PLAN = LabPlan(n_mice=3, n_rigs=2, n_days=4, seed=5)
@@ -206,7 +206,7 @@ def test_status_on_a_real_100_column_terminal(lab_db: str) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     env["TERM"] = "xterm-256color"
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "status", "--db-url", lab_db],
+        [sys.executable, "-m", "shaping.services.cli", "status", "--db-url", lab_db],
         stdin=slave,
         stdout=slave,
         stderr=slave,

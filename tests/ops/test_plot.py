@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
-from schemas.events import (
+from shaping.schemas.events import (
     Event,
     MouseEjected,
     MouseEnrolled,
@@ -33,12 +33,12 @@ from schemas.events import (
     StageOverridden,
     TrialCompleted,
 )
-from services.cli import app
-from services.curricula.ibl_trials import read_trials, session_events
-from services.curricula.validate import compile_curriculum
-from services.domain import CurriculumCatalog
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.plot import (
+from shaping.services.cli import app
+from shaping.services.curricula.ibl_trials import read_trials, session_events
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.domain import CurriculumCatalog
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.plot import (
     IBL_STATUS_ORDER,
     ibl_figure,
     learning_figure,
@@ -46,7 +46,7 @@ from services.operator.plot import (
     read_mouse,
     reported_metrics_from_log,
 )
-from services.projector.store import SqlProjectionStore
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.anchors import IBL
 from tests.support.scripts import REPO
 from tests.support.story import trials

@@ -21,21 +21,21 @@ from kafka import KafkaAdminClient
 from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
-from rig.kafka_transport import KafkaRigTransport
-from rig.lab import LabPlan, run_lab
-from schemas.events import (
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.events import (
     AssignmentIssued,
     MouseEnrolled,
     StageOverridden,
     StageTransitioned,
 )
-from services.cli import app
-from services.common.topics import TopicNames, ensure_topics
-from services.domain import MouseState
-from services.embedded.demo import run_demo
-from services.operator.replay import changelog_topic, kafka_offsets
-from services.projector.runner import run_projector
-from services.projector.store import SqlProjectionStore
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.services.domain import MouseState
+from shaping.services.embedded.demo import run_demo
+from shaping.services.operator.replay import changelog_topic, kafka_offsets
+from shaping.services.projector.runner import run_projector
+from shaping.services.projector.store import SqlProjectionStore
 from tests.ops.test_replay_logs import major_version
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until

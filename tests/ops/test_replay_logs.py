@@ -23,9 +23,9 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from rig.lab import LabPlan, run_lab
-from schemas.codec import default_codec
-from schemas.events import (
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import (
     AssignmentIssued,
     EventRejected,
     MouseEjected,
@@ -34,14 +34,14 @@ from schemas.events import (
     SessionStarted,
     StageOverridden,
 )
-from services.cli import app
-from services.curricula.catalog import default_catalog
-from services.domain.core import derived_event_id
-from services.embedded.log import LogRecord
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.replay import EnrolmentPins, SourceRecord, content_of, read_jsonl
-from services.operator.whatif import run_whatif
-from services.projector.store import SqlProjectionStore
+from shaping.services.cli import app
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain.core import derived_event_id
+from shaping.services.embedded.log import LogRecord
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.replay import EnrolmentPins, SourceRecord, content_of, read_jsonl
+from shaping.services.operator.whatif import run_whatif
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO
 
 PLAN = LabPlan(n_mice=3, n_rigs=3, n_days=4, seed=7)

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 import pytest
 from kafka import KafkaProducer
 
-from services.common.topics import TopicNames
-from services.operator.replay import SourceRecord, kafka_offsets, read_kafka
+from shaping.services.common.topics import TopicNames
+from shaping.services.operator.replay import SourceRecord, kafka_offsets, read_kafka
 
 pytestmark = pytest.mark.kafka
 

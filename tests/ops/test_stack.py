@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.kafka_transport import KafkaRigTransport
-from rig.lab import LabPlan, run_lab
-from services.cli import app
-from services.common.topics import TopicNames
-from services.projector.store import SqlProjectionStore
+from shaping.rig.kafka_transport import KafkaRigTransport
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
+from shaping.services.projector.store import SqlProjectionStore
 from tests.ops.helpers import STACK_SH, free_ports, port_open, prom_value, read_pid, run
 from tests.support.processes import wait_until
 from tests.support.scripts import REPO, make_temp_dir, remove_dir

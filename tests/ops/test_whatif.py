@@ -15,15 +15,15 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from typer.testing import CliRunner
 
-from rig.lab import LabPlan, run_lab
-from services.cli import app
-from services.common.topics import TopicNames, ensure_topics
-from services.curricula.catalog import default_catalog
-from services.curricula.loader import load_curriculum
-from services.embedded.demo import run_demo
-from services.embedded.runtime import EmbeddedRuntime
-from services.operator.replay import kafka_offsets, read_jsonl
-from services.operator.whatif import CSV_COLUMNS, run_whatif
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.loader import load_curriculum
+from shaping.services.embedded.demo import run_demo
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.replay import kafka_offsets, read_jsonl
+from shaping.services.operator.whatif import CSV_COLUMNS, run_whatif
 from tests.ops.test_replay_logs import major_version
 from tests.support.scripts import REPO
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import default_codec
-from schemas.events import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import (
     AssignmentIssued,
     Observation,
     RuleEvaluation,
@@ -17,7 +17,7 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from schemas.identifiers import ID_RE, NAME_RE, SESSION_ID_RE
+from shaping.schemas.identifiers import ID_RE, NAME_RE, SESSION_ID_RE
 
 TEXT = st.text(min_size=1, max_size=20)
 MAYBE_TEXT = st.none() | TEXT

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Event
-from services.domain import ImpossibleEvent, MouseState, fold, initial_state
+from shaping.schemas.events import Event
+from shaping.services.domain import ImpossibleEvent, MouseState, fold, initial_state
 from tests.support.story import core, enrolled, session
 
 OUTCOMES = st.sampled_from(["correct", "incorrect", "miss"])

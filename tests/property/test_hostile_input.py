@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import HEADER_LEN, default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import ORIGINAL_VALUE_MAX, REASON_MAX, Event, EventRejected
-from services.processor.step import ProcessorStep
+from shaping.schemas.codec import HEADER_LEN, default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import ORIGINAL_VALUE_MAX, REASON_MAX, Event, EventRejected
+from shaping.services.processor.step import ProcessorStep
 from tests.support.examples import example_events
 from tests.support.hostile import avro_long, encode_unchecked, with_occurred_at
 from tests.support.story import core, enrolled, session, trials

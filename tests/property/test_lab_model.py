@@ -21,20 +21,20 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import (
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import (
     Event,
     MouseEjected,
     ParametersAdjusted,
     SessionEnded,
     StageOverridden,
 )
-from services.curricula.catalog import default_catalog, shipped_curricula
-from services.curricula.migrate import published_event
-from services.curricula.validate import compile_curriculum
-from services.embedded.runtime import EmbeddedRuntime
-from services.processor.step import ProcessorStep, StepResult
-from services.projector.store import SqlProjectionStore
+from shaping.services.curricula.catalog import default_catalog, shipped_curricula
+from shaping.services.curricula.migrate import published_event
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.processor.step import ProcessorStep, StepResult
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.story import T0, enrolled, next_id, session, trials
 
 CODEC = default_codec()
@@ -155,7 +155,7 @@ def act(lab: Lab, action: tuple[Any, ...]) -> None:
         new = compile_curriculum(json.loads(json.dumps(content)), file="<test>")
         at = T0 + timedelta(days=lab.day.get(mouse, 0), hours=23)
         published = published_event(new, old, at).model_copy(update={"event_id": next_id()})
-        from schemas.events import MouseMigrated
+        from shaping.schemas.events import MouseMigrated
 
         lab.send([published, MouseMigrated(
             event_id=next_id(), mouse_id=mouse, occurred_at=at, curriculum_name=new.name,

@@ -15,8 +15,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schemas.events import StageTransitioned
-from services.domain import fold, initial_state
+from shaping.schemas.events import StageTransitioned
+from shaping.services.domain import fold, initial_state
 from tests.unit.test_late_sessions import (
     IBL,
     Plan,

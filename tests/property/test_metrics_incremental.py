@@ -18,10 +18,10 @@ import psychofit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Event, SessionEnded, SessionStarted, TrialCompleted
-from services.domain.core import evolve, initial_state
-from services.domain.metrics import METRICS, SessionMetrics
-from services.domain.state import MAX_TRIAL_WINDOW, MouseState
+from shaping.schemas.events import Event, SessionEnded, SessionStarted, TrialCompleted
+from shaping.services.domain.core import evolve, initial_state
+from shaping.services.domain.metrics import METRICS, SessionMetrics
+from shaping.services.domain.state import MAX_TRIAL_WINDOW, MouseState
 
 T0 = datetime(2024, 3, 1, 8, tzinfo=UTC)
 

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.domain import psychometric
-from services.domain.psychometric import FitRequest, fit_many, fit_request
+from shaping.services.domain import psychometric
+from shaping.services.domain.psychometric import FitRequest, fit_many, fit_request
 
 CONTRASTS = (-100.0, -50.0, -25.0, -12.5, -6.25, 0.0, 6.25, 12.5, 25.0, 50.0, 100.0)
 

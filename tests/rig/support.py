@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rig.config import RigConfig, load_config
-from rig.store import RigStore
-from schemas.events import AssignmentIssued
+from shaping.rig.config import RigConfig, load_config
+from shaping.rig.store import RigStore
+from shaping.schemas.events import AssignmentIssued
 
 PINS: dict[str, Any] = {
     "cue_left": 7,
@@ -126,7 +126,7 @@ def encode_as(event: Any, version: int) -> bytes:
 
     import fastavro
 
-    from schemas.codec import MAGIC, load_schema_versions
+    from shaping.schemas.codec import MAGIC, load_schema_versions
 
     schema = next(
         v
@@ -143,7 +143,7 @@ def encode_as(event: Any, version: int) -> bytes:
 
 def older_rig_codec(event_type: str = "AssignmentIssued", known_up_to: int = 1) -> Any:
     """The codec of a rig release that knows ``event_type`` only up to ``known_up_to``."""
-    from schemas.codec import EventCodec, load_schema_versions
+    from shaping.schemas.codec import EventCodec, load_schema_versions
 
     return EventCodec(
         v

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.calibration import CalibrationPoint, check_calibration, fit_ml_per_ms
-from rig.config import CalibrationBounds, load_config
-from rig.errors import ConfigError
-from rig.store import RigStore
-from services.cli import app
+from shaping.rig.calibration import CalibrationPoint, check_calibration, fit_ml_per_ms
+from shaping.rig.config import CalibrationBounds, load_config
+from shaping.rig.errors import ConfigError
+from shaping.rig.store import RigStore
+from shaping.services.cli import app
 from tests.rig.support import write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

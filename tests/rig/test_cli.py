@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.calibration import CalibrationPoint, dispense, fit_ml_per_ms, parse_grams
-from rig.clock import VirtualClock
-from rig.store import RigStore
-from services.cli import app
+from shaping.rig.calibration import CalibrationPoint, dispense, fit_ml_per_ms, parse_grams
+from shaping.rig.clock import VirtualClock
+from shaping.rig.store import RigStore
+from shaping.services.cli import app
 from tests.rig.support import PINS, START, assignment, config_in, seed_cache, write_config
 from tests.support.anchors import REACH
 
@@ -205,7 +205,9 @@ def test_import_reach_prints_reachs_results_and_writes_the_events(tmp_path: Path
 
 def test_a_typo_in_a_rig_command_is_explained_in_a_real_process() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "rig", "staus"], capture_output=True, text=True
+        [sys.executable, "-m", "shaping.services.cli", "rig", "staus"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -216,7 +218,7 @@ def test_the_outbox_depth_is_served_to_prometheus(config_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    from rig.metrics import OutboxDepthExporter
+    from shaping.rig.metrics import OutboxDepthExporter
 
     code, _ = invoke(
         "run", "--mouse", "M001", "--config", str(config_path), "--simulate", "--offline",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rig.config import load_config, parse_pin_map
-from rig.errors import ConfigError, PinMapError
+from shaping.rig.config import load_config, parse_pin_map
+from shaping.rig.errors import ConfigError, PinMapError
 from tests.rig.support import PINS, write_config
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.agent import EVIDENCE_LOG, RigAgent, RunOptions
-from rig.errors import RigError
-from rig.evidence import evidence_lines, next_session_line
-from rig.store import RigStore
-from schemas.events import (
+from shaping.rig.agent import EVIDENCE_LOG, RigAgent, RunOptions
+from shaping.rig.errors import RigError
+from shaping.rig.evidence import evidence_lines, next_session_line
+from shaping.rig.store import RigStore
+from shaping.schemas.events import (
     AssignmentIssued,
     MouseEnrolled,
     Observation,
@@ -27,8 +27,8 @@ from schemas.events import (
     SessionSummary,
     StageTransitioned,
 )
-from services.cli import app
-from services.common.topics import TopicNames
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
 from tests.rig.support import START, FakeDisplay, assignment, config_in, write_config
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.scripts import REPO
@@ -190,7 +190,7 @@ def test_after_a_session_the_rig_prints_and_logs_the_evidence_it_received(
     processor_log = tmp_path / "processor.log"
     with processor_log.open("wb") as out:
         processor = subprocess.Popen(
-            [sys.executable, "-m", "services.processor"],
+            [sys.executable, "-m", "shaping.services.processor"],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -213,8 +213,9 @@ def test_after_a_session_the_rig_prints_and_logs_the_evidence_it_received(
         folder.mkdir()
         config = write_config(folder, mice=["M001"], bootstrap=kafka_bootstrap, prefix=prefix)
         run = subprocess.run(
-            [sys.executable, "-m", "services.cli", "rig", "run", "--mouse", "M001", "--simulate",
-             "--seed", "3", "--start", START.isoformat(), "--assignment-timeout", "120",
+            [sys.executable, "-m", "shaping.services.cli", "rig", "run", "--mouse", "M001",
+             "--simulate", "--seed", "3", "--start", START.isoformat(),
+             "--assignment-timeout", "120",
              "--decision-timeout", "180", "--every", "50", "--config", str(config)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
         )  # fmt: skip
@@ -243,7 +244,8 @@ def test_after_a_session_the_rig_prints_and_logs_the_evidence_it_received(
         assert f"    status reached: {after.stage} (basic-shaping 0.1.0)" in logged
 
         status = subprocess.run(
-            [sys.executable, "-m", "services.cli", "rig", "status", "--config", str(config)],
+            [sys.executable, "-m", "shaping.services.cli", "rig", "status",
+             "--config", str(config)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert status.returncode == 0, status.stdout + status.stderr

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from gpiozero import DigitalOutputDevice
 
-from rig.config import ActuatorSettings, parse_pin_map
-from rig.devices import InputBus, connect_inputs
-from rig.errors import HardwareError
-from rig.gpio import build_gpiozero_hardware
-from rig.simulation import mock_factory
+from shaping.rig.config import ActuatorSettings, parse_pin_map
+from shaping.rig.devices import InputBus, connect_inputs
+from shaping.rig.errors import HardwareError
+from shaping.rig.gpio import build_gpiozero_hardware
+from shaping.rig.simulation import mock_factory
 from tests.rig.support import PINS
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rig.agent import RigAgent, RunOptions
-from rig.store import RigStore
-from schemas.codec import default_codec
-from schemas.events import (
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import (
     Event,
     EventRejected,
     MouseEnrolled,
@@ -19,9 +19,9 @@ from schemas.events import (
     SessionEnded,
     StageTransitioned,
 )
-from services.embedded.runtime import EmbeddedRuntime
-from services.processor.step import ProcessorStep
-from services.projector.store import SqlProjectionStore
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.processor.step import ProcessorStep
+from shaping.services.projector.store import SqlProjectionStore
 from tests.rig.support import START, FakeDisplay, config_in, seed_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

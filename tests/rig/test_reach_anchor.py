@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from rig.reach import import_reach_sessions, load_reach_file, reach_results
-from schemas.codec import default_codec
-from schemas.events import MovementDetected, SessionEnded, SessionStarted, TrialCompleted
+from shaping.rig.reach import import_reach_sessions, load_reach_file, reach_results
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import MovementDetected, SessionEnded, SessionStarted, TrialCompleted
 from tests.support.anchors import REACH
 
 ANCHORS = REACH

@@ -20,14 +20,14 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
-from rig.agent import RigAgent, RunOptions, SessionReport, StaleAssignmentRefusedError
-from rig.config import load_config
-from rig.drain import OutboxDrainer
-from rig.metrics import read_metrics
-from rig.store import SKEW_SMOOTHING, RigStore
-from schemas.events import SessionStarted
-from services.cli import app
-from services.common.topics import TopicNames
+from shaping.rig.agent import RigAgent, RunOptions, SessionReport, StaleAssignmentRefusedError
+from shaping.rig.config import load_config
+from shaping.rig.drain import OutboxDrainer
+from shaping.rig.metrics import read_metrics
+from shaping.rig.store import SKEW_SMOOTHING, RigStore
+from shaping.schemas.events import SessionStarted
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
 from tests.rig.support import (
     START,
     FakeDisplay,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.cli import ConsoleDisplay
-from rig.config import load_config
-from services.cli import app
+from shaping.rig.cli import ConsoleDisplay
+from shaping.rig.config import load_config
+from shaping.services.cli import app
 from tests.rig.support import assignment, seed_cache, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

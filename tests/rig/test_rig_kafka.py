@@ -27,12 +27,12 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from rig.agent import RigAgent, RunOptions
-from rig.store import RigStore
-from schemas.codec import default_codec
-from schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
-from services.common.topics import TopicNames, ensure_topics, wait_for_partitions
-from services.embedded.runtime import EmbeddedRuntime
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
+from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.services.embedded.runtime import EmbeddedRuntime
 from tests.conftest import TEST_PARTITIONS
 from tests.rig.support import START, FakeDisplay, config_in, write_config
 from tests.support.kafka import KAFKA_SH, KafkaBroker, start_kafka
@@ -84,7 +84,7 @@ class Lab:
             "SHAPING_DATA_DIR": str(self.workdir / "processor-data"),
         }
         self.processor = subprocess.Popen(
-            [sys.executable, "-m", "services.processor"],
+            [sys.executable, "-m", "shaping.services.processor"],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -144,7 +144,7 @@ def run_rig(
         env["SHAPING_RIG_FAULT"] = fault
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "rig", *args, "--config", str(config)],
+            [sys.executable, "-m", "shaping.services.cli", "rig", *args, "--config", str(config)],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -25,29 +25,29 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from rig.agent import RigAgent, RunOptions
-from rig.config import SafetyLimits, load_config
-from rig.errors import ConfigError
-from rig.follow import AssignmentFollower
-from rig.lab import LabPlan, run_lab
-from rig.metrics import read_metrics, render
-from rig.safety import (
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.config import SafetyLimits, load_config
+from shaping.rig.errors import ConfigError
+from shaping.rig.follow import AssignmentFollower
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.metrics import read_metrics, render
+from shaping.rig.safety import (
     UnsafeAssignmentRefusedError,
     check_parameters,
     screen_assignment,
 )
-from rig.session import run_simulated_session
-from rig.sim import SimulatedMouse
-from rig.store import RigStore
-from schemas.codec import default_codec
-from schemas.events import (
+from shaping.rig.session import run_simulated_session
+from shaping.rig.sim import SimulatedMouse
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     SessionEnded,
     SessionStarted,
     TrialCompleted,
 )
-from services.cli import app
+from shaping.services.cli import app
 from tests.rig.support import START, FakeDisplay, assignment, seed_cache, write_config
 from tests.rig.test_task import BASE, Harness, Step
 
@@ -203,7 +203,7 @@ def test_safety_must_be_a_table(tmp_path: Path) -> None:
 
 
 def test_every_shipped_curriculum_passes_the_default_limits() -> None:
-    from services.curricula.loader import curriculum_files, load_all
+    from shaping.services.curricula.loader import curriculum_files, load_all
 
     folder = Path(__file__).resolve().parents[2] / "curricula"
     loaded = load_all(curriculum_files(folder))
@@ -253,7 +253,7 @@ def test_the_refuse_policy_runs_nothing_logs_counts_and_says_why(
     path = rig(tmp_path / "rig", assignment(parameters=SAFE), forged())
     store = RigStore(load_config(path).store_path)
     with (
-        caplog.at_level(logging.WARNING, logger="rig.agent"),
+        caplog.at_level(logging.WARNING, logger="shaping.rig.agent"),
         pytest.raises(UnsafeAssignmentRefusedError) as refused,
     ):
         run(path)
@@ -281,7 +281,7 @@ def test_the_last_safe_policy_runs_the_previous_safe_assignment_loudly(
 ) -> None:
     path = rig(tmp_path / "rig", assignment(parameters=SAFE), forged(), extra=LAST_SAFE)
     display = FakeDisplay()
-    with caplog.at_level(logging.WARNING, logger="rig.agent"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.agent"):
         report = run(path, display)
     started = report.started
     assert started.assignment_id == "assignment-M001-1"
@@ -425,7 +425,7 @@ def test_the_simulated_lab_refuses_the_forged_assignment_for_every_session(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     transport = ScriptedTransport([forged(session_number=1)])
-    with caplog.at_level(logging.WARNING, logger="rig.lab"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.lab"):
         lab = run_lab(PLAN, transport)  # type: ignore[arg-type]
     assert lab.sessions == []
     assert [e for e in transport.published if isinstance(e, SessionStarted)] == []
@@ -454,7 +454,7 @@ def test_the_simulated_lab_runs_the_last_safe_assignment_under_last_safe() -> No
 
 def test_rig_simulate_prints_the_refusal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``shaping rig simulate`` takes its limits from --config and prints every refusal."""
-    from rig.lab import LabRun
+    from shaping.rig.lab import LabRun
 
     captured: dict[str, Any] = {}
 
@@ -474,8 +474,8 @@ def test_rig_simulate_prints_the_refusal(monkeypatch: pytest.MonkeyPatch, tmp_pa
         captured.update(kw)
         return run_lab(plan, transport, safety=kw["safety"])
 
-    monkeypatch.setattr("rig.kafka_transport.KafkaRigTransport", Transport)
-    monkeypatch.setattr("rig.lab.continue_lab", fake_continue_lab)
+    monkeypatch.setattr("shaping.rig.kafka_transport.KafkaRigTransport", Transport)
+    monkeypatch.setattr("shaping.rig.lab.continue_lab", fake_continue_lab)
     path = write_config(tmp_path, extra=LAST_SAFE)
     result = CliRunner().invoke(
         app, ["rig", "simulate", "--mice", "1", "--rigs", "1", "--days", "2", "--config", str(path)]

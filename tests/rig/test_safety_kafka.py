@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rig.agent import RigAgent, RunOptions
-from rig.config import load_config
-from rig.drain import OutboxDrainer
-from rig.metrics import read_metrics
-from rig.safety import UnsafeAssignmentRefusedError
-from rig.store import RigStore
-from schemas.events import SessionStarted, TrialCompleted
-from services.cli import app
-from services.common.topics import TopicNames
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.config import load_config
+from shaping.rig.drain import OutboxDrainer
+from shaping.rig.metrics import read_metrics
+from shaping.rig.safety import UnsafeAssignmentRefusedError
+from shaping.rig.store import RigStore
+from shaping.schemas.events import SessionStarted, TrialCompleted
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
 from tests.rig.support import START, FakeDisplay, assignment, write_config
 from tests.rig.test_safety import ATTACK, LAST_SAFE, SAFE, forged
 from tests.support.kafka_io import Publisher, TopicReader

@@ -11,11 +11,11 @@ from datetime import UTC, date, datetime
 import pytest
 from typer.testing import CliRunner
 
-from rig.errors import RigError
-from rig.lab import DEFAULT_START, LabPlan, continue_lab, lab_position, run_lab
-from schemas.events import MouseEjected, MouseEnrolled, SessionStarted
-from services.cli import app
-from services.embedded.runtime import EmbeddedRuntime
+from shaping.rig.errors import RigError
+from shaping.rig.lab import DEFAULT_START, LabPlan, continue_lab, lab_position, run_lab
+from shaping.schemas.events import MouseEjected, MouseEnrolled, SessionStarted
+from shaping.services.cli import app
+from shaping.services.embedded.runtime import EmbeddedRuntime
 
 PLAN = LabPlan(n_mice=3, n_rigs=2, n_days=3, seed=4)
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)

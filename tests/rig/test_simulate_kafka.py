@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from typer.testing import CliRunner
 
-from schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
-from services.cli import app
-from services.common.topics import TopicNames
+from shaping.schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
 from tests.support.kafka_io import Publisher, TopicReader
 
 pytestmark = pytest.mark.kafka

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from rig.agent import RigAgent, RunOptions, StaleAssignmentRefusedError, clock_skew_warning
-from rig.config import ConfigError, load_config
-from rig.errors import NoAssignmentError
-from rig.follow import AssignmentFollower
-from rig.metrics import read_metrics, render
-from rig.store import RigStore
-from schemas.codec import default_codec
-from schemas.events import SessionStarted
-from services.cli import app
+from shaping.rig.agent import RigAgent, RunOptions, StaleAssignmentRefusedError, clock_skew_warning
+from shaping.rig.config import ConfigError, load_config
+from shaping.rig.errors import NoAssignmentError
+from shaping.rig.follow import AssignmentFollower
+from shaping.rig.metrics import read_metrics, render
+from shaping.rig.store import RigStore
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import SessionStarted
+from shaping.services.cli import app
 from tests.rig.support import (
     START,
     FakeDisplay,
@@ -112,7 +112,7 @@ def test_a_stale_assignment_runs_loudly_and_the_session_says_so(
     assert first.started.assignment_stale_reason is None
 
     display = FakeDisplay()
-    with caplog.at_level(logging.WARNING, logger="rig.agent"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.agent"):
         second = run(path, display, hours=2)  # no decision on the first session: stale
     started = second.started
     assert started.assignment_stale is True
@@ -184,7 +184,7 @@ def test_an_old_rig_says_it_cannot_read_a_newer_assignment_and_runs_the_cached_o
     store = RigStore(config.store_path)
     old = older_rig_codec("AssignmentIssued", 1)
     newer = assignment(parameters=PARAMS, session_number=2)
-    with caplog.at_level(logging.WARNING, logger="rig.follow"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.follow"):
         kept = follow(
             store,
             old,
@@ -346,7 +346,7 @@ def test_run_warns_about_a_clock_far_off_the_brokers(
     path = rig_with_cache(tmp_path / "rig")
     RigStore(load_config(path).store_path).record_clock_skew(-300.0, 0.01)
     display = FakeDisplay()
-    with caplog.at_level(logging.WARNING, logger="rig.agent"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.agent"):
         run(path, display)
     warning = "WARNING: this rig's clock runs 300 s behind the broker's; configure NTP"
     assert any(m.startswith(warning) for m in display.messages)

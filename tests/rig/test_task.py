@@ -12,15 +12,21 @@ from typing import Any
 
 import pytest
 
-from rig.clock import VirtualClock
-from rig.config import SIDES, ActuatorSettings, SafetyLimits, ValveCalibration, parse_pin_map
-from rig.devices import InputBus, connect_inputs
-from rig.errors import CalibrationError, ParameterError
-from rig.gpio import build_gpiozero_hardware
-from rig.reach import reach_results, reach_session_metrics
-from rig.simulation import mock_factory
-from rig.task import ReachParameters, ReachTask, RewardPlan, SessionRecorder, TaskState
-from schemas.events import Event, MovementDetected, SessionEnded, TrialCompleted
+from shaping.rig.clock import VirtualClock
+from shaping.rig.config import (
+    SIDES,
+    ActuatorSettings,
+    SafetyLimits,
+    ValveCalibration,
+    parse_pin_map,
+)
+from shaping.rig.devices import InputBus, connect_inputs
+from shaping.rig.errors import CalibrationError, ParameterError
+from shaping.rig.gpio import build_gpiozero_hardware
+from shaping.rig.reach import reach_results, reach_session_metrics
+from shaping.rig.simulation import mock_factory
+from shaping.rig.task import ReachParameters, ReachTask, RewardPlan, SessionRecorder, TaskState
+from shaping.schemas.events import Event, MovementDetected, SessionEnded, TrialCompleted
 from tests.rig.support import PINS, START
 
 OUTPUTS = ("cue_left", "cue_right", "valve_left", "valve_right", "sync")
@@ -374,8 +380,8 @@ def test_the_shipped_reach_curriculum_only_sets_parameters_the_task_reads() -> N
     would silently leave the task on its default)."""
     from dataclasses import fields
 
-    from rig.task import ReachParameters
-    from services.curricula.catalog import default_catalog
+    from shaping.rig.task import ReachParameters
+    from shaping.services.curricula.catalog import default_catalog
 
     curriculum = default_catalog().get("reach-task")
     known = {f.name for f in fields(ReachParameters)}

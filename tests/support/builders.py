@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from schemas.events import (
+from shaping.schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
     Event,

@@ -8,8 +8,8 @@ from typing import Any
 
 import fastavro
 
-from schemas.codec import MAGIC, default_codec
-from schemas.events import Event
+from shaping.schemas.codec import MAGIC, default_codec
+from shaping.schemas.events import Event
 
 
 def encode_unchecked(event: Event, **fields: Any) -> bytes:

@@ -14,10 +14,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from schemas.codec import default_codec, encode_key
-from schemas.errors import SerializationError
-from schemas.events import Event
-from services.common.topics import wait_for_partitions
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import Event
+from shaping.services.common.topics import wait_for_partitions
 
 DEFAULT_TIMEOUT_S = 60.0
 

@@ -20,7 +20,7 @@ def shaping_process(
     full_env = {**os.environ, **(env or {})}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", *args],
+            [sys.executable, "-m", "shaping.services.cli", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,

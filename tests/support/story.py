@@ -6,15 +6,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
-from schemas.events import (
+from shaping.schemas.events import (
     Event,
     MouseEnrolled,
     SessionEnded,
     SessionStarted,
     TrialCompleted,
 )
-from services.curricula.catalog import default_catalog
-from services.domain import MouseState, TrainingCore, initial_state
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.domain import MouseState, TrainingCore, initial_state
 
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
 _ids = count(1)

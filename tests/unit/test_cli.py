@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
+from shaping.services.cli import app
 
 COMMANDS = [
     [],
@@ -32,7 +32,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_a_typo_gets_a_suggestion_not_a_traceback() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", "procesor"], capture_output=True, text=True
+        [sys.executable, "-m", "shaping.services.cli", "procesor"], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "Did you mean 'processor'" in result.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
+from shaping.services.cli import app
 
 HOSTILE = [
     "M\x1b[2J\x1b[H",  # clears an operator's screen

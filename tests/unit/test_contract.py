@@ -15,9 +15,9 @@ import pytest
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from schemas.codec import MAGIC, EventCodec, default_codec, load_schema_versions
-from schemas.errors import SerializationError
-from schemas.events import (
+from shaping.schemas.codec import MAGIC, EventCodec, default_codec, load_schema_versions
+from shaping.schemas.errors import SerializationError
+from shaping.schemas.events import (
     EVENT_TYPES,
     Event,
     Observation,

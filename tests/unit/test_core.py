@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.events import AssignmentIssued, StageTransitioned, TrialCompleted
-from services.domain import ImpossibleEvent, evolve, fold, initial_state
+from shaping.schemas.events import AssignmentIssued, StageTransitioned, TrialCompleted
+from shaping.services.domain import ImpossibleEvent, evolve, fold, initial_state
 from tests.support.story import core, enrolled, next_id, run, session, trials
 
 

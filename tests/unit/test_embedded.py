@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from rig.lab import LabPlan, run_lab
-from schemas.codec import default_codec
-from schemas.events import EventRejected, SessionStarted
-from services.embedded.demo import render_report, run_demo
-from services.embedded.log import InProcessLog
-from services.embedded.runtime import EmbeddedRuntime
-from services.projector.store import SqlProjectionStore
+from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import EventRejected, SessionStarted
+from shaping.services.embedded.demo import render_report, run_demo
+from shaping.services.embedded.log import InProcessLog
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.projector.store import SqlProjectionStore
 from tests.support.story import enrolled, session, trials
 
 SMALL = LabPlan(n_mice=4, n_rigs=2, n_days=4, seed=11)

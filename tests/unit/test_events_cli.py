@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from schemas.codec import default_codec
-from schemas.events import EventRejected
-from schemas.headers import headers_for
-from services.cli import app
-from services.common.topics import TopicNames
-from services.operator.events import (
+from shaping.schemas.codec import default_codec
+from shaping.schemas.events import EventRejected
+from shaping.schemas.headers import headers_for
+from shaping.services.cli import app
+from shaping.services.common.topics import TopicNames
+from shaping.services.operator.events import (
     TABLE_HEADER,
     OutputFormat,
     RawRecord,
@@ -307,7 +307,7 @@ def test_a_bad_time_is_explained() -> None:
 
 
 def test_no_broker_is_an_error_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("services.operator.events.CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("shaping.services.operator.events.CONNECT_TIMEOUT_S", 1.0)
     result = CliRunner().invoke(app, ["events", "tail", "--bootstrap", "127.0.0.1:1"])
     assert result.exit_code == 2, result.output
     assert "no Kafka broker answered at 127.0.0.1:1 within 1 s" in result.output

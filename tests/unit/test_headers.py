@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.codec import default_codec, load_schema_versions
-from schemas.headers import (
+from shaping.schemas.codec import default_codec, load_schema_versions
+from shaping.schemas.headers import (
     CONTENT_TYPE,
     H_CONTENT_TYPE,
     H_EVENT_TYPE,

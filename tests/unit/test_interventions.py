@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import (
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
@@ -31,10 +31,10 @@ from schemas.events import (
     StageTransitioned,
     TrainingWarning,
 )
-from services.cli import app
-from services.curricula.loader import load_all
-from services.curricula.validate import compile_curriculum
-from services.domain import (
+from shaping.services.cli import app
+from shaping.services.curricula.loader import load_all
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.domain import (
     CurriculumCatalog,
     Evaluation,
     ImpossibleEvent,
@@ -43,11 +43,11 @@ from services.domain import (
     fold,
     initial_state,
 )
-from services.domain.curriculum import MetricSource
-from services.domain.interventions import EJECTED
-from services.embedded.runtime import EmbeddedRuntime
-from services.processor.step import ProcessorStep
-from services.projector.store import ProjectedMessage, SqlProjectionStore
+from shaping.services.domain.curriculum import MetricSource
+from shaping.services.domain.interventions import EJECTED
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.processor.step import ProcessorStep
+from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
 from tests.support.scripts import REPO
 from tests.support.story import T0, enrolled, next_id, run, session, trials
 
@@ -644,6 +644,50 @@ def test_the_new_tables_do_not_depend_on_how_topics_interleave(order: Random) ->
     other.apply_batch("projector", shuffled[cut:])
     other.apply_batch("projector", shuffled)  # a redelivered batch changes nothing
     assert other.snapshot() == reference.snapshot()
+
+
+def test_a_refused_copy_of_an_accepted_request_leaves_its_audit_row_alone(
+    tmp_path: Path,
+) -> None:
+    # Found by the lab model: a corrupted copy of an accepted ejection (same event id, other
+    # bytes) was dead-lettered, and its refusal overwrote the accepted request's row.
+    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    accepted = eject(day=0.5)
+    runtime.publish([enrolled("M1"), enrolled("M2"), accepted])
+    [before] = store.snapshot()["interventions"]
+    assert before["refused_reason"] is None
+    codec = default_codec()
+    reused = accepted.model_copy(update={"reason": "someone else's request"})
+    elsewhere = accepted.model_copy(update={"mouse_id": "M2"})  # its key still says M1
+    too_late = accepted.model_copy(update={"occurred_at": T0 - timedelta(days=400)})
+    for copy in (reused, elsewhere, too_late):
+        runtime.publish_raw(encode_key("M1"), codec.encode(copy))
+    snap = store.snapshot()
+    assert len(snap["rejected_events"]) == 3, snap["rejected_events"]
+    assert snap["interventions"] == [before]
+    # Whatever order the projector sees the topics in, the accepted request's row wins.
+    messages = runtime.messages()
+    for order in (messages, messages[::-1]):
+        other = SqlProjectionStore("sqlite://")
+        for message in order:
+            other.apply_batch("projector", [message])
+        assert other.snapshot()["interventions"] == [before]
+
+
+def test_a_refused_request_whose_id_is_later_used_by_an_accepted_one_is_not_marked_refused(
+    tmp_path: Path,
+) -> None:
+    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    refused = eject(mouse="M9", day=0.5)  # no such mouse yet
+    runtime.publish([enrolled("M1"), refused])
+    [row] = store.snapshot()["interventions"]
+    assert row["refused_reason"] is not None
+    runtime.publish([enrolled("M9"), refused])
+    [row] = store.snapshot()["interventions"]
+    assert (row["refused_reason"], row["refused_at"]) == (None, None)
+    assert row["honoured_at"] is not None
 
 
 def _messages(runtime: EmbeddedRuntime) -> list[ProjectedMessage]:

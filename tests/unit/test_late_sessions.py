@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import default_codec, encode_key
-from schemas.events import (
+from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     EventRejected,
@@ -32,10 +32,10 @@ from schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from services.common.topics import TopicNames
-from services.curricula.catalog import compile_content, shipped_files
-from services.curricula.loader import load_all
-from services.domain import (
+from shaping.services.common.topics import TopicNames
+from shaping.services.curricula.catalog import compile_content, shipped_files
+from shaping.services.curricula.loader import load_all
+from shaping.services.domain import (
     CurriculumCatalog,
     ImpossibleEvent,
     MouseState,
@@ -43,10 +43,10 @@ from services.domain import (
     fold,
     initial_state,
 )
-from services.domain.state import MAX_SESSION_HISTORY
-from services.embedded.runtime import EmbeddedRuntime
-from services.processor.step import ProcessorStep
-from services.projector.store import ProjectedMessage, SqlProjectionStore
+from shaping.services.domain.state import MAX_SESSION_HISTORY
+from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.processor.step import ProcessorStep
+from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 """Day 0 of every story (a Monday, UTC)."""

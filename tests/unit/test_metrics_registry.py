@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from schemas.events import (
+from shaping.schemas.events import (
     MouseEnrolled,
     SessionEnded,
     SessionStarted,
     StageTransitioned,
     TrialCompleted,
 )
-from services.curricula.errors import CurriculumInvalid
-from services.curricula.validate import compile_curriculum
-from services.domain import CurriculumCatalog, TrainingCore, initial_state
-from services.domain.metrics import METRICS, MetricView, SessionMetrics
+from shaping.services.curricula.errors import CurriculumInvalid
+from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.domain import CurriculumCatalog, TrainingCore, initial_state
+from shaping.services.domain.metrics import METRICS, MetricView, SessionMetrics
 
 T0 = datetime(2024, 5, 1, 9, tzinfo=UTC)
 

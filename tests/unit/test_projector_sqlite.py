@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from schemas.events import StageTransitioned
-from services.common.topics import TopicNames
-from services.projector import tables
-from services.projector.errors import ProjectorError
-from services.projector.store import ProjectedMessage, ProjectionStore, SqlProjectionStore
+from shaping.schemas.events import StageTransitioned
+from shaping.services.common.topics import TopicNames
+from shaping.services.projector import tables
+from shaping.services.projector.errors import ProjectorError
+from shaping.services.projector.store import ProjectedMessage, ProjectionStore, SqlProjectionStore
 from tests.support.builders import (
     CURRICULUM,
     CURRICULUM_VERSION,

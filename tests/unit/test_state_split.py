@@ -1,6 +1,6 @@
 """The processor's two state records: a state record and an open-sessions record.
 
-``services.domain.state``: ``split_sessions`` / ``join_sessions`` / ``records_to_store``, as
+``shaping.services.domain.state``: ``split_sessions`` / ``join_sessions`` / ``records_to_store``, as
 the faust processor (services/processor/app.py) stores a mouse's state in its ``mouse_state``
 and ``mouse_sessions`` tables. Checked here without Kafka: storing and reading back gives every
 state exactly, a trial writes only the open-sessions record, and an open-sessions record that a
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Event, TrialCompleted
-from services.domain import ImpossibleEvent, MouseState, initial_state
-from services.domain.state import (
+from shaping.schemas.events import Event, TrialCompleted
+from shaping.services.domain import ImpossibleEvent, MouseState, initial_state
+from shaping.services.domain.state import (
     SESSION_FIELDS,
     OpenSessions,
     join_sessions,
@@ -177,7 +177,7 @@ def test_bytes_that_are_no_open_sessions_record_are_refused(data: bytes) -> None
 
 def test_replay_and_processor_agree_on_table_names() -> None:
     """Replay writes the processor's changelogs from outside: the table names must match."""
-    from services.operator import replay
-    from services.processor import app
+    from shaping.services.operator import replay
+    from shaping.services.processor import app
 
     assert (replay.STATE_TABLE, replay.SESSIONS_TABLE) == (app.STATE_TABLE, app.SESSIONS_TABLE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from schemas.codec import load_schema_versions
+from shaping.schemas.codec import load_schema_versions
 
 README = Path(__file__).parents[2] / "schemas" / "README.md"
 
