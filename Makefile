@@ -5,13 +5,23 @@ PY := $(VENV)/bin/python
 SHAPING := $(VENV)/bin/shaping
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format kafka-up kafka-down pg-up pg-down stack-up stack-down stack-status dashboards bench bench-ibl clean
+.PHONY: help install lock demo test test-fast lint lint-imports format kafka-up kafka-down pg-up pg-down stack-up stack-down stack-status dashboards bench bench-ibl clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 install: ## Create .venv and install Shaping with every extra (once per pyproject change)
 	@infra/bootstrap.sh
+
+# uv runs from a venv of its own (.cache/lock-tools), never the project's. Existing pins are kept
+# where they still fit; `make lock LOCK_ARGS=--upgrade` moves every package to its newest version.
+LOCK_ARGS ?=
+lock: ## Rewrite requirements.lock, the versions make install pins (uv pip compile, from PyPI)
+	@python3 -m venv .cache/lock-tools
+	@.cache/lock-tools/bin/python -m pip install -q --disable-pip-version-check "uv>=0.9,<1"
+	.cache/lock-tools/bin/uv pip compile pyproject.toml --extra services --extra rig --extra dev \
+		--universal --python-version 3.11 --custom-compile-command "make lock" \
+		-o requirements.lock $(LOCK_ARGS)
 
 demo: install ## Simulate a lab in one process on SQLite (no Kafka, no Java): status table and stage paths
 	@$(SHAPING) demo --out demo-output
@@ -25,11 +35,15 @@ test-fast: install ## Tests that need neither Kafka nor PostgreSQL
 	@infra/graphviz/graphviz.sh ensure
 	$(PY) -m pytest -m "not kafka and not postgres"
 
-lint: install ## ruff (lint and format check) and mypy
+lint: install ## ruff (lint and format check), mypy and the layers' import rules
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	@mkdir -p .cache/typecheck/shaping && for d in services schemas rig curricula; do ln -sfn ../../../$$d .cache/typecheck/shaping/$$d; done
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+lint-imports: install ## The layers' import rules (pyproject.toml [tool.importlinter], docs/architecture.md)
+	$(VENV)/bin/lint-imports
 
 format: install ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff format .

@@ -4,9 +4,9 @@ Two loops over the same workload, in one process, no I/O:
 
 * ``TrainingCore.handle`` on decoded events, the state kept as a Python object per mouse;
 * ``ProcessorStep.process`` on the encoded bytes, the state kept as bytes per mouse, loaded with
-  ``MouseState.from_bytes`` and stored with ``to_bytes`` around every step, as the faust
-  processor's ``mouse_state`` table does. This is the processor's per-message work without
-  Kafka and faust.
+  ``decode_state`` and stored with ``encode_state`` (the processor's state store) around
+  every step, as the faust processor's ``mouse_state`` table does. This is the processor's
+  per-message work without Kafka and faust.
 
 Two more loops split the step's cost: decoding alone, and the state round trip alone.
 """
@@ -24,6 +24,7 @@ from shaping.schemas.codec import default_codec
 from shaping.schemas.events import Event, StageTransitioned
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import MouseState, TrainingCore, initial_state
+from shaping.services.processor.state_store import decode_state, encode_state
 from shaping.services.processor.step import ProcessorStep
 
 TOPIC = "bench.events"
@@ -52,12 +53,12 @@ def run_step(encoded: Encoded) -> tuple[float, int]:
     start = time.perf_counter()
     for offset, (key, value) in enumerate(zip(encoded.keys, encoded.values, strict=True)):
         stored = table.get(key)
-        state = None if stored is None else MouseState.from_bytes(stored)
+        state = None if stored is None else decode_state(stored)
         result = step.process(state, key, value, TOPIC, 0, offset)
         if result.rejected:
             raise BenchError(f"the step rejected message {offset}: {result.outputs[0].event}")
         if result.state is not None:
-            table[key] = result.state.to_bytes()
+            table[key] = encode_state(result.state)
         outputs += len(result.outputs)
     return time.perf_counter() - start, outputs
 
@@ -77,10 +78,10 @@ def run_state_round_trip(events: list[Event]) -> float:
     for event in events:  # the states the mice have after the whole workload
         state = states.get(event.mouse_id) or initial_state(event.mouse_id)
         states[event.mouse_id], _ = core.handle(state, event)
-    stored = {m: s.to_bytes() for m, s in states.items()}
+    stored = {m: encode_state(s) for m, s in states.items()}
     start = time.perf_counter()
     for event in events:
-        stored[event.mouse_id] = MouseState.from_bytes(stored[event.mouse_id]).to_bytes()
+        stored[event.mouse_id] = encode_state(decode_state(stored[event.mouse_id]))
     return time.perf_counter() - start
 
 

@@ -66,7 +66,8 @@ from shaping.schemas.events import (
     StageTransitioned,
 )
 from shaping.schemas.headers import headers_for
-from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import TrainingCore
 from shaping.services.embedded.runtime import EmbeddedRuntime

@@ -175,8 +175,8 @@ def _events_for(table: Path, curriculum: str):  # type: ignore[no-untyped-def]
     after the previous one (found by folding once, untimed)."""
     from shaping.schemas.events import MouseEnrolled
     from shaping.services.curricula.catalog import default_catalog
-    from shaping.services.curricula.ibl_trials import read_trials, session_events
     from shaping.services.domain import TrainingCore, initial_state
+    from shaping.services.operator.ibl_trials import read_trials, session_events
 
     catalog = default_catalog()
     engine = catalog.get(curriculum)
@@ -259,7 +259,7 @@ def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[s
     """As :func:`recompute`, with the fits of the whole history first fitted together, in one
     lockstep run, from the events (``prefetch_history_fits``, what a replay of a stored history
     can do); returns (seconds in all, seconds of that prefetch, the statuses)."""
-    from shaping.services.curricula.ibl_trials import prefetch_history_fits
+    from shaping.services.operator.ibl_trials import prefetch_history_fits
 
     events = [enrol, *(e for session in per_session for e in session)]
     start = time.perf_counter()
@@ -272,7 +272,7 @@ def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[s
 def through_runtime(sessions, curriculum: str) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
     """``shaping evaluate --trials``'s path: events encoded, run by the embedded runtime."""
     from shaping.services.curricula.catalog import default_catalog
-    from shaping.services.curricula.ibl_trials import evaluate_sessions
+    from shaping.services.operator.ibl_trials import evaluate_sessions
 
     catalog = default_catalog()
     start = time.perf_counter()
@@ -579,7 +579,7 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
         mice_trials = 0
         if mice:
             combined, paths, mice_trials = many_mice(Path(folder), mice, plan)
-            from shaping.services.curricula.ibl_trials import read_trials
+            from shaping.services.operator.ibl_trials import read_trials
 
             print(
                 f"  {mice} mice ({mice_trials:,} trials): shaping evaluate --trials ...", flush=True
@@ -589,7 +589,7 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
 
             def evaluate_all() -> float:
                 from shaping.services.curricula.catalog import default_catalog
-                from shaping.services.curricula.ibl_trials import evaluate_sessions
+                from shaping.services.operator.ibl_trials import evaluate_sessions
 
                 catalog_ = default_catalog()
                 start = time.perf_counter()
@@ -816,7 +816,7 @@ def method(plan: MousePlan, n_trials: int) -> list[str]:
         f"`training` for {plan.biased_from} dates then `biased`, on an ephys rig from date "
         f"{plan.ephys_from + 1} and with a 1000 s start delay from date {plan.delay_from + 1}; "
         "a psychometric observer that improves over the dates. The trials go through "
-        "`shaping.services.curricula.ibl_trials` into events (built before the clocks start). "
+        "`shaping.services.operator.ibl_trials` into events (built before the clocks start). "
         "Metric updates: only the TrialCompleted events are timed (session starts and ends "
         "folded off the clock). Recompute: every event of the mouse folded into a fresh "
         "state, decisions included; the psychometric fit cache is emptied before every timed "

@@ -26,12 +26,8 @@ from typing import TypeVar
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
-from shaping.services.common.topics import (
-    TopicNames,
-    ensure_topics,
-    wait_for_broker,
-    wait_for_partitions,
-)
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics, wait_for_broker, wait_for_partitions
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"

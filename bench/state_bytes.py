@@ -4,10 +4,10 @@ Runs subject SWC_054's 11 IBL sessions (ibllib's test fixture, ``tests/data/anch
 through the processing step, as the faust processor does, and stores the state after every
 message in two ways:
 
-- before: the whole :class:`MouseState` in one table (``MouseState.to_bytes``);
-- after: ``records_to_store`` (services/domain/state.py): the whole state to ``mouse_state``
-  when anything but the open sessions changed, else only the open sessions (zlib-compressed)
-  to ``mouse_sessions``.
+- before: the whole :class:`MouseState` in one table (``encode_state``);
+- after: ``records_to_store`` (services/processor/state_store.py): the whole state to
+  ``mouse_state`` when anything but the open sessions changed, else only the open sessions
+  (zlib-compressed) to ``mouse_sessions``.
 
 Prints, per session and in all, the bytes written per trial and per other message (the value
 of each changelog record; Kafka adds a record header, the key and batch overhead to both), the
@@ -25,10 +25,16 @@ from pathlib import Path
 
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import Event, MouseEnrolled, TrialCompleted
-from shaping.services.curricula.ibl_trials import read_trials, session_events
 from shaping.services.curricula.loader import load_curriculum
-from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
-from shaping.services.domain.state import join_sessions, records_to_store, split_sessions
+from shaping.services.domain import CurriculumCatalog, TrainingCore
+from shaping.services.operator.ibl_trials import read_trials, session_events
+from shaping.services.processor.state_store import (
+    decode_state,
+    encode_state,
+    join_sessions,
+    records_to_store,
+    split_sessions,
+)
 from shaping.services.processor.step import ProcessorStep
 from tests.support.anchors import IBL
 
@@ -64,7 +70,7 @@ def main() -> int:
         nonlocal whole, record, sessions, offset
         value = codec.encode(event)
         started = time.perf_counter()
-        state = None if whole is None else MouseState.from_bytes(whole)
+        state = None if whole is None else decode_state(whole)
         load_before = time.perf_counter() - started
         result = step.process(state, key, value, "events", 0, offset)
         started = time.perf_counter()
@@ -79,7 +85,7 @@ def main() -> int:
         if result.state is None or split.state is None:
             return 0, 0, 0, 0.0, load_before, 0.0, load_after
         started = time.perf_counter()
-        whole = result.state.to_bytes()
+        whole = encode_state(result.state)
         store_before = time.perf_counter() - started
         started = time.perf_counter()
         new_record, new_sessions = records_to_store(record, joined, split.state)

@@ -30,7 +30,7 @@ from bench.workload import Encoded, Workload, build_workload, encode
 from shaping.schemas.codec import default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransitioned
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 
 STARTUP_TIMEOUT_S = 180.0
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Creates the project's virtualenv (.venv) and installs Shaping into it, once per change of
-# pyproject.toml. Usage: infra/bootstrap.sh [EXTRAS]   (default extras: rig,services,dev)
+# pyproject.toml or requirements.lock. Usage: infra/bootstrap.sh [EXTRAS]   (default extras:
+# rig,services,dev). Every package comes at the version requirements.lock pins (pip's
+# constraints; `make lock` rewrites the file).
 # Quiet unless it fails: the output of venv and pip goes to a log (.cache/bootstrap.log, or
 # SHAPING_BOOTSTRAP_LOG), which is printed only when a step fails.
 set -euo pipefail
@@ -10,6 +12,7 @@ VENV="${SHAPING_VENV:-$REPO/.venv}"
 EXTRAS="${1:-rig,services,dev}"
 PYTHON_BIN="${PYTHON_BIN:-python3}"
 LOG="${SHAPING_BOOTSTRAP_LOG:-$REPO/.cache/bootstrap.log}"
+LOCK="$REPO/requirements.lock"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 
@@ -46,12 +49,12 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     logged "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade pip
 fi
 
-# Reinstall only when pyproject.toml or the requested extras change.
+# Reinstall only when pyproject.toml, the lock or the requested extras change.
 stamp="$VENV/.shaping-installed"
-want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) $EXTRAS"
+want="$(cat "$REPO/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [[ -f "$stamp" ]] && grep -qxF "$want" "$stamp"; then
     exit 0
 fi
 say "installing shaping[$EXTRAS] into $VENV (a few minutes the first time)"
-logged "$VENV/bin/python" -m pip install --disable-pip-version-check -e "$REPO[$EXTRAS]"
+logged "$VENV/bin/python" -m pip install --disable-pip-version-check -c "$LOCK" -e "$REPO[$EXTRAS]"
 echo "$want" > "$stamp"

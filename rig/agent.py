@@ -33,17 +33,15 @@ limits (:class:`shaping.rig.task.ReachTask`).
 A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
 it.
 
-Faults for crash tests (environment variable ``SHAPING_RIG_FAULT``, comma-separated):
-``kill-after-event:N`` SIGKILLs the process right after the N-th event it stored,
-``pause-after-event:N:PATH`` creates ``PATH.reached`` after the N-th event and waits until
-``PATH`` exists, and ``kill-after-ack:N`` (see :mod:`shaping.rig.drain`).
+Crash tests give the agent a :class:`~shaping.rig.faults.FaultPlan` (``shaping rig run
+--fault-plan``): it may kill or pause the process after the N-th event stored, or kill it after
+the N-th broker acknowledgement (the drainer's). An ordinary run has none.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 import random
 import signal
 import threading
@@ -52,22 +50,21 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from shaping.rig.clock import Clock, SystemClock, to_datetime
 from shaping.rig.config import RigConfig, StaleAssignmentSettings, ValveCalibration
 from shaping.rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
-from shaping.rig.drain import FAULT_ENV, OutboxDrainer, fault_argument
+from shaping.rig.drain import OutboxDrainer
 from shaping.rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
 from shaping.rig.evidence import EJECTED, evidence_lines, next_session_line
+from shaping.rig.faults import FaultPlan
 from shaping.rig.follow import AssignmentFollower, unreadable_hint
 from shaping.rig.locks import FileLock
 from shaping.rig.reach import reach_session_metrics
 from shaping.rig.safety import (
     Screening,
     UnsafeAssignmentRefusedError,
-    printable,
     screen_assignment,
 )
 from shaping.rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
@@ -90,7 +87,8 @@ from shaping.schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.text import printable
+from shaping.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -227,29 +225,6 @@ class ChosenAssignment:
     waited_s: float = 0.0
 
 
-class _Faults:
-    """The crash-test faults of ``SHAPING_RIG_FAULT`` for stored events."""
-
-    def __init__(self) -> None:
-        kill = fault_argument("kill-after-event")
-        pause = fault_argument("pause-after-event")
-        self.kill_after = kill[0] if kill else None
-        self.pause_after = pause[0] if pause else None
-        self.pause_path = Path(pause[1]) if pause and pause[1] else None
-        self.stored = 0
-
-    def after_store(self) -> None:
-        self.stored += 1
-        if self.pause_after is not None and self.stored == self.pause_after and self.pause_path:
-            log.warning("%s: pausing after event %d", FAULT_ENV, self.stored)
-            Path(f"{self.pause_path}.reached").touch()
-            while not self.pause_path.exists():
-                time.sleep(0.05)
-        if self.kill_after is not None and self.stored >= self.kill_after:
-            log.warning("%s: killing this process after event %d", FAULT_ENV, self.stored)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
 class RigAgent:
     """Runs sessions on one rig.
 
@@ -259,6 +234,8 @@ class RigAgent:
         store: the rig's store (opened from the config if not given).
         codec: the codec the rig reads Kafka with (default: every committed schema; tests
             give a subset to stand for an older rig release).
+        faults: crash tests only: the faults to inject after each event stored, handed on to
+            the outbox drainer for those after a broker acknowledgement (None: none).
     """
 
     def __init__(
@@ -267,6 +244,7 @@ class RigAgent:
         display: Display,
         store: RigStore | None = None,
         codec: EventCodec | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.config = config
         self.display = display
@@ -274,7 +252,8 @@ class RigAgent:
         self.codec = codec
         self.topics = TopicNames.with_prefix(config.topic_prefix)
         self._wake = threading.Event()
-        self._faults = _Faults()
+        self.faults = faults if faults is not None else FaultPlan.none()
+        self._stored = 0  # events this agent stored, as the fault plan counts them
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -759,7 +738,8 @@ class RigAgent:
         def store(event: Event) -> None:
             self.store.append(event, topic)
             self._wake.set()
-            self._faults.after_store()
+            self._stored += 1
+            self.faults.after_store(self._stored)
             if runtime.begin_cycle is not None and isinstance(event, TrialCompleted):
                 runtime.begin_cycle(event.session_id or "", event.trial_index + 1)
 
@@ -893,6 +873,7 @@ class _Link:
                 config.bootstrap,
                 client_id=f"shaping-rig-{config.rig_id}",
                 codec=agent.codec,
+                faults=agent.faults,
             )
 
     def start(self) -> None:

@@ -13,6 +13,7 @@ that is not a number) ends in a one-line message, never a traceback.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,10 +24,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shaping.services.common.settings import Settings
-
 if TYPE_CHECKING:
     from shaping.rig.config import RigConfig
+    from shaping.rig.faults import FaultPlan
     from shaping.rig.lab import LabRun
     from shaping.rig.task import ReachParameters, TaskState, TrialProgress
     from shaping.schemas.events import (
@@ -54,20 +54,29 @@ ConfigPath = Annotated[
         help="The rig's config file (TOML; docs/rig.md shows one).",
     ),
 ]
+FaultPlanText = Annotated[
+    str | None,
+    typer.Option(
+        "--fault-plan",
+        hidden=True,
+        help="For crash tests only: faults this process injects into itself, e.g. "
+        "kill-after-event:60 (docs/rig.md, Testing hooks).",
+    ),
+]
 DEFAULT_CONFIG = Path("rig.toml")
 
 
 def _echo(message: object = "", **kwargs: Any) -> None:
     """typer.echo of text that may hold data (ids, stages, reasons, evidence): control
     characters and escape sequences are shown escaped (``\\x1b``), line breaks kept."""
-    from shaping.services.operator.terminal import printable_lines
+    from shaping.schemas.text import printable_lines
 
     typer.echo(printable_lines(message), **kwargs)
 
 
 def _secho(message: object = "", **kwargs: Any) -> None:
     """typer.secho, escaped like :func:`_echo`."""
-    from shaping.services.operator.terminal import printable_lines
+    from shaping.schemas.text import printable_lines
 
     typer.secho(printable_lines(message), **kwargs)
 
@@ -94,6 +103,22 @@ def _load(path: Path, bootstrap: str | None = None) -> RigConfig:
     if bootstrap:
         config = replace(config, bootstrap=bootstrap)
     return config
+
+
+def _fault_plan(text: str | None) -> FaultPlan | None:
+    """The plan of ``--fault-plan`` (None without it); a plan that does not parse is a usage
+    error."""
+    if text is None:
+        return None
+    from shaping.rig.faults import FaultPlan, FaultPlanError
+
+    try:
+        plan = FaultPlan.parse(text)
+    except FaultPlanError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--fault-plan'") from None
+    if not plan.is_empty:
+        _secho(f"crash test: fault plan {plan}", fg=typer.colors.YELLOW, err=True)
+    return plan
 
 
 def _utc(value: str | None) -> datetime | None:
@@ -129,7 +154,7 @@ class ConsoleDisplay:
 
     def message(self, text: str) -> None:
         """Prints a line, escaped (data in it cannot reach the terminal as control codes)."""
-        from shaping.services.operator.terminal import printable_lines
+        from shaping.schemas.text import printable_lines
 
         self._close_line()
         self.echo(printable_lines(text))
@@ -165,7 +190,7 @@ class ConsoleDisplay:
             f"cue {_fmt(p.get('cue_duration_s'))} s, spouts L{p.get('spout_position_left')} "
             f"R{p.get('spout_position_right')}"
         )
-        from shaping.services.operator.terminal import printable
+        from shaping.schemas.text import printable
 
         line = printable(line)
         if self.live:
@@ -253,6 +278,7 @@ def rig_run(
     metrics_host: Annotated[
         str, typer.Option(envvar="SHAPING_METRICS_HOST", help="Address the metrics bind to.")
     ] = "0.0.0.0",
+    fault_plan: FaultPlanText = None,
 ) -> None:
     """Train a mouse: run its assigned session, live, then show the decision on it.
 
@@ -264,10 +290,11 @@ def rig_run(
 
     if not simulate and (start is not None or speed is not None):
         raise typer.BadParameter("--start and --speed need --simulate", param_hint="--start")
+    faults = _fault_plan(fault_plan)
     with _rig_errors():
         rig_config = _load(config, bootstrap)
         display = ConsoleDisplay(typer.echo, live=sys.stdout.isatty(), every=every)
-        agent = RigAgent(rig_config, display)
+        agent = RigAgent(rig_config, display, faults=faults)
         exporter = None
         if metrics_port is not None:
             from shaping.rig.metrics import OutboxDepthExporter
@@ -322,7 +349,7 @@ def rig_status(
     from shaping.rig.evidence import EJECTED, evidence_lines
     from shaping.rig.follow import AssignmentFollower, unreadable_hint
     from shaping.rig.store import RigStore
-    from shaping.services.common.topics import TopicNames
+    from shaping.schemas.topics import TopicNames
 
     with _rig_errors():
         rig_config = _load(config, bootstrap)
@@ -695,20 +722,25 @@ def rig_sync(
     config: ConfigPath = DEFAULT_CONFIG,
     bootstrap: Bootstrap = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to keep trying.")] = 60.0,
+    fault_plan: FaultPlanText = None,
 ) -> None:
     """Send every event waiting in the outbox and refresh the assignment cache."""
     from shaping.rig.drain import OutboxDrainer
     from shaping.rig.errors import BrokerUnreachableError
     from shaping.rig.follow import AssignmentFollower
     from shaping.rig.store import RigStore
-    from shaping.services.common.topics import TopicNames
+    from shaping.schemas.topics import TopicNames
 
+    faults = _fault_plan(fault_plan)
     with _rig_errors():
         rig_config = _load(config, bootstrap)
         store = RigStore(rig_config.store_path)
         before = store.unsent_count()
         drainer = OutboxDrainer(
-            store, rig_config.bootstrap, client_id=f"shaping-rig-{rig_config.rig_id}"
+            store,
+            rig_config.bootstrap,
+            client_id=f"shaping-rig-{rig_config.rig_id}",
+            faults=faults,
         )
         try:
             done = drainer.drain(timeout)
@@ -835,27 +867,25 @@ def rig_simulate(
     from shaping.rig.errors import RigError
     from shaping.rig.kafka_transport import KafkaRigTransport
     from shaping.rig.lab import LabPlan, continue_lab
+    from shaping.schemas.topics import TopicNames
 
     first_day = _date(start) if start is not None else None
-    settings = Settings()
-    if bootstrap:
-        settings = replace(settings, bootstrap=bootstrap)
-    if prefix:
-        settings = replace(settings, topic_prefix=prefix)
+    bootstrap = bootstrap or os.environ.get("SHAPING_BOOTSTRAP", "127.0.0.1:9092")
+    topics = TopicNames.with_prefix(prefix or os.environ.get("SHAPING_TOPIC_PREFIX", "shaping"))
     plan = LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed)
     with _rig_errors():
         safety = _load(config).safety if config is not None else None
         try:
             transport = KafkaRigTransport(
-                settings.bootstrap,
-                settings.topics.events,
-                settings.topics.assignments,
+                bootstrap,
+                topics.events,
+                topics.assignments,
                 client_id="sim-rigs",
             )
         except RigError:
             raise
         except Exception as exc:  # kafka-python: no broker there
-            raise RigError(f"cannot reach Kafka at {settings.bootstrap}: {exc}") from exc
+            raise RigError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
         try:
             _read_to_end(transport, timeout_s=max(wait, 10.0))
             run = continue_lab(plan, transport, wait, start=first_day, safety=safety)

@@ -28,8 +28,6 @@ the rig's timestamp back, and nothing is measured.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import defaultdict
@@ -42,6 +40,7 @@ from kafka.partitioner.default import murmur2
 
 from shaping.rig.clock import Clock, SystemClock
 from shaping.rig.errors import BrokerUnreachableError, RigBusyError
+from shaping.rig.faults import FaultPlan
 from shaping.rig.locks import FileLock
 from shaping.rig.store import ClockSkew, OutboxRow, RigStore, Sent
 from shaping.schemas.codec import EventCodec, default_codec
@@ -49,10 +48,6 @@ from shaping.schemas.errors import SerializationError
 from shaping.schemas.headers import headers_for
 
 log = logging.getLogger(__name__)
-
-FAULT_ENV = "SHAPING_RIG_FAULT"
-"""Fault injection for crash tests: ``kill-after-ack:N`` makes the process SIGKILL itself after
-the N-th broker acknowledgement it receives, before marking that row sent."""
 
 MAX_SKEW_UNCERTAINTY_S = 10.0
 """A round slower than twice this measures no clock skew (the broker's time is too loose)."""
@@ -94,6 +89,8 @@ class OutboxDrainer:
         lock: held while draining, so two processes never send the same rows (default: a
             ``drain.lock`` next to the store).
         clock: the rig's clock: the records' timestamps and the clock skew measurement.
+        faults: crash tests only: the faults to inject (:meth:`FaultPlan.after_ack
+            <rig.faults.FaultPlan.after_ack>` after every acknowledgement; None: none).
     """
 
     def __init__(
@@ -105,6 +102,7 @@ class OutboxDrainer:
         delivery_timeout_ms: int = 15000,
         lock: FileLock | None = None,
         clock: Clock | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
@@ -118,9 +116,8 @@ class OutboxDrainer:
         self._consumer: Any = None
         self._partitions: dict[str, int] = {}
         self._reconciled = False
+        self.faults = faults if faults is not None else FaultPlan.none()
         self._acks = 0
-        fault = fault_argument("kill-after-ack")
-        self._kill_after_ack = fault[0] if fault else None
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -295,8 +292,7 @@ class OutboxDrainer:
                 # LogAppendTime: the broker's clock (CreateTime echoes stamp_ms back).
                 skews.append((sent_at + acked_at) / 2 - broker_ms / 1000)
             self._acks += 1
-            if self._kill_after_ack is not None and self._acks >= self._kill_after_ack:
-                self._kill()
+            self.faults.after_ack(self._acks)
             sent[row.topic].append(Sent(row.seq, metadata.partition, metadata.offset))
         for topic, done in sent.items():
             self.store.mark_sent(done, topic)
@@ -383,11 +379,6 @@ class OutboxDrainer:
                         continue  # not ours to judge; the processor dead-letters it
         return ids
 
-    @staticmethod
-    def _kill() -> None:
-        log.warning("%s: killing this process after a broker acknowledgement", FAULT_ENV)
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 def describe_error(exc: BaseException) -> str:
     """An exception as one line, its type named once."""
@@ -398,12 +389,3 @@ def describe_error(exc: BaseException) -> str:
         if text.startswith(name) or isinstance(exc, BrokerUnreachableError)
         else (f"{name}: {text}")
     )
-
-
-def fault_argument(name: str) -> tuple[int, str] | None:
-    """The N and the rest of ``SHAPING_RIG_FAULT=<name>:N:REST``."""
-    for fault in os.environ.get(FAULT_ENV, "").split(","):
-        parts = fault.strip().split(":", 2)
-        if len(parts) >= 2 and parts[0] == name and parts[1].isdigit():
-            return int(parts[1]), parts[2] if len(parts) > 2 else ""
-    return None

@@ -7,15 +7,13 @@ import logging
 import time
 from collections.abc import Sequence
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shaping.rig.errors import RigError
 from shaping.schemas.codec import EventCodec, default_codec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, Event
 from shaping.schemas.headers import headers_for
-from shaping.services.common.errors import TopicMissingError
-from shaping.services.common.topics import wait_for_partitions
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +63,7 @@ class KafkaRigTransport:
             auto_offset_reset="earliest",
             reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
-        try:
-            partitions = wait_for_partitions(self.consumer, [assignments_topic]) or []
-        except TopicMissingError as exc:
-            raise RigError(str(exc)) from exc
+        partitions = _partitions(self.consumer, assignments_topic)
         self.consumer.assign(partitions)
         self.consumer.seek_to_beginning(*partitions)
         self.assignments: dict[str, AssignmentIssued] = {}
@@ -131,3 +126,21 @@ class KafkaRigTransport:
         self.producer.flush()
         self.producer.close()
         self.consumer.close()
+
+
+def _partitions(
+    consumer: KafkaConsumer, topic: str, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """Every partition of ``topic``, waiting for the consumer's metadata to know them (a broker
+    just started or a topic just created may not be in it yet)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = consumer.partitions_for_topic(topic)
+        if found:
+            return [TopicPartition(topic, p) for p in sorted(found)]
+        if time.monotonic() >= deadline:
+            raise RigError(
+                f"topic {topic} has no partitions on the broker after {timeout_s:g} s;"
+                " create the topics first (`shaping topics create`)"
+            )
+        time.sleep(0.2)

@@ -26,11 +26,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from shaping.rig.config import SafetyLimits
 from shaping.rig.errors import NoAssignmentError, RigError
 from shaping.rig.evidence import EJECTED
-from shaping.rig.safety import printable, screen_assignment
+from shaping.rig.safety import screen_assignment
 from shaping.rig.session import SIMULATED_DEFAULTS, run_simulated_session
 from shaping.rig.sim import SimulatedMouse
 from shaping.rig.transport import RigTransport
 from shaping.schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
+from shaping.schemas.text import printable
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 """The first day of a lab that knows none of the plan's mice (the same seed, the same lab)."""

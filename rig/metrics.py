@@ -5,7 +5,7 @@ restart loses nothing (the counters are counts of rows the store keeps):
 
 ``shaping_rig_outbox_depth{rig}`` (gauge)
     events in the rig's durable outbox that Kafka has not acknowledged yet; the name is in the
-    services' catalogue (``shaping.services.common.metrics.RIG_OUTBOX_DEPTH``) and on the pipeline
+    services' catalogue (``shaping.services.adapters.metrics.RIG_OUTBOX_DEPTH``) and on the pipeline
     dashboard.
 ``shaping_rig_stale_assignments_total{rig, action}`` (counter)
     session starts where the rig knew its assignment was stale (the decision on the previous

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -309,26 +308,3 @@ def screen_assignment(
             except RigError:
                 continue  # one the rig could not run anyway is not safe
     return Screening(assignment, tuple(violations), run, limits)
-
-
-_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-def printable(text: str) -> str:
-    """Text safe for a terminal or a log read on one: control and format characters (escape
-    sequences, bidi overrides) are shown as their Python escapes (``\\x1b``), as
-    ``shaping.services.operator.terminal.printable`` does for the operator's commands (the rig's
-    library code does not import the services)."""
-    if text.isprintable():
-        return text
-    out = []
-    for char in text:
-        if unicodedata.category(char) not in _INVISIBLE:
-            out.append(char)
-        elif ord(char) < 0x100:
-            out.append(f"\\x{ord(char):02x}")
-        elif ord(char) < 0x10000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return "".join(out)

@@ -33,17 +33,35 @@
 
 Several processes may open the store (``rig run`` and ``rig status``); SQLite's WAL mode and a
 busy timeout let them share it.
+
+**Format and versions.** The store's format is numbered by SQLite's ``PRAGMA user_version``
+and changed only by the numbered steps of :data:`MIGRATIONS`, oldest first. Opening a store
+applies every step above its number, each in its own transaction that also sets the new
+number, so a store is always at exactly one version and a failed step leaves the previous one.
+Version 1 is the format the releases before versioning wrote (and left at ``user_version``
+0): a file at 0 that holds all of its tables and indexes is recognised as version 1 and only
+stamped, nothing recreated; one that holds some of them (a still older release) gets the
+missing ones, as those releases did when opened; an empty file gets every step. A store whose
+version is higher than this code knows was written by a newer Shaping: it is refused with
+:class:`StoreVersionError` before anything is written to it. Steps are never edited or
+renumbered once released; a change to the format is a new step at the end (additive where it
+can be, so that an older release that ignores it still works on the store, and written to be
+harmless when its objects exist already: ``IF NOT EXISTS``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 from shaping.rig.config import ValveCalibration
@@ -58,7 +76,12 @@ from shaping.schemas.events import (
     StageTransitioned,
 )
 
-_SCHEMA = """
+log = logging.getLogger(__name__)
+
+# Format version 1, exactly as the releases before versioning created it on every open (hence
+# IF NOT EXISTS throughout, and the history filled from the cache). Never edit it: change the
+# format with a new step of MIGRATIONS.
+_V1 = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
@@ -181,6 +204,139 @@ CREATE TABLE IF NOT EXISTS calibration_history (
     calibration_id INTEGER
 );
 """
+
+_V1_OBJECTS = frozenset(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _V1))
+"""The tables and indexes of version 1: a store at user_version 0 holding all of them was
+written by a release before versioning, in today's version 1."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the store's format, from version ``number - 1`` to ``number``.
+
+    Attributes:
+        number: the version the store has after it.
+        description: what it changes, in words (logged when it runs).
+        apply: SQL statements, or a function given the connection; it runs inside the step's
+            transaction and must not commit.
+    """
+
+    number: int
+    description: str
+    apply: str | Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "the store of the releases before versioning", _V1),
+    Migration(
+        2,
+        "index the outbox by mouse and event type: the journal's look-ups at every session "
+        "start (open_session, last_session, mouse_events) no longer scan every event recorded",
+        "CREATE INDEX IF NOT EXISTS outbox_mouse ON outbox (mouse_id, event_type)",
+    ),
+)
+"""The store's format, step by step; the last number is the version this code writes."""
+
+STORE_VERSION = MIGRATIONS[-1].number
+"""The store format version this code reads and writes."""
+
+
+class StoreVersionError(RigError):
+    """The store was written by a newer Shaping (its format version is unknown here)."""
+
+
+def _shaping_version() -> str:
+    try:
+        return package_version("shaping")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(found: int, latest: int, path: Path | str) -> None:
+    if found > latest:
+        raise StoreVersionError(
+            f"the rig's store {path} has format version {found}: it was written by a newer "
+            f"Shaping. This Shaping ({_shaping_version()}) reads store formats up to {latest}. "
+            "Install the Shaping release that wrote it, or a newer one, on this rig. The store "
+            "was left untouched (its unsent events are still in it)."
+        )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (executescript would commit first)."""
+    buffer = ""
+    for piece in script.split(";"):
+        buffer += piece + ";"
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip(" \t\r\n;"):
+                yield buffer
+            buffer = ""
+    if buffer.strip(" \t\r\n;"):
+        raise ValueError(f"an incomplete SQL statement in a store migration: {buffer!r}")
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    path: Path | str = "",
+) -> int:
+    """Brings a store to the newest version of ``migrations``; returns the version.
+
+    Each step runs in its own ``BEGIN IMMEDIATE`` transaction, which reads the version again,
+    so two processes opening an old store at once apply every step once.
+
+    Args:
+        conn: a connection to the store in autocommit mode (``isolation_level=None``).
+        migrations: the format's steps, oldest first, numbered 1, 2, ... (the default: the
+            format this code writes).
+        path: the store's file, for messages.
+
+    Raises:
+        StoreVersionError: the store's version is higher than the last step's (nothing is
+            written to it).
+    """
+    if [m.number for m in migrations] != list(range(1, len(migrations) + 1)):
+        raise ValueError("store migrations must be numbered 1, 2, 3, ... in order")
+    latest = len(migrations)
+    found = _user_version(conn)
+    _refuse_newer(found, latest, path)
+    while found < latest:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = _user_version(conn)  # another process may have migrated meanwhile
+            _refuse_newer(found, latest, path)
+            if found == latest:
+                conn.execute("COMMIT")
+                break
+            step = migrations[found]
+            if found == 0 and _holds_v1(conn):
+                log.info("rig store %s: a store of a release before versioning, version 1", path)
+            else:
+                log.info("rig store %s: version %d: %s", path, step.number, step.description)
+                if isinstance(step.apply, str):
+                    for statement in _statements(step.apply):
+                        conn.execute(statement)
+                else:
+                    step.apply(conn)
+            conn.execute(f"PRAGMA user_version = {step.number:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        found = step.number
+    return found
+
+
+def _holds_v1(conn: sqlite3.Connection) -> bool:
+    names = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")
+    }
+    return names >= _V1_OBJECTS
 
 
 def _now() -> str:
@@ -355,17 +511,30 @@ class RigStore:
     """The rig's SQLite store. Each thread gets its own connection.
 
     Args:
-        path: the database file (created with its folder if missing).
+        path: the database file (created with its folder if missing); an existing store is
+            brought to the current format (see the module's *Format and versions*).
         codec: event codec (the default one if not given).
+        migrations: the format's steps (the default, :data:`MIGRATIONS`, is the only one the
+            rig uses).
+
+    Raises:
+        StoreVersionError: a newer Shaping wrote the store; it is left untouched.
+        RigError: the store cannot be opened or brought to the current format.
     """
 
-    def __init__(self, path: Path | str, codec: EventCodec | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        codec: EventCodec | None = None,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
         self.path = Path(path)
         self.codec = codec or default_codec()
         self._local = threading.local()
+        self._version = len(migrations)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn().executescript(_SCHEMA)
+            migrate(self._conn(), migrations, self.path)
         except (OSError, sqlite3.Error) as exc:
             raise RigError(f"cannot open the rig's store {self.path}: {exc}") from exc
 
@@ -375,6 +544,11 @@ class RigStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:  # before anything that could write to a store of a newer Shaping
+                _refuse_newer(_user_version(conn), self._version, self.path)
+            except BaseException:
+                conn.close()
+                raise
             conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk before append() returns, so a power cut loses nothing
             # the task recorded.
@@ -459,7 +633,8 @@ class RigStore:
 
     def unsent_count(self, mouse_id: str | None = None) -> int:
         """How many events wait to be sent (for one mouse, or all)."""
-        query = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+        # the unsent rows are few, a mouse's rows many: count through the index of the unsent
+        query = "SELECT count(*) FROM outbox INDEXED BY outbox_unsent WHERE sent_at IS NULL"
         args: tuple[str, ...] = ()
         if mouse_id is not None:
             query += " AND mouse_id = ?"

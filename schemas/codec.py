@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import EVENT_TYPES, Event
-from shaping.schemas.identifiers import printable
+from shaping.schemas.text import quoted
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
@@ -147,7 +147,7 @@ class EventCodec:
             )
         if isinstance(record, dict) and record.get("schema_version") != writer.version:
             raise SerializationError(
-                f"schema_version field {printable(str(record.get('schema_version')))} does not "
+                f"schema_version field {quoted(str(record.get('schema_version')))} does not "
                 f"match the writer schema ({writer.event_type} v{writer.version})",
                 "invalid",
             )
@@ -180,7 +180,7 @@ class EventCodec:
 
 def _describe(exc: BaseException) -> str:
     """An exception as a short sentence for a person (bounded, no control characters)."""
-    text = printable(str(exc), 300) if str(exc) else type(exc).__name__
+    text = quoted(str(exc), 300) if str(exc) else type(exc).__name__
     return text if isinstance(exc, ValueError | EOFError) else f"{text} ({type(exc).__name__})"
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from shaping.schemas.text import quoted
+
 ID_MAX = 64
 SESSION_ID_MAX = 128
 NAME_MAX = 64
@@ -29,18 +31,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._()+-]*[A-Za-z0-9._()+-])?")
 _ID, _SESSION_ID, _NAME = ID_RE, SESSION_ID_RE, NAME_RE
 
 
-def printable(value: str, limit: int = 80) -> str:
-    """``value`` made safe to quote in a message for a person: control characters and
-    non-printable characters escaped (``\\x1b``), and cut to ``limit`` characters with the
-    full length said."""
-    shown = "".join(
-        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in value
-    )
-    if len(shown) > limit:
-        return f"{shown[:limit]}… ({len(value)} characters)"
-    return shown
-
-
 def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text")
@@ -49,7 +39,7 @@ def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule:
     if len(value) > limit:
         raise ValueError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
     if not pattern.fullmatch(value):
-        raise ValueError(f"{what} '{printable(value)}' is not allowed: {rule}")
+        raise ValueError(f"{what} '{quoted(value)}' is not allowed: {rule}")
     return value
 
 

@@ -25,14 +25,13 @@ from uuid import uuid4
 import pytest
 from kafka import KafkaAdminClient
 
-from shaping.services.common.topics import TopicNames, ensure_topics
-from tests.support.kafka import start_kafka
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics
+from tests.support.kafka import TEST_PARTITIONS, start_kafka
 from tests.support.postgres import start_postgres
 from tests.support.scripts import InfraStartError
 
 log = logging.getLogger(__name__)
-
-TEST_PARTITIONS = 4
 
 # Test stories are dated on fixed days (reproducible), which fall ever further behind the
 # broker's clock; services started by the tests (they inherit this environment) accept dates

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "batched":
             profiler.runcall(ibl.recompute_batched, catalog, enrol, per_session)
         else:
-            from shaping.services.curricula.ibl_trials import evaluate_sessions
+            from shaping.services.operator.ibl_trials import evaluate_sessions
 
             profiler.runcall(evaluate_sessions, sessions, catalog.get("ibl"), catalog)
         wall = time.perf_counter() - began

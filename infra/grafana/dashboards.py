@@ -10,7 +10,7 @@ Three dashboards, provisioned into Grafana by docker-compose (see provisioning/)
 - pipeline health: consumer lag, processing latency, event age, throughput, rig outbox depth,
   faust's own sensors.
 
-PromQL panels use the metric names of ``services/common/metrics.py``; SQL panels query the
+PromQL panels use the metric names of ``services/adapters/metrics.py``; SQL panels query the
 projector's tables (``services/projector/tables.py``) through the Postgres datasource. The
 tests in tests/ops check both against what the services really export and really create.
 Standard library only, so the script runs anywhere.

@@ -17,7 +17,6 @@ from shaping.services.domain.metric_registry import (
     FinishedSession,
     MetricDefinition,
     MetricKind,
-    MetricRegistry,
     MetricView,
     Unit,
     median,
@@ -618,8 +617,3 @@ def builtin_metrics() -> list[MetricDefinition]:
             arguments=(_EPHYS,),
         ),
     ]
-
-
-def builtin_registry() -> MetricRegistry:
-    """A registry of the shipped metrics."""
-    return MetricRegistry(builtin_metrics())

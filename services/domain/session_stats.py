@@ -103,7 +103,7 @@ class SessionStats(BaseModel):
             newer ones hold a whole trial window; see :func:`~services.domain.metrics.trim`).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     n_trials: int = 0
     n_correct: int = 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import zlib
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +38,7 @@ class OpenSession(BaseModel):
         stats: sufficient statistics of its trials so far.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     session_id: str
     stage: str
@@ -91,7 +89,7 @@ class SessionRecord(BaseModel):
             kept).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     session_id: str
     stage: str
@@ -131,7 +129,7 @@ class JudgedSession(BaseModel):
         session_total: the decision's ``session_total`` (sessions in all, this one included).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     session_id: str
     session_date: str
@@ -200,7 +198,10 @@ class MouseState(BaseModel):
             reused id, refused, not a redelivery.
     """
 
-    model_config = ConfigDict(frozen=True)
+    # Unknown fields are refused here and in every model a state holds: the processor stores
+    # states (services/processor/state_store.py), and a field renamed by another version must
+    # fail to load rather than come back as its default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     mouse_id: str
     enrolled: bool = False
@@ -234,136 +235,17 @@ class MouseState(BaseModel):
         """The recent-id window with ``event_id`` added."""
         return (*self.recent_event_ids, event_id)[-RECENT_IDS:]
 
-    def to_bytes(self) -> bytes:
-        """Serialises the state (for the processor's changelog-backed table)."""
-        return self.model_dump_json().encode("utf-8")
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> MouseState:
-        """Reads a state written by :meth:`to_bytes`."""
-        return cls.model_validate_json(data)
-
-
-# -- the state as the processor stores it: a state record and an open-sessions record ----------
+# -- what a trial changes ------------------------------------------------------------------------
 
 SESSION_FIELDS = ("open_session", "parked_sessions", "input_offsets")
 """The :class:`MouseState` fields a TrialCompleted can change (``evolve``: ``focus_session``
 then ``_evolve_trial``; the processing step: the input offset); every other field changes
-only with a non-trial event."""
-
-_SESSIONS_MAGIC = b"SOS1"
-"""First bytes of an open-sessions record (then zlib-compressed JSON)."""
-
-_SESSIONS_LEVEL = 1
-"""zlib level of open-sessions records: level 1 already halves them (per-trial strings and
-reaction times), at a few tens of microseconds per trial."""
-
-
-def record_digest(record: bytes) -> str:
-    """The digest that ties an open-sessions record to the state record it extends."""
-    # SHA-256 (hardware-accelerated on current CPUs: ~35 us for a 60 KB record), truncated to
-    # 128 bits: a stale record passing for a current one is out of the question.
-    return hashlib.sha256(record).hexdigest()[:32]
-
-
-class OpenSessions(BaseModel):
-    """The open-session fields of a :class:`MouseState`, stored apart from the rest.
-
-    The processor stores a mouse's state as two records: the state record (the whole
-    :class:`MouseState`, :meth:`MouseState.to_bytes`, written when anything but the open
-    sessions changed) and this one (written after a trial, which changes only the open
-    sessions). ``base`` is the :func:`record_digest` of the state record it was written on:
-    it applies to that record only, so a state record written after it (a session end, a
-    decision, a replay's hand-over) makes it stale by its own bytes, with no second write.
-
-    Attributes:
-        base: digest of the state record these open sessions extend.
-        open_session: ``MouseState.open_session``.
-        parked_sessions: ``MouseState.parked_sessions``.
-        input_offsets: ``MouseState.input_offsets``.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    base: str
-    open_session: OpenSession | None = None
-    parked_sessions: tuple[OpenSession, ...] = ()
-    input_offsets: dict[str, int] = Field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        """Serialises the record (a marker, then zlib-compressed JSON)."""
-        return _SESSIONS_MAGIC + zlib.compress(self.model_dump_json().encode(), _SESSIONS_LEVEL)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> OpenSessions:
-        """Reads a record written by :meth:`to_bytes`.
-
-        Raises:
-            ValueError: when the bytes are no open-sessions record.
-        """
-        if not data.startswith(_SESSIONS_MAGIC):
-            raise ValueError("not an open-sessions record")
-        try:
-            text = zlib.decompress(data[len(_SESSIONS_MAGIC) :])
-        except zlib.error as exc:
-            raise ValueError(f"corrupt open-sessions record: {exc}") from exc
-        return cls.model_validate_json(text)
-
-
-def split_sessions(state: MouseState, record: bytes) -> OpenSessions:
-    """The open-session part of ``state``, to store on top of the state record ``record``
-    (whose state must equal ``state`` outside :data:`SESSION_FIELDS`)."""
-    return OpenSessions(
-        base=record_digest(record),
-        open_session=state.open_session,
-        parked_sessions=state.parked_sessions,
-        input_offsets=state.input_offsets,
-    )
-
-
-def join_sessions(record: bytes, sessions: bytes | None) -> MouseState:
-    """The state stored as a state record and, if any, an open-sessions record.
-
-    The open-sessions record applies when it was written on this very state record (its
-    ``base``); otherwise it is older than the state record (which holds the open sessions as
-    they were when it was written) and is ignored.
-    """
-    state = MouseState.from_bytes(record)
-    if sessions is None:
-        return state
-    part = OpenSessions.from_bytes(sessions)
-    if part.base != record_digest(record):
-        return state
-    return state.model_copy(
-        update={
-            "open_session": part.open_session,
-            "parked_sessions": part.parked_sessions,
-            "input_offsets": part.input_offsets or state.input_offsets,
-        }
-    )
+only with a non-trial event. The processor's store keeps them in a record of their own
+(``services/processor/state_store.py``), so that a trial does not rewrite the whole state."""
 
 
 def only_sessions_changed(before: MouseState, after: MouseState) -> bool:
     """Whether ``after`` differs from ``before`` at most in :data:`SESSION_FIELDS`."""
     empty: dict[str, object] = {"open_session": None, "parked_sessions": (), "input_offsets": {}}
     return before.model_copy(update=empty) == after.model_copy(update=empty)
-
-
-def records_to_store(
-    record: bytes | None, before: MouseState | None, after: MouseState
-) -> tuple[bytes | None, bytes | None]:
-    """What to store after a step: ``(state record, open-sessions record)``, one of them None.
-
-    Args:
-        record: the stored state record (None: the mouse has none yet).
-        before: the stored state (the join of ``record`` and its open sessions).
-        after: the new state.
-
-    Returns:
-        Only an open-sessions record on ``record`` when just the open sessions changed (a
-        trial: a few KB); otherwise only the whole state as the new state record. Either way
-        one record, so a step's write is all or nothing.
-    """
-    if record is not None and before is not None and only_sessions_changed(before, after):
-        return None, split_sessions(after, record).to_bytes()
-    return after.to_bytes(), None

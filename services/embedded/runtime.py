@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from shaping.schemas.codec import EventCodec, default_codec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, Event
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicKind, TopicNames
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
 from shaping.services.embedded.log import InProcessLog, LogRecord
-from shaping.services.processor.step import ProcessorStep, TopicKind
+from shaping.services.processor.step import ProcessorStep
 from shaping.services.projector.store import ProjectedMessage, ProjectionStore
 
 PROJECTOR = "projector"
@@ -46,13 +46,7 @@ class EmbeddedRuntime:
         self.store = store
         self.states: dict[str, MouseState] = {}
         self.assignments: dict[str, AssignmentIssued] = {}
-        self._kinds: dict[str, TopicKind] = {
-            self.topics.events: "events",
-            self.topics.accepted: "accepted",
-            self.topics.decisions: "decisions",
-            self.topics.assignments: "assignments",
-            self.topics.dead_letter: "dead_letter",
-        }
+        self._kinds: dict[str, TopicKind] = self.topics.kinds()
         self._projected = 0
         self._processed = 0
 

@@ -72,15 +72,14 @@ def publish_enrollment(bootstrap: str, topic: str, event: MouseEnrolled) -> tupl
     Raises:
         OperatorError: when no broker answers, the topic does not exist, or the write fails.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
 
+    from shaping.services.adapters.kafka import producer as kafka_producer
+
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id="shaping-enroll",
-            acks="all",
-            enable_idempotence=True,
+        producer = kafka_producer(
+            bootstrap,
+            "shaping-enroll",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
             bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
         )

@@ -9,7 +9,10 @@ terminal has its control characters escaped (``\\x1b``), so a hostile key or val
 crash the command nor drive the terminal.
 
 Reading never joins a consumer group and never commits offsets. The rendering functions are
-pure (no Kafka), so they are tested on arbitrary bytes.
+pure (no Kafka), so they are tested on arbitrary bytes. This module is the use case: it plans a
+reading (:func:`plan_reading`), reads it (:func:`show_records`, :func:`tail_records`) and renders
+it (:meth:`Reading.render`), and says what went wrong with an :class:`EventsError`. The
+commands, their options and how they print are in services/cli/events.py.
 """
 
 from __future__ import annotations
@@ -20,29 +23,34 @@ import re
 import sys
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
-
-from shaping.services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shaping.schemas.codec import EventCodec
     from shaping.schemas.events import Event, EventRejected
-    from shaping.services.common.topics import TopicNames
+    from shaping.schemas.topics import TopicNames
+    from shaping.services.adapters.settings import Settings
 
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BYTES = 512
 """How many bytes of an undecodable value or a dead letter's original a hexdump shows."""
 
-app = typer.Typer(
-    help="Read Shaping's topics as text: decoded events, dead letters, undecodable records.",
-    no_args_is_help=True,
-)
+Warn = Callable[[str], None]
+"""Where a reading's warnings go (a line of text each, e.g. a partition that stopped
+delivering)."""
+
+
+class EventsError(Exception):
+    """The records cannot be read as asked: an unknown event type or topic, or no broker. The
+    message says what to change."""
+
+
+def _warn_on_stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
 
 
 class TopicKind(StrEnum):
@@ -584,6 +592,8 @@ class TopicScanner:
         topics: topic names.
         partitions: only these partitions (None: all).
         timeout_s: how long to wait for the broker and the topics' metadata.
+        warn: gets the warning when a partition stops delivering before its end (default:
+            a line on stderr).
     """
 
     def __init__(
@@ -592,19 +602,15 @@ class TopicScanner:
         topics: Sequence[str],
         partitions: Sequence[int] | None = None,
         timeout_s: float | None = None,
+        warn: Warn | None = None,
     ) -> None:
-        from kafka import KafkaConsumer
-
-        from shaping.services.common.topics import wait_for_partitions
+        from shaping.services.adapters.kafka import consumer as kafka_consumer
+        from shaping.services.adapters.topics import wait_for_partitions
 
         timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id="shaping-events",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            bootstrap_timeout_ms=int(timeout_s * 1000),
+        self.warn = warn if warn is not None else _warn_on_stderr
+        self.consumer = kafka_consumer(
+            bootstrap, "shaping-events", bootstrap_timeout_ms=int(timeout_s * 1000)
         )
         try:
             found = wait_for_partitions(self.consumer, list(topics), timeout_s) or []
@@ -667,11 +673,7 @@ class TopicScanner:
                     self.consumer.pause(tp)
             if todo and time.monotonic() - last_progress > idle_s:
                 stuck = ", ".join(f"{tp.topic}/{tp.partition}" for tp in sorted(todo))
-                typer.secho(
-                    f"warning: nothing more arrived from {stuck} for {idle_s:g} s; stopping",
-                    fg=typer.colors.YELLOW,
-                    err=True,
-                )
+                self.warn(f"warning: nothing more arrived from {stuck} for {idle_s:g} s; stopping")
                 return
         self.consumer.resume(*self.partitions)
 
@@ -742,68 +744,20 @@ def last_matching(
     return merged[-count:]
 
 
-# -- the commands ---------------------------------------------------------------------------------
-
-Topics = Annotated[
-    list[TopicKind] | None,
-    typer.Option(
-        "--topic",
-        "-t",
-        help="Topic kind (repeatable): events, accepted, decisions, assignments, dead-letter,"
-        " curricula, or all. The name is <prefix>.<kind>. Default: events.",
-        show_default=False,
-    ),
-]
-Mice = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--mouse",
-        "-m",
-        help="Only records about this mouse (repeatable): its key, its event's mouse_id, or a"
-        " dead letter's original. Reads only the mouse's partition unless --partition is given.",
-        show_default=False,
-    ),
-]
-Types = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--type",
-        help="Only events of this type (repeatable), e.g. TrialCompleted.",
-        show_default=False,
-    ),
-]
-Partitions = Annotated[
-    list[int] | None,
-    typer.Option("--partition", "-p", min=0, help="Only this partition (repeatable)."),
-]
-Output = Annotated[
-    OutputFormat,
-    typer.Option("--format", "-o", help="table: one line per record; json: JSON lines."),
-]
-ShowHeaders = Annotated[
-    bool, typer.Option("--headers", help="In a table, print each record's Kafka headers.")
-]
-MaxBytes = Annotated[
-    int,
-    typer.Option(
-        "--max-bytes",
-        min=0,
-        help="Bytes a hexdump shows (undecodable values, dead letters' originals); 0: all.",
-    ),
-]
-Since = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="From this time: 2026-03-02, 2026-03-02T10:00:00Z, or an age (90s, 15m, 2h, 3d).",
-        show_default=False,
-    ),
-]
+# -- the use case: plan a reading, read it, render it -------------------------------------------
 
 
 @dataclass
-class _Job:
-    """What the user asked for, resolved."""
+class Reading:
+    """What to read and how to show it, resolved from what the user asked for.
+
+    Attributes:
+        bootstrap: Kafka bootstrap servers.
+        topics: the topic names, in the order asked.
+        partitions: only these partitions (None: all).
+        selection: which of the records read are wanted.
+        renderer: how a wanted record is shown.
+    """
 
     bootstrap: str
     topics: list[str]
@@ -811,68 +765,90 @@ class _Job:
     selection: Selection
     renderer: Renderer
 
+    def wanted(self, record: RawRecord) -> bool:
+        """Whether the selection keeps ``record``."""
+        codec = self.renderer.codec
+        return self.selection.matches(record, decode_any(codec, record.value), codec)
 
-def _job(
-    bootstrap: str | None,
-    prefix: str | None,
-    topic: list[TopicKind] | None,
-    mouse: list[str] | None,
-    event_type: list[str] | None,
-    partition: list[int] | None,
-    output: OutputFormat,
-    headers: bool,
-    max_bytes: int,
-) -> _Job:
+    def render(self, records: Iterable[RawRecord]) -> Iterator[list[str]]:
+        """The lines of each record the selection keeps, one list per record, as they come."""
+        codec = self.renderer.codec
+        for record in records:
+            decoded = decode_any(codec, record.value)
+            if self.selection.matches(record, decoded, codec):
+                yield self.renderer.render(record, decoded)
+
+
+def plan_reading(
+    settings: Settings,
+    kinds: Sequence[TopicKind] = (),
+    mice: Sequence[str] = (),
+    types: Sequence[str] = (),
+    partitions: Sequence[int] = (),
+    output: OutputFormat = OutputFormat.table,
+    show_headers: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Reading:
+    """Resolves a request: the topic names of ``kinds`` (default: events), the event types
+    spelled as the contract spells them, and, when only some mice are wanted and no partition
+    is named, the partitions their keys go to (this asks the broker for the partition counts).
+
+    Args:
+        settings: the deployment's bootstrap servers and topic names.
+        max_bytes: bytes a hexdump shows; 0 shows all.
+
+    Raises:
+        EventsError: an event type the contract does not have (the closest one suggested), or
+            a topic kind this deployment lacks.
+    """
     from shaping.schemas.codec import default_codec
     from shaping.schemas.events import EVENT_TYPES
 
-    settings = settings_with(bootstrap, prefix)
     known = {name.lower(): name for name in EVENT_TYPES}
-    for name in event_type or []:
+    for name in types:
         if name.lower() not in known:
             import difflib
 
             close = difflib.get_close_matches(name, list(EVENT_TYPES), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            fail(f"unknown event type {name!r}{hint} (known: {', '.join(sorted(EVENT_TYPES))})")
+            raise EventsError(
+                f"unknown event type {name!r}{hint} (known: {', '.join(sorted(EVENT_TYPES))})"
+            )
     try:
-        names = topic_names(topic or [], settings.topics)
+        names = topic_names(kinds, settings.topics)
     except ValueError as exc:
-        fail(str(exc))
-    parts = list(partition) if partition else None
-    if parts is None and mouse:
-        parts = _mouse_partitions(settings.bootstrap, names, mouse)
-    return _Job(
+        raise EventsError(str(exc)) from exc
+    parts = list(partitions) if partitions else None
+    if parts is None and mice:
+        parts = mouse_partitions(settings.bootstrap, names, mice)
+    return Reading(
         bootstrap=settings.bootstrap,
         topics=names,
         partitions=parts,
-        selection=Selection(mice=mouse or [], types=[known[t.lower()] for t in event_type or []]),
+        selection=Selection(mice=list(mice), types=[known[t.lower()] for t in types]),
         renderer=Renderer(
             default_codec(),
             output=output,
-            show_headers=headers,
+            show_headers=show_headers,
             max_bytes=max_bytes or None,
         ),
     )
 
 
-def _mouse_partitions(
+def mouse_partitions(
     bootstrap: str, topics: Sequence[str], mice: Sequence[str]
 ) -> list[int] | None:
     """The partitions the mice's keys go to (Kafka's default partitioner, murmur2, as every
     Shaping producer uses), or None (read every partition) when the curricula topic, keyed
     otherwise, is among the topics or the topics' partition counts differ."""
-    from kafka import KafkaConsumer
     from kafka.partitioner.default import murmur2
+
+    from shaping.services.adapters.kafka import consumer as kafka_consumer
 
     if any(name.endswith(".curricula") for name in topics):
         return None
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id="shaping-events",
-        group_id=None,
-        enable_auto_commit=False,
-        bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+    consumer = kafka_consumer(
+        bootstrap, "shaping-events", bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000)
     )
     try:
         counts = {len(consumer.partitions_for_topic(name) or ()) for name in topics}
@@ -885,104 +861,52 @@ def _mouse_partitions(
     return sorted({(murmur2(m.encode("utf-8")) & 0x7FFFFFFF) % count for m in mice})
 
 
-def _scanner(job: _Job) -> TopicScanner:
+def open_scanner(reading: Reading, warn: Warn | None = None) -> TopicScanner:
+    """A scanner on the reading's topics and partitions.
+
+    Raises:
+        EventsError: no broker answers in time, the topics are missing, or none of the
+            partitions asked for exists.
+    """
     from kafka.errors import KafkaError
 
-    from shaping.services.common.errors import InfraError
+    from shaping.services.adapters.errors import InfraError
 
     try:
-        scanner = TopicScanner(job.bootstrap, job.topics, job.partitions)
+        scanner = TopicScanner(reading.bootstrap, reading.topics, reading.partitions, warn=warn)
     except InfraError as exc:
-        fail(f"{exc}")
+        raise EventsError(f"{exc}") from exc
     except (KafkaError, OSError) as exc:
-        fail(
-            f"no Kafka broker answered at {job.bootstrap} within {CONNECT_TIMEOUT_S:g} s "
+        raise EventsError(
+            f"no Kafka broker answered at {reading.bootstrap} within {CONNECT_TIMEOUT_S:g} s "
             f"({type(exc).__name__}); start one (`make kafka-up`) or pass --bootstrap"
-        )
+        ) from exc
     if not scanner.partitions:
         scanner.close()
-        wanted = ", ".join(str(p) for p in job.partitions or [])
-        fail(f"no partition {wanted} in {', '.join(job.topics)}")
+        wanted = ", ".join(str(p) for p in reading.partitions or [])
+        raise EventsError(f"no partition {wanted} in {', '.join(reading.topics)}")
     return scanner
 
 
-def _emit(lines: Iterable[str]) -> None:
-    for line in lines:
-        try:
-            sys.stdout.write(line + "\n")
-        except UnicodeEncodeError:  # a terminal that is not UTF-8: escape what it cannot show
-            encoding = getattr(sys.stdout, "encoding", None) or "ascii"
-            sys.stdout.write(line.encode(encoding, "backslashreplace").decode(encoding) + "\n")
-    sys.stdout.flush()
+def show_records(
+    reading: Reading,
+    from_offset: int | None = None,
+    to_offset: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    warn: Warn | None = None,
+) -> list[RawRecord]:
+    """The wanted records in a range, oldest first (merged by timestamp), at most ``limit``.
 
+    The range is everything on the topics now, narrowed by each bound given: offsets
+    ``from_offset`` to ``to_offset`` (inclusive) in every partition read, and times ``since``
+    (inclusive) to ``until`` (exclusive).
 
-def _print(job: _Job, records: Iterable[RawRecord]) -> int:
-    count = 0
-    codec = job.renderer.codec
-    for record in records:
-        decoded = decode_any(codec, record.value)
-        if not job.selection.matches(record, decoded, codec):
-            continue
-        _emit(job.renderer.render(record, decoded))
-        count += 1
-    return count
-
-
-def _wanted(job: _Job) -> Callable[[RawRecord], bool]:
-    codec = job.renderer.codec
-
-    def wanted(record: RawRecord) -> bool:
-        return job.selection.matches(record, decode_any(codec, record.value), codec)
-
-    return wanted
-
-
-def _time_or_fail(text: str | None, option: str) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError as exc:
-        fail(f"{option}: {exc}")
-
-
-@app.command("show")
-def show(
-    topic: Topics = None,
-    mouse: Mice = None,
-    event_type: Types = None,
-    partition: Partitions = None,
-    from_offset: Annotated[
-        int | None,
-        typer.Option("--from-offset", min=0, help="First offset, in each partition read."),
-    ] = None,
-    to_offset: Annotated[
-        int | None,
-        typer.Option("--to-offset", min=0, help="Last offset (inclusive), in each partition."),
-    ] = None,
-    since: Since = None,
-    until: Annotated[
-        str | None,
-        typer.Option("--until", help="Up to (not including) this time; as --since."),
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", "-n", min=1, help="Print at most this many.")
-    ] = None,
-    output: Output = OutputFormat.table,
-    headers: ShowHeaders = False,
-    max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-) -> None:
-    """Print the records of a range of offsets or of time, oldest first, then stop.
-
-    Without a range, everything on the topics now. Records of several partitions or topics
-    are merged by timestamp.
+    Raises:
+        EventsError: as :func:`open_scanner`.
     """
-    job = _job(bootstrap, prefix, topic, mouse, event_type, partition, output, headers, max_bytes)
-    start_time = _time_or_fail(since, "--since")
-    end_time = _time_or_fail(until, "--until")
-    with _scanner(job) as scanner:
+    with open_scanner(reading, warn) as scanner:
         ends = scanner.ends()
         begins = scanner.beginnings()
         start = dict(begins)
@@ -991,78 +915,51 @@ def show(
             start = {tp: max(begins[tp], from_offset) for tp in start}
         if to_offset is not None:
             end = {tp: min(ends[tp], to_offset + 1) for tp in end}
-        if start_time is not None:
-            at = scanner.offsets_at(start_time, ends)
+        if since is not None:
+            at = scanner.offsets_at(since, ends)
             start = {tp: max(start[tp], at[tp]) for tp in start}
-        if end_time is not None:
-            at = scanner.offsets_at(end_time, ends)
+        if until is not None:
+            at = scanner.offsets_at(until, ends)
             end = {tp: min(end[tp], at[tp]) for tp in end}
-        wanted = _wanted(job)
-        records = sorted((r for r in scanner.read(Bounds(start, end)) if wanted(r)), key=_sort_key)
-    if limit is not None:
-        records = records[:limit]
-    try:
-        _print(job, records)
-    except BrokenPipeError:  # piped into head
-        sys.stderr.close()
+        records = sorted(
+            (r for r in scanner.read(Bounds(start, end)) if reading.wanted(r)), key=_sort_key
+        )
+    return records if limit is None else records[:limit]
 
 
-@app.command("tail")
-def tail(
-    topic: Topics = None,
-    mouse: Mice = None,
-    event_type: Types = None,
-    partition: Partitions = None,
-    last: Annotated[
-        int, typer.Option("--last", "-n", min=0, help="Print the last N records first.")
-    ] = 10,
-    since: Since = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing records as they arrive.")
-    ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            min=0,
-            help="With --follow: stop after this many seconds (default: until Ctrl-C).",
-        ),
-    ] = None,
-    output: Output = OutputFormat.table,
-    headers: ShowHeaders = False,
-    max_bytes: MaxBytes = DEFAULT_MAX_BYTES,
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-) -> None:
-    """Print the last records, then, with --follow, every new one as it arrives.
+def tail_records(
+    reading: Reading,
+    last: int = 10,
+    since: datetime | None = None,
+    follow: bool = False,
+    timeout_s: float | None = None,
+    warn: Warn | None = None,
+) -> Generator[RawRecord, None, None]:
+    """The last ``last`` wanted records (merged by timestamp), or every wanted one since
+    ``since``; then, with ``follow``, every record of the topics as it arrives, until
+    ``timeout_s`` has passed since the call began (None: until the caller stops). The records
+    followed are not filtered: :meth:`Reading.render` keeps the wanted ones.
 
-    --last N picks the last N (of those the filters keep, merged by timestamp); --since prints
-    everything since a time instead.
+    A generator: the broker is reached when the first record is asked for, and the scanner
+    is closed when the generator ends or is closed.
+
+    Raises:
+        EventsError: as :func:`open_scanner`, when the first record is asked for.
     """
-    job = _job(bootstrap, prefix, topic, mouse, event_type, partition, output, headers, max_bytes)
-    start_time = _time_or_fail(since, "--since")
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        with _scanner(job) as scanner:
-            ends = scanner.ends()
-            begins = scanner.beginnings()
-            if start_time is not None:
-                start = scanner.offsets_at(start_time, ends)
-                records = sorted(
-                    (r for r in scanner.read(Bounds(start, ends)) if _wanted(job)(r)),
-                    key=_sort_key,
-                )
-            else:
-                records = last_matching(scanner, last, _wanted(job), begins, ends)
-            _print(job, records)
-            if follow:
-                _print(
-                    job,
-                    scanner.follow(
-                        ends, lambda: deadline is not None and time.monotonic() >= deadline
-                    ),
-                )
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:
-        sys.stderr.close()
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with open_scanner(reading, warn) as scanner:
+        ends = scanner.ends()
+        begins = scanner.beginnings()
+        if since is not None:
+            start = scanner.offsets_at(since, ends)
+            records = sorted(
+                (r for r in scanner.read(Bounds(start, ends)) if reading.wanted(r)),
+                key=_sort_key,
+            )
+        else:
+            records = last_matching(scanner, last, reading.wanted, begins, ends)
+        yield from records
+        if follow:
+            yield from scanner.follow(
+                ends, lambda: deadline is not None and time.monotonic() >= deadline
+            )

@@ -1,20 +1,26 @@
-"""``shaping override``, ``eject`` and ``adjust``: a trainer's interventions, as events.
+"""A trainer's interventions (override, eject, adjust), as events: the use case behind
+``shaping override``, ``eject`` and ``adjust``.
 
-Each command publishes one event to the events topic, keyed by the mouse id, through an
+An intervention is one event on the events topic, keyed by the mouse id, written by an
 idempotent kafka-python producer with ``acks=all`` (as ``shaping enroll`` does):
 StageOverridden, MouseEjected or ParametersAdjusted. The processor judges it against the
 mouse's state and either honours it (an AssignmentIssued caused by the event, at once) or
-refuses it (an EventRejected on the dead-letter topic, with the reason). The command waits for
-that answer (``--wait`` seconds) and prints it, so the trainer knows at once.
+refuses it (an EventRejected on the dead-letter topic, with the reason). :func:`deliver` waits
+for that answer, so the trainer learns it at once.
 
-Before publishing, what can be checked here is checked, with suggestions for typos: the mouse
-against the status tables, the stage and the adjusted parameters against the mouse's
-curriculum version. When the status tables cannot be read, the event goes out unchecked and
-the processor alone judges it. An override names the stage the status tables show as the
-mouse's ``from_stage``, so the processor refuses it if the mouse has moved since.
+Before anything is published, what can be checked here is checked, with suggestions for
+typos: the mouse against the status tables, the stage and the adjusted parameters against the
+mouse's curriculum version. When the status tables cannot be read, the event goes out
+unchecked and the processor alone judges it. An override names the stage the status tables
+show as the mouse's ``from_stage``, so the processor refuses it if the mouse has moved since.
 
-Only typer is imported at module level (``shaping`` stays light on a rig); each command imports
-what it needs when it runs. docs/interventions.md describes the commands and their semantics.
+:func:`request_override`, :func:`request_ejection` and :func:`request_adjustment` do the whole
+of it. What goes wrong is an :class:`InterventionError` with a message for the trainer: a
+request that cannot work (bad input, an ejected mouse, a stage the curriculum lacks), a
+:class:`DeliveryError` (the event did not reach Kafka), or an :class:`InterventionRefused`
+(the processor said no). The commands (services/cli/interventions.py) print it and choose
+the exit status. Nothing heavy is imported at module level (``shaping`` stays light on a
+rig). docs/interventions.md describes the commands and their semantics.
 """
 
 from __future__ import annotations
@@ -23,22 +29,13 @@ import difflib
 import getpass
 import json
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from shaping.services.common.cli_options import (
-    Bootstrap,
-    Mouse,
-    Prefix,
-    check_stage,
-    fail,
-    settings_with,
-)
 from shaping.services.operator.terminal import printable
 
 if TYPE_CHECKING:
@@ -46,39 +43,43 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from shaping.schemas.events import Event, Parameters, ParamValue
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.domain import CurriculumCatalog, CurriculumEngine
 
 SEND_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 DEFAULT_WAIT_S = 20.0
 
-Reason = Annotated[
-    str,
-    typer.Option("--reason", help="Why (kept in the audit; required).", show_default=False),
-]
-By = Annotated[
-    str | None,
-    typer.Option("--by", help="Who decides (default: $SHAPING_OPERATOR, else your user name)."),
-]
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--db-url",
-        help="Status tables used to check the mouse, stage and parameters (default: "
-        "$SHAPING_DB_URL).",
-    ),
-]
-Wait = Annotated[
-    float,
-    typer.Option(
-        "--wait", min=0, help="Seconds to wait for the processor's answer (0: do not wait)."
-    ),
-]
+Warn = Callable[[str], None]
+"""Where the warnings of an intervention go (a line of text each): the checks that could not
+be made here, so the event goes out unchecked."""
 
 
 class InterventionError(Exception):
     """An intervention cannot be sent as asked (bad input, or a known-impossible request)."""
+
+
+class DeliveryError(InterventionError):
+    """The event did not reach the events topic: no broker answered, the topics are missing, or
+    Kafka refused the write."""
+
+
+class InterventionRefused(InterventionError):
+    """The processor refused the intervention: it answered with an EventRejected.
+
+    Attributes:
+        event: the intervention as published.
+        answer: the processor's EventRejected.
+    """
+
+    def __init__(self, message: str, event: Event, answer: Event) -> None:
+        super().__init__(message)
+        self.event = event
+        self.answer = answer
+
+
+def _warn_on_stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
 
 
 # -- what the status tables say about a mouse ----------------------------------------------------
@@ -342,15 +343,16 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
     """Publishes the event and waits up to ``wait_s`` for the processor's answer.
 
     Raises:
-        InterventionError: no broker answers, the topics do not exist, or the write fails.
+        DeliveryError: no broker answers, the topics do not exist, or the write fails.
     """
-    from kafka import KafkaConsumer, KafkaProducer
     from kafka.errors import KafkaError, KafkaTimeoutError
 
     from shaping.schemas.codec import default_codec, encode_key
     from shaping.schemas.headers import headers_for
-    from shaping.services.common.errors import TopicMissingError
-    from shaping.services.common.topics import wait_for_partitions
+    from shaping.services.adapters.errors import TopicMissingError
+    from shaping.services.adapters.kafka import consumer as kafka_consumer
+    from shaping.services.adapters.kafka import producer as kafka_producer
+    from shaping.services.adapters.topics import wait_for_partitions
 
     codec = default_codec()
     topics = settings.topics
@@ -362,11 +364,9 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
     try:
         if wait_s > 0:
             # Read the answer topics from their current ends, fixed before the event goes out.
-            consumer = KafkaConsumer(
-                bootstrap_servers=settings.bootstrap,
-                client_id="shaping-operator-answer",
-                group_id=None,
-                enable_auto_commit=False,
+            consumer = kafka_consumer(
+                settings.bootstrap,
+                "shaping-operator-answer",
                 bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
             )
             partitions = (
@@ -379,20 +379,18 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
             consumer.seek_to_end(*partitions)
             for tp in partitions:
                 consumer.position(tp)  # fixes the end now, before the event goes out
-        producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id="shaping-operator",
-            acks="all",
-            enable_idempotence=True,
+        producer = kafka_producer(
+            settings.bootstrap,
+            "shaping-operator",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
             bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
         )
     except TopicMissingError as exc:
         _close(consumer)
-        raise InterventionError(f"{exc} (`shaping topics create`)") from exc
+        raise DeliveryError(f"{exc} (`shaping topics create`)") from exc
     except KafkaError as exc:
         _close(consumer)
-        raise InterventionError(unreachable) from exc
+        raise DeliveryError(unreachable) from exc
     try:
         value = codec.encode(event)
         future = producer.send(
@@ -401,13 +399,13 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
         metadata = future.get(timeout=SEND_TIMEOUT_S)
     except KafkaTimeoutError as exc:
         _close(consumer)
-        raise InterventionError(
+        raise DeliveryError(
             f"could not write to topic {topics.events!r} within {SEND_TIMEOUT_S:g} s: does it "
             "exist? (`shaping topics create`)"
         ) from exc
     except KafkaError as exc:
         _close(consumer)
-        raise InterventionError(f"Kafka refused the event: {exc}") from exc
+        raise DeliveryError(f"Kafka refused the event: {exc}") from exc
     finally:
         producer.close(timeout=10)
     answer = None
@@ -445,167 +443,170 @@ def _close(consumer: Any) -> None:
         consumer.close()
 
 
-# -- the commands ---------------------------------------------------------------------------------
+# -- the interventions, from the request to the processor's answer ------------------------------
 
 
-_fail = fail
-_settings = settings_with
-
-
-def _who(by: str | None) -> str:
+def operator_name(by: str | None) -> str:
+    """Who decides: ``by``, else $SHAPING_OPERATOR, else the user's login name."""
     return by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
 
 
-def _view(settings: Settings, mouse: str) -> MouseView | None:
-    try:
-        view = mouse_view(settings.db_url, mouse)
-    except InterventionError as exc:
-        _fail(str(exc))
+def checked_view(settings: Settings, mouse_id: str, warn: Warn | None = None) -> MouseView | None:
+    """The mouse as the status tables show it; None, with a warning, when they cannot be read
+    here (the event then goes out unchecked).
+
+    Raises:
+        InterventionError: the tables have no such mouse (closest ids named).
+    """
+    view = mouse_view(settings.db_url, mouse_id)
     if view is None:
-        typer.secho(
+        (warn or _warn_on_stderr)(
             f"warning: cannot read the status tables at {settings.db_url}; sending unchecked "
-            "(the processor judges it)",
-            err=True,
+            "(the processor judges it)"
         )
     return view
 
 
-def _catalog() -> CurriculumCatalog | None:
+def load_catalog(warn: Warn | None = None) -> CurriculumCatalog | None:
+    """The curricula the processor loads too; None, with a warning, when they cannot be
+    loaded here (the event then goes out, and the processor alone judges it)."""
     try:
         from shaping.services.curricula.catalog import default_catalog
 
         return default_catalog()
     except Exception as exc:  # the event still goes out; the processor judges it
-        typer.secho(f"warning: cannot load the curricula here: {exc}", err=True)
+        (warn or _warn_on_stderr)(f"warning: cannot load the curricula here: {exc}")
         return None
 
 
-def _send(settings: Settings, event: Event, wait: float, what: str) -> None:
-    from shaping.schemas.events import AssignmentIssued, EventRejected
+@dataclass(frozen=True)
+class Delivery:
+    """A published intervention and what the processor answered in time.
 
-    try:
-        outcome = publish(settings, event, wait)
-    except InterventionError as exc:
-        _fail(str(exc), code=1)
-    where = f"{settings.topics.events}[{outcome.partition}]@{outcome.offset}"
+    Attributes:
+        event: the intervention as published.
+        what: what it is called in messages: override, ejection or adjustment.
+        where: ``topic[partition]@offset`` of the event.
+        answer: the processor's AssignmentIssued, or None (no answer within ``wait_s``).
+        wait_s: how long the answer was waited for (0: not at all).
+    """
+
+    event: Event
+    what: str
+    where: str
+    answer: Event | None
+    wait_s: float
+
+    def report(self) -> list[str]:
+        """What to tell the trainer, a line each."""
+        from shaping.schemas.events import AssignmentIssued
+
+        event, answer = self.event, self.answer
+        if isinstance(answer, AssignmentIssued):
+            return [
+                f"{self.what} of {event.mouse_id} honoured (event {printable(event.event_id)}, "
+                f"{self.where}): next session {answer.session_number}, stage "
+                f"{printable(answer.stage)}",
+                f"  {printable(answer.reason_detail)}",
+            ]
+        waited = f"within {self.wait_s:g} s " if self.wait_s > 0 else ""
+        return [
+            f"sent the {self.what} of {event.mouse_id} (event {event.event_id}, {self.where}); "
+            f"no answer from the processor {waited}yet: `shaping history {event.mouse_id}` "
+            "shows it"
+        ]
+
+
+def deliver(
+    settings: Settings, event: Event, what: str, wait_s: float = DEFAULT_WAIT_S
+) -> Delivery:
+    """Publishes the intervention and waits up to ``wait_s`` for the processor's answer.
+
+    Args:
+        what: what the intervention is called in messages (override, ejection, adjustment).
+
+    Raises:
+        DeliveryError: as :func:`publish`.
+        InterventionRefused: the processor refused it (its reason in the message).
+    """
+    from shaping.schemas.events import EventRejected
+
+    outcome = publish(settings, event, wait_s)
     answer = outcome.answer
     if isinstance(answer, EventRejected):
-        _fail(
+        raise InterventionRefused(
             f"the processor refused the {what} of {event.mouse_id}: {printable(answer.reason)}",
-            code=1,
+            event,
+            answer,
         )
-    if isinstance(answer, AssignmentIssued):
-        typer.echo(
-            f"{what} of {event.mouse_id} honoured (event {printable(event.event_id)}, {where}): "
-            f"next session {answer.session_number}, stage {printable(answer.stage)}"
-        )
-        typer.echo(f"  {printable(answer.reason_detail)}")
-        return
-    waited = f"within {wait:g} s " if wait > 0 else ""
-    typer.echo(
-        f"sent the {what} of {event.mouse_id} (event {event.event_id}, {where}); no answer "
-        f"from the processor {waited}yet: `shaping history {event.mouse_id}` shows it"
+    where = f"{settings.topics.events}[{outcome.partition}]@{outcome.offset}"
+    return Delivery(event, what, where, answer, wait_s)
+
+
+def request_override(
+    settings: Settings,
+    mouse_id: str,
+    stage: str,
+    reason: str,
+    by: str | None = None,
+    from_stage: str | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    warn: Warn | None = None,
+) -> Delivery:
+    """Moves a mouse to ``stage`` by hand: checks, publishes a StageOverridden, waits.
+
+    Raises:
+        InterventionError: as :func:`checked_view` and :func:`build_override`;
+            DeliveryError and InterventionRefused as :func:`deliver`.
+    """
+    view = checked_view(settings, mouse_id, warn)
+    event = build_override(
+        mouse_id, stage, reason, operator_name(by), from_stage, view, load_catalog(warn)
     )
+    return deliver(settings, event, "override", wait_s)
 
 
-def override(
-    mouse: Mouse,
-    stage: Annotated[
-        str,
-        typer.Option(
-            "--stage", help="The stage the mouse's next session runs.", callback=check_stage
-        ),
-    ],
-    reason: Reason,
-    by: By = None,
-    from_stage: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            help="The stage you saw the mouse at; refused if it has moved since (default: the "
-            "stage in the status tables).",
-            callback=check_stage,
-        ),
-    ] = None,
-    wait: Wait = DEFAULT_WAIT_S,
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Move a mouse to a stage by hand (audited): publishes a StageOverridden event.
+def request_ejection(
+    settings: Settings,
+    mouse_id: str,
+    reason: str,
+    by: str | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    warn: Warn | None = None,
+) -> Delivery:
+    """Takes a mouse out of training: checks, publishes a MouseEjected, waits.
 
-    The next session runs that stage and is judged by its rules. Refused while the mouse is in
-    a session, and if it is no longer at --from.
+    Raises:
+        InterventionError: as :func:`checked_view` and :func:`build_ejection`;
+            DeliveryError and InterventionRefused as :func:`deliver`.
     """
-    settings = _settings(bootstrap, prefix, db_url)
-    view = _view(settings, mouse)
-    try:
-        event = build_override(mouse, stage, reason, _who(by), from_stage, view, _catalog())
-    except InterventionError as exc:
-        _fail(str(exc))
-    _send(settings, event, wait, "override")
+    view = checked_view(settings, mouse_id, warn)
+    event = build_ejection(mouse_id, reason, operator_name(by), view)
+    return deliver(settings, event, "ejection", wait_s)
 
 
-def eject(
-    mouse: Mouse,
-    reason: Reason,
-    by: By = None,
-    wait: Wait = DEFAULT_WAIT_S,
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Take a mouse out of training: publishes a MouseEjected event.
+def request_adjustment(
+    settings: Settings,
+    mouse_id: str,
+    sets: Sequence[str],
+    clears: Sequence[str],
+    reason: str,
+    by: str | None = None,
+    wait_s: float = DEFAULT_WAIT_S,
+    warn: Warn | None = None,
+) -> Delivery:
+    """Adjusts some of a mouse's parameters (``NAME=VALUE`` sets, names cleared): checks,
+    publishes a ParametersAdjusted, waits.
 
-    It gets no more assignments (rigs refuse to run it) and its new sessions are refused.
-    Enrolling it again starts it over.
+    Raises:
+        InterventionError: as :func:`checked_view` and :func:`build_adjustment`;
+            DeliveryError and InterventionRefused as :func:`deliver`.
     """
-    settings = _settings(bootstrap, prefix, db_url)
-    view = _view(settings, mouse)
-    try:
-        event = build_ejection(mouse, reason, _who(by), view)
-    except InterventionError as exc:
-        _fail(str(exc))
-    _send(settings, event, wait, "ejection")
-
-
-def adjust(
-    mouse: Mouse,
-    reason: Reason,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="NAME=VALUE, e.g. max_trials=300 (repeat the option).",
-            metavar="NAME=VALUE",
-        ),
-    ] = None,
-    clear: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--clear",
-            help="Clear an adjustment: back to the stage's value (repeat).",
-            metavar="NAME",
-        ),
-    ] = None,
-    by: By = None,
-    wait: Wait = DEFAULT_WAIT_S,
-    bootstrap: Bootstrap = None,
-    prefix: Prefix = None,
-    db_url: DbUrl = None,
-) -> None:
-    """Adjust some of a mouse's parameters within what its curriculum allows.
-
-    Publishes a ParametersAdjusted event; the adjustments apply on top of every later
-    assignment, at every stage that allows them, until cleared.
-    """
-    settings = _settings(bootstrap, prefix, db_url)
-    view = _view(settings, mouse)
-    try:
-        event = build_adjustment(mouse, set_ or [], clear or [], reason, _who(by), view, _catalog())
-    except InterventionError as exc:
-        _fail(str(exc))
-    _send(settings, event, wait, "adjustment")
+    view = checked_view(settings, mouse_id, warn)
+    event = build_adjustment(
+        mouse_id, sets, clears, reason, operator_name(by), view, load_catalog(warn)
+    )
+    return deliver(settings, event, "adjustment", wait_s)
 
 
 # -- history and status -------------------------------------------------------------------------
@@ -679,7 +680,7 @@ def show_timeline(console: Console, db_url: str | None, mouse_id: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.operator.errors import OperatorError
     from shaping.services.operator.queries import open_database
 
@@ -701,10 +702,3 @@ def show_timeline(console: Console, db_url: str | None, mouse_id: str) -> None:
         cells = (at, row["what"], row["by"], row["why"], row["outcome"])
         table.add_row(*(Text(printable(cell)) for cell in cells))
     console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    """Adds ``override``, ``eject`` and ``adjust`` to the ``shaping`` app."""
-    app.command()(override)
-    app.command()(eject)
-    app.command()(adjust)

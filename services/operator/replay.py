@@ -31,10 +31,10 @@ with the code and curricula installed now, next to the live ones, and then switc
    in the new tables are the snapshot, so a restarted projector goes on from there.
 7. Hand over. The corrections are published; the rebuilt state of every mouse whose state
    differs from the changelog's is written to the processor's changelog topic
-   (``<processor_id>-mouse_state-changelog``, the mouse's partition, raw bytes as faust writes
-   them), and the processor group's offsets on the events topic are moved to the snapshot. A
-   restarted processor recovers the rebuilt state and goes on with the events that arrived
-   during the replay.
+   (``<processor_id>-mouse_state-changelog``, the mouse's partition, a state record as the
+   processor's store encodes it: :mod:`~services.processor.state_store`), and the processor
+   group's offsets on the events topic are moved to the snapshot. A restarted processor
+   recovers the rebuilt state and goes on with the events that arrived during the replay.
 
 Every step compares before it writes, so replaying twice changes nothing, and a replay that
 stopped half-way converges when run again. ``--dry-run`` stops after the diff and is read-only,
@@ -86,14 +86,20 @@ from shaping.schemas.events import (
     SessionStarted,
 )
 from shaping.schemas.headers import headers_for
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicKind, TopicNames
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
 from shaping.services.domain.core import derived_event_id
-from shaping.services.domain.state import join_sessions
 from shaping.services.embedded.log import event_json, jsonl_fields, jsonl_line
 from shaping.services.operator.errors import OperatorError
-from shaping.services.processor.step import ClockWindow, Outgoing, ProcessorStep, TopicKind
+from shaping.services.processor.state_store import (
+    CHANGELOG_REPLICATION_FACTOR,
+    Changelogs,
+    changelog_topic,
+    encode_state,
+    join_sessions,
+)
+from shaping.services.processor.step import ClockWindow, Outgoing, ProcessorStep
 from shaping.services.projector.errors import ProjectorError
 from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
 from shaping.services.projector.tables import PROJECTION_TABLES, metadata, projector_offsets
@@ -105,14 +111,6 @@ REPLAY_NAMESPACE = uuid.UUID("8f0e2a51-6c3d-4e7b-9b1a-2d5c7e9f4a60")
 
 BUILD_CONSUMER = "replay-build"
 """Consumer name under which the fresh tables are built (replaced by the projector's own)."""
-
-STATE_TABLE = "mouse_state"
-"""The processor's faust table (see services/processor/app.py); its changelog topic is
-``<processor_id>-mouse_state-changelog``."""
-
-SESSIONS_TABLE = "mouse_sessions"
-"""The processor's table of open-sessions records, written after trials on top of the state
-record (see services/domain/state.py, OpenSessions)."""
 
 INACTIVE_GROUP_STATES = {"Empty", "Dead", ""}
 """Consumer group states in which the group's offsets may be moved from outside."""
@@ -143,27 +141,16 @@ class SourceRecord:
     timestamp: datetime | None = None
 
 
-def changelog_topic(processor_id: str, table: str = STATE_TABLE) -> str:
-    """The changelog topic of one of the processor's tables (faust's naming)."""
-    return f"{processor_id}-{table}-changelog"
-
-
 def _kafka_consumer(bootstrap: str, client_id: str, **config: Any) -> Any:
-    from kafka import KafkaConsumer
+    from shaping.services.adapters.kafka import consumer
 
-    return KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id=client_id,
-        group_id=None,  # throwaway: no group, nothing committed
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **{"max_poll_records": _READ_AHEAD, **config},
-    )
+    # Throwaway: no group, nothing committed.
+    return consumer(bootstrap, client_id, **{"max_poll_records": _READ_AHEAD, **config})
 
 
 def _partitions(consumer: Any, topics: list[str]) -> list[Any]:
-    from shaping.services.common.errors import TopicMissingError
-    from shaping.services.common.topics import wait_for_partitions
+    from shaping.services.adapters.errors import TopicMissingError
+    from shaping.services.adapters.topics import wait_for_partitions
 
     try:
         return wait_for_partitions(consumer, topics, 30.0) or []
@@ -1093,13 +1080,14 @@ class ProcessorHandover:
     def __init__(self, bootstrap: str, processor_id: str) -> None:
         self.bootstrap = bootstrap
         self.group = processor_id
-        self.changelog = changelog_topic(processor_id)
-        self.sessions_changelog = changelog_topic(processor_id, SESSIONS_TABLE)
+        changelogs = Changelogs.of(processor_id)
+        self.changelog = changelogs.state
+        self.sessions_changelog = changelogs.sessions
 
     def _admin(self) -> Any:
-        from kafka import KafkaAdminClient
+        from shaping.services.adapters.kafka import admin as kafka_admin
 
-        return KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="shaping-replay")
+        return kafka_admin(self.bootstrap, "shaping-replay")
 
     def activity(self) -> tuple[int, str]:
         """The processor group's members and state (read only)."""
@@ -1170,7 +1158,7 @@ class ProcessorHandover:
         (what the processor would load). A rewritten mouse also gets a tombstone for its
         open-sessions record, so no open sessions of the old state outlive the hand-over.
         """
-        from kafka import KafkaProducer
+        from shaping.services.adapters.kafka import producer as kafka_producer
 
         live = self.read_states()
         sessions = {k: v for k, v in self.read_states(self.sessions_changelog).items() if v[1]}
@@ -1182,7 +1170,7 @@ class ProcessorHandover:
             stored = known[1] if known is not None else None
             if stored is not None and _same_state(stored, extra[1] if extra else None, state):
                 continue
-            records.append((self.changelog, key, state.to_bytes(), partition_of[mouse_id]))
+            records.append((self.changelog, key, encode_state(state), partition_of[mouse_id]))
             if extra is not None:
                 records.append((self.sessions_changelog, key, None, extra[0]))
         wanted = {encode_key(m) for m in states}
@@ -1194,12 +1182,7 @@ class ProcessorHandover:
         if not records:
             return 0
         self._ensure_changelog(partitions)
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="shaping-replay",
-            acks="all",
-            enable_idempotence=True,
-        )
+        producer = kafka_producer(self.bootstrap, "shaping-replay")
         try:
             for topic, key, value, partition in records:
                 producer.send(topic, key=key, value=value, partition=partition)
@@ -1219,7 +1202,7 @@ class ProcessorHandover:
                     NewTopic(
                         self.changelog,
                         partitions,
-                        1,
+                        CHANGELOG_REPLICATION_FACTOR,
                         topic_configs={"cleanup.policy": "compact"},
                     )
                 ]
@@ -1264,7 +1247,12 @@ class ProcessorHandover:
 
 
 def _same_state(stored: bytes, sessions: bytes | None, state: MouseState) -> bool:
-    """Whether the live records (state record, open-sessions record) hold ``state``."""
+    """Whether the live records (state record, open-sessions record) hold ``state``.
+
+    Records this version cannot read (damaged, or of another format: StateFormatError is a
+    ValueError) hold no state: the hand-over rewrites them, which is how a replay brings a
+    store written by another version to this version's format.
+    """
     try:
         return join_sessions(stored, sessions) == state
     except ValueError:
@@ -1348,16 +1336,11 @@ class KafkaSource:
         return {tp: end for tp, (_, end) in self.output_bounds.items() if end > 0}
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
-        from kafka import KafkaProducer
+        from shaping.services.adapters.kafka import producer as kafka_producer
 
         if not messages:
             return
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            client_id="shaping-replay",
-            acks="all",
-            enable_idempotence=True,
-        )
+        producer = kafka_producer(self.bootstrap, "shaping-replay")
         try:
             for message in messages:
                 topic = getattr(self.topics, message.topic_kind)
@@ -1373,7 +1356,7 @@ class KafkaSource:
         curricula = getattr(self.topics, "curricula", None)
         if curricula:
             try:
-                from shaping.services.curricula.published import add_published, read_published
+                from shaping.services.adapters.curricula_topic import add_published, read_published
 
                 for problem in add_published(catalog, read_published(self.bootstrap, curricula)):
                     log.warning("published curriculum left out: %s", problem)
@@ -1728,11 +1711,6 @@ def _decoded(codec: EventCodec, records: Iterable[SourceRecord]) -> Iterator[Eve
 def live_events(codec: EventCodec, records: Iterable[SourceRecord]) -> list[Event]:
     """The decoded events among ``records`` (what is no event is left out)."""
     return list(_decoded(codec, records))
-
-
-def projection_tables() -> list[str]:
-    """Names of the tables a replay compares (the projector's fact tables)."""
-    return [table.name for table in PROJECTION_TABLES]
 
 
 __all__ = [

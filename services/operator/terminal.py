@@ -14,69 +14,23 @@ lines and then columns are dropped, lowest priority first, in the order each com
 documents. A column that is never dropped (the mouse id) is never cut either. ``wide`` keeps
 every column at its full width, whatever the terminal.
 
-Only the standard library is imported here at module level (rich is imported when a table is
-printed), so the rig's light install can use :func:`printable`.
+The escaping itself is the contract's (:mod:`shaping.schemas.text`); rich is imported only when
+a table is printed.
 """
 
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from shaping.schemas.text import printable, printable_lines
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
-
-_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-"""Unicode categories never printed as they are: controls, format characters (bidi overrides,
-zero-width characters), lone surrogates, line and paragraph separators."""
-
-
-def _escape_char(char: str) -> str:
-    code = ord(char)
-    if char == "\t":
-        return "\\t"
-    if char == "\n":
-        return "\\n"
-    if char == "\r":
-        return "\\r"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def printable(value: object) -> str:
-    """``value`` as text that is safe to print: every control character (C0, DEL, C1, so ESC
-    and CSI and with them every escape sequence), format character (bidi overrides, zero-width
-    characters) and line separator is replaced by its Python escape (``\\x1b``, ``\\u202e``);
-    everything else, accents and symbols included, is kept. None is the empty string."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():  # the common case: nothing to escape (space is printable)
-        return text
-    return "".join(
-        _escape_char(char) if unicodedata.category(char) in _INVISIBLE_CATEGORIES else char
-        for char in text
-    )
-
-
-def printable_lines(value: object) -> str:
-    """Like :func:`printable`, but line breaks (``\\n``) are kept as line breaks: for text of
-    several lines built from data (evidence), each line escaped."""
-    return "\n".join(printable(line) for line in printable_split(value))
-
-
-def printable_split(value: object) -> list[str]:
-    """The lines of ``value`` (split at ``\\n`` only), not yet escaped."""
-    return ("" if value is None else str(value)).split("\n")
-
 
 Kind = Literal["text", "count", "ratio", "time"]
 

@@ -32,23 +32,30 @@ whole state (50-60 KB for an IBL mouse, whose history keeps per-trial statistics
 changed anything but the open sessions (session starts and ends, decisions, enrolments,
 interventions). The ``mouse_sessions`` table holds, after a trial (which changes only
 ``open_session`` and ``parked_sessions``), those two fields and the digest of the
-``mouse_state`` record they extend (:class:`~services.domain.state.OpenSessions`, zlib
-compressed: ~2 KB). The stored state is ``mouse_state`` with the open sessions of
+``mouse_state`` record they extend (:class:`~services.processor.state_store.OpenSessions`,
+zlib compressed: ~2 KB). The stored state is ``mouse_state`` with the open sessions of
 ``mouse_sessions`` when its digest matches, else ``mouse_state`` alone
-(:func:`~services.domain.state.join_sessions`). Every message writes at most one record, to
-one table or the other, so a crash never leaves half a write: the reasoning above holds as it
-is. The two changelog topics are not ordered with each other, though, and the open sessions of
-a trial must never reach the broker without the ``mouse_state`` record they extend (with that
-record lost, the join would fall back to an older one and lose trials whose inputs were
-already committed). So a ``mouse_state`` write waits until the broker has acknowledged it
-before the input is acknowledged (a round trip a few times per session, not per trial). A
-``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale by the digest
-and ignored; so is one left behind by replay's hand-over, which writes whole states to the
-``mouse_state`` changelog.
+(:func:`~services.processor.state_store.join_sessions`). Every message writes at most one
+record, to one table or the other, so a crash never leaves half a write: the reasoning above
+holds as it is. The two changelog topics are not ordered with each other, though, and the
+open sessions of a trial must never reach the broker without the ``mouse_state`` record they
+extend (with that record lost, the join would fall back to an older one and lose trials whose
+inputs were already committed). So a ``mouse_state`` write waits until the broker has
+acknowledged it before the input is acknowledged (a round trip a few times per session, not
+per trial). A ``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale
+by the digest and ignored; so is one left behind by replay's hand-over, which writes whole
+states to the ``mouse_state`` changelog. The table names, changelog topics and the bytes of
+both records (with their format number) are :mod:`~services.processor.state_store`'s.
+
+A stored state of another format (written by another version of Shaping, or holding a field
+this version does not know) is no bad input and no bug: the processor logs it once and stops
+(the input stays uncommitted), rather than parking every message of the mouse on the
+dead-letter topic. ``shaping replay`` rebuilds the state in this version's format. Damaged
+state bytes are handled like any other failure (retried, then parked).
 
 Curricula: the catalog holds the shipped versions, a lab's folder (``SHAPING_CURRICULA_DIR``)
 and every version published on the compacted ``<prefix>.curricula`` topic, read in full before
-the worker starts and followed afterwards (:mod:`services.curricula.published`), so a restarted
+the worker starts and followed afterwards (:mod:`services.adapters.curricula_topic`), so a restarted
 processor still knows the versions its mice are on. A CurriculumPublished on the events topic
 (how earlier releases published) is still accepted and adds its version while the process runs.
 
@@ -72,6 +79,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -85,23 +93,26 @@ from mode import CrashingSupervisor
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import EventRejected, StageTransitioned
 from shaping.schemas.headers import headers_for
-from shaping.services.common.metrics import ServiceMetrics, attach_faust_sensors
-from shaping.services.common.settings import Settings
-from shaping.services.common.topics import ensure_topics
+from shaping.schemas.topics import TopicKind
+from shaping.services.adapters.curricula_topic import CurriculaFollower, FollowingCatalog
+from shaping.services.adapters.kafka import KafkaConnection
+from shaping.services.adapters.metrics import ServiceMetrics, attach_faust_sensors
+from shaping.services.adapters.settings import Settings
+from shaping.services.adapters.topics import ensure_topics
 from shaping.services.curricula.catalog import default_catalog
-from shaping.services.curricula.published import CurriculaFollower, FollowingCatalog
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
-from shaping.services.domain.state import join_sessions, records_to_store
-from shaping.services.processor.step import ClockWindow, ProcessorStep, StepResult, TopicKind
+from shaping.services.processor.state_store import (
+    CHANGELOG_REPLICATION_FACTOR,
+    SESSIONS_TABLE,
+    STATE_TABLE,
+    StateFormatError,
+    encode_state,
+    join_sessions,
+    records_to_store,
+)
+from shaping.services.processor.step import ClockWindow, ProcessorStep, StepResult
 
 log = logging.getLogger(__name__)
-
-STATE_TABLE = "mouse_state"
-"""Name of the per-mouse state table (changelog topic ``<processor_id>-mouse_state-changelog``)."""
-
-SESSIONS_TABLE = "mouse_sessions"
-"""Name of the per-mouse open-sessions table (changelog topic
-``<processor_id>-mouse_sessions-changelog``): what trials change, on top of ``mouse_state``."""
 
 COMMIT_INTERVAL_S = 1.0
 """Seconds between offset commits. Shorter than faust's 2.8 s so that a restarted processor
@@ -127,11 +138,6 @@ HEARTBEAT_S = 1.5
 
 DEFAULT_WEB_PORT = 6066
 """Faust's own default, passed on (unused) when the web server is disabled."""
-
-
-def _broker_urls(bootstrap: str) -> list[str]:
-    """Faust wants one ``kafka://host:port`` URL per bootstrap server."""
-    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
 
 def _broker_time(timestamp: float | None) -> datetime | None:
@@ -175,12 +181,12 @@ class FaustProcessor:
         app: the faust app (its producer carries the table's changelog records).
         step: the processing step (decoding, training core, encoding).
         table: per-mouse state, keyed by the mouse id in UTF-8, values from
-            :meth:`MouseState.to_bytes`.
+            :func:`~services.processor.state_store.encode_state`.
         outputs: the topic for each kind of output message.
         metrics: where to count what happened (None: not measured).
         sessions: per-mouse open sessions on top of ``table``, same keys, values from
-            :meth:`~services.domain.state.OpenSessions.to_bytes` (see "State records" in the
-            module docstring).
+            :func:`~services.processor.state_store.encode_sessions` (see "State records" in
+            the module docstring).
     """
 
     def __init__(
@@ -191,6 +197,7 @@ class FaustProcessor:
         outputs: dict[TopicKind, TopicT],
         metrics: ServiceMetrics | None = None,
         sessions: TableT | None = None,
+        catch_up: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.step = step
@@ -198,6 +205,7 @@ class FaustProcessor:
         self.outputs = outputs
         self.metrics = metrics
         self.sessions = sessions
+        self.catch_up = catch_up
 
     async def handle(self, event: EventT) -> StepResult:
         """Processes one message of the events topic; returns what the step decided.
@@ -209,11 +217,26 @@ class FaustProcessor:
         the I/O around it, or a bug: a failed attempt is retried :data:`ATTEMPTS` times with a
         growing pause, then the message is parked on the dead-letter topic (kind ``failed``)
         and the stream goes on, so no message can loop the processor.
+
+        Raises:
+            StateFormatError: the mouse's stored state is of another format. Logged once and
+                raised at once (no retry, no dead letter): the agent's crash stops the worker.
         """
         message = event.message
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 return await self._handle_once(event)
+            except StateFormatError as exc:
+                log.critical(
+                    "%s/%d@%d: cannot read the stored state of mouse %r: %s. The processor "
+                    "stops; the message stays unprocessed",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    (event.key or b"").decode("utf-8", "replace"),
+                    exc,
+                )
+                raise
             except Exception as exc:
                 if attempt == ATTEMPTS:
                     log.exception(
@@ -258,15 +281,19 @@ class FaustProcessor:
         started = time.perf_counter()
         stored = self.load(key)
         broker_time = _broker_time(message.timestamp)
-        result = self.step.process(
-            stored,
-            key,
-            event.value,
-            message.topic,
-            message.partition,
-            message.offset,
-            broker_time,
-        )
+        args = (stored, key, event.value, message.topic, message.partition, message.offset)
+        result = self.step.process(*args, broker_time)
+        catalog = self.step.core.catalog
+        if self.catch_up is not None and isinstance(catalog, FollowingCatalog):
+            missed = catalog.take_missed()
+            if missed:
+                # A version published a moment ago may not have reached the following thread:
+                # read the curricula topic to its end off the event loop, then decide again
+                # (nothing was published or stored yet, and the step is a function of values).
+                log.info("curriculum version(s) %s not known yet: reading the topic", missed)
+                await asyncio.get_running_loop().run_in_executor(None, self.catch_up)
+                result = self.step.process(*args, broker_time)
+                catalog.take_missed()
         await self.publish(result)
         if result.state is not None:
             await self.store(stored, result.state)
@@ -302,7 +329,12 @@ class FaustProcessor:
             metrics.set_lag(message.topic, message.partition, highwater - message.offset - 1)
 
     def load(self, key: bytes | None) -> MouseState | None:
-        """The stored state of the mouse with this Kafka key, None if there is none."""
+        """The stored state of the mouse with this Kafka key, None if there is none.
+
+        Raises:
+            StateFormatError: the stored records are of another format.
+            ValueError: they are damaged.
+        """
         if key is None:
             return None
         stored = self.table.get(key)
@@ -319,7 +351,7 @@ class FaustProcessor:
         # Assign a new value (never mutate one in place): only assignment logs the change to
         # the changelog topic.
         if self.sessions is None:
-            self.table[key] = after.to_bytes()
+            self.table[key] = encode_state(after)
             await self._hand_changelog_to_producer()
             return
         record, sessions = records_to_store(self.table.get(key), before, after)
@@ -366,6 +398,7 @@ def build_app(
     catalog: CurriculumCatalog | None = None,
     web_port: int | None = None,
     metrics: ServiceMetrics | None = None,
+    catch_up: Callable[[], None] | None = None,
 ) -> faust.App:
     """Builds the processor's faust app (nothing connects until a worker starts it).
 
@@ -375,6 +408,8 @@ def build_app(
         web_port: port of faust's web server; None disables the web server.
         metrics: the processor's metrics, with faust's own sensors added to its registry
             (None: nothing is measured).
+        catch_up: reads the curricula topic to its end (blocking; run in an executor when a
+            message names a curriculum version the catalog lacks). None: no catching up.
 
     Returns:
         The app, with the ``mouse_state`` and ``mouse_sessions`` tables and the
@@ -387,7 +422,8 @@ def build_app(
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.processor_id,  # also the consumer group and the changelog topic's prefix
-        broker=_broker_urls(settings.bootstrap),
+        # The brokers and, on a secured cluster, the credentials: the one Kafka adapter's.
+        **KafkaConnection.of(settings.bootstrap).faust_options(),
         datadir=str(datadir),
         # Table state lives in memory and is rebuilt from its changelog topic at start.
         store="memory://",
@@ -407,7 +443,7 @@ def build_app(
         # topics are created by ensure_topics; faust never declares non-internal topics.
         topic_allow_declare=True,
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=CHANGELOG_REPLICATION_FACTOR,
         # No leader election topic: nothing here runs "on the leader only".
         topic_disable_leader=True,
         TableManager=_TableManager,
@@ -427,17 +463,17 @@ def build_app(
     table = app.Table(
         STATE_TABLE,
         partitions=settings.partitions,
-        # bytes -> faust's "raw" serializer on the changelog (MouseState has its own codec).
+        # bytes -> faust's "raw" serializer on the changelog (the records are state_store's).
         key_type=bytes,
         value_type=bytes,
-        help="Per-mouse training state (MouseState.to_bytes), keyed by mouse id.",
+        help="Per-mouse training state (state_store.encode_state), keyed by mouse id.",
     )
     sessions = app.Table(
         SESSIONS_TABLE,
         partitions=settings.partitions,
         key_type=bytes,
         value_type=bytes,
-        help="Per-mouse open sessions on top of mouse_state (OpenSessions.to_bytes).",
+        help="Per-mouse open sessions on top of mouse_state (state_store.encode_sessions).",
     )
     outputs: dict[TopicKind, TopicT] = {
         "accepted": raw_topic(topics.accepted),
@@ -450,7 +486,7 @@ def build_app(
         max_behind=timedelta(days=settings.clock_max_behind_days),
     )
     step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec(), clock=clock)
-    processor = FaustProcessor(app, step, table, outputs, metrics, sessions)
+    processor = FaustProcessor(app, step, table, outputs, metrics, sessions, catch_up)
 
     @app.agent(
         raw_topic(topics.events),
@@ -482,7 +518,7 @@ def run_processor(
     """Runs the processor in this process until SIGTERM or SIGINT.
 
     Creates the Shaping topics if they are missing, reads every published curriculum version
-    from the curricula topic (:mod:`services.curricula.published`), then starts a faust worker
+    from the curricula topic (:mod:`services.adapters.curricula_topic`), then starts a faust worker
     while a thread follows that topic. On a signal the worker finishes the message in flight,
     commits and stops.
 
@@ -506,7 +542,13 @@ def run_processor(
         log.info("read %d record(s) of %s", loaded, settings.topics.curricula)
         follower.start()
         metrics = ServiceMetrics("processor") if metrics_port is not None else None
-        app = build_app(settings, catalog=catalog, web_port=web_port, metrics=metrics)
+        app = build_app(
+            settings,
+            catalog=catalog,
+            web_port=web_port,
+            metrics=metrics,
+            catch_up=follower.catch_up,
+        )
         if metrics is not None and metrics_port is not None:
             metrics.serve(metrics_port, metrics_host)
         worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)

@@ -46,13 +46,14 @@ from shaping.schemas.events import (
     StageOverridden,
     TrialCompleted,
 )
-from shaping.schemas.identifiers import is_id, printable
+from shaping.schemas.identifiers import is_id
+from shaping.schemas.text import quoted
+from shaping.schemas.topics import OUTPUT_KINDS, TopicKind
 from shaping.services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
 from shaping.services.domain.state import RECENT_IDS
 
 log = logging.getLogger(__name__)
 
-TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter"]
 
 INPUT_TYPES = (
     MouseEnrolled,
@@ -74,12 +75,8 @@ NOT_REPUBLISHED = (TrialCompleted, MovementDetected)
 """Accepted input types not republished on the ``accepted`` topic: no table shows them one by
 one (trials are summarised in the decision of their session), and they are most of the log."""
 
-OUTPUT_TOPIC: dict[str, TopicKind] = {
-    "StageTransitioned": "decisions",
-    "TrainingWarning": "decisions",
-    "AssignmentIssued": "assignments",
-    "EventRejected": "dead_letter",
-}
+OUTPUT_TOPIC = OUTPUT_KINDS
+"""Where each emitted event type goes: the contract's routing table."""
 
 _REJECT_NAMESPACE = uuid.UUID("0d6f43a4-54b3-4d8e-8f0a-6a1f9d8b2c33")
 
@@ -247,7 +244,7 @@ class ProcessorStep:
     ) -> StepResult:
         """The dead letter of a message whose processing failed (kind ``failed``)."""
         reason = (
-            f"processing failed with {type(error).__name__}: {printable(str(error), 300)}; "
+            f"processing failed with {type(error).__name__}: {quoted(str(error), 300)}; "
             "this is a bug in Shaping, not bad input: the message is kept here and the stream "
             "went on (report it with this dead letter)"
         )
@@ -277,7 +274,7 @@ class ProcessorStep:
                 f"{event.event_type} is not accepted on the input topic", "invalid", event
             )
         if key is None or key != encode_key(event.mouse_id):
-            shown = "none" if key is None else repr(printable(key.decode("utf-8", "replace")))
+            shown = "none" if key is None else repr(quoted(key.decode("utf-8", "replace")))
             return reject(
                 f"the Kafka key ({shown}) must be the mouse id {event.mouse_id!r}",
                 "invalid",

@@ -22,16 +22,16 @@ import threading
 import time
 from typing import Any
 
-from kafka import KafkaConsumer
-
 from shaping.schemas.codec import EventCodec, default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import Event
-from shaping.services.common.errors import TopicMissingError
-from shaping.services.common.metrics import ServiceMetrics
-from shaping.services.common.topics import TopicNames, wait_for_partitions
+from shaping.schemas.topics import PROJECTED_KINDS, TopicKind, TopicNames
+from shaping.services.adapters.errors import TopicMissingError
+from shaping.services.adapters.kafka import consumer as kafka_consumer
+from shaping.services.adapters.metrics import ServiceMetrics
+from shaping.services.adapters.topics import wait_for_partitions
 from shaping.services.projector.errors import ProjectorError
-from shaping.services.projector.store import ProjectedMessage, ProjectionStore, TopicKind
+from shaping.services.projector.store import ProjectedMessage, ProjectionStore
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,6 @@ ATTEMPTS = 3
 
 MAX_BACKOFF_S = 10.0
 """Longest pause between two tries to reach the broker or the database."""
-
-RECONNECT_BACKOFF_MAX_S = 2.0
-"""Longest pause of the Kafka client between two tries to reconnect, and to refresh metadata,
-while the broker is away. kafka-python's default (30 s) grows during an outage and, after a
-30 s outage, kept the projector idle for up to ~45 s after the broker was back (first the
-reconnect, then the metadata it needs after the broker's restart raised the leader epochs)."""
-
-
-def topic_kinds(topics: TopicNames) -> dict[str, TopicKind]:
-    """Maps each of Shaping's topic names to its kind.
-
-    Args:
-        topics: the deployment's topic names.
-
-    Returns:
-        ``{topic name: "accepted" | "decisions" | "assignments" | "dead_letter"}``.
-    """
-    return {
-        topics.accepted: "accepted",
-        topics.decisions: "decisions",
-        topics.assignments: "assignments",
-        topics.dead_letter: "dead_letter",
-    }
 
 
 def run_projector(
@@ -109,19 +86,11 @@ def run_projector(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
-    kinds = topic_kinds(topics)
+    kinds = topics.kinds(PROJECTED_KINDS)
     codec = default_codec()
-    kafka = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        client_id=consumer,
-        group_id=None,
-        enable_auto_commit=False,
-        # Only used if a committed offset is no longer on the broker (say after the topic was
-        # recreated): start over; the store skips offsets it has already applied.
-        auto_offset_reset="earliest",
-        max_poll_records=batch_size,
-        reconnect_backoff_max_ms=int(RECONNECT_BACKOFF_MAX_S * 1000),
-    )
+    # From the start if a committed offset is no longer on the broker (say after the topic
+    # was recreated): the store skips offsets it has already applied.
+    kafka = kafka_consumer(bootstrap, consumer, max_poll_records=batch_size)
     try:
         try:
             partitions = wait_for_partitions(

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol, get_args
 
 from sqlalchemy import (
     URL,
@@ -43,6 +43,7 @@ from sqlalchemy.pool import StaticPool
 from shaping.schemas.codec import default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
+    EVENT_TYPES,
     AssignmentIssued,
     CurriculumPublished,
     Event,
@@ -59,6 +60,7 @@ from shaping.schemas.events import (
     TrainingWarning,
     TrialCompleted,
 )
+from shaping.schemas.topics import PROJECTED_KINDS, ROUTES, TopicKind
 from shaping.services.projector.errors import ProjectorError
 from shaping.services.projector.tables import (
     PROJECTION_TABLES,
@@ -78,7 +80,6 @@ from shaping.services.projector.tables import (
 
 log = logging.getLogger(__name__)
 
-TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter"]
 """Which of Shaping's topics a message came from (independent of the topic prefix)."""
 
 TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
@@ -88,23 +89,9 @@ TOPIC_KINDS: tuple[TopicKind, ...] = get_args(TopicKind)
 # The raw events topic is not projected at all: what rigs and operators send may be refused, and
 # the tables hold accepted facts only, which the processor republishes on the accepted topic.
 _ACCEPTED: dict[str, tuple[type[Event], ...]] = {
-    "events": (),
-    "accepted": (
-        MouseEnrolled,
-        SessionStarted,
-        TrialCompleted,
-        SessionEnded,
-        MovementDetected,
-        CurriculumPublished,
-        MouseMigrated,
-        StageOverridden,
-        MouseEjected,
-        ParametersAdjusted,
-    ),
-    "decisions": (StageTransitioned, TrainingWarning),
-    "assignments": (AssignmentIssued,),
-    "dead_letter": (EventRejected,),
+    kind: tuple(EVENT_TYPES[name] for name in ROUTES[kind]) for kind in PROJECTED_KINDS
 }
+"""The event types the projector takes from each kind of topic: the contract's routing table."""
 
 # Trials are far too many to keep one row each; the processor summarises them in the
 # StageTransitioned of their session. Movements (reach's resets and spontaneous reaches) are
@@ -243,6 +230,19 @@ class SqlProjectionStore:
             self.engine: Engine = create_engine(parsed, echo=echo, **options)
         except (ArgumentError, ImportError) as exc:
             raise ProjectorError(f"cannot open the projection database: {exc}") from exc
+        # One handler per projected event type (each writes the column group it owns).
+        self._handlers: dict[type[Event], Callable[[Connection, Any], None]] = {
+            MouseEnrolled: self._mouse_enrolled,
+            SessionStarted: self._session_started,
+            SessionEnded: self._session_ended,
+            StageTransitioned: self._stage_transitioned,
+            AssignmentIssued: self._assignment_issued,
+            EventRejected: self._event_rejected,
+            StageOverridden: self._intervention,
+            MouseEjected: self._intervention,
+            ParametersAdjusted: self._intervention,
+            TrainingWarning: self._training_warning,
+        }
         self._dialect = self.engine.dialect.name
         self._codec = default_codec()  # reads the original of a dead-lettered intervention
         if self._dialect not in self._DIALECTS:
@@ -404,26 +404,12 @@ class SqlProjectionStore:
             return 0
         if isinstance(ev, _NOT_PROJECTED):
             return 0
+        handler = self._handlers.get(type(ev))
+        if handler is None:  # pragma: no cover - a test checks every routed type has one
+            raise ProjectorError(f"no projection for {ev.event_type}")
         if not self._claim(conn, ev.event_id):
             return 0
-        if isinstance(ev, MouseEnrolled):
-            self._mouse_enrolled(conn, ev)
-        elif isinstance(ev, SessionStarted):
-            self._session_started(conn, ev)
-        elif isinstance(ev, SessionEnded):
-            self._session_ended(conn, ev)
-        elif isinstance(ev, StageTransitioned):
-            self._stage_transitioned(conn, ev)
-        elif isinstance(ev, AssignmentIssued):
-            self._assignment_issued(conn, ev)
-        elif isinstance(ev, EventRejected):
-            self._event_rejected(conn, ev)
-        elif isinstance(ev, StageOverridden | MouseEjected | ParametersAdjusted):
-            self._intervention(conn, ev)
-        elif isinstance(ev, TrainingWarning):
-            self._training_warning(conn, ev)
-        else:  # pragma: no cover - _ACCEPTED lists only the types handled above
-            raise ProjectorError(f"no projection for {ev.event_type}")
+        handler(conn, ev)
         return 1
 
     def _claim(self, conn: Connection, event_id: str) -> bool:

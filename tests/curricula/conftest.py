@@ -1,20 +1,14 @@
-"""Fixtures of the curriculum tests: the AIND anchors and graphviz's dot."""
+"""Fixtures of the curriculum tests: graphviz's dot. (Paths to the AIND anchors and the mtrain
+regimen are in tests/support/aind.py and tests/support/curricula.py.)"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.support.anchors import AIND as ANCHORS
 from tests.support.scripts import REPO
-
-AIND_CURRICULA = ANCHORS / "curricula"
-AIND_DATA = ANCHORS / "data"
-DATA = Path(__file__).parent / "data"
-REGIMEN = DATA / "VisualBehavior_Task1A_v1.0.0.yml"
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from shaping.services.curricula.aind import convert_file, stage_alias, translate
 from shaping.services.curricula.errors import ImportFailed, RuleSyntaxError
 from shaping.services.curricula.render import to_dot, to_svg
 from shaping.services.curricula.validate import check_curriculum
-from tests.curricula.conftest import AIND_CURRICULA
+from tests.support.aind import AIND_CURRICULA
 
 FILES = sorted(AIND_CURRICULA.glob("*.json"))
 SCHEMAS = {"DummyTaskCurriculum_v1.0.json", "DynamicForagingCurriculum_v1.0.json"}

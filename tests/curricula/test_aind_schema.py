@@ -19,7 +19,7 @@ from shaping.services.curricula.aind import convert_file
 from shaping.services.curricula.errors import ImportFailed
 from shaping.services.curricula.validate import check_curriculum, compile_curriculum
 from shaping.services.domain.errors import CurriculumError
-from tests.curricula.conftest import AIND_CURRICULA
+from tests.support.aind import AIND_CURRICULA
 
 V23 = AIND_CURRICULA / "Coupled Baiting_curriculum_v2.3_schema_v1.0.json"
 DYNAMIC = AIND_CURRICULA / "DynamicForagingCurriculum_v1.0.json"

@@ -8,7 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from shaping.services.cli import app
-from tests.curricula.conftest import AIND_CURRICULA, REGIMEN
+from tests.support.aind import AIND_CURRICULA
+from tests.support.curricula import REGIMEN
 from tests.support.scripts import REPO
 
 BASIC = REPO / "curricula" / "basic-shaping.yaml"

@@ -15,10 +15,17 @@ from typer.testing import CliRunner
 
 from shaping.services.cli import app
 from shaping.services.curricula.evaluate import Evaluator, TableOptions, read_table
-from tests.curricula.aind_support import aind_decision, alias, v01, v01_document, v02, v23
-from tests.curricula.conftest import AIND_DATA
+from tests.support.aind import (
+    AIND_DATA,
+    OPEN_LOOP,
+    aind_decision,
+    alias,
+    v01,
+    v01_document,
+    v02,
+    v23,
+)
 
-OPEN_LOOP = AIND_DATA / "extracted_janelia_openloop_sim_from_plot_cell16.csv"
 CLOSED_LOOP = AIND_DATA / "extracted_447_closedloop_from_plot_cell28.csv"
 METRIC_COLUMNS = {"foraging_efficiency": "foraging_efficiency_3dp"}
 
@@ -259,7 +266,7 @@ def test_on_the_event_path_the_session_number_is_the_number_of_the_assignment_ru
     from shaping.schemas.events import AssignmentIssued, MouseEnrolled, StageTransitioned
     from shaping.services.domain import TrainingCore, initial_state
     from shaping.services.domain.curriculum import CurriculumCatalog
-    from tests.curricula.aind_support import sessions_as_events
+    from tests.support.aind import sessions_as_events
 
     curriculum = v01()
     core = TrainingCore(CurriculumCatalog([curriculum]))

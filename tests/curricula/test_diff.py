@@ -10,7 +10,7 @@ import pytest
 from shaping.services.curricula.diff import diff, version_bump
 from shaping.services.curricula.errors import VersionBumpTooSmall
 from shaping.services.curricula.validate import compile_curriculum
-from tests.curricula.aind_support import v01_document, v02_document
+from tests.support.aind import v01_document, v02_document
 
 
 def compiled(document: dict[str, Any], version: str) -> Any:

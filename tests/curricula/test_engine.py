@@ -81,7 +81,7 @@ def test_leaving_the_stage_resets_what_the_policies_changed() -> None:
 
 def test_first_rule_that_holds_wins_and_none_means_stay() -> None:
     curriculum = default_catalog([]).get("basic-shaping")
-    from tests.curricula.test_rules import FakeMetrics
+    from tests.support.curricula import FakeMetrics
 
     both = FakeMetrics(
         counters={"sessions_at_stage": 3},
@@ -116,7 +116,7 @@ def test_per_mouse_adjustments_stay_within_what_the_curriculum_allows() -> None:
 
 def test_manual_rules_are_never_evaluated() -> None:
     curriculum = default_catalog([]).get("VisualBehavior_Task1A")
-    from tests.curricula.test_rules import FakeMetrics
+    from tests.support.curricula import FakeMetrics
 
     stage = curriculum.stage("6_images_A_handoff_ready")  # type: ignore[attr-defined]
     assert [r.rule.trigger for r in stage.rules] == ["auto", "manual"]

@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
 from shaping.services.curricula.engine import CompiledCurriculum
-from shaping.services.curricula.evaluate import Evaluator, TableOptions, read_table
+from shaping.services.curricula.evaluate import Evaluator, TableOptions
 from shaping.services.domain import CurriculumCatalog, TrainingCore, initial_state
-from tests.curricula.aind_support import aind_decision, alias, sessions_as_events, v01
-from tests.curricula.test_conformance import OPEN_LOOP
+from tests.support.aind import aind_decision, alias, open_loop_mice, sessions_as_events, v01
 
 T0_ID = "enrol"
 
@@ -56,22 +55,6 @@ def run_events(
     for events in sessions_as_events(mouse, sessions, lambda i: actual(i) or assigned[-1]):
         handle(events)
     return decisions
-
-
-def open_loop_mice(count: int) -> dict[str, list[dict[str, Any]]]:
-    """The mice of the Janelia replay with the most varied histories (graduations and
-    rollbacks), smallest first."""
-    by_mouse: dict[str, list[dict[str, str]]] = {}
-    for row in read_table(OPEN_LOOP):
-        by_mouse.setdefault(row["subject_id"], []).append(row)
-    varied = [
-        m
-        for m, rows in by_mouse.items()
-        if {"ROLLBACK", "PROGRESS"} <= {r["decision"] for r in rows}
-        and any(r["next_stage_suggested"] == "GRADUATED" for r in rows)
-    ]
-    varied.sort(key=lambda m: sum(int(r["finished_trials"]) for r in by_mouse[m]))
-    return {m: by_mouse[m] for m in varied[:count]}
 
 
 def test_aind_mice_through_the_training_core_decide_as_aind_did() -> None:

@@ -39,7 +39,7 @@ from shaping.schemas.events import (
     TrainingWarning,
 )
 from shaping.services.cli import app
-from shaping.services.curricula.ibl_trials import (
+from shaping.services.operator.ibl_trials import (
     STATUS_COLUMNS,
     TRIAL_COLUMNS,
     TrialTableError,
@@ -47,10 +47,16 @@ from shaping.services.curricula.ibl_trials import (
     session_events,
     short_protocol,
 )
-from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures
-from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.anchors import IBL
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.processor import (  # noqa: F401 - fixtures
+    ProcessorRunner,
+    new_processor_id,
+    of_mouse,
+    outputs,
+    processors,
+    publisher,
+)
 from tests.support.scripts import REPO
 
 TRIALS = IBL / "trials_test_flat.csv"

@@ -33,8 +33,8 @@ import pytest
 
 from shaping.schemas.events import MouseEnrolled, StageTransitioned
 from shaping.services.curricula.catalog import default_catalog
-from shaping.services.curricula.ibl_trials import read_trials, session_events
 from shaping.services.domain import TrainingCore, initial_state
+from shaping.services.operator.ibl_trials import read_trials, session_events
 from tests.support.scripts import REPO
 
 DATA = REPO / "tests" / "data" / "ibl_generated"

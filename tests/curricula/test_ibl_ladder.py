@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 
 from shaping.schemas.events import MouseEnrolled, ParamValue, StageTransitioned
 from shaping.services.curricula.engine import CompiledCurriculum
-from shaping.services.curricula.ibl_trials import IblSession, read_trials, session_events
 from shaping.services.curricula.loader import load_curriculum
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore, initial_state
 from shaping.services.domain.metrics import SessionMetrics
+from shaping.services.operator.ibl_trials import IblSession, read_trials, session_events
 from tests.support.anchors import IBL
 from tests.support.scripts import REPO
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from shaping.schemas.events import Event, MouseEnrolled, StageTransitioned
 from shaping.services.curricula.catalog import default_catalog
-from shaping.services.curricula.ibl_trials import (
+from shaping.services.domain import TrainingCore, initial_state, psychometric
+from shaping.services.operator.ibl_trials import (
     IblSession,
     evaluate_sessions,
     fit_requests,
@@ -25,7 +26,6 @@ from shaping.services.curricula.ibl_trials import (
     read_trials,
     session_events,
 )
-from shaping.services.domain import TrainingCore, initial_state, psychometric
 from tests.support.scripts import REPO
 
 TRIALS = REPO / "tests" / "data" / "anchors" / "ibl" / "trials_test_flat.csv"
@@ -126,7 +126,7 @@ def test_the_fits_of_stored_events_are_those_of_the_table(tmp_path: Path) -> Non
 
 
 def test_a_replay_with_the_fits_batched_ahead_decides_the_same(tmp_path: Path) -> None:
-    from shaping.services.curricula.ibl_trials import prefetch_history_fits
+    from shaping.services.operator.ibl_trials import prefetch_history_fits
 
     sessions = read_trials(TRIALS)
     psychometric._fit.cache_clear()

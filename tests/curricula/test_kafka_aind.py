@@ -17,15 +17,27 @@ from shaping.schemas.events import (
     MouseMigrated,
     StageTransitioned,
 )
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 from shaping.services.curricula.migrate import published_event
-from shaping.services.curricula.store import publish
 from shaping.services.curricula.validate import compile_curriculum
-from tests.curricula.aind_support import aind_decision, alias, sessions_as_events, v01, v01_document
-from tests.curricula.test_event_path import open_loop_mice
-from tests.integration.conftest import outputs, processors, publisher  # noqa: F401 - fixtures
-from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
+from shaping.services.operator.curricula import publish
+from tests.support.aind import (
+    aind_decision,
+    alias,
+    open_loop_mice,
+    sessions_as_events,
+    v01,
+    v01_document,
+)
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.processor import (  # noqa: F401 - fixtures
+    ProcessorRunner,
+    new_processor_id,
+    of_mouse,
+    outputs,
+    processors,
+    publisher,
+)
 
 pytestmark = pytest.mark.kafka
 

@@ -17,22 +17,22 @@ from typer.testing import CliRunner
 
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransitioned
-from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
-from shaping.services.curricula.catalog import default_catalog
-from shaping.services.curricula.errors import PublishError
-from shaping.services.curricula.migrate import published_event
-from shaping.services.curricula.published import (
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.curricula_topic import (
     CurriculaFollower,
     FollowingCatalog,
     publish_version,
     read_published,
     version_key,
 )
-from shaping.services.curricula.store import mice_on
+from shaping.services.cli import app
+from shaping.services.curricula.catalog import default_catalog
+from shaping.services.curricula.errors import PublishError
+from shaping.services.curricula.migrate import published_event
 from shaping.services.curricula.validate import compile_curriculum
+from shaping.services.operator.curricula import mice_on
 from shaping.services.projector.store import SqlProjectionStore
-from tests.conftest import TEST_PARTITIONS
+from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until
 from tests.support.scripts import REPO
@@ -214,7 +214,8 @@ def test_a_miss_reads_the_topic_and_bad_records_are_left_out(
         assert follower.load() == 0
         assert catalog.versions("basic-shaping") == ["0.1.0"]
         # Published after the load, and the following thread is not running: the lookup
-        # itself reads the topic to its end.
+        # misses without any I/O and remembers it; the processor then catches up off its
+        # event loop and looks again.
         major = compile_curriculum(__import__("yaml").safe_load(MAJOR))
         event = published_event(major, catalog.get("basic-shaping", "0.1.0"), T0)  # type: ignore[arg-type]
         forged = event.model_copy(update={"curriculum_version": "2.0.0", "event_id": "forged"})
@@ -229,6 +230,11 @@ def test_a_miss_reads_the_topic_and_bad_records_are_left_out(
         finally:
             producer.close()
         assert publish_version(kafka_bootstrap, kafka_topics.curricula, event)
+        with pytest.raises(Exception, match=r"no version '1\.0\.0'"):
+            catalog.get("basic-shaping", "1.0.0")
+        assert catalog.take_missed() == {("basic-shaping", "1.0.0")}
+        assert catalog.take_missed() == set()
+        follower.catch_up()
         found = catalog.get("basic-shaping", "1.0.0")
         assert getattr(found, "content_hash", None) == major.content_hash
         assert catalog.versions("basic-shaping") == ["0.1.0", "1.0.0"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,34 +15,10 @@ from hypothesis import strategies as st
 from shaping.services.curricula.errors import RuleSyntaxError
 from shaping.services.curricula.rules import Scope, numpy_sum, parse_condition, parse_value, unparse
 from shaping.services.domain.metrics import METRICS
+from tests.support.curricula import FakeMetrics
 
 NAN = math.nan
 SCOPE = Scope(METRICS)
-
-
-class FakeMetrics:
-    """Metric values given directly: counters, trial windows and session series."""
-
-    def __init__(
-        self,
-        counters: Mapping[str, float | None] | None = None,
-        series: Mapping[str, Sequence[float | None]] | None = None,
-        windows: Mapping[tuple[str, int], float | None] | None = None,
-    ) -> None:
-        self.counters = dict(counters or {})
-        self.sessions = {k: list(v) for k, v in (series or {}).items()}
-        self.windows = dict(windows or {})
-
-    def value(self, metric: str, window: int | None = None) -> float | None:
-        if window is not None:
-            return self.windows.get((metric, window))
-        if metric in self.counters:
-            return self.counters[metric]
-        values = self.sessions.get(metric, [])
-        return values[-1] if values else None
-
-    def series(self, metric: str) -> Sequence[float | None]:
-        return self.sessions.get(metric, [])
 
 
 def judge(text: str, metrics: FakeMetrics) -> tuple[bool, list[tuple[str, float | None, bool]]]:

@@ -11,7 +11,8 @@ from shaping.services.curricula import aind, mtrain
 from shaping.services.curricula.catalog import default_catalog, shipped_files
 from shaping.services.curricula.loader import load_curriculum
 from shaping.services.curricula.render import to_svg
-from tests.curricula.conftest import AIND_CURRICULA, REGIMEN
+from tests.support.aind import AIND_CURRICULA
+from tests.support.curricula import REGIMEN
 from tests.support.scripts import REPO
 
 SHIPPED = shipped_files()

@@ -22,9 +22,9 @@ from shaping.services.cli import app
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.engine import CompiledCurriculum
 from shaping.services.curricula.migrate import migration_events, plan, published_event
-from shaping.services.curricula.store import mice_on
 from shaping.services.domain import ImpossibleEvent, TrainingCore, initial_state
 from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.curricula import mice_on
 from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO
 from tests.support.story import enrolled, next_id, run, session, trials

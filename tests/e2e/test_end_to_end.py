@@ -16,7 +16,8 @@ import pytest
 
 from shaping.rig.kafka_transport import KafkaRigTransport
 from shaping.rig.lab import LabPlan, LabRun, run_lab
-from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore

@@ -27,12 +27,13 @@ from shaping.rig.store import RigStore
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import Event, EventRejected, MouseEjected
 from shaping.schemas.headers import CONTENT_TYPE, header_text, headers_for
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.curricula_topic import publish_version
+from shaping.services.adapters.settings import Settings
+from shaping.services.adapters.topics import wait_for_partitions
 from shaping.services.cli import app
-from shaping.services.common.settings import Settings
-from shaping.services.common.topics import TopicNames, wait_for_partitions
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.migrate import published_event
-from shaping.services.curricula.published import publish_version
 from shaping.services.operator.enroll import build_enrollment, publish_enrollment
 from shaping.services.operator.interventions import publish
 from tests.support.story import enrolled, session, trials

@@ -18,13 +18,13 @@ from sqlalchemy import select
 
 from shaping.schemas.codec import HEADER_LEN, encode_key
 from shaping.schemas.events import AssignmentIssued, EventRejected, SessionEnded, StageTransitioned
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 from shaping.services.projector import tables
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore
-from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.hostile import encode_unchecked, with_occurred_at
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.processor import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.story import enrolled, next_id, session, trials
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]

@@ -16,14 +16,9 @@ import pytest
 import sqlalchemy as sa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from shaping.services.common.errors import BrokerUnavailableError, InfraError, TopicMismatchError
-from shaping.services.common.topics import (
-    TopicNames,
-    describe_topics,
-    ensure_topics,
-    topic_specs,
-    wait_for_broker,
-)
+from shaping.schemas.topics import TopicNames, topic_specs
+from shaping.services.adapters.errors import BrokerUnavailableError, InfraError, TopicMismatchError
+from shaping.services.adapters.topics import describe_topics, ensure_topics, wait_for_broker
 from tests.support.scripts import REPO, port_in_use
 
 

@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from shaping.rig.follow import AssignmentFollower
 from shaping.rig.store import RigStore
 from shaping.schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore
-from tests.conftest import TEST_PARTITIONS
+from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import stop, wait_until
 from tests.support.scripts import REPO

@@ -32,9 +32,10 @@ from shaping.schemas.events import (
     StageTransitioned,
 )
 from shaping.schemas.headers import header_text, headers_for
-from shaping.services.common.topics import TopicNames, wait_for_partitions
-from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id, of_mouse
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import wait_for_partitions
 from tests.support.kafka_io import TopicReader
+from tests.support.processor import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.scripts import REPO
 
 pytestmark = pytest.mark.kafka

@@ -17,13 +17,14 @@ from kafka import KafkaConsumer
 from shaping.schemas.codec import default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import CurriculumPublished
-from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore
-from tests.conftest import TEST_PARTITIONS
-from tests.integration.test_processor_kafka import ProcessorRunner
-from tests.property.test_lab_model import ACTION, run_history, tables
+from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher
+from tests.support.lab_model import ACTION, run_history, tables
+from tests.support.processor import ProcessorRunner
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

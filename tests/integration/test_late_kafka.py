@@ -15,12 +15,11 @@ from typing import Any
 import pytest
 
 from shaping.schemas.events import AssignmentIssued, Event, StageTransitioned
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore
-from tests.integration.test_processor_kafka import ProcessorRunner, new_processor_id
 from tests.support.kafka_io import Publisher, TopicReader
-from tests.unit.test_late_sessions import (
+from tests.support.late_sessions import (
     Plan,
     World,
     effective,
@@ -30,6 +29,7 @@ from tests.unit.test_late_sessions import (
     session_events,
     status_view,
 )
+from tests.support.processor import ProcessorRunner, new_processor_id
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 

@@ -8,104 +8,24 @@ beginning of the decisions, assignments and dead-letter topics.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import uuid
-from pathlib import Path
-
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from shaping.schemas.events import (
     AssignmentIssued,
-    Event,
     EventRejected,
     StageTransitioned,
     TrialCompleted,
 )
-from shaping.services.common.topics import TopicNames
-from shaping.services.domain.state import join_sessions
-from tests.conftest import TEST_PARTITIONS
+from shaping.schemas.topics import TopicNames
+from shaping.services.processor.state_store import join_sessions
+from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
-from tests.support.scripts import REPO
+from tests.support.processor import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.story import T0, enrolled, next_id, session, trials
 
 pytestmark = pytest.mark.kafka
-
-STOP_TIMEOUT_S = 60.0
-
-
-class ProcessorRunner:
-    """Starts and stops processor processes for one test; kills leftovers at the end."""
-
-    def __init__(self, bootstrap: str, topics: TopicNames, workdir: Path) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = topics.events.removesuffix(".events")
-        self.workdir = workdir
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def start(self, processor_id: str) -> subprocess.Popen[bytes]:
-        """Starts ``python -m shaping.services.processor`` with this test's settings."""
-        env = {
-            **os.environ,
-            "SHAPING_BOOTSTRAP": self.bootstrap,
-            "SHAPING_TOPIC_PREFIX": self.prefix,
-            "SHAPING_PARTITIONS": str(TEST_PARTITIONS),
-            "SHAPING_PROCESSOR_ID": processor_id,
-            "SHAPING_DATA_DIR": str(self.workdir / "data"),
-            "PYTHONUNBUFFERED": "1",
-        }
-        log = self.workdir / f"processor-{len(self.logs) + 1}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "shaping.services.processor"],
-                cwd=REPO,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.processes.append(proc)
-        self.logs.append(log)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        """Sends SIGTERM and waits for the process to exit; returns its exit code."""
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(
-                f"processor ignored SIGTERM for {STOP_TIMEOUT_S:g} s\n{self.log_tail()}"
-            ) from None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of every processor log of this test (for failure messages)."""
-        parts = []
-        for log in self.logs:
-            text = log.read_text(errors="replace").splitlines()[-lines:]
-            parts.append(f"----- {log.name} -----\n" + "\n".join(text))
-        return "\n".join(parts)
-
-    def kill_all(self) -> None:
-        for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def new_processor_id() -> str:
-    return f"processor-{uuid.uuid4().hex[:8]}"
-
-
-def of_mouse(reader: TopicReader, mouse: str, event_type: type[Event]) -> list[Event]:
-    return [e for e in reader.events(event_type=event_type) if e.mouse_id == mouse]
 
 
 def test_enrolment_and_a_good_session_lead_to_a_progression(

@@ -1,6 +1,6 @@
 """The ProjectionStore contract against a real PostgreSQL, and the projector fed by real Kafka.
 
-The contract is the suite of ``tests/unit/test_projector_sqlite.py``; here its ``store`` is a
+The contract is the suite in ``tests/support/projection_contract.py``; here its ``store`` is a
 :class:`SqlProjectionStore` on the session's PostgreSQL (``postgres_url``), emptied with
 ``reset()`` before every test.
 """
@@ -16,11 +16,11 @@ import pytest
 from kafka import KafkaProducer
 
 from shaping.schemas.codec import default_codec, encode_key
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import ProjectionStore, SqlProjectionStore
 from tests.support.builders import Published
-from tests.unit.test_projector_sqlite import (
+from tests.support.projection_contract import (
     CONSUMER,
     ProjectionStoreContract,
     projected_ids,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.ops.helpers import PROMETHEUS_SH, run
+from tests.support.ops import PROMETHEUS_SH, run
 
 
 @pytest.fixture(scope="session")

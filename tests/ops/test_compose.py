@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.ops.helpers import STACK_SH, run
+from tests.support.ops import STACK_SH, run
 from tests.support.scripts import REPO
 
 COMPOSE = REPO / "docker-compose.yml"

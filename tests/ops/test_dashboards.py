@@ -15,10 +15,10 @@ import yaml
 from sqlalchemy import create_engine, make_url, text
 
 from shaping.rig.lab import LabPlan, run_lab
-from shaping.services.common.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
+from shaping.services.adapters.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.store import SqlProjectionStore
-from tests.ops.helpers import (
+from tests.support.ops import (
     GRAFANA,
     PROMETHEUS_SYNTHETIC,
     dashboard_promql,

@@ -20,10 +20,12 @@ from shaping.rig.kafka_transport import KafkaRigTransport
 from shaping.rig.lab import LabPlan, run_lab
 from shaping.rig.metrics import OutboxDepthExporter
 from shaping.rig.store import RigStore
-from shaping.services.common.metrics import RIG_OUTBOX_DEPTH
-from shaping.services.common.topics import TopicNames, ensure_topics
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.metrics import RIG_OUTBOX_DEPTH
+from shaping.services.adapters.topics import ensure_topics
 from shaping.services.projector.store import SqlProjectionStore
-from tests.ops.helpers import (
+from tests.support.kafka_io import Publisher
+from tests.support.ops import (
     PROMETHEUS_SH,
     PROMETHEUS_SYNTHETIC,
     dashboard_promql,
@@ -36,7 +38,6 @@ from tests.ops.helpers import (
     scrape,
     scraped_names,
 )
-from tests.support.kafka_io import Publisher
 from tests.support.processes import shaping_process, wait_until
 from tests.support.story import enrolled, session, trials
 

@@ -21,7 +21,7 @@ from shaping.services.operator.queries import (
     attention,
     terminal_stage_check,
 )
-from tests.ops.operator_lab import BAD, GOOD, POOR, Lab, days_ago, lab_catalog
+from tests.support.operator_lab import BAD, GOOD, POOR, Lab, days_ago, lab_catalog
 
 NOW = datetime.now(UTC)
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from shaping.rig.lab import LabPlan, run_lab
 from shaping.schemas.events import MouseEnrolled
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.queries import DECISION_COLUMNS, SESSION_COLUMNS, STATUS_COLUMNS
 from shaping.services.projector.store import SqlProjectionStore

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from shaping.rig.lab import LabPlan, run_lab
 from shaping.services.cli import app
+from shaping.services.cli.operator import print_status
 from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.operator.cli import print_status
 from shaping.services.operator.queries import open_database, status_frame
 from shaping.services.operator.terminal import cell_text, printable, printable_lines
 from shaping.services.projector import tables

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 from shaping.rig.lab import LabPlan, run_lab
 from shaping.schemas.events import MouseEnrolled, SessionStarted, TrialCompleted
 from shaping.services.cli import app
+from shaping.services.cli.operator import STATUS_COLUMNS_SHOWN, print_status
 from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.operator.cli import STATUS_COLUMNS_SHOWN, print_status
 from shaping.services.operator.queries import open_database, status_frame
 from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO

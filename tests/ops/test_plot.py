@@ -34,10 +34,10 @@ from shaping.schemas.events import (
     TrialCompleted,
 )
 from shaping.services.cli import app
-from shaping.services.curricula.ibl_trials import read_trials, session_events
 from shaping.services.curricula.validate import compile_curriculum
 from shaping.services.domain import CurriculumCatalog
 from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.ibl_trials import read_trials, session_events
 from shaping.services.operator.plot import (
     IBL_STATUS_ORDER,
     ibl_figure,

@@ -29,14 +29,15 @@ from shaping.schemas.events import (
     StageOverridden,
     StageTransitioned,
 )
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames, ensure_topics
-from shaping.services.domain import MouseState
 from shaping.services.embedded.demo import run_demo
 from shaping.services.operator.replay import changelog_topic, kafka_offsets
+from shaping.services.processor.state_store import decode_state
 from shaping.services.projector.runner import run_projector
 from shaping.services.projector.store import SqlProjectionStore
-from tests.ops.test_replay_logs import major_version
+from tests.support.curricula import major_version
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until
 from tests.support.scripts import REPO
@@ -431,7 +432,7 @@ def test_replay_after_a_curriculum_fix_changes_exactly_the_affected_mice(lab: La
 
     # The processor's state: rebuilt states in its changelog, its group at the snapshot.
     states = {
-        r.key.decode(): MouseState.from_bytes(r.value)
+        r.key.decode(): decode_state(r.value)
         for r in read_to_end(lab.bootstrap, [changelog])
         if r.key and r.value
     }

@@ -42,29 +42,10 @@ from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.replay import EnrolmentPins, SourceRecord, content_of, read_jsonl
 from shaping.services.operator.whatif import run_whatif
 from shaping.services.projector.store import SqlProjectionStore
-from tests.support.scripts import REPO
+from tests.support.curricula import major_version
 
 PLAN = LabPlan(n_mice=3, n_rigs=3, n_days=4, seed=7)
-SHIPPED = REPO / "curricula" / "basic-shaping.yaml"
 LATER = datetime(2026, 2, 1, tzinfo=UTC)
-
-
-def major_version(folder: Path) -> Path:
-    """basic-shaping 2.0.0 in a lab's folder: a major version that renames s2_training (no
-    mouse can run the 0.1.0 stages' sessions on it)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    content = SHIPPED.read_text()
-    assert "version: 0.1.0\n" in content and "stages:\n  - name: s1_habituation" in content
-    (folder / "basic-shaping-2.yaml").write_text(
-        content.replace("version: 0.1.0\n", "version: 2.0.0\n")
-        .replace("s2_training", "s2_practice")
-        .replace(
-            "stages:\n  - name: s1_habituation",
-            "migrations:\n  - from_version: '0'\n    stages: {s2_training: s2_practice}\n"
-            "    description: s2 renamed\n\nstages:\n  - name: s1_habituation",
-        )
-    )
-    return folder
 
 
 def invoke(args: list[str], env: dict[str, str] | None = None) -> Any:

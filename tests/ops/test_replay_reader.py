@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import pytest
 from kafka import KafkaProducer
 
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 from shaping.services.operator.replay import SourceRecord, kafka_offsets, read_kafka
 
 pytestmark = pytest.mark.kafka

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from shaping.rig.kafka_transport import KafkaRigTransport
 from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
 from shaping.services.projector.store import SqlProjectionStore
-from tests.ops.helpers import STACK_SH, free_ports, port_open, prom_value, read_pid, run
+from tests.support.ops import STACK_SH, free_ports, port_open, prom_value, read_pid, run
 from tests.support.processes import wait_until
 from tests.support.scripts import REPO, make_temp_dir, remove_dir
 

@@ -16,15 +16,16 @@ from kafka import KafkaAdminClient, KafkaProducer
 from typer.testing import CliRunner
 
 from shaping.rig.lab import LabPlan, run_lab
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames, ensure_topics
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.loader import load_curriculum
 from shaping.services.embedded.demo import run_demo
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.replay import kafka_offsets, read_jsonl
 from shaping.services.operator.whatif import CSV_COLUMNS, run_whatif
-from tests.ops.test_replay_logs import major_version
+from tests.support.curricula import major_version
 from tests.support.scripts import REPO
 
 PLAN = LabPlan(n_mice=4, n_rigs=4, n_days=5, seed=7)

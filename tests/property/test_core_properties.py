@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shaping.schemas.events import Event
-from shaping.services.domain import ImpossibleEvent, MouseState, fold, initial_state
+from shaping.services.domain import ImpossibleEvent, fold, initial_state
+from shaping.services.processor.state_store import decode_state, encode_state
 from tests.support.story import core, enrolled, session
 
 OUTCOMES = st.sampled_from(["correct", "incorrect", "miss"])
@@ -40,7 +41,7 @@ def test_folding_the_log_equals_incremental_processing(inputs: list[Event]) -> N
     log: list[Event] = []
     for event in inputs:
         # The processor stores the state as bytes between events (faust's table).
-        state = MouseState.from_bytes(state.to_bytes())
+        state = decode_state(encode_state(state))
         try:
             state, outputs = engine.handle(state, event)
         except ImpossibleEvent:

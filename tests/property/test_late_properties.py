@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from shaping.schemas.events import StageTransitioned
 from shaping.services.domain import fold, initial_state
-from tests.unit.test_late_sessions import (
+from tests.support.late_sessions import (
     IBL,
     Plan,
     World,

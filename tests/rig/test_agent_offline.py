@@ -25,7 +25,7 @@ from shaping.schemas.events import (
     SessionStarted,
     TrialCompleted,
 )
-from tests.rig.support import PINS, START, FakeDisplay, assignment, config_in, seed_cache
+from tests.support.rig import PINS, START, FakeDisplay, assignment, config_in, seed_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 

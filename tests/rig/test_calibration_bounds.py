@@ -16,7 +16,7 @@ from shaping.rig.config import CalibrationBounds, load_config
 from shaping.rig.errors import ConfigError
 from shaping.rig.store import RigStore
 from shaping.services.cli import app
-from tests.rig.support import write_config
+from tests.support.rig import write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 

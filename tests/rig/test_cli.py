@@ -15,8 +15,8 @@ from shaping.rig.calibration import CalibrationPoint, dispense, fit_ml_per_ms, p
 from shaping.rig.clock import VirtualClock
 from shaping.rig.store import RigStore
 from shaping.services.cli import app
-from tests.rig.support import PINS, START, assignment, config_in, seed_cache, write_config
 from tests.support.anchors import REACH
+from tests.support.rig import PINS, START, assignment, config_in, seed_cache, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 ANCHOR = REACH / "mouse001.json"

@@ -8,7 +8,7 @@ import pytest
 
 from shaping.rig.config import load_config, parse_pin_map
 from shaping.rig.errors import ConfigError, PinMapError
-from tests.rig.support import PINS, write_config
+from tests.support.rig import PINS, write_config
 
 
 def test_a_full_config_loads_with_every_device_and_calibration(tmp_path: Path) -> None:

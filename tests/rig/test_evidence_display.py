@@ -27,10 +27,10 @@ from shaping.schemas.events import (
     SessionSummary,
     StageTransitioned,
 )
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
-from tests.rig.support import START, FakeDisplay, assignment, config_in, write_config
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.rig import START, FakeDisplay, assignment, config_in, write_config
 from tests.support.scripts import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

@@ -13,7 +13,7 @@ from shaping.rig.devices import InputBus, connect_inputs
 from shaping.rig.errors import HardwareError
 from shaping.rig.gpio import build_gpiozero_hardware
 from shaping.rig.simulation import mock_factory
-from tests.rig.support import PINS
+from tests.support.rig import PINS
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 

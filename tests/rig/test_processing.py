@@ -22,7 +22,7 @@ from shaping.schemas.events import (
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.processor.step import ProcessorStep
 from shaping.services.projector.store import SqlProjectionStore
-from tests.rig.support import START, FakeDisplay, config_in, seed_cache
+from tests.support.rig import START, FakeDisplay, config_in, seed_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 

@@ -26,9 +26,11 @@ from shaping.rig.drain import OutboxDrainer
 from shaping.rig.metrics import read_metrics
 from shaping.rig.store import SKEW_SMOOTHING, RigStore
 from shaping.schemas.events import SessionStarted
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
-from tests.rig.support import (
+from tests.support.examples import example_events
+from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.rig import (
     START,
     FakeDisplay,
     assignment,
@@ -36,8 +38,6 @@ from tests.rig.support import (
     older_rig_codec,
     write_config,
 )
-from tests.support.examples import example_events
-from tests.support.kafka_io import Publisher, TopicReader
 
 pytestmark = [
     pytest.mark.kafka,

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from shaping.rig.cli import ConsoleDisplay
 from shaping.rig.config import load_config
 from shaping.services.cli import app
-from tests.rig.support import assignment, seed_cache, write_config
+from tests.support.rig import assignment, seed_cache, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")

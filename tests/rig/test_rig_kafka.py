@@ -1,9 +1,9 @@
 """The rig agent against the real Kafka broker and the processor, each a separate process.
 
 The agent runs as ``shaping rig run`` in its own process (a simulated mouse on gpiozero mock
-pins). Crashes are real: ``SHAPING_RIG_FAULT`` makes the process SIGKILL itself at a chosen
-point (after the N-th event it stored, or after the N-th broker acknowledgement, before it
-marked the event sent). The broker is cut by stopping a second, private broker mid-session
+pins). Crashes are real: the hidden ``--fault-plan`` option makes the process SIGKILL itself at
+a chosen point (after the N-th event it stored, or after the N-th broker acknowledgement, before
+it marked the event sent). The broker is cut by stopping a second, private broker mid-session
 (``infra/kafka/kafka.sh down``) and starting it again on the same data.
 
 Each test compares what reached the events topic with the events of an uninterrupted run of
@@ -31,13 +31,13 @@ from shaping.rig.agent import RigAgent, RunOptions
 from shaping.rig.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
-from shaping.services.common.topics import TopicNames, ensure_topics, wait_for_partitions
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
 from shaping.services.embedded.runtime import EmbeddedRuntime
-from tests.conftest import TEST_PARTITIONS
-from tests.rig.support import START, FakeDisplay, config_in, write_config
-from tests.support.kafka import KAFKA_SH, KafkaBroker, start_kafka
+from tests.support.kafka import KAFKA_SH, TEST_PARTITIONS, KafkaBroker, start_kafka
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import stop, wait_until
+from tests.support.rig import START, FakeDisplay, config_in, write_config
 from tests.support.scripts import REPO, STOP_TIMEOUT_S, run_script
 
 pytestmark = [
@@ -137,14 +137,13 @@ def lab(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path) -> Itera
 def run_rig(
     config: Path, *args: str, fault: str | None = None, log: Path, wait: bool = True
 ) -> subprocess.Popen[bytes]:
-    """``shaping rig ARGS --config CONFIG`` in its own process (the fault in its env)."""
+    """``shaping rig ARGS --config CONFIG [--fault-plan FAULT]`` in its own process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("SHAPING_RIG_FAULT", None)
-    if fault:
-        env["SHAPING_RIG_FAULT"] = fault
+    faults = ["--fault-plan", fault] if fault else []
+    command = [sys.executable, "-m", "shaping.services.cli", "rig", *args, "--config", str(config)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shaping.services.cli", "rig", *args, "--config", str(config)],
+            [*command, *faults],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -48,22 +48,22 @@ from shaping.schemas.events import (
     TrialCompleted,
 )
 from shaping.services.cli import app
-from tests.rig.support import START, FakeDisplay, assignment, seed_cache, write_config
-from tests.rig.test_task import BASE, Harness, Step
+from tests.support.reach_harness import BASE, Harness, Step
+from tests.support.rig import (
+    ATTACK,
+    LAST_SAFE,
+    SAFE,
+    START,
+    FakeDisplay,
+    assignment,
+    forged,
+    seed_cache,
+    write_config,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-SAFE = {"session_minutes": 5, "iti_min_s": 2.0, "iti_max_s": 3.0, "reward_volume_ul": 3.0}
-ATTACK = {"reward_volume_ul": 500.0, "session_minutes": 600, "max_trials": 5000}
-LAST_SAFE = '[safety]\non_violation = "last_safe"\n'
-
-
-def forged(mouse: str = "M001", session_number: int = 2, **update: Any) -> AssignmentIssued:
-    """The attack's record: what the processor would write, with harmful parameters."""
-    return assignment(mouse, {**SAFE, **ATTACK}, session_number).model_copy(
-        update={"event_id": f"forged-{mouse}-{session_number}", "reason": "progress", **update}
-    )
 
 
 def rig(folder: Path, *cached: AssignmentIssued, extra: str = "") -> Path:
@@ -375,6 +375,7 @@ def test_a_store_of_an_older_release_stays_readable(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as conn:  # as an older release left it
         conn.execute("DROP TABLE assignment_history")
         conn.execute("DROP TABLE unsafe_assignments")
+        conn.execute("PRAGMA user_version = 0")  # releases before the store had a version
         conn.commit()
     assert read_metrics(path).unsafe == {"ran_last_safe": 0, "refused": 0}
     assert "shaping_rig_unsafe_assignments_total" in render("rig-1", read_metrics(path))

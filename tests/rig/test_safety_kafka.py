@@ -22,11 +22,19 @@ from shaping.rig.metrics import read_metrics
 from shaping.rig.safety import UnsafeAssignmentRefusedError
 from shaping.rig.store import RigStore
 from shaping.schemas.events import SessionStarted, TrialCompleted
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
-from tests.rig.support import START, FakeDisplay, assignment, write_config
-from tests.rig.test_safety import ATTACK, LAST_SAFE, SAFE, forged
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.rig import (
+    ATTACK,
+    LAST_SAFE,
+    SAFE,
+    START,
+    FakeDisplay,
+    assignment,
+    forged,
+    write_config,
+)
 
 pytestmark = [
     pytest.mark.kafka,

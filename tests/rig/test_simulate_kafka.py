@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from shaping.schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
+from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
 from tests.support.kafka_io import Publisher, TopicReader
 
 pytestmark = pytest.mark.kafka

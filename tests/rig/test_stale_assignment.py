@@ -29,7 +29,7 @@ from shaping.rig.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import SessionStarted
 from shaping.services.cli import app
-from tests.rig.support import (
+from tests.support.rig import (
     START,
     FakeDisplay,
     assignment,

@@ -28,6 +28,9 @@ from tests.support.scripts import (
 )
 
 KAFKA_SH = REPO / "infra" / "kafka" / "kafka.sh"
+TEST_PARTITIONS = 4
+"""Partitions of each test topic (the ``kafka_topics`` fixture); services the tests start are
+told the same number."""
 DEFAULT_TEST_PORT = 39092
 DEFAULT_TEST_CONTROLLER_PORT = 39093
 

@@ -17,7 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import Event
-from shaping.services.common.topics import wait_for_partitions
+from shaping.services.adapters.topics import wait_for_partitions
 
 DEFAULT_TIMEOUT_S = 60.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,10 +17,12 @@ from typer.testing import CliRunner
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import EventRejected
 from shaping.schemas.headers import headers_for
+from shaping.schemas.topics import TopicNames
+from shaping.services.adapters.settings import Settings
 from shaping.services.cli import app
-from shaping.services.common.topics import TopicNames
 from shaping.services.operator.events import (
     TABLE_HEADER,
+    EventsError,
     OutputFormat,
     RawRecord,
     Renderer,
@@ -30,6 +33,7 @@ from shaping.services.operator.events import (
     hexdump,
     json_line,
     parse_time,
+    plan_reading,
     topic_names,
 )
 from tests.support.story import T0, enrolled, session, trials
@@ -270,6 +274,29 @@ def test_topic_kinds_name_topics_under_the_prefix() -> None:
         "lab.events",
     ]
     assert topic_names([TopicKind.all, TopicKind.events], names) == names.all()
+
+
+def test_a_reading_is_planned_and_rendered_without_the_command_line() -> None:
+    settings = replace(Settings(), bootstrap="127.0.0.1:1", topic_prefix="lab")
+    with pytest.raises(EventsError, match="did you mean 'TrialCompleted'"):
+        plan_reading(settings, types=["TrialComplete"])
+    reading = plan_reading(
+        settings,
+        kinds=[TopicKind.dead_letter, TopicKind.events],
+        mice=["M2"],
+        types=["mouseenrolled"],
+        partitions=[0],  # named: the broker is not asked where M2's key goes
+        output=OutputFormat.json,
+    )
+    assert reading.topics == ["lab.dead-letter", "lab.events"] and reading.partitions == [0]
+    assert reading.selection.types == ["MouseEnrolled"]
+    kept = record(CODEC.encode(enrolled("M2")), key=b"M2")
+    other_mouse = record(CODEC.encode(enrolled("M3")), key=b"M3")
+    [start, *_] = session("M2", "M2-s1", [])
+    other_type = record(CODEC.encode(start), key=b"M2")
+    assert [reading.wanted(r) for r in (kept, other_mouse, other_type)] == [True, False, False]
+    [[line]] = list(reading.render([other_mouse, kept, other_type]))
+    assert json.loads(line)["event"]["mouse_id"] == "M2"
 
 
 def test_times_are_iso_dates_or_ages() -> None:

@@ -31,6 +31,7 @@ from shaping.schemas.events import (
     StageTransitioned,
     TrainingWarning,
 )
+from shaping.services.adapters.settings import Settings
 from shaping.services.cli import app
 from shaping.services.curricula.loader import load_all
 from shaping.services.curricula.validate import compile_curriculum
@@ -46,6 +47,14 @@ from shaping.services.domain import (
 from shaping.services.domain.curriculum import MetricSource
 from shaping.services.domain.interventions import EJECTED
 from shaping.services.embedded.runtime import EmbeddedRuntime
+from shaping.services.operator.interventions import (
+    Delivery,
+    DeliveryError,
+    InterventionError,
+    request_adjustment,
+    request_ejection,
+)
+from shaping.services.processor.state_store import decode_state, encode_state
 from shaping.services.processor.step import ProcessorStep
 from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
 from tests.support.scripts import REPO
@@ -514,7 +523,7 @@ def test_interventions_keep_the_core_a_fold_and_its_promises(inputs: list[Event]
     emitted: list[Event] = []
     adjustments: dict[str, ParamValue] = {}
     for event in inputs:
-        state = MouseState.from_bytes(state.to_bytes())
+        state = decode_state(encode_state(state))
         was_ejected = state.ejected
         try:
             state, outputs = engine.handle(state, event)
@@ -769,6 +778,30 @@ def test_an_unreachable_broker_is_a_clear_error(status_db: str) -> None:
         "0",
     )
     assert code == 1 and "no Kafka broker answered at 127.0.0.1:9" in out, out
+
+
+def test_the_use_cases_raise_what_the_commands_turn_into_exit_statuses(status_db: str) -> None:
+    """A request that cannot work is an InterventionError (the command exits with 2); an
+    event that does not reach Kafka a DeliveryError (1); warnings go to the caller."""
+    settings = replace(Settings(), bootstrap="127.0.0.1:9", db_url=status_db)
+    with pytest.raises(InterventionError, match="M2 is ejected") as refused:
+        request_ejection(settings, "M2", "a test", by="ada", wait_s=0)
+    assert not isinstance(refused.value, DeliveryError)
+    with pytest.raises(DeliveryError, match=r"no Kafka broker answered at 127\.0\.0\.1:9"):
+        request_adjustment(settings, "M1", ["max_trials=300"], [], "a test", by="ada", wait_s=0)
+    warnings: list[str] = []
+    unreadable = replace(settings, db_url=f"sqlite:///{REPO / 'no-such-dir' / 'status.sqlite'}")
+    with pytest.raises(InterventionError, match="give a --reason"):
+        request_ejection(unreadable, "M1", " ", by="ada", warn=warnings.append)
+    assert warnings == [
+        f"warning: cannot read the status tables at {unreadable.db_url}; sending unchecked "
+        "(the processor judges it)"
+    ]
+    sent = Delivery(eject(mouse="M1"), "ejection", "shaping.events[1]@7", None, wait_s=0)
+    assert sent.report() == [
+        f"sent the ejection of M1 (event {sent.event.event_id}, shaping.events[1]@7); no answer "
+        "from the processor yet: `shaping history M1` shows it"
+    ]
 
 
 def test_history_shows_interventions_and_status_the_ejection(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 import tomllib
@@ -58,3 +59,45 @@ def test_nothing_generic_is_importable_from_site_packages(tmp_path: Path) -> Non
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
     )
     assert out.stdout.strip() == "[] True", out.stdout
+
+
+def test_the_rig_cli_contract_names_every_other_rig_module() -> None:
+    """import-linter cannot exclude one module of a package from a forbidden contract on the
+    package, so the contract lists the rig's modules: a new one must be added there."""
+    contracts = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]["contracts"]
+    [contract] = [c for c in contracts if c["forbidden_modules"] == ["shaping.rig.cli"]]
+    rig = [
+        f"shaping.rig.{m.name}"
+        for m in pkgutil.iter_modules([str(PYPROJECT.parent / "rig")])
+        if m.name != "cli"
+    ]
+    assert sorted(contract["source_modules"]) == sorted(rig)
+
+
+def test_every_direct_dependency_is_pinned_in_the_lock_within_its_range() -> None:
+    """infra/bootstrap.sh installs with requirements.lock as constraints: a dependency added to
+    pyproject.toml (or a range changed) without `make lock` would install unpinned."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    extras = project["optional-dependencies"]
+    direct = [
+        Requirement(text)
+        for text in project["dependencies"] + extras["services"] + extras["rig"] + extras["dev"]
+    ]
+    pins: dict[str, list[str]] = {}
+    for line in (PYPROJECT.parent / "requirements.lock").read_text().splitlines():
+        pinned = line.split(";")[0].strip()
+        if "==" in pinned and not line.startswith((" ", "#")):
+            name, version = pinned.split("==")
+            pins.setdefault(canonicalize_name(name), []).append(version)
+    unpinned = sorted(str(r) for r in direct if canonicalize_name(r.name) not in pins)
+    assert unpinned == [], f"not in requirements.lock (run `make lock`): {unpinned}"
+    outside = sorted(
+        f"{r.name}=={version} (pyproject: {r.specifier})"
+        for r in direct
+        for version in pins[canonicalize_name(r.name)]
+        if not r.specifier.contains(version, prereleases=True)
+    )
+    assert outside == [], f"pinned outside pyproject's range (run `make lock`): {outside}"

@@ -1,13 +1,15 @@
 """The processor's two state records: a state record and an open-sessions record.
 
-``shaping.services.domain.state``: ``split_sessions`` / ``join_sessions`` / ``records_to_store``, as
-the faust processor (services/processor/app.py) stores a mouse's state in its ``mouse_state``
-and ``mouse_sessions`` tables. Checked here without Kafka: storing and reading back gives every
-state exactly, a trial writes only the open-sessions record, and an open-sessions record that a
-later state record left behind never applies.
+``shaping.services.processor.state_store``: ``split_sessions`` / ``join_sessions`` /
+``records_to_store``, as the faust processor (services/processor/app.py) stores a mouse's state
+in its ``mouse_state`` and ``mouse_sessions`` tables. Checked here without Kafka: storing and
+reading back gives every state exactly, a trial writes only the open-sessions record, and an
+open-sessions record that a later state record left behind never applies.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,11 +17,12 @@ from hypothesis import strategies as st
 
 from shaping.schemas.events import Event, TrialCompleted
 from shaping.services.domain import ImpossibleEvent, MouseState, initial_state
-from shaping.services.domain.state import (
-    SESSION_FIELDS,
-    OpenSessions,
+from shaping.services.domain.state import SESSION_FIELDS, only_sessions_changed
+from shaping.services.processor.state_store import (
+    decode_sessions,
+    encode_sessions,
+    encode_state,
     join_sessions,
-    only_sessions_changed,
     records_to_store,
     split_sessions,
 )
@@ -115,10 +118,10 @@ def test_split_then_join_is_the_identity(inputs: list[Event], data: st.DataObjec
     # (none, or those of the story's first session): the join gives ``state`` back.
     emptied = state.model_copy(update={"open_session": None, "parked_sessions": ()})
     base = data.draw(st.sampled_from([state, emptied]))
-    record = base.to_bytes()
+    record = encode_state(base)
     part = split_sessions(state, record)
-    assert join_sessions(record, part.to_bytes()) == state
-    assert OpenSessions.from_bytes(part.to_bytes()) == part
+    assert join_sessions(record, encode_sessions(part)) == state
+    assert decode_sessions(encode_sessions(part)) == part
     assert join_sessions(record, None) == base
 
 
@@ -148,11 +151,11 @@ def test_open_sessions_left_behind_by_a_later_state_record_are_ignored() -> None
         state, _ = engine.handle(state, event)
         states.append(state)
     started, mid_session, ended = states[1], states[20], states[-1]
-    stale = split_sessions(mid_session, started.to_bytes()).to_bytes()
+    stale = encode_sessions(split_sessions(mid_session, encode_state(started)))
     # Written on the SessionStarted's record, it applies there ...
-    assert join_sessions(started.to_bytes(), stale) == mid_session
+    assert join_sessions(encode_state(started), stale) == mid_session
     # ... and nowhere else: the SessionEnded's record (or replay's hand-over) stands alone.
-    assert join_sessions(ended.to_bytes(), stale) == ended
+    assert join_sessions(encode_state(ended), stale) == ended
     assert ended.open_session is None
 
 
@@ -165,19 +168,32 @@ def test_a_trial_record_is_a_fraction_of_the_state() -> None:
     events.extend(session("M1", "s-open", trials(correct=300, incorrect=100), day=5)[:-1])
     for event in events:
         state, _ = engine.handle(state, event)
-    record = state.model_copy(update={"open_session": None}).to_bytes()
-    assert len(split_sessions(state, record).to_bytes()) < len(state.to_bytes()) / 4
+    record = encode_state(state.model_copy(update={"open_session": None}))
+    assert len(encode_sessions(split_sessions(state, record))) < len(encode_state(state)) / 4
 
 
 @pytest.mark.parametrize("data", [b"", b'{"base": "x"}', b"SOS1not zlib"])
 def test_bytes_that_are_no_open_sessions_record_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError, match="open-sessions record"):
-        OpenSessions.from_bytes(data)
+        decode_sessions(data)
 
 
-def test_replay_and_processor_agree_on_table_names() -> None:
-    """Replay writes the processor's changelogs from outside: the table names must match."""
-    from shaping.services.operator import replay
-    from shaping.services.processor import app
+def test_replay_and_processor_agree_on_the_changelog_topics(tmp_path: Path) -> None:
+    """Replay writes the processor's changelogs from outside: the topics must be the very ones
+    faust derives for the processor's tables (and the names deployments already have)."""
+    from shaping.services.adapters.settings import Settings
+    from shaping.services.operator.replay import ProcessorHandover
+    from shaping.services.processor.app import build_app
+    from shaping.services.processor.state_store import SESSIONS_TABLE, STATE_TABLE
 
-    assert (replay.STATE_TABLE, replay.SESSIONS_TABLE) == (app.STATE_TABLE, app.SESSIONS_TABLE)
+    settings = Settings(processor_id="lab-processor", data_dir=str(tmp_path))
+    tables = build_app(settings).tables
+    faust_topics = [
+        tables[t].changelog_topic.get_topic_name() for t in (STATE_TABLE, SESSIONS_TABLE)
+    ]
+    handover = ProcessorHandover("127.0.0.1:9", settings.processor_id)
+    assert [handover.changelog, handover.sessions_changelog] == faust_topics
+    assert faust_topics == [
+        "lab-processor-mouse_state-changelog",
+        "lab-processor-mouse_sessions-changelog",
+    ]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
 
 Bootstrap = Annotated[
     str | None,
@@ -68,9 +68,23 @@ Mouse = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Prints ``error: message`` in red on stderr and exits with ``code`` (no traceback)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+def fail(problem: str | BaseException, code: int = 2) -> NoReturn:
+    """Ends the command: ``error: <problem>`` in red on stderr, then exit status ``code``
+    (no traceback). Every command of ``shaping`` fails through here.
+
+    Args:
+        problem: a message the command wrote, printed as it is; or an exception, whose text
+            can carry data (ids, reasons, paths) and is printed escaped
+            (:func:`shaping.schemas.text.printable`), and which becomes the exit's cause.
+        code: the exit status; 2 (the default) for a request that cannot work as given, 1
+            for work that failed (the commands' docs say which).
+    """
+    if isinstance(problem, BaseException):
+        from shaping.schemas.text import printable
+
+        typer.secho(f"error: {printable(problem)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=code) from problem
+    typer.secho(f"error: {problem}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=code)
 
 
@@ -78,7 +92,7 @@ def settings_with(
     bootstrap: str | None = None, prefix: str | None = None, db_url: str | None = None
 ) -> Settings:
     """The environment's settings (``SHAPING_*``) with the options the user gave on top."""
-    from shaping.services.common.settings import Settings  # imports kafka-python: only when used
+    from shaping.services.adapters.settings import Settings  # imports kafka-python: only when used
 
     settings = Settings()
     if bootstrap is not None:

@@ -1,25 +1,10 @@
-"""Shaping's Kafka topic layout, and creating it on a broker (pure kafka-python).
+"""Creating and checking Shaping's topics on a broker (pure kafka-python).
 
-Five topics, all with the same explicit partition count (keys are mouse ids, so
-one mouse's records always land on one partition and stay ordered):
-
-``<prefix>.events``       the event log of record; kept forever (event sourcing); the broker
-                          stamps each record with its own time (LogAppendTime), which the
-                          processor checks event dates against
-``<prefix>.accepted``     the rig and operator facts the processor accepted, verbatim (trials
-                          and movements aside): the projector's source of facts, so a refused
-                          event never reaches a table; kept forever
-``<prefix>.decisions``    what the processor decided; kept forever (audit trail)
-``<prefix>.assignments``  current curriculum assignment per key; *compacted*
-``<prefix>.dead-letter``  records that could not be processed; kept for a long time
-``<prefix>.curricula``    published curriculum versions (CurriculumPublished), keyed by
-                          ``name@version``; *compacted*, so every version is kept forever
-                          (a version is immutable: compaction only drops repeats)
-
+The layout itself (names, partitions, configs) is the contract's: :mod:`shaping.schemas.topics`.
 :func:`ensure_topics` creates what is missing and checks what exists. It never
 alters an existing topic: a wrong partition count or a non-compacted
 ``assignments`` or ``curricula`` topic raises
-:class:`~services.common.errors.TopicMismatchError`.
+:class:`~services.adapters.errors.TopicMismatchError`.
 """
 
 from __future__ import annotations
@@ -27,22 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient, TopicPartition
+from kafka import TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaTimeoutError, for_code
 
-from shaping.services.common.errors import (
+from shaping.schemas.topics import TopicNames, TopicSpec, topic_specs
+from shaping.services.adapters.errors import (
     BrokerUnavailableError,
     InfraError,
     TopicCreationError,
     TopicMismatchError,
     TopicMissingError,
 )
+from shaping.services.adapters.kafka import admin as kafka_admin
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +36,6 @@ log = logging.getLogger(__name__)
 _UNKNOWN_TOPIC_OR_PARTITION = 3
 _TOPIC_ALREADY_EXISTS = 36
 
-_FOREVER = "-1"
-_DEAD_LETTER_RETENTION_MS = str(90 * 24 * 60 * 60 * 1000)  # 90 days
 
 # The configs describe_topics() reports (besides the partition count).
 _REPORTED_CONFIGS = (
@@ -63,129 +47,13 @@ _REPORTED_CONFIGS = (
 )
 
 
-@dataclass(frozen=True)
-class TopicNames:
-    """The names of Shaping's topics; a prefix keeps deployments (and tests) apart."""
-
-    events: str
-    decisions: str
-    assignments: str
-    dead_letter: str
-    curricula: str
-    accepted: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.accepted:  # names built by hand before the accepted topic existed
-            prefix = self.events.removesuffix(".events")
-            object.__setattr__(self, "accepted", f"{prefix}.accepted")
-
-    @classmethod
-    def with_prefix(cls, prefix: str = "shaping") -> TopicNames:
-        if not prefix:
-            raise ValueError("the topic prefix must not be empty")
-        return cls(
-            events=f"{prefix}.events",
-            decisions=f"{prefix}.decisions",
-            assignments=f"{prefix}.assignments",
-            dead_letter=f"{prefix}.dead-letter",
-            curricula=f"{prefix}.curricula",
-            accepted=f"{prefix}.accepted",
-        )
-
-    def all(self) -> list[str]:
-        return [
-            self.events,
-            self.accepted,
-            self.decisions,
-            self.assignments,
-            self.dead_letter,
-            self.curricula,
-        ]
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """How one topic must look."""
-
-    name: str
-    partitions: int
-    configs: Mapping[str, str]
-
-    @property
-    def cleanup_policy(self) -> str:
-        return self.configs.get("cleanup.policy", "delete")
-
-
-def topic_specs(names: TopicNames, partitions: int = 4) -> list[TopicSpec]:
-    """The full layout: name, partition count and topic configs of every topic."""
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, not {partitions}")
-    return [
-        TopicSpec(
-            names.events,
-            partitions,
-            {
-                "cleanup.policy": "delete",
-                "retention.ms": _FOREVER,
-                "retention.bytes": "-1",
-                # The broker's time, not the rig's: dates are checked against it and a rig's
-                # clock skew is measured from it.
-                "message.timestamp.type": "LogAppendTime",
-            },
-        ),
-        TopicSpec(
-            names.accepted,
-            partitions,
-            {"cleanup.policy": "delete", "retention.ms": _FOREVER, "retention.bytes": "-1"},
-        ),
-        TopicSpec(
-            names.decisions,
-            partitions,
-            {"cleanup.policy": "delete", "retention.ms": _FOREVER, "retention.bytes": "-1"},
-        ),
-        TopicSpec(
-            names.assignments,
-            partitions,
-            {
-                "cleanup.policy": "compact",
-                # Let the cleaner actually run on small, young logs: it only
-                # compacts closed segments, and only once enough of the log is dirty.
-                "min.cleanable.dirty.ratio": "0.1",
-                "segment.ms": "60000",
-                "delete.retention.ms": "86400000",
-            },
-        ),
-        TopicSpec(
-            names.dead_letter,
-            partitions,
-            {
-                "cleanup.policy": "delete",
-                "retention.ms": _DEAD_LETTER_RETENTION_MS,
-                "retention.bytes": "-1",
-            },
-        ),
-        TopicSpec(
-            names.curricula,
-            partitions,
-            {
-                # One record per published version (key name@version): compaction keeps
-                # every version and drops only re-publications of the same one.
-                "cleanup.policy": "compact",
-                "min.cleanable.dirty.ratio": "0.1",
-                "segment.ms": "60000",
-                "delete.retention.ms": "86400000",
-            },
-        ),
-    ]
-
-
 @contextmanager
 def _admin(bootstrap: str, timeout_s: float) -> Iterator[Any]:
     timeout_ms = max(1000, int(timeout_s * 1000))
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="shaping-topics",
+        admin = kafka_admin(
+            bootstrap,
+            "shaping-topics",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
         )

@@ -1,4 +1,6 @@
-"""AIND curricula and tables for the conformance tests (tests/data/anchors/aind)."""
+"""AIND curricula and tables for the conformance tests (tests/data/anchors/aind): Coupled
+Baiting converted from AIND's exports, AIND's names for our stages and decisions, the sessions
+of AIND's tables as rig events, and the mice of the Janelia open-loop replay."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ from typing import Any
 
 from shaping.services.curricula.aind import convert_file
 from shaping.services.curricula.engine import CompiledCurriculum
+from shaping.services.curricula.evaluate import read_table
 from shaping.services.curricula.validate import compile_curriculum
-from tests.curricula.conftest import AIND_CURRICULA
+from tests.support.anchors import AIND as ANCHORS
 
+AIND_CURRICULA = ANCHORS / "curricula"
+AIND_DATA = ANCHORS / "data"
+OPEN_LOOP = AIND_DATA / "extracted_janelia_openloop_sim_from_plot_cell16.csv"
 V01_FILE = AIND_CURRICULA / "Coupled Baiting_curriculum_v0.1_schema_v0.3.json"
 V23_FILE = AIND_CURRICULA / "Coupled Baiting_curriculum_v2.3_schema_v1.0.json"
 V02_GRADUATION = (
@@ -121,3 +127,19 @@ def sessions_as_events(
             )
         )
         yield events
+
+
+def open_loop_mice(count: int) -> dict[str, list[dict[str, Any]]]:
+    """The mice of the Janelia replay with the most varied histories (graduations and
+    rollbacks), smallest first."""
+    by_mouse: dict[str, list[dict[str, str]]] = {}
+    for row in read_table(OPEN_LOOP):
+        by_mouse.setdefault(row["subject_id"], []).append(row)
+    varied = [
+        m
+        for m, rows in by_mouse.items()
+        if {"ROLLBACK", "PROGRESS"} <= {r["decision"] for r in rows}
+        and any(r["next_stage_suggested"] == "GRADUATED" for r in rows)
+    ]
+    varied.sort(key=lambda m: sum(int(r["finished_trials"]) for r in by_mouse[m]))
+    return {m: by_mouse[m] for m in varied[:count]}

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from shaping.rig import cli as rig_cli
-from shaping.services.common.cli_options import Bootstrap, DbUrl, Prefix, settings_with
-from shaping.services.curricula import cli as curricula_cli
-from shaping.services.operator import cli as operator_cli
-from shaping.services.operator import events as events_cli
-from shaping.services.operator import interventions as interventions_cli
-from shaping.services.operator import replay_cli
+from shaping.services.cli import curricula as curricula_cli
+from shaping.services.cli import events as events_cli
+from shaping.services.cli import interventions as interventions_cli
+from shaping.services.cli import operator as operator_cli
+from shaping.services.cli import replay as replay_cli
+from shaping.services.cli.options import Bootstrap, DbUrl, Prefix, fail, settings_with
 
 if TYPE_CHECKING:
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
 
 app = typer.Typer(
     name="shaping",
@@ -60,11 +60,6 @@ def _settings(
     if partitions is not None:
         settings = replace(settings, partitions=partitions)
     return settings
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code=2)
 
 
 @app.command()
@@ -152,7 +147,7 @@ def projector(
     store = SqlProjectionStore(settings.db_url)
     metrics, server = None, None
     if metrics_port is not None:
-        from shaping.services.common.metrics import ServiceMetrics
+        from shaping.services.adapters.metrics import ServiceMetrics
         from shaping.services.operator.queries import mice_per_stage
 
         metrics = ServiceMetrics("projector")
@@ -185,14 +180,14 @@ def topics_create(
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
 ) -> None:
     """Create the deployment's topics (idempotent; checks existing ones)."""
-    from shaping.services.common.errors import InfraError
-    from shaping.services.common.topics import ensure_topics
+    from shaping.services.adapters.errors import InfraError
+    from shaping.services.adapters.topics import ensure_topics
 
     settings = _settings(bootstrap, prefix, partitions=partitions)
     try:
         ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     except InfraError as exc:
-        raise _fail(str(exc)) from exc
+        fail(str(exc))
     for name in settings.topics.all():
         typer.echo(name)
 
@@ -206,7 +201,3 @@ replay_cli.register(app)  # replay, whatif
 def main() -> None:
     """Console entry point."""
     app()
-
-
-if __name__ == "__main__":
-    main()

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from shaping.services.cli.options import fail
+
 if TYPE_CHECKING:
-    from shaping.services.common.topics import TopicNames
+    from shaping.schemas.topics import TopicNames
     from shaping.services.curricula.engine import CompiledCurriculum
     from shaping.services.curricula.errors import Problem
     from shaping.services.domain.curriculum import CurriculumCatalog
@@ -34,11 +36,6 @@ File = Annotated[Path, typer.Argument(help="A curriculum file.")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")]
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
 def _print_problems(problems: list[Problem]) -> None:
     for problem in problems:
         colour = typer.colors.RED if problem.severity == "error" else typer.colors.YELLOW
@@ -53,7 +50,7 @@ def _load(path: Path) -> CompiledCurriculum:
         return load_any(path)
     except (CurriculumInvalid, ImportFailed) as exc:
         _print_problems(exc.problems)
-        _fail(f"{path}: rejected")
+        fail(f"{path}: rejected")
 
 
 def _write(out: Path | None, data: bytes | str) -> None:
@@ -139,7 +136,7 @@ def show(
             }
         )
     except CurriculumError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if schema is not None:
         data["parameter_schema"] = {
             "name": schema.name,
@@ -195,20 +192,20 @@ def render(
     from shaping.services.curricula.render import FORMATS, Format, format_for, render
 
     if fmt is not None and fmt not in FORMATS:
-        _fail(f"--format {fmt}: the formats are svg, png, pdf or dot")
+        fail(f"--format {fmt}: the formats are svg, png, pdf or dot")
     try:
         wanted = format_for(out) if out is not None and (fmt is None or out.suffix) else None
     except RenderError as exc:
         if fmt is None:
-            _fail(str(exc))
+            fail(str(exc))
         wanted = None  # an extension naming no format, and --format says which
     if fmt is not None and wanted is not None and fmt != wanted:
-        _fail(f"--format {fmt} contradicts the extension of {out} ({wanted})")
+        fail(f"--format {fmt} contradicts the extension of {out} ({wanted})")
     chosen: Format = fmt or wanted or "svg"
     if parameters not in ("differing", "all", "none"):
-        _fail("--parameters is differing, all or none")
+        fail("--parameters is differing, all or none")
     if rules not in ("auto", "edges", "table") or layout not in ("auto", "ranks", "arcs"):
-        _fail("--rules is auto, edges or table; --layout is auto, ranks or arcs")
+        fail("--rules is auto, edges or table; --layout is auto, ranks or arcs")
     curriculum = _load(file)
     try:
         drawn = render(
@@ -219,7 +216,7 @@ def render(
             layout,  # type: ignore[arg-type]
         )
     except RenderError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _write(out, drawn.decode("utf-8") if chosen == "dot" else drawn)
 
 
@@ -258,11 +255,11 @@ def _import(kind: str, file: Path, out: Path | None, schemas: list[Path] | None 
         )
     except ImportFailed as exc:
         _print_problems(exc.problems)
-        _fail(f"{file}: cannot import")
+        fail(f"{file}: cannot import")
     compiled, problems = check_curriculum(document, file=str(out or file))
     _print_problems([*warnings, *problems])
     if compiled is None:
-        _fail(f"{file}: the converted curriculum is invalid")
+        fail(f"{file}: the converted curriculum is invalid")
     header = (
         f"# Imported by `shaping curriculum import {kind}` from {file.name}.\n"
         "# Edit the source and import again rather than editing this file by hand.\n"
@@ -359,10 +356,10 @@ def evaluate(
     from shaping.services.domain.errors import CurriculumError
 
     if (sessions is None) == (trials is None):
-        _fail("give exactly one of --sessions (a session table) and --trials (IBL trials)")
+        fail("give exactly one of --sessions (a session table) and --trials (IBL trials)")
     if trials is not None:
         if metric or stage_column or no_stage or version_column:
-            _fail("--metric, --stage-column, --no-stage and --version-column go with --sessions")
+            fail("--metric, --stage-column, --no-stage and --version-column go with --sessions")
         _evaluate_trials(
             curriculum,
             trials,
@@ -379,7 +376,7 @@ def evaluate(
     for item in metric or []:
         name, sep, column = item.partition("=")
         if not sep or not name or not column:
-            _fail(f"--metric {item!r}: write NAME=COLUMN")
+            fail(f"--metric {item!r}: write NAME=COLUMN")
         columns[name.strip()] = column.strip()
     options = TableOptions(
         subject_column=subject_column or "subject_id",
@@ -396,9 +393,9 @@ def evaluate(
         decisions = Evaluator(curricula, options).run(rows)
     except CurriculumInvalid as exc:
         _print_problems(exc.problems)
-        _fail("cannot evaluate")
+        fail("cannot evaluate")
     except CurriculumError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_table(out, decisions)
     counts: dict[str, int] = {}
     for row in decisions:
@@ -420,7 +417,9 @@ def _evaluate_trials(
 ) -> None:
     """``shaping evaluate --trials``: IBL trials through the event path (ibl_trials)."""
     from shaping.services.curricula.errors import CurriculumInvalid
-    from shaping.services.curricula.ibl_trials import (
+    from shaping.services.domain.curriculum import CurriculumCatalog
+    from shaping.services.domain.errors import CurriculumError
+    from shaping.services.operator.ibl_trials import (
         BatchError,
         TrialColumns,
         TrialTableError,
@@ -428,13 +427,11 @@ def _evaluate_trials(
         read_trials,
         write_statuses,
     )
-    from shaping.services.domain.curriculum import CurriculumCatalog
-    from shaping.services.domain.errors import CurriculumError
 
     if len(curricula) != 1:
-        _fail("--trials takes exactly one --curriculum (a name such as ibl, or a file)")
+        fail("--trials takes exactly one --curriculum (a name such as ibl, or a file)")
     if date_column != "session_date":
-        _fail("--trials reads IBL's session_date column; --date-column goes with --sessions")
+        fail("--trials reads IBL's session_date column; --date-column goes with --sessions")
     [given] = curricula
     try:
         if given.is_file():
@@ -447,9 +444,9 @@ def _evaluate_trials(
             engine = catalog.get(str(given))
     except CurriculumInvalid as exc:
         _print_problems(exc.problems)
-        _fail("cannot load the curricula")
+        fail("cannot load the curricula")
     except CurriculumError as exc:
-        _fail(f"--curriculum {given}: not a file, and {exc}")
+        fail(f"--curriculum {given}: not a file, and {exc}")
     columns = TrialColumns(
         subject=subject_column,
         session=session_column,
@@ -459,12 +456,12 @@ def _evaluate_trials(
     try:
         sessions = read_trials(trials, columns)
         if not sessions:
-            _fail(f"{trials}: no trials")
+            fail(f"{trials}: no trials")
         statuses = evaluate_sessions(sessions, engine, catalog)
     except (TrialTableError, BatchError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except CurriculumError as exc:
-        _fail(f"{engine.name} {engine.version}: {exc}")
+        fail(f"{engine.name} {engine.version}: {exc}")
     write_statuses(out, statuses)
     counts: dict[str, int] = {}
     for status in statuses:
@@ -483,7 +480,7 @@ def _kafka_target(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
 
 
 def _kafka_topics(bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
 
     settings = Settings()
     topics = settings.topics if prefix is None else type(settings.topics).with_prefix(prefix)
@@ -494,21 +491,21 @@ def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) ->
     """The curriculum files (shipped and ``SHAPING_CURRICULA_DIR``) plus every version
     published on the curricula topic. When Kafka cannot be read, ``required`` fails; otherwise
     a warning says that only the files are known."""
+    from shaping.services.adapters.curricula_topic import add_published, read_published
     from shaping.services.curricula.catalog import default_catalog
     from shaping.services.curricula.errors import CurriculumInvalid, PublishError
-    from shaping.services.curricula.published import add_published, read_published
 
     try:
         catalog = default_catalog()
     except CurriculumInvalid as exc:
         _print_problems(exc.problems)
-        _fail("the curricula folder has invalid files")
+        fail("the curricula folder has invalid files")
     host, topics = _kafka_topics(bootstrap, prefix)
     try:
         published = read_published(host, topics.curricula)
     except PublishError as exc:
         if required:
-            _fail(f"cannot read the published versions: {exc}")
+            fail(f"cannot read the published versions: {exc}")
         typer.secho(
             f"warning: published versions not read ({exc}); only curriculum files are known",
             fg=typer.colors.YELLOW,
@@ -527,7 +524,7 @@ def _catalog_version(catalog: CurriculumCatalog, name: str, version: str) -> Com
     try:
         found = catalog.get(name, version)
     except CurriculumError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     assert isinstance(found, CompiledCurriculum)
     return found
 
@@ -576,21 +573,21 @@ def publish(
     """
     from datetime import UTC, datetime
 
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.curricula_topic import publish_version
+    from shaping.services.adapters.settings import Settings
     from shaping.services.curricula.engine import CompiledCurriculum
     from shaping.services.curricula.errors import MigrationError, PublishError, VersionBumpTooSmall
     from shaping.services.curricula.migrate import migration_events, plan, published_event
     from shaping.services.curricula.model import semver
-    from shaping.services.curricula.published import publish_version
-    from shaping.services.curricula.store import mice_on
-    from shaping.services.curricula.store import publish as send
+    from shaping.services.operator.curricula import mice_on
+    from shaping.services.operator.curricula import publish as send
 
     curriculum = _load(file)
     catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
     if catalog.has(curriculum.name, curriculum.version):
         known = catalog.get(curriculum.name, curriculum.version)
         if getattr(known, "content_hash", None) != curriculum.content_hash:
-            _fail(
+            fail(
                 f"{curriculum.name} {curriculum.version} is already known with other content; "
                 f"publish it under a new version",
                 code=1,
@@ -602,7 +599,7 @@ def publish(
     try:
         event = published_event(curriculum, previous, now, by, notes)
     except VersionBumpTooSmall as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     events: list[Any] = [event]
     typer.echo(
         f"{curriculum.name} {curriculum.version} ({event.bump or 'first version'}), "
@@ -613,7 +610,7 @@ def publish(
         try:
             mice = mice_on(db_url or Settings().db_url, curriculum.name)
         except MigrationError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         for version in same_major:
             old = catalog.get(curriculum.name, version)
             assert isinstance(old, CompiledCurriculum)
@@ -630,7 +627,7 @@ def publish(
         # curricula topic up to its end and finds it.
         written = publish_version(target, topics.curricula, event)
     except PublishError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(
         f"published {curriculum.name} {curriculum.version} to {topics.curricula}"
         if written
@@ -641,14 +638,14 @@ def publish(
         try:
             send(target, topics.events, migrations)
         except MigrationError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"sent {len(migrations)} MouseMigrated event(s) to {topics.events}")
 
 
 def _name_version(text: str) -> tuple[str, str]:
     name, sep, version = text.rpartition("@")
     if not sep or not name or not version:
-        _fail(f"{text!r}: write NAME@VERSION, e.g. basic-shaping@0.1.0")
+        fail(f"{text!r}: write NAME@VERSION, e.g. basic-shaping@0.1.0")
     return name, version
 
 
@@ -670,23 +667,23 @@ def migrate(
     """
     from datetime import UTC, datetime
 
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.curricula.errors import MigrationError
     from shaping.services.curricula.migrate import migration_events, plan
-    from shaping.services.curricula.store import mice_on
-    from shaping.services.curricula.store import publish as send
+    from shaping.services.operator.curricula import mice_on
+    from shaping.services.operator.curricula import publish as send
 
     name, old_version = _name_version(source)
     new_name, new_version = _name_version(target)
     if new_name != name:
-        _fail("--from and --to must be versions of the same curriculum")
+        fail("--from and --to must be versions of the same curriculum")
     catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
     old = _catalog_version(catalog, name, old_version)
     new = _catalog_version(catalog, name, new_version)
     try:
         steps = plan(old, new, mice_on(db_url or Settings().db_url, name))
     except MigrationError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not steps:
         typer.echo(f"no mouse is on {name} {old_version}")
         return
@@ -702,7 +699,7 @@ def migrate(
         try:
             send(host, topic, events)
         except MigrationError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     typer.echo(f"sent {len(events)} MouseMigrated event(s); {len(stuck)} mouse(s) cannot move")
     if stuck:
         raise typer.Exit(1)

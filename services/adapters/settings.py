@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from shaping.services.common.topics import TopicNames
+from shaping.schemas.topics import TopicNames
 
 
 def _env(name: str, default: str) -> str:

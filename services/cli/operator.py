@@ -11,11 +11,11 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shaping.services.common.cli_options import (
+from shaping.services.cli.options import (
     Bootstrap,
     DbUrl,
     Mouse,
@@ -23,6 +23,7 @@ from shaping.services.common.cli_options import (
     check_curriculum,
     check_rig,
     check_stage,
+    fail,
 )
 
 if TYPE_CHECKING:
@@ -48,22 +49,15 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
-def _fail(exc: Exception, code: int = 1) -> NoReturn:
-    from shaping.services.operator.terminal import printable
-
-    typer.secho(f"error: {printable(exc)}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=code) from exc
-
-
 def _engine(db_url: str | None) -> Engine:
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.operator.errors import OperatorError
     from shaping.services.operator.queries import open_database
 
     try:
         return open_database(db_url if db_url is not None else Settings().db_url)
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
 
 
 def _text(value: Any, digits: int = 2) -> Text:
@@ -200,7 +194,7 @@ def status(
     from shaping.services.operator.queries import known_values, status_frame
 
     if attention and (stage is not None or rig is not None):
-        _fail(OperatorError("--attention looks at every mouse; drop --stage and --rig"), code=2)
+        fail(OperatorError("--attention looks at every mouse; drop --stage and --rig"), code=2)
     engine = _engine(db_url)
     if attention:
         from shaping.services.operator.queries import attention as needs_attention
@@ -215,7 +209,7 @@ def status(
                 is_terminal=terminal_stage_check(),
             )
         except OperatorError as exc:
-            _fail(exc)
+            fail(exc, code=1)
         finally:
             engine.dispose()
         if not found:
@@ -231,11 +225,11 @@ def status(
                 if value is not None and value not in known:
                     close = difflib.get_close_matches(value, known, n=3, cutoff=0.5)
                     hint = f"did you mean {' or '.join(close)}?" if close else f"known: {known}"
-                    _fail(OperatorError(f"no {column} {value!r} ({option}); {hint}"), code=2)
+                    fail(OperatorError(f"no {column} {value!r} ({option}); {hint}"), code=2)
             typer.echo("no mice match")
             return
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     finally:
         engine.dispose()
     print_status(_console(), frame, wide=wide)
@@ -396,9 +390,9 @@ def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
             typer.secho(f"warning: no interventions shown: {printable(exc)}", err=True)
             events = []
     except UnknownMouseError as exc:
-        _fail(exc, code=2)
+        fail(exc, code=2)
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     finally:
         engine.dispose()
     print_history(_console(), mouse, sessions, decisions, stages, events, wide=wide)
@@ -430,13 +424,13 @@ def export(
             "status": status_frame(engine),
         }
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     finally:
         engine.dispose()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        _fail(OperatorError(f"cannot create {out}: {exc.strerror}"))
+        fail(OperatorError(f"cannot create {out}: {exc.strerror}"), code=1)
     table = Table(title=f"exported to {out}", title_justify="left")
     table.add_column("file", no_wrap=True)
     table.add_column("rows", justify="right")
@@ -448,7 +442,7 @@ def export(
             else:
                 frame.to_parquet(path, index=False)
         except (OSError, ImportError) as exc:
-            _fail(OperatorError(f"cannot write {path}: {exc}"))
+            fail(OperatorError(f"cannot write {path}: {exc}"), code=1)
         table.add_row(_text(str(path)), _text(len(frame)))
     _console().print(table)
 
@@ -482,12 +476,12 @@ def plot(
     from shaping.services.operator.plot import KINDS
 
     if kind not in KINDS:
-        _fail(OperatorError(f"--kind {kind}: the kinds are {' or '.join(KINDS)}"), code=2)
+        fail(OperatorError(f"--kind {kind}: the kinds are {' or '.join(KINDS)}"), code=2)
     target = out if out is not None else Path(f"{mouse}.png")
     if target.suffix.lower() != ".png":
-        _fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
+        fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
     if events_log is not None and not events_log.is_file():
-        _fail(OperatorError(f"no event log at {events_log} (events.jsonl)"), code=2)
+        fail(OperatorError(f"no event log at {events_log} (events.jsonl)"), code=2)
     from shaping.services.operator.plot import plot_ibl, plot_mouse, read_mouse
     from shaping.services.operator.queries import require_mouse
 
@@ -496,9 +490,9 @@ def plot(
         require_mouse(engine, mouse)
         tables = read_mouse(engine, mouse, events_log if kind == "ibl" else None)
     except UnknownMouseError as exc:
-        _fail(exc, code=2)
+        fail(exc, code=2)
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     finally:
         engine.dispose()
     try:
@@ -507,9 +501,9 @@ def plot(
         else:
             written = plot_mouse(mouse, tables, None, target)
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     except OSError as exc:
-        _fail(OperatorError(f"cannot write {target}: {exc.strerror}"))
+        fail(OperatorError(f"cannot write {target}: {exc.strerror}"), code=1)
     typer.echo(f"wrote {written}")
 
 
@@ -540,7 +534,7 @@ def enroll(
     """Enrol a mouse on a curriculum: publishes a MouseEnrolled event to the events topic."""
     from dataclasses import replace
 
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.operator.enroll import build_enrollment, publish_enrollment
     from shaping.services.operator.errors import OperatorError
 
@@ -555,11 +549,11 @@ def enroll(
             mouse, curriculum, who, start_stage, notes, rig, known_curricula=_known_curricula()
         )
     except OperatorError as exc:
-        _fail(exc, code=2)
+        fail(exc, code=2)
     try:
         partition, offset = publish_enrollment(settings.bootstrap, settings.topics.events, event)
     except OperatorError as exc:
-        _fail(exc)
+        fail(exc, code=1)
     from shaping.services.operator.terminal import printable
 
     typer.echo(

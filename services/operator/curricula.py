@@ -59,16 +59,15 @@ def publish(bootstrap: str, topic: str, events: Sequence[Event]) -> None:
     Raises:
         MigrationError: when Kafka cannot be reached or a write fails.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
+
+    from shaping.services.adapters.kafka import producer as kafka_producer
 
     codec = default_codec()
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id="shaping-curriculum",
-            acks="all",
-            enable_idempotence=True,
+        producer = kafka_producer(
+            bootstrap,
+            "shaping-curriculum",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
         )
     except KafkaError as exc:

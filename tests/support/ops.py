@@ -1,4 +1,5 @@
-"""Helpers for the operations tests: free ports, Prometheus, promtool, dashboard queries."""
+"""Helpers for the operations tests (tests/ops): free ports, Prometheus, promtool, the
+dashboards' queries, running the infra scripts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Helpers for the rig tests: a config file, cached assignments, a clock-side recorder."""
+"""Helpers for the rig tests: a config file, cached assignments, a display that keeps what it
+is shown, older releases' wire formats, and the forged assignment of the safety tests."""
 
 from __future__ import annotations
 
@@ -149,4 +150,18 @@ def older_rig_codec(event_type: str = "AssignmentIssued", known_up_to: int = 1) 
         v
         for v in load_schema_versions()
         if not (v.event_type == event_type and v.version > known_up_to)
+    )
+
+
+# -- the safety tests' attack ---------------------------------------------------------------
+
+SAFE = {"session_minutes": 5, "iti_min_s": 2.0, "iti_max_s": 3.0, "reward_volume_ul": 3.0}
+ATTACK = {"reward_volume_ul": 500.0, "session_minutes": 600, "max_trials": 5000}
+LAST_SAFE = '[safety]\non_violation = "last_safe"\n'
+
+
+def forged(mouse: str = "M001", session_number: int = 2, **update: Any) -> AssignmentIssued:
+    """The attack's record: what the processor would write, with harmful parameters."""
+    return assignment(mouse, {**SAFE, **ATTACK}, session_number).model_copy(
+        update={"event_id": f"forged-{mouse}-{session_number}", "reason": "progress", **update}
     )

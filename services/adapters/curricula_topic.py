@@ -112,21 +112,18 @@ class CurriculaLog:
     """
 
     def __init__(self, bootstrap: str, topic: str, timeout_s: float = READ_TIMEOUT_S) -> None:
-        from kafka import KafkaConsumer
         from kafka.errors import KafkaError
 
-        from shaping.services.common.errors import TopicMissingError
-        from shaping.services.common.topics import wait_for_partitions
+        from shaping.services.adapters.errors import TopicMissingError
+        from shaping.services.adapters.kafka import consumer as kafka_consumer
+        from shaping.services.adapters.topics import wait_for_partitions
 
         self.topic = topic
         self.codec = default_codec()
         try:
-            self.consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap,
-                client_id="shaping-curricula",
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
+            self.consumer = kafka_consumer(
+                bootstrap,
+                "shaping-curricula",
                 bootstrap_timeout_ms=int(timeout_s * 1000),
             )
         except KafkaError as exc:
@@ -260,8 +257,9 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
         PublishError: when the version is on the topic with other content, Kafka cannot be
             reached, or the write fails.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
+
+    from shaping.services.adapters.kafka import producer as kafka_producer
 
     for known in read_published(bootstrap, topic):
         if (known.curriculum_name, known.curriculum_version) != (
@@ -276,11 +274,9 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
             f"other content ({known.content_hash}); publish a new version instead"
         )
     try:
-        producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id="shaping-curriculum-publish",
-            acks="all",
-            enable_idempotence=True,
+        producer = kafka_producer(
+            bootstrap,
+            "shaping-curriculum-publish",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
         )
     except KafkaError as exc:
@@ -301,12 +297,14 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
 
 
 class FollowingCatalog(CurriculumCatalog):
-    """A catalog that takes in versions found by a follower, and asks it on a miss.
+    """A catalog that takes in versions found by a follower, and remembers its misses.
 
     Versions offered from another thread (:meth:`offer`) join the catalog in the thread that
-    uses it, on its next lookup, so the catalog is only ever changed by its user. When a lookup
-    names a version the catalog lacks, :attr:`on_miss` (the follower's catch-up) runs first and
-    the lookup is tried again.
+    uses it, on its next lookup, so the catalog is only ever changed by its user. A lookup never
+    does I/O: when it names a version the catalog lacks, it fails as any catalog's would and
+    the version is remembered (:meth:`take_missed`), so the processor can read the curricula
+    topic off its event loop (:meth:`CurriculaFollower.catch_up` in an executor) and process
+    the message again.
     """
 
     def __init__(
@@ -315,7 +313,7 @@ class FollowingCatalog(CurriculumCatalog):
         compiler: Callable[[str], CurriculumEngine] | None = None,
     ) -> None:
         self._inbox: deque[CurriculumEngine] = deque()
-        self.on_miss: Callable[[], None] | None = None
+        self._missed: set[tuple[str, str]] = set()
         self.rejected: list[str] = []
         super().__init__(curricula, compiler)
 
@@ -341,18 +339,22 @@ class FollowingCatalog(CurriculumCatalog):
 
     def _ensure(self, name: str, version: str) -> None:
         self.take_offered()
-        if not super().has(name, version) and self.on_miss is not None:
-            self.on_miss()
-            self.take_offered()
+        if not super().has(name, version):
+            self._missed.add((name, version))
+
+    def take_missed(self) -> set[tuple[str, str]]:
+        """The ``(name, version)`` lookups that missed since the last call, forgotten."""
+        missed, self._missed = self._missed, set()
+        return missed
 
     def has(self, name: str, version: str) -> bool:
-        """Whether this version is known (after reading the curricula topic to its end)."""
+        """Whether this version is known (a miss is remembered)."""
         self._ensure(name, version)
         return super().has(name, version)
 
     def get(self, name: str, version: str | None = None) -> CurriculumEngine:
         """A version of a curriculum (the newest known when ``version`` is None); an unknown
-        version is looked for on the curricula topic before giving up.
+        version is remembered as a miss (:meth:`take_missed`).
 
         Raises:
             CurriculumError: when the curriculum or version is unknown.
@@ -380,7 +382,7 @@ class CurriculaFollower:
     Args:
         bootstrap: Kafka bootstrap servers.
         topic: the curricula topic.
-        catalog: the catalog to feed; its miss handler becomes :meth:`catch_up`.
+        catalog: the catalog to feed.
         poll_s: how long the following thread waits for new records per round.
     """
 
@@ -394,7 +396,6 @@ class CurriculaFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = CurriculaLog(bootstrap, topic)
-        catalog.on_miss = self.catch_up
 
     def load(self, timeout_s: float = READ_TIMEOUT_S) -> int:
         """Reads the topic to its end and adds every published version; returns how many
@@ -412,8 +413,9 @@ class CurriculaFollower:
     def catch_up(self) -> None:
         """Reads the topic to its current end (a lookup missed); failures are logged.
 
-        Reading and handing over happen under one lock, so once this returns, every record
-        the thread had read before is in the catalog's inbox too.
+        Blocking (up to the read timeout): the processor runs it in an executor, never on its
+        event loop. Reading and handing over happen under one lock, so once this returns,
+        every record the thread had read before is in the catalog's inbox too.
         """
         try:
             with self._lock:

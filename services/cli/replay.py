@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shaping.services.common.cli_options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.cli.options import Bootstrap, Prefix, fail, settings_with
 from shaping.services.operator.terminal import printable
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from shaping.services.common.settings import Settings
+    from shaping.services.adapters.settings import Settings
     from shaping.services.operator.replay import ReplaySummary
     from shaping.services.processor.step import ClockWindow
 
@@ -33,7 +33,6 @@ EventsLog = Annotated[
 ]
 
 
-_fail = fail
 _settings = settings_with
 
 
@@ -49,13 +48,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except OperatorError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except CurriculumInvalid as exc:
-        _fail(f"invalid curriculum: {exc}")
+        fail(f"invalid curriculum: {exc}")
     except DomainError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KafkaError as exc:
-        _fail(f"Kafka: {exc}", code=1)
+        fail(f"Kafka: {exc}", code=1)
 
 
 def _stderr() -> Console:
@@ -174,7 +173,7 @@ def _run(
 
     if events_log is not None:
         if not events_log.is_file():
-            _fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
+            fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
         return run_replay(
             JsonlSource(events_log),
             settings.db_url,
@@ -186,7 +185,7 @@ def _run(
     if not dry_run:
         # A deployment from before the accepted topic has none yet: replay reads it and
         # publishes to it, and the projector offsets it writes cover it.
-        from shaping.services.common.topics import ensure_topics
+        from shaping.services.adapters.topics import ensure_topics
 
         ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     return run_replay(
@@ -336,7 +335,7 @@ def whatif(
         source: Source
         if events_log is not None:
             if not events_log.is_file():
-                _fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
+                fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
             source = JsonlSource(events_log)
         else:
             source = KafkaSource(settings.bootstrap, settings.topics)
@@ -356,19 +355,19 @@ def whatif(
             clock=_clock(settings),
         )
         if not result.mice:
-            _fail("the event log has no enrolled mouse", code=1)
+            fail("the event log has no enrolled mouse", code=1)
         _print_whatif(result)
         if out_csv is not None:
             try:
                 rows = write_csv(result, out_csv)
             except OSError as exc:
-                _fail(f"cannot write {out_csv}: {exc.strerror}", code=1)
+                fail(f"cannot write {out_csv}: {exc.strerror}", code=1)
             typer.echo(f"wrote {rows} rows to {out_csv}")
         if plot is not None:
             try:
                 draw(result, plot)
             except OSError as exc:
-                _fail(f"cannot write {plot}: {exc.strerror}", code=1)
+                fail(f"cannot write {plot}: {exc.strerror}", code=1)
             typer.echo(f"wrote {plot}")
 
 

@@ -1,0 +1,5 @@
+"""``python -m shaping.services.cli``: the ``shaping`` command."""
+
+from shaping.services.cli.main import main
+
+main()
