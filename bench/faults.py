@@ -4,7 +4,7 @@ hostile-input check on the real parts.
 It starts its own Kafka broker (``infra/kafka/kafka.sh`` on free ports, data in a temporary
 directory), a PostgreSQL (``infra/postgres/postgres.sh``, or ``--db-url``), the processor and
 the projector as separate processes (``python -m shaping.services.cli processor|projector``), and a
-seeded simulated lab (:func:`shaping.rig.lab.run_lab` through :class:`~rig.kafka_transport.
+seeded simulated lab (:func:`shaping.rig.sim.lab.run_lab` through :class:`~rig.link.kafka.
 KafkaRigTransport`) in a thread. While the lab trains, the main thread kills, at spaced
 moments: the processor with SIGKILL (restarted at once), the broker with SIGKILL (restarted
 after 2 s, from its data dir, without reformatting), the projector with SIGKILL (restarted),
@@ -52,8 +52,8 @@ from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from bench.kafka_env import BenchError, rig_producer
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.sim.lab import LabPlan, LabRun, run_lab
 from shaping.schemas.codec import HEADER_LEN, MAGIC, default_codec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
@@ -1367,7 +1367,7 @@ METHOD = """\
 Method: `bench.faults` starts its own single-node KRaft broker (`infra/kafka/kafka.sh` on free
 ports, data in a temporary directory), a PostgreSQL (`infra/postgres/postgres.sh`, or
 `--db-url`), the processor and the projector as separate processes (`python -m shaping.services.cli
-processor|projector`, 4 partitions), and the seeded lab (`shaping.rig.lab.run_lab` through
+processor|projector`, 4 partitions), and the seeded lab (`shaping.rig.sim.lab.run_lab` through
 `KafkaRigTransport`, rigs waiting up to {wait:.0f} s for each fresh assignment) in a thread. The
 driver gates the lab's sessions so that the faults spread over it: once every session sent so
 far is decided, it lets one session go out, injects the fault a seeded 0-1 s later (while the

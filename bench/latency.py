@@ -26,9 +26,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
 from bench.stats import Figure, Results, percentile
 from bench.workload import SEED, START, enrolment, mouse_ids, session_parameters
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.session import run_simulated_session
-from shaping.rig.sim import SimulatedMouse
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.sim.mouse import SimulatedMouse
+from shaping.rig.task.scripted import run_simulated_session
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, SessionEnded
 

@@ -231,9 +231,9 @@ METHOD = """\
   repeat listed. The load average before and after the run is above. Compare figures within
   one report rather than across machines or runs. Over 200 samples (the default), a p99 is
   about the second-slowest sample, so it moves a lot from run to run.
-- **Workload.** Sessions are simulated by the rig's own simulator (`shaping.rig.session`,
-  `shaping.rig.sim`), each from the assignment the core issued after the previous session, with
-  `max_trials` set to the session length and no time limit; mice progress through the
+- **Workload.** Sessions are simulated by the rig's own simulator (`shaping.rig.task.scripted`,
+  `shaping.rig.sim.mouse`), each from the assignment the core issued after the previous
+  session, with `max_trials` set to the session length and no time limit; mice progress through the
   stages as they would. Events are generated and encoded before any clock starts.
 - **(a)** `TrainingCore.handle` folds decoded events with per-mouse state in a dict.
   `ProcessorStep.process` takes the encoded bytes and the state as bytes, loaded with

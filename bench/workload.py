@@ -1,9 +1,9 @@
 """The benchmark workload: simulated mice running long sessions on the built-in curriculum.
 
-Sessions come from :func:`shaping.rig.session.run_simulated_session` (the rig's own simulator), each
-from the assignment the pure core issued after the previous session, with ``max_trials`` set
-to the wanted session length and the time limit lifted so every session has exactly that many
-trials. Everything is generated (and encoded) before any clock starts.
+Sessions come from :func:`shaping.rig.task.scripted.run_simulated_session` (the rig's own
+simulator), each from the assignment the pure core issued after the previous session, with
+``max_trials`` set to the wanted session length and the time limit lifted so every session has
+exactly that many trials. Everything is generated (and encoded) before any clock starts.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shaping.rig.session import run_simulated_session
-from shaping.rig.sim import SimulatedMouse
+from shaping.rig.sim.mouse import SimulatedMouse
+from shaping.rig.task.scripted import run_simulated_session
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import (
     AssignmentIssued,

@@ -28,7 +28,7 @@ said on screen and in the log, kept in the store and counted in
 ``shaping_rig_unsafe_assignments_total``, and the agent runs nothing or the newest assignment
 of the mouse it received that passes them (``safety.on_violation``), recording
 ``assignment_stale`` on that session. While the session runs the task keeps within the same
-limits (:class:`shaping.rig.task.ReachTask`).
+limits (:class:`shaping.rig.task.reach.ReachTask`).
 
 A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
 it.
@@ -52,14 +52,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shaping.rig.clock import Clock, SystemClock, to_datetime
 from shaping.rig.config import RigConfig, StaleAssignmentSettings, ValveCalibration
-from shaping.rig.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
-from shaping.rig.drain import OutboxDrainer
 from shaping.rig.errors import BrokerUnreachableError, NoAssignmentError, RigBusyError, RigError
 from shaping.rig.evidence import EJECTED, evidence_lines, next_session_line
 from shaping.rig.faults import FaultPlan
-from shaping.rig.follow import AssignmentFollower, unreadable_hint
+from shaping.rig.hardware.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
+from shaping.rig.link.drain import OutboxDrainer
+from shaping.rig.link.follow import AssignmentFollower, unreadable_hint
+from shaping.rig.link.store import CachedAssignment, ClockSkew, OpenSession, RigStore
 from shaping.rig.locks import FileLock
 from shaping.rig.reach import reach_session_metrics
 from shaping.rig.safety import (
@@ -67,8 +67,8 @@ from shaping.rig.safety import (
     UnsafeAssignmentRefusedError,
     screen_assignment,
 )
-from shaping.rig.store import CachedAssignment, ClockSkew, OpenSession, RigStore
-from shaping.rig.task import (
+from shaping.rig.task.clock import Clock, SystemClock, to_datetime
+from shaping.rig.task.reach import (
     ReachParameters,
     ReachTask,
     RewardPlan,
@@ -770,11 +770,11 @@ class RigAgent:
 
     def _runtime(self, options: RunOptions, open_session: OpenSession | None) -> _Runtime:
         if not options.simulate:
-            from shaping.rig.gpio import build_gpiozero_hardware
+            from shaping.rig.hardware.gpio import build_gpiozero_hardware
 
             hardware = build_gpiozero_hardware(self.config.pins, self.config.actuators)
             return _Runtime(hardware, SystemClock(), None)
-        from shaping.rig.simulation import build_simulated_rig
+        from shaping.rig.sim.reach_box import build_simulated_rig
 
         if open_session is not None:
             # A simulated session resumes where its last trial ended: the simulation is

@@ -27,8 +27,8 @@ import typer
 if TYPE_CHECKING:
     from shaping.rig.config import RigConfig
     from shaping.rig.faults import FaultPlan
-    from shaping.rig.lab import LabRun
-    from shaping.rig.task import ReachParameters, TaskState, TrialProgress
+    from shaping.rig.sim.lab import LabRun
+    from shaping.rig.task.reach import ReachParameters, TaskState, TrialProgress
     from shaping.schemas.events import (
         AssignmentIssued,
         SessionEnded,
@@ -347,8 +347,8 @@ def rig_status(
     from shaping.rig.agent import clock_skew_warning
     from shaping.rig.errors import BrokerUnreachableError
     from shaping.rig.evidence import EJECTED, evidence_lines
-    from shaping.rig.follow import AssignmentFollower, unreadable_hint
-    from shaping.rig.store import RigStore
+    from shaping.rig.link.follow import AssignmentFollower, unreadable_hint
+    from shaping.rig.link.store import RigStore
     from shaping.schemas.topics import TopicNames
 
     with _rig_errors():
@@ -552,17 +552,17 @@ def rig_calibrate(
     import getpass
     import os
 
-    from shaping.rig.calibration import (
+    from shaping.rig.config import SIDES
+    from shaping.rig.hardware.calibration import (
         CalibrationPoint,
         check_calibration,
         dispense,
         fit_ml_per_ms,
         parse_grams,
     )
-    from shaping.rig.clock import SystemClock, VirtualClock
-    from shaping.rig.config import SIDES
-    from shaping.rig.gpio import GpiozeroValve
-    from shaping.rig.store import RigStore
+    from shaping.rig.hardware.gpio import GpiozeroValve
+    from shaping.rig.link.store import RigStore
+    from shaping.rig.task.clock import SystemClock, VirtualClock
 
     if valve is not None and valve not in SIDES:
         close = difflib.get_close_matches(valve, SIDES, n=1)
@@ -589,7 +589,7 @@ def rig_calibrate(
         factory: Any = None
         clock: Any = SystemClock()
         if simulate:
-            from shaping.rig.simulation import mock_factory
+            from shaping.rig.sim.reach_box import mock_factory
 
             factory = mock_factory()
             clock = VirtualClock(datetime.now(UTC).timestamp())
@@ -667,7 +667,7 @@ def _confirm(text: str, default: bool) -> bool:
 
 def _show_calibrations(rig_config: RigConfig, valve: str | None) -> None:
     """Every calibration kept on this rig (of ``valve`` or of both), oldest first."""
-    from shaping.rig.store import RigStore
+    from shaping.rig.link.store import RigStore
 
     records = RigStore(rig_config.store_path).calibration_history(valve)
     which = f"the {valve} valve" if valve else "both valves"
@@ -725,10 +725,10 @@ def rig_sync(
     fault_plan: FaultPlanText = None,
 ) -> None:
     """Send every event waiting in the outbox and refresh the assignment cache."""
-    from shaping.rig.drain import OutboxDrainer
     from shaping.rig.errors import BrokerUnreachableError
-    from shaping.rig.follow import AssignmentFollower
-    from shaping.rig.store import RigStore
+    from shaping.rig.link.drain import OutboxDrainer
+    from shaping.rig.link.follow import AssignmentFollower
+    from shaping.rig.link.store import RigStore
     from shaping.schemas.topics import TopicNames
 
     faults = _fault_plan(fault_plan)
@@ -865,8 +865,8 @@ def rig_simulate(
     outside them is refused and printed, and nothing or the last safe assignment runs.
     """
     from shaping.rig.errors import RigError
-    from shaping.rig.kafka_transport import KafkaRigTransport
-    from shaping.rig.lab import LabPlan, continue_lab
+    from shaping.rig.link.kafka import KafkaRigTransport
+    from shaping.rig.sim.lab import LabPlan, continue_lab
     from shaping.schemas.topics import TopicNames
 
     first_day = _date(start) if start is not None else None

@@ -270,7 +270,7 @@ class SafetyLimits:
     in its store, then runs nothing (``on_violation = "refuse"``) or the newest assignment of
     the mouse it received that passes them (``"last_safe"``). While a session runs, the task
     also never gives more water per trial than allowed and stops the session at the
-    per-session limits (:class:`shaping.rig.task.ReachTask`).
+    per-session limits (:class:`shaping.rig.task.reach.ReachTask`).
 
     Attributes:
         max_reward_ul_per_trial: the most water one reward may give (µL; ``reward_volume_ul``,
@@ -685,7 +685,7 @@ def _parameter_ranges(value: Any, where: str) -> dict[str, Range]:
     """
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}[safety.parameters] must be a table of name = [low, high]")
-    from shaping.rig.task import ReachParameters  # the task's parameters and their types
+    from shaping.rig.task.reach import ReachParameters  # the task's parameters and their types
 
     kinds = {f.name: str(f.type).replace(" | None", "") for f in fields(ReachParameters)}
     ranges: dict[str, Range] = {}

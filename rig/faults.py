@@ -3,7 +3,7 @@
 A :class:`FaultPlan` says where a process should die (SIGKILL, so nothing gets to clean up) or
 hold still. The rig's code never reads it from the environment: the command line parses
 ``--fault-plan TEXT`` (hidden, see docs/rig.md, "Testing hooks") and hands the plan to
-:class:`~shaping.rig.agent.RigAgent` and :class:`~shaping.rig.drain.OutboxDrainer`, which call
+:class:`~shaping.rig.agent.RigAgent` and :class:`~shaping.rig.link.drain.OutboxDrainer`, which call
 it at the two points a crash matters:
 
 - :meth:`FaultPlan.after_store`, right after the N-th event went into the outbox;

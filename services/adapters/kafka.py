@@ -12,7 +12,7 @@ are made once:
 - every client reconnects within :data:`RECONNECT_BACKOFF_MAX_MS` of a broker's return.
 
 The faust processor takes the same connection through :meth:`KafkaConnection.faust_options`.
-The rig has its own link (it imports only the contract); see :mod:`shaping.rig.drain`.
+The rig has its own link (it imports only the contract); see :mod:`shaping.rig.link.drain`.
 """
 
 from __future__ import annotations

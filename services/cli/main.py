@@ -79,7 +79,7 @@ def demo(
     Simulated rigs run simulated mice through the processor's core and the projector on
     SQLite, then the status table and each mouse's stage path are printed.
     """
-    from shaping.rig.lab import LabPlan
+    from shaping.rig.sim.lab import LabPlan
     from shaping.services.embedded.demo import render_report, run_demo
 
     result = run_demo(out, LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.rig.sim.lab import LabPlan, LabRun, run_lab
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.store import SqlProjectionStore
 

@@ -14,8 +14,8 @@ from uuid import uuid4
 
 import pytest
 
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.lab import LabPlan, LabRun, run_lab
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.sim.lab import LabPlan, LabRun, run_lab
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
 from shaping.services.embedded.runtime import EmbeddedRuntime

@@ -21,9 +21,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
-from shaping.rig.drain import OutboxDrainer
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.store import RigStore
+from shaping.rig.link.drain import OutboxDrainer
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import Event, EventRejected, MouseEjected
 from shaping.schemas.headers import CONTENT_TYPE, header_text, headers_for

@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
-from shaping.rig.follow import AssignmentFollower
-from shaping.rig.store import RigStore
+from shaping.rig.link.follow import AssignmentFollower
+from shaping.rig.link.store import RigStore
 from shaping.schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app

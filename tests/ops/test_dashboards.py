@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, make_url, text
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.services.adapters.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.store import SqlProjectionStore

@@ -16,10 +16,10 @@ from uuid import uuid4
 
 import pytest
 
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.link.store import RigStore
 from shaping.rig.metrics import OutboxDepthExporter
-from shaping.rig.store import RigStore
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.metrics import RIG_OUTBOX_DEPTH
 from shaping.services.adapters.topics import ensure_topics

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.events import MouseEnrolled
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app

@@ -15,7 +15,7 @@ from rich.console import Console
 from sqlalchemy import create_engine, insert
 from typer.testing import CliRunner
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.services.cli import app
 from shaping.services.cli.operator import print_status
 from shaping.services.embedded.runtime import EmbeddedRuntime

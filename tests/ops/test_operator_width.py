@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.events import MouseEnrolled, SessionStarted, TrialCompleted
 from shaping.services.cli import app
 from shaping.services.cli.operator import STATUS_COLUMNS_SHOWN, print_status

@@ -21,8 +21,8 @@ from kafka import KafkaAdminClient
 from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.events import (
     AssignmentIssued,
     MouseEnrolled,

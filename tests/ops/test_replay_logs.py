@@ -23,7 +23,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     AssignmentIssued,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.kafka_transport import KafkaRigTransport
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.link.kafka import KafkaRigTransport
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
 from shaping.services.projector.store import SqlProjectionStore

@@ -15,7 +15,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from typer.testing import CliRunner
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
 from shaping.services.cli import app

@@ -15,9 +15,9 @@ import pytest
 from shaping.rig.agent import RigAgent, RunOptions
 from shaping.rig.config import RigConfig
 from shaping.rig.errors import NoAssignmentError, RigBusyError, RigError
+from shaping.rig.link.store import RigStore
 from shaping.rig.locks import FileLock
 from shaping.rig.reach import reach_session_metrics
-from shaping.rig.store import RigStore
 from shaping.schemas.events import (
     Event,
     MovementDetected,
@@ -172,7 +172,7 @@ def test_a_real_time_session_resumes_on_the_wall_clock_after_a_crash(
     here gpiozero's mock pins). Nobody touches the spouts, so every trial is a miss."""
     from gpiozero import Device
 
-    from shaping.rig.simulation import mock_factory
+    from shaping.rig.sim.reach_box import mock_factory
 
     monkeypatch.setattr(Device, "pin_factory", mock_factory())
     folder = tmp_path / "pi"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.calibration import CalibrationPoint, check_calibration, fit_ml_per_ms
 from shaping.rig.config import CalibrationBounds, load_config
 from shaping.rig.errors import ConfigError
-from shaping.rig.store import RigStore
+from shaping.rig.hardware.calibration import CalibrationPoint, check_calibration, fit_ml_per_ms
+from shaping.rig.link.store import RigStore
 from shaping.services.cli import app
 from tests.support.rig import write_config
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.calibration import CalibrationPoint, dispense, fit_ml_per_ms, parse_grams
-from shaping.rig.clock import VirtualClock
-from shaping.rig.store import RigStore
+from shaping.rig.hardware.calibration import CalibrationPoint, dispense, fit_ml_per_ms, parse_grams
+from shaping.rig.link.store import RigStore
+from shaping.rig.task.clock import VirtualClock
 from shaping.services.cli import app
 from tests.support.anchors import REACH
 from tests.support.rig import PINS, START, assignment, config_in, seed_cache, write_config

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from shaping.rig.agent import EVIDENCE_LOG, RigAgent, RunOptions
 from shaping.rig.errors import RigError
 from shaping.rig.evidence import evidence_lines, next_session_line
-from shaping.rig.store import RigStore
+from shaping.rig.link.store import RigStore
 from shaping.schemas.events import (
     AssignmentIssued,
     MouseEnrolled,

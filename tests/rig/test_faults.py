@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from shaping.rig.agent import RigAgent, RunOptions
 from shaping.rig.config import load_config
-from shaping.rig.drain import OutboxDrainer
 from shaping.rig.faults import FaultPlan, FaultPlanError
-from shaping.rig.store import RigStore
+from shaping.rig.link.drain import OutboxDrainer
+from shaping.rig.link.store import RigStore
 from shaping.services.cli import app
 from tests.support.processes import wait_until
 from tests.support.rig import START, FakeDisplay, assignment, config_in, seed_cache, write_config

@@ -9,10 +9,10 @@ import pytest
 from gpiozero import DigitalOutputDevice
 
 from shaping.rig.config import ActuatorSettings, parse_pin_map
-from shaping.rig.devices import InputBus, connect_inputs
 from shaping.rig.errors import HardwareError
-from shaping.rig.gpio import build_gpiozero_hardware
-from shaping.rig.simulation import mock_factory
+from shaping.rig.hardware.devices import InputBus, connect_inputs
+from shaping.rig.hardware.gpio import build_gpiozero_hardware
+from shaping.rig.sim.reach_box import mock_factory
 from tests.support.rig import PINS
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shaping.rig.agent import RigAgent, RunOptions
-from shaping.rig.store import RigStore
+from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     Event,

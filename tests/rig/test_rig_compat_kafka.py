@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from shaping.rig.agent import RigAgent, RunOptions, SessionReport, StaleAssignmentRefusedError
 from shaping.rig.config import load_config
-from shaping.rig.drain import OutboxDrainer
+from shaping.rig.link.drain import OutboxDrainer
+from shaping.rig.link.store import SKEW_SMOOTHING, RigStore
 from shaping.rig.metrics import read_metrics
-from shaping.rig.store import SKEW_SMOOTHING, RigStore
 from shaping.schemas.events import SessionStarted
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app

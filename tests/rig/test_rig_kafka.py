@@ -28,7 +28,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from shaping.rig.agent import RigAgent, RunOptions
-from shaping.rig.store import RigStore
+from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
 from shaping.schemas.topics import TopicNames

@@ -28,17 +28,17 @@ from typer.testing import CliRunner
 from shaping.rig.agent import RigAgent, RunOptions
 from shaping.rig.config import SafetyLimits, load_config
 from shaping.rig.errors import ConfigError
-from shaping.rig.follow import AssignmentFollower
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.link.follow import AssignmentFollower
+from shaping.rig.link.store import RigStore
 from shaping.rig.metrics import read_metrics, render
 from shaping.rig.safety import (
     UnsafeAssignmentRefusedError,
     check_parameters,
     screen_assignment,
 )
-from shaping.rig.session import run_simulated_session
-from shaping.rig.sim import SimulatedMouse
-from shaping.rig.store import RigStore
+from shaping.rig.sim.lab import LabPlan, run_lab
+from shaping.rig.sim.mouse import SimulatedMouse
+from shaping.rig.task.scripted import run_simulated_session
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     AssignmentIssued,
@@ -426,7 +426,7 @@ def test_the_simulated_lab_refuses_the_forged_assignment_for_every_session(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     transport = ScriptedTransport([forged(session_number=1)])
-    with caplog.at_level(logging.WARNING, logger="shaping.rig.lab"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.sim.lab"):
         lab = run_lab(PLAN, transport)  # type: ignore[arg-type]
     assert lab.sessions == []
     assert [e for e in transport.published if isinstance(e, SessionStarted)] == []
@@ -455,7 +455,7 @@ def test_the_simulated_lab_runs_the_last_safe_assignment_under_last_safe() -> No
 
 def test_rig_simulate_prints_the_refusal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``shaping rig simulate`` takes its limits from --config and prints every refusal."""
-    from shaping.rig.lab import LabRun
+    from shaping.rig.sim.lab import LabRun
 
     captured: dict[str, Any] = {}
 
@@ -475,8 +475,8 @@ def test_rig_simulate_prints_the_refusal(monkeypatch: pytest.MonkeyPatch, tmp_pa
         captured.update(kw)
         return run_lab(plan, transport, safety=kw["safety"])
 
-    monkeypatch.setattr("shaping.rig.kafka_transport.KafkaRigTransport", Transport)
-    monkeypatch.setattr("shaping.rig.lab.continue_lab", fake_continue_lab)
+    monkeypatch.setattr("shaping.rig.link.kafka.KafkaRigTransport", Transport)
+    monkeypatch.setattr("shaping.rig.sim.lab.continue_lab", fake_continue_lab)
     path = write_config(tmp_path, extra=LAST_SAFE)
     result = CliRunner().invoke(
         app, ["rig", "simulate", "--mice", "1", "--rigs", "1", "--days", "2", "--config", str(path)]

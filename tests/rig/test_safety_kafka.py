@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 
 from shaping.rig.agent import RigAgent, RunOptions
 from shaping.rig.config import load_config
-from shaping.rig.drain import OutboxDrainer
+from shaping.rig.link.drain import OutboxDrainer
+from shaping.rig.link.store import RigStore
 from shaping.rig.metrics import read_metrics
 from shaping.rig.safety import UnsafeAssignmentRefusedError
-from shaping.rig.store import RigStore
 from shaping.schemas.events import SessionStarted, TrialCompleted
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shaping.rig.errors import RigError
-from shaping.rig.lab import DEFAULT_START, LabPlan, continue_lab, lab_position, run_lab
+from shaping.rig.sim.lab import DEFAULT_START, LabPlan, continue_lab, lab_position, run_lab
 from shaping.schemas.events import MouseEjected, MouseEnrolled, SessionStarted
 from shaping.services.cli import app
 from shaping.services.embedded.runtime import EmbeddedRuntime

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 from shaping.rig.agent import RigAgent, RunOptions, StaleAssignmentRefusedError, clock_skew_warning
 from shaping.rig.config import ConfigError, load_config
 from shaping.rig.errors import NoAssignmentError
-from shaping.rig.follow import AssignmentFollower
+from shaping.rig.link.follow import AssignmentFollower
+from shaping.rig.link.store import RigStore
 from shaping.rig.metrics import read_metrics, render
-from shaping.rig.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import SessionStarted
 from shaping.services.cli import app
@@ -184,7 +184,7 @@ def test_an_old_rig_says_it_cannot_read_a_newer_assignment_and_runs_the_cached_o
     store = RigStore(config.store_path)
     old = older_rig_codec("AssignmentIssued", 1)
     newer = assignment(parameters=PARAMS, session_number=2)
-    with caplog.at_level(logging.WARNING, logger="shaping.rig.follow"):
+    with caplog.at_level(logging.WARNING, logger="shaping.rig.link.follow"):
         kept = follow(
             store,
             old,

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from shaping.rig.drain import OutboxDrainer, partition_for
 from shaping.rig.errors import RigError
-from shaping.rig.store import (
+from shaping.rig.link.drain import OutboxDrainer, partition_for
+from shaping.rig.link.store import (
     MIGRATIONS,
     STORE_VERSION,
     Migration,

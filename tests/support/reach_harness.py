@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shaping.rig.clock import VirtualClock
 from shaping.rig.config import (
     SIDES,
     ActuatorSettings,
@@ -15,11 +14,18 @@ from shaping.rig.config import (
     ValveCalibration,
     parse_pin_map,
 )
-from shaping.rig.devices import InputBus, connect_inputs
-from shaping.rig.gpio import build_gpiozero_hardware
+from shaping.rig.hardware.devices import InputBus, connect_inputs
+from shaping.rig.hardware.gpio import build_gpiozero_hardware
 from shaping.rig.reach import reach_session_metrics
-from shaping.rig.simulation import mock_factory
-from shaping.rig.task import ReachParameters, ReachTask, RewardPlan, SessionRecorder, TaskState
+from shaping.rig.sim.reach_box import mock_factory
+from shaping.rig.task.clock import VirtualClock
+from shaping.rig.task.reach import (
+    ReachParameters,
+    ReachTask,
+    RewardPlan,
+    SessionRecorder,
+    TaskState,
+)
 from shaping.schemas.events import Event, MovementDetected, SessionEnded, TrialCompleted
 from tests.support.rig import PINS, START
 

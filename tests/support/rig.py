@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from shaping.rig.config import RigConfig, load_config
-from shaping.rig.store import RigStore
+from shaping.rig.link.store import RigStore
 from shaping.schemas.events import AssignmentIssued
 
 PINS: dict[str, Any] = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shaping.rig.lab import LabPlan, run_lab
+from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import EventRejected, SessionStarted
 from shaping.services.embedded.demo import render_report, run_demo

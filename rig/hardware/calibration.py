@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shaping.rig.clock import Clock
 from shaping.rig.config import CalibrationBounds
-from shaping.rig.devices import Valve
 from shaping.rig.errors import CalibrationError
+from shaping.rig.hardware.devices import Valve
+from shaping.rig.task.clock import Clock
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from shaping.rig.config import SafetyLimits
-from shaping.rig.sim import SimulatedMouse
+from shaping.rig.sim.mouse import SimulatedMouse
 from shaping.schemas.events import (
     AssignmentIssued,
     Event,
@@ -29,7 +29,7 @@ SIMULATED_DEFAULTS: dict[str, ParamValue] = {
     "reward_volume_ul": 3,
 }
 """The value a simulated session runs with for each parameter its assignment leaves out (the
-rig's safety limits hold these too: :func:`shaping.rig.lab.run_lab`)."""
+rig's safety limits hold these too: :func:`shaping.rig.sim.lab.run_lab`)."""
 
 
 def _number(parameters: Mapping[str, ParamValue], name: str, default: float) -> float:
@@ -55,11 +55,11 @@ def run_simulated_session(
     comes first. Trial times advance by the inter-trial interval drawn from
     ``[iti_min_s, iti_max_s]``, the response, reward consumption and the error timeout.
 
-    The rig's safety ``limits`` (the defaults unless given) bound it as they bound a real
-    session (:class:`rig.task.ReachTask`): no reward above ``max_reward_ul_per_trial``, and the
-    session ends at ``max_trials`` (``safety_max_trials``), ``max_session_minutes``
-    (``safety_time_limit``) or before a reward would take it past
-    ``max_reward_ul_per_session`` (``safety_reward_limit``) when these come first.
+    The rig's safety ``limits`` (the defaults unless given) bound it as they bound a real session
+    (:class:`~shaping.rig.task.reach.ReachTask`): no reward above ``max_reward_ul_per_trial``, and
+    the session ends at ``max_trials`` (``safety_max_trials``), ``max_session_minutes``
+    (``safety_time_limit``) or before a reward would take it past ``max_reward_ul_per_session``
+    (``safety_reward_limit``) when these come first.
 
     Returns:
         SessionStarted, one TrialCompleted per trial, and SessionEnded, in order.

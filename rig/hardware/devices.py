@@ -1,8 +1,8 @@
 """The devices a two-spout reach or lick task talks to, as small ports.
 
-The task only knows these interfaces. :mod:`rig.gpio` implements them with gpiozero, which is
-what runs on a Raspberry Pi; in simulation the same gpiozero classes run on gpiozero's mock
-pins, driven by a simulated mouse.
+The task only knows these interfaces. :mod:`shaping.rig.hardware.gpio` implements them with
+gpiozero, which is what runs on a Raspberry Pi; in simulation the same gpiozero classes run on
+gpiozero's mock pins, driven by a simulated mouse.
 
 Sensors do not call the task directly: their callbacks push :class:`InputEvent` records onto an
 :class:`InputBus`, which the task reads with a timeout. gpiozero calls back from its own threads
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from shaping.rig.clock import Clock
 from shaping.rig.config import Side
+from shaping.rig.task.clock import Clock
 
 InputKind = Literal["touch", "paw_lift", "paw_rest"]
 

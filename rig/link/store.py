@@ -1,14 +1,14 @@
 """The rig's durable local store (SQLite): the outbox, the assignment cache, calibrations.
 
 * **Outbox.** Every event a session produces is appended here, in one committed transaction
-  (synchronous=FULL), before anything else happens; the drainer (:mod:`shaping.rig.drain`) sends the
-  rows in order and marks them sent with their partition and offset. The outbox is also the
-  rig's journal: an interrupted session is resumed from it. Appending an event whose id is
+  (synchronous=FULL), before anything else happens; the drainer (:mod:`shaping.rig.link.drain`)
+  sends the rows in order and marks them sent with their partition and offset. The outbox is also
+  the rig's journal: an interrupted session is resumed from it. Appending an event whose id is
   already stored is a no-op, so re-recording after a crash never duplicates.
 * **Partition marks.** For every partition the drainer ever sent to, the offset from which a
   record of this rig not yet marked sent could be found. After a crash or a failed send the
   drainer reads the partition from there to find what already arrived (see
-  :meth:`OutboxDrainer.reconcile <rig.drain.OutboxDrainer.reconcile>`).
+  :meth:`OutboxDrainer.reconcile <rig.link.drain.OutboxDrainer.reconcile>`).
 * **Assignment cache and decisions.** The latest AssignmentIssued per mouse and the
   StageTransitioned per session, as read from Kafka, so a session can start offline; and per
   mouse the latest assignment that followed a decision, with the evidence it carries (a

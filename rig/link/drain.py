@@ -20,7 +20,7 @@ the start of the round and its acknowledgement (rig time ``t0`` and ``t1``), so 
 clock minus the broker's is ``(t0 + t1) / 2 - broker time``, to within half the round trip.
 It is measured from the send time and not from the event's ``occurred_at``, which may be hours
 old when the outbox waited for the network. The store keeps the latest and a smoothed value
-(:meth:`RigStore.record_clock_skew <rig.store.RigStore.record_clock_skew>`); ``rig status``
+(:meth:`RigStore.record_clock_skew <rig.link.store.RigStore.record_clock_skew>`); ``rig status``
 and the ``shaping_rig_clock_skew_seconds`` gauge show them. A topic with ``CreateTime`` echoes
 the rig's timestamp back, and nothing is measured.
 """
@@ -38,11 +38,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
-from shaping.rig.clock import Clock, SystemClock
 from shaping.rig.errors import BrokerUnreachableError, RigBusyError
 from shaping.rig.faults import FaultPlan
+from shaping.rig.link.store import ClockSkew, OutboxRow, RigStore, Sent
 from shaping.rig.locks import FileLock
-from shaping.rig.store import ClockSkew, OutboxRow, RigStore, Sent
+from shaping.rig.task.clock import Clock, SystemClock
 from shaping.schemas.codec import EventCodec, default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.headers import headers_for
@@ -77,7 +77,7 @@ class DrainStatus:
 
 
 class OutboxDrainer:
-    """Drains a :class:`~rig.store.RigStore` outbox to Kafka.
+    """Drains a :class:`~rig.link.store.RigStore` outbox to Kafka.
 
     Args:
         store: the rig's store.

@@ -2,13 +2,13 @@
 
 The follower reads, for the partitions the rig's mice hash to, the compacted assignments topic
 (the latest AssignmentIssued per mouse) and the decisions topic (a StageTransitioned per
-session), and stores what concerns the rig's mice in its :class:`~rig.store.RigStore`. It
+session), and stores what concerns the rig's mice in its :class:`~rig.link.store.RigStore`. It
 remembers how far it read, so a restart continues where it stopped; the cache itself lives on
 disk, so a session can start from it while the broker is unreachable.
 
 A record keyed by one of the rig's mice that this rig cannot decode (a newer release of the
 services wrote it with a schema version this rig does not know) is never skipped silently: it
-is logged as a warning and kept in the store (:meth:`~rig.store.RigStore.save_undecodable`)
+is logged as a warning and kept in the store (:meth:`~rig.link.store.RigStore.save_undecodable`)
 until a readable record of the mouse follows it; ``rig run`` then treats the mouse's cached
 assignment as stale, ``rig status`` shows it, and the rig's metrics count it
 (``shaping_rig_undecodable_assignments_total``).
@@ -22,10 +22,10 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from shaping.rig.drain import describe_error, kafka_errors, partition_for
 from shaping.rig.errors import BrokerUnreachableError
 from shaping.rig.evidence import is_decision
-from shaping.rig.store import RigStore
+from shaping.rig.link.drain import describe_error, kafka_errors, partition_for
+from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import EventCodec, default_codec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, StageTransitioned

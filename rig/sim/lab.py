@@ -1,7 +1,7 @@
 """A simulated lab: mice spread over rigs, one session per mouse per day.
 
 The same driver runs the embedded demo and the Kafka end-to-end tests: it only talks to a
-:class:`~rig.transport.RigTransport`, so both paths see the same events.
+:class:`~rig.link.transport.RigTransport`, so both paths see the same events.
 
 A lab that already trained the plan's mice is continued, not started again
 (:func:`lab_position`, :func:`continue_plan`): each mouse's newest assignment gives the number
@@ -26,10 +26,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from shaping.rig.config import SafetyLimits
 from shaping.rig.errors import NoAssignmentError, RigError
 from shaping.rig.evidence import EJECTED
+from shaping.rig.link.transport import RigTransport
 from shaping.rig.safety import screen_assignment
-from shaping.rig.session import SIMULATED_DEFAULTS, run_simulated_session
-from shaping.rig.sim import SimulatedMouse
-from shaping.rig.transport import RigTransport
+from shaping.rig.sim.mouse import SimulatedMouse
+from shaping.rig.task.scripted import SIMULATED_DEFAULTS, run_simulated_session
 from shaping.schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
 from shaping.schemas.text import printable
 

@@ -82,10 +82,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from shaping.rig.clock import Clock, to_datetime
 from shaping.rig.config import SIDES, SafetyLimits, Side, ValveCalibration
-from shaping.rig.devices import InputBus, InputEvent, RigHardware
 from shaping.rig.errors import CalibrationError, ParameterError
+from shaping.rig.hardware.devices import InputBus, InputEvent, RigHardware
+from shaping.rig.task.clock import Clock, to_datetime
 from shaping.schemas.events import (
     AssignmentIssued,
     Event,

@@ -1,11 +1,11 @@
 """A simulated mouse in a simulated reach box, on gpiozero's mock pins.
 
-:func:`build_simulated_rig` opens the rig's devices with :mod:`rig.gpio`, exactly as on a Pi,
-but on gpiozero's ``MockFactory``; a :class:`SimulatedReacher` then plays the mouse. It only
-touches pins: it *watches* the output pins (cue LEDs, valves, spout actuators) whenever the
+:func:`build_simulated_rig` opens the rig's devices with :mod:`shaping.rig.hardware.gpio`, exactly
+as on a Pi, but on gpiozero's ``MockFactory``; a :class:`SimulatedReacher` then plays the mouse. It
+only touches pins: it *watches* the output pins (cue LEDs, valves, spout actuators) whenever the
 virtual clock lets time pass, and *drives* the input pins (paw-rest and touch sensors), whose
-gpiozero callbacks reach the task. So the task, the devices and the callbacks the simulation
-runs are the ones a Raspberry Pi runs.
+gpiozero callbacks reach the task. So the task, the devices and the callbacks the simulation runs
+are the ones a Raspberry Pi runs.
 
 The mouse fidgets (lifts a paw, touches a spout now and then), answers cues with a skill that
 grows with every reward it sees the valve give, and reaches less surely for a spout further
@@ -23,10 +23,10 @@ from typing import Any
 
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from shaping.rig.clock import ScheduledAction, VirtualClock
 from shaping.rig.config import SIDES, ActuatorSettings, PinMap, PinSpec, Side
-from shaping.rig.devices import RigHardware
-from shaping.rig.gpio import build_gpiozero_hardware
+from shaping.rig.hardware.devices import RigHardware
+from shaping.rig.hardware.gpio import build_gpiozero_hardware
+from shaping.rig.task.clock import ScheduledAction, VirtualClock
 
 TOUCH_S = 0.08
 """How long a spout touch lasts."""

@@ -1,4 +1,4 @@
-"""The devices of :mod:`shaping.rig.devices` with gpiozero: the implementation a Raspberry Pi runs.
+"""The devices of :mod:`shaping.rig.hardware.devices` with gpiozero: what a Raspberry Pi runs.
 
 :func:`build_gpiozero_hardware` opens every device of a validated pin map. Without a pin
 factory gpiozero picks the Pi's (lgpio, RPi.GPIO, ...); tests and simulations pass gpiozero's
@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from shaping.rig.config import SIDES, ActuatorSettings, PinMap, PinSpec
-from shaping.rig.devices import RigHardware, Spout
 from shaping.rig.errors import HardwareError
+from shaping.rig.hardware.devices import RigHardware, Spout
 
 try:
     from gpiozero import DigitalInputDevice, DigitalOutputDevice, GPIOZeroError, PWMOutputDevice
