@@ -137,7 +137,9 @@ def measure(
     )
     step_s = _timed(repeats, step)
     # Every session ends in a decision and an assignment; every enrolment in an assignment.
-    expected_outputs = 2 * workload.n_sessions + len(workload.mice)
+    # Each of those inputs (a session's start and end, an enrolment) is also republished once
+    # on the accepted topic, for the projector.
+    expected_outputs = 2 * (2 * workload.n_sessions + len(workload.mice))
     if outputs_seen != {expected_outputs}:
         raise BenchError(f"expected {expected_outputs} outputs, got {outputs_seen}")
     results.add(
