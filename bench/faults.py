@@ -594,7 +594,9 @@ class LabThread(threading.Thread):
         self.trace = ""
         self.error: BaseException | None = None
         # made here, in the caller's thread, so the driver can gate it at once
-        self.inner = KafkaRigTransport(bootstrap, topics.events, topics.assignments, "faults-rigs")
+        self.inner = KafkaRigTransport(
+            bootstrap, topics.events, topics.assignments, "faults-rigs", codec=default_codec()
+        )
         self.transport = GatedTransport(self.inner, self.stop_flag)
 
     def run(self) -> None:
@@ -819,7 +821,7 @@ class FaultRun:
             self.log("starting a PostgreSQL")
             self.postgres = start_postgres(port=_free_port())
             self.db_url = self.postgres.url
-        self.store = SqlProjectionStore(self.db_url)
+        self.store = SqlProjectionStore(self.db_url, codec=default_codec())
         self.store.reset()
         prefix = f"faults{uuid.uuid4().hex[:6]}"
         self.topics = TopicNames.with_prefix(prefix)
@@ -1081,7 +1083,10 @@ class FaultRun:
         return tables
 
     def compare(self, tables: dict[str, list[dict[str, Any]]], lab_plan: LabPlan) -> None:
-        embedded = EmbeddedRuntime(SqlProjectionStore("sqlite://"))
+        codec = default_codec()
+        embedded = EmbeddedRuntime(
+            SqlProjectionStore("sqlite://", codec=codec), catalog=default_catalog(), codec=codec
+        )
         run_lab(lab_plan, embedded)
         assert embedded.store is not None
         expected = embedded.store.snapshot()

@@ -64,7 +64,9 @@ def run_sessions(
     """One repeat; returns per session (ms until SessionEnded acked, ms until the assignment)."""
     topics = env.fresh_topics()
     processor = env.start_processor(topics)
-    rig = KafkaRigTransport(env.bootstrap, topics.events, topics.assignments, "bench-rig")
+    rig = KafkaRigTransport(
+        env.bootstrap, topics.events, topics.assignments, "bench-rig", codec=default_codec()
+    )
     sims = [SimulatedMouse(m, SEED) for m in mouse_ids(n_mice, tag="L")]
     acked, answered = [], []
     try:

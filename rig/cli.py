@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from shaping.rig.config import RigConfig
     from shaping.rig.faults import FaultPlan
     from shaping.rig.sim.lab import LabRun
-    from shaping.rig.task.reach import ReachParameters, TaskState, TrialProgress
+    from shaping.rig.task.adaptation import TaskState
+    from shaping.rig.task.parameters import ReachParameters
+    from shaping.rig.task.recording import TrialProgress
     from shaping.schemas.events import (
         AssignmentIssued,
         SessionEnded,
@@ -285,7 +287,8 @@ def rig_run(
     Uses the latest assignment for the mouse (the cached one when Kafka is unreachable, and
     says so); resumes the mouse's session if the rig stopped in the middle of one.
     """
-    from shaping.rig.agent import RigAgent, RunOptions
+    from shaping.rig.agent import RunOptions
+    from shaping.rig.bootstrap import open_store, rig_agent, rig_codec
     from shaping.rig.reach import reach_results
 
     if not simulate and (start is not None or speed is not None):
@@ -294,7 +297,8 @@ def rig_run(
     with _rig_errors():
         rig_config = _load(config, bootstrap)
         display = ConsoleDisplay(typer.echo, live=sys.stdout.isatty(), every=every)
-        agent = RigAgent(rig_config, display, faults=faults)
+        store = open_store(rig_config, rig_codec())
+        agent = rig_agent(rig_config, display, store, store.codec, faults)
         exporter = None
         if metrics_port is not None:
             from shaping.rig.metrics import OutboxDepthExporter
@@ -327,7 +331,7 @@ def rig_run(
         finally:
             if exporter is not None:
                 exporter.stop()
-        results = reach_results(agent.store.events(report.session_id))
+        results = reach_results(store.events(report.session_id))
         _echo(
             f"reach results: d' {results.d_prime:.2f} (correction trials excluded), resets "
             f"{results.resets}, spontaneous reaches {results.spontaneous_reaches}"
@@ -345,15 +349,15 @@ def rig_status(
 ) -> None:
     """Show the assignment cache, the outbox and whether Kafka answers."""
     from shaping.rig.agent import clock_skew_warning
+    from shaping.rig.bootstrap import open_store, rig_codec
     from shaping.rig.errors import BrokerUnreachableError
     from shaping.rig.evidence import EJECTED, evidence_lines
     from shaping.rig.link.follow import AssignmentFollower, unreadable_hint
-    from shaping.rig.link.store import RigStore
     from shaping.schemas.topics import TopicNames
 
     with _rig_errors():
         rig_config = _load(config, bootstrap)
-        store = RigStore(rig_config.store_path)
+        store = open_store(rig_config, rig_codec())
         topics = TopicNames.with_prefix(rig_config.topic_prefix)
         follower = AssignmentFollower(
             store,
@@ -362,6 +366,7 @@ def rig_status(
             topics.decisions,
             rig_config.mice,
             client_id=f"shaping-rig-{rig_config.rig_id}-status",
+            codec=store.codec,
             timeout_ms=int(timeout * 1000),
         )
         try:
@@ -552,6 +557,7 @@ def rig_calibrate(
     import getpass
     import os
 
+    from shaping.rig.bootstrap import open_store, rig_codec
     from shaping.rig.config import SIDES
     from shaping.rig.hardware.calibration import (
         CalibrationPoint,
@@ -561,7 +567,6 @@ def rig_calibrate(
         parse_grams,
     )
     from shaping.rig.hardware.gpio import GpiozeroValve
-    from shaping.rig.link.store import RigStore
     from shaping.rig.task.clock import SystemClock, VirtualClock
 
     if valve is not None and valve not in SIDES:
@@ -617,7 +622,7 @@ def rig_calibrate(
             f"a 3 µL reward opens it for {0.003 / rate:.1f} ms"
         )
         check = check_calibration(points, rate, rig_config.valve_bounds(valve))
-        store = RigStore(rig_config.store_path)
+        store = open_store(rig_config, rig_codec())
         values = [p.as_dict() for p in points]
         kept = {"by": who, "rig_id": rig_config.rig_id}
         if check.refused:
@@ -667,9 +672,9 @@ def _confirm(text: str, default: bool) -> bool:
 
 def _show_calibrations(rig_config: RigConfig, valve: str | None) -> None:
     """Every calibration kept on this rig (of ``valve`` or of both), oldest first."""
-    from shaping.rig.link.store import RigStore
+    from shaping.rig.bootstrap import open_store, rig_codec
 
-    records = RigStore(rig_config.store_path).calibration_history(valve)
+    records = open_store(rig_config, rig_codec()).calibration_history(valve)
     which = f"the {valve} valve" if valve else "both valves"
     _echo(f"calibrations of {which} on rig {rig_config.rig_id} ({rig_config.store_path}):")
     if not records:
@@ -725,21 +730,22 @@ def rig_sync(
     fault_plan: FaultPlanText = None,
 ) -> None:
     """Send every event waiting in the outbox and refresh the assignment cache."""
+    from shaping.rig.bootstrap import open_store, rig_codec
     from shaping.rig.errors import BrokerUnreachableError
     from shaping.rig.link.drain import OutboxDrainer
     from shaping.rig.link.follow import AssignmentFollower
-    from shaping.rig.link.store import RigStore
     from shaping.schemas.topics import TopicNames
 
     faults = _fault_plan(fault_plan)
     with _rig_errors():
         rig_config = _load(config, bootstrap)
-        store = RigStore(rig_config.store_path)
+        store = open_store(rig_config, rig_codec())
         before = store.unsent_count()
         drainer = OutboxDrainer(
             store,
             rig_config.bootstrap,
             client_id=f"shaping-rig-{rig_config.rig_id}",
+            codec=store.codec,
             faults=faults,
         )
         try:
@@ -759,6 +765,7 @@ def rig_sync(
             topics.decisions,
             rig_config.mice,
             client_id=f"shaping-rig-{rig_config.rig_id}",
+            codec=store.codec,
         )
         try:
             follower.catch_up(min(timeout, 15))
@@ -864,6 +871,7 @@ def rig_simulate(
     Each rig holds an assignment against its safety limits first (--config's [safety]): one
     outside them is refused and printed, and nothing or the last safe assignment runs.
     """
+    from shaping.rig.bootstrap import rig_codec
     from shaping.rig.errors import RigError
     from shaping.rig.link.kafka import KafkaRigTransport
     from shaping.rig.sim.lab import LabPlan, continue_lab
@@ -881,6 +889,7 @@ def rig_simulate(
                 topics.events,
                 topics.assignments,
                 client_id="sim-rigs",
+                codec=rig_codec(),
             )
         except RigError:
             raise

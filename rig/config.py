@@ -50,7 +50,7 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -354,6 +354,23 @@ class RigConfig:
     stale_assignment: StaleAssignmentSettings = StaleAssignmentSettings()
     safety: SafetyLimits = SafetyLimits()
     path: Path | None = None
+
+    @classmethod
+    def simulated(
+        cls, rig_id: str, mice: Sequence[str], safety: SafetyLimits | None = None
+    ) -> RigConfig:
+        """A rig of the simulated lab (:mod:`shaping.rig.sim.lab`): its name, its mice and its
+        safety limits. It has no pins, and no broker or store of its own: its agent is given a
+        transport without an outbox, and the scripted task."""
+        return cls(
+            rig_id=rig_id,
+            mice=tuple(mice),
+            bootstrap="",
+            topic_prefix="shaping",
+            state_dir=Path(),
+            pins=PinMap({}),
+            safety=safety or SafetyLimits(),
+        )
 
     @property
     def store_path(self) -> Path:
@@ -685,7 +702,7 @@ def _parameter_ranges(value: Any, where: str) -> dict[str, Range]:
     """
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}[safety.parameters] must be a table of name = [low, high]")
-    from shaping.rig.task.reach import ReachParameters  # the task's parameters and their types
+    from shaping.rig.task.parameters import ReachParameters  # the task's parameters and their types
 
     kinds = {f.name: str(f.type).replace(" | None", "") for f in fields(ReachParameters)}
     ranges: dict[str, Range] = {}

@@ -66,7 +66,15 @@ _SHOWN = 40
 
 
 class UnsafeAssignmentRefusedError(RigError):
-    """The assignment lies outside the rig's safety limits and nothing safe can run instead."""
+    """The assignment lies outside the rig's safety limits and nothing safe can run instead.
+
+    Attributes:
+        screening: what the screening found (None when the caller did not give it).
+    """
+
+    def __init__(self, message: str, screening: Screening | None = None) -> None:
+        super().__init__(message)
+        self.screening = screening
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,13 @@
-"""Avro single-object encoding of Shaping events (see schemas/README.md).
+"""Avro single-object encoding of Shaping events and commands (see schemas/README.md).
 
 A message value is ``C3 01`` + the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
 schema's Parsing Canonical Form + the Avro binary encoding of the record. The fingerprint tells
-the reader which schema (event type and version) wrote the bytes; the reader resolves it to the
-newest schema of that type, so old data stays readable.
+the reader which schema (event or command type, and version) wrote the bytes; the reader
+resolves it to the newest schema of that type, so old data stays readable.
+
+Events and commands share the format and the schema folder but never a topic: :meth:`decode`
+reads events only and :meth:`decode_command` commands only (each refuses the other as
+``invalid``, saying where it belongs); :meth:`decode_message` reads either.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from pydantic import ValidationError
 
+from shaping.schemas.commands import COMMAND_TYPES, Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import EVENT_TYPES, Event
 from shaping.schemas.text import quoted
@@ -32,7 +37,8 @@ _FILE = re.compile(r"^(?P<name>[A-Za-z]+)\.v(?P<version>\d+)\.avsc$")
 
 @dataclass(frozen=True)
 class SchemaVersion:
-    """One committed version of one event type's schema."""
+    """One committed version of one event or command type's schema (``event_type`` holds the
+    type's wire name either way)."""
 
     event_type: str
     version: int
@@ -42,7 +48,8 @@ class SchemaVersion:
 
 
 def load_schema_versions() -> list[SchemaVersion]:
-    """Reads every ``schemas/avro/<EventType>.v<N>.avsc`` shipped with the package."""
+    """Reads every ``schemas/avro/<Type>.v<N>.avsc`` shipped with the package (events and
+    commands)."""
     versions = []
     for entry in resources.files("shaping.schemas").joinpath("avro").iterdir():
         match = _FILE.match(entry.name)
@@ -86,17 +93,21 @@ class EventCodec:
         missing = set(EVENT_TYPES) - set(self._newest)
         if missing:
             raise SerializationError(f"no Avro schema for event types {sorted(missing)}")
+        missing = set(COMMAND_TYPES) - set(self._newest)
+        if missing:
+            raise SerializationError(f"no Avro schema for command types {sorted(missing)}")
 
     def newest(self, event_type: str) -> SchemaVersion:
-        """Returns the newest schema version of an event type."""
+        """Returns the newest schema version of an event (or command) type."""
         return self._newest[event_type]
 
-    def encode(self, event: Event) -> bytes:
-        """Encodes an event with the newest schema of its type."""
-        schema = self._newest.get(event.event_type)
+    def encode(self, message: Event | Command) -> bytes:
+        """Encodes an event or a command with the newest schema of its type."""
+        name = message.command_type if isinstance(message, Command) else message.event_type
+        schema = self._newest.get(name)
         if schema is None:
-            raise SerializationError(f"unknown event type {event.event_type!r}", "invalid")
-        record = event.model_dump()
+            raise SerializationError(f"unknown message type {name!r}", "invalid")
+        record = message.model_dump()
         record["schema_version"] = schema.version
         buf = io.BytesIO()
         buf.write(MAGIC)
@@ -104,9 +115,7 @@ class EventCodec:
         try:
             fastavro.schemaless_writer(buf, schema.parsed, record, strict=True)
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            raise SerializationError(
-                f"cannot encode {event.event_type}: {_describe(exc)}", "invalid"
-            ) from exc
+            raise SerializationError(f"cannot encode {name}: {_describe(exc)}", "invalid") from exc
         return buf.getvalue()
 
     def decode(self, data: bytes | None) -> Event:
@@ -115,7 +124,38 @@ class EventCodec:
         Raises:
             SerializationError: with ``kind="undecodable"`` when the bytes are not a Shaping
                 message of a known schema, ``kind="invalid"`` when they decode but the record
-                breaks the contract.
+                breaks the contract, or hold a command (which belongs on the commands topic).
+        """
+        message = self.decode_message(data)
+        if isinstance(message, Command):
+            raise SerializationError(
+                f"{message.command_type} is a command, not an event: commands go to the "
+                "commands topic, where the processor answers them",
+                "invalid",
+            )
+        return message
+
+    def decode_command(self, data: bytes | None) -> Command:
+        """Decodes a message value into its command model.
+
+        Raises:
+            SerializationError: as :meth:`decode`; ``invalid`` for an event (a command was
+                expected).
+        """
+        message = self.decode_message(data)
+        if isinstance(message, Event):
+            raise SerializationError(
+                f"{message.event_type} is an event, not a command: the commands topic takes "
+                f"only {', '.join(sorted(COMMAND_TYPES))}",
+                "invalid",
+            )
+        return message
+
+    def decode_message(self, data: bytes | None) -> Event | Command:
+        """Decodes a message value into its event or command model.
+
+        Raises:
+            SerializationError: as :meth:`decode`.
         """
         if data is None:
             raise SerializationError("empty message (no value)")
@@ -151,6 +191,8 @@ class EventCodec:
                 f"match the writer schema ({writer.event_type} v{writer.version})",
                 "invalid",
             )
+        if writer.event_type in COMMAND_TYPES:
+            return self.command_from_record(writer.event_type, record)
         return self.from_record(writer.event_type, record)
 
     @staticmethod
@@ -159,23 +201,36 @@ class EventCodec:
         cls = EVENT_TYPES.get(event_type)
         if cls is None or not isinstance(record, dict):
             raise SerializationError(f"unknown event type {event_type!r}", "invalid")
-        if record.get("event_type") != event_type:
-            raise SerializationError(
-                f"event_type field {record.get('event_type')!r} does not match schema "
-                f"{event_type!r}",
-                "invalid",
-            )
-        try:
-            return cls.model_validate(record)
-        except ValidationError as exc:
-            problems = "; ".join(
-                (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
-                + err["msg"].removeprefix("Value error, ")
-                for err in exc.errors()
-            )
-            raise SerializationError(f"invalid {event_type}: {problems}", "invalid") from exc
-        except Exception as exc:  # a validator that failed in an unforeseen way
-            raise SerializationError(f"invalid {event_type}: {_describe(exc)}", "invalid") from exc
+        return _validate(cls, "event_type", event_type, record)
+
+    @staticmethod
+    def command_from_record(command_type: str, record: Any) -> Command:
+        """Validates a decoded record against the pydantic model of its command type."""
+        cls = COMMAND_TYPES.get(command_type)
+        if cls is None or not isinstance(record, dict):
+            raise SerializationError(f"unknown command type {command_type!r}", "invalid")
+        return _validate(cls, "command_type", command_type, record)
+
+
+def _validate(cls: Any, type_field: str, name: str, record: dict[str, Any]) -> Any:
+    """The record as an instance of ``cls``, or a SerializationError (``invalid``) saying why
+    not."""
+    if record.get(type_field) != name:
+        raise SerializationError(
+            f"{type_field} field {record.get(type_field)!r} does not match schema {name!r}",
+            "invalid",
+        )
+    try:
+        return cls.model_validate(record)
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
+            for err in exc.errors()
+        )
+        raise SerializationError(f"invalid {name}: {problems}", "invalid") from exc
+    except Exception as exc:  # a validator that failed in an unforeseen way
+        raise SerializationError(f"invalid {name}: {_describe(exc)}", "invalid") from exc
 
 
 def _describe(exc: BaseException) -> str:

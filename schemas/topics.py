@@ -1,11 +1,17 @@
 """Shaping's Kafka topics: their names and how each must look (part of the contract).
 
-Five topics, all with the same explicit partition count (keys are mouse ids, so one mouse's
+Seven topics, all with the same explicit partition count (keys are mouse ids, so one mouse's
 records always land on one partition and stay ordered):
 
 ``<prefix>.events``       the event log of record; kept forever (event sourcing); the broker
                           stamps each record with its own time (LogAppendTime), which the
                           processor checks event dates against
+``<prefix>.commands``     operators' requests (EnrolMouse, OverrideStage, ...), which rigs never
+                          write; the processor answers each with the past-tense event appended
+                          to ``events`` or with a dead letter; kept forever (the audit of what
+                          was asked), broker-stamped like ``events``; it must have the
+                          partition count of ``events`` (a mouse's commands are read where
+                          its state is held)
 ``<prefix>.accepted``     the rig and operator facts the processor accepted, verbatim (trials
                           and movements aside): the projector's source of facts, so a refused
                           event never reaches a table; kept forever
@@ -27,11 +33,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from shaping.schemas.commands import ANSWERS, COMMAND_TYPES
+
 _FOREVER = "-1"
 _DEAD_LETTER_RETENTION_MS = str(90 * 24 * 60 * 60 * 1000)  # 90 days
 
 
-TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter"]
+TopicKind = Literal["events", "accepted", "decisions", "assignments", "dead_letter", "commands"]
 """What a topic is for; a deployment names each kind (:class:`TopicNames`)."""
 
 _FACTS = (
@@ -56,10 +64,22 @@ ROUTES: Mapping[TopicKind, tuple[str, ...]] = {
     "decisions": ("StageTransitioned", "TrainingWarning"),
     "assignments": ("AssignmentIssued",),
     "dead_letter": ("EventRejected",),
+    # Operators' requests; only the processor reads them, and nothing but operators writes
+    # them (the place for an ACL).
+    "commands": tuple(COMMAND_TYPES),
 }
-"""The one routing table: the event types each kind of topic carries (by ``event_type``).
-The processor reads ``events`` and writes every other kind; the projector reads all but
-``events``; rigs write ``events`` (their session events) and read ``assignments``."""
+"""The one routing table: the message types each kind of topic carries (by ``event_type``, or
+``command_type`` on ``commands``). The processor reads ``events`` and ``commands`` and writes
+every other kind, and ``events`` too: the answer to a command it honours; the projector reads
+``accepted``, ``decisions``, ``assignments`` and ``dead_letter``; rigs write ``events`` (their
+session events) and read ``assignments``; operators write ``commands``."""
+
+ANSWER_KIND: TopicKind = "events"
+"""Where the processor appends the past-tense event that honours a command (keyed by the
+mouse): the one ordered log, so that the fold (and replay) sees it like any event."""
+
+COMMAND_ANSWERS: Mapping[str, str] = ANSWERS
+"""The event type that honours each command type (it must be routed to ``events``)."""
 
 OUTPUT_KINDS: Mapping[str, TopicKind] = {
     event_type: kind
@@ -82,11 +102,14 @@ class TopicNames:
     dead_letter: str
     curricula: str
     accepted: str = ""
+    commands: str = ""
 
     def __post_init__(self) -> None:
+        prefix = self.events.removesuffix(".events")
         if not self.accepted:  # names built by hand before the accepted topic existed
-            prefix = self.events.removesuffix(".events")
             object.__setattr__(self, "accepted", f"{prefix}.accepted")
+        if not self.commands:  # names built by hand before the commands topic existed
+            object.__setattr__(self, "commands", f"{prefix}.commands")
 
     @classmethod
     def with_prefix(cls, prefix: str = "shaping") -> TopicNames:
@@ -99,6 +122,7 @@ class TopicNames:
             dead_letter=f"{prefix}.dead-letter",
             curricula=f"{prefix}.curricula",
             accepted=f"{prefix}.accepted",
+            commands=f"{prefix}.commands",
         )
 
     def of_kind(self, kind: TopicKind) -> str:
@@ -117,6 +141,7 @@ class TopicNames:
             self.assignments,
             self.dead_letter,
             self.curricula,
+            self.commands,
         ]
 
 
@@ -179,6 +204,17 @@ def topic_specs(names: TopicNames, partitions: int = 4) -> list[TopicSpec]:
                 "cleanup.policy": "delete",
                 "retention.ms": _DEAD_LETTER_RETENTION_MS,
                 "retention.bytes": "-1",
+            },
+        ),
+        TopicSpec(
+            names.commands,
+            partitions,
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": _FOREVER,
+                "retention.bytes": "-1",
+                # Dates of requests are checked against the broker's time, as events' are.
+                "message.timestamp.type": "LogAppendTime",
             },
         ),
         TopicSpec(

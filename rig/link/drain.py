@@ -43,7 +43,7 @@ from shaping.rig.faults import FaultPlan
 from shaping.rig.link.store import ClockSkew, OutboxRow, RigStore, Sent
 from shaping.rig.locks import FileLock
 from shaping.rig.task.clock import Clock, SystemClock
-from shaping.schemas.codec import EventCodec, default_codec
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.headers import headers_for
 
@@ -98,7 +98,8 @@ class OutboxDrainer:
         store: RigStore,
         bootstrap: str,
         client_id: str = "shaping-rig",
-        codec: EventCodec | None = None,
+        *,
+        codec: EventCodec,
         delivery_timeout_ms: int = 15000,
         lock: FileLock | None = None,
         clock: Clock | None = None,
@@ -109,7 +110,7 @@ class OutboxDrainer:
         self.lock = lock or FileLock(store.path.parent / "drain.lock", "the outbox")
         self.bootstrap = bootstrap
         self.client_id = client_id
-        self.codec = codec or default_codec()
+        self.codec = codec
         self.delivery_timeout_ms = delivery_timeout_ms
         self.status = DrainStatus()
         self._producer: Any = None

@@ -26,7 +26,7 @@ from shaping.rig.errors import BrokerUnreachableError
 from shaping.rig.evidence import is_decision
 from shaping.rig.link.drain import describe_error, kafka_errors, partition_for
 from shaping.rig.link.store import RigStore
-from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, StageTransitioned
 
@@ -43,6 +43,7 @@ class AssignmentFollower:
         decisions_topic: the decisions topic.
         mice: the mice whose records are kept.
         client_id: the rig's name in broker logs.
+        codec: the codec the records are read with (:mod:`shaping.rig.bootstrap` builds it).
         timeout_ms: how long a request may wait for the broker.
     """
 
@@ -54,7 +55,8 @@ class AssignmentFollower:
         decisions_topic: str,
         mice: tuple[str, ...],
         client_id: str = "shaping-rig",
-        codec: EventCodec | None = None,
+        *,
+        codec: EventCodec,
         timeout_ms: int = 6000,
     ) -> None:
         self.store = store
@@ -62,7 +64,7 @@ class AssignmentFollower:
         self.topics = (assignments_topic, decisions_topic)
         self.mice = set(mice)
         self.client_id = client_id
-        self.codec = codec or default_codec()
+        self.codec = codec
         self.timeout_ms = timeout_ms
         self._consumer: Any = None
         self.last_error: str | None = None

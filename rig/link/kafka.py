@@ -1,5 +1,11 @@
-"""A rig's link to Kafka with kafka-python: an idempotent producer for its events and a reader
-of the compacted assignments topic that keeps the latest assignment per mouse."""
+"""A direct link to Kafka with kafka-python: an idempotent producer for events and a reader of the
+compacted assignments topic that keeps the latest assignment per mouse.
+
+It is a :class:`~shaping.rig.link.transport.RigTransport` without an outbox: ``publish`` returns
+once the broker acknowledged the events, and nothing is kept on disk. The simulated lab on
+Kafka (``shaping rig simulate``, the end-to-end tests, the benchmarks) runs its rig agents over
+it; a rig on a Pi uses :class:`~shaping.rig.link.outbox.OutboxTransport`, which survives the
+broker's absence and the rig's crashes."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from collections.abc import Sequence
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shaping.rig.errors import RigError
-from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, Event
 from shaping.schemas.headers import headers_for
@@ -31,6 +37,7 @@ class KafkaRigTransport:
         events_topic: topic rig events go to (keyed by mouse id).
         assignments_topic: compacted topic of AssignmentIssued (keyed by mouse id).
         client_id: name of this rig in broker logs.
+        codec: the codec events are written and read with (:mod:`shaping.rig.bootstrap`).
     """
 
     def __init__(
@@ -39,9 +46,10 @@ class KafkaRigTransport:
         events_topic: str,
         assignments_topic: str,
         client_id: str = "shaping-rig",
-        codec: EventCodec | None = None,
+        *,
+        codec: EventCodec,
     ) -> None:
-        self.codec = codec or default_codec()
+        self.codec = codec
         self.events_topic = events_topic
         self.assignments_topic = assignments_topic
         # acks=all + idempotence: a retried send is written once, in order, per partition.

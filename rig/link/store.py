@@ -67,7 +67,7 @@ from pathlib import Path
 from shaping.rig.config import ValveCalibration
 from shaping.rig.errors import RigError
 from shaping.rig.safety import UNSAFE_ACTIONS
-from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.events import (
     AssignmentIssued,
     Event,
@@ -513,7 +513,8 @@ class RigStore:
     Args:
         path: the database file (created with its folder if missing); an existing store is
             brought to the current format (see the module's *Format and versions*).
-        codec: event codec (the default one if not given).
+        codec: the event codec (built once by the rig's composition point,
+            :mod:`shaping.rig.bootstrap`).
         migrations: the format's steps (the default, :data:`MIGRATIONS`, is the only one the
             rig uses).
 
@@ -525,11 +526,11 @@ class RigStore:
     def __init__(
         self,
         path: Path | str,
-        codec: EventCodec | None = None,
+        codec: EventCodec,
         migrations: Sequence[Migration] = MIGRATIONS,
     ) -> None:
         self.path = Path(path)
-        self.codec = codec or default_codec()
+        self.codec = codec
         self._local = threading.local()
         self._version = len(migrations)
         try:

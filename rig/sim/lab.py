@@ -1,7 +1,11 @@
 """A simulated lab: mice spread over rigs, one session per mouse per day.
 
-The same driver runs the embedded demo and the Kafka end-to-end tests: it only talks to a
-:class:`~rig.link.transport.RigTransport`, so both paths see the same events.
+The same driver runs the embedded demo, ``shaping rig simulate`` and the Kafka end-to-end tests:
+each simulated rig is a :class:`~shaping.rig.agent.RigAgent` (the runtime a Pi runs) with the
+scripted task (:class:`~shaping.rig.task.scripted.ScriptedTask`, driven by one
+:class:`~shaping.rig.sim.mouse.SimulatedMouse` per mouse) over the
+:class:`~shaping.rig.link.transport.RigTransport` the caller gives, so every path sees the same
+events. The lab itself plays the trainer: it enrols the mice through the same transport.
 
 A lab that already trained the plan's mice is continued, not started again
 (:func:`lab_position`, :func:`continue_plan`): each mouse's newest assignment gives the number
@@ -11,9 +15,9 @@ trainer's event that caused it, so no session of theirs is later). Session ids h
 and the start time, so they never repeat.
 
 Every simulated rig holds the assignment it is about to run against the rig's safety limits
-(:func:`rig.safety.screen_assignment`, as the agent does): one outside them is refused, logged
-and kept in :attr:`LabRun.unsafe`, and the rig runs nothing or the newest assignment of the
-mouse it received that passes them (``on_violation``).
+(its agent does, with :func:`shaping.rig.safety.screen_assignment`): one outside them is
+refused, logged and kept in :attr:`LabRun.unsafe`, and the rig runs nothing or the newest
+assignment of the mouse it received that passes them (``on_violation``).
 """
 
 from __future__ import annotations
@@ -22,15 +26,24 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from shaping.rig.config import SafetyLimits
-from shaping.rig.errors import NoAssignmentError, RigError
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.config import RigConfig, SafetyLimits
+from shaping.rig.errors import RigError
 from shaping.rig.evidence import EJECTED
 from shaping.rig.link.transport import RigTransport
-from shaping.rig.safety import screen_assignment
+from shaping.rig.safety import Screening, UnsafeAssignmentRefusedError
 from shaping.rig.sim.mouse import SimulatedMouse
-from shaping.rig.task.scripted import SIMULATED_DEFAULTS, run_simulated_session
-from shaping.schemas.events import AssignmentIssued, MouseEnrolled, SessionStarted
+from shaping.rig.task.port import Task
+from shaping.rig.task.scripted import ScriptedTask
+from shaping.schemas.events import (
+    AssignmentIssued,
+    MouseEnrolled,
+    SessionEnded,
+    SessionStarted,
+    StageTransitioned,
+)
 from shaping.schemas.text import printable
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -232,8 +245,8 @@ def run_lab(
     """
     limits = safety or SafetyLimits()
     run = LabRun(plan)
-    received: dict[str, list[AssignmentIssued]] = {mouse_id: [] for mouse_id, _ in plan.mice()}
     mice = {mouse_id: SimulatedMouse(mouse_id, plan.seed) for mouse_id, _ in plan.mice()}
+    agents = lab_agents(plan, transport, ScriptedTask(mice), limits)
     known = position.known() if position is not None else {}
     sessions_done = dict.fromkeys(mice, 0)
     for mouse_id, newest in known.items():
@@ -264,56 +277,32 @@ def run_lab(
             rig_id = f"rig-{rig_index + 1}"
             on_rig = [m for m, r in plan.mice() if r == rig_id and m not in run.skipped]
             for slot, mouse_id in enumerate(on_rig):
-                wanted = sessions_done[mouse_id] + 1
-                latest = transport.latest_assignment(mouse_id, wanted, wait_s)
-                if latest is None:
-                    raise NoAssignmentError(f"no assignment for {mouse_id}; is it enrolled?")
-                history = received[mouse_id]
-                if all(a.event_id != latest.event_id for a in history):
-                    history.insert(0, latest)
-                screening = screen_assignment(latest, limits, history, SIMULATED_DEFAULTS)
-                if not screening.safe:
-                    message = screening.message()
-                    log.warning("%s on %s: %s", mouse_id, rig_id, printable(message))
-                    run.unsafe.append(
-                        UnsafeStart(
-                            mouse_id,
-                            rig_id,
-                            day,
-                            latest,
-                            screening.action or "refused",
-                            screening.run,
-                            message,
-                        )
-                    )
-                assignment = screening.run
-                if assignment is None:
-                    continue  # refused: no session for this mouse today
-                started_at = day_start + timedelta(minutes=slot * plan.slot_minutes)
-                stale = None
-                if not screening.safe:
-                    stale = screening.stale_reason()
-                elif assignment.session_number < wanted:
-                    stale = (
-                        f"the assignment for session {wanted} had not arrived after {wait_s:g} s; "
-                        f"ran the one for session {assignment.session_number}"
-                    )
-                    log.warning("%s on %s: stale assignment: %s", mouse_id, rig_id, stale)
-                events = run_simulated_session(
-                    mice[mouse_id], assignment, rig_id, started_at, stale, limits
+                options = RunOptions(
+                    mouse_id,
+                    start=day_start + timedelta(minutes=slot * plan.slot_minutes),
+                    assignment_timeout_s=wait_s,
+                    session_number=sessions_done[mouse_id] + 1,
                 )
-                transport.publish(events)
+                try:
+                    report = agents[rig_id].run(options)
+                except UnsafeAssignmentRefusedError as exc:
+                    if exc.screening is None:
+                        raise
+                    run.unsafe.append(_unsafe(mouse_id, rig_id, day, exc.screening))
+                    continue  # refused: no session for this mouse today
+                screening = report.screening
+                if screening is not None and not screening.safe:
+                    run.unsafe.append(_unsafe(mouse_id, rig_id, day, screening))
                 sessions_done[mouse_id] += 1
-                started = events[0]
-                assert isinstance(started, SessionStarted)
+                assert report.assignment is not None
                 run.sessions.append(
                     SessionRecord(
                         mouse_id,
                         rig_id,
                         day,
-                        started,
-                        assignment,
-                        stale is not None,
+                        report.started,
+                        report.assignment,
+                        bool(report.started.assignment_stale),
                     )
                 )
     if settle:
@@ -324,3 +313,54 @@ def run_lab(
             if judged is None or judged.session_number < done + 1:
                 run.pending[mouse_id] = done + 1
     return run
+
+
+def lab_agents(
+    plan: LabPlan, transport: RigTransport, task: Task, limits: SafetyLimits
+) -> dict[str, RigAgent]:
+    """One rig agent per rig of the plan, each with its mice, the limits, the lab's transport
+    and the task (the scripted one for the lab)."""
+    on_rig: dict[str, list[str]] = {}
+    for mouse_id, rig_id in plan.mice():
+        on_rig.setdefault(rig_id, []).append(mouse_id)
+    return {
+        rig_id: RigAgent(
+            RigConfig.simulated(rig_id, mice, limits), _LabDisplay(rig_id), transport, task
+        )
+        for rig_id, mice in on_rig.items()
+    }
+
+
+def _unsafe(mouse_id: str, rig_id: str, day: int, screening: Screening) -> UnsafeStart:
+    return UnsafeStart(
+        mouse_id,
+        rig_id,
+        day,
+        screening.assignment,
+        screening.action or "refused",
+        screening.run,
+        screening.message(),
+    )
+
+
+class _LabDisplay:
+    """A simulated rig's screen: what it says goes to the log (the lab's own output is the
+    :class:`LabRun`)."""
+
+    def __init__(self, rig_id: str) -> None:
+        self.rig_id = rig_id
+
+    def message(self, text: str) -> None:
+        log.info("%s: %s", self.rig_id, printable(text))
+
+    def session_started(self, started: SessionStarted, params: Any, resumed_at: int | None) -> None:
+        return None
+
+    def trial(self, progress: Any, stage: str) -> None:
+        return None
+
+    def session_ended(self, ended: SessionEnded, state: Any) -> None:
+        return None
+
+    def decision(self, decision: StageTransitioned, assignment: AssignmentIssued | None) -> None:
+        return None

@@ -3,6 +3,13 @@
 It stands in for an animal in demos, tests and benchmarks. Its behaviour depends only on its
 own seed and on the parameters of the sessions it runs, so the same seed gives the same mouse
 whatever order the lab runs its sessions in.
+
+It is the mouse model of the scripted task (:class:`shaping.rig.task.scripted.ScriptedTask`),
+which the demo, ``shaping rig simulate``, the end-to-end tests and the benchmarks run. The
+simulated reach box (:mod:`shaping.rig.sim.reach_box`) has a pin-level actor of its own,
+:class:`~shaping.rig.sim.reach_box.SimulatedReacher`: its draws are seeded per trial, so a crashed
+session replays exactly, and its skill depends on the spout's distance, neither of which this
+model's single random stream can give without changing the demo's output.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ The mouse fidgets (lifts a paw, touches a spout now and then), answers cues with
 grows with every reward it sees the valve give, and reaches less surely for a spout further
 away. Its random draws are seeded per trial (``begin_cycle``), and its skill is a fold over the
 outcomes it lived through (``restore``), so a session resumed after a crash replays exactly.
+
+It is the pin-level actor of ``shaping rig run --simulate`` (the pin task on mock pins); the
+fast scripted task's mouse model is :class:`shaping.rig.sim.mouse.SimulatedMouse` (its module
+says why the two are kept apart).
 """
 
 from __future__ import annotations

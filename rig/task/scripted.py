@@ -1,4 +1,6 @@
-"""Runs one training session from an assignment and returns its events."""
+"""The fast scripted session: one training session of the simulated mouse from an assignment,
+computed trial by trial without pins or clocks (:func:`run_simulated_session`), and the
+:class:`~shaping.rig.task.port.Task` that runs it for the rig agent (:class:`ScriptedTask`)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,9 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from shaping.rig.config import SafetyLimits
+from shaping.rig.errors import RigError
 from shaping.rig.sim.mouse import SimulatedMouse
+from shaping.rig.task.port import Publish, SessionRequest, TaskOutcome
 from shaping.schemas.events import (
     AssignmentIssued,
     Event,
@@ -149,3 +153,55 @@ def run_simulated_session(
     )
     mouse.rest()
     return events
+
+
+class ScriptedTask:
+    """The fast scripted session (:func:`run_simulated_session`) as a
+    :class:`~shaping.rig.task.port.Task`: each mouse is a :class:`SimulatedMouse` (the one
+    simulated mouse model), and a session is published in one batch.
+
+    Args:
+        mice: the simulated mice by id (a mouse keeps its skill and its random stream from one
+            session to the next).
+    """
+
+    name = "scripted"
+
+    def __init__(self, mice: Mapping[str, SimulatedMouse]) -> None:
+        self.mice = mice
+
+    def defaults(self) -> Mapping[str, ParamValue]:
+        return SIMULATED_DEFAULTS
+
+    def rewards(self) -> None:
+        return None
+
+    def interrupted(self, mouse_id: str) -> SessionStarted | None:
+        return None  # a scripted session runs whole or not at all
+
+    def close_interrupted(self, mouse_id: str, publish: Publish) -> SessionEnded:
+        raise RigError(f"a scripted session of {mouse_id} is never left unfinished")
+
+    def run(self, request: SessionRequest) -> TaskOutcome:
+        """Runs the session at ``request.start`` and publishes its events in one batch.
+
+        Raises:
+            RigError: the task has no simulated mouse ``request.mouse_id``, or no start time.
+        """
+        mouse = self.mice.get(request.mouse_id)
+        if mouse is None:
+            raise RigError(f"the scripted task has no simulated mouse {request.mouse_id}")
+        if request.chosen is None or request.start is None:
+            raise RigError("a scripted session needs an assignment and a start time")
+        events = run_simulated_session(
+            mouse,
+            request.chosen.assignment,
+            request.rig_id,
+            request.start,
+            request.chosen.stale_reason,
+            request.limits,
+        )
+        request.publish(events)
+        started, ended = events[0], events[-1]
+        assert isinstance(started, SessionStarted) and isinstance(ended, SessionEnded)
+        return TaskOutcome(started, ended, None, False, events)

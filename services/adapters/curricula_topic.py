@@ -29,9 +29,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shaping.schemas.codec import default_codec
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import CurriculumPublished
 from shaping.schemas.headers import headers_for
@@ -39,6 +39,9 @@ from shaping.services.curricula.catalog import compile_content
 from shaping.services.curricula.errors import PublishError
 from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
 from shaping.services.domain.errors import CurriculumError
+
+if TYPE_CHECKING:
+    from shaping.services.adapters.kafka import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +106,22 @@ class CurriculaLog:
     Not thread-safe; :class:`CurriculaFollower` guards it with a lock.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        connection: the brokers (a :class:`KafkaConnection`, or just their addresses).
         topic: the curricula topic (``TopicNames.curricula``).
+        codec: decodes the records.
         timeout_s: how long to wait for a broker, then for the topic's partitions.
 
     Raises:
         PublishError: when no broker answers or the topic does not exist.
     """
 
-    def __init__(self, bootstrap: str, topic: str, timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        connection: KafkaConnection | str,
+        topic: str,
+        codec: EventCodec,
+        timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         from kafka.errors import KafkaError
 
         from shaping.services.adapters.errors import TopicMissingError
@@ -119,15 +129,15 @@ class CurriculaLog:
         from shaping.services.adapters.topics import wait_for_partitions
 
         self.topic = topic
-        self.codec = default_codec()
+        self.codec = codec
         try:
             self.consumer = kafka_consumer(
-                bootstrap,
+                connection,
                 "shaping-curricula",
                 bootstrap_timeout_ms=int(timeout_s * 1000),
             )
         except KafkaError as exc:
-            raise PublishError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
+            raise PublishError(f"no Kafka broker answered at {_where(connection)}: {exc}") from exc
         try:
             self.partitions = wait_for_partitions(self.consumer, [topic], timeout_s) or []
         except TopicMissingError as exc:
@@ -177,9 +187,15 @@ def _failed(record: PublishedRecord, error: str) -> PublishedRecord:
     return PublishedRecord(record.partition, record.offset, record.key, None, error)
 
 
+def _where(connection: KafkaConnection | str) -> str:
+    return connection if isinstance(connection, str) else connection.bootstrap
+
+
 @contextmanager
-def _log(bootstrap: str, topic: str, timeout_s: float) -> Iterator[CurriculaLog]:
-    reader = CurriculaLog(bootstrap, topic, timeout_s)
+def _log(
+    connection: KafkaConnection | str, topic: str, codec: EventCodec, timeout_s: float
+) -> Iterator[CurriculaLog]:
+    reader = CurriculaLog(connection, topic, codec, timeout_s)
     try:
         yield reader
     finally:
@@ -187,20 +203,25 @@ def _log(bootstrap: str, topic: str, timeout_s: float) -> Iterator[CurriculaLog]
 
 
 def read_published(
-    bootstrap: str, topic: str, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    connection: KafkaConnection | str,
+    topic: str,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    *,
+    codec: EventCodec,
 ) -> list[CurriculumPublished]:
     """Every well-formed publication on the curricula topic (not yet compiled), in topic
     order per partition.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        connection: the brokers (a :class:`KafkaConnection`, or just their addresses).
         topic: the curricula topic.
         connect_timeout_s: how long to wait for a broker and for the topic.
+        codec: decodes the records (:func:`shaping.services.bootstrap.codec`).
 
     Raises:
         PublishError: when Kafka cannot be reached or the topic does not exist.
     """
-    with _log(bootstrap, topic, connect_timeout_s) as reader:
+    with _log(connection, topic, codec, connect_timeout_s) as reader:
         return [r.event for r in reader.read_to_end() if r.event is not None]
 
 
@@ -243,12 +264,20 @@ def _conflict(catalog: CurriculumCatalog, engine: CurriculumEngine) -> str | Non
     return None
 
 
-def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> bool:
+def publish_version(
+    connection: KafkaConnection | str, topic: str, event: CurriculumPublished, codec: EventCodec
+) -> bool:
     """Writes a publication to the curricula topic and waits until the broker has it.
 
     A version is written once: if the topic already holds it with the same content, nothing is
     sent; with other content, it is refused (compaction would otherwise replace the version
     mice may already be on).
+
+    Args:
+        connection: the brokers (a :class:`KafkaConnection`, or just their addresses).
+        topic: the curricula topic.
+        event: the publication.
+        codec: encodes it (and decodes what the topic holds).
 
     Returns:
         True when the record was written, False when the version was already published.
@@ -261,7 +290,7 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
 
     from shaping.services.adapters.kafka import producer as kafka_producer
 
-    for known in read_published(bootstrap, topic):
+    for known in read_published(connection, topic, codec=codec):
         if (known.curriculum_name, known.curriculum_version) != (
             event.curriculum_name,
             event.curriculum_version,
@@ -275,14 +304,14 @@ def publish_version(bootstrap: str, topic: str, event: CurriculumPublished) -> b
         )
     try:
         producer = kafka_producer(
-            bootstrap,
+            connection,
             "shaping-curriculum-publish",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
         )
     except KafkaError as exc:
-        raise PublishError(f"no Kafka broker answered at {bootstrap}: {exc}") from exc
+        raise PublishError(f"no Kafka broker answered at {_where(connection)}: {exc}") from exc
     try:
-        value = default_codec().encode(event)
+        value = codec.encode(event)
         producer.send(
             topic,
             key=version_key(event.curriculum_name, event.curriculum_version),
@@ -383,14 +412,22 @@ class CurriculaFollower:
     """Keeps a :class:`FollowingCatalog` up to date with the curricula topic.
 
     Args:
-        bootstrap: Kafka bootstrap servers.
+        connection: the brokers (a :class:`KafkaConnection`, or just their addresses).
         topic: the curricula topic.
         catalog: the catalog to feed.
         poll_s: how long the following thread waits for new records per round.
+        codec: decodes the records (:func:`shaping.services.bootstrap.codec`;
+            :func:`shaping.services.bootstrap.following_catalog` builds both).
     """
 
     def __init__(
-        self, bootstrap: str, topic: str, catalog: FollowingCatalog, poll_s: float = 0.5
+        self,
+        connection: KafkaConnection | str,
+        topic: str,
+        catalog: FollowingCatalog,
+        poll_s: float = 0.5,
+        *,
+        codec: EventCodec,
     ) -> None:
         self.catalog = catalog
         self.poll_s = poll_s
@@ -398,7 +435,7 @@ class CurriculaFollower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._log = CurriculaLog(bootstrap, topic)
+        self._log = CurriculaLog(connection, topic, codec)
 
     def load(self, timeout_s: float = READ_TIMEOUT_S) -> int:
         """Reads the topic to its end and adds every published version; returns how many

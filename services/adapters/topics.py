@@ -28,6 +28,7 @@ from shaping.services.adapters.errors import (
     TopicMismatchError,
     TopicMissingError,
 )
+from shaping.services.adapters.kafka import KafkaConnection
 from shaping.services.adapters.kafka import admin as kafka_admin
 
 log = logging.getLogger(__name__)
@@ -47,19 +48,23 @@ _REPORTED_CONFIGS = (
 )
 
 
+def _where(connection: KafkaConnection | str) -> str:
+    return connection if isinstance(connection, str) else connection.bootstrap
+
+
 @contextmanager
-def _admin(bootstrap: str, timeout_s: float) -> Iterator[Any]:
+def _admin(connection: KafkaConnection | str, timeout_s: float) -> Iterator[Any]:
     timeout_ms = max(1000, int(timeout_s * 1000))
     try:
         admin = kafka_admin(
-            bootstrap,
+            connection,
             "shaping-topics",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
         )
     except Exception as exc:
         raise BrokerUnavailableError(
-            f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s "
+            f"no Kafka broker answered at {_where(connection)} within {timeout_s:g} s "
             f"({type(exc).__name__}: {exc}); start one with `infra/kafka/kafka.sh up`"
         ) from exc
     try:
@@ -68,8 +73,9 @@ def _admin(bootstrap: str, timeout_s: float) -> Iterator[Any]:
         admin.close()
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
-    """Block until a broker at ``bootstrap`` answers a metadata request.
+def wait_for_broker(bootstrap: KafkaConnection | str, timeout_s: float) -> None:
+    """Block until a broker at ``bootstrap`` (a connection, or just the brokers' addresses)
+    answers a metadata request.
 
     Raises :class:`BrokerUnavailableError` when ``timeout_s`` passes first.
     """
@@ -79,7 +85,7 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BrokerUnavailableError(
-                f"no Kafka broker answered at {bootstrap} within {timeout_s:g} s ({last})"
+                f"no Kafka broker answered at {_where(bootstrap)} within {timeout_s:g} s ({last})"
             )
         try:
             with _admin(bootstrap, min(remaining, 5.0)) as admin:
@@ -122,9 +128,10 @@ def _describe(admin: Any, topics: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def describe_topics(
-    bootstrap: str, names: TopicNames, timeout_s: float = 30
+    bootstrap: KafkaConnection | str, names: TopicNames, timeout_s: float = 30
 ) -> dict[str, dict[str, Any]]:
-    """Describe the topics of ``names`` that exist on the broker.
+    """Describe the topics of ``names`` that exist on the broker (``bootstrap``: a
+    connection, or just the brokers' addresses).
 
     Returns ``{topic: {"partitions": int, "cleanup.policy": str, "configs": {...}}}``
     where ``configs`` holds cleanup.policy, retention.ms, min.cleanable.dirty.ratio
@@ -169,9 +176,12 @@ def _mismatches(specs: list[TopicSpec], found: dict[str, dict[str, Any]]) -> lis
 
 
 def ensure_topics(
-    bootstrap: str, names: TopicNames, partitions: int = 4, timeout_s: float = 30
+    bootstrap: KafkaConnection | str, names: TopicNames, partitions: int = 4, timeout_s: float = 30
 ) -> None:
     """Create Shaping's topics (replication factor 1) unless they exist; idempotent.
+
+    ``bootstrap`` is the connection (:attr:`Settings.kafka
+    <shaping.services.adapters.settings.Settings.kafka>`), or just the brokers' addresses.
 
     Existing topics are checked, never changed: a different partition count or a
     different cleanup.policy (in particular an ``assignments`` topic that is not

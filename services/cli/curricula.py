@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from shaping.services.cli.options import fail
+from shaping.services.cli.interventions import Wait
+from shaping.services.cli.options import fail, settings_with
+from shaping.services.operator.interventions import DEFAULT_WAIT_S
 
 if TYPE_CHECKING:
-    from shaping.schemas.topics import TopicNames
+    from shaping.schemas.codec import EventCodec
+    from shaping.services.adapters.settings import Settings
     from shaping.services.curricula.engine import CompiledCurriculum
     from shaping.services.curricula.errors import Problem
     from shaping.services.domain.curriculum import CurriculumCatalog
@@ -416,6 +419,7 @@ def _evaluate_trials(
     date_column: str,
 ) -> None:
     """``shaping evaluate --trials``: IBL trials through the event path (ibl_trials)."""
+    from shaping.services import bootstrap as wiring
     from shaping.services.curricula.errors import CurriculumInvalid
     from shaping.services.domain.curriculum import CurriculumCatalog
     from shaping.services.domain.errors import CurriculumError
@@ -438,9 +442,7 @@ def _evaluate_trials(
             engine: Any = _load(given)
             catalog = CurriculumCatalog([engine])
         else:
-            from shaping.services.curricula.catalog import default_catalog
-
-            catalog = default_catalog()
+            catalog = wiring.catalog()
             engine = catalog.get(str(given))
     except CurriculumInvalid as exc:
         _print_problems(exc.problems)
@@ -457,7 +459,7 @@ def _evaluate_trials(
         sessions = read_trials(trials, columns)
         if not sessions:
             fail(f"{trials}: no trials")
-        statuses = evaluate_sessions(sessions, engine, catalog)
+        statuses = evaluate_sessions(sessions, engine, catalog, codec=wiring.codec())
     except (TrialTableError, BatchError) as exc:
         fail(str(exc))
     except CurriculumError as exc:
@@ -474,35 +476,20 @@ def _evaluate_trials(
     )
 
 
-def _kafka_target(bootstrap: str | None, prefix: str | None) -> tuple[str, str]:
-    host, topics = _kafka_topics(bootstrap, prefix)
-    return host, topics.events
-
-
-def _kafka_topics(bootstrap: str | None, prefix: str | None) -> tuple[str, TopicNames]:
-    from shaping.services.adapters.settings import Settings
-
-    settings = Settings()
-    topics = settings.topics if prefix is None else type(settings.topics).with_prefix(prefix)
-    return bootstrap or settings.bootstrap, topics
-
-
-def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) -> CurriculumCatalog:
+def _known_catalog(settings: Settings, codec: EventCodec, required: bool) -> CurriculumCatalog:
     """The curriculum files (shipped and ``SHAPING_CURRICULA_DIR``) plus every version
     published on the curricula topic. When Kafka cannot be read, ``required`` fails; otherwise
     a warning says that only the files are known."""
-    from shaping.services.adapters.curricula_topic import add_published, read_published
-    from shaping.services.curricula.catalog import default_catalog
+    from shaping.services import bootstrap as wiring
     from shaping.services.curricula.errors import CurriculumInvalid, PublishError
 
     try:
-        catalog = default_catalog()
+        catalog = wiring.catalog()
     except CurriculumInvalid as exc:
         _print_problems(exc.problems)
         fail("the curricula folder has invalid files")
-    host, topics = _kafka_topics(bootstrap, prefix)
     try:
-        published = read_published(host, topics.curricula)
+        catalog, problems = wiring.published_catalog(settings, codec, catalog)
     except PublishError as exc:
         if required:
             fail(f"cannot read the published versions: {exc}")
@@ -512,8 +499,10 @@ def _known_catalog(bootstrap: str | None, prefix: str | None, required: bool) ->
             err=True,
         )
         return catalog
-    for problem in add_published(catalog, published):
-        typer.secho(f"warning: {topics.curricula}: {problem}", fg=typer.colors.YELLOW, err=True)
+    for problem in problems:
+        typer.secho(
+            f"warning: {settings.topics.curricula}: {problem}", fg=typer.colors.YELLOW, err=True
+        )
     return catalog
 
 
@@ -569,21 +558,24 @@ def publish(
     after a restart. Refuses a version whose number is too small for what changed since the
     newest known version (files and published versions), and a version already known with
     other content. Mice on an older patch or minor version of the same major version are moved
-    to it (MouseMigrated) at their next session; a major version needs `shaping migrate`.
+    to it: a MigrateMouse command each, answered by the processor (MouseMigrated, applied at
+    their next session, or the refusal); a major version needs `shaping migrate`.
     """
     from datetime import UTC, datetime
 
+    from shaping.services import bootstrap as wiring
     from shaping.services.adapters.curricula_topic import publish_version
-    from shaping.services.adapters.settings import Settings
     from shaping.services.curricula.engine import CompiledCurriculum
     from shaping.services.curricula.errors import MigrationError, PublishError, VersionBumpTooSmall
-    from shaping.services.curricula.migrate import migration_events, plan, published_event
+    from shaping.services.curricula.migrate import plan, published_event
     from shaping.services.curricula.model import semver
-    from shaping.services.operator.curricula import mice_on
-    from shaping.services.operator.curricula import publish as send
+    from shaping.services.operator.curricula import mice_on, migration_commands
+    from shaping.services.operator.interventions import operator_name
 
     curriculum = _load(file)
-    catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
+    settings = settings_with(bootstrap, prefix, db_url)
+    codec = wiring.codec()
+    catalog = _known_catalog(settings, codec, required=not dry_run)
     if catalog.has(curriculum.name, curriculum.version):
         known = catalog.get(curriculum.name, curriculum.version)
         if getattr(known, "content_hash", None) != curriculum.content_hash:
@@ -600,7 +592,7 @@ def publish(
         event = published_event(curriculum, previous, now, by, notes)
     except VersionBumpTooSmall as exc:
         fail(str(exc), code=1)
-    events: list[Any] = [event]
+    commands: list[Any] = []
     typer.echo(
         f"{curriculum.name} {curriculum.version} ({event.bump or 'first version'}), "
         f"{curriculum.content_hash}"
@@ -608,7 +600,7 @@ def publish(
     if db_url is not None or not dry_run:
         same_major = [v for v in older if semver(v)[0] == semver(curriculum.version)[0]]
         try:
-            mice = mice_on(db_url or Settings().db_url, curriculum.name)
+            mice = mice_on(settings.db_url, curriculum.name)
         except MigrationError as exc:
             fail(str(exc))
         for version in same_major:
@@ -617,15 +609,15 @@ def publish(
             steps = plan(old, curriculum, mice)
             if steps:
                 _print_plan(steps)
-            events.extend(migration_events(steps, curriculum, now, by))
+            commands.extend(migration_commands(steps, curriculum, now, operator_name(by)))
     if dry_run:
-        typer.echo(f"dry run: {len(events)} event(s) not sent")
+        typer.echo(f"dry run: {1 + len(commands)} event(s) not sent")
         return
-    target, topics = _kafka_topics(bootstrap, prefix)
+    topics = settings.topics
     try:
         # The version first, acknowledged: a processor that meets a migration to it reads the
         # curricula topic up to its end and finds it.
-        written = publish_version(target, topics.curricula, event)
+        written = publish_version(settings.kafka, topics.curricula, event, codec)
     except PublishError as exc:
         fail(str(exc))
     typer.echo(
@@ -633,13 +625,32 @@ def publish(
         if written
         else f"{curriculum.name} {curriculum.version} was already published (same content)"
     )
-    migrations = events[1:]
-    if migrations:
-        try:
-            send(target, topics.events, migrations)
-        except MigrationError as exc:
-            fail(str(exc))
-    typer.echo(f"sent {len(migrations)} MouseMigrated event(s) to {topics.events}")
+    refused = _send_migrations(settings, commands, codec, DEFAULT_WAIT_S)
+    typer.echo(
+        f"sent {len(commands)} MigrateMouse command(s) to {topics.commands}; {refused} refused"
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
+def _send_migrations(settings: Any, commands: list[Any], codec: Any, wait: float) -> int:
+    """Sends the MigrateMouse commands one by one, prints each answer (a refusal on stderr);
+    returns how many were refused. Exits with 2 when one cannot be delivered."""
+    from shaping.services.curricula.errors import MigrationError
+    from shaping.services.operator.curricula import send_migrations
+
+    refused = 0
+    try:
+        for answer in send_migrations(settings, commands, codec, wait):
+            refused += answer.refused
+            for line in answer.lines:
+                if answer.refused:
+                    typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+                else:
+                    typer.echo(line)
+    except MigrationError as exc:
+        fail(str(exc))
+    return refused
 
 
 def _name_version(text: str) -> tuple[str, str]:
@@ -659,29 +670,34 @@ def migrate(
     bootstrap: Bootstrap = None,
     prefix: Prefix = None,
     by: By = "",
+    wait: Wait = DEFAULT_WAIT_S,
 ) -> None:
     """Move mice between curriculum versions (a major version uses its stage mapping).
 
-    With --dry-run, prints each mouse's current and new stage. Without it, publishes a
-    MouseMigrated per mouse that can move; exits with 1 if any mouse cannot.
+    With --dry-run, prints each mouse's current and new stage. Without it, sends a MigrateMouse
+    command per mouse that can move and prints the processor's answer to each (MouseMigrated
+    and the mouse's next assignment, or the refusal); exits with 1 if any mouse cannot move or
+    the processor refused one.
     """
     from datetime import UTC, datetime
 
-    from shaping.services.adapters.settings import Settings
+    from shaping.services import bootstrap as wiring
     from shaping.services.curricula.errors import MigrationError
-    from shaping.services.curricula.migrate import migration_events, plan
-    from shaping.services.operator.curricula import mice_on
-    from shaping.services.operator.curricula import publish as send
+    from shaping.services.curricula.migrate import plan
+    from shaping.services.operator.curricula import mice_on, migration_commands
+    from shaping.services.operator.interventions import operator_name
 
     name, old_version = _name_version(source)
     new_name, new_version = _name_version(target)
     if new_name != name:
         fail("--from and --to must be versions of the same curriculum")
-    catalog = _known_catalog(bootstrap, prefix, required=not dry_run)
+    settings = settings_with(bootstrap, prefix, db_url)
+    codec = wiring.codec()
+    catalog = _known_catalog(settings, codec, required=not dry_run)
     old = _catalog_version(catalog, name, old_version)
     new = _catalog_version(catalog, name, new_version)
     try:
-        steps = plan(old, new, mice_on(db_url or Settings().db_url, name))
+        steps = plan(old, new, mice_on(settings.db_url, name))
     except MigrationError as exc:
         fail(str(exc))
     if not steps:
@@ -693,13 +709,11 @@ def migrate(
     if dry_run:
         typer.echo(f"dry run: {movable} mouse(s) would move, {len(stuck)} cannot")
         return
-    events = migration_events(steps, new, datetime.now(UTC), by)
-    if events:
-        host, topic = _kafka_target(bootstrap, prefix)
-        try:
-            send(host, topic, events)
-        except MigrationError as exc:
-            fail(str(exc))
-    typer.echo(f"sent {len(events)} MouseMigrated event(s); {len(stuck)} mouse(s) cannot move")
-    if stuck:
+    commands = migration_commands(steps, new, datetime.now(UTC), operator_name(by))
+    refused = _send_migrations(settings, commands, codec, wait)
+    typer.echo(
+        f"sent {len(commands)} MigrateMouse command(s) to {settings.topics.commands}; "
+        f"{refused} refused; {len(stuck)} mouse(s) cannot move"
+    )
+    if stuck or refused:
         raise typer.Exit(1)

@@ -40,7 +40,7 @@ Topics = Annotated[
         "--topic",
         "-t",
         help="Topic kind (repeatable): events, accepted, decisions, assignments, dead-letter,"
-        " curricula, or all. The name is <prefix>.<kind>. Default: events.",
+        " curricula, commands, or all. The name is <prefix>.<kind>. Default: events.",
         show_default=False,
     ),
 ]
@@ -58,7 +58,7 @@ Types = Annotated[
     list[str] | None,
     typer.Option(
         "--type",
-        help="Only events of this type (repeatable), e.g. TrialCompleted.",
+        help="Only events (or commands) of this type (repeatable), e.g. TrialCompleted.",
         show_default=False,
     ),
 ]
@@ -107,10 +107,13 @@ def _reading(
     headers: bool,
     max_bytes: int,
 ) -> Reading:
+    from shaping.services import bootstrap as wiring
+
     settings = settings_with(bootstrap, prefix)
     try:
         return plan_reading(
             settings,
+            wiring.codec(),
             kinds=topic or [],
             mice=mouse or [],
             types=event_type or [],

@@ -3,8 +3,9 @@
 The checks, the publishing and the wait for the processor's answer are the use case in
 :mod:`shaping.services.operator.interventions`. These commands parse the options, call it and
 print what it reports. Its errors end the command with ``error: ...``: a request that cannot
-work exits with 2, an event that did not reach Kafka or that the processor refused with 1.
-Its warnings (checks that could not be made here) go to stderr.
+work exits with 2, a command that did not reach Kafka or that the processor refused with 1.
+Its warnings (checks that could not be made here) go to stderr. The codec and the curricula
+come from the composition root (:mod:`shaping.services.bootstrap`).
 
 :func:`register` adds the commands to the ``shaping`` app. Only typer and the light use-case
 module are imported here; the use case imports Kafka, SQLAlchemy and the curricula when it runs.
@@ -31,6 +32,7 @@ from shaping.services.operator.interventions import (
     DeliveryError,
     InterventionError,
     InterventionRefused,
+    load_catalog,
     request_adjustment,
     request_ejection,
     request_override,
@@ -101,15 +103,26 @@ def override(
     prefix: Prefix = None,
     db_url: DbUrl = None,
 ) -> None:
-    """Move a mouse to a stage by hand (audited): publishes a StageOverridden event.
+    """Move a mouse to a stage by hand (audited): sends an OverrideStage command.
 
     The next session runs that stage and is judged by its rules. Refused while the mouse is in
     a session, and if it is no longer at --from.
     """
+    from shaping.services import bootstrap as wiring
+
     settings = settings_with(bootstrap, prefix, db_url)
     _run(
         lambda: request_override(
-            settings, mouse, stage, reason, by, from_stage, wait_s=wait, warn=_warn
+            settings,
+            mouse,
+            stage,
+            reason,
+            by,
+            from_stage,
+            wait_s=wait,
+            warn=_warn,
+            codec=wiring.codec(),
+            catalog=load_catalog(wiring.catalog, _warn),
         )
     )
 
@@ -123,13 +136,19 @@ def eject(
     prefix: Prefix = None,
     db_url: DbUrl = None,
 ) -> None:
-    """Take a mouse out of training: publishes a MouseEjected event.
+    """Take a mouse out of training: sends an EjectMouse command.
 
     It gets no more assignments (rigs refuse to run it) and its new sessions are refused.
     Enrolling it again starts it over.
     """
+    from shaping.services import bootstrap as wiring
+
     settings = settings_with(bootstrap, prefix, db_url)
-    _run(lambda: request_ejection(settings, mouse, reason, by, wait_s=wait, warn=_warn))
+    _run(
+        lambda: request_ejection(
+            settings, mouse, reason, by, wait_s=wait, warn=_warn, codec=wiring.codec()
+        )
+    )
 
 
 def adjust(
@@ -159,13 +178,24 @@ def adjust(
 ) -> None:
     """Adjust some of a mouse's parameters within what its curriculum allows.
 
-    Publishes a ParametersAdjusted event; the adjustments apply on top of every later
+    Sends an AdjustParameters command; the adjustments apply on top of every later
     assignment, at every stage that allows them, until cleared.
     """
+    from shaping.services import bootstrap as wiring
+
     settings = settings_with(bootstrap, prefix, db_url)
     _run(
         lambda: request_adjustment(
-            settings, mouse, set_ or [], clear or [], reason, by, wait_s=wait, warn=_warn
+            settings,
+            mouse,
+            set_ or [],
+            clear or [],
+            reason,
+            by,
+            wait_s=wait,
+            warn=_warn,
+            codec=wiring.codec(),
+            catalog=load_catalog(wiring.catalog, _warn),
         )
     )
 

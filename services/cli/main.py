@@ -7,7 +7,7 @@ rig commands work on a Raspberry Pi that installed only the light ``shaping[rig]
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -18,9 +18,6 @@ from shaping.services.cli import interventions as interventions_cli
 from shaping.services.cli import operator as operator_cli
 from shaping.services.cli import replay as replay_cli
 from shaping.services.cli.options import Bootstrap, DbUrl, Prefix, fail, settings_with
-
-if TYPE_CHECKING:
-    from shaping.services.adapters.settings import Settings
 
 app = typer.Typer(
     name="shaping",
@@ -45,21 +42,6 @@ MetricsHost = Annotated[
         help="Address the metrics endpoint binds to.",
     ),
 ]
-
-
-def _settings(
-    bootstrap: str | None = None,
-    prefix: str | None = None,
-    db_url: str | None = None,
-    partitions: int | None = None,
-) -> Settings:
-    """Settings from the environment, overridden by the options given on the command line."""
-    from dataclasses import replace
-
-    settings = settings_with(bootstrap, prefix, db_url)
-    if partitions is not None:
-        settings = replace(settings, partitions=partitions)
-    return settings
 
 
 @app.command()
@@ -105,10 +87,19 @@ def processor(
     metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Run the stream processor (a faust worker): per-mouse state, decisions, assignments."""
+    from shaping.services import bootstrap as wiring
     from shaping.services.processor.app import run_processor
 
+    settings = settings_with(bootstrap, prefix, partitions=partitions)
+    wiring.ensure_topics(settings)
+    codec = wiring.codec()
+    catalog, follower = wiring.following_catalog(settings, codec)
     run_processor(
-        _settings(bootstrap, prefix, partitions=partitions),
+        settings,
+        codec,
+        catalog,
+        follower,
+        metrics=wiring.service_metrics("processor") if metrics_port is not None else None,
         web_port=web_port,
         loglevel=loglevel,
         metrics_port=metrics_port,
@@ -138,26 +129,27 @@ def projector(
     import signal
     import threading
 
+    from shaping.services import bootstrap as wiring
     from shaping.services.projector.runner import run_projector
-    from shaping.services.projector.store import SqlProjectionStore
 
-    settings = _settings(bootstrap, prefix, db_url)
+    settings = settings_with(bootstrap, prefix, db_url)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    store = SqlProjectionStore(settings.db_url)
+    codec = wiring.codec()
+    store = wiring.projection_store(settings, codec)
     metrics, server = None, None
     if metrics_port is not None:
-        from shaping.services.adapters.metrics import ServiceMetrics
         from shaping.services.operator.queries import mice_per_stage
 
-        metrics = ServiceMetrics("projector")
+        metrics = wiring.service_metrics("projector")
         metrics.mice_per_stage(lambda: mice_per_stage(store.engine))
         server = metrics.serve(metrics_port, metrics_host)
     try:
         count = run_projector(
-            settings.bootstrap,
+            settings.kafka,
             settings.topics,
             store,
+            codec,
             consumer=settings.projector_id,
             stop=stop,
             idle_exit_s=idle_exit,
@@ -180,12 +172,12 @@ def topics_create(
     partitions: Annotated[int | None, typer.Option(help="Partitions per topic.")] = None,
 ) -> None:
     """Create the deployment's topics (idempotent; checks existing ones)."""
+    from shaping.services import bootstrap as wiring
     from shaping.services.adapters.errors import InfraError
-    from shaping.services.adapters.topics import ensure_topics
 
-    settings = _settings(bootstrap, prefix, partitions=partitions)
+    settings = settings_with(bootstrap, prefix, partitions=partitions)
     try:
-        ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
+        wiring.ensure_topics(settings)
     except InfraError as exc:
         fail(str(exc))
     for name in settings.topics.all():

@@ -24,6 +24,7 @@ from shaping.services.cli.options import (
     check_rig,
     check_stage,
     fail,
+    settings_with,
 )
 
 if TYPE_CHECKING:
@@ -197,16 +198,22 @@ def status(
         fail(OperatorError("--attention looks at every mouse; drop --stage and --rig"), code=2)
     engine = _engine(db_url)
     if attention:
+        from shaping.services import bootstrap as wiring
+        from shaping.services.curricula.errors import CurriculumInvalid
         from shaping.services.operator.queries import attention as needs_attention
         from shaping.services.operator.queries import terminal_stage_check
 
+        try:
+            catalog = wiring.catalog()
+        except (CurriculumInvalid, OSError):  # no curricula here: every stall is reported
+            catalog = None
         try:
             found = needs_attention(
                 engine,
                 stalled_after=stalled_after,
                 recent_sessions=recent,
                 rejected_hours=rejected_hours,
-                is_terminal=terminal_stage_check(),
+                is_terminal=terminal_stage_check(catalog),
             )
         except OperatorError as exc:
             fail(exc, code=1)
@@ -482,13 +489,16 @@ def plot(
         fail(OperatorError(f"{target}: the plot is a PNG; name the file *.png"), code=2)
     if events_log is not None and not events_log.is_file():
         fail(OperatorError(f"no event log at {events_log} (events.jsonl)"), code=2)
+    from shaping.services import bootstrap as wiring
     from shaping.services.operator.plot import plot_ibl, plot_mouse, read_mouse
     from shaping.services.operator.queries import require_mouse
 
     engine = _engine(db_url)
     try:
         require_mouse(engine, mouse)
-        tables = read_mouse(engine, mouse, events_log if kind == "ibl" else None)
+        tables = read_mouse(
+            engine, mouse, events_log if kind == "ibl" else None, codec=wiring.codec()
+        )
     except UnknownMouseError as exc:
         fail(exc, code=2)
     except OperatorError as exc:
@@ -528,49 +538,47 @@ def enroll(
     rig: Annotated[
         str | None, typer.Option(help="Rig the mouse trains on, if known.", callback=check_rig)
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", min=0, help="Seconds to wait for the processor's answer (0: do not wait)."
+        ),
+    ] = 20.0,
     bootstrap: Bootstrap = None,
     prefix: Prefix = None,
 ) -> None:
-    """Enrol a mouse on a curriculum: publishes a MouseEnrolled event to the events topic."""
-    from dataclasses import replace
+    """Enrol a mouse on a curriculum: sends an EnrolMouse command and waits for the answer.
 
-    from shaping.services.adapters.settings import Settings
-    from shaping.services.operator.enroll import build_enrollment, publish_enrollment
+    The processor answers with the MouseEnrolled it appends to the events topic (and the
+    mouse's first assignment), or refuses the enrolment with its reason (exit status 1).
+    """
+    from shaping.services import bootstrap as wiring
+    from shaping.services.operator.enroll import build_enrollment, request_enrollment
     from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.terminal import printable
 
-    settings = Settings()
-    if bootstrap is not None:
-        settings = replace(settings, bootstrap=bootstrap)
-    if prefix is not None:
-        settings = replace(settings, topic_prefix=prefix)
+    settings = settings_with(bootstrap, prefix)
     who = by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
     try:
-        event = build_enrollment(
+        command = build_enrollment(
             mouse, curriculum, who, start_stage, notes, rig, known_curricula=_known_curricula()
         )
     except OperatorError as exc:
         fail(exc, code=2)
     try:
-        partition, offset = publish_enrollment(settings.bootstrap, settings.topics.events, event)
+        enrolment = request_enrollment(settings, command, wiring.codec(), wait)
     except OperatorError as exc:
         fail(exc, code=1)
-    from shaping.services.operator.terminal import printable
-
-    typer.echo(
-        printable(
-            f"enrolled {mouse} on {curriculum} (event {event.event_id},"
-            f" {settings.topics.events}[{partition}]@{offset})"
-        )
-    )
+    typer.echo(printable(enrolment.report()))
 
 
 def _known_curricula() -> list[str] | None:
     """The curricula the processor loads too (shipped ones plus $SHAPING_CURRICULA_DIR), or
     None when they cannot be read here (then the processor alone judges the name)."""
-    try:
-        from shaping.services.curricula.catalog import default_catalog
+    from shaping.services import bootstrap as wiring
 
-        return default_catalog().names()
+    try:
+        return wiring.catalog().names()
     except Exception as exc:  # the enrolment still goes out; the processor decides
         from shaping.services.operator.terminal import printable
 

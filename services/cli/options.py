@@ -5,7 +5,6 @@ command quick to start."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -89,16 +88,20 @@ def fail(problem: str | BaseException, code: int = 2) -> NoReturn:
 
 
 def settings_with(
-    bootstrap: str | None = None, prefix: str | None = None, db_url: str | None = None
+    bootstrap: str | None = None,
+    prefix: str | None = None,
+    db_url: str | None = None,
+    partitions: int | None = None,
 ) -> Settings:
-    """The environment's settings (``SHAPING_*``) with the options the user gave on top."""
-    from shaping.services.adapters.settings import Settings  # imports kafka-python: only when used
+    """The settings every command uses: the environment's (``SHAPING_*``) with the options the
+    user gave on top, validated (:func:`shaping.services.bootstrap.settings`). A bad value ends
+    the command with its one-line reason (naming the variable or the option) and status 2."""
+    from shaping.services import bootstrap as wiring
+    from shaping.services.adapters.settings import SettingsError
 
-    settings = Settings()
-    if bootstrap is not None:
-        settings = replace(settings, bootstrap=bootstrap)
-    if prefix is not None:
-        settings = replace(settings, topic_prefix=prefix)
-    if db_url is not None:
-        settings = replace(settings, db_url=db_url)
-    return settings
+    try:
+        return wiring.settings(
+            bootstrap=bootstrap, topic_prefix=prefix, db_url=db_url, partitions=partitions
+        )
+    except SettingsError as exc:
+        fail(exc, code=2)  # escaped: the value may hold control characters

@@ -1,7 +1,8 @@
 """The ``shaping replay`` and ``shaping whatif`` commands.
 
 Only typer is imported here (the ``shaping`` entry point stays light); the commands import the
-engines (:mod:`services.operator.replay`, :mod:`services.operator.whatif`) when they run.
+engines (:mod:`shaping.services.operator.replay`, :mod:`shaping.services.operator.whatif`)
+when they run, and hand them the codec and the curricula.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from shaping.services.operator.terminal import printable
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from shaping.schemas.codec import EventCodec
     from shaping.services.adapters.settings import Settings
-    from shaping.services.operator.replay import ReplaySummary
+    from shaping.services.operator.replay.run import ReplaySummary
+    from shaping.services.operator.replay.sources import JsonlSource
     from shaping.services.processor.step import ClockWindow
 
 EventsLog = Annotated[
@@ -164,19 +167,19 @@ def _run(
     dry_run: bool,
     start: Callable[[int], Callable[[int], None]],
 ) -> ReplaySummary:
-    from shaping.services.operator.replay import (
-        JsonlSource,
-        KafkaSource,
-        ProcessorHandover,
-        run_replay,
-    )
+    from shaping.services import bootstrap as wiring
+    from shaping.services.operator.replay.handover import ProcessorHandover
+    from shaping.services.operator.replay.run import run_replay
+    from shaping.services.operator.replay.sources import KafkaSource
 
+    codec = wiring.codec()
     if events_log is not None:
         if not events_log.is_file():
             fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
         return run_replay(
-            JsonlSource(events_log),
+            _jsonl_source(events_log, codec),
             settings.db_url,
+            codec=codec,
             projector_id=projector_id or "projector",
             dry_run=dry_run,
             progress=start,
@@ -189,14 +192,25 @@ def _run(
 
         ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     return run_replay(
-        KafkaSource(settings.bootstrap, settings.topics),
+        KafkaSource(settings.bootstrap, settings.topics, codec, wiring.catalog),
         settings.db_url,
+        codec=codec,
         handover=ProcessorHandover(settings.bootstrap, processor_id or settings.processor_id),
         projector_id=projector_id or settings.projector_id,
         dry_run=dry_run,
         progress=start,
         clock=_clock(settings),
     )
+
+
+def _jsonl_source(events_log: Path, codec: EventCodec) -> JsonlSource:
+    """The embedded log of ``shaping demo``: its topics are always ``shaping.*`` (the demo
+    writes no other prefix), and the lab's curricula are the only ones."""
+    from shaping.schemas.topics import TopicNames
+    from shaping.services import bootstrap as wiring
+    from shaping.services.operator.replay.sources import JsonlSource
+
+    return JsonlSource(events_log, TopicNames.with_prefix("shaping"), codec, wiring.catalog)
 
 
 def _clock(settings: Settings) -> ClockWindow:
@@ -320,25 +334,21 @@ def whatif(
         )
     settings = _settings(bootstrap, prefix, None)
     with _errors():
-        from shaping.schemas.codec import default_codec
-        from shaping.services.operator.replay import JsonlSource, KafkaSource, Source, live_events
-        from shaping.services.operator.whatif import (
-            load_new_curriculum,
-            parse_date,
-            run_whatif,
-            write_csv,
-        )
-        from shaping.services.operator.whatif import plot as draw
+        from shaping.services import bootstrap as wiring
+        from shaping.services.operator.replay.log import live_events
+        from shaping.services.operator.replay.sources import KafkaSource, Source
+        from shaping.services.operator.whatif import load_new_curriculum, parse_date, run_whatif
 
         since_date = parse_date(since) if since is not None else None
         wanted = [m.strip() for m in mice.split(",") if m.strip()] if mice else None
+        codec = wiring.codec()
         source: Source
         if events_log is not None:
             if not events_log.is_file():
                 fail(f"no event log at {events_log} (the events.jsonl of `shaping demo`)")
-            source = JsonlSource(events_log)
+            source = _jsonl_source(events_log, codec)
         else:
-            source = KafkaSource(settings.bootstrap, settings.topics)
+            source = KafkaSource(settings.bootstrap, settings.topics, codec, wiring.catalog)
         catalog = source.catalog()
         new = load_new_curriculum(curriculum, catalog)
         source.snapshot()
@@ -351,24 +361,33 @@ def whatif(
             new,
             wanted,
             since_date,
-            outputs=live_events(default_codec(), produced),
+            outputs=live_events(codec, produced),
             clock=_clock(settings),
+            codec=codec,
         )
         if not result.mice:
             fail("the event log has no enrolled mouse", code=1)
         _print_whatif(result)
-        if out_csv is not None:
-            try:
-                rows = write_csv(result, out_csv)
-            except OSError as exc:
-                fail(f"cannot write {out_csv}: {exc.strerror}", code=1)
-            typer.echo(f"wrote {rows} rows to {out_csv}")
-        if plot is not None:
-            try:
-                draw(result, plot)
-            except OSError as exc:
-                fail(f"cannot write {plot}: {exc.strerror}", code=1)
-            typer.echo(f"wrote {plot}")
+        _write_whatif(result, out_csv, plot)
+
+
+def _write_whatif(result: Any, out_csv: Path | None, plot: Path | None) -> None:
+    """Writes the what-if's CSV and plot, when asked for."""
+    from shaping.services.operator.whatif import plot as draw
+    from shaping.services.operator.whatif import write_csv
+
+    if out_csv is not None:
+        try:
+            rows = write_csv(result, out_csv)
+        except OSError as exc:
+            fail(f"cannot write {out_csv}: {exc.strerror}", code=1)
+        typer.echo(f"wrote {rows} rows to {out_csv}")
+    if plot is not None:
+        try:
+            draw(result, plot)
+        except OSError as exc:
+            fail(f"cannot write {plot}: {exc.strerror}", code=1)
+        typer.echo(f"wrote {plot}")
 
 
 def _print_whatif(result: Any) -> None:

@@ -2,6 +2,13 @@
 which events follow from an event. Pure functions, no I/O: the stream processor, the embedded
 runner, replay and simulation all call these, so they cannot disagree.
 
+Both dispatch on the event's type through a table (:data:`_FOLDS`, :data:`_DECISIONS`; the
+interventions' entries come from :mod:`shaping.services.domain.interventions`). A session is
+judged by :func:`shaping.services.domain.judge.judge_session`, here as it ends and in
+:mod:`shaping.services.domain.recompute` when a late session makes later ones be judged again.
+The curricula are an input: ``decide`` reads the catalog it is given and never changes it; a
+CurriculumPublished yields the compiled version (:func:`publication`) for the caller to add.
+
 Delivery is at least once, so both functions are idempotent on redelivered events: trials are
 deduplicated by their index in the session, other events by event_id. A redelivered
 SessionEnded makes ``decide`` return the same decision events again (same ids), so a decision
@@ -11,8 +18,8 @@ lost between a state write and a publish is sent again and consumers drop the co
 from __future__ import annotations
 
 import hashlib
-import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from shaping.schemas.events import (
     AssignmentIssued,
@@ -25,30 +32,28 @@ from shaping.schemas.events import (
     ParametersAdjusted,
     SessionEnded,
     SessionStarted,
-    SessionSummary,
     StageOverridden,
     StageTransitioned,
     TrialCompleted,
 )
-from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine, Evaluation
+from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
 from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
-from shaping.services.domain.interventions import (
-    INTERVENTIONS,
-    decide_adjusted,
-    decide_ejected,
-    decide_overridden,
+from shaping.services.domain.interventions import DECISIONS as INTERVENTION_DECISIONS
+from shaping.services.domain.interventions import FOLDS as INTERVENTION_FOLDS
+from shaping.services.domain.interventions import ejected_refusal, with_adjustments
+from shaping.services.domain.judge import (
     decision_outputs,
-    ejected_refusal,
-    evolve_intervention,
-    with_adjustments,
+    describe_decision,
+    judge_session,
+    next_parameters,
 )
 from shaping.services.domain.metrics import (
-    SessionMetrics,
     append_record,
     count_session,
     rename_stage,
     session_record,
 )
+from shaping.services.domain.outputs import derived_event_id, issue_assignment
 from shaping.services.domain.recompute import (
     append_judged,
     check_recomputable,
@@ -68,21 +73,131 @@ from shaping.services.domain.recompute import (
 )
 from shaping.services.domain.state import MouseState, OpenSession
 
-_OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
+__all__ = ["TrainingCore", "derived_event_id", "evolve", "fold", "initial_state", "publication"]
+
+H = TypeVar("H")
 
 
-def derived_event_id(cause: Event, event_type: str) -> str:
-    """Deterministic id of an event the core emits because of ``cause``.
-
-    Processing the same input twice yields the same output ids, so downstream consumers
-    deduplicate outputs of a re-processed input.
-    """
-    return str(uuid.uuid5(_OUTPUT_NAMESPACE, f"{cause.event_id}/{event_type}"))
+def _handler(table: Mapping[type[Event], H], kind: type[Event]) -> H | None:
+    """The handler of an event type in a dispatch table (the nearest class of its MRO that
+    has one, as ``isinstance`` would find it), or None."""
+    handler = table.get(kind)
+    if handler is not None:
+        return handler
+    for base in kind.__mro__[1:]:
+        handler = table.get(base)
+        if handler is not None:
+            return handler
+    return None
 
 
 def initial_state(mouse_id: str) -> MouseState:
     """State of a mouse before any event."""
     return MouseState(mouse_id=mouse_id)
+
+
+# -- evolve: folding one event into the state, by event type ----------------------------------
+
+Fold = Callable[[MouseState, Any, tuple[str, ...]], MouseState]
+"""Folds an event of one type, given the state, the event and the recent-id window with the
+event's id in it."""
+
+
+def _fold_enrolled(state: MouseState, event: MouseEnrolled, ids: tuple[str, ...]) -> MouseState:
+    return state.model_copy(
+        update={
+            "enrolled": True,
+            "curriculum_name": event.curriculum_name,
+            "curriculum_version": event.curriculum_version,
+            # A re-enrolment after an ejection starts over, without the adjustments.
+            "ejected": False,
+            "ejected_reason": "",
+            "adjustments": {},
+            "recent_event_ids": ids,
+        }
+    )
+
+
+def _fold_assignment(
+    state: MouseState, event: AssignmentIssued, ids: tuple[str, ...]
+) -> MouseState:
+    return state.model_copy(
+        update={
+            "stage": event.stage,
+            "curriculum_name": event.curriculum_name,
+            "curriculum_version": event.curriculum_version,
+            "last_assignment": event,
+            "recent_event_ids": ids,
+            **({"enrolled_stage": event.stage} if event.reason == "enrolled" else {}),
+        }
+    )
+
+
+def _fold_session_start(
+    state: MouseState, event: SessionStarted, ids: tuple[str, ...]
+) -> MouseState:
+    return start_session(state, _open_session(event), ids)
+
+
+def _fold_session_end(state: MouseState, event: SessionEnded, ids: tuple[str, ...]) -> MouseState:
+    session = state.open_session
+    if session is None or session.session_id != event.session_id:
+        return state.model_copy(update={"recent_event_ids": ids})
+    # Sessions in a row at the stage actually run: a session at another stage than the one
+    # before (a decision that moved the mouse, or a trainer's override) restarts the count
+    # at 1; a trainer who runs the previous stage again continues it (AIND's
+    # session_at_current_stage).
+    last_stage = state.history[-1].stage if state.history else None
+    streak = state.run_streak + 1 if session.stage == last_stage else 1
+    record = session_record(session, event.metrics, event.duration_s)
+    entry = judged_entry(state, session, event)
+    if is_late(state, entry.order_key):
+        counts = counted(state.session_counts, record, 1)
+        return insert_late(state, record, entry, ids, counts)
+    return state.model_copy(
+        update={
+            **closed(state, session.session_id),
+            "judged": append_judged(state, entry),
+            "stage": session.stage,
+            "sessions_at_stage": streak,
+            "run_streak": streak,
+            "session_total": state.session_total + 1,
+            "history": append_record(state.history, record),
+            "session_counts": count_session(state.session_counts, record),
+            "last_closed_session_id": session.session_id,
+            "recent_event_ids": ids,
+        }
+    )
+
+
+def _fold_migrated(state: MouseState, event: MouseMigrated, ids: tuple[str, ...]) -> MouseState:
+    # A renamed stage is the same stage for the mouse: its run of sessions continues.
+    history = tuple(
+        r.model_copy(update={"stage": event.to_stage}) if r.stage == event.from_stage else r
+        for r in state.history
+    )
+    return state.model_copy(
+        update={
+            "curriculum_version": event.to_version,
+            "stage": event.to_stage,
+            "history": history,
+            "session_counts": rename_stage(state.session_counts, event.from_stage, event.to_stage),
+            "recent_event_ids": ids,
+        }
+    )
+
+
+_FOLDS: dict[type[Event], Fold] = {
+    MouseEnrolled: _fold_enrolled,
+    AssignmentIssued: _fold_assignment,
+    SessionStarted: _fold_session_start,
+    SessionEnded: _fold_session_end,
+    MouseMigrated: _fold_migrated,
+    StageTransitioned: fold_decision,
+    **INTERVENTION_FOLDS,
+}
+"""How each event type the state remembers by id is folded; any other type only enters the
+recent-id window (trials are folded by :func:`_evolve_trial`, deduplicated by index)."""
 
 
 def evolve(state: MouseState, event: Event) -> MouseState:
@@ -92,89 +207,15 @@ def evolve(state: MouseState, event: Event) -> MouseState:
         # Sessions in progress are kept by id: a late rig's session may drain from its outbox
         # while the mouse runs on another rig (see services.domain.recompute).
         state = focus_session(state, event.session_id)
-    if isinstance(event, TrialCompleted):
-        return _evolve_trial(state, event)
+        if isinstance(event, TrialCompleted):  # deduplicated by its index, not its id
+            return _evolve_trial(state, event)
     if state.seen(event.event_id):
         return state
     ids = state.remember(event.event_id)
-    if isinstance(event, MouseEnrolled):
-        return state.model_copy(
-            update={
-                "enrolled": True,
-                "curriculum_name": event.curriculum_name,
-                "curriculum_version": event.curriculum_version,
-                # A re-enrolment after an ejection starts over, without the adjustments.
-                "ejected": False,
-                "ejected_reason": "",
-                "adjustments": {},
-                "recent_event_ids": ids,
-            }
-        )
-    if isinstance(event, AssignmentIssued):
-        return state.model_copy(
-            update={
-                "stage": event.stage,
-                "curriculum_name": event.curriculum_name,
-                "curriculum_version": event.curriculum_version,
-                "last_assignment": event,
-                "recent_event_ids": ids,
-                **({"enrolled_stage": event.stage} if event.reason == "enrolled" else {}),
-            }
-        )
-    if isinstance(event, SessionStarted):
-        started = _open_session(event)
-        return start_session(state, started, ids)
-    if isinstance(event, SessionEnded):
-        session = state.open_session
-        if session is None or session.session_id != event.session_id:
-            return state.model_copy(update={"recent_event_ids": ids})
-        # Sessions in a row at the stage actually run: a session at another stage than the one
-        # before (a decision that moved the mouse, or a trainer's override) restarts the count
-        # at 1; a trainer who runs the previous stage again continues it (AIND's
-        # session_at_current_stage).
-        last_stage = state.history[-1].stage if state.history else None
-        streak = state.run_streak + 1 if session.stage == last_stage else 1
-        record = session_record(session, event.metrics, event.duration_s)
-        entry = judged_entry(state, session, event)
-        if is_late(state, entry.order_key):
-            counts = counted(state.session_counts, record, 1)
-            return insert_late(state, record, entry, ids, counts)
-        return state.model_copy(
-            update={
-                **closed(state, session.session_id),
-                "judged": append_judged(state, entry),
-                "stage": session.stage,
-                "sessions_at_stage": streak,
-                "run_streak": streak,
-                "session_total": state.session_total + 1,
-                "history": append_record(state.history, record),
-                "session_counts": count_session(state.session_counts, record),
-                "last_closed_session_id": session.session_id,
-                "recent_event_ids": ids,
-            }
-        )
-    if isinstance(event, MouseMigrated):
-        # A renamed stage is the same stage for the mouse: its run of sessions continues.
-        history = tuple(
-            r.model_copy(update={"stage": event.to_stage}) if r.stage == event.from_stage else r
-            for r in state.history
-        )
-        return state.model_copy(
-            update={
-                "curriculum_version": event.to_version,
-                "stage": event.to_stage,
-                "history": history,
-                "session_counts": rename_stage(
-                    state.session_counts, event.from_stage, event.to_stage
-                ),
-                "recent_event_ids": ids,
-            }
-        )
-    if isinstance(event, StageTransitioned):
-        return fold_decision(state, event, ids)
-    if isinstance(event, INTERVENTIONS):
-        return evolve_intervention(state, event, ids)
-    return state.model_copy(update={"recent_event_ids": ids})
+    fold_one = _handler(_FOLDS, type(event))
+    if fold_one is None:
+        return state.model_copy(update={"recent_event_ids": ids})
+    return fold_one(state, event, ids)
 
 
 def _open_session(event: SessionStarted) -> OpenSession:
@@ -218,20 +259,332 @@ def fold(state: MouseState, events: Iterable[Event]) -> MouseState:
     return state
 
 
+# -- decide: what follows from an event, by event type -----------------------------------------
+
+Decide = Callable[[CurriculumCatalog, MouseState, Any], list[Event]]
+"""What follows from an event of one type, given the curricula known and the mouse's state;
+raises ImpossibleEvent."""
+
+
+def _curriculum(catalog: CurriculumCatalog, name: str, version: str | None) -> CurriculumEngine:
+    """A curriculum version of the catalog (the newest when ``version`` is None).
+
+    Raises:
+        ImpossibleEvent: when the catalog does not know it.
+    """
+    try:
+        return catalog.get(name, version)
+    except CurriculumError as exc:
+        raise ImpossibleEvent(str(exc)) from exc
+
+
+def _curriculum_of(catalog: CurriculumCatalog, state: MouseState) -> CurriculumEngine:
+    """The curriculum version in force for an enrolled mouse."""
+    if state.curriculum_name is None:
+        raise ImpossibleEvent(f"mouse {state.mouse_id!r} is not enrolled")
+    return _curriculum(catalog, state.curriculum_name, state.curriculum_version)
+
+
+def _decide_enrolled(
+    catalog: CurriculumCatalog, state: MouseState, event: MouseEnrolled
+) -> list[Event]:
+    if state.seen(event.event_id):
+        return []
+    if state.enrolled and not state.ejected:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is already enrolled on {state.curriculum_name!r}"
+        )
+    curriculum = _curriculum(catalog, event.curriculum_name, event.curriculum_version)
+    stage = event.start_stage or curriculum.first_stage
+    if not curriculum.has_stage(stage):
+        raise ImpossibleEvent(f"curriculum {curriculum.name!r} has no stage {stage!r}")
+    detail = ("Enrolled again after an ejection" if state.ejected else "Enrolled") + (
+        f" on {curriculum.name} {curriculum.version}; starts at {stage}."
+    )
+    return [
+        issue_assignment(
+            event,
+            curriculum,
+            stage,
+            reason="enrolled",
+            detail=detail,
+            sessions_at_stage=0,
+            session_number=state.session_total + 1,
+        )
+    ]
+
+
+def _decide_session_start(
+    catalog: CurriculumCatalog, state: MouseState, event: SessionStarted
+) -> list[Event]:
+    if not state.enrolled:
+        raise ImpossibleEvent(f"session for mouse {event.mouse_id!r}, which is not enrolled")
+    if not event.session_id:
+        raise ImpossibleEvent("SessionStarted without a session_id")
+    if state.seen(event.event_id):
+        return []
+    if state.ejected:
+        raise ejected_refusal(state, f"session {event.session_id!r}")
+    if was_judged(state, event.session_id):
+        raise ImpossibleEvent(f"session {event.session_id!r} already ended")
+    curriculum = _curriculum_of(catalog, state)
+    if is_late(state, start_key(event)):
+        check_recomputable(state, start_key(event), event.session_id, curriculum)
+    if not curriculum.has_stage(event.stage):
+        raise ImpossibleEvent(
+            f"session runs stage {event.stage!r}, which {curriculum.name} "
+            f"{curriculum.version} does not have"
+        )
+    return []
+
+
+def _decide_trial(
+    catalog: CurriculumCatalog, state: MouseState, event: TrialCompleted
+) -> list[Event]:
+    if is_open(state, event.session_id):
+        return []
+    if was_judged(state, event.session_id):
+        raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
+    if state.ejected:
+        raise ejected_refusal(state, f"trial of session {event.session_id!r}")
+    raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
+
+
+def _running_parameters(state: MouseState, session: OpenSession) -> Parameters | None:
+    """The parameters the judged session ran with, when they came from the assignment in
+    force for its stage (in-stage policies continue from them)."""
+    last = state.last_assignment
+    if last is None or last.stage != session.stage:
+        return None
+    return last.parameters
+
+
+def _decide_session_end(
+    catalog: CurriculumCatalog, state: MouseState, event: SessionEnded
+) -> list[Event]:
+    if state.ejected:
+        session = state.open_session
+        if event.session_id is not None and event.session_id in (
+            state.last_closed_session_id,
+            session.session_id if session is not None else None,
+        ):
+            return []  # the session in progress at the ejection ends; it is not judged
+        raise ejected_refusal(state, f"end of session {event.session_id!r}")
+    judged_at = judged_index(state, event.session_id)
+    if judged_at is not None and state.judged[judged_at].ended_event_id != event.event_id:
+        # Another end of a session that already ended (a rig that re-sent a session under
+        # new ids, say): never a redelivery, which carries the same id.
+        raise ImpossibleEvent(
+            f"session {event.session_id!r} already ended (SessionEnded "
+            f"{state.judged[judged_at].ended_event_id}); a second end is refused"
+        )
+    if event.session_id is not None and event.session_id == state.last_closed_session_id:
+        # Redelivered end of the last session: send the same decision again (same ids).
+        return [e for e in (state.last_decision, state.last_assignment) if e is not None]
+    if judged_at is not None:
+        # Redelivered end of a session judged late (by a recompute): its decisions were
+        # published before the state that records them was stored; nothing to send again.
+        return []
+    state = focus_session(state, event.session_id)
+    session = state.open_session
+    if session is None or session.session_id != event.session_id:
+        raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
+    curriculum = _curriculum_of(catalog, state)
+    entry = judged_entry(state, session, event)
+    if is_late(state, entry.order_key):
+        return _decide_late_end(catalog, state, event, session, curriculum)
+    after = evolve(state, event)
+    evaluation, transition = judge_session(
+        after,
+        entry,
+        session.stage,
+        curriculum,
+        event,
+        decision_id=derived_event_id(event, "StageTransitioned"),
+        rig_id=event.rig_id,
+        occurred_at=event.occurred_at,
+        running=_running_parameters(state, session),
+    )
+    moved = evaluation.to_stage != evaluation.from_stage
+    assignment = issue_assignment(
+        event,
+        curriculum,
+        evaluation.to_stage,
+        parameters=next_parameters(evaluation, curriculum),
+        reason=evaluation.decision,
+        detail=describe_decision(evaluation),
+        sessions_at_stage=0 if moved else after.sessions_at_stage,
+        session_number=after.session_total + 1,
+        caused_by=transition.event_id,
+    )
+    return decision_outputs(state, event, transition, assignment, evaluation, curriculum)
+
+
+def _decide_late_end(
+    catalog: CurriculumCatalog,
+    state: MouseState,
+    event: SessionEnded,
+    session: OpenSession,
+    curriculum: CurriculumEngine,
+) -> list[Event]:
+    """The end of a late session: the mouse is recomputed from it (see
+    :mod:`shaping.services.domain.recompute`).
+
+    Raises:
+        ImpossibleEvent: when the sessions to judge again are no longer kept, or a
+            recomputed stage does not exist in a session's curriculum version.
+    """
+    entry = judged_entry(state, session, event)
+    check_recomputable(
+        state, entry.order_key, entry.session_id, curriculum, session.stats.n_responded
+    )
+    return recompute(state, evolve(state, event), event, catalog)
+
+
+def _decide_migrated(
+    catalog: CurriculumCatalog, state: MouseState, event: MouseMigrated
+) -> list[Event]:
+    if state.ejected and not state.seen(event.event_id):
+        raise ejected_refusal(state, "MouseMigrated")
+    if state.seen(event.event_id):
+        return []
+    if not state.enrolled:
+        raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
+    if state.curriculum_name != event.curriculum_name:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is on {state.curriculum_name!r}, not "
+            f"{event.curriculum_name!r}"
+        )
+    if state.curriculum_version != event.from_version:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is on version {state.curriculum_version}, not "
+            f"{event.from_version}"
+        )
+    if state.stage != event.from_stage:
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is at {state.stage!r} now, not {event.from_stage!r}: "
+            f"plan the migration again"
+        )
+    curriculum = _curriculum(catalog, event.curriculum_name, event.to_version)
+    if not curriculum.has_stage(event.to_stage):
+        raise ImpossibleEvent(
+            f"{curriculum.name} {curriculum.version} has no stage {event.to_stage!r}"
+        )
+    session = state.open_session
+    renamed = event.to_stage != event.from_stage
+    # Same stage names (a patch or minor version): the session in progress is judged by
+    # the new version when it ends. A renaming waits for the session to end.
+    if session is not None and (renamed or not curriculum.has_stage(session.stage)):
+        raise ImpossibleEvent(
+            f"mouse {event.mouse_id!r} is in session {session.session_id!r} at a stage "
+            f"{event.to_version} renames; migrate between sessions"
+        )
+    known_hash = getattr(curriculum, "content_hash", None)
+    if event.content_hash and known_hash is not None and known_hash != event.content_hash:
+        raise ImpossibleEvent(
+            f"the processor's {curriculum.name} {curriculum.version} differs from the one "
+            f"the migration was planned with ({event.content_hash})"
+        )
+    assignment = issue_assignment(
+        event,
+        curriculum,
+        event.to_stage,
+        reason="migrated",
+        detail=f"Migrated from {event.from_version} ({event.from_stage}) to "
+        f"{event.to_version} ({event.to_stage})"
+        + (f"; {event.reason}" if event.reason else "")
+        + (" (stage renamed)" if renamed else ""),
+        sessions_at_stage=state.sessions_at_stage,
+        session_number=state.session_total + 1,
+    )
+    return [with_adjustments(assignment, state, curriculum)]  # the trainer's stay on
+
+
+def _decide_intervention(
+    catalog: CurriculumCatalog,
+    state: MouseState,
+    event: StageOverridden | MouseEjected | ParametersAdjusted,
+) -> list[Event]:
+    """A trainer's override, ejection or adjustment (see services.domain.interventions)."""
+    if state.seen(event.event_id):
+        return []
+    if not state.enrolled:
+        raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
+    decide_one = _handler(INTERVENTION_DECISIONS, type(event))
+    assert decide_one is not None, "every intervention has a decision"
+    return decide_one(state, event, _curriculum_of(catalog, state))
+
+
+def _decide_published(
+    catalog: CurriculumCatalog, state: MouseState, event: CurriculumPublished
+) -> list[Event]:
+    publication(catalog, event)  # checked; it concerns no mouse
+    return []
+
+
+def publication(catalog: CurriculumCatalog, event: CurriculumPublished) -> CurriculumEngine | None:
+    """The version a CurriculumPublished adds to ``catalog``, compiled; None when the catalog
+    already has it. The catalog is not changed: adding the version is the caller's (the
+    catalog is a fold over the published versions, in log order).
+
+    Raises:
+        ImpossibleEvent: when the content cannot be compiled, does not match its hash, or
+            the catalog holds this version with other content.
+    """
+    digest = "sha256:" + hashlib.sha256(event.content.encode("utf-8")).hexdigest()
+    if digest != event.content_hash:
+        raise ImpossibleEvent(
+            f"published content does not match its content_hash ({event.content_hash})"
+        )
+    if catalog.has(event.curriculum_name, event.curriculum_version):
+        known = catalog.get(event.curriculum_name, event.curriculum_version)
+        known_hash = getattr(known, "content_hash", None)
+        if known_hash is not None and known_hash != event.content_hash:
+            raise ImpossibleEvent(
+                f"{event.curriculum_name} {event.curriculum_version} is already known with "
+                f"other content ({known_hash}); publish a new version instead"
+            )
+        return None
+    if catalog.compiler is None:
+        raise ImpossibleEvent("this processor cannot add published curricula (no compiler)")
+    try:
+        engine = catalog.compiler(event.content)
+    except CurriculumError as exc:
+        raise ImpossibleEvent(f"published curriculum is invalid: {exc}") from exc
+    if (engine.name, engine.version) != (event.curriculum_name, event.curriculum_version):
+        raise ImpossibleEvent(
+            f"content is {engine.name} {engine.version}, not {event.curriculum_name} "
+            f"{event.curriculum_version}"
+        )
+    return engine
+
+
+_DECISIONS: dict[type[Event], Decide] = {
+    MouseEnrolled: _decide_enrolled,
+    SessionStarted: _decide_session_start,
+    TrialCompleted: _decide_trial,
+    SessionEnded: _decide_session_end,
+    MouseMigrated: _decide_migrated,
+    CurriculumPublished: _decide_published,
+    **{kind: _decide_intervention for kind in INTERVENTION_DECISIONS},
+}
+"""What follows from each input event type; any other type leads to nothing."""
+
+
 class TrainingCore:
-    """``decide`` bound to the curricula the processor knows."""
+    """``decide`` and ``handle`` bound to the curricula the processor knows.
+
+    The core never changes its catalog: a CurriculumPublished yields the compiled version
+    (:meth:`publication`), and the caller adds it (the processor's step does, see
+    :class:`shaping.services.processor.step.ProcessorStep`).
+    """
 
     def __init__(self, catalog: CurriculumCatalog) -> None:
         self.catalog = catalog
 
     def curriculum_of(self, state: MouseState) -> CurriculumEngine:
         """The curriculum version in force for an enrolled mouse."""
-        if state.curriculum_name is None:
-            raise ImpossibleEvent(f"mouse {state.mouse_id!r} is not enrolled")
-        try:
-            return self.catalog.get(state.curriculum_name, state.curriculum_version)
-        except CurriculumError as exc:
-            raise ImpossibleEvent(str(exc)) from exc
+        return _curriculum_of(self.catalog, state)
 
     def decide(self, state: MouseState, event: Event) -> list[Event]:
         """Returns the events that follow from ``event``.
@@ -240,368 +593,37 @@ class TrainingCore:
             ImpossibleEvent: when the event cannot have happened given the mouse's history;
                 the state must then stay as it is.
         """
-        if isinstance(event, MouseEnrolled):
-            return self._decide_enrolled(state, event)
-        if isinstance(event, SessionStarted):
-            self._check_session_start(state, event)
+        decide_one = _handler(_DECISIONS, type(event))
+        if decide_one is None:
             return []
-        if isinstance(event, TrialCompleted):
-            self._check_trial(state, event)
-            return []
-        if isinstance(event, SessionEnded):
-            return self._decide_session_end(state, event)
-        if isinstance(event, MouseMigrated):
-            if state.ejected and not state.seen(event.event_id):
-                raise ejected_refusal(state, "MouseMigrated")
-            return self._decide_migrated(state, event)
-        if isinstance(event, INTERVENTIONS):
-            return self._decide_intervention(state, event)
-        if isinstance(event, CurriculumPublished):
-            self._check_published(event)
-        return []
-
-    def _decide_intervention(
-        self, state: MouseState, event: StageOverridden | MouseEjected | ParametersAdjusted
-    ) -> list[Event]:
-        """A trainer's override, ejection or adjustment (see services.domain.interventions)."""
-        if state.seen(event.event_id):
-            return []
-        if not state.enrolled:
-            raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
-        curriculum = self.curriculum_of(state)
-        if isinstance(event, StageOverridden):
-            return decide_overridden(state, event, curriculum)
-        if isinstance(event, MouseEjected):
-            return decide_ejected(state, event, curriculum)
-        return decide_adjusted(state, event, curriculum)
+        return decide_one(self.catalog, state, event)
 
     def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
-        """Decides, then folds the event and its consequences: the processor's one step.
+        """Decides, then folds the event and its consequences: the processor's one step for a
+        mouse's event.
 
-        A CurriculumPublished concerns no mouse: it adds the version to the catalog (the
-        catalog is a fold over the published versions, in log order) and changes no state.
+        Raises:
+            ImpossibleEvent: as :meth:`decide`.
+            TypeError: for a CurriculumPublished, which concerns no mouse: its value is the
+                version to add to the catalog (:meth:`publication`).
         """
         if isinstance(event, CurriculumPublished):
-            self.publish(event)
-            return state, []
+            raise TypeError(
+                "a CurriculumPublished changes no mouse's state: TrainingCore.publication(event) "
+                "gives the version for the caller to add to its catalog"
+            )
         outputs = self.decide(state, event)
         state = evolve(state, event)
         for output in outputs:
             state = evolve(state, output)
         return state, outputs
 
-    def _check_published(self, event: CurriculumPublished) -> CurriculumEngine | None:
-        """The engine of a published version, or None when the catalog already has it.
+    def publication(self, event: CurriculumPublished) -> CurriculumEngine | None:
+        """The version ``event`` adds to this core's catalog, or None when it has it already;
+        the catalog is not changed (see :func:`publication`).
 
         Raises:
             ImpossibleEvent: when the content cannot be compiled, does not match its hash, or
                 the catalog holds this version with other content.
         """
-        digest = "sha256:" + hashlib.sha256(event.content.encode("utf-8")).hexdigest()
-        if digest != event.content_hash:
-            raise ImpossibleEvent(
-                f"published content does not match its content_hash ({event.content_hash})"
-            )
-        catalog = self.catalog
-        if catalog.has(event.curriculum_name, event.curriculum_version):
-            known = catalog.get(event.curriculum_name, event.curriculum_version)
-            known_hash = getattr(known, "content_hash", None)
-            if known_hash is not None and known_hash != event.content_hash:
-                raise ImpossibleEvent(
-                    f"{event.curriculum_name} {event.curriculum_version} is already known with "
-                    f"other content ({known_hash}); publish a new version instead"
-                )
-            return None
-        if catalog.compiler is None:
-            raise ImpossibleEvent("this processor cannot add published curricula (no compiler)")
-        try:
-            engine = catalog.compiler(event.content)
-        except CurriculumError as exc:
-            raise ImpossibleEvent(f"published curriculum is invalid: {exc}") from exc
-        if (engine.name, engine.version) != (event.curriculum_name, event.curriculum_version):
-            raise ImpossibleEvent(
-                f"content is {engine.name} {engine.version}, not {event.curriculum_name} "
-                f"{event.curriculum_version}"
-            )
-        return engine
-
-    def publish(self, event: CurriculumPublished) -> None:
-        """Adds a published version to the catalog (idempotent).
-
-        Raises:
-            ImpossibleEvent: as :meth:`_check_published`.
-        """
-        engine = self._check_published(event)
-        if engine is not None:
-            self.catalog.add(engine)
-
-    def _decide_migrated(self, state: MouseState, event: MouseMigrated) -> list[Event]:
-        if state.seen(event.event_id):
-            return []
-        if not state.enrolled:
-            raise ImpossibleEvent(f"mouse {event.mouse_id!r} is not enrolled")
-        if state.curriculum_name != event.curriculum_name:
-            raise ImpossibleEvent(
-                f"mouse {event.mouse_id!r} is on {state.curriculum_name!r}, not "
-                f"{event.curriculum_name!r}"
-            )
-        if state.curriculum_version != event.from_version:
-            raise ImpossibleEvent(
-                f"mouse {event.mouse_id!r} is on version {state.curriculum_version}, not "
-                f"{event.from_version}"
-            )
-        if state.stage != event.from_stage:
-            raise ImpossibleEvent(
-                f"mouse {event.mouse_id!r} is at {state.stage!r} now, not {event.from_stage!r}: "
-                f"plan the migration again"
-            )
-        try:
-            curriculum = self.catalog.get(event.curriculum_name, event.to_version)
-        except CurriculumError as exc:
-            raise ImpossibleEvent(str(exc)) from exc
-        if not curriculum.has_stage(event.to_stage):
-            raise ImpossibleEvent(
-                f"{curriculum.name} {curriculum.version} has no stage {event.to_stage!r}"
-            )
-        session = state.open_session
-        renamed = event.to_stage != event.from_stage
-        # Same stage names (a patch or minor version): the session in progress is judged by
-        # the new version when it ends. A renaming waits for the session to end.
-        if session is not None and (renamed or not curriculum.has_stage(session.stage)):
-            raise ImpossibleEvent(
-                f"mouse {event.mouse_id!r} is in session {session.session_id!r} at a stage "
-                f"{event.to_version} renames; migrate between sessions"
-            )
-        known_hash = getattr(curriculum, "content_hash", None)
-        if event.content_hash and known_hash is not None and known_hash != event.content_hash:
-            raise ImpossibleEvent(
-                f"the processor's {curriculum.name} {curriculum.version} differs from the one "
-                f"the migration was planned with ({event.content_hash})"
-            )
-        assignment = AssignmentIssued(
-            event_id=derived_event_id(event, "AssignmentIssued"),
-            mouse_id=event.mouse_id,
-            occurred_at=event.occurred_at,
-            causation_id=event.event_id,
-            stage=event.to_stage,
-            parameters=curriculum.parameters(event.to_stage),
-            curriculum_name=curriculum.name,
-            curriculum_version=curriculum.version,
-            reason="migrated",
-            reason_detail=f"Migrated from {event.from_version} ({event.from_stage}) to "
-            f"{event.to_version} ({event.to_stage})"
-            + (f"; {event.reason}" if event.reason else "")
-            + (" (stage renamed)" if renamed else ""),
-            sessions_at_stage=state.sessions_at_stage,
-            session_number=state.session_total + 1,
-        )
-        return [with_adjustments(assignment, state, curriculum)]  # the trainer's stay on
-
-    def _decide_enrolled(self, state: MouseState, event: MouseEnrolled) -> list[Event]:
-        if state.seen(event.event_id):
-            return []
-        if state.enrolled and not state.ejected:
-            raise ImpossibleEvent(
-                f"mouse {event.mouse_id!r} is already enrolled on {state.curriculum_name!r}"
-            )
-        try:
-            curriculum = self.catalog.get(event.curriculum_name, event.curriculum_version)
-        except CurriculumError as exc:
-            raise ImpossibleEvent(str(exc)) from exc
-        stage = event.start_stage or curriculum.first_stage
-        if not curriculum.has_stage(stage):
-            raise ImpossibleEvent(f"curriculum {curriculum.name!r} has no stage {stage!r}")
-        return [
-            AssignmentIssued(
-                event_id=derived_event_id(event, "AssignmentIssued"),
-                mouse_id=event.mouse_id,
-                occurred_at=event.occurred_at,
-                causation_id=event.event_id,
-                stage=stage,
-                parameters=curriculum.parameters(stage),
-                curriculum_name=curriculum.name,
-                curriculum_version=curriculum.version,
-                reason="enrolled",
-                reason_detail=("Enrolled again after an ejection" if state.ejected else "Enrolled")
-                + f" on {curriculum.name} {curriculum.version}; starts at {stage}.",
-                sessions_at_stage=0,
-                session_number=state.session_total + 1,
-            )
-        ]
-
-    def _check_session_start(self, state: MouseState, event: SessionStarted) -> None:
-        if not state.enrolled:
-            raise ImpossibleEvent(f"session for mouse {event.mouse_id!r}, which is not enrolled")
-        if not event.session_id:
-            raise ImpossibleEvent("SessionStarted without a session_id")
-        if state.seen(event.event_id):
-            return
-        if state.ejected:
-            raise ejected_refusal(state, f"session {event.session_id!r}")
-        if was_judged(state, event.session_id):
-            raise ImpossibleEvent(f"session {event.session_id!r} already ended")
-        curriculum = self.curriculum_of(state)
-        if is_late(state, start_key(event)):
-            check_recomputable(state, start_key(event), event.session_id, curriculum)
-        if not curriculum.has_stage(event.stage):
-            raise ImpossibleEvent(
-                f"session runs stage {event.stage!r}, which {curriculum.name} "
-                f"{curriculum.version} does not have"
-            )
-
-    @staticmethod
-    def _check_trial(state: MouseState, event: TrialCompleted) -> None:
-        if is_open(state, event.session_id):
-            return
-        if was_judged(state, event.session_id):
-            raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
-        if state.ejected:
-            raise ejected_refusal(state, f"trial of session {event.session_id!r}")
-        raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
-
-    @staticmethod
-    def _running_parameters(state: MouseState, session: OpenSession) -> Parameters | None:
-        """The parameters the judged session ran with, when they came from the assignment in
-        force for its stage (in-stage policies continue from them)."""
-        last = state.last_assignment
-        if last is None or last.stage != session.stage:
-            return None
-        return last.parameters
-
-    def _decide_session_end(self, state: MouseState, event: SessionEnded) -> list[Event]:
-        if state.ejected:
-            session = state.open_session
-            if event.session_id is not None and event.session_id in (
-                state.last_closed_session_id,
-                session.session_id if session is not None else None,
-            ):
-                return []  # the session in progress at the ejection ends; it is not judged
-            raise ejected_refusal(state, f"end of session {event.session_id!r}")
-        judged_at = judged_index(state, event.session_id)
-        if judged_at is not None and state.judged[judged_at].ended_event_id != event.event_id:
-            # Another end of a session that already ended (a rig that re-sent a session under
-            # new ids, say): never a redelivery, which carries the same id.
-            raise ImpossibleEvent(
-                f"session {event.session_id!r} already ended (SessionEnded "
-                f"{state.judged[judged_at].ended_event_id}); a second end is refused"
-            )
-        if event.session_id is not None and event.session_id == state.last_closed_session_id:
-            # Redelivered end of the last session: send the same decision again (same ids).
-            return [e for e in (state.last_decision, state.last_assignment) if e is not None]
-        if judged_at is not None:
-            # Redelivered end of a session judged late (by a recompute): its decisions were
-            # published before the state that records them was stored; nothing to send again.
-            return []
-        state = focus_session(state, event.session_id)
-        session = state.open_session
-        if session is None or session.session_id != event.session_id:
-            raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
-        curriculum = self.curriculum_of(state)
-        entry = judged_entry(state, session, event)
-        if is_late(state, entry.order_key):
-            return self._decide_late_end(state, event, session, curriculum)
-        after = evolve(state, event)
-        evaluation = curriculum.evaluate(
-            session.stage, SessionMetrics(after, session), self._running_parameters(state, session)
-        )
-        responded = session.n_correct + session.n_incorrect
-        transition = StageTransitioned(
-            event_id=derived_event_id(event, "StageTransitioned"),
-            mouse_id=event.mouse_id,
-            rig_id=event.rig_id,
-            session_id=event.session_id,
-            occurred_at=event.occurred_at,
-            causation_id=event.event_id,
-            curriculum_name=curriculum.name,
-            curriculum_version=curriculum.version,
-            from_stage=evaluation.from_stage,
-            to_stage=evaluation.to_stage,
-            decision=evaluation.decision,
-            rule=evaluation.rule,
-            rule_evaluations=evaluation.rule_evaluations,
-            metrics=evaluation.metrics,
-            session_date=entry.session_date,
-            sessions_at_stage=after.sessions_at_stage,
-            session_total=after.session_total,
-            session_summary=SessionSummary(
-                n_trials=session.n_trials,
-                n_correct=session.n_correct,
-                n_incorrect=session.n_incorrect,
-                n_miss=session.n_miss,
-                accuracy=session.n_correct / responded if responded else None,
-                duration_s=event.duration_s,
-                end_reason=event.end_reason,
-            ),
-        )
-        moved = evaluation.to_stage != evaluation.from_stage
-        if evaluation.rule is None:
-            detail = f"No rule held; stays at {evaluation.from_stage}."
-            if evaluation.changes:
-                changed = ", ".join(f"{k} = {v!r}" for k, v in evaluation.changes.items())
-                detail += f" In-stage policies set {changed}."
-        else:
-            rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
-            detail = f"{evaluation.decision} to {evaluation.to_stage}: {rule.description}"
-        assignment = AssignmentIssued(
-            event_id=derived_event_id(event, "AssignmentIssued"),
-            mouse_id=event.mouse_id,
-            occurred_at=event.occurred_at,
-            causation_id=transition.event_id,
-            stage=evaluation.to_stage,
-            parameters=(
-                evaluation.parameters
-                if evaluation.parameters is not None
-                else curriculum.parameters(evaluation.to_stage)
-            ),
-            curriculum_name=curriculum.name,
-            curriculum_version=curriculum.version,
-            reason=evaluation.decision,
-            reason_detail=detail,
-            sessions_at_stage=0 if moved else after.sessions_at_stage,
-            session_number=after.session_total + 1,
-        )
-        return decision_outputs(state, event, transition, assignment, evaluation, curriculum)
-
-    def _decide_late_end(
-        self,
-        state: MouseState,
-        event: SessionEnded,
-        session: OpenSession,
-        curriculum: CurriculumEngine,
-    ) -> list[Event]:
-        """The end of a late session: the mouse is recomputed from it (see
-        :mod:`shaping.services.domain.recompute`).
-
-        Raises:
-            ImpossibleEvent: when the sessions to judge again are no longer kept, or a
-                recomputed stage does not exist in a session's curriculum version.
-        """
-        entry = judged_entry(state, session, event)
-        check_recomputable(
-            state, entry.order_key, entry.session_id, curriculum, session.stats.n_responded
-        )
-        name = curriculum.name
-
-        def lookup(version: str) -> CurriculumEngine:
-            try:
-                return self.catalog.get(name, version or None)
-            except CurriculumError as exc:
-                raise ImpossibleEvent(str(exc)) from exc
-
-        def judge(
-            evaluation: Evaluation,
-            transition: StageTransitioned,
-            assignment: AssignmentIssued,
-            engine: CurriculumEngine,
-        ) -> list[Event]:
-            return decision_outputs(state, event, transition, assignment, evaluation, engine)
-
-        return recompute(
-            state,
-            evolve(state, event),
-            event,
-            lookup,
-            lambda view, record: SessionMetrics(view),
-            judge,
-            derived_event_id,
-        )
+        return publication(self.catalog, event)

@@ -6,10 +6,10 @@ A trainer can move a mouse to a stage (StageOverridden), take it out of training
 processor cannot honour is impossible (dead letter, with the reason); one it honours issues an
 AssignmentIssued at once, so rigs learn about it before the next session.
 
-The same module builds what a decision carries to the rig: the assignment's evidence, reported
-metrics and warning messages, the per-mouse adjustments applied on top of the stage's
-parameters, and a TrainingWarning event per warning rule that held. Pure functions, no I/O;
-:class:`shaping.services.domain.core.TrainingCore` calls them.
+The same module applies the per-mouse adjustments on top of a stage's parameters, which every
+assignment carries (what else a decision carries is in :mod:`shaping.services.domain.judge`).
+Pure functions, no I/O; :class:`shaping.services.domain.core.TrainingCore` calls them through
+:data:`DECISIONS` and :data:`FOLDS`.
 
 Semantics (docs/interventions.md explains them for trainers):
 
@@ -32,10 +32,9 @@ Semantics (docs/interventions.md explains them for trainers):
 from __future__ import annotations
 
 import difflib
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from shaping.schemas.events import (
     AssignmentIssued,
@@ -45,20 +44,18 @@ from shaping.schemas.events import (
     ParametersAdjusted,
     ParamValue,
     StageOverridden,
-    StageTransitioned,
-    TrainingWarning,
 )
-from shaping.services.domain.curriculum import CurriculumEngine, Evaluation
+from shaping.services.domain.curriculum import CurriculumEngine
 from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.outputs import intervention_assignment_id, issue_assignment
 from shaping.services.domain.state import MouseState
 
 INTERVENTIONS = (StageOverridden, MouseEjected, ParametersAdjusted)
-"""Events a trainer sends to change a mouse's training by hand."""
+"""Events a trainer sends to change a mouse's training by hand (the keys of :data:`FOLDS` and
+:data:`DECISIONS`)."""
 
 EJECTED = "ejected"
 """The ``reason`` of the assignment that tells rigs a mouse is out of training."""
-
-_NAMESPACE = uuid.UUID("8f0c7d36-2b8e-4f4e-9d5e-61c0a4b7e2d5")
 
 
 @runtime_checkable
@@ -142,62 +139,6 @@ def with_adjustments(
     )
 
 
-def warning_events(
-    cause: Event, transition: StageTransitioned, evaluation: Evaluation
-) -> list[TrainingWarning]:
-    """A TrainingWarning per warning rule that held in ``evaluation``, caused by the decision.
-
-    Ids derive from the decision's id and the warning's position, so a decision made again
-    (a redelivered session end) raises the same warnings with the same ids.
-    """
-    warnings = []
-    for index, warning in enumerate(evaluation.warnings):
-        warnings.append(
-            TrainingWarning(
-                event_id=str(
-                    uuid.uuid5(_NAMESPACE, f"{transition.event_id}/{index}/{warning.rule}")
-                ),
-                mouse_id=transition.mouse_id,
-                rig_id=cause.rig_id,
-                session_id=transition.session_id,
-                occurred_at=transition.occurred_at,
-                causation_id=transition.event_id,
-                kind=warning.rule,
-                message=warning.description,
-                stage=evaluation.from_stage,
-                curriculum_name=transition.curriculum_name,
-                curriculum_version=transition.curriculum_version,
-                evidence=[warning],
-            )
-        )
-    return warnings
-
-
-def decision_outputs(
-    state: MouseState,
-    cause: Event,
-    transition: StageTransitioned,
-    assignment: AssignmentIssued,
-    evaluation: Evaluation,
-    curriculum: CurriculumEngine,
-) -> list[Event]:
-    """The events of one decision: the transition, its warnings, and the next assignment with
-    the evidence, metrics and warnings it carries to the rig and the mouse's adjustments.
-
-    Anything that judges a session (a session's end, a recompute) ends here, so every
-    decision's assignment carries the same things.
-    """
-    assignment = assignment.model_copy(
-        update={
-            "evidence": list(evaluation.rule_evaluations),
-            "metrics": dict(evaluation.metrics),
-            "warnings": [w.description for w in evaluation.warnings],
-        }
-    )
-    assignment = with_adjustments(assignment, state, curriculum)
-    return [transition, *warning_events(cause, transition, evaluation), assignment]
-
-
 # -- judging the interventions ----------------------------------------------------------------
 
 
@@ -231,19 +172,17 @@ def _assignment(
     detail: str,
     sessions_at_stage: int,
 ) -> AssignmentIssued:
-    return AssignmentIssued(
-        event_id=str(uuid.uuid5(_NAMESPACE, f"{event.event_id}/AssignmentIssued")),
-        mouse_id=event.mouse_id,
-        occurred_at=_issued_at(state, event),
-        causation_id=event.event_id,
-        stage=stage,
+    return issue_assignment(
+        event,
+        curriculum,
+        stage,
         parameters=parameters,
-        curriculum_name=curriculum.name,
-        curriculum_version=curriculum.version,
         reason=reason,
-        reason_detail=detail,
+        detail=detail,
         sessions_at_stage=sessions_at_stage,
         session_number=state.session_total + 1,
+        event_id=intervention_assignment_id(event),
+        issued_at=_issued_at(state, event),
     )
 
 
@@ -369,26 +308,44 @@ def decide_adjusted(
     return [with_adjustments(assignment, after, curriculum)]
 
 
-def evolve_intervention(state: MouseState, event: Event, ids: tuple[str, ...]) -> MouseState:
-    """Folds an accepted intervention into the state (its assignment is folded after it)."""
-    if isinstance(event, StageOverridden):
-        moved = event.to_stage != state.stage
-        return state.model_copy(
-            update={
-                "stage": event.to_stage,
-                "sessions_at_stage": 0 if moved else state.sessions_at_stage,
-                "recent_event_ids": ids,
-            }
-        )
-    if isinstance(event, MouseEjected):
-        return state.model_copy(
-            update={"ejected": True, "ejected_reason": event.reason, "recent_event_ids": ids}
-        )
-    if isinstance(event, ParametersAdjusted):
-        return state.model_copy(
-            update={"adjustments": adjusted(state, event), "recent_event_ids": ids}
-        )
-    return state.model_copy(update={"recent_event_ids": ids})
+def _fold_overridden(state: MouseState, event: StageOverridden, ids: tuple[str, ...]) -> MouseState:
+    moved = event.to_stage != state.stage
+    return state.model_copy(
+        update={
+            "stage": event.to_stage,
+            "sessions_at_stage": 0 if moved else state.sessions_at_stage,
+            "recent_event_ids": ids,
+        }
+    )
+
+
+def _fold_ejected(state: MouseState, event: MouseEjected, ids: tuple[str, ...]) -> MouseState:
+    return state.model_copy(
+        update={"ejected": True, "ejected_reason": event.reason, "recent_event_ids": ids}
+    )
+
+
+def _fold_adjusted(
+    state: MouseState, event: ParametersAdjusted, ids: tuple[str, ...]
+) -> MouseState:
+    return state.model_copy(update={"adjustments": adjusted(state, event), "recent_event_ids": ids})
+
+
+FOLDS: dict[type[Event], Callable[[MouseState, Any, tuple[str, ...]], MouseState]] = {
+    StageOverridden: _fold_overridden,
+    MouseEjected: _fold_ejected,
+    ParametersAdjusted: _fold_adjusted,
+}
+"""How an accepted intervention is folded into the state, by its type (given the state, the
+event and the recent-id window with its id; its assignment is folded after it)."""
+
+DECISIONS: dict[type[Event], Callable[[MouseState, Any, CurriculumEngine], list[Event]]] = {
+    StageOverridden: decide_overridden,
+    MouseEjected: decide_ejected,
+    ParametersAdjusted: decide_adjusted,
+}
+"""What follows from an intervention, by its type (given the mouse's state, the event and
+its curriculum version)."""
 
 
 def ejected_refusal(state: MouseState, what: str) -> ImpossibleEvent:

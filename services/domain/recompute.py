@@ -25,13 +25,15 @@ Event ids derive from the late session's SessionEnded, so a redelivered late ses
 meets the state before it (the processor stopped before storing it) yields the same events.
 Once stored, the late session is a judged session and a redelivered end of it changes nothing.
 
-Pure functions, no I/O: :class:`shaping.services.domain.core.TrainingCore` calls them.
+Pure functions, no I/O: :class:`shaping.services.domain.core.TrainingCore` calls them. Each
+session is judged again by :func:`shaping.services.domain.judge.judge_session`, the function
+that judges a session as it ends; the dependency runs one way (core -> recompute -> judge).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from shaping.schemas.events import (
@@ -43,9 +45,16 @@ from shaping.schemas.events import (
     SessionSummary,
     StageTransitioned,
 )
-from shaping.services.domain.curriculum import CurriculumEngine, Evaluation, MetricSource
-from shaping.services.domain.errors import ImpossibleEvent
+from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine, Evaluation
+from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.judge import (
+    decision_outputs,
+    describe_decision,
+    judge_session,
+    next_parameters,
+)
 from shaping.services.domain.metrics import append_record
+from shaping.services.domain.outputs import derived_event_id, issue_assignment
 from shaping.services.domain.state import (
     MAX_SESSION_HISTORY,
     MAX_TRIAL_WINDOW,
@@ -67,13 +76,6 @@ LIMIT = (
 """Ends the reason of a late session refused because what its recompute needs is not kept."""
 
 OrderKey = tuple[str, datetime, str]
-
-Lookup = Callable[[str], CurriculumEngine]
-"""The curriculum engine of a version of the mouse's curriculum (raises ImpossibleEvent)."""
-
-Judge = Callable[[Evaluation, StageTransitioned, AssignmentIssued, CurriculumEngine], list[Event]]
-"""Finishes the outputs of the last re-judged decision: its warnings, and the next assignment
-with what it carries (evidence, metrics, adjustments); see ``interventions.decision_outputs``."""
 
 
 # -- ordering --------------------------------------------------------------------------------
@@ -397,21 +399,19 @@ def recompute(
     state: MouseState,
     after: MouseState,
     event: SessionEnded,
-    lookup: Lookup,
-    metrics: Callable[[MouseState, SessionRecord], MetricSource],
-    judge: Judge,
-    derive_id: Callable[[Event, str], str],
+    catalog: CurriculumCatalog,
 ) -> list[Event]:
     """The corrected decisions after a late session, and the mouse's new assignment.
+
+    Every session from the late one on is judged by :func:`~shaping.services.domain.judge.
+    judge_session`, as a session is judged when it ends.
 
     Args:
         state: the state before the late session's end.
         after: ``state`` with the end folded (the late record inserted in key order).
         event: the late session's SessionEnded.
-        lookup: the engine of a version of the mouse's curriculum.
-        metrics: the metric source for judging a session given the state folded up to it.
-        judge: finishes the last decision's outputs (warnings, assignment extras).
-        derive_id: deterministic id of an event caused by ``event``.
+        catalog: the curricula known, where the versions of the mouse's curriculum that
+            judged its sessions are found.
 
     Returns:
         A StageTransitioned for the late session, one superseding the decision in force for
@@ -419,8 +419,9 @@ def recompute(
         AssignmentIssued superseding the assignment in force.
 
     Raises:
-        ImpossibleEvent: when a recomputed stage does not exist in the curriculum version a
-            session is judged by (a renaming migration in between).
+        ImpossibleEvent: when a version of the mouse's curriculum is unknown, or a recomputed
+            stage does not exist in the curriculum version a session is judged by (a
+            renaming migration in between).
     """
     judged = after.judged
     late = judged_index(after, event.session_id)
@@ -436,7 +437,10 @@ def recompute(
         stage_before, streak = previous.to_stage, previous.sessions_at_stage
         last_stage: str | None = records[offset + late - 1].stage
     else:
-        stage_before = after.enrolled_stage or lookup(judged[late].curriculum_version).first_stage
+        stage_before = (
+            after.enrolled_stage
+            or _version(catalog, state, judged[late].curriculum_version).first_stage
+        )
         streak, last_stage = 0, records[offset - 1].stage if offset else None
     # The late session is judged by the version in force for the session it comes before.
     versions = [e.curriculum_version for e in judged]
@@ -449,7 +453,7 @@ def recompute(
     outputs: list[Event] = []
     for index in range(late, len(judged)):
         entry = judged[index]
-        curriculum = lookup(versions[index] or (state.curriculum_version or ""))
+        curriculum = _version(catalog, state, versions[index] or (state.curriculum_version or ""))
         stage = entry.operator_stage or stage_before
         if not curriculum.has_stage(stage):
             raise ImpossibleEvent(
@@ -475,8 +479,21 @@ def recompute(
                 "parked_sessions": (),
             }
         )
-        evaluation = curriculum.evaluate(
-            stage, metrics(view, records[position]), running if index > late else None
+        is_late_one = index == late
+        evaluation, transition = judge_session(
+            view,
+            entry,
+            stage,
+            curriculum,
+            event,
+            decision_id=derived_event_id(
+                event,
+                "StageTransitioned" if is_late_one else f"StageTransitioned/{entry.session_id}",
+            ),
+            rig_id=entry.rig_id,
+            occurred_at=event.occurred_at if is_late_one else corrected_at,
+            running=None if is_late_one else running,
+            supersedes=None if is_late_one else (entry.decision_id or None),
         )
         if evaluation.from_stage != stage:  # an alias: the record keeps the stage's name
             counts = counted(counts, records[position], -1)
@@ -484,44 +501,29 @@ def recompute(
                 update={"stage": evaluation.from_stage}
             )
             counts = counted(counts, records[position], 1)
-        is_late_one = index == late
-        transition = StageTransitioned(
-            event_id=derive_id(
-                event,
-                "StageTransitioned" if is_late_one else f"StageTransitioned/{entry.session_id}",
-            ),
-            mouse_id=state.mouse_id,
-            rig_id=entry.rig_id,
-            session_id=entry.session_id,
-            occurred_at=event.occurred_at if is_late_one else corrected_at,
-            causation_id=event.event_id,
-            curriculum_name=curriculum.name,
-            curriculum_version=curriculum.version,
-            from_stage=evaluation.from_stage,
-            to_stage=evaluation.to_stage,
-            decision=evaluation.decision,
-            rule=evaluation.rule,
-            rule_evaluations=evaluation.rule_evaluations,
-            sessions_at_stage=streak,
-            session_total=total,
-            session_summary=entry.summary,
-            supersedes=None if is_late_one else (entry.decision_id or None),
-            session_date=entry.session_date,
-            metrics=evaluation.metrics,
-        )
         if index < len(judged) - 1:
             outputs.append(transition)
         stage_before, last_stage = evaluation.to_stage, evaluation.from_stage
-        assigned = (
-            evaluation.parameters
-            if evaluation.parameters is not None
-            else curriculum.parameters(evaluation.to_stage)
-        )
-        running = assigned
+        running = next_parameters(evaluation, curriculum)
     assignment = _assignment(
-        state, event, transition, evaluation, curriculum, assigned, corrected_at, streak, derive_id
+        state, event, transition, evaluation, curriculum, running, corrected_at, streak
     )
-    return [*outputs, *judge(evaluation, transition, assignment, curriculum)]
+    return [
+        *outputs,
+        *decision_outputs(state, event, transition, assignment, evaluation, curriculum),
+    ]
+
+
+def _version(catalog: CurriculumCatalog, state: MouseState, version: str) -> CurriculumEngine:
+    """A version of the mouse's curriculum (its newest when ``version`` is empty).
+
+    Raises:
+        ImpossibleEvent: when the catalog does not know it.
+    """
+    try:
+        return catalog.get(state.curriculum_name or "", version or None)
+    except CurriculumError as exc:
+        raise ImpossibleEvent(str(exc)) from exc
 
 
 def _assignment(
@@ -530,46 +532,33 @@ def _assignment(
     transition: StageTransitioned,
     evaluation: Evaluation,
     curriculum: CurriculumEngine,
-    parameters: Parameters,
+    parameters: Parameters | None,
     issued_at: datetime,
     streak: int,
-    derive_id: Callable[[Event, str], str],
 ) -> AssignmentIssued:
     """The assignment after a recompute: the stage the newest recomputed decision reached,
     or the stage an operator set after the newest session (an override stays in force)."""
     newest = state.judged[-1]
     operator = state.stage if state.stage is not None and state.stage != newest.to_stage else None
     stage = operator or evaluation.to_stage
-    if operator is not None:
-        parameters = curriculum.parameters(stage)
     moved = stage != evaluation.from_stage
     late_date = transition.session_date
     detail = (
         f"Recomputed after the late session {event.session_id!r}"
         + (f" of {late_date}" if late_date else "")
-        + f": {_describe(evaluation)}"
+        + f": {describe_decision(evaluation, recomputed=True)}"
         + (f" The stage {operator} an operator set stays in force." if operator else "")
     )
-    return AssignmentIssued(
-        event_id=derive_id(event, "AssignmentIssued"),
-        mouse_id=state.mouse_id,
-        occurred_at=issued_at,
-        causation_id=transition.event_id,
-        stage=stage,
-        parameters=parameters,
-        curriculum_name=curriculum.name,
-        curriculum_version=curriculum.version,
+    return issue_assignment(
+        event,
+        curriculum,
+        stage,
+        parameters=None if operator is not None else parameters,
         reason=evaluation.decision,
-        reason_detail=detail,
+        detail=detail,
         sessions_at_stage=0 if moved else streak,
         session_number=transition.session_total + 1,
+        issued_at=issued_at,
+        caused_by=transition.event_id,
         supersedes=state.last_assignment.event_id if state.last_assignment else None,
     )
-
-
-def _describe(evaluation: Evaluation) -> str:
-    """The decision in words, as the assignment after a session gives it."""
-    if evaluation.rule is None:
-        return f"no rule held; stays at {evaluation.from_stage}."
-    rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
-    return f"{evaluation.decision} to {evaluation.to_stage}: {rule.description}"

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from shaping.rig.sim.lab import LabPlan, LabRun, run_lab
+from shaping.schemas.codec import default_codec
+from shaping.services.curricula.catalog import default_catalog
 from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.store import SqlProjectionStore
 
@@ -41,9 +43,10 @@ def run_demo(out_dir: Path, plan: LabPlan) -> DemoResult:
     for old in (db_path, log_path):
         if old.exists():
             old.unlink()
-    store = SqlProjectionStore(f"sqlite:///{db_path}")
+    codec = default_codec()
+    store = SqlProjectionStore(f"sqlite:///{db_path}", codec=codec)
     try:
-        runtime = EmbeddedRuntime(store)
+        runtime = EmbeddedRuntime(store, catalog=default_catalog(), codec=codec)
         run = run_lab(plan, runtime)
         runtime.log.save_jsonl(log_path, runtime.codec)
         tables = store.snapshot()

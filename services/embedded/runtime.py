@@ -2,17 +2,22 @@
 
 For a demo, for tests of the domain, and for a small lab on one PC: no Kafka, no Java. It
 implements the rig's transport port, so simulated rigs publish to it as they would to Kafka.
+
+Operators' commands go to the log's commands topic (:meth:`EmbeddedRuntime.send_commands`) and
+are routed as on Kafka: the step judges each one against the mouse's state and appends its
+answer, the past-tense event, to the events topic (or a dead letter), and the runtime then
+folds that event like any other. The projector never reads the commands topic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shaping.schemas.codec import EventCodec, default_codec, encode_key
+from shaping.schemas.codec import EventCodec, encode_key
+from shaping.schemas.commands import Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, Event
 from shaping.schemas.topics import TopicKind, TopicNames
-from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
 from shaping.services.embedded.log import InProcessLog, LogRecord
 from shaping.services.processor.step import ProcessorStep
@@ -26,7 +31,10 @@ class EmbeddedRuntime:
 
     Args:
         store: where the status tables go (None to skip projection).
-        catalog: the curricula (the shipped ones by default).
+        catalog: the curricula (:func:`shaping.services.bootstrap.catalog` for the shipped
+            ones and a lab's folder).
+        codec: encodes and decodes the log's records
+            (:func:`shaping.services.bootstrap.codec`).
         topics: topic names used in the log (the same as on Kafka).
         log: an existing log to continue (a fresh one by default).
     """
@@ -34,13 +42,14 @@ class EmbeddedRuntime:
     def __init__(
         self,
         store: ProjectionStore | None = None,
-        catalog: CurriculumCatalog | None = None,
+        *,
+        catalog: CurriculumCatalog,
+        codec: EventCodec,
         topics: TopicNames | None = None,
         log: InProcessLog | None = None,
-        codec: EventCodec | None = None,
     ) -> None:
-        self.codec = codec or default_codec()
-        self.step = ProcessorStep(TrainingCore(catalog or default_catalog()), self.codec)
+        self.codec = codec
+        self.step = ProcessorStep(TrainingCore(catalog), self.codec)
         self.topics = topics or TopicNames.with_prefix("shaping")
         self.log = log or InProcessLog()
         self.store = store
@@ -49,6 +58,7 @@ class EmbeddedRuntime:
         self._kinds: dict[str, TopicKind] = self.topics.kinds()
         self._projected = 0
         self._processed = 0
+        self._judged = 0
 
     def publish(self, events: Sequence[Event]) -> None:
         """Appends events to the input topic, processes and projects them."""
@@ -65,15 +75,40 @@ class EmbeddedRuntime:
         self.process_pending()
         self.project_pending()
 
-    def process_pending(self) -> None:
-        """Runs the processor over input messages it has not seen yet."""
-        for record in self.log.read(self.topics.events, self._processed):
-            self._process(record)
-            self._processed += 1
+    def send_commands(self, commands: Sequence[Command]) -> None:
+        """Appends operators' commands to the commands topic, then processes and projects
+        (each answer, honoured or refused, is on the log afterwards)."""
+        for command in commands:
+            self.log.append(
+                self.topics.commands, encode_key(command.mouse_id), self.codec.encode(command)
+            )
+        self.process_pending()
+        self.project_pending()
 
-    def _process(self, record: LogRecord) -> None:
+    def send_raw_command(self, key: bytes | None, value: bytes) -> None:
+        """Appends raw bytes to the commands topic (for tests of bad input), then processes."""
+        self.log.append(self.topics.commands, key, value)
+        self.process_pending()
+        self.project_pending()
+
+    def process_pending(self) -> None:
+        """Runs the processor over input messages it has not seen yet: the events, then each
+        command in turn with the event that answered it folded before the next is judged (as
+        an operator who waits for each answer sees them)."""
+        while True:
+            for record in self.log.read(self.topics.events, self._processed):
+                self._process(record)
+                self._processed += 1
+            pending = self.log.read(self.topics.commands, self._judged)
+            if not pending:
+                return
+            self._process(pending[0], command=True)
+            self._judged += 1
+
+    def _process(self, record: LogRecord, command: bool = False) -> None:
         mouse = (record.key or b"").decode("utf-8", "replace")
-        result = self.step.process(
+        process = self.step.process_command if command else self.step.process
+        result = process(
             self.states.get(mouse), record.key, record.value, record.topic, 0, record.offset
         )
         if result.state is not None:
@@ -90,7 +125,10 @@ class EmbeddedRuntime:
         pending = self.log.records()[self._projected :]
         if not pending:
             return
-        self.store.apply_batch(PROJECTOR, self.messages(pending))
+        # As on Kafka, the projector does not read the commands topic.
+        projected = [r for r in pending if r.topic != self.topics.commands]
+        if projected:
+            self.store.apply_batch(PROJECTOR, self.messages(projected))
         self._projected += len(pending)
 
     def messages(self, records: Sequence[LogRecord] | None = None) -> list[ProjectedMessage]:

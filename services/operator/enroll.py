@@ -1,23 +1,29 @@
-"""``shaping enroll``: put a mouse on a curriculum by publishing a MouseEnrolled event.
+"""``shaping enroll``: put a mouse on a curriculum by sending an EnrolMouse command.
 
-The event goes to the events topic, keyed by the mouse id, through an idempotent kafka-python
-producer with ``acks=all`` (a retried send is written once), and the command returns only once
-the broker has acknowledged it. The processor then issues the mouse's first assignment.
+The command goes to the commands topic, keyed by the mouse id, through an idempotent
+kafka-python producer with ``acks=all`` (a retried send is written once). The processor judges
+it: it appends the MouseEnrolled that honours it to the events topic (its id derived from the
+command's) and issues the mouse's first assignment, or refuses it with an EventRejected on the
+dead-letter topic. :func:`request_enrollment` waits for that answer (as the interventions do,
+:func:`~shaping.services.operator.interventions.send_command`).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from shaping.schemas.codec import default_codec, encode_key
-from shaping.schemas.events import MouseEnrolled
-from shaping.schemas.headers import headers_for
+from shaping.schemas.commands import EnrolMouse
 from shaping.services.operator.errors import OperatorError
 
-SEND_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 10.0
+if TYPE_CHECKING:
+    from shaping.schemas.codec import EventCodec
+    from shaping.services.adapters.settings import Settings
+
+DEFAULT_WAIT_S = 20.0
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -32,75 +38,100 @@ def build_enrollment(
     start_stage: str | None = None,
     notes: str = "",
     rig_id: str | None = None,
-    occurred_at: datetime | None = None,
+    requested_at: datetime | None = None,
     known_curricula: Sequence[str] | None = None,
-) -> MouseEnrolled:
-    """The MouseEnrolled event, after checking what can be checked here.
+) -> EnrolMouse:
+    """The EnrolMouse command, after checking what can be checked here.
 
-    The processor is the judge of curricula and stages: an enrolment it cannot honour becomes
-    an EventRejected on the dead-letter topic. When the caller knows the curricula
+    The processor is the judge of curricula and stages: an enrolment it cannot honour is
+    refused with an EventRejected on the dead-letter topic. When the caller knows the curricula
     (``known_curricula``), an unknown name is refused here already, with suggestions.
 
     Raises:
-        OperatorError: for an empty mouse id or curriculum, or a curriculum not in
-            ``known_curricula``.
+        OperatorError: for an empty mouse id, curriculum or operator name, or a curriculum
+            not in ``known_curricula``.
     """
     if not mouse_id.strip():
         raise OperatorError("the mouse id must not be empty")
     if not curriculum.strip():
         raise OperatorError("the curriculum name must not be empty")
+    if not enrolled_by.strip():
+        raise OperatorError("say who enrols the mouse (--by)")
     if known_curricula is not None and curriculum not in known_curricula:
         names = sorted(known_curricula)
         raise OperatorError(f"unknown curriculum {curriculum!r}; {_suggest(curriculum, names)}")
-    return MouseEnrolled(
+    return EnrolMouse(
         mouse_id=mouse_id,
+        requested_at=requested_at or datetime.now(UTC),
+        requested_by=enrolled_by,
         rig_id=rig_id,
-        occurred_at=occurred_at or datetime.now(UTC),
         curriculum_name=curriculum,
         start_stage=start_stage,
-        enrolled_by=enrolled_by,
         notes=notes,
     )
 
 
-def publish_enrollment(bootstrap: str, topic: str, event: MouseEnrolled) -> tuple[int, int]:
-    """Publishes the event and waits for the broker's acknowledgement.
+@dataclass(frozen=True)
+class Enrolment:
+    """A sent enrolment and what the processor answered in time.
 
-    Returns:
-        The (partition, offset) the event was written at.
+    Attributes:
+        command: the EnrolMouse as sent.
+        where: ``topic[partition]@offset`` of the answering MouseEnrolled on the events topic
+            when it came in time, else of the command on the commands topic.
+        honoured: whether the MouseEnrolled came in time.
+        wait_s: how long the answer was waited for (0: not at all).
+    """
+
+    command: EnrolMouse
+    where: str
+    honoured: bool
+    wait_s: float
+
+    def report(self) -> str:
+        """What to tell the operator."""
+        command = self.command
+        if self.honoured:
+            return (
+                f"enrolled {command.mouse_id} on {command.curriculum_name} "
+                f"(event {command.answer_id}, {self.where})"
+            )
+        waited = f"within {self.wait_s:g} s " if self.wait_s > 0 else ""
+        return (
+            f"sent the enrolment of {command.mouse_id} on {command.curriculum_name} (command "
+            f"{command.command_id}, {self.where}); no answer from the processor {waited}yet: "
+            f"`shaping status` shows it"
+        )
+
+
+def request_enrollment(
+    settings: Settings, command: EnrolMouse, codec: EventCodec, wait_s: float = DEFAULT_WAIT_S
+) -> Enrolment:
+    """Sends the enrolment and waits up to ``wait_s`` for the processor's answer.
 
     Raises:
-        OperatorError: when no broker answers, the topic does not exist, or the write fails.
+        OperatorError: no broker answers, the topics do not exist, the write fails, or the
+            processor refused the enrolment (its reason in the message).
     """
-    from kafka.errors import KafkaError, KafkaTimeoutError
-
-    from shaping.services.adapters.kafka import producer as kafka_producer
+    from shaping.schemas.events import EventRejected
+    from shaping.services.operator.interventions import (
+        ANSWERED_BY_EVENT,
+        DeliveryError,
+        send_command,
+    )
+    from shaping.services.operator.terminal import printable
 
     try:
-        producer = kafka_producer(
-            bootstrap,
-            "shaping-enroll",
-            max_block_ms=int(SEND_TIMEOUT_S * 1000),
-            bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
-        )
-    except KafkaError as exc:
+        outcome = send_command(settings, command, codec, wait_s, answered_on=ANSWERED_BY_EVENT)
+    except DeliveryError as exc:
+        raise OperatorError(str(exc)) from exc
+    answer = outcome.answer
+    if isinstance(answer, EventRejected):
         raise OperatorError(
-            f"no Kafka broker answered at {bootstrap} within {CONNECT_TIMEOUT_S:g} s; start one"
-            " (`make kafka-up`) or pass --bootstrap"
-        ) from exc
-    try:
-        value = default_codec().encode(event)
-        future = producer.send(
-            topic, key=encode_key(event.mouse_id), value=value, headers=headers_for(value)
+            f"the processor refused the enrolment of {command.mouse_id}: {printable(answer.reason)}"
         )
-        metadata = future.get(timeout=SEND_TIMEOUT_S)
-    except KafkaTimeoutError as exc:
-        raise OperatorError(
-            f"could not write to topic {topic!r} within {SEND_TIMEOUT_S:g} s: does it exist?"
-            " (`shaping topics create`)"
-        ) from exc
-    except KafkaError as exc:
-        raise OperatorError(f"Kafka refused the enrolment: {exc}") from exc
-    finally:
-        producer.close(timeout=10)
-    return int(metadata.partition), int(metadata.offset)
+    if answer is not None:
+        where = f"{settings.topics.events}[{outcome.answer_partition}]@{outcome.answer_offset}"
+        return Enrolment(command, where, True, wait_s)
+    where = f"{settings.topics.commands}[{outcome.partition}]@{outcome.offset}"
+    return Enrolment(command, where, False, wait_s)

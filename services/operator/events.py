@@ -2,7 +2,9 @@
 
 Message values are Avro single-object bytes, unreadable with kcat; these commands decode them
 with the contract's codec and print one line per record (``--format table``) or one JSON object
-per line (``--format json``). Nothing here trusts the bytes: a record that does not decode is
+per line (``--format json``). Records of the commands topic are decoded as commands (operators'
+requests such as OverrideStage), every other topic's as events; a dead letter's original as
+whichever of the two it is. Nothing here trusts the bytes: a record that does not decode is
 shown as undecodable with a hexdump, a dead letter (EventRejected) with its reason, a hexdump of
 the original bytes and the original decoded when it decodes, and every string that reaches the
 terminal has its control characters escaped (``\\x1b``), so a hostile key or value can neither
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shaping.schemas.codec import EventCodec
+    from shaping.schemas.commands import Command
     from shaping.schemas.events import Event, EventRejected
     from shaping.schemas.topics import TopicNames
     from shaping.services.adapters.settings import Settings
@@ -62,6 +65,7 @@ class TopicKind(StrEnum):
     assignments = "assignments"
     dead_letter = "dead-letter"
     curricula = "curricula"
+    commands = "commands"
     all = "all"
 
 
@@ -197,14 +201,29 @@ class RawRecord:
 class Decoded:
     """The result of decoding bytes that may be anything."""
 
-    event: Event | None = None
+    event: Event | Command | None = None
+    """The event (or, where commands were expected, the command) the bytes hold."""
     error: str | None = None
     writer: str | None = None
     """``EventType vN`` of the writer schema, from the fingerprint, when known."""
 
 
-def decode_any(codec: EventCodec, value: bytes | None) -> Decoded:
-    """Decodes a message value; never raises, whatever the bytes."""
+def message_type(message: Event | Command) -> str:
+    """The wire name of an event (``event_type``) or a command (``command_type``)."""
+    from shaping.schemas.events import Event
+
+    return message.event_type if isinstance(message, Event) else message.command_type
+
+
+def decode_any(codec: EventCodec, value: bytes | None, commands: bool = False) -> Decoded:
+    """Decodes a message value; never raises, whatever the bytes.
+
+    Args:
+        codec: the contract's codec.
+        value: the bytes.
+        commands: accept a command too (a record of the commands topic, or a dead letter's
+            original); otherwise only an event decodes.
+    """
     from shaping.schemas.headers import H_EVENT_TYPE, H_SCHEMA_VERSION, headers_for
 
     try:
@@ -217,7 +236,8 @@ def decode_any(codec: EventCodec, value: bytes | None) -> Decoded:
     if value is None:
         return Decoded(error="no value (a tombstone)")
     try:
-        return Decoded(event=codec.decode(value), writer=writer)
+        message = codec.decode_message(value) if commands else codec.decode(value)
+        return Decoded(event=message, writer=writer)
     except Exception as exc:  # any bytes at all: a decoder bug must not end the listing
         return Decoded(error=f"{type(exc).__name__}: {exc}", writer=writer)
 
@@ -242,8 +262,9 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def event_fields(event: Event) -> dict[str, Any]:
-    """Every field of an event, JSON-ready (an EventRejected's original bytes as hex)."""
+def event_fields(event: Event | Command) -> dict[str, Any]:
+    """Every field of an event or a command, JSON-ready (an EventRejected's original bytes as
+    hex)."""
     return dict(_plain(event.model_dump(mode="python")))
 
 
@@ -273,19 +294,20 @@ def record_mice(record: RawRecord, decoded: Decoded, codec: EventCodec) -> set[s
             mice.add(text)
         original = getattr(event, "original_value", None)
         if isinstance(original, bytes):
-            inner = decode_any(codec, original)
+            inner = decode_any(codec, original, commands=True)
             if inner.event is not None:
                 mice.add(inner.event.mouse_id)
     return mice
 
 
 def record_types(record: RawRecord, decoded: Decoded) -> set[str]:
-    """The event types a record is of: its decoded type and its header's claim."""
+    """The event (or command) types a record is of: its decoded type and its header's
+    claim."""
     from shaping.schemas.headers import H_EVENT_TYPE, header_text
 
     types = set()
     if decoded.event is not None:
-        types.add(decoded.event.event_type)
+        types.add(message_type(decoded.event))
     claimed = header_text(record.headers).get(H_EVENT_TYPE)
     if claimed:
         types.add(claimed)
@@ -321,8 +343,12 @@ def _num(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def summary(event: Event) -> str:
-    """A one-line digest of an event's fields that matter most (unescaped)."""
+_COMMAND_ENVELOPE = {"command_id", "command_type", "schema_version", "mouse_id", "requested_at"}
+
+
+def summary(event: Event | Command) -> str:
+    """A one-line digest of an event's (or a command's) fields that matter most (unescaped)."""
+    from shaping.schemas.commands import Command
     from shaping.schemas.events import (
         AssignmentIssued,
         CurriculumPublished,
@@ -334,6 +360,8 @@ def summary(event: Event) -> str:
         TrialCompleted,
     )
 
+    if isinstance(event, Command):  # what it asks for, and who asks
+        return _fields_text(event_fields(event), _COMMAND_ENVELOPE)
     if isinstance(event, MouseEnrolled):
         version = f"@{event.curriculum_version}" if event.curriculum_version else ""
         start = f" start={event.start_stage}" if event.start_stage else ""
@@ -380,7 +408,11 @@ def summary(event: Event) -> str:
         "occurred_at",
         "causation_id",
     }
-    fields = event_fields(event)
+    return _fields_text(event_fields(event), envelope)
+
+
+def _fields_text(fields: dict[str, Any], envelope: set[str]) -> str:
+    """``name=value`` for each field outside ``envelope`` that has a value."""
     return " ".join(
         f"{name}={json.dumps(value, ensure_ascii=False, default=str)}"
         for name, value in fields.items()
@@ -406,18 +438,25 @@ class Renderer:
         output: table or json.
         show_headers: in a table, print each record's Kafka headers under it.
         max_bytes: how many bytes a hexdump shows (None: all).
+        commands_topics: the topics whose records are commands (the deployment's commands
+            topic); every other topic's records are decoded as events.
     """
 
     codec: EventCodec
     output: OutputFormat = OutputFormat.table
     show_headers: bool = False
     max_bytes: int | None = DEFAULT_MAX_BYTES
+    commands_topics: frozenset[str] = frozenset()
     _header_done: bool = field(default=False, init=False)
+
+    def decode(self, record: RawRecord) -> Decoded:
+        """The record's value decoded as its topic holds them: a command or an event."""
+        return decode_any(self.codec, record.value, record.topic in self.commands_topics)
 
     def render(self, record: RawRecord, decoded: Decoded | None = None) -> list[str]:
         """The lines that show one record; never raises, and no line holds a control
         character."""
-        decoded = decoded if decoded is not None else decode_any(self.codec, record.value)
+        decoded = decoded if decoded is not None else self.decode(record)
         try:
             if self.output == OutputFormat.json:
                 return [json_line(self.as_json(record, decoded))]
@@ -431,7 +470,9 @@ class Renderer:
     # json ------------------------------------------------------------------------------------
 
     def as_json(self, record: RawRecord, decoded: Decoded) -> dict[str, Any]:
-        """One record as a JSON-ready dict."""
+        """One record as a JSON-ready dict (a command's fields under ``command``, with its
+        ``command_type``; an event's under ``event``)."""
+        from shaping.schemas.commands import Command
         from shaping.schemas.events import EventRejected
         from shaping.schemas.headers import header_text
 
@@ -455,11 +496,16 @@ class Renderer:
             if record.value is not None:
                 out["value_hex"] = record.value.hex()
             return out
+        if isinstance(event, Command):
+            out["command_type"] = event.command_type
+            out["writer"] = decoded.writer
+            out["command"] = event_fields(event)
+            return out
         out["event_type"] = event.event_type
         out["writer"] = decoded.writer
         out["event"] = event_fields(event)
         if isinstance(event, EventRejected):
-            inner = decode_any(self.codec, event.original_value)
+            inner = decode_any(self.codec, event.original_value, commands=True)
             out["original"] = {
                 "hexdump": hexdump(event.original_value, self.max_bytes),
                 "event": event_fields(inner.event) if inner.event is not None else None,
@@ -479,7 +525,7 @@ class Renderer:
         when = moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:23] if moment else "-"
         event = decoded.event
         if event is not None:
-            kind = event.event_type
+            kind = message_type(event)
             if decoded.writer and not decoded.writer.endswith(f" v{event.schema_version}"):
                 kind += f" ({decoded.writer})"
             elif decoded.writer:
@@ -516,10 +562,11 @@ class Renderer:
             f"original value ({_original_size(event)}):",
         ]
         lines.extend("  " + line for line in hexdump(event.original_value, self.max_bytes))
-        inner = decode_any(self.codec, event.original_value)
+        inner = decode_any(self.codec, event.original_value, commands=True)
         if inner.event is not None:
             body = json.dumps(event_fields(inner.event), ensure_ascii=False, default=str)
-            lines.append(f"original decodes as {inner.event.event_type}: {escape_terminal(body)}")
+            kind = message_type(inner.event)
+            lines.append(f"original decodes as {kind}: {escape_terminal(body)}")
         else:
             lines.append(f"original does not decode: {escape_terminal(inner.error or '')}")
         return lines
@@ -768,19 +815,20 @@ class Reading:
     def wanted(self, record: RawRecord) -> bool:
         """Whether the selection keeps ``record``."""
         codec = self.renderer.codec
-        return self.selection.matches(record, decode_any(codec, record.value), codec)
+        return self.selection.matches(record, self.renderer.decode(record), codec)
 
     def render(self, records: Iterable[RawRecord]) -> Iterator[list[str]]:
         """The lines of each record the selection keeps, one list per record, as they come."""
         codec = self.renderer.codec
         for record in records:
-            decoded = decode_any(codec, record.value)
+            decoded = self.renderer.decode(record)
             if self.selection.matches(record, decoded, codec):
                 yield self.renderer.render(record, decoded)
 
 
 def plan_reading(
     settings: Settings,
+    codec: EventCodec,
     kinds: Sequence[TopicKind] = (),
     mice: Sequence[str] = (),
     types: Sequence[str] = (),
@@ -789,30 +837,34 @@ def plan_reading(
     show_headers: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Reading:
-    """Resolves a request: the topic names of ``kinds`` (default: events), the event types
-    spelled as the contract spells them, and, when only some mice are wanted and no partition
-    is named, the partitions their keys go to (this asks the broker for the partition counts).
+    """Resolves a request: the topic names of ``kinds`` (default: events), the event (or
+    command) types spelled as the contract spells them, and, when only some mice are wanted
+    and no partition is named, the partitions their keys go to (this asks the broker for the
+    partition counts).
 
     Args:
         settings: the deployment's bootstrap servers and topic names.
+        codec: decodes the records (:func:`shaping.services.bootstrap.codec`).
         max_bytes: bytes a hexdump shows; 0 shows all.
 
     Raises:
         EventsError: an event type the contract does not have (the closest one suggested), or
             a topic kind this deployment lacks.
     """
-    from shaping.schemas.codec import default_codec
+    from shaping.schemas.commands import COMMAND_TYPES
     from shaping.schemas.events import EVENT_TYPES
 
     known = {name.lower(): name for name in EVENT_TYPES}
+    known.update({name.lower(): name for name in COMMAND_TYPES})
     for name in types:
         if name.lower() not in known:
             import difflib
 
-            close = difflib.get_close_matches(name, list(EVENT_TYPES), n=1)
+            close = difflib.get_close_matches(name, list(known.values()), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise EventsError(
-                f"unknown event type {name!r}{hint} (known: {', '.join(sorted(EVENT_TYPES))})"
+                f"unknown event type {name!r}{hint} (known: {', '.join(sorted(EVENT_TYPES))}; "
+                f"commands: {', '.join(sorted(COMMAND_TYPES))})"
             )
     try:
         names = topic_names(kinds, settings.topics)
@@ -827,10 +879,11 @@ def plan_reading(
         partitions=parts,
         selection=Selection(mice=list(mice), types=[known[t.lower()] for t in types]),
         renderer=Renderer(
-            default_codec(),
+            codec,
             output=output,
             show_headers=show_headers,
             max_bytes=max_bytes or None,
+            commands_topics=frozenset({settings.topics.commands}),
         ),
     )
 

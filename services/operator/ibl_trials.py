@@ -52,6 +52,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.events import (
     Event,
     EventRejected,
@@ -716,19 +717,26 @@ def evaluate_sessions(
     sessions: Sequence[IblSession],
     curriculum: CurriculumEngine,
     catalog: CurriculumCatalog | None = None,
+    *,
+    codec: EventCodec,
 ) -> list[DateStatus]:
     """Runs every subject's sessions, in date order, through the embedded event path.
 
     Each subject is enrolled on ``curriculum``; each session runs at the stage the processor
     assigned after the previous one, as a rig would. Returns one status per subject and date.
 
+    Args:
+        sessions: the trials, by session.
+        curriculum: the curriculum every subject is enrolled on.
+        catalog: the curricula the path knows (default: ``curriculum`` alone).
+        codec: the event codec (:func:`shaping.services.bootstrap.codec`).
+
     Raises:
         BatchError: when the processor rejects an event (a dead letter).
     """
     from shaping.services.embedded.runtime import EmbeddedRuntime
 
-    runtime = EmbeddedRuntime(catalog=catalog or CurriculumCatalog([curriculum]))
-    codec = runtime.codec
+    runtime = EmbeddedRuntime(catalog=catalog or CurriculumCatalog([curriculum]), codec=codec)
     by_subject: dict[str, list[IblSession]] = {}
     for session in sessions:
         by_subject.setdefault(session.subject, []).append(session)

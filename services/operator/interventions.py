@@ -1,23 +1,26 @@
-"""A trainer's interventions (override, eject, adjust), as events: the use case behind
+"""A trainer's interventions (override, eject, adjust), as commands: the use case behind
 ``shaping override``, ``eject`` and ``adjust``.
 
-An intervention is one event on the events topic, keyed by the mouse id, written by an
-idempotent kafka-python producer with ``acks=all`` (as ``shaping enroll`` does):
-StageOverridden, MouseEjected or ParametersAdjusted. The processor judges it against the
-mouse's state and either honours it (an AssignmentIssued caused by the event, at once) or
-refuses it (an EventRejected on the dead-letter topic, with the reason). :func:`deliver` waits
-for that answer, so the trainer learns it at once.
+An intervention is one command on the commands topic, keyed by the mouse id, written by an
+idempotent kafka-python producer with ``acks=all`` (as ``shaping enroll`` does): OverrideStage,
+EjectMouse or AdjustParameters. The processor judges it against the mouse's state and either
+honours it (it appends the past-tense event, StageOverridden, MouseEjected or
+ParametersAdjusted, to the events topic with an id derived from the command's, folds it, and
+issues an AssignmentIssued caused by that event) or refuses it (an EventRejected on the
+dead-letter topic, caused by the command, with the reason). :func:`deliver` waits for that
+answer, so the trainer learns it at once; :func:`send_command` is the publishing and waiting
+that ``shaping enroll`` shares.
 
 Before anything is published, what can be checked here is checked, with suggestions for
 typos: the mouse against the status tables, the stage and the adjusted parameters against the
-mouse's curriculum version. When the status tables cannot be read, the event goes out
+mouse's curriculum version. When the status tables cannot be read, the command goes out
 unchecked and the processor alone judges it. An override names the stage the status tables
 show as the mouse's ``from_stage``, so the processor refuses it if the mouse has moved since.
 
 :func:`request_override`, :func:`request_ejection` and :func:`request_adjustment` do the whole
 of it. What goes wrong is an :class:`InterventionError` with a message for the trainer: a
 request that cannot work (bad input, an ejected mouse, a stage the curriculum lacks), a
-:class:`DeliveryError` (the event did not reach Kafka), or an :class:`InterventionRefused`
+:class:`DeliveryError` (the command did not reach Kafka), or an :class:`InterventionRefused`
 (the processor said no). The commands (services/cli/interventions.py) print it and choose
 the exit status. Nothing heavy is imported at module level (``shaping`` stays light on a
 rig). docs/interventions.md describes the commands and their semantics.
@@ -42,6 +45,13 @@ if TYPE_CHECKING:
     from rich.console import Console
     from sqlalchemy import Engine
 
+    from shaping.schemas.codec import EventCodec
+    from shaping.schemas.commands import (
+        AdjustParameters,
+        Command,
+        EjectMouse,
+        OverrideStage,
+    )
     from shaping.schemas.events import Event, Parameters, ParamValue
     from shaping.services.adapters.settings import Settings
     from shaping.services.domain import CurriculumCatalog, CurriculumEngine
@@ -52,7 +62,7 @@ DEFAULT_WAIT_S = 20.0
 
 Warn = Callable[[str], None]
 """Where the warnings of an intervention go (a line of text each): the checks that could not
-be made here, so the event goes out unchecked."""
+be made here, so the command goes out unchecked."""
 
 
 class InterventionError(Exception):
@@ -60,15 +70,15 @@ class InterventionError(Exception):
 
 
 class DeliveryError(InterventionError):
-    """The event did not reach the events topic: no broker answered, the topics are missing, or
-    Kafka refused the write."""
+    """The command did not reach the commands topic: no broker answered, the topics are
+    missing, or Kafka refused the write."""
 
 
 class InterventionRefused(InterventionError):
     """The processor refused the intervention: it answered with an EventRejected.
 
     Attributes:
-        event: the intervention as published.
+        event: the event the command asked for (its id derived from the command's).
         answer: the processor's EventRejected.
     """
 
@@ -166,7 +176,7 @@ def _not_ejected(view: MouseView | None, what: str) -> None:
         )
 
 
-# -- building the events --------------------------------------------------------------------------
+# -- building the commands ------------------------------------------------------------------------
 
 
 def build_override(
@@ -177,14 +187,14 @@ def build_override(
     from_stage: str | None = None,
     view: MouseView | None = None,
     catalog: CurriculumCatalog | None = None,
-    occurred_at: datetime | None = None,
-) -> Event:
-    """The StageOverridden event, after the checks that can be made here.
+    requested_at: datetime | None = None,
+) -> OverrideStage:
+    """The OverrideStage command, after the checks that can be made here.
 
     Raises:
         InterventionError: no reason, an ejected mouse, or a stage its curriculum lacks.
     """
-    from shaping.schemas.events import StageOverridden
+    from shaping.schemas.commands import OverrideStage
 
     why = _reason(reason)
     _not_ejected(view, "override the stage of")
@@ -196,13 +206,13 @@ def build_override(
             f"{_suggest(stage, names)}"
         )
     seen = from_stage if from_stage is not None else (view.stage if view is not None else None)
-    return StageOverridden(
+    return OverrideStage(
         mouse_id=mouse_id,
-        occurred_at=occurred_at or datetime.now(UTC),
+        requested_at=requested_at or datetime.now(UTC),
+        requested_by=by,
         to_stage=stage,
         from_stage=seen,
         reason=why,
-        overridden_by=by,
     )
 
 
@@ -211,22 +221,22 @@ def build_ejection(
     reason: str,
     by: str,
     view: MouseView | None = None,
-    occurred_at: datetime | None = None,
-) -> Event:
-    """The MouseEjected event.
+    requested_at: datetime | None = None,
+) -> EjectMouse:
+    """The EjectMouse command.
 
     Raises:
         InterventionError: no reason, or the mouse is already ejected.
     """
-    from shaping.schemas.events import MouseEjected
+    from shaping.schemas.commands import EjectMouse
 
     why = _reason(reason)
     _not_ejected(view, "eject")
-    return MouseEjected(
+    return EjectMouse(
         mouse_id=mouse_id,
-        occurred_at=occurred_at or datetime.now(UTC),
+        requested_at=requested_at or datetime.now(UTC),
+        requested_by=by,
         reason=why,
-        ejected_by=by,
     )
 
 
@@ -275,15 +285,15 @@ def build_adjustment(
     by: str,
     view: MouseView | None = None,
     catalog: CurriculumCatalog | None = None,
-    occurred_at: datetime | None = None,
-) -> Event:
-    """The ParametersAdjusted event, checked against what the mouse's stage allows.
+    requested_at: datetime | None = None,
+) -> AdjustParameters:
+    """The AdjustParameters command, checked against what the mouse's stage allows.
 
     Raises:
         InterventionError: bad ``--set``/``--clear``, no reason, an ejected mouse, or an
             adjustment the stage does not allow (with the allowed names suggested).
     """
-    from shaping.schemas.events import ParametersAdjusted
+    from shaping.schemas.commands import AdjustParameters
     from shaping.services.domain import CurriculumError
     from shaping.services.domain.interventions import check_adjustments
 
@@ -304,12 +314,12 @@ def build_adjustment(
             check_adjustments(curriculum, view.stage, requested)
         except CurriculumError as exc:
             raise InterventionError(str(exc)) from exc
-    return ParametersAdjusted(
+    return AdjustParameters(
         mouse_id=mouse_id,
-        occurred_at=occurred_at or datetime.now(UTC),
+        requested_at=requested_at or datetime.now(UTC),
+        requested_by=by,
         adjustments=adjustments,
         reason=why,
-        adjusted_by=by,
     )
 
 
@@ -322,40 +332,63 @@ def _adjustable(curriculum: CurriculumEngine, stage: str) -> list[str] | None:
     return sorted(getattr(compiled, "adjustable", {}) or {})
 
 
-# -- publishing and waiting for the answer --------------------------------------------------------
+# -- publishing a command and waiting for the answer ---------------------------------------------
+
+ANSWERED_BY_ASSIGNMENT = ("assignments", "dead_letter")
+"""Where the answer to an intervention comes: the assignment its event causes, or a refusal."""
+
+ANSWERED_BY_EVENT = ("events", "dead_letter")
+"""Where the answer to an enrolment comes: its event on the events topic, or a refusal."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of a published intervention.
+    """What became of a published command.
 
     Attributes:
-        partition, offset: where the event was written.
-        answer: the processor's AssignmentIssued or EventRejected, or None (no answer in time).
+        partition, offset: where the command was written (on the commands topic).
+        answer: the processor's answer (the event that honours the command, or the
+            AssignmentIssued that event caused, or an EventRejected), or None (no answer in
+            time).
+        answer_partition, answer_offset: where the answer was read, when it was.
     """
 
     partition: int
     offset: int
     answer: Event | None
+    answer_partition: int | None = None
+    answer_offset: int | None = None
 
 
-def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) -> Outcome:
-    """Publishes the event and waits up to ``wait_s`` for the processor's answer.
+def send_command(
+    settings: Settings,
+    command: Command,
+    codec: EventCodec,
+    wait_s: float = DEFAULT_WAIT_S,
+    answered_on: Sequence[str] = ANSWERED_BY_ASSIGNMENT,
+) -> Outcome:
+    """Publishes the command to the commands topic and waits up to ``wait_s`` for the
+    processor's answer on the topics of the kinds ``answered_on``.
+
+    The answer is the first of: an EventRejected caused by the command (refused when judged)
+    or by the event that honours it (refused when folded, should the mouse have changed in
+    between); an AssignmentIssued caused by that event; that event itself, on the events
+    topic (its id is :attr:`Command.answer_id`).
 
     Raises:
         DeliveryError: no broker answers, the topics do not exist, or the write fails.
     """
     from kafka.errors import KafkaError, KafkaTimeoutError
 
-    from shaping.schemas.codec import default_codec, encode_key
+    from shaping.schemas.codec import encode_key
     from shaping.schemas.headers import headers_for
     from shaping.services.adapters.errors import TopicMissingError
     from shaping.services.adapters.kafka import consumer as kafka_consumer
     from shaping.services.adapters.kafka import producer as kafka_producer
     from shaping.services.adapters.topics import wait_for_partitions
 
-    codec = default_codec()
     topics = settings.topics
+    connection = settings.kafka
     unreachable = (
         f"no Kafka broker answered at {settings.bootstrap} within {CONNECT_TIMEOUT_S:g} s; start "
         "one (`make kafka-up`) or pass --bootstrap"
@@ -363,24 +396,20 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
     consumer: Any = None
     try:
         if wait_s > 0:
-            # Read the answer topics from their current ends, fixed before the event goes out.
+            # Read the answer topics from their current ends, fixed before the command goes out.
             consumer = kafka_consumer(
-                settings.bootstrap,
+                connection,
                 "shaping-operator-answer",
                 bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
             )
-            partitions = (
-                wait_for_partitions(
-                    consumer, [topics.assignments, topics.dead_letter], CONNECT_TIMEOUT_S
-                )
-                or []
-            )
+            watched = [topics.of_kind(kind) for kind in answered_on]  # type: ignore[arg-type]
+            partitions = wait_for_partitions(consumer, watched, CONNECT_TIMEOUT_S) or []
             consumer.assign(partitions)
             consumer.seek_to_end(*partitions)
             for tp in partitions:
-                consumer.position(tp)  # fixes the end now, before the event goes out
+                consumer.position(tp)  # fixes the end now, before the command goes out
         producer = kafka_producer(
-            settings.bootstrap,
+            connection,
             "shaping-operator",
             max_block_ms=int(SEND_TIMEOUT_S * 1000),
             bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
@@ -392,49 +421,63 @@ def publish(settings: Settings, event: Event, wait_s: float = DEFAULT_WAIT_S) ->
         _close(consumer)
         raise DeliveryError(unreachable) from exc
     try:
-        value = codec.encode(event)
+        value = codec.encode(command)
         future = producer.send(
-            topics.events, key=encode_key(event.mouse_id), value=value, headers=headers_for(value)
+            topics.commands,
+            key=encode_key(command.mouse_id),
+            value=value,
+            headers=headers_for(value),
         )
         metadata = future.get(timeout=SEND_TIMEOUT_S)
     except KafkaTimeoutError as exc:
         _close(consumer)
         raise DeliveryError(
-            f"could not write to topic {topics.events!r} within {SEND_TIMEOUT_S:g} s: does it "
-            "exist? (`shaping topics create`)"
+            f"could not write to topic {topics.commands!r} within {SEND_TIMEOUT_S:g} s: does "
+            "it exist? (`shaping topics create`)"
         ) from exc
     except KafkaError as exc:
         _close(consumer)
-        raise DeliveryError(f"Kafka refused the event: {exc}") from exc
+        raise DeliveryError(f"Kafka refused the command: {exc}") from exc
     finally:
         producer.close(timeout=10)
-    answer = None
+    answer: tuple[Event, int, int] | None = None
     if consumer is not None:
         try:
-            answer = _await_answer(consumer, codec, event.event_id, wait_s)
+            answer = _await_answer(consumer, codec, command, wait_s)
         except KafkaError:
-            answer = None  # the event is out; the answer shows in `shaping history`
+            answer = None  # the command is out; the answer shows in `shaping history`
         finally:
             _close(consumer)
-    return Outcome(int(metadata.partition), int(metadata.offset), answer)
+    if answer is None:
+        return Outcome(int(metadata.partition), int(metadata.offset), None)
+    event, partition, offset = answer
+    return Outcome(int(metadata.partition), int(metadata.offset), event, partition, offset)
 
 
-def _await_answer(consumer: Any, codec: Any, event_id: str, wait_s: float) -> Event | None:
+def _await_answer(
+    consumer: Any, codec: EventCodec, command: Command, wait_s: float
+) -> tuple[Event, int, int] | None:
     from shaping.schemas.errors import SerializationError
     from shaping.schemas.events import AssignmentIssued, EventRejected
 
+    answer_id = command.answer_id
+    causes = {command.command_id, answer_id}
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=300).values():
             for record in records:
+                if record.key is not None and record.key != command.mouse_id.encode():
+                    continue  # another mouse's (the events topic is busy): not decoded
                 try:
                     event = codec.decode(record.value)
                 except SerializationError:
                     continue
-                if isinstance(event, AssignmentIssued | EventRejected) and (
-                    event.causation_id == event_id
+                if (
+                    (isinstance(event, EventRejected) and event.causation_id in causes)
+                    or (isinstance(event, AssignmentIssued) and event.causation_id == answer_id)
+                    or event.event_id == answer_id
                 ):
-                    return event
+                    return event, record.partition, record.offset
     return None
 
 
@@ -453,7 +496,7 @@ def operator_name(by: str | None) -> str:
 
 def checked_view(settings: Settings, mouse_id: str, warn: Warn | None = None) -> MouseView | None:
     """The mouse as the status tables show it; None, with a warning, when they cannot be read
-    here (the event then goes out unchecked).
+    here (the command then goes out unchecked).
 
     Raises:
         InterventionError: the tables have no such mouse (closest ids named).
@@ -467,14 +510,15 @@ def checked_view(settings: Settings, mouse_id: str, warn: Warn | None = None) ->
     return view
 
 
-def load_catalog(warn: Warn | None = None) -> CurriculumCatalog | None:
-    """The curricula the processor loads too; None, with a warning, when they cannot be
-    loaded here (the event then goes out, and the processor alone judges it)."""
+def load_catalog(
+    load: Callable[[], CurriculumCatalog], warn: Warn | None = None
+) -> CurriculumCatalog | None:
+    """The curricula ``load`` gives (the ones the processor loads too:
+    :func:`shaping.services.bootstrap.catalog`); None, with a warning, when they cannot be
+    loaded here (the command then goes out, and the processor alone judges it)."""
     try:
-        from shaping.services.curricula.catalog import default_catalog
-
-        return default_catalog()
-    except Exception as exc:  # the event still goes out; the processor judges it
+        return load()
+    except Exception as exc:  # the command still goes out; the processor judges it
         (warn or _warn_on_stderr)(f"warning: cannot load the curricula here: {exc}")
         return None
 
@@ -484,11 +528,12 @@ class Delivery:
     """A published intervention and what the processor answered in time.
 
     Attributes:
-        event: the intervention as published.
+        event: the event the command asks for (its id derived from the command's).
         what: what it is called in messages: override, ejection or adjustment.
-        where: ``topic[partition]@offset`` of the event.
+        where: ``topic[partition]@offset`` of the command.
         answer: the processor's AssignmentIssued, or None (no answer within ``wait_s``).
         wait_s: how long the answer was waited for (0: not at all).
+        command: the command as published.
     """
 
     event: Event
@@ -496,6 +541,7 @@ class Delivery:
     where: str
     answer: Event | None
     wait_s: float
+    command: Command | None = None
 
     def report(self) -> list[str]:
         """What to tell the trainer, a line each."""
@@ -518,7 +564,11 @@ class Delivery:
 
 
 def deliver(
-    settings: Settings, event: Event, what: str, wait_s: float = DEFAULT_WAIT_S
+    settings: Settings,
+    command: Command,
+    what: str,
+    codec: EventCodec,
+    wait_s: float = DEFAULT_WAIT_S,
 ) -> Delivery:
     """Publishes the intervention and waits up to ``wait_s`` for the processor's answer.
 
@@ -526,21 +576,22 @@ def deliver(
         what: what the intervention is called in messages (override, ejection, adjustment).
 
     Raises:
-        DeliveryError: as :func:`publish`.
+        DeliveryError: as :func:`send_command`.
         InterventionRefused: the processor refused it (its reason in the message).
     """
     from shaping.schemas.events import EventRejected
 
-    outcome = publish(settings, event, wait_s)
+    outcome = send_command(settings, command, codec, wait_s)
     answer = outcome.answer
+    event = command.answer()
     if isinstance(answer, EventRejected):
         raise InterventionRefused(
-            f"the processor refused the {what} of {event.mouse_id}: {printable(answer.reason)}",
+            f"the processor refused the {what} of {command.mouse_id}: {printable(answer.reason)}",
             event,
             answer,
         )
-    where = f"{settings.topics.events}[{outcome.partition}]@{outcome.offset}"
-    return Delivery(event, what, where, answer, wait_s)
+    where = f"{settings.topics.commands}[{outcome.partition}]@{outcome.offset}"
+    return Delivery(event, what, where, answer, wait_s, command)
 
 
 def request_override(
@@ -552,18 +603,22 @@ def request_override(
     from_stage: str | None = None,
     wait_s: float = DEFAULT_WAIT_S,
     warn: Warn | None = None,
+    *,
+    codec: EventCodec,
+    catalog: CurriculumCatalog | None = None,
 ) -> Delivery:
-    """Moves a mouse to ``stage`` by hand: checks, publishes a StageOverridden, waits.
+    """Moves a mouse to ``stage`` by hand: checks, publishes an OverrideStage, waits.
+
+    Args:
+        catalog: the curricula to check the stage against (None: not checked here).
 
     Raises:
         InterventionError: as :func:`checked_view` and :func:`build_override`;
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    event = build_override(
-        mouse_id, stage, reason, operator_name(by), from_stage, view, load_catalog(warn)
-    )
-    return deliver(settings, event, "override", wait_s)
+    command = build_override(mouse_id, stage, reason, operator_name(by), from_stage, view, catalog)
+    return deliver(settings, command, "override", codec, wait_s)
 
 
 def request_ejection(
@@ -573,16 +628,18 @@ def request_ejection(
     by: str | None = None,
     wait_s: float = DEFAULT_WAIT_S,
     warn: Warn | None = None,
+    *,
+    codec: EventCodec,
 ) -> Delivery:
-    """Takes a mouse out of training: checks, publishes a MouseEjected, waits.
+    """Takes a mouse out of training: checks, publishes an EjectMouse, waits.
 
     Raises:
         InterventionError: as :func:`checked_view` and :func:`build_ejection`;
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    event = build_ejection(mouse_id, reason, operator_name(by), view)
-    return deliver(settings, event, "ejection", wait_s)
+    command = build_ejection(mouse_id, reason, operator_name(by), view)
+    return deliver(settings, command, "ejection", codec, wait_s)
 
 
 def request_adjustment(
@@ -594,19 +651,23 @@ def request_adjustment(
     by: str | None = None,
     wait_s: float = DEFAULT_WAIT_S,
     warn: Warn | None = None,
+    *,
+    codec: EventCodec,
+    catalog: CurriculumCatalog | None = None,
 ) -> Delivery:
     """Adjusts some of a mouse's parameters (``NAME=VALUE`` sets, names cleared): checks,
-    publishes a ParametersAdjusted, waits.
+    publishes an AdjustParameters, waits.
+
+    Args:
+        catalog: the curricula to check the adjustments against (None: not checked here).
 
     Raises:
         InterventionError: as :func:`checked_view` and :func:`build_adjustment`;
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    event = build_adjustment(
-        mouse_id, sets, clears, reason, operator_name(by), view, load_catalog(warn)
-    )
-    return deliver(settings, event, "adjustment", wait_s)
+    command = build_adjustment(mouse_id, sets, clears, reason, operator_name(by), view, catalog)
+    return deliver(settings, command, "adjustment", codec, wait_s)
 
 
 # -- history and status -------------------------------------------------------------------------

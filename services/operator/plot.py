@@ -53,6 +53,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import Engine, Table, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from shaping.schemas.codec import EventCodec
 from shaping.services.operator.errors import OperatorError
 
 KINDS = ("learning", "ibl")
@@ -132,7 +133,13 @@ def _rows(engine: Engine, table: Table, mouse_id: str, order: Sequence[str]) -> 
     return frame
 
 
-def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) -> MouseTables:
+def read_mouse(
+    engine: Engine,
+    mouse_id: str,
+    events_log: Path | None = None,
+    *,
+    codec: EventCodec,
+) -> MouseTables:
     """Everything the plots read about one mouse.
 
     Args:
@@ -141,6 +148,8 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
         events_log: an embedded install's event log (``events.jsonl``) to read the values
             the curriculum reported with each decision from, for tables projected before
             ``decision_log.metrics_json`` kept them (None: from the tables).
+        codec: decodes a refused intervention's original and the log
+            (:func:`shaping.services.bootstrap.codec`).
 
     Raises:
         OperatorError: when a query fails or the log cannot be read.
@@ -158,7 +167,7 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
     trainer = _rows(engine, interventions, mouse_id, ["requested_at", "event_id"])
     if trainer["kind"].isna().any():
         trainer = _refused_originals(
-            trainer, _rows(engine, rejected_events, mouse_id, ["occurred_at"])
+            trainer, _rows(engine, rejected_events, mouse_id, ["occurred_at"]), codec
         )
     decisions = decisions[decisions["superseded_by"].isna()].reset_index(drop=True)
     status = _rows(engine, mouse_status, mouse_id, ["mouse_id"])
@@ -170,7 +179,7 @@ def read_mouse(engine: Engine, mouse_id: str, events_log: Path | None = None) ->
         warnings=_rows(engine, training_warnings, mouse_id, ["occurred_at", "event_id"]),
         status=status.iloc[0].to_dict() if not status.empty else {},
         reported=(
-            reported_metrics_from_log(events_log, mouse_id)
+            reported_metrics_from_log(events_log, mouse_id, codec)
             if events_log
             else _reported_from_tables(decisions)
         ),
@@ -188,14 +197,14 @@ def _reported_from_tables(decisions: pd.DataFrame) -> dict[str, dict[str, float 
     return reported
 
 
-def _refused_originals(trainer: pd.DataFrame, rejected: pd.DataFrame) -> pd.DataFrame:
+def _refused_originals(
+    trainer: pd.DataFrame, rejected: pd.DataFrame, codec: EventCodec
+) -> pd.DataFrame:
     """Fills in what a refused intervention's row lacks (only the refusal is projected: the
     trainer's event never reached the accepted topic) from the dead letter's original."""
-    from shaping.schemas.codec import default_codec
     from shaping.schemas.errors import SerializationError
     from shaping.schemas.events import MouseEjected, ParametersAdjusted, StageOverridden
 
-    codec = default_codec()
     originals: dict[str, Any] = {}
     for text in rejected.get("original_value_hex", []):
         try:
@@ -218,22 +227,23 @@ def _refused_originals(trainer: pd.DataFrame, rejected: pd.DataFrame) -> pd.Data
     return trainer
 
 
-def reported_metrics_from_log(path: Path, mouse_id: str) -> dict[str, dict[str, float | None]]:
+def reported_metrics_from_log(
+    path: Path, mouse_id: str, codec: EventCodec
+) -> dict[str, dict[str, float | None]]:
     """The values reported with each of a mouse's decisions (``StageTransitioned.metrics``),
-    by decision id, from an embedded event log (``shaping demo``'s ``events.jsonl``).
+    by decision id, from an embedded event log (``shaping demo``'s ``events.jsonl``), decoded
+    with ``codec``.
 
     Raises:
         OperatorError: when the file is missing or is not such a log.
     """
     import base64
 
-    from shaping.schemas.codec import default_codec
     from shaping.schemas.errors import SerializationError
     from shaping.schemas.events import StageTransitioned
 
     if not path.is_file():
         raise OperatorError(f"no event log at {path} (the events.jsonl of an embedded install)")
-    codec = default_codec()
     found: dict[str, dict[str, float | None]] = {}
     try:
         with path.open(encoding="utf-8") as lines:

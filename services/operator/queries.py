@@ -514,17 +514,12 @@ def attention(
     return sorted(found, key=lambda item: item.sort_key)
 
 
-def terminal_stage_check(catalog: CurriculumCatalog | None = None) -> StageCheck:
-    """Tells terminal stages from ``catalog``, by default the curricula this machine loads
-    (the shipped ones and ``$SHAPING_CURRICULA_DIR``); a curriculum or stage it cannot find
-    counts as not terminal."""
+def terminal_stage_check(catalog: CurriculumCatalog | None) -> StageCheck:
+    """Tells terminal stages from ``catalog`` (:func:`shaping.services.bootstrap.catalog`, the
+    curricula this machine loads; None when they cannot be loaded: no stage is terminal, so
+    every stall is reported); a curriculum or stage it cannot find counts as not terminal."""
     if catalog is None:
-        try:
-            from shaping.services.curricula.catalog import default_catalog
-
-            catalog = default_catalog()
-        except Exception:  # no curricula here: every stall is reported
-            return lambda name, version, stage: False
+        return lambda name, version, stage: False
     known = catalog
 
     def check(name: str | None, version: str | None, stage: str) -> bool:

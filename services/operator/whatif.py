@@ -35,7 +35,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from shaping.schemas.codec import default_codec
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     Event,
@@ -228,6 +228,8 @@ def run_whatif(
     since: date | None = None,
     outputs: Iterable[Event] = (),
     clock: ClockWindow | None = None,
+    *,
+    codec: EventCodec,
 ) -> WhatIf:
     """Judges the recorded sessions under the mice's curricula and, open loop, under ``new``.
 
@@ -246,12 +248,12 @@ def run_whatif(
         outputs: the live outputs (decisions, assignments, dead letters), which record the
             version each enrolment was accepted on; without them the sessions tell it.
         clock: the processor's window of accepted dates (its settings; None: the default).
+        codec: the event codec (:func:`shaping.services.bootstrap.codec`).
 
     Raises:
         OperatorError: for a mouse of ``mice`` that the log does not have.
     """
-    codec = default_codec()
-    pins = EnrolmentPins(outputs)
+    pins = EnrolmentPins(outputs, codec=codec)
     live_step = ProcessorStep(PinnedCore(catalog, pins), codec, clock=clock)
     new_core = TrainingCore(CurriculumCatalog([new]))
     wanted = set(mice) if mice else None

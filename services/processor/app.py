@@ -1,11 +1,21 @@
 """The stream processor on Kafka: a faust app that runs :class:`ProcessorStep` per event.
 
-One agent consumes the ``events`` topic. For every message it loads the mouse's state from the
-changelog-backed tables ``mouse_state`` and ``mouse_sessions`` (see "State records" below),
-calls :meth:`ProcessorStep.process` (decoding, the training core and the encoding of what
-follows all happen there), publishes the outputs to the ``decisions``, ``assignments`` or
-``dead-letter`` topic, and stores the new state. The agent computes nothing itself, so this
-path and the embedded runner cannot disagree.
+One agent consumes the ``events`` and ``commands`` topics. For every message it loads the
+mouse's state from the changelog-backed tables ``mouse_state`` and ``mouse_sessions`` (see
+"State records" below), calls :meth:`ProcessorStep.process` (decoding, the training core and
+the encoding of what follows all happen there), publishes the outputs to the ``decisions``,
+``assignments`` or ``dead-letter`` topic, and stores the new state. The agent computes nothing
+itself, so this path and the embedded runner cannot disagree.
+
+A message of the ``commands`` topic goes to :meth:`ProcessorStep.process_command` instead: it
+stores nothing, and its one output is either the past-tense event that honours the command,
+appended to the ``events`` topic (keyed by the mouse, so on the mouse's partition, after
+whatever the mouse had there already), or the refusal on the dead-letter topic. The state
+changes only when the agent reads that event back from the events topic, like any other, so
+the events topic stays the one ordered log (replay folds it unchanged). The two topics have
+the same partition count and one agent reads both, so faust assigns partition *n* of each,
+and of the state tables' changelogs, to the same worker: a command is judged where its
+mouse's state is.
 
 Delivery is at least once, and it is safe because the domain is idempotent: a re-processed input
 yields the same outputs with the same (deterministic) event ids, and consumers drop ids they
@@ -90,16 +100,13 @@ from faust.tables.recovery import Recovery
 from faust.types import AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor
 
-from shaping.schemas.codec import default_codec, encode_key
+from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.events import EventRejected, StageTransitioned
 from shaping.schemas.headers import headers_for
 from shaping.schemas.topics import TopicKind
 from shaping.services.adapters.curricula_topic import CurriculaFollower, FollowingCatalog
-from shaping.services.adapters.kafka import KafkaConnection
 from shaping.services.adapters.metrics import ServiceMetrics, attach_faust_sensors
 from shaping.services.adapters.settings import Settings
-from shaping.services.adapters.topics import ensure_topics
-from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
 from shaping.services.processor.state_store import (
     CHANGELOG_REPLICATION_FACTOR,
@@ -187,6 +194,9 @@ class FaustProcessor:
         sessions: per-mouse open sessions on top of ``table``, same keys, values from
             :func:`~services.processor.state_store.encode_sessions` (see "State records" in
             the module docstring).
+        catch_up: reads the curricula topic to its end (see :func:`build_app`).
+        commands: the name of the commands topic: its messages are judged as commands
+            (:meth:`ProcessorStep.process_command`). None: every message is an event.
     """
 
     def __init__(
@@ -198,6 +208,7 @@ class FaustProcessor:
         metrics: ServiceMetrics | None = None,
         sessions: TableT | None = None,
         catch_up: Callable[[], None] | None = None,
+        commands: str | None = None,
     ) -> None:
         self.app = app
         self.step = step
@@ -206,9 +217,10 @@ class FaustProcessor:
         self.metrics = metrics
         self.sessions = sessions
         self.catch_up = catch_up
+        self.commands = commands
 
     async def handle(self, event: EventT) -> StepResult:
-        """Processes one message of the events topic; returns what the step decided.
+        """Processes one message of the events or commands topic; returns what the step decided.
 
         Must run inside the agent's stream iteration: faust writes a table's changelog record
         to the partition of the event being processed.
@@ -282,7 +294,15 @@ class FaustProcessor:
         stored = self.load(key)
         broker_time = _broker_time(message.timestamp)
         args = (stored, key, event.value, message.topic, message.partition, message.offset)
-        result = self.step.process(*args, broker_time)
+        # A command is judged (its answer goes to the events topic); anything else is folded.
+        is_command = message.topic == self.commands
+
+        def process() -> StepResult:
+            if is_command:
+                return self.step.process_command(*args, broker_time, now=datetime.now(UTC))
+            return self.step.process(*args, broker_time)
+
+        result = process()
         catalog = self.step.core.catalog
         if self.catch_up is not None and isinstance(catalog, FollowingCatalog):
             missed = catalog.take_missed()
@@ -292,7 +312,7 @@ class FaustProcessor:
                 # (nothing was published or stored yet, and the step is a function of values).
                 log.info("curriculum version(s) %s not known yet: reading the topic", missed)
                 await asyncio.get_running_loop().run_in_executor(None, self.catch_up)
-                result = self.step.process(*args, broker_time)
+                result = process()
                 catalog.take_missed()
         await self.publish(result)
         if result.state is not None:
@@ -308,7 +328,8 @@ class FaustProcessor:
     def _measure(self, message: Any, result: StepResult, seconds: float) -> None:
         """Counts the input, its outputs, rejections and decisions; records latency and lag."""
         metrics = cast(ServiceMetrics, self.metrics)
-        metrics.count_consumed(message.topic, result.event.event_type if result.event else None)
+        command = result.command.command_type if result.command is not None else None
+        metrics.count_consumed(message.topic, result.event.event_type if result.event else command)
         if result.outcome == "duplicate":
             metrics.count_duplicate()
         for out in result.outputs:
@@ -395,7 +416,8 @@ class FaustProcessor:
 
 def build_app(
     settings: Settings,
-    catalog: CurriculumCatalog | None = None,
+    codec: EventCodec,
+    catalog: CurriculumCatalog,
     web_port: int | None = None,
     metrics: ServiceMetrics | None = None,
     catch_up: Callable[[], None] | None = None,
@@ -403,8 +425,12 @@ def build_app(
     """Builds the processor's faust app (nothing connects until a worker starts it).
 
     Args:
-        settings: Kafka address, topic names, partition count, processor id, data directory.
-        catalog: the curricula (the shipped ones by default).
+        settings: the Kafka connection, topic names, partition count, processor id, data
+            directory.
+        codec: decodes the inputs and encodes the outputs
+            (:func:`shaping.services.bootstrap.codec`).
+        catalog: the curricula (in production the following catalog of
+            :func:`shaping.services.bootstrap.following_catalog`).
         web_port: port of faust's web server; None disables the web server.
         metrics: the processor's metrics, with faust's own sensors added to its registry
             (None: nothing is measured).
@@ -423,7 +449,7 @@ def build_app(
     app = faust.App(
         settings.processor_id,  # also the consumer group and the changelog topic's prefix
         # The brokers and, on a secured cluster, the credentials: the one Kafka adapter's.
-        **KafkaConnection.of(settings.bootstrap).faust_options(),
+        **settings.kafka.faust_options(),
         datadir=str(datadir),
         # Table state lives in memory and is rebuilt from its changelog topic at start.
         store="memory://",
@@ -454,10 +480,10 @@ def build_app(
         attach_faust_sensors(app, metrics.registry)
     topics = settings.topics
 
-    def raw_topic(name: str) -> TopicT:
+    def raw_topic(*names: str) -> TopicT:
         # Bytes in, bytes out: the codec lives in ProcessorStep, not in faust.
         return app.topic(
-            name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+            *names, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
         )
 
     table = app.Table(
@@ -476,6 +502,8 @@ def build_app(
         help="Per-mouse open sessions on top of mouse_state (state_store.encode_sessions).",
     )
     outputs: dict[TopicKind, TopicT] = {
+        # The answers to the commands it honours: appended to the one ordered log.
+        "events": raw_topic(topics.events),
         "accepted": raw_topic(topics.accepted),
         "decisions": raw_topic(topics.decisions),
         "assignments": raw_topic(topics.assignments),
@@ -484,19 +512,23 @@ def build_app(
     clock = ClockWindow(
         max_ahead=timedelta(seconds=settings.clock_max_ahead_s),
         max_behind=timedelta(days=settings.clock_max_behind_days),
+        command_max_age=timedelta(seconds=settings.command_max_age_s),
     )
-    step = ProcessorStep(TrainingCore(catalog or default_catalog()), default_codec(), clock=clock)
-    processor = FaustProcessor(app, step, table, outputs, metrics, sessions, catch_up)
+    step = ProcessorStep(TrainingCore(catalog), codec, clock=clock)
+    processor = FaustProcessor(
+        app, step, table, outputs, metrics, sessions, catch_up, commands=topics.commands
+    )
 
     @app.agent(
-        raw_topic(topics.events),
+        raw_topic(topics.events, topics.commands),
         name="process_events",
         # One message at a time: per-mouse order, and acks (so commits) in offset order.
         concurrency=1,
         supervisor_strategy=CrashingSupervisor,
     )
     async def process_events(stream: StreamT[Any]) -> None:
-        """Runs the processing step over the events topic, one message at a time."""
+        """Runs the processing step over the events and commands topics, one message at a
+        time."""
         # Manual acks: faust acks an event when the loop moves on, even when the body raised;
         # an input must count as done only after its outputs and state are handed over.
         # (noack is on faust's Stream, not on its StreamT interface.)
@@ -510,6 +542,10 @@ def build_app(
 
 def run_processor(
     settings: Settings,
+    codec: EventCodec,
+    catalog: FollowingCatalog,
+    follower: CurriculaFollower,
+    metrics: ServiceMetrics | None = None,
     web_port: int | None = None,
     loglevel: str = "warn",
     metrics_port: int | None = None,
@@ -517,34 +553,38 @@ def run_processor(
 ) -> None:
     """Runs the processor in this process until SIGTERM or SIGINT.
 
-    Creates the Shaping topics if they are missing, reads every published curriculum version
-    from the curricula topic (:mod:`services.adapters.curricula_topic`), then starts a faust worker
-    while a thread follows that topic. On a signal the worker finishes the message in flight,
-    commits and stops.
+    The entry point builds what it runs on with :mod:`shaping.services.bootstrap` (after
+    :func:`~shaping.services.bootstrap.ensure_topics`): the codec, the following catalog and
+    its follower (not loaded yet), and the metrics. This reads every published curriculum
+    version from the curricula topic (:mod:`services.adapters.curricula_topic`), then starts a
+    faust worker while a thread follows that topic. On a signal the worker finishes the
+    message in flight, commits and stops; the follower is stopped in any case.
 
     Args:
         settings: where Kafka is and how topics and the processor are named.
+        codec: the event codec.
+        catalog: the curricula, fed by ``follower``.
+        follower: reads the curricula topic into ``catalog``.
+        metrics: the processor's metrics (None: nothing is measured).
         web_port: serve faust's web endpoints on this port (None: no web server).
         loglevel: faust/Python log level (``debug``, ``info``, ``warn``, ``error``).
-        metrics_port: serve Prometheus metrics (``/metrics``) on this port (None: no metrics).
+        metrics_port: serve ``metrics`` to Prometheus (``/metrics``) on this port (None: not
+            served).
         metrics_host: address the metrics endpoint binds to.
 
     Raises:
         SystemExit: with a non-zero code when the worker crashed.
     """
-    ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
-    # Every published curriculum version is in the catalog before the worker sees an event;
-    # then the follower keeps adding new ones (and reads the topic on a miss).
-    catalog = FollowingCatalog.copy_of(default_catalog())
-    follower = CurriculaFollower(settings.bootstrap, settings.topics.curricula, catalog)
     try:
+        # Every published curriculum version is in the catalog before the worker sees an
+        # event; then the follower keeps adding new ones (and reads the topic on a miss).
         loaded = follower.load()
         log.info("read %d record(s) of %s", loaded, settings.topics.curricula)
         follower.start()
-        metrics = ServiceMetrics("processor") if metrics_port is not None else None
         app = build_app(
             settings,
-            catalog=catalog,
+            codec,
+            catalog,
             web_port=web_port,
             metrics=metrics,
             catch_up=follower.catch_up,

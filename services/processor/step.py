@@ -16,6 +16,12 @@ No input can make it raise (see docs/integrity.md). Every message ends in exactl
   ``impossible`` (cannot have happened given the mouse's history), ``duplicate`` (an event id
   reused with other content), ``clock`` (dated outside the window around the broker's time)
   and ``failed`` (a bug: the step raised; the message is parked, not looped on).
+
+A message of the ``commands`` topic (:meth:`ProcessorStep.process_command`) changes no state.
+The step dry-runs the past-tense event the command asks for against the mouse's state (the
+same checks and the same core, on a copy) and answers with exactly one message: that event,
+to be appended to the ``events`` topic (honoured; the processor folds it when it reads it
+there, like any event), or one EventRejected naming the command (refused, malformed, or a bug).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from shaping.schemas.codec import EventCodec, encode_key
+from shaping.schemas.commands import Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     ORIGINAL_KEY_MAX,
@@ -48,8 +55,14 @@ from shaping.schemas.events import (
 )
 from shaping.schemas.identifiers import is_id
 from shaping.schemas.text import quoted
-from shaping.schemas.topics import OUTPUT_KINDS, TopicKind
-from shaping.services.domain import ImpossibleEvent, MouseState, TrainingCore, initial_state
+from shaping.schemas.topics import ANSWER_KIND, OUTPUT_KINDS, TopicKind
+from shaping.services.domain import (
+    CurriculumEngine,
+    ImpossibleEvent,
+    MouseState,
+    TrainingCore,
+    initial_state,
+)
 from shaping.services.domain.state import RECENT_IDS
 
 log = logging.getLogger(__name__)
@@ -98,11 +111,30 @@ class ClockWindow:
         max_behind: how far in the past.
         max_date_skew: how far a SessionStarted's ``session_date`` (the rig's local calendar
             date) may lie from the UTC date of its ``occurred_at``.
+        command_max_age: how long after the broker took a command the processor may still act
+            on it. An operator waits seconds for the answer; a command read much later (a
+            processor under a new consumer group reading the commands topic from its start, or
+            one that was down for hours) is refused rather than acted on out of its time.
     """
 
     max_ahead: timedelta = timedelta(minutes=15)
     max_behind: timedelta = timedelta(days=366)
     max_date_skew: timedelta = timedelta(days=1)
+    command_max_age: timedelta = timedelta(hours=1)
+
+    def command_problem(self, broker_time: datetime | None, now: datetime | None) -> str | None:
+        """Why a command taken by the broker at ``broker_time`` is too old to act on at
+        ``now``, or None (also when either time is unknown)."""
+        if broker_time is None or now is None:
+            return None
+        age = now - broker_time
+        if age <= self.command_max_age:
+            return None
+        return (
+            f"the broker took this command at {broker_time.isoformat()}, {_span(age)} before the "
+            f"processor read it (at most {_span(self.command_max_age)} allowed): a command is "
+            "not acted on this late; send it again if it is still wanted"
+        )
 
     def problem(self, event: Event, broker_time: datetime | None) -> str | None:
         """Why the event's dates are refused, or None when they are fine."""
@@ -165,17 +197,22 @@ class StepResult:
     """What one input message led to.
 
     Attributes:
-        event: the decoded input, or None when it could not be decoded.
+        event: the decoded input, or None when it could not be decoded (or was a command).
         state: the mouse's new state, or None when it must stay as it was.
         outputs: messages to publish, in order.
         outcome: accepted, duplicate (dropped silently), rejected, or ignored (accepted but
-            changing nothing, e.g. a movement).
+            changing nothing, e.g. a movement). A command honoured is ``accepted``.
+        command: the decoded command, for a message of the commands topic that decoded.
+        curriculum: the curriculum version an accepted CurriculumPublished added to the
+            catalog (None: none added).
     """
 
     event: Event | None
     state: MouseState | None
     outputs: list[Outgoing] = field(default_factory=list)
     outcome: Outcome = "accepted"
+    command: Command | None = None
+    curriculum: CurriculumEngine | None = None
 
     @property
     def rejected(self) -> bool:
@@ -302,16 +339,25 @@ class ProcessorStep:
                     "duplicate",
                     event,
                 )
+        if isinstance(event, CurriculumPublished):
+            # A curriculum version goes to the catalog, not to a mouse.
+            try:
+                published = self.core.publication(event)
+            except ImpossibleEvent as exc:
+                return reject(str(exc), "impossible", event)
+            if published is not None:
+                # The core never changes the catalog; the step that holds it adds the version
+                # (the catalog is a fold over the published versions, in log order).
+                self.core.catalog.add(published)
+            return StepResult(event, None, [], "accepted", curriculum=published)
         try:
             new_state, emitted = self.core.handle(current, event)
         except ImpossibleEvent as exc:
             return reject(str(exc), "impossible", event)
         if new_state == current:
-            # The core folded nothing: a trial it had already counted, an event it had seen
-            # (a redelivered SessionEnded re-sends its decision, with the same ids), or a
-            # curriculum version, which goes to the catalog, not to a mouse.
-            outcome: Outcome = "accepted" if isinstance(event, CurriculumPublished) else "duplicate"
-            return StepResult(event, None, [self._outgoing(e) for e in emitted], outcome)
+            # The core folded nothing: a trial it had already counted, or an event it had seen
+            # (a redelivered SessionEnded re-sends its decision, with the same ids).
+            return StepResult(event, None, [self._outgoing(e) for e in emitted], "duplicate")
         update: dict[str, object] = {"input_offsets": {**new_state.input_offsets, position: offset}}
         if digest is not None:
             digests = {**new_state.event_digests, event.event_id: digest}
@@ -321,6 +367,101 @@ class ProcessorStep:
         if not isinstance(event, NOT_REPUBLISHED) and value is not None:
             outputs.insert(0, Outgoing("accepted", key, value, event))
         return StepResult(event, new_state, outputs, "accepted")
+
+    def process_command(
+        self,
+        state: MouseState | None,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None = None,
+        now: datetime | None = None,
+    ) -> StepResult:
+        """Judges one message of the commands topic; never raises and changes no state.
+
+        The answer is one output: the past-tense event the command asks for (topic kind
+        ``events``, keyed by the mouse, its id derived from the command's) when the core would
+        accept it now, else one EventRejected caused by the command. A command whose event the
+        mouse has already folded is a redelivery: no output (``duplicate``).
+
+        Args:
+            state: the stored state of the message key's mouse, None if there is none.
+            key, value, topic, partition, offset, timestamp: as :meth:`process`.
+            now: the processor's time; a command the broker took longer than
+                :attr:`ClockWindow.command_max_age` before it is refused (None: not checked).
+        """
+        try:
+            return self._process_command(
+                state, key, value, topic, partition, offset, timestamp, now
+            )
+        except Exception as exc:  # a bug, not bad input: park the message, never loop on it
+            log.exception("processing %s/%d@%d failed; parking it", topic, partition, offset)
+            return self.park(key, value, topic, partition, offset, exc, timestamp)
+
+    def _process_command(
+        self,
+        state: MouseState | None,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None,
+        now: datetime | None,
+    ) -> StepResult:
+        def reject(reason: str, kind: str, command: Command | None) -> StepResult:
+            if command is not None:
+                reason = (
+                    f"{reason} (command {command.command_type} {command.command_id}, asked by "
+                    f"{quoted(command.requested_by, 80)})"
+                )
+            result = self._reject(
+                key, value, topic, partition, offset, reason, kind, None, timestamp, command
+            )
+            return StepResult(None, None, result.outputs, "rejected", command)
+
+        try:
+            command = self.codec.decode_command(value)
+        except SerializationError as exc:
+            return reject(str(exc), exc.kind, None)
+        if key is None or key != encode_key(command.mouse_id):
+            shown = "none" if key is None else repr(quoted(key.decode("utf-8", "replace")))
+            return reject(
+                f"the Kafka key ({shown}) must be the mouse id {command.mouse_id!r}",
+                "invalid",
+                command,
+            )
+        stale = self.clock.command_problem(timestamp, now)
+        if stale is not None:
+            return reject(stale, "clock", command)
+        try:
+            event = command.answer()
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            return reject(f"cannot be answered: {quoted(str(exc), 300)}", "invalid", command)
+        problem = self.clock.problem(event, timestamp)
+        if problem is not None:
+            return reject(problem.replace("occurred_at", "requested_at", 1), "clock", command)
+        current = state or initial_state(event.mouse_id)
+        known = current.event_digests.get(event.event_id)
+        if known == content_digest(event):
+            return StepResult(None, None, [], "duplicate", command)
+        if known is not None:
+            return reject(
+                f"command id {command.command_id} was already used by another command with "
+                "different content; every command needs a new id",
+                "duplicate",
+                command,
+            )
+        try:
+            # A dry run on a copy: the state is folded only when the answer comes back on the
+            # events topic, in the log's order.
+            self.core.handle(current.model_copy(deep=True), event)
+        except ImpossibleEvent as exc:
+            return reject(str(exc), "impossible", command)
+        answer = Outgoing(ANSWER_KIND, encode_key(event.mouse_id), self.codec.encode(event), event)
+        return StepResult(None, None, [answer], "accepted", command)
 
     def _outgoing(self, event: Event) -> Outgoing:
         return Outgoing(
@@ -341,16 +482,22 @@ class ProcessorStep:
         kind: str,
         event: Event | None,
         timestamp: datetime | None,
+        command: Command | None = None,
     ) -> StepResult:
         value = value or b""
         if event is not None:
             mouse_id = event.mouse_id
+        elif command is not None:
+            mouse_id = command.mouse_id
         else:
             text = (key or b"").decode("utf-8", "replace")
             mouse_id = text if is_id(text) else "unknown"
         when = timestamp or datetime.now(UTC)
         if event is not None and kind != "clock":
             when = event.occurred_at
+        elif command is not None and kind != "clock":
+            when = command.requested_at
+        cause = event.event_id if event else command.command_id if command else None
         if len(reason) > REASON_MAX:
             reason = reason[: REASON_MAX - 40] + f"… (reason cut; {len(reason)} characters)"
         rejected = EventRejected(
@@ -359,7 +506,7 @@ class ProcessorStep:
             rig_id=event.rig_id if event else None,
             session_id=event.session_id if event else None,
             occurred_at=when,
-            causation_id=event.event_id if event else None,
+            causation_id=cause,
             reason=reason,
             error_kind=kind,  # type: ignore[arg-type]
             source_topic=topic,

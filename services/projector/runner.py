@@ -22,11 +22,12 @@ import threading
 import time
 from typing import Any
 
-from shaping.schemas.codec import EventCodec, default_codec
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import Event
 from shaping.schemas.topics import PROJECTED_KINDS, TopicKind, TopicNames
 from shaping.services.adapters.errors import TopicMissingError
+from shaping.services.adapters.kafka import KafkaConnection
 from shaping.services.adapters.kafka import consumer as kafka_consumer
 from shaping.services.adapters.metrics import ServiceMetrics
 from shaping.services.adapters.topics import wait_for_partitions
@@ -48,9 +49,10 @@ MAX_BACKOFF_S = 10.0
 
 
 def run_projector(
-    bootstrap: str,
+    connection: KafkaConnection | str,
     topics: TopicNames,
     store: ProjectionStore,
+    codec: EventCodec,
     consumer: str = "projector",
     stop: threading.Event | None = None,
     idle_exit_s: float | None = None,
@@ -66,10 +68,15 @@ def run_projector(
     so rows and offsets commit together. Messages that cannot be decoded advance the offset
     only; the processor dead-letters them.
 
+    The collaborators are built by :mod:`shaping.services.bootstrap` (``shaping projector``);
+    a test passes its own.
+
     Args:
-        bootstrap: Kafka bootstrap servers, e.g. ``localhost:9092``.
+        connection: the brokers (``Settings.kafka``), or just their addresses, e.g.
+            ``localhost:9092`` (the rest of the connection from the environment).
         topics: the deployment's topic names.
         store: where the projection and its tracking record live.
+        codec: decodes the messages.
         consumer: name of this projector in the store's tracking record.
         stop: when set, the projector finishes its current batch and returns.
         idle_exit_s: return once no message arrived for this long (None: run until ``stop``).
@@ -87,10 +94,9 @@ def run_projector(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     kinds = topics.kinds(PROJECTED_KINDS)
-    codec = default_codec()
     # From the start if a committed offset is no longer on the broker (say after the topic
     # was recreated): the store skips offsets it has already applied.
-    kafka = kafka_consumer(bootstrap, consumer, max_poll_records=batch_size)
+    kafka = kafka_consumer(connection, consumer, max_poll_records=batch_size)
     try:
         try:
             partitions = wait_for_partitions(

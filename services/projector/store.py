@@ -40,7 +40,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.pool import StaticPool
 
-from shaping.schemas.codec import default_codec
+from shaping.schemas.codec import EventCodec
+from shaping.schemas.commands import Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     EVENT_TYPES,
@@ -208,12 +209,15 @@ class SqlProjectionStore:
 
     _DIALECTS = ("sqlite", "postgresql")
 
-    def __init__(self, url: str | URL, *, echo: bool = False) -> None:
+    def __init__(self, url: str | URL, *, codec: EventCodec, echo: bool = False) -> None:
         """Connects to the database and creates the tables that are missing.
 
         Args:
             url: a SQLAlchemy URL, e.g. ``sqlite:///shaping.db`` or
                 ``postgresql+psycopg://user@host/db``.
+            codec: reads the original of a dead-lettered intervention
+                (:func:`shaping.services.bootstrap.codec`; the projector's entry point passes
+                it, see :func:`shaping.services.bootstrap.projection_store`).
             echo: log every SQL statement (debugging).
 
         Raises:
@@ -244,7 +248,7 @@ class SqlProjectionStore:
             TrainingWarning: self._training_warning,
         }
         self._dialect = self.engine.dialect.name
-        self._codec = default_codec()  # reads the original of a dead-lettered intervention
+        self._codec = codec
         if self._dialect not in self._DIALECTS:
             self.engine.dispose()
             raise ProjectorError(
@@ -770,9 +774,11 @@ class SqlProjectionStore:
 
     def _intervention_refused(self, conn: Connection, ev: EventRejected) -> None:
         try:
-            original = self._codec.decode(ev.original_value)
+            message = self._codec.decode_message(ev.original_value)
         except SerializationError:
             return
+        # A refused command (OverrideStage, ...) is audited as the event it asked for.
+        original = message.answer() if isinstance(message, Command) else message
         if not isinstance(original, StageOverridden | MouseEjected | ParametersAdjusted):
             return
         # The processor refused the request, so it never reaches the accepted topic: its audit

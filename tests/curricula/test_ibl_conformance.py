@@ -58,6 +58,7 @@ from tests.support.processor import (  # noqa: F401 - fixtures
     publisher,
 )
 from tests.support.scripts import REPO
+from tests.support.wiring import embedded_runtime, sql_store
 
 TRIALS = IBL / "trials_test_flat.csv"
 EXPECTED = IBL / "ibl_expected_statuses.json"
@@ -628,9 +629,8 @@ def test_ibl_conformance_through_shaping_evaluate(tmp_path: Path) -> None:
 def run_stream(table: Path, store: Any = None) -> tuple[Any, dict[str, list[Judged]]]:
     """Every subject's sessions published to the embedded runtime as a rig would, one session
     at a time at the stage last assigned; the decisions read back from the log."""
-    from shaping.services.embedded.runtime import EmbeddedRuntime
 
-    runtime = EmbeddedRuntime(store=store)
+    runtime = embedded_runtime(store=store)
     sessions = read_trials(table)
     out: dict[str, list[Judged]] = {}
     for subject in dict.fromkeys(s.subject for s in sessions):
@@ -685,10 +685,9 @@ def test_ibl_conformance_through_the_event_stream(tmp_path: Path) -> None:
     status table records the first date each status was reached."""
     from sqlalchemy import select
 
-    from shaping.services.projector.store import SqlProjectionStore
     from shaping.services.projector.tables import stage_reached
 
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'status.sqlite'}")
+    store = sql_store(f"sqlite:///{tmp_path / 'status.sqlite'}")
     try:
         _, by_subject = run_stream(conformance_table(tmp_path), store)
         check_everything(by_subject, "the embedded runtime (rig -> processor step -> log)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     AssignmentIssued,
     EventRejected,
@@ -125,7 +126,7 @@ def test_an_aind_mouse_through_kafka_decides_as_aind_did(
         to_stage=last.stage,
         content_hash=patched.content_hash,
     )
-    publish(kafka_bootstrap, kafka_topics.events, [forged, published, move])
+    publish(kafka_bootstrap, kafka_topics.events, [forged, published, move], default_codec())
     rejected = outputs.wait_for(
         lambda _: outputs.events(event_type=EventRejected), what="the forged publication"
     )

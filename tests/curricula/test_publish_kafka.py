@@ -31,12 +31,12 @@ from shaping.services.curricula.errors import PublishError
 from shaping.services.curricula.migrate import published_event
 from shaping.services.curricula.validate import compile_curriculum
 from shaping.services.operator.curricula import mice_on
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until
 from tests.support.scripts import REPO
 from tests.support.story import T0, enrolled, session, trials
+from tests.support.wiring import sql_store
 
 pytestmark = pytest.mark.kafka
 
@@ -71,7 +71,7 @@ def status_db(postgres_url: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {database}"))
     url = make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
-    SqlProjectionStore(url).close()
+    sql_store(url).close()
     yield url
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE {database} WITH (FORCE)"))
@@ -131,7 +131,9 @@ def test_a_published_version_survives_a_processor_restart(
             out = cli("curriculum", "publish", str(major), *target, "--db-url", status_db)
             assert "basic-shaping 1.0.0 (major)" in out
             assert f"published basic-shaping 1.0.0 to {kafka_topics.curricula}" in out
-            [record] = read_published(kafka_bootstrap, kafka_topics.curricula)
+            [record] = read_published(
+                kafka_bootstrap, kafka_topics.curricula, codec=default_codec()
+            )
             assert (record.curriculum_version, record.bump) == ("1.0.0", "major")
 
             # The dry run finds 1.0.0 on the topic (no file has it) and prints the plan.
@@ -143,13 +145,42 @@ def test_a_published_version_survives_a_processor_restart(
             assert len(assignments()) == 1  # nothing was sent
 
             out = cli(*migrate, *target, "--db-url", status_db, "--by", "ada")
-            assert "sent 1 MouseMigrated event(s)" in out
+            # One MigrateMouse command, answered by MouseMigrated and the new assignment.
+            assert f"sent 1 MigrateMouse command(s) to {kafka_topics.commands}" in out
+            assert f"migration of {mouse} honoured" in out, out
+            assert "stage s1_water" in out, out
             [moved] = outputs.wait_for(
                 lambda _: [a for a in assignments() if a.reason == "migrated"],
                 what="the migrated assignment",
                 on_timeout=logs,
             )
             assert (moved.curriculum_version, moved.stage) == ("1.0.0", "s1_water")
+
+            # A patch of the same major version moves the mice on it by itself: one
+            # MigrateMouse command each, answered by the processor.
+            wait_until(
+                lambda: (
+                    [m.curriculum_version for m in mice_on(status_db, "basic-shaping")] == ["1.0.0"]
+                ),
+                60,
+                "the status table on 1.0.0",
+            )
+            patch = tmp_path / "basic-shaping-1.0.1.yaml"
+            patch.write_text(
+                MAJOR.replace("version: 1.0.0", "version: 1.0.1").replace(
+                    "description: Built-in", "description: The built-in"
+                )
+            )
+            out = cli("curriculum", "publish", str(patch), *target, "--db-url", status_db)
+            assert "basic-shaping 1.0.1 (patch)" in out, out
+            assert f"migration of {mouse} honoured" in out, out
+            assert f"sent 1 MigrateMouse command(s) to {kafka_topics.commands}; 0 refused" in out
+            [patched] = outputs.wait_for(
+                lambda _: [a for a in assignments() if a.curriculum_version == "1.0.1"],
+                what="the assignment on the patch",
+                on_timeout=logs,
+            )
+            assert (patched.reason, patched.stage) == ("migrated", "s1_water")
             assert stop(first) == 0, logs()
 
         # While no processor runs, the mouse has a session at the renamed stage; a fresh
@@ -170,14 +201,14 @@ def test_a_published_version_survives_a_processor_restart(
             )
         rejected = [e for e in outputs.events(event_type=EventRejected) if e.mouse_id == mouse]
         assert rejected == []
-        # 80% accuracy: 0.1.0 would progress; 1.0.0 asks for 90%, so the mouse stays.
+        # 80% accuracy: 0.1.0 would progress; 1.0.0 (and its patch) asks for 90%: it stays.
         assert (decision.curriculum_version, decision.from_stage, decision.decision) == (
-            "1.0.0",
+            "1.0.1",
             "s1_water",
             "stay",
         )
         assert [r.rule for r in decision.rule_evaluations] == ["engaged_and_very_accurate"]
-        assert (after[0].curriculum_version, after[0].stage) == ("1.0.0", "s1_water")
+        assert (after[0].curriculum_version, after[0].stage) == ("1.0.1", "s1_water")
 
 
 def test_publish_refuses_a_version_already_published_with_other_content(
@@ -185,7 +216,7 @@ def test_publish_refuses_a_version_already_published_with_other_content(
 ) -> None:
     target = ["--bootstrap", kafka_bootstrap, "--prefix", prefix_of(kafka_topics)]
     db = f"sqlite:///{tmp_path / 'status.sqlite'}"
-    SqlProjectionStore(db).close()
+    sql_store(db).close()
     major = tmp_path / "major.yaml"
     major.write_text(MAJOR)
     cli("curriculum", "publish", str(major), *target, "--db-url", db)
@@ -201,15 +232,17 @@ def test_publish_refuses_a_version_already_published_with_other_content(
     changed = compile_curriculum(__import__("yaml").safe_load(major.read_text()))
     event = published_event(changed, None, T0)
     with pytest.raises(PublishError, match="already published with other content"):
-        publish_version(kafka_bootstrap, kafka_topics.curricula, event)
-    assert len(read_published(kafka_bootstrap, kafka_topics.curricula)) == 1
+        publish_version(kafka_bootstrap, kafka_topics.curricula, event, default_codec())
+    assert len(read_published(kafka_bootstrap, kafka_topics.curricula, codec=default_codec())) == 1
 
 
 def test_a_miss_reads_the_topic_and_bad_records_are_left_out(
     kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
     catalog = FollowingCatalog.copy_of(default_catalog([]))
-    follower = CurriculaFollower(kafka_bootstrap, kafka_topics.curricula, catalog)
+    follower = CurriculaFollower(
+        kafka_bootstrap, kafka_topics.curricula, catalog, codec=default_codec()
+    )
     try:
         assert follower.load() == 0
         assert catalog.versions("basic-shaping") == ["0.1.0"]
@@ -229,7 +262,7 @@ def test_a_miss_reads_the_topic_and_bad_records_are_left_out(
             producer.send(kafka_topics.curricula, key=b"junk", value=b"not an event").get(30)
         finally:
             producer.close()
-        assert publish_version(kafka_bootstrap, kafka_topics.curricula, event)
+        assert publish_version(kafka_bootstrap, kafka_topics.curricula, event, default_codec())
         with pytest.raises(Exception, match=r"no version '1\.0\.0'"):
             catalog.get("basic-shaping", "1.0.0")
         assert catalog.take_missed() == {("basic-shaping", "1.0.0")}

@@ -23,11 +23,10 @@ from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.engine import CompiledCurriculum
 from shaping.services.curricula.migrate import migration_events, plan, published_event
 from shaping.services.domain import ImpossibleEvent, TrainingCore, initial_state
-from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.operator.curricula import mice_on
-from shaping.services.projector.store import SqlProjectionStore
+from shaping.services.operator.curricula import mice_on, migration_commands
 from tests.support.scripts import REPO
 from tests.support.story import enrolled, next_id, run, session, trials
+from tests.support.wiring import embedded_runtime, sql_store
 
 BASIC = (REPO / "curricula" / "basic-shaping.yaml").read_text()
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -76,23 +75,55 @@ def test_publishing_adds_the_version_to_the_catalog_once_and_checks_its_content(
         "0.1.0",
     )
     state = initial_state(event.mouse_id)
-    assert core.handle(state, event) == (state, [])
+    assert core.decide(state, event) == []  # it concerns no mouse
+    # The core is a function of values: it compiles the version and leaves the catalog alone;
+    # the caller adds it (the processor's step does, see the next test).
+    added = core.publication(event)
+    assert added is not None and (added.name, added.version) == ("basic-shaping", "0.2.0")
+    assert catalog.versions("basic-shaping") == ["0.1.0"]
+    with pytest.raises(TypeError, match="publication"):
+        core.handle(state, event)
+    catalog.add(added)
     assert catalog.versions("basic-shaping") == ["0.1.0", "0.2.0"]
     assert version(catalog, "0.2.0").content_hash == minor.content_hash
-    core.handle(state, event)  # again: nothing changes
+    assert core.publication(event) is None  # again: nothing to add
     tampered = event.model_copy(update={"content": event.content.replace("0.6", "0.5")})
     with pytest.raises(ImpossibleEvent, match="does not match its content_hash"):
-        core.handle(state, tampered)
+        core.publication(tampered)
     other = rehashed(tampered)
     with pytest.raises(ImpossibleEvent, match="already known with other content"):
-        core.handle(state, other)
+        core.publication(other)
     forged = rehashed(other.model_copy(update={"curriculum_version": "0.3.0"}))
     with pytest.raises(ImpossibleEvent, match=r"content is basic-shaping 0\.2\.0, not"):
-        core.handle(state, forged)
+        core.publication(forged)
     broken = rehashed(forged.model_copy(update={"content": '{"name": "basic-shaping"}'}))
     with pytest.raises(ImpossibleEvent, match="published curriculum is invalid"):
-        core.handle(state, broken)
+        core.decide(state, broken)
     assert catalog.versions("basic-shaping") == ["0.1.0", "0.2.0"]
+
+
+def test_the_processor_step_adds_a_published_version_to_its_catalog_once() -> None:
+    import yaml
+
+    from shaping.schemas.codec import default_codec, encode_key
+    from shaping.services.curricula.validate import compile_curriculum
+    from shaping.services.processor.step import ProcessorStep
+
+    catalog = default_catalog([])
+    step = ProcessorStep(TrainingCore(catalog), default_codec())
+    minor = compile_curriculum(yaml.safe_load(MINOR))
+    event = published_event(minor, version(catalog, "0.1.0"), AT, by="ada")
+    key, value = encode_key(event.mouse_id), default_codec().encode(event)
+    result = step.process(None, key, value, "shaping.events", 0, 0)
+    assert (result.outcome, result.state, result.outputs) == ("accepted", None, [])
+    assert result.curriculum is not None and result.curriculum.version == "0.2.0"
+    assert catalog.versions("basic-shaping") == ["0.1.0", "0.2.0"]
+    again = step.process(None, key, value, "shaping.events", 0, 1)
+    assert (again.outcome, again.curriculum) == ("accepted", None)
+    tampered = rehashed(event.model_copy(update={"content": event.content.replace("0.6", "0.5")}))
+    refused = step.process(None, key, default_codec().encode(tampered), "shaping.events", 0, 2)
+    assert refused.rejected and refused.curriculum is None
+    assert "already known with other content" in refused.outputs[0].event.reason  # type: ignore[attr-defined]
 
 
 def rehashed(event: CurriculumPublished) -> CurriculumPublished:
@@ -203,8 +234,8 @@ def test_migrate_plans_from_the_status_tables_then_moves_the_mice(
     lab_dir: Path, tmp_path: Path
 ) -> None:
     db = f"sqlite:///{tmp_path / 'status.sqlite'}"
-    store = SqlProjectionStore(db)
-    runtime = EmbeddedRuntime(store, catalog=default_catalog())
+    store = sql_store(db)
+    runtime = embedded_runtime(store, catalog=default_catalog())
     runtime.publish(
         [
             enrolled("A", curriculum_version="0.1.0"),
@@ -236,7 +267,23 @@ def test_migrate_plans_from_the_status_tables_then_moves_the_mice(
 
     catalog = runtime.step.core.catalog
     steps = plan(version(catalog, "0.1.0"), version(catalog, "1.0.0"), mice_on(db, "basic-shaping"))
-    runtime.publish(migration_events(steps, version(catalog, "1.0.0"), AT, by="ada"))
+    # `shaping migrate` sends one MigrateMouse per mouse; the processor answers each with
+    # MouseMigrated on the events topic, then the mouse's assignment on the new version.
+    commands = migration_commands(steps, version(catalog, "1.0.0"), AT, by="ada")
+    assert [(c.mouse_id, c.from_stage, c.to_stage) for c in commands] == [
+        ("A", "s2_training", "s2_practice"),
+        ("B", "s2_training", "s2_practice"),
+        ("C", "s3_full_task", "s3_full_task"),
+    ]
+    runtime.send_commands(commands)
+    migrated = [
+        event
+        for event in (runtime.codec.decode(r.value) for r in runtime.log.read("shaping.events"))
+        if isinstance(event, MouseMigrated)
+    ]
+    assert {(m.mouse_id, m.event_id, m.migrated_by) for m in migrated} == {
+        (c.mouse_id, c.answer_id, "ada") for c in commands
+    }
     assert {m: (a.stage, a.curriculum_version) for m, a in runtime.assignments.items()} == {
         "A": ("s2_practice", "1.0.0"),
         "B": ("s2_practice", "1.0.0"),
@@ -271,14 +318,15 @@ def test_a_mouse_with_no_mapping_cannot_migrate(lab_dir: Path, tmp_path: Path) -
     [step] = steps
     assert not step.possible and "no mapping" in step.note
     assert migration_events(steps, version(catalog, "1.0.0"), AT) == []
+    assert migration_commands(steps, version(catalog, "1.0.0"), AT, by="ada") == []
 
 
 def test_publish_dry_run_checks_the_bump_and_plans_the_automatic_moves(
     lab_dir: Path, tmp_path: Path
 ) -> None:
     db = f"sqlite:///{tmp_path / 'status.sqlite'}"
-    store = SqlProjectionStore(db)
-    EmbeddedRuntime(store, catalog=default_catalog()).publish(
+    store = sql_store(db)
+    embedded_runtime(store, catalog=default_catalog()).publish(
         [enrolled("A", curriculum_version="0.1.0")]
     )
     store.close()

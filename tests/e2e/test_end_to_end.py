@@ -16,12 +16,13 @@ import pytest
 
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.lab import LabPlan, LabRun, run_lab
+from shaping.schemas.codec import default_codec
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.projector.runner import run_projector
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.processes import shaping_process, wait_until
+from tests.support.rig import CODEC
+from tests.support.wiring import embedded_runtime, sql_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]
 
@@ -46,7 +47,7 @@ def stack_run(
     tmp = tmp_path_factory.mktemp("e2e")
     topics = TopicNames.with_prefix(f"e2e{uuid4().hex[:6]}")
     ensure_topics(kafka_bootstrap, topics, partitions=4)
-    store = SqlProjectionStore(postgres_url)
+    store = sql_store(postgres_url)
     store.reset()
     store.close()
     common = ["--bootstrap", kafka_bootstrap, "--prefix", topics.events.rsplit(".", 1)[0]]
@@ -58,13 +59,13 @@ def stack_run(
         ) as projector,
     ):
         transport = KafkaRigTransport(
-            kafka_bootstrap, topics.events, topics.assignments, client_id="e2e-rigs"
+            kafka_bootstrap, topics.events, topics.assignments, client_id="e2e-rigs", codec=CODEC
         )
         try:
             run = run_lab(PLAN, transport, wait_s=90)
         finally:
             transport.close()
-        store = SqlProjectionStore(postgres_url)
+        store = sql_store(postgres_url)
 
         def caught_up() -> bool:
             tables = store.snapshot()
@@ -131,7 +132,7 @@ def test_each_rig_ran_its_next_session_with_the_assigned_parameters(
 
 def test_kafka_and_embedded_paths_give_identical_tables(stack_run: StackRun) -> None:
     """Same seeded lab, once through Kafka + faust + Postgres, once in-process on SQLite."""
-    embedded = EmbeddedRuntime(SqlProjectionStore("sqlite://"))
+    embedded = embedded_runtime(sql_store("sqlite://"))
     run_lab(PLAN, embedded)
     assert embedded.store is not None
     assert embedded.store.snapshot() == stack_run.tables
@@ -141,12 +142,17 @@ def test_replay_rebuilds_identical_tables_from_offset_zero(
     stack_run: StackRun, tmp_path: Path
 ) -> None:
     """Drop the projection tables and rebuild them from the beginning of every topic."""
-    store = SqlProjectionStore(stack_run.db_url)
+    store = sql_store(stack_run.db_url)
     try:
         store.reset()
         assert store.snapshot()["decision_log"] == []
         consumed = run_projector(
-            stack_run.bootstrap, stack_run.topics, store, consumer="replay", idle_exit_s=5
+            stack_run.bootstrap,
+            stack_run.topics,
+            store,
+            default_codec(),
+            consumer="replay",
+            idle_exit_s=5,
         )
         # Every session's start and end (accepted), decision and assignment was read again.
         assert consumed >= SESSIONS * 4

@@ -12,7 +12,6 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from shaping.rig.link.drain import OutboxDrainer
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec, encode_key
-from shaping.schemas.events import Event, EventRejected, MouseEjected
+from shaping.schemas.commands import Command, EjectMouse
+from shaping.schemas.events import Event, EventRejected
 from shaping.schemas.headers import CONTENT_TYPE, header_text, headers_for
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.curricula_topic import publish_version
@@ -34,8 +34,8 @@ from shaping.services.adapters.topics import wait_for_partitions
 from shaping.services.cli import app
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.migrate import published_event
-from shaping.services.operator.enroll import build_enrollment, publish_enrollment
-from shaping.services.operator.interventions import publish
+from shaping.services.operator.enroll import build_enrollment
+from shaping.services.operator.interventions import send_command
 from tests.support.story import enrolled, session, trials
 
 pytestmark = pytest.mark.kafka
@@ -60,11 +60,12 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0)
 
 def assert_described(record: Any) -> None:
     """The headers name the record's type and schema, as decoding the value says."""
-    event = default_codec().decode(record.value)
-    newest = default_codec().newest(event.event_type)
+    message = default_codec().decode_message(record.value)
+    name = message.command_type if isinstance(message, Command) else message.event_type
+    newest = default_codec().newest(name)
     assert header_text(record.headers) == {
         "content-type": CONTENT_TYPE,
-        "shaping-event-type": event.event_type,
+        "shaping-event-type": name,
         "shaping-schema-version": str(newest.version),
         "shaping-schema-fingerprint": newest.fingerprint.hex(),
     }, record
@@ -73,20 +74,21 @@ def assert_described(record: Any) -> None:
 def test_enroll_and_interventions_send_the_headers(
     kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
-    event = build_enrollment("M-head", "basic-shaping", enrolled_by="tests")
-    publish_enrollment(kafka_bootstrap, kafka_topics.events, event)
-    settings = replace(
-        Settings(),
-        bootstrap=kafka_bootstrap,
-        topic_prefix=kafka_topics.events.removesuffix(".events"),
+    settings = Settings(
+        bootstrap=kafka_bootstrap, topic_prefix=kafka_topics.events.removesuffix(".events")
     )
-    ejected = MouseEjected(mouse_id="M-head", occurred_at=datetime.now(UTC), reason="done")
-    publish(settings, ejected, wait_s=0)
+    codec = default_codec()
+    enrol = build_enrollment("M-head", "basic-shaping", enrolled_by="tests")
+    send_command(settings, enrol, codec, wait_s=0)
+    eject = EjectMouse(
+        mouse_id="M-head", requested_by="tests", requested_at=datetime.now(UTC), reason="done"
+    )
+    send_command(settings, eject, codec, wait_s=0)
 
-    records = read_all(kafka_bootstrap, kafka_topics.events, 2)
-    assert [default_codec().decode(r.value).event_type for r in records] == [
-        "MouseEnrolled",
-        "MouseEjected",
+    records = read_all(kafka_bootstrap, kafka_topics.commands, 2)
+    assert [codec.decode_command(r.value).command_type for r in records] == [
+        "EnrolMouse",
+        "EjectMouse",
     ]
     for record in records:
         assert_described(record)
@@ -96,17 +98,19 @@ def test_the_rig_transport_and_the_outbox_drainer_send_the_headers(
     kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
 ) -> None:
     events = session("M-rig", "M-rig-s1", trials(correct=2))
-    transport = KafkaRigTransport(kafka_bootstrap, kafka_topics.events, kafka_topics.assignments)
+    transport = KafkaRigTransport(
+        kafka_bootstrap, kafka_topics.events, kafka_topics.assignments, codec=default_codec()
+    )
     try:
         transport.publish(events[:2])
     finally:
         transport.producer.close()
         transport.consumer.close()
-    store = RigStore(tmp_path / "rig.sqlite")
+    store = RigStore(tmp_path / "rig.sqlite", codec=default_codec())
     try:
         for event in events[2:]:
             store.append(event, kafka_topics.events)
-        drainer = OutboxDrainer(store, kafka_bootstrap)
+        drainer = OutboxDrainer(store, kafka_bootstrap, codec=default_codec())
         try:
             assert drainer.drain(60)
         finally:
@@ -130,7 +134,7 @@ def test_a_published_curriculum_carries_the_headers(
 ) -> None:
     curriculum = default_catalog([]).get("basic-shaping", "0.1.0")
     event = published_event(curriculum, None, datetime.now(UTC))  # type: ignore[arg-type]
-    assert publish_version(kafka_bootstrap, kafka_topics.curricula, event)
+    assert publish_version(kafka_bootstrap, kafka_topics.curricula, event, default_codec())
     [record] = read_all(kafka_bootstrap, kafka_topics.curricula, 1)
     assert_described(record)
 

@@ -16,16 +16,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from shaping.schemas.codec import HEADER_LEN, encode_key
+from shaping.schemas.codec import HEADER_LEN, default_codec, encode_key
 from shaping.schemas.events import AssignmentIssued, EventRejected, SessionEnded, StageTransitioned
 from shaping.schemas.topics import TopicNames
 from shaping.services.projector import tables
 from shaping.services.projector.runner import run_projector
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.hostile import encode_unchecked, with_occurred_at
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processor import ProcessorRunner, new_processor_id, of_mouse
 from tests.support.story import enrolled, next_id, session, trials
+from tests.support.wiring import sql_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -135,11 +135,13 @@ def test_hostile_messages_are_dead_letters_and_change_no_table(
     # The tables: accepted facts only.
     prefix = kafka_topics.events.removesuffix(".events")
     url = postgres_url
-    store = SqlProjectionStore(url)
+    store = sql_store(url)
     store.reset()
     try:
         stop = threading.Event()
-        run_projector(kafka_bootstrap, TopicNames.with_prefix(prefix), store, idle_exit_s=3.0)
+        run_projector(
+            kafka_bootstrap, TopicNames.with_prefix(prefix), store, default_codec(), idle_exit_s=3.0
+        )
         with store.engine.connect() as conn:
             mice = sorted(conn.execute(select(tables.mouse_status.c.mouse_id)).scalars())
             sessions = conn.execute(select(tables.session_summaries)).mappings().all()

@@ -46,6 +46,7 @@ def test_topic_names_with_prefix() -> None:
         "lab1.assignments",
         "lab1.dead-letter",
         "lab1.curricula",
+        "lab1.commands",
     ]
     assert TopicNames.with_prefix().events == "shaping.events"
     specs = {spec.name: spec for spec in topic_specs(names, partitions=6)}
@@ -53,6 +54,7 @@ def test_topic_names_with_prefix() -> None:
     assert specs["lab1.curricula"].cleanup_policy == "compact"
     # The broker, not the rig, stamps the input: dates are checked against its time.
     assert specs["lab1.events"].configs["message.timestamp.type"] == "LogAppendTime"
+    assert specs["lab1.commands"].configs["message.timestamp.type"] == "LogAppendTime"
     assert {spec.partitions for spec in specs.values()} == {6}
 
 

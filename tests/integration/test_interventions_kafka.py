@@ -1,5 +1,6 @@
 """Trainers' interventions end to end: real Kafka, the faust processor in its own process, the
-projector on a real PostgreSQL, and the ``shaping override/eject/adjust`` commands.
+projector on a real PostgreSQL, and the ``shaping enroll/override/eject/adjust`` commands, which
+send commands to the commands topic and wait for the processor's answer.
 
 One mouse is enrolled, adjusted, trains a session (its next assignment, as the rig caches it,
 carries the adjustment), is overridden back a stage (the next session's decision judges the
@@ -25,7 +26,17 @@ from typer.testing import CliRunner
 
 from shaping.rig.link.follow import AssignmentFollower
 from shaping.rig.link.store import RigStore
-from shaping.schemas.events import AssignmentIssued, Event, EventRejected, StageTransitioned
+from shaping.schemas.codec import default_codec
+from shaping.schemas.commands import answer_event_id
+from shaping.schemas.events import (
+    AssignmentIssued,
+    Event,
+    EventRejected,
+    MouseEjected,
+    MouseEnrolled,
+    StageOverridden,
+    StageTransitioned,
+)
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
 from shaping.services.projector.runner import run_projector
@@ -82,11 +93,11 @@ class Stack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        self.store = SqlProjectionStore(db_url)
+        self.store = SqlProjectionStore(db_url, codec=default_codec())
         self.stop_projector = threading.Event()
         self.projector = threading.Thread(
             target=run_projector,
-            args=(bootstrap, topics, self.store),
+            args=(bootstrap, topics, self.store, default_codec()),
             kwargs={"stop": self.stop_projector},
             daemon=True,
         )
@@ -166,9 +177,14 @@ def stack(
 
 def rig_cache(stack: Stack, mouse: str, tmp_path: Path) -> AssignmentIssued | None:
     """The assignment a rig of ``mouse`` caches after reading the topics to their end."""
-    store = RigStore(tmp_path / "rig" / "rig.sqlite")
+    store = RigStore(tmp_path / "rig" / "rig.sqlite", codec=default_codec())
     follower = AssignmentFollower(
-        store, stack.bootstrap, stack.topics.assignments, stack.topics.decisions, (mouse,)
+        store,
+        stack.bootstrap,
+        stack.topics.assignments,
+        stack.topics.decisions,
+        (mouse,),
+        codec=default_codec(),
     )
     try:
         follower.catch_up(30)
@@ -209,6 +225,7 @@ def test_override_eject_and_adjust_through_kafka_and_the_status_tables(
     )
     assert code == 1, out
     assert "refused the override of M1: mouse 'M1' is at 's2_training' now" in " ".join(out.split())
+    assert "(command OverrideStage " in " ".join(out.split()), out
 
     # An override back to s1: the next session is judged by s1's rules.
     code, out = stack.shaping(
@@ -291,3 +308,75 @@ def test_override_eject_and_adjust_through_kafka_and_the_status_tables(
         "eject",
     ):
         assert shown in flat, flat
+
+
+def command_id_in(out: str) -> str:
+    """The command id a ``shaping`` command printed (``... (command ID, topic[p]@o) ...``)."""
+    return out.split("(command ", 1)[1].split(",", 1)[0]
+
+
+def test_commands_are_answered_on_the_log_and_bad_ones_become_dead_letters(stack: Stack) -> None:
+    """An enrolment command is answered by its MouseEnrolled on the events topic (derived id),
+    which the processor then applies; a refused command appends nothing and is explained; a
+    malformed message on the commands topic becomes a dead letter and the next valid command is
+    still processed."""
+    events = TopicReader(stack.bootstrap, [stack.topics.events])
+    try:
+        code, out = stack.shaping("enroll", "M7", "--curriculum", "basic-shaping")
+        assert code == 0, out + stack.tail()
+        [enrolled_event] = events.wait_for(
+            lambda _: events.events(event_type=MouseEnrolled), WAIT_S, "the MouseEnrolled"
+        )
+        assert enrolled_event.enrolled_by == "ada" and enrolled_event.causation_id
+        assert enrolled_event.event_id == answer_event_id("M7", enrolled_event.causation_id)
+        where = f"{stack.topics.events}["
+        assert f"enrolled M7 on basic-shaping (event {enrolled_event.event_id}, {where}" in out
+        stack.wait_for_status("M7", stage="s1_habituation", last_reason="enrolled")
+
+        # Refused: a start stage the curriculum lacks. Nothing is appended; the reason is shown.
+        code, out = stack.shaping(
+            "enroll", "M8", "--curriculum", "basic-shaping", "--start-stage", "s9_nowhere"
+        )
+        flat = " ".join(out.split())
+        assert code == 1, out
+        assert "the processor refused the enrolment of M8" in flat and "s9_nowhere" in flat
+
+        # A malformed message and an event on the commands topic: dead letters, and the next
+        # command is processed all the same.
+        with Publisher(stack.bootstrap, stack.topics.commands) as commands:
+            commands.raw(b"M7", b"\x00 not a command")
+            commands.raw(b"M7", default_codec().encode(enrolled_event))
+        code, out = stack.shaping("eject", "M7", "--reason", "end of experiment")
+        assert code == 0 and "ejection of M7 honoured" in out, out + stack.tail()
+        ejected = events.wait_for(
+            lambda _: events.events(event_type=MouseEjected), WAIT_S, "the MouseEjected"
+        )[0]
+        assert ejected.ejected_by == "ada" and ejected.reason == "end of experiment"
+        stack.wait_for_status("M7", last_reason="ejected")
+        letters = stack.reader.wait_for(
+            lambda _: (
+                [
+                    e
+                    for e in stack.reader.events(event_type=EventRejected)
+                    if e.source_topic == stack.topics.commands
+                ][2:]
+                and [
+                    e
+                    for e in stack.reader.events(event_type=EventRejected)
+                    if e.source_topic == stack.topics.commands
+                ]
+            ),
+            WAIT_S,
+            "the dead letters of the commands topic",
+            stack.tail,
+        )
+        kinds = sorted((e.mouse_id, e.error_kind) for e in letters)
+        assert kinds == [("M7", "invalid"), ("M7", "undecodable"), ("M8", "impossible")], kinds
+        events.poll(2.0)
+        appended = events.events()
+        assert [type(e) for e in appended] == [MouseEnrolled, MouseEjected]
+        assert not any(isinstance(e, StageOverridden) for e in appended)
+        assert all(e.mouse_id == "M7" for e in appended)  # nothing for the refused M8
+    finally:
+        events.close()
+    assert stack.processor.poll() is None, stack.tail()  # the processor never stopped

@@ -20,11 +20,11 @@ from shaping.schemas.events import CurriculumPublished
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
 from shaping.services.projector.runner import run_projector
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import Publisher
 from tests.support.lab_model import ACTION, run_history, tables
 from tests.support.processor import ProcessorRunner
+from tests.support.wiring import sql_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -94,7 +94,7 @@ def test_kafka_and_postgres_tables_are_the_fold_of_the_accepted_events(
     ensure_topics(kafka_bootstrap, topics, partitions=TEST_PARTITIONS)
     processors = ProcessorRunner(kafka_bootstrap, topics, folder)
     group = f"processor-{uuid4().hex[:8]}"
-    store = SqlProjectionStore(postgres_url)
+    store = sql_store(postgres_url)
     try:
         processors.start(group)
         with Publisher(kafka_bootstrap, topics.events) as publisher:
@@ -111,7 +111,7 @@ def test_kafka_and_postgres_tables_are_the_fold_of_the_accepted_events(
                     publisher.raw(key, value)
         _processed_everything(kafka_bootstrap, group, topics.events, 120)
         store.reset()
-        run_projector(kafka_bootstrap, topics, store, idle_exit_s=3.0)
+        run_projector(kafka_bootstrap, topics, store, CODEC, idle_exit_s=3.0)
         kafka, fold = tables(store), tables(history.fold_store)
         assert kafka == fold, _differences(kafka, fold)
         assert kafka == tables(history.lab_store)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, Event, StageTransitioned
 from shaping.schemas.topics import TopicNames
 from shaping.services.projector.runner import run_projector
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.late_sessions import (
     Plan,
@@ -30,6 +30,7 @@ from tests.support.late_sessions import (
     status_view,
 )
 from tests.support.processor import ProcessorRunner, new_processor_id
+from tests.support.wiring import sql_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
@@ -169,10 +170,17 @@ def test_late_sessions_through_kafka_and_postgres_give_the_in_order_history(
     )
 
     # The projector on PostgreSQL: the effective history and the status are the in-order ones.
-    store = SqlProjectionStore(postgres_url)
+    store = sql_store(postgres_url)
     try:
         store.reset()
-        run_projector(kafka_bootstrap, kafka_topics, store, consumer="late-test", idle_exit_s=3)
+        run_projector(
+            kafka_bootstrap,
+            kafka_topics,
+            store,
+            default_codec(),
+            consumer="late-test",
+            idle_exit_s=3,
+        )
         tables = store.snapshot()
     finally:
         store.close()

@@ -28,6 +28,7 @@ from tests.support.projection_contract import (
     split,
     to_messages,
 )
+from tests.support.wiring import sql_store
 
 pytestmark = pytest.mark.postgres
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def pg_store(postgres_url: str) -> Iterator[SqlProjectionStore]:
     """An emptied projection store on the session's PostgreSQL."""
-    store = SqlProjectionStore(postgres_url)
+    store = sql_store(postgres_url)
     store.reset()
     yield store
     store.close()
@@ -53,7 +54,7 @@ class TestPostgresProjectionStore(ProjectionStoreContract):
 
     def test_same_snapshot_as_sqlite(self, store: ProjectionStore, tmp_path: Path) -> None:
         messages = to_messages(scenario())
-        lite = SqlProjectionStore(f"sqlite:///{tmp_path / 'projection.db'}")
+        lite = sql_store(f"sqlite:///{tmp_path / 'projection.db'}")
         try:
             for batch in split(messages, {11, 40}):
                 lite.apply_batch(CONSUMER, batch)
@@ -100,7 +101,13 @@ def test_projection_from_kafka_equals_in_process_projection(
 
     started = time.monotonic()
     consumed = run_projector(
-        kafka_bootstrap, kafka_topics, pg_store, consumer=CONSUMER, idle_exit_s=3, batch_size=16
+        kafka_bootstrap,
+        kafka_topics,
+        pg_store,
+        default_codec(),
+        consumer=CONSUMER,
+        idle_exit_s=3,
+        batch_size=16,
     )
     elapsed = time.monotonic() - started
     assert consumed == sent
@@ -108,7 +115,7 @@ def test_projection_from_kafka_equals_in_process_projection(
 
     # The same story through the embedded path (no Kafka, one partition layout of our own, an
     # order in which the topics interleave differently) gives the same tables.
-    lite = SqlProjectionStore(f"sqlite:///{tmp_path / 'embedded.db'}")
+    lite = sql_store(f"sqlite:///{tmp_path / 'embedded.db'}")
     try:
         messages = to_messages(published)
         assert lite.apply_batch(CONSUMER, messages) == len(projected_ids(messages))
@@ -125,7 +132,14 @@ def test_projection_from_kafka_equals_in_process_projection(
     timer.start()
     try:
         assert (
-            run_projector(kafka_bootstrap, kafka_topics, pg_store, consumer=CONSUMER, stop=stop)
+            run_projector(
+                kafka_bootstrap,
+                kafka_topics,
+                pg_store,
+                default_codec(),
+                consumer=CONSUMER,
+                stop=stop,
+            )
             == 0
         )
     finally:

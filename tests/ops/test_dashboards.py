@@ -16,8 +16,6 @@ from sqlalchemy import create_engine, make_url, text
 
 from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.services.adapters.metrics import CATALOGUE, ServiceMetrics, attach_faust_sensors
-from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.ops import (
     GRAFANA,
     PROMETHEUS_SYNTHETIC,
@@ -29,6 +27,7 @@ from tests.support.ops import (
     targets,
 )
 from tests.support.scripts import REPO
+from tests.support.wiring import embedded_runtime, sql_store
 
 
 def _generator():  # type: ignore[no-untyped-def]
@@ -119,8 +118,8 @@ def lab_postgres(postgres_url: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {database}"))
     url = make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store)
+    store = sql_store(url)
+    runtime = embedded_runtime(store)
     run_lab(LabPlan(n_mice=2, n_rigs=1, n_days=3, seed=3), runtime)
     runtime.publish_raw(b"M001", b"garbage")
     store.close()

@@ -20,6 +20,7 @@ from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.link.store import RigStore
 from shaping.rig.metrics import OutboxDepthExporter
 from shaping.rig.sim.lab import LabPlan, run_lab
+from shaping.schemas.codec import default_codec
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.metrics import RIG_OUTBOX_DEPTH
 from shaping.services.adapters.topics import ensure_topics
@@ -40,6 +41,7 @@ from tests.support.ops import (
 )
 from tests.support.processes import shaping_process, wait_until
 from tests.support.story import enrolled, session, trials
+from tests.support.wiring import sql_store
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.e2e]
 
@@ -62,7 +64,7 @@ def rig_exporters(folder: Path) -> tuple[list[OutboxDepthExporter], Path]:
     events = [enrolled("R1"), *session("R1", "R1-s1", trials(correct=2))]
     exporters, targets = [], []
     for rig, unsent in OUTBOXES.items():
-        store = RigStore(folder / rig / "rig.sqlite")
+        store = RigStore(folder / rig / "rig.sqlite", codec=default_codec())
         try:
             for event in events[:unsent]:
                 store.append(event, "shaping.events")
@@ -101,7 +103,7 @@ def observed(
     tmp = tmp_path_factory.mktemp("metrics")
     topics = TopicNames.with_prefix(f"m{uuid4().hex[:6]}")
     ensure_topics(kafka_bootstrap, topics, partitions=4)
-    store = SqlProjectionStore(postgres_url)
+    store = sql_store(postgres_url)
     store.reset()
     store.close()
     prom_port, processor_port, projector_port = free_ports(3)
@@ -145,13 +147,17 @@ def observed(
             with Publisher(kafka_bootstrap, topics.events) as publisher:
                 publisher.raw(b"M001", b"\x00 not a Shaping event")
             transport = KafkaRigTransport(
-                kafka_bootstrap, topics.events, topics.assignments, client_id="metrics-rigs"
+                kafka_bootstrap,
+                topics.events,
+                topics.assignments,
+                client_id="metrics-rigs",
+                codec=default_codec(),
             )
             try:
                 run_lab(PLAN, transport, wait_s=90)
             finally:
                 transport.close()
-            store = SqlProjectionStore(postgres_url)
+            store = sql_store(postgres_url)
             try:
                 tables = wait_until(
                     lambda: tables_settled(store),

@@ -13,14 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from shaping.rig.sim.lab import LabPlan, run_lab
-from shaping.schemas.events import MouseEnrolled
+from shaping.schemas.commands import EnrolMouse
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.queries import DECISION_COLUMNS, SESSION_COLUMNS, STATUS_COLUMNS
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.kafka_io import TopicReader
 from tests.support.scripts import REPO
+from tests.support.wiring import embedded_runtime, sql_store
 
 PLAN = LabPlan(n_mice=3, n_rigs=2, n_days=4, seed=5)
 WIDE = {"COLUMNS": "200"}  # rich tables: no cell truncated in the captured output
@@ -31,8 +30,8 @@ def lab_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A status database after 3 mice trained 4 days, plus one undecodable message."""
     path = tmp_path_factory.mktemp("operator") / "lab.sqlite"
     url = f"sqlite:///{path}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store)
+    store = sql_store(url)
+    runtime = embedded_runtime(store)
     run_lab(PLAN, runtime)
     runtime.publish_raw(b"M001", b"not an event")
     store.close()
@@ -48,7 +47,7 @@ def invoke(*args: str) -> tuple[int, str]:
 
 
 def snapshot(url: str) -> dict[str, list[dict[str, object]]]:
-    store = SqlProjectionStore(url)
+    store = sql_store(url)
     try:
         return store.snapshot()
     finally:
@@ -176,24 +175,27 @@ def test_plot_refuses_unknown_mice_and_other_formats(lab_db: str, tmp_path: Path
 
 
 @pytest.mark.kafka
-def test_enroll_publishes_mouse_enrolled_keyed_by_mouse(
+def test_enroll_sends_an_enrol_mouse_command_keyed_by_mouse(
     kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
+    """No processor runs here: the command is on the commands topic, and with --wait 0 the
+    command says it did not wait for the answer."""
     prefix = kafka_topics.events.rsplit(".", 1)[0]
     args = ["enroll", "M042", "--curriculum", "basic-shaping", "--by", "ops-test"]
     args += ["--notes", "cage 7", "--bootstrap", kafka_bootstrap, "--prefix", prefix]
-    code, out = invoke(*args)
+    code, out = invoke(*args, "--wait", "0")
     assert code == 0, out
-    assert "enrolled M042 on basic-shaping" in out
-    with TopicReader(kafka_bootstrap, [kafka_topics.events]) as reader:
+    assert "sent the enrolment of M042 on basic-shaping" in out
+    with TopicReader(kafka_bootstrap, [kafka_topics.commands]) as reader:
         records = reader.wait_for(lambda rs: rs, what="the enrolment")
     [record] = records
     assert record.key == b"M042"
-    event = record.event
-    assert isinstance(event, MouseEnrolled)
-    assert (event.mouse_id, event.curriculum_name) == ("M042", "basic-shaping")
-    assert (event.enrolled_by, event.notes) == ("ops-test", "cage 7")
-    assert event.event_id in out
+    command = reader.codec.decode_command(record.value)
+    assert isinstance(command, EnrolMouse)
+    assert (command.mouse_id, command.curriculum_name) == ("M042", "basic-shaping")
+    assert (command.requested_by, command.notes) == ("ops-test", "cage 7")
+    assert command.command_id in out
+    assert f"{kafka_topics.commands}[{record.partition}]@{record.offset}" in out
 
 
 def test_enroll_explains_a_broker_that_is_not_there() -> None:

@@ -18,11 +18,10 @@ from typer.testing import CliRunner
 from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.services.cli import app
 from shaping.services.cli.operator import print_status
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.queries import open_database, status_frame
 from shaping.services.operator.terminal import cell_text, printable, printable_lines
 from shaping.services.projector import tables
-from shaping.services.projector.store import SqlProjectionStore
+from tests.support.wiring import embedded_runtime, sql_store
 
 HOSTILE = "M\x1b[2J\x1b]0;owned\x07[bold]X[/bold]\u202e"
 SHOWN = "M\\x1b[2J\\x1b]0;owned\\x07[bold]X[/bold]\\u202e"
@@ -53,9 +52,9 @@ def test_printable_escapes_controls_and_keeps_text() -> None:
 def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("hostile") / "lab.sqlite"
     url = f"sqlite:///{path}"
-    store = SqlProjectionStore(url)
+    store = sql_store(url)
     try:
-        runtime = EmbeddedRuntime(store)
+        runtime = embedded_runtime(store)
         run_lab(LabPlan(n_mice=2, n_rigs=1, n_days=2, seed=3), runtime)
         runtime.publish_raw(HOSTILE.encode(), b"not an event")  # dead-lettered, keyed hostile
     finally:

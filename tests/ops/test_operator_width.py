@@ -25,10 +25,9 @@ from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.events import MouseEnrolled, SessionStarted, TrialCompleted
 from shaping.services.cli import app
 from shaping.services.cli.operator import STATUS_COLUMNS_SHOWN, print_status
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.queries import open_database, status_frame
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.scripts import REPO
+from tests.support.wiring import embedded_runtime, sql_store
 
 PLAN = LabPlan(n_mice=3, n_rigs=2, n_days=4, seed=5)
 LONG = "SWC-054.cohort-B_2026"  # a long, valid mouse id
@@ -47,9 +46,9 @@ def lab_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """3 mice trained 4 days, a mouse with a long id, one enrolled only, and M001 in the middle
     of a session (trials, no end yet: its trial count is missing)."""
     path = tmp_path_factory.mktemp("width") / "lab.sqlite"
-    store = SqlProjectionStore(f"sqlite:///{path}")
+    store = sql_store(f"sqlite:///{path}")
     try:
-        runtime = EmbeddedRuntime(store)
+        runtime = embedded_runtime(store)
         run_lab(PLAN, runtime)
         at = datetime(2026, 2, 1, 9, tzinfo=UTC)
         runtime.publish(

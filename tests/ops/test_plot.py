@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
+from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     Event,
     MouseEjected,
@@ -36,7 +37,6 @@ from shaping.schemas.events import (
 from shaping.services.cli import app
 from shaping.services.curricula.validate import compile_curriculum
 from shaping.services.domain import CurriculumCatalog
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.ibl_trials import read_trials, session_events
 from shaping.services.operator.plot import (
     IBL_STATUS_ORDER,
@@ -46,10 +46,10 @@ from shaping.services.operator.plot import (
     read_mouse,
     reported_metrics_from_log,
 )
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.anchors import IBL
 from tests.support.scripts import REPO
 from tests.support.story import trials
+from tests.support.wiring import CODEC, embedded_runtime, sql_store
 
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=UTC)
 BASIC = REPO / "curricula" / "basic-shaping.yaml"
@@ -181,8 +181,8 @@ def lab_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """M1: a short session (warning), a progress, an honoured override back to s1 and a refused
     one, progress again, a migration 0.1.0 -> 0.2.0, a session on 0.2.0, an ejection."""
     url = f"sqlite:///{tmp_path_factory.mktemp('plot') / 'lab.sqlite'}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(
+    store = sql_store(url)
+    runtime = embedded_runtime(
         store, catalog=CurriculumCatalog([curriculum("0.1.0"), curriculum("0.2.0")])
     )
     story = Story()
@@ -232,7 +232,7 @@ def lab_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def lab_tables(lab_db: str) -> Any:
     engine = create_engine(lab_db)
     try:
-        return read_mouse(engine, "M1")
+        return read_mouse(engine, "M1", codec=CODEC)
     finally:
         engine.dispose()
 
@@ -307,8 +307,8 @@ def test_a_mouse_without_interventions_has_only_its_stages_in_the_legend(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'quiet.sqlite'}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store, catalog=CurriculumCatalog([curriculum("0.1.0")]))
+    store = sql_store(url)
+    runtime = embedded_runtime(store, catalog=CurriculumCatalog([curriculum("0.1.0")]))
     story = Story()
     story.events.append(
         MouseEnrolled(
@@ -322,7 +322,7 @@ def test_a_mouse_without_interventions_has_only_its_stages_in_the_legend(
     runtime.publish(story.events)
     store.close()
     engine = create_engine(url)
-    tables = read_mouse(engine, "M1")
+    tables = read_mouse(engine, "M1", codec=CODEC)
     engine.dispose()
     fig = learning_figure("M1", tables)
     try:
@@ -352,8 +352,8 @@ def ibl_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     and the event log."""
     folder = tmp_path_factory.mktemp("ibl")
     url = f"sqlite:///{folder / 'status.sqlite'}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store)
+    store = sql_store(url)
+    runtime = embedded_runtime(store)
     runtime.publish(
         [
             MouseEnrolled(
@@ -387,13 +387,15 @@ def ibl_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
 
 @pytest.fixture(scope="module")
 def ibl_reported(ibl_lab: tuple[str, Path]) -> dict[str, dict[str, float | None]]:
-    return reported_metrics_from_log(ibl_lab[1], "SWC_054")
+    return reported_metrics_from_log(ibl_lab[1], "SWC_054", default_codec())
 
 
 def _ibl_tables(ibl_lab: tuple[str, Path], with_log: bool) -> Any:
     engine = create_engine(ibl_lab[0])
     try:
-        return read_mouse(engine, "SWC_054", events_log=ibl_lab[1] if with_log else None)
+        return read_mouse(
+            engine, "SWC_054", events_log=ibl_lab[1] if with_log else None, codec=CODEC
+        )
     finally:
         engine.dispose()
 

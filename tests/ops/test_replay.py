@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.lab import LabPlan, run_lab
+from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
     AssignmentIssued,
     MouseEnrolled,
@@ -33,14 +34,14 @@ from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
 from shaping.services.cli import app
 from shaping.services.embedded.demo import run_demo
-from shaping.services.operator.replay import changelog_topic, kafka_offsets
-from shaping.services.processor.state_store import decode_state
+from shaping.services.operator.replay.log import kafka_offsets
+from shaping.services.processor.state_store import changelog_topic, decode_state
 from shaping.services.projector.runner import run_projector
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.curricula import major_version
 from tests.support.kafka_io import Publisher, ReadRecord, TopicReader
 from tests.support.processes import shaping_process, stop, wait_until
 from tests.support.scripts import REPO
+from tests.support.wiring import sql_store
 
 PLAN = LabPlan(n_mice=4, n_rigs=4, n_days=5, seed=7)
 SESSIONS = PLAN.n_mice * PLAN.n_days
@@ -123,7 +124,7 @@ class Lab:
         ]
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        store = SqlProjectionStore(self.db_url)
+        store = sql_store(self.db_url)
         try:
             return store.snapshot()
         finally:
@@ -237,7 +238,7 @@ def fresh_database(server_url: str) -> str:
 def settled(db_url: str, refused: int = 0) -> dict[str, list[dict[str, Any]]] | None:
     """The tables once every session's decision and next assignment are projected (and the
     dead letters of ``refused`` refused events)."""
-    store = SqlProjectionStore(db_url)
+    store = sql_store(db_url)
     try:
         tables = store.snapshot()
     finally:
@@ -271,7 +272,11 @@ def lab(
         ) as projector,
     ):
         transport = KafkaRigTransport(
-            kafka_bootstrap, topics.events, topics.assignments, client_id="replay-rigs"
+            kafka_bootstrap,
+            topics.events,
+            topics.assignments,
+            client_id="replay-rigs",
+            codec=default_codec(),
         )
         try:
             run_lab(PLAN, transport, wait_s=90)
@@ -449,9 +454,11 @@ def test_replay_after_a_curriculum_fix_changes_exactly_the_affected_mice(lab: La
 
     # The projector goes on with the switched tables: the corrections are events it already
     # has, so the tables stay as replay built them.
-    store = SqlProjectionStore(lab.db_url)
+    store = sql_store(lab.db_url)
     try:
-        run_projector(lab.bootstrap, lab.topics, store, consumer="projector", idle_exit_s=3)
+        run_projector(
+            lab.bootstrap, lab.topics, store, default_codec(), consumer="projector", idle_exit_s=3
+        )
         assert store.snapshot() == after
     finally:
         store.close()
@@ -500,7 +507,7 @@ def test_replay_of_a_demo_log(tmp_path: Path) -> None:
     unchanged = invoke(args)
     assert unchanged.exit_code == 0, unchanged.output
     assert "no change" in unchanged.stdout
-    store = SqlProjectionStore(db_url)
+    store = sql_store(db_url)
     try:
         assert store.snapshot() == demo.tables
     finally:
@@ -511,7 +518,7 @@ def test_replay_of_a_demo_log(tmp_path: Path) -> None:
     fixed = invoke(args, env)
     assert fixed.exit_code == 0, fixed.output
     assert "switched over" in fixed.stdout
-    store = SqlProjectionStore(db_url)
+    store = sql_store(db_url)
     try:
         after = store.snapshot()
     finally:

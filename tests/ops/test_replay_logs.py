@@ -39,12 +39,15 @@ from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain.core import derived_event_id
 from shaping.services.embedded.log import LogRecord
 from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.operator.replay import EnrolmentPins, SourceRecord, content_of, read_jsonl
+from shaping.services.operator.replay.log import SourceRecord, read_jsonl
+from shaping.services.operator.replay.pins import EnrolmentPins
+from shaping.services.operator.replay.reconcile import content_of
 from shaping.services.operator.whatif import run_whatif
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.curricula import major_version
+from tests.support.wiring import embedded_runtime, sql_store
 
 PLAN = LabPlan(n_mice=3, n_rigs=3, n_days=4, seed=7)
+CODEC = default_codec()
 LATER = datetime(2026, 2, 1, tzinfo=UTC)
 
 
@@ -90,7 +93,7 @@ class Recorded:
         return invoke(args, env)
 
     def tables(self) -> dict[str, list[dict[str, Any]]]:
-        store = SqlProjectionStore(self.db_url)
+        store = sql_store(self.db_url)
         try:
             return store.snapshot()
         finally:
@@ -108,9 +111,9 @@ def record(
     """The plan trained through the embedded runtime (the processor's step and the projector's
     store), then ``more`` done to it; the log file keeps the records ``keep`` accepts."""
     folder.mkdir(parents=True, exist_ok=True)
-    store = SqlProjectionStore(f"sqlite:///{folder / 'shaping.sqlite'}")
+    store = sql_store(f"sqlite:///{folder / 'shaping.sqlite'}")
     try:
-        runtime = EmbeddedRuntime(store)
+        runtime = embedded_runtime(store)
         run_lab(PLAN, runtime)
         if more is not None:
             more(runtime)
@@ -369,13 +372,14 @@ def test_versions_stay_pinned_after_compaction_and_with_lost_tables(tmp_path: Pa
         "shaping.events",
         _catalog_with(env),
         default_catalog().get("basic-shaping", "0.1.0"),
+        codec=CODEC,
     )
     assert {m.curriculum_live for m in whatif.mice} == {"basic-shaping@0.1.0"}
     assert {m.mouse_id: len(m.rows) for m in whatif.mice} == sessions
 
     # Tables lost: an empty database. Replay rebuilds them on the recorded versions.
     recorded.db.unlink()
-    SqlProjectionStore(recorded.db_url).close()
+    sql_store(recorded.db_url).close()
     rebuilt = recorded.replay(env=env)
     assert rebuilt.exit_code == 0, rebuilt.output
     status = recorded.tables()["mouse_status"]
@@ -437,11 +441,14 @@ def _inputs(*events: Any) -> list[Any]:
 def test_pins_come_from_what_the_log_recorded() -> None:
     enrol = _enrolment()
     # The assignment the enrolment caused.
-    assert EnrolmentPins([_assignment(enrol.event_id, "0.1.0")]).version_for(enrol) == "0.1.0"
+    assert (
+        EnrolmentPins([_assignment(enrol.event_id, "0.1.0")], codec=CODEC).version_for(enrol)
+        == "0.1.0"
+    )
     # A correction from an earlier replay does not outweigh the processor's own assignment.
     corrected = _assignment(enrol.event_id, "2.0.0", "a-2").model_copy(update={"supersedes": "a-1"})
     both = [_assignment(enrol.event_id, "0.1.0"), corrected]
-    assert EnrolmentPins(both).version_for(enrol) == "0.1.0"
+    assert EnrolmentPins(both, codec=CODEC).version_for(enrol) == "0.1.0"
     # Its row in the live stage history, by the assignment's derived id.
     history = {
         "stage_history": [
@@ -453,14 +460,17 @@ def test_pins_come_from_what_the_log_recorded() -> None:
             }
         ]
     }
-    assert EnrolmentPins(tables=history).version_for(enrol) == "0.1.0"
+    assert EnrolmentPins(tables=history, codec=CODEC).version_for(enrol) == "0.1.0"
     # A version the enrolment names is its own.
     named = enrol.model_copy(update={"curriculum_version": "0.3.0"})
-    assert EnrolmentPins([_assignment(enrol.event_id, "0.1.0")]).version_for(named) == "0.3.0"
+    assert (
+        EnrolmentPins([_assignment(enrol.event_id, "0.1.0")], codec=CODEC).version_for(named)
+        == "0.3.0"
+    )
 
     # Read ahead: the mouse's first session says the version; the records read ahead are
     # still handed out in order.
-    pins = EnrolmentPins()
+    pins = EnrolmentPins(codec=CODEC)
     records = _inputs(enrol, _started("s-1", "0.1.0"), _started("s-2", "0.9.0", 90))
     inputs = pins.read(records)
     assert next(inputs) is records[0]
@@ -478,19 +488,19 @@ def test_pins_come_from_what_the_log_recorded() -> None:
         from_stage="s1_habituation",
         to_stage="s1_habituation",
     )
-    pins = EnrolmentPins()
+    pins = EnrolmentPins(codec=CODEC)
     inputs = pins.read(_inputs(enrol, migrated, _started("s-1", "0.2.0")))
     next(inputs)
     assert pins.version_for(enrol) == "0.1.0"
 
     # Ejected, then enrolled again before any session: this enrolment left no trace.
     ejected = MouseEjected(event_id="ej-1", mouse_id="M001", occurred_at=LATER, reason="ill")
-    pins = EnrolmentPins()
+    pins = EnrolmentPins(codec=CODEC)
     inputs = pins.read(_inputs(enrol, ejected, _enrolment("enrol-2"), _started("s-1", "0.1.0")))
     next(inputs)
     assert pins.version_for(enrol) is None
     # An enrolment the processor refused (the mouse was enrolled) does not end the search.
-    pins = EnrolmentPins()
+    pins = EnrolmentPins(codec=CODEC)
     inputs = pins.read(_inputs(enrol, _enrolment("enrol-2"), _started("s-1", "0.1.0")))
     next(inputs)
     assert pins.version_for(enrol) == "0.1.0"
@@ -509,12 +519,12 @@ def test_pins_come_from_what_the_log_recorded() -> None:
         original_value=b"\xc3\x01",
         rejected_by="processor",
     )
-    pins = EnrolmentPins([refusal])
+    pins = EnrolmentPins([refusal], codec=CODEC)
     inputs = pins.read(_inputs(enrol, _started("s-1", "0.1.0")))
     next(inputs)
     assert pins.version_for(enrol) is None
     refused_session = refusal.model_copy(update={"event_id": "r-2", "causation_id": "s-1"})
-    pins = EnrolmentPins([refused_session])
+    pins = EnrolmentPins([refused_session], codec=CODEC)
     inputs = pins.read(_inputs(enrol, _started("s-1", "0.9.0"), _started("s-2", "0.1.0", 90)))
     next(inputs)
     assert pins.version_for(enrol) == "0.1.0"

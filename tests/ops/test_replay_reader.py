@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaProducer
 
 from shaping.schemas.topics import TopicNames
-from shaping.services.operator.replay import SourceRecord, kafka_offsets, read_kafka
+from shaping.services.operator.replay.log import SourceRecord, kafka_offsets, read_kafka
 
 pytestmark = pytest.mark.kafka
 

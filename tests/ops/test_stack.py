@@ -15,12 +15,13 @@ from typer.testing import CliRunner
 
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.lab import LabPlan, run_lab
+from shaping.schemas.codec import default_codec
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.ops import STACK_SH, free_ports, port_open, prom_value, read_pid, run
 from tests.support.processes import wait_until
 from tests.support.scripts import REPO, make_temp_dir, remove_dir
+from tests.support.wiring import sql_store
 
 pytestmark = [pytest.mark.e2e]
 
@@ -58,12 +59,14 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
         run(["bash", str(STACK_SH), "status"], env)
 
         topics = TopicNames.with_prefix("shaping")  # the prefix of infra/shaping.env
-        transport = KafkaRigTransport(bootstrap, topics.events, topics.assignments, "stack-rigs")
+        transport = KafkaRigTransport(
+            bootstrap, topics.events, topics.assignments, "stack-rigs", codec=default_codec()
+        )
         try:
             run_lab(PLAN, transport, wait_s=90)
         finally:
             transport.close()
-        store = SqlProjectionStore(db_url)
+        store = sql_store(db_url)
         try:
             wait_until(
                 lambda: len(store.snapshot()["decision_log"]) == PLAN.n_mice * PLAN.n_days,

@@ -22,11 +22,11 @@ from shaping.services.cli import app
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.curricula.loader import load_curriculum
 from shaping.services.embedded.demo import run_demo
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.operator.replay import kafka_offsets, read_jsonl
 from shaping.services.operator.whatif import CSV_COLUMNS, run_whatif
 from tests.support.curricula import major_version
 from tests.support.scripts import REPO
+from tests.support.wiring import CODEC, embedded_runtime
 
 PLAN = LabPlan(n_mice=4, n_rigs=4, n_days=5, seed=7)
 SHIPPED = REPO / "curricula" / "basic-shaping.yaml"
@@ -73,7 +73,7 @@ def recorded(kafka_bootstrap: str) -> Iterator[Recorded]:
     prefix = f"w{uuid4().hex[:6]}"
     topics = TopicNames.with_prefix(prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=4)
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     run_lab(PLAN, runtime)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
@@ -236,7 +236,11 @@ def test_whatif_on_a_demo_log_uses_the_core_session_metrics(tmp_path: Path) -> N
     assert result.exit_code == 0, result.output
     # The library call gives the same decisions as the processor on the recorded log.
     whatif = run_whatif(
-        read_jsonl(demo.log_path), "shaping.events", default_catalog(), load_curriculum(SHIPPED)
+        read_jsonl(demo.log_path),
+        "shaping.events",
+        default_catalog(),
+        load_curriculum(SHIPPED),
+        codec=CODEC,
     )
     decided = {
         (row["mouse_id"], row["session_total"]): (row["from_stage"], row["decision"])

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import RigConfig
 from shaping.rig.errors import NoAssignmentError, RigBusyError, RigError
 from shaping.rig.link.store import RigStore
@@ -25,7 +26,7 @@ from shaping.schemas.events import (
     SessionStarted,
     TrialCompleted,
 )
-from tests.support.rig import PINS, START, FakeDisplay, assignment, config_in, seed_cache
+from tests.support.rig import CODEC, PINS, START, FakeDisplay, assignment, config_in, seed_cache
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 
@@ -40,7 +41,7 @@ class FakeCrashingStore(RigStore):
     """A store whose process 'dies' right after it stored the N-th event."""
 
     def __init__(self, path: Path, after: int) -> None:
-        super().__init__(path)
+        super().__init__(path, CODEC)
         self.after = after
         self.stored = 0
 
@@ -68,7 +69,7 @@ def rig(tmp_path: Path, name: str) -> RigConfig:
 
 
 def all_events(config: RigConfig) -> list[Event]:
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     return [store.codec.decode(row.value) for row in store.unsent(limit=100_000, max_bytes=1 << 40)]
 
 
@@ -77,7 +78,7 @@ def test_an_offline_run_uses_the_cached_assignment_says_so_and_keeps_every_event
 ) -> None:
     config = rig(tmp_path, "rig")
     display = FakeDisplay()
-    report = RigAgent(config, display).run(options(offline=False))  # the broker is a dead port
+    report = rig_agent(config, display).run(options(offline=False))  # the broker is a dead port
     assert any("unreachable" in m and "offline" in m for m in display.messages)
     assert any(
         m.startswith("offline: using the cached assignment for M001") for m in display.messages
@@ -105,10 +106,10 @@ def test_an_offline_run_uses_the_cached_assignment_says_so_and_keeps_every_event
 def test_without_an_assignment_or_for_a_stranger_nothing_runs(tmp_path: Path) -> None:
     config = config_in(tmp_path)
     with pytest.raises(NoAssignmentError, match=r"no assignment known for M001.*Enroll"):
-        RigAgent(config, FakeDisplay()).run(options())
+        rig_agent(config, FakeDisplay()).run(options())
     with pytest.raises(RigError, match=r"M003 is not on rig rig-1's list.*did you mean"):
-        RigAgent(config, FakeDisplay()).run(options(mouse_id="M003"))
-    assert RigStore(config.store_path).unsent_count() == 0
+        rig_agent(config, FakeDisplay()).run(options(mouse_id="M003"))
+    assert RigStore(config.store_path, codec=CODEC).unsent_count() == 0
 
 
 def test_one_session_at_a_time_per_rig(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_one_session_at_a_time_per_rig(tmp_path: Path) -> None:
     assert lock.try_acquire()
     try:
         with pytest.raises(RigBusyError, match="busy"):
-            RigAgent(config, FakeDisplay()).run(options())
+            rig_agent(config, FakeDisplay()).run(options())
     finally:
         lock.release()
 
@@ -127,16 +128,16 @@ def test_a_session_killed_mid_way_resumes_to_the_events_of_an_uninterrupted_one(
     tmp_path: Path, crashes: list[int]
 ) -> None:
     reference = rig(tmp_path, "reference")
-    RigAgent(reference, FakeDisplay()).run(options())
+    rig_agent(reference, FakeDisplay()).run(options())
     expected = all_events(reference)
 
     config = rig(tmp_path, "crashing")
     for after in crashes:
         with pytest.raises(Crash):
             store = FakeCrashingStore(config.store_path, after)
-            RigAgent(config, FakeDisplay(), store).run(options())
+            rig_agent(config, FakeDisplay(), store).run(options())
     display = FakeDisplay()
-    RigAgent(config, display).run(options())
+    rig_agent(config, display).run(options())
     got = all_events(config)
     assert display.resumed_at is not None and display.resumed_at > 0
     assert any(m.startswith("resuming session") for m in display.messages)
@@ -147,11 +148,11 @@ def test_a_session_killed_mid_way_resumes_to_the_events_of_an_uninterrupted_one(
 def test_abandon_closes_the_interrupted_session_and_starts_a_new_one(tmp_path: Path) -> None:
     config = rig(tmp_path, "rig")
     with pytest.raises(Crash):
-        RigAgent(config, FakeDisplay(), FakeCrashingStore(config.store_path, 60)).run(options())
+        rig_agent(config, FakeDisplay(), FakeCrashingStore(config.store_path, 60)).run(options())
     display = FakeDisplay()
     with pytest.raises(RigError, match=r"already exists.*later --start"):
-        RigAgent(config, display).run(options(abandon_open=True))  # same start, same session
-    RigAgent(config, display).run(options(abandon_open=True, start=START + timedelta(hours=2)))
+        rig_agent(config, display).run(options(abandon_open=True))  # same start, same session
+    rig_agent(config, display).run(options(abandon_open=True, start=START + timedelta(hours=2)))
     ends = [e for e in all_events(config) if isinstance(e, SessionEnded)]
     starts = [e for e in all_events(config) if isinstance(e, SessionStarted)]
     assert len(starts) == 2 and len(ends) == 2
@@ -190,9 +191,9 @@ def test_a_real_time_session_resumes_on_the_wall_clock_after_a_crash(
     seed_cache(config, assignment(parameters=quick))
     real = RunOptions("M001", offline=True)
     with pytest.raises(Crash):
-        RigAgent(config, FakeDisplay(), FakeCrashingStore(config.store_path, 4)).run(real)
+        rig_agent(config, FakeDisplay(), FakeCrashingStore(config.store_path, 4)).run(real)
     display = FakeDisplay()
-    report = RigAgent(config, display).run(real)
+    report = rig_agent(config, display).run(real)
     events = all_events(config)
     trials = [e for e in events if isinstance(e, TrialCompleted)]
     assert display.resumed_at == 3  # SessionStarted and 3 trials were stored before the crash

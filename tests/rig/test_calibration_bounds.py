@@ -16,7 +16,7 @@ from shaping.rig.errors import ConfigError
 from shaping.rig.hardware.calibration import CalibrationPoint, check_calibration, fit_ml_per_ms
 from shaping.rig.link.store import RigStore
 from shaping.services.cli import app
-from tests.support.rig import write_config
+from tests.support.rig import CODEC, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 
@@ -37,7 +37,7 @@ def calibrate(config: Path, *ms_and_answers: str, extra: tuple[str, ...] = ()) -
 
 
 def store_of(config: Path) -> RigStore:
-    return RigStore(config.parent / "state" / "rig.sqlite")
+    return RigStore(config.parent / "state" / "rig.sqlite", codec=CODEC)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from shaping.rig.link.store import RigStore
 from shaping.rig.task.clock import VirtualClock
 from shaping.services.cli import app
 from tests.support.anchors import REACH
-from tests.support.rig import PINS, START, assignment, config_in, seed_cache, write_config
+from tests.support.rig import CODEC, PINS, START, assignment, config_in, seed_cache, write_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 ANCHOR = REACH / "mouse001.json"
@@ -124,7 +124,7 @@ def test_status_shows_cache_outbox_interrupted_session_and_an_unreachable_broker
         "--start", START.isoformat(),
     )  # fmt: skip
     assert code == 0
-    waiting = RigStore(config_path.parent / "state" / "rig.sqlite").unsent_count()
+    waiting = RigStore(config_path.parent / "state" / "rig.sqlite", codec=CODEC).unsent_count()
     code, output = invoke("status", "--config", str(config_path), "--timeout", "1")
     assert code == 0, output
     assert "broker 127.0.0.1:1: UNREACHABLE" in output
@@ -146,7 +146,7 @@ def test_calibrate_guides_through_weighing_and_stores_ml_per_ms(config_path: Pat
     assert "'abc' is not a weight; type grams" in output
     expected = fit_ml_per_ms([CalibrationPoint(50, 100, 0.5), CalibrationPoint(100, 100, 1.02)])
     assert f"left valve: {expected:.6g} ml/ms" in output
-    stored = RigStore(config_path.parent / "state" / "rig.sqlite").calibrations()
+    stored = RigStore(config_path.parent / "state" / "rig.sqlite", codec=CODEC).calibrations()
     assert stored["left"].ml_per_ms == pytest.approx(expected)
     code, output = invoke("status", "--config", str(config_path), "--timeout", "1")
     assert f"left: {expected:.6g} ml/ms (calibrated " in output
@@ -160,7 +160,10 @@ def test_calibrate_refuses_a_typo_and_stops_cleanly_without_answers(config_path:
         "calibrate", "right", "--config", str(config_path), "--simulate", input=""
     )
     assert code == 1 and "calibration cancelled" in output
-    assert "right" not in RigStore(config_path.parent / "state" / "rig.sqlite").calibrations()
+    assert (
+        "right"
+        not in RigStore(config_path.parent / "state" / "rig.sqlite", codec=CODEC).calibrations()
+    )
 
 
 def test_dispensing_opens_the_valve_the_asked_number_of_times() -> None:
@@ -226,7 +229,7 @@ def test_the_outbox_depth_is_served_to_prometheus(config_path: Path) -> None:
     )  # fmt: skip
     assert code == 0
     store_path = config_path.parent / "state" / "rig.sqlite"
-    waiting = RigStore(store_path).unsent_count()
+    waiting = RigStore(store_path, codec=CODEC).unsent_count()
     exporter = OutboxDepthExporter(store_path, 'rig "1"', 0, "127.0.0.1").start()
     try:
         url = f"http://127.0.0.1:{exporter.port}"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.agent import EVIDENCE_LOG, RigAgent, RunOptions
+from shaping.rig.agent import EVIDENCE_LOG, RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.errors import RigError
 from shaping.rig.evidence import evidence_lines, next_session_line
 from shaping.rig.link.store import RigStore
@@ -30,7 +31,7 @@ from shaping.schemas.events import (
 from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
 from tests.support.kafka_io import Publisher, TopicReader
-from tests.support.rig import START, FakeDisplay, assignment, config_in, write_config
+from tests.support.rig import CODEC, START, FakeDisplay, assignment, config_in, write_config
 from tests.support.scripts import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
@@ -124,7 +125,7 @@ def test_rig_status_shows_the_last_decision_evidence_even_after_an_adjustment(
 ) -> None:
     path = write_config(tmp_path, mice=["M001"], bootstrap="127.0.0.1:9")
     config = config_in(tmp_path, mice=["M001"], bootstrap="127.0.0.1:9")
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     # What the follower keeps from the topics: the decision, the assignment after it, and a
     # trainer's adjustment issued later (it replaces the cached assignment, not the evidence).
     store.save_decision(DECISION)
@@ -147,7 +148,7 @@ def test_rig_status_shows_the_last_decision_evidence_even_after_an_adjustment(
 def test_an_ejected_mouse_is_shown_and_not_run(tmp_path: Path) -> None:
     path = write_config(tmp_path, mice=["M001"], bootstrap="127.0.0.1:9")
     config = config_in(tmp_path, mice=["M001"], bootstrap="127.0.0.1:9")
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     ejected = assignment(session_number=3).model_copy(
         update={
             "reason": "ejected",
@@ -157,7 +158,7 @@ def test_an_ejected_mouse_is_shown_and_not_run(tmp_path: Path) -> None:
     )
     store.save_assignment(ejected)
     with pytest.raises(RigError, match=r"M001 was ejected: Ejected by ada\. Reason: end of exp"):
-        RigAgent(config, FakeDisplay(), store).run(
+        rig_agent(config, FakeDisplay(), store).run(
             RunOptions("M001", simulate=True, seed=1, start=START, offline=True)
         )
     assert store.unsent_count() == 0  # nothing recorded

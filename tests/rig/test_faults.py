@@ -18,14 +18,23 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import load_config
 from shaping.rig.faults import FaultPlan, FaultPlanError
 from shaping.rig.link.drain import OutboxDrainer
 from shaping.rig.link.store import RigStore
 from shaping.services.cli import app
 from tests.support.processes import wait_until
-from tests.support.rig import START, FakeDisplay, assignment, config_in, seed_cache, write_config
+from tests.support.rig import (
+    CODEC,
+    START,
+    FakeDisplay,
+    assignment,
+    config_in,
+    seed_cache,
+    write_config,
+)
 from tests.support.scripts import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
@@ -135,29 +144,29 @@ def test_a_rig_agent_pauses_where_its_plan_says(tmp_path: Path) -> None:
     config = config_in(tmp_path, mice=["M001"])
     seed_cache(config, assignment(parameters=PARAMS))
     gate = tmp_path / "gate"
-    agent = RigAgent(config, FakeDisplay(), faults=FaultPlan.parse(f"pause-after-event:7:{gate}"))
+    agent = rig_agent(config, FakeDisplay(), faults=FaultPlan.parse(f"pause-after-event:7:{gate}"))
     options = RunOptions("M001", simulate=True, seed=3, start=START, offline=True)
     outcome: list[object] = []
     worker = threading.Thread(target=lambda: outcome.append(agent.run(options)), daemon=True)
     worker.start()
     try:
         wait_until(Path(f"{gate}.reached").exists, WAIT_S, "the agent to pause", 0.02)
-        assert RigStore(config.store_path).unsent_count() == 7
+        assert RigStore(config.store_path, codec=CODEC).unsent_count() == 7
         assert worker.is_alive()
     finally:
         gate.touch()
         worker.join(WAIT_S)
     assert len(outcome) == 1, "the session did not finish after the gate opened"
-    assert RigStore(config.store_path).unsent_count() > 7
+    assert RigStore(config.store_path, codec=CODEC).unsent_count() > 7
 
 
 def test_without_a_plan_nothing_is_injected(tmp_path: Path) -> None:
     config = config_in(tmp_path, mice=["M001"])
-    assert RigAgent(config, FakeDisplay()).faults == FaultPlan.none()
-    store = RigStore(config.store_path)
-    assert OutboxDrainer(store, "127.0.0.1:1").faults == FaultPlan.none()
+    assert rig_agent(config, FakeDisplay()).faults == FaultPlan.none()
+    store = RigStore(config.store_path, codec=CODEC)
+    assert OutboxDrainer(store, "127.0.0.1:1", codec=CODEC).faults == FaultPlan.none()
     plan = FaultPlan(kill_after_ack=4)
-    assert OutboxDrainer(store, "127.0.0.1:1", faults=plan).faults is plan
+    assert OutboxDrainer(store, "127.0.0.1:1", faults=plan, codec=CODEC).faults is plan
 
 
 # -- killing (in child processes) ---------------------------------------------------------------
@@ -213,7 +222,7 @@ def test_rig_run_takes_its_fault_plan_from_the_command_line_only(tmp_path: Path)
         timeout=WAIT_S * 2,
     )
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     assert store.unsent_count() == 5
     assert store.open_session("M001") is not None
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import (
@@ -19,10 +20,9 @@ from shaping.schemas.events import (
     SessionEnded,
     StageTransitioned,
 )
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.processor.step import ProcessorStep
-from shaping.services.projector.store import SqlProjectionStore
-from tests.support.rig import START, FakeDisplay, config_in, seed_cache
+from tests.support.rig import CODEC, START, FakeDisplay, config_in, seed_cache
+from tests.support.wiring import embedded_runtime, sql_store
 
 pytestmark = pytest.mark.filterwarnings("ignore::gpiozero.exc.PinFactoryFallback")
 
@@ -35,14 +35,14 @@ ENROLLED = MouseEnrolled(
 
 
 def recorded_session(tmp_path: Path) -> list[Event]:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     runtime.publish([ENROLLED])
     config = config_in(tmp_path)
     seed_cache(config, runtime.assignments["M001"])
-    RigAgent(config, FakeDisplay()).run(
+    rig_agent(config, FakeDisplay()).run(
         RunOptions("M001", simulate=True, seed=3, start=START, offline=True)
     )
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     return [store.codec.decode(r.value) for r in store.unsent(limit=100_000, max_bytes=1 << 40)]
 
 
@@ -52,8 +52,8 @@ def test_a_rig_session_is_judged_and_projected_and_its_movements_are_not_folded(
     events = recorded_session(tmp_path)
     movements = [e for e in events if isinstance(e, MovementDetected)]
     assert movements  # the simulated mouse fidgets
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'tables.sqlite'}")
-    runtime = EmbeddedRuntime(store=store)
+    store = sql_store(f"sqlite:///{tmp_path / 'tables.sqlite'}")
+    runtime = embedded_runtime(store)
     with caplog.at_level(logging.WARNING):
         runtime.publish([ENROLLED, *events])
     codec = default_codec()

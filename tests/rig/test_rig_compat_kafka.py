@@ -20,7 +20,8 @@ import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
-from shaping.rig.agent import RigAgent, RunOptions, SessionReport, StaleAssignmentRefusedError
+from shaping.rig.agent import RunOptions, SessionReport, StaleAssignmentRefusedError
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import load_config
 from shaping.rig.link.drain import OutboxDrainer
 from shaping.rig.link.store import SKEW_SMOOTHING, RigStore
@@ -31,6 +32,7 @@ from shaping.services.cli import app
 from tests.support.examples import example_events
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.rig import (
+    CODEC,
     START,
     FakeDisplay,
     assignment,
@@ -59,7 +61,7 @@ def rig_config(folder: Path, bootstrap: str, topics: TopicNames, extra: str = ""
 
 
 def run(path: Path, display: FakeDisplay, hours: int = 0, codec: Any = None) -> SessionReport:
-    return RigAgent(load_config(path), display, codec=codec).run(
+    return rig_agent(load_config(path), display, codec=codec).run(
         RunOptions(
             "M001",
             simulate=True,
@@ -71,7 +73,7 @@ def run(path: Path, display: FakeDisplay, hours: int = 0, codec: Any = None) -> 
 
 
 def send_outbox(path: Path, bootstrap: str) -> None:
-    drainer = OutboxDrainer(RigStore(load_config(path).store_path), bootstrap)
+    drainer = OutboxDrainer(RigStore(load_config(path).store_path, CODEC), bootstrap, codec=CODEC)
     try:
         assert drainer.drain(60), drainer.status.last_error
     finally:
@@ -116,7 +118,7 @@ def test_an_old_rig_facing_a_newer_assignment_says_so_and_applies_its_policy(
     )
     with pytest.raises(StaleAssignmentRefusedError, match="cannot be read by this rig"):
         run(refusing, FakeDisplay(), codec=old)
-    assert RigStore(load_config(refusing).store_path).unsent_count() == 0
+    assert RigStore(load_config(refusing).store_path, codec=CODEC).unsent_count() == 0
 
     current = rig_config(tmp_path / "new", kafka_bootstrap, kafka_topics)
     display = FakeDisplay()
@@ -184,7 +186,7 @@ def test_with_the_processor_down_the_rig_waits_its_bound_then_runs_stale_or_refu
         kafka_topics,
         '[stale_assignment]\npolicy = "refuse"\nmax_wait_s = 1\n',
     )
-    RigStore(load_config(refusing).store_path).save_assignment(answer)
+    RigStore(load_config(refusing).store_path, codec=CODEC).save_assignment(answer)
     run(refusing, FakeDisplay())
     began = time.monotonic()
     with pytest.raises(StaleAssignmentRefusedError, match=r"has not arrived after 1(\.\d+)? s"):
@@ -230,7 +232,7 @@ def drain_with(store: RigStore, bootstrap: str, topic: str, clock: OffsetClock, 
     trial = example_events()["TrialCompleted"]
     for _ in range(n):
         store.append(trial.model_copy(update={"event_id": str(uuid4()), "mouse_id": "M001"}), topic)
-    drainer = OutboxDrainer(store, bootstrap, clock=clock)
+    drainer = OutboxDrainer(store, bootstrap, clock=clock, codec=CODEC)
     try:
         assert drainer.drain(60), drainer.status.last_error
     finally:
@@ -246,7 +248,7 @@ def test_the_clock_skew_is_measured_from_log_append_time_and_shown(
     create_topic(kafka_bootstrap, created, "CreateTime")
 
     path = rig_config(tmp_path / "rig", kafka_bootstrap, kafka_topics)
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     drain_with(store, kafka_bootstrap, appended, OffsetClock(+120.0), 3)
     first = store.clock_skew()
     assert first is not None and first.samples == 1
@@ -271,7 +273,7 @@ def test_the_clock_skew_is_measured_from_log_append_time_and_shown(
     )
 
     # CreateTime: the broker echoes the rig's own timestamp; nothing is measured.
-    other = RigStore(tmp_path / "create-time" / "rig.sqlite")
+    other = RigStore(tmp_path / "create-time" / "rig.sqlite", codec=CODEC)
     drain_with(other, kafka_bootstrap, created, OffsetClock(+120.0), 2)
     assert other.unsent_count() == 0
     assert other.clock_skew() is None
@@ -300,7 +302,7 @@ def test_an_old_rig_says_it_cannot_read_the_decision_on_its_session(
     path = rig_config(tmp_path / "rig", kafka_bootstrap, kafka_topics)
     display = AnsweringDisplay()
     began = time.monotonic()
-    report = RigAgent(
+    report = rig_agent(
         load_config(path), display, codec=older_rig_codec("StageTransitioned", 1)
     ).run(RunOptions("M001", simulate=True, seed=4, start=START, decision_timeout_s=60.0))
     assert time.monotonic() - began < 45

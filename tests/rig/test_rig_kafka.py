@@ -27,18 +27,19 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, StageTransitioned
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from tests.support.kafka import KAFKA_SH, TEST_PARTITIONS, KafkaBroker, start_kafka
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.processes import stop, wait_until
-from tests.support.rig import START, FakeDisplay, config_in, write_config
+from tests.support.rig import CODEC, START, FakeDisplay, config_in, write_config
 from tests.support.scripts import REPO, STOP_TIMEOUT_S, run_script
+from tests.support.wiring import embedded_runtime
 
 pytestmark = [
     pytest.mark.kafka,
@@ -172,9 +173,9 @@ def uninterrupted(tmp_path: Path, assignment: AssignmentIssued) -> list[Event]:
     folder = tmp_path / "reference"
     folder.mkdir()
     config = config_in(folder, mice=[MOUSE])
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     store.save_assignment(assignment)
-    RigAgent(config, FakeDisplay(), store).run(
+    rig_agent(config, FakeDisplay(), store).run(
         RunOptions(MOUSE, simulate=True, seed=SEED, start=START, offline=True)
     )
     return [store.codec.decode(r.value) for r in store.unsent(limit=100_000, max_bytes=1 << 40)]
@@ -182,7 +183,7 @@ def uninterrupted(tmp_path: Path, assignment: AssignmentIssued) -> list[Event]:
 
 def reference_decision(events: list[Event]) -> StageTransitioned:
     """What the processing step decides on the uninterrupted run (embedded, same step)."""
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     runtime.publish([ENROLLED, *events])
     codec = default_codec()
     [decision] = [codec.decode(r.value) for r in runtime.log.read(runtime.topics.decisions)]
@@ -241,20 +242,20 @@ def test_a_rig_killed_mid_session_and_mid_send_loses_nothing_and_duplicates_noth
     # 1. Killed (SIGKILL) right after its 60th event, mid-session, while it was sending.
     first = run_rig(config, *session_args(), fault="kill-after-event:60", log=tmp_path / "1.log")
     assert first.returncode == -signal.SIGKILL, (tmp_path / "1.log").read_text()
-    assert RigStore(store_path).open_session(MOUSE) is not None
+    assert RigStore(store_path, codec=CODEC).open_session(MOUSE) is not None
 
     # 2. Restarted: it resumes the session and finishes it (offline, so nothing is sent).
     second = run_rig(config, *session_args("--offline"), log=tmp_path / "2.log")
     output = (tmp_path / "2.log").read_text()
     assert second.returncode == 0, output
     assert f"resuming session {MOUSE}-rig-1-20260302T090000 of {MOUSE} at trial" in output
-    waiting = RigStore(store_path).unsent_count()
+    waiting = RigStore(store_path, codec=CODEC).unsent_count()
     assert waiting > 50
 
     # 3. Killed between a broker acknowledgement and marking the event sent.
     third = run_rig(config, "sync", fault="kill-after-ack:25", log=tmp_path / "3.log")
     assert third.returncode == -signal.SIGKILL, (tmp_path / "3.log").read_text()
-    assert 0 < RigStore(store_path).unsent_count() == waiting  # nothing was marked
+    assert 0 < RigStore(store_path, codec=CODEC).unsent_count() == waiting  # nothing was marked
 
     # 4. Restarted: it finds what already arrived and sends only the rest.
     fourth = run_rig(config, "sync", log=tmp_path / "4.log")
@@ -263,7 +264,7 @@ def test_a_rig_killed_mid_session_and_mid_send_loses_nothing_and_duplicates_noth
     assert f"outbox: sent {waiting} of {waiting} events" in output
     already = int(output.split("(")[1].split()[0])
     assert already >= 25  # found on the broker, not sent again
-    assert RigStore(store_path).unsent_count() == 0
+    assert RigStore(store_path, codec=CODEC).unsent_count() == 0
 
     expected = uninterrupted(tmp_path, assignment)
     session_id = expected[0].session_id or ""
@@ -330,13 +331,15 @@ def test_a_broker_cut_mid_session_delays_events_but_loses_none(
         )
         wait_until(lambda: Path(f"{gate}.reached").exists(), 120, "the rig to reach event 80")
         wait_until(  # the rig was online: what it recorded so far went out
-            lambda: RigStore(store_path).unsent_count() == 0, 60, "the first 80 events to go out"
+            lambda: RigStore(store_path, codec=CODEC).unsent_count() == 0,
+            60,
+            "the first 80 events to go out",
         )
         lab.stop_processor()
         broker_down(private_broker)
         gate.touch()  # the session goes on with the broker gone
         wait_until(lambda: "session ended" in log.read_text(), 120, "the end of the session")
-        held = RigStore(store_path).unsent_count()
+        held = RigStore(store_path, codec=CODEC).unsent_count()
         assert held > 0 and rig.poll() is None  # kept in the outbox, still waiting
 
         broker_up(private_broker)
@@ -345,7 +348,7 @@ def test_a_broker_cut_mid_session_delays_events_but_loses_none(
         output = log.read_text()
         assert rig.returncode == 0, output + lab.processor_tail()
         assert "decision: " in output and "rule engaged_and_accurate" in output
-        assert RigStore(store_path).unsent_count() == 0
+        assert RigStore(store_path, codec=CODEC).unsent_count() == 0
 
         expected = uninterrupted(tmp_path, assignment)
         assert_delivered_once_in_order(lab, expected)

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import SafetyLimits, load_config
 from shaping.rig.errors import ConfigError
 from shaping.rig.link.follow import AssignmentFollower
@@ -51,6 +52,7 @@ from shaping.services.cli import app
 from tests.support.reach_harness import BASE, Harness, Step
 from tests.support.rig import (
     ATTACK,
+    CODEC,
     LAST_SAFE,
     SAFE,
     START,
@@ -74,13 +76,13 @@ def rig(folder: Path, *cached: AssignmentIssued, extra: str = "") -> Path:
 
 
 def run(path: Path, display: FakeDisplay | None = None) -> Any:
-    return RigAgent(load_config(path), display or FakeDisplay()).run(
+    return rig_agent(load_config(path), display or FakeDisplay()).run(
         RunOptions("M001", simulate=True, seed=3, start=START, offline=True)
     )
 
 
 def stored_events(path: Path) -> list[Event]:
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     return [store.codec.decode(row.value) for row in store.unsent(limit=100_000, max_bytes=1 << 40)]
 
 
@@ -251,7 +253,7 @@ def test_the_refuse_policy_runs_nothing_logs_counts_and_says_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = rig(tmp_path / "rig", assignment(parameters=SAFE), forged())
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     with (
         caplog.at_level(logging.WARNING, logger="shaping.rig.agent"),
         pytest.raises(UnsafeAssignmentRefusedError) as refused,
@@ -297,7 +299,7 @@ def test_the_last_safe_policy_runs_the_previous_safe_assignment_loudly(
     events = stored_events(path)
     assert report.ended.n_trials > 0
     assert_nothing_unsafe_ran(events, SafetyLimits())
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     assert store.unsafe_assignment_counts() == {"ran_last_safe": 1, "refused": 0}
     last = store.last_unsafe_assignment("M001")
     assert last is not None and last.ran_assignment_id == "assignment-M001-1"
@@ -309,7 +311,7 @@ def test_last_safe_without_a_safe_assignment_runs_nothing(tmp_path: Path) -> Non
     with pytest.raises(UnsafeAssignmentRefusedError) as refused:
         run(path)
     assert "no earlier assignment of M001 passes them: nothing runs" in str(refused.value)
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     assert store.unsent_count() == 0
     assert store.unsafe_assignment_counts() == {"ran_last_safe": 0, "refused": 1}
 
@@ -318,9 +320,9 @@ def test_the_forged_record_through_the_follower_is_refused(tmp_path: Path) -> No
     """The record arrives as bytes on the assignments topic, as the attack sent it."""
     path = rig(tmp_path / "rig", extra=LAST_SAFE)
     config = load_config(path)
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     follower = AssignmentFollower(
-        store, "127.0.0.1:1", "shaping.assignments", "shaping.decisions", ("M001",)
+        store, "127.0.0.1:1", "shaping.assignments", "shaping.decisions", ("M001",), codec=CODEC
     )
     codec = default_codec()
     for offset, record in enumerate([assignment(parameters=SAFE), forged()]):
@@ -371,7 +373,7 @@ def test_rig_run_prints_the_refusal_escaped_with_exit_code_1(tmp_path: Path) -> 
 
 def test_a_store_of_an_older_release_stays_readable(tmp_path: Path) -> None:
     path = tmp_path / "rig.sqlite"
-    RigStore(path).save_assignment(assignment(parameters=SAFE))
+    RigStore(path, codec=CODEC).save_assignment(assignment(parameters=SAFE))
     with closing(sqlite3.connect(path)) as conn:  # as an older release left it
         conn.execute("DROP TABLE assignment_history")
         conn.execute("DROP TABLE unsafe_assignments")
@@ -379,7 +381,7 @@ def test_a_store_of_an_older_release_stays_readable(tmp_path: Path) -> None:
         conn.commit()
     assert read_metrics(path).unsafe == {"ran_last_safe": 0, "refused": 0}
     assert "shaping_rig_unsafe_assignments_total" in render("rig-1", read_metrics(path))
-    store = RigStore(path)
+    store = RigStore(path, codec=CODEC)
     [kept] = store.assignment_history("M001")
     assert kept.assignment.event_id == "assignment-M001-1"
     assert store.unsafe_assignment_counts() == {"ran_last_safe": 0, "refused": 0}
@@ -389,7 +391,7 @@ def test_every_rig_metric_with_unsafe_assignments_passes_promtool(tmp_path: Path
     import shutil
     import subprocess
 
-    store = RigStore(tmp_path / "rig.sqlite")
+    store = RigStore(tmp_path / "rig.sqlite", codec=CODEC)
     store.record_unsafe_assignment("M001", "forged", "refused", "max_trials = 5000", None)
     text = render('rig "1"', read_metrics(store.path))
     promtool = shutil.which("promtool")

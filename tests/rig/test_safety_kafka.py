@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.agent import RunOptions
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import load_config
 from shaping.rig.link.drain import OutboxDrainer
 from shaping.rig.link.store import RigStore
@@ -27,6 +28,7 @@ from shaping.services.cli import app
 from tests.support.kafka_io import Publisher, TopicReader
 from tests.support.rig import (
     ATTACK,
+    CODEC,
     LAST_SAFE,
     SAFE,
     START,
@@ -54,7 +56,7 @@ def rig_config(folder: Path, bootstrap: str, topics: TopicNames, extra: str = ""
 
 
 def run(path: Path, display: FakeDisplay | None = None) -> object:
-    return RigAgent(load_config(path), display or FakeDisplay()).run(
+    return rig_agent(load_config(path), display or FakeDisplay()).run(
         RunOptions("M001", simulate=True, seed=4, start=START, decision_timeout_s=0.0)
     )
 
@@ -72,7 +74,7 @@ def test_a_forged_assignment_on_the_topic_is_refused_or_replaced_by_the_last_saf
     assert "UNSAFE ASSIGNMENT for M001: assignment forged-M001-2 (session 2" in message
     for name, value in ATTACK.items():
         assert f"{name} = {value:g}" in message
-    store = RigStore(load_config(refusing).store_path)
+    store = RigStore(load_config(refusing).store_path, codec=CODEC)
     cached = store.cached_assignment("M001")
     assert cached is not None and cached.assignment.event_id == "forged-M001-2"  # it arrived
     assert store.unsent_count() == 0  # and nothing ran
@@ -86,7 +88,9 @@ def test_a_forged_assignment_on_the_topic_is_refused_or_replaced_by_the_last_saf
         "ran_last_safe": 1,
         "refused": 0,
     }
-    drainer = OutboxDrainer(RigStore(load_config(fallback).store_path), kafka_bootstrap)
+    drainer = OutboxDrainer(
+        RigStore(load_config(fallback).store_path, CODEC), kafka_bootstrap, codec=CODEC
+    )
     try:
         assert drainer.drain(60), drainer.status.last_error
     finally:

@@ -16,6 +16,7 @@ from shaping.rig.sim.lab import DEFAULT_START, LabPlan, continue_lab, lab_positi
 from shaping.schemas.events import MouseEjected, MouseEnrolled, SessionStarted
 from shaping.services.cli import app
 from shaping.services.embedded.runtime import EmbeddedRuntime
+from tests.support.wiring import embedded_runtime
 
 PLAN = LabPlan(n_mice=3, n_rigs=2, n_days=3, seed=4)
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
@@ -30,7 +31,7 @@ def started(runtime: EmbeddedRuntime) -> list[SessionStarted]:
 
 
 def test_a_new_lab_starts_as_before() -> None:
-    fresh, reference = EmbeddedRuntime(), EmbeddedRuntime()
+    fresh, reference = embedded_runtime(), embedded_runtime()
     run = continue_lab(PLAN, fresh, now=NOW)
     expected = run_lab(PLAN, reference)
     assert run.plan.start == DEFAULT_START and not run.continued
@@ -42,7 +43,7 @@ def test_a_new_lab_starts_as_before() -> None:
 
 
 def test_a_second_run_continues_numbers_dates_and_ids() -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     first = continue_lab(PLAN, runtime, now=NOW)
     enrolled_before = sum(
         isinstance(e, MouseEnrolled) for e in events(runtime, runtime.topics.events)
@@ -67,7 +68,7 @@ def test_a_second_run_continues_numbers_dates_and_ids() -> None:
 
 
 def test_start_must_follow_the_last_day_the_lab_knows() -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     continue_lab(PLAN, runtime, now=NOW)  # 2026-01-05 .. 01-07
     assert lab_position(PLAN, runtime).last_date == date(2026, 1, 7)
     with pytest.raises(RigError, match="not after 2026-01-07"):
@@ -78,14 +79,14 @@ def test_start_must_follow_the_last_day_the_lab_knows() -> None:
 
 
 def test_days_may_not_reach_today() -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     with pytest.raises(RigError, match="must lie before today"):
         continue_lab(PLAN, runtime, now=datetime(2026, 1, 7, 8, tzinfo=UTC))
     assert len(runtime.log) == 0  # nothing published
 
 
 def test_an_ejected_mouse_is_skipped() -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     continue_lab(PLAN, runtime, now=NOW)
     runtime.publish(
         [

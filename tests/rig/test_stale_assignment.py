@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from shaping.rig.agent import RigAgent, RunOptions, StaleAssignmentRefusedError, clock_skew_warning
+from shaping.rig.agent import RunOptions, StaleAssignmentRefusedError, clock_skew_warning
+from shaping.rig.bootstrap import rig_agent
 from shaping.rig.config import ConfigError, load_config
 from shaping.rig.errors import NoAssignmentError
 from shaping.rig.link.follow import AssignmentFollower
@@ -30,6 +31,7 @@ from shaping.schemas.codec import default_codec
 from shaping.schemas.events import SessionStarted
 from shaping.services.cli import app
 from tests.support.rig import (
+    CODEC,
     START,
     FakeDisplay,
     assignment,
@@ -54,7 +56,7 @@ def rig_with_cache(folder: Path, extra: str = "") -> Path:
 
 def run(path: Path, display: FakeDisplay, hours: int = 0, **kwargs: Any) -> Any:
     config = load_config(path)
-    return RigAgent(config, display, **kwargs).run(
+    return rig_agent(config, display, **kwargs).run(
         RunOptions(
             "M001", simulate=True, seed=2, start=START + timedelta(hours=hours), offline=True
         )
@@ -62,7 +64,7 @@ def run(path: Path, display: FakeDisplay, hours: int = 0, **kwargs: Any) -> Any:
 
 
 def session_starts(path: Path) -> list[SessionStarted]:
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     return [
         e for e in store.mouse_events("M001", ["SessionStarted"]) if isinstance(e, SessionStarted)
     ]
@@ -127,7 +129,7 @@ def test_a_stale_assignment_runs_loudly_and_the_session_says_so(
     assert any("STALE ASSIGNMENT for M001" in r.getMessage() for r in caplog.records)
     # On the wire (the outbox holds what is sent), v3, as recorded.
     assert session_starts(path) == [first.started, started]
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     assert store.stale_run_counts() == {"ran_cached": 1, "refused": 0}
     text = render("rig-1", read_metrics(store.path))
     assert 'shaping_rig_stale_assignments_total{rig="rig-1",action="ran_cached"} 1\n' in text
@@ -137,7 +139,7 @@ def test_a_stale_assignment_runs_loudly_and_the_session_says_so(
 def test_the_refuse_policy_runs_nothing_and_says_why(tmp_path: Path) -> None:
     path = rig_with_cache(tmp_path / "rig", extra=REFUSE)
     first = run(path, FakeDisplay())
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     before = store.unsent_count()
     with pytest.raises(StaleAssignmentRefusedError) as refused:
         run(path, FakeDisplay(), hours=2)
@@ -181,7 +183,7 @@ def test_an_old_rig_says_it_cannot_read_a_newer_assignment_and_runs_the_cached_o
 ) -> None:
     path = rig_with_cache(tmp_path / "rig")
     config = load_config(path)
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     old = older_rig_codec("AssignmentIssued", 1)
     newer = assignment(parameters=PARAMS, session_number=2)
     with caplog.at_level(logging.WARNING, logger="shaping.rig.link.follow"):
@@ -205,7 +207,7 @@ def test_an_old_rig_says_it_cannot_read_a_newer_assignment_and_runs_the_cached_o
     assert read_metrics(store.path).undecodable == {"assignments": 1, "decisions": 0}
 
     display = FakeDisplay()
-    report = RigAgent(config, display, store, codec=old).run(
+    report = rig_agent(config, display, store, codec=old).run(
         RunOptions("M001", simulate=True, seed=2, start=START, offline=True)
     )
     started = report.started
@@ -232,11 +234,11 @@ def test_an_old_rig_with_no_readable_assignment_refuses_with_the_reason(tmp_path
     folder = tmp_path / "rig"
     folder.mkdir()
     config = load_config(write_config(folder, mice=["M001"]))
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     old = older_rig_codec("AssignmentIssued", 1)
     follow(store, old, record(0, "M001", default_codec().encode(assignment(parameters=PARAMS))))
     with pytest.raises(NoAssignmentError, match=r"cannot be read by this rig .*upgrade the rig"):
-        RigAgent(config, FakeDisplay(), store, codec=old).run(
+        rig_agent(config, FakeDisplay(), store, codec=old).run(
             RunOptions("M001", simulate=True, seed=2, start=START, offline=True)
         )
 
@@ -244,7 +246,7 @@ def test_an_old_rig_with_no_readable_assignment_refuses_with_the_reason(tmp_path
 def test_an_unreadable_decision_is_kept_and_counted(tmp_path: Path) -> None:
     folder = tmp_path / "rig"
     folder.mkdir()
-    store = RigStore(load_config(write_config(folder, mice=["M001"])).store_path)
+    store = RigStore(load_config(write_config(folder, mice=["M001"])).store_path, codec=CODEC)
     old = older_rig_codec("StageTransitioned", 1)
     from tests.support.examples import example_events
 
@@ -263,7 +265,7 @@ def test_an_unreadable_decision_is_kept_and_counted(tmp_path: Path) -> None:
 
 
 def test_the_skew_is_kept_latest_and_smoothed_and_warned_beyond_a_minute(tmp_path: Path) -> None:
-    store = RigStore(tmp_path / "rig.sqlite")
+    store = RigStore(tmp_path / "rig.sqlite", codec=CODEC)
     assert store.clock_skew() is None and clock_skew_warning(None) is None
     first = store.record_clock_skew(100.0, 0.01)
     assert (first.latest_s, first.smoothed_s, first.samples) == (100.0, 100.0, 1)
@@ -274,14 +276,17 @@ def test_the_skew_is_kept_latest_and_smoothed_and_warned_beyond_a_minute(tmp_pat
         "WARNING: this rig's clock runs 90 s ahead of the broker's; configure NTP (event times "
         "and session dates come from this clock)"
     )
-    behind = RigStore(tmp_path / "other.sqlite").record_clock_skew(-75.4, 0.01)
+    behind = RigStore(tmp_path / "other.sqlite", codec=CODEC).record_clock_skew(-75.4, 0.01)
     assert "runs 75 s behind the broker's; configure NTP" in (clock_skew_warning(behind) or "")
-    assert clock_skew_warning(RigStore(tmp_path / "3.sqlite").record_clock_skew(59.0, 0)) is None
+    assert (
+        clock_skew_warning(RigStore(tmp_path / "3.sqlite", codec=CODEC).record_clock_skew(59.0, 0))
+        is None
+    )
     text = render("rig-1", read_metrics(store.path))
     assert "# TYPE shaping_rig_clock_skew_seconds gauge\n" in text
     assert 'shaping_rig_clock_skew_seconds{rig="rig-1"} 90.0\n' in text
     assert "shaping_rig_clock_skew_seconds" not in render(
-        "rig-1", read_metrics(RigStore(tmp_path / "none.sqlite").path)
+        "rig-1", read_metrics(RigStore(tmp_path / "none.sqlite", codec=CODEC).path)
     )
 
 
@@ -289,7 +294,7 @@ def test_every_rig_metric_passes_promtool(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    store = RigStore(tmp_path / "rig.sqlite")
+    store = RigStore(tmp_path / "rig.sqlite", codec=CODEC)
     store.record_clock_skew(-1.25, 0.01)
     store.record_stale_run("M001", "a1", "ran_cached", "slow processor", 10.0)
     text = render('rig "1"', read_metrics(store.path))
@@ -305,7 +310,7 @@ def test_status_shows_the_clock_the_policy_and_what_the_rig_could_not_read(
     tmp_path: Path,
 ) -> None:
     path = rig_with_cache(tmp_path / "rig")
-    store = RigStore(load_config(path).store_path)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
     store.record_clock_skew(125.0, 0.004)
     store.save_undecodable(
         "assignments",
@@ -344,7 +349,7 @@ def test_run_warns_about_a_clock_far_off_the_brokers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = rig_with_cache(tmp_path / "rig")
-    RigStore(load_config(path).store_path).record_clock_skew(-300.0, 0.01)
+    RigStore(load_config(path).store_path, codec=CODEC).record_clock_skew(-300.0, 0.01)
     display = FakeDisplay()
     with caplog.at_level(logging.WARNING, logger="shaping.rig.agent"):
         run(path, display)

@@ -33,6 +33,7 @@ from shaping.rig.link.store import (
     migrate,
 )
 from shaping.schemas.events import SessionStarted
+from tests.support.rig import CODEC
 
 FIXTURE = Path(__file__).parents[1] / "data" / "rig_store" / "rig-v1.sqlite.gz"
 TOPIC = "shaping.events"
@@ -175,7 +176,7 @@ class Consumer:
 
 class InMemoryDrainer(OutboxDrainer):
     def __init__(self, store: RigStore, broker: Broker) -> None:
-        super().__init__(store, "in-memory:0")
+        super().__init__(store, "in-memory:0", codec=CODEC)
         self._producer = Producer(broker)
         self._consumer = Consumer(broker)
 
@@ -225,7 +226,7 @@ def test_a_store_of_the_release_before_versioning_is_kept_whole_and_upgraded(
     path = v1_store(tmp_path)
     before_schema, before_rows, waiting = schema(path), contents(path), unsent_rows(path)
 
-    store = RigStore(path)
+    store = RigStore(path, codec=CODEC)
 
     assert user_version(path) == STORE_VERSION == 2
     after_schema = schema(path)
@@ -277,7 +278,7 @@ def test_the_upgraded_outbox_drains_the_same_bytes_in_the_same_order(tmp_path: P
     waiting = unsent_rows(path)
     broker = broker_as_left(path)
     ends = {key: broker.end(*key) for key in list(broker.logs)}
-    store = RigStore(path)
+    store = RigStore(path, codec=CODEC)
 
     drain(store, broker)
 
@@ -307,7 +308,7 @@ def test_an_older_store_lacking_later_tables_gets_them_filled(tmp_path: Path) ->
             conn.execute(f"DROP TABLE {table}")
     assert user_version(path) == 0
 
-    store = RigStore(path)
+    store = RigStore(path, codec=CODEC)
 
     assert user_version(path) == STORE_VERSION
     assert {"assignment_history", "calibration_history", "unsafe_assignments"} <= set(schema(path))
@@ -329,14 +330,14 @@ def test_a_version_1_store_gets_only_the_steps_after_it(tmp_path: Path) -> None:
     assert user_version(path) == 1 and "outbox_mouse" not in schema(path)
     rows = contents(path)
 
-    RigStore(path).close()
+    RigStore(path, codec=CODEC).close()
 
     assert user_version(path) == 2 and schema(path)["outbox_mouse"][0] == "index"
     assert contents(path) == rows
 
 
 def test_the_journal_look_ups_use_the_index_of_version_2(tmp_path: Path) -> None:
-    store = RigStore(v1_store(tmp_path))
+    store = RigStore(v1_store(tmp_path), codec=CODEC)
     queries: list[str] = []
     store._conn().set_trace_callback(queries.append)
     store.open_session("M002")
@@ -369,15 +370,15 @@ def test_the_journal_look_ups_use_the_index_of_version_2(tmp_path: Path) -> None
 
 def test_reopening_a_current_store_changes_nothing(tmp_path: Path) -> None:
     path = v1_store(tmp_path)
-    RigStore(path).close()
+    RigStore(path, codec=CODEC).close()
     before = digest(path)
     ran: list[int] = []
 
     def step(number: int) -> Migration:
         return Migration(number, "must not run", lambda conn: ran.append(number))
 
-    RigStore(path).close()
-    RigStore(path, migrations=[step(1), step(2)]).close()
+    RigStore(path, codec=CODEC).close()
+    RigStore(path, migrations=[step(1), step(2)], codec=CODEC).close()
 
     assert ran == []
     assert digest(path) == before  # not a byte written
@@ -392,7 +393,7 @@ def test_stores_opened_at_once_by_several_processes_migrate_once(tmp_path: Path)
     def open_it() -> None:
         start.wait()
         try:
-            RigStore(path).close()
+            RigStore(path, codec=CODEC).close()
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -407,7 +408,7 @@ def test_stores_opened_at_once_by_several_processes_migrate_once(tmp_path: Path)
 
 def test_a_failed_step_leaves_the_store_at_the_version_before(tmp_path: Path) -> None:
     path = v1_store(tmp_path)
-    RigStore(path).close()
+    RigStore(path, codec=CODEC).close()
     rows = contents(path)
 
     def half_done(conn: sqlite3.Connection) -> None:
@@ -416,12 +417,12 @@ def test_a_failed_step_leaves_the_store_at_the_version_before(tmp_path: Path) ->
         raise RuntimeError("the disk is full")
 
     with pytest.raises(RuntimeError, match="disk is full"):
-        RigStore(path, migrations=[*MIGRATIONS, Migration(3, "breaks", half_done)])
+        RigStore(path, migrations=[*MIGRATIONS, Migration(3, "breaks", half_done)], codec=CODEC)
 
     assert user_version(path) == 2
     assert "half" not in schema(path)
     assert contents(path) == rows
-    assert [r.event_id for r in RigStore(path).unsent(limit=100)] == UNSENT
+    assert [r.event_id for r in RigStore(path, codec=CODEC).unsent(limit=100)] == UNSENT
 
 
 # -- (c) a store of a newer Shaping --------------------------------------------------------------
@@ -429,12 +430,14 @@ def test_a_failed_step_leaves_the_store_at_the_version_before(tmp_path: Path) ->
 
 def test_a_store_of_a_newer_shaping_is_refused_and_left_untouched(tmp_path: Path) -> None:
     path = v1_store(tmp_path)
-    RigStore(path, migrations=[*MIGRATIONS, FUTURE]).close()  # a newer Shaping opened it
+    RigStore(
+        path, migrations=[*MIGRATIONS, FUTURE], codec=CODEC
+    ).close()  # a newer Shaping opened it
     assert user_version(path) == 3
     before = digest(path)
 
     with pytest.raises(StoreVersionError) as refused:
-        RigStore(path)
+        RigStore(path, codec=CODEC)
 
     message = str(refused.value)
     assert isinstance(refused.value, RigError)  # the command line prints it, no traceback
@@ -460,7 +463,7 @@ def test_a_newer_store_in_another_journal_mode_is_not_switched_to_wal(tmp_path: 
     before = digest(path)
 
     with pytest.raises(StoreVersionError, match="format version 7"):
-        RigStore(path)
+        RigStore(path, codec=CODEC)
 
     assert digest(path) == before
     with closing(raw(path)) as conn:
@@ -474,19 +477,19 @@ def test_a_new_store_gets_every_step_and_the_same_format_as_an_upgraded_one(
     tmp_path: Path,
 ) -> None:
     fresh = tmp_path / "new" / "state" / "rig.sqlite"
-    store = RigStore(fresh)
+    store = RigStore(fresh, codec=CODEC)
     store.save_calibration("left", 0.0000857, [{"open_ms": 50, "pulses": 100, "grams": 0.43}])
     store.close()
     upgraded = v1_store(tmp_path)
-    RigStore(upgraded).close()
+    RigStore(upgraded, codec=CODEC).close()
 
     assert user_version(fresh) == STORE_VERSION == MIGRATIONS[-1].number
     assert {name: sql for name, (_, _, sql) in schema(fresh).items()} == {
         name: sql for name, (_, _, sql) in schema(upgraded).items()
     }
-    assert RigStore(fresh).calibrations()["left"].ml_per_ms == pytest.approx(0.0000857)
+    assert RigStore(fresh, codec=CODEC).calibrations()["left"].ml_per_ms == pytest.approx(0.0000857)
 
 
 def test_migrations_must_be_numbered_in_order(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="numbered 1, 2, 3"):
-        RigStore(tmp_path / "rig.sqlite", migrations=[MIGRATIONS[0], FUTURE])
+        RigStore(tmp_path / "rig.sqlite", migrations=[MIGRATIONS[0], FUTURE], codec=CODEC)

@@ -19,7 +19,9 @@ from shaping.rig.config import (
 )
 from shaping.rig.errors import CalibrationError, ParameterError
 from shaping.rig.reach import reach_results
-from shaping.rig.task.reach import ReachParameters, RewardPlan, TaskState
+from shaping.rig.task.adaptation import TaskState
+from shaping.rig.task.parameters import ReachParameters
+from shaping.rig.task.rewards import RewardPlan
 from tests.support.reach_harness import BASE, OUTPUTS, Harness, Step
 from tests.support.rig import PINS, START
 
@@ -264,7 +266,7 @@ def test_the_shipped_reach_curriculum_only_sets_parameters_the_task_reads() -> N
     would silently leave the task on its default)."""
     from dataclasses import fields
 
-    from shaping.rig.task.reach import ReachParameters
+    from shaping.rig.task.parameters import ReachParameters
     from shaping.services.curricula.catalog import default_catalog
 
     curriculum = default_catalog().get("reach-task")

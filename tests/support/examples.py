@@ -1,9 +1,17 @@
-"""One fixed example of every event type, for golden-bytes and contract tests."""
+"""One fixed example of every event and command type, for golden-bytes and contract tests."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from shaping.schemas.commands import (
+    AdjustParameters,
+    Command,
+    EjectMouse,
+    EnrolMouse,
+    MigrateMouse,
+    OverrideStage,
+)
 from shaping.schemas.events import (
     AssignmentIssued,
     CurriculumPublished,
@@ -223,5 +231,52 @@ def example_events() -> dict[str, Event]:
             rejected_by="processor",
             original_size=70_000,
             original_sha256="ef" * 32,
+        ),
+    }
+
+
+COMMAND_ENVELOPE = {"mouse_id": "M042", "requested_by": "ada", "requested_at": AT}
+
+
+def example_commands() -> dict[str, Command]:
+    """Every command type with every field set to a telling value."""
+    return {
+        "EnrolMouse": EnrolMouse(
+            command_id="00000000-0000-4000-9000-000000000001",
+            **COMMAND_ENVELOPE,
+            rig_id="rig-3",
+            curriculum_name="basic-shaping",
+            curriculum_version="0.1.0",
+            start_stage="s2_training",
+            notes="cohort 7",
+        ),
+        "OverrideStage": OverrideStage(
+            command_id="00000000-0000-4000-9000-000000000002",
+            **COMMAND_ENVELOPE,
+            to_stage="s2_training",
+            from_stage="s3_full_task",
+            reason="lost weight; easier stage for two days",
+        ),
+        "EjectMouse": EjectMouse(
+            command_id="00000000-0000-4000-9000-000000000003",
+            **COMMAND_ENVELOPE,
+            reason="end of experiment",
+        ),
+        "AdjustParameters": AdjustParameters(
+            command_id="00000000-0000-4000-9000-000000000004",
+            **COMMAND_ENVELOPE,
+            adjustments={"max_trials": 300, "reward_volume_ul": 2.5, "cue": "led", "x": None},
+            reason="tires early",
+        ),
+        "MigrateMouse": MigrateMouse(
+            command_id="00000000-0000-4000-9000-000000000005",
+            **COMMAND_ENVELOPE,
+            curriculum_name="basic-shaping",
+            from_version="0.1.0",
+            to_version="1.0.0",
+            from_stage="s2_training",
+            to_stage="s2_practice",
+            content_hash="sha256:" + "cd" * 32,
+            reason="major version: stage mapping s2_training -> s2_practice",
         ),
     }

@@ -32,6 +32,7 @@ from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.processor.step import ProcessorStep, StepResult
 from shaping.services.projector.store import SqlProjectionStore
 from tests.support.story import T0, enrolled, next_id, session, trials
+from tests.support.wiring import embedded_runtime, sql_store
 
 CODEC = default_codec()
 MICE = ("M1", "M2", "M3")
@@ -163,7 +164,8 @@ def act(lab: Lab, action: tuple[Any, ...]) -> None:
     elif kind == "mutate" and lab.sent:
         key, value = lab.sent[action[1] % len(lab.sent)]
         data = bytearray(value)
-        data[action[2] % len(data)] = action[3]
+        if data:  # a garbage message sent before may be empty: nothing to flip, send it again
+            data[action[2] % len(data)] = action[3]
         lab.raw(key, bytes(data))
     elif kind == "second_end" and lab.sessions:
         events = lab.sessions[action[1] % len(lab.sessions)]
@@ -207,8 +209,8 @@ class History:
 def run_history(actions: list[tuple[Any, ...]], folder: Path, pin: str | None = None) -> History:
     """Runs the actions (after enrolling two mice) through a recording embedded runtime, then
     feeds only the inputs it accepted, in order, to a fresh one."""
-    lab_store = SqlProjectionStore(f"sqlite:///{folder / 'lab.sqlite'}")
-    runtime = EmbeddedRuntime(lab_store, catalog=default_catalog())
+    lab_store = sql_store(f"sqlite:///{folder / 'lab.sqlite'}")
+    runtime = embedded_runtime(lab_store, catalog=default_catalog())
     step = RecordingStep(runtime.step)
     runtime.step = step
     lab = Lab(runtime, step, pin=pin)
@@ -216,8 +218,8 @@ def run_history(actions: list[tuple[Any, ...]], folder: Path, pin: str | None = 
         act(lab, ("enrol", mouse))
     for action in actions:
         act(lab, action)
-    fold_store = SqlProjectionStore(f"sqlite:///{folder / 'fold.sqlite'}")
-    fold = EmbeddedRuntime(fold_store, catalog=default_catalog())
+    fold_store = sql_store(f"sqlite:///{folder / 'fold.sqlite'}")
+    fold = embedded_runtime(fold_store, catalog=default_catalog())
     fold_step = RecordingStep(fold.step)
     fold.step = fold_step
     history = History(lab, lab_store, fold, fold_step, fold_store)

@@ -35,9 +35,8 @@ from shaping.services.domain import (
     TrainingCore,
     initial_state,
 )
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.processor.state_store import decode_state, encode_state
-from shaping.services.projector.store import SqlProjectionStore
+from tests.support.wiring import embedded_runtime, sql_store
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 """Day 0 of every story (a Monday, UTC)."""
@@ -338,9 +337,9 @@ def project(
     plans: Sequence[Plan], order: Sequence[int], db: Path, stages: dict[str, str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Runs the sessions through the embedded runtime into SQLite; returns the tables."""
-    store = SqlProjectionStore(f"sqlite:///{db}")
+    store = sql_store(f"sqlite:///{db}")
     try:
-        runtime = EmbeddedRuntime(store=store, catalog=catalog())
+        runtime = embedded_runtime(store=store, catalog=catalog())
         runtime.publish([enrolment("M1")])
         for index in order:
             plan = plans[index]

@@ -21,8 +21,7 @@ from shaping.schemas.events import (
 )
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import CurriculumCatalog
-from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.projector.store import SqlProjectionStore
+from tests.support.wiring import embedded_runtime, sql_store
 
 CURRICULUM = "attention-test"
 CURRICULUM_YAML = """\
@@ -88,8 +87,8 @@ class Lab:
 
     def __init__(self, db_path: Path, catalog: CurriculumCatalog) -> None:
         self.url = f"sqlite:///{db_path}"
-        self.store = SqlProjectionStore(self.url)
-        self.runtime = EmbeddedRuntime(self.store, catalog=catalog)
+        self.store = sql_store(self.url)
+        self.runtime = embedded_runtime(self.store, catalog=catalog)
         self.sessions: dict[str, int] = {}
 
     def close(self) -> None:

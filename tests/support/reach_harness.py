@@ -18,14 +18,12 @@ from shaping.rig.hardware.devices import InputBus, connect_inputs
 from shaping.rig.hardware.gpio import build_gpiozero_hardware
 from shaping.rig.reach import reach_session_metrics
 from shaping.rig.sim.reach_box import mock_factory
+from shaping.rig.task.adaptation import TaskState
 from shaping.rig.task.clock import VirtualClock
-from shaping.rig.task.reach import (
-    ReachParameters,
-    ReachTask,
-    RewardPlan,
-    SessionRecorder,
-    TaskState,
-)
+from shaping.rig.task.parameters import ReachParameters
+from shaping.rig.task.reach import ReachTask
+from shaping.rig.task.recording import SessionRecorder
+from shaping.rig.task.rewards import RewardPlan
 from shaping.schemas.events import Event, MovementDetected, SessionEnded, TrialCompleted
 from tests.support.rig import PINS, START
 

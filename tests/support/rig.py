@@ -9,6 +9,7 @@ from typing import Any
 
 from shaping.rig.config import RigConfig, load_config
 from shaping.rig.link.store import RigStore
+from shaping.schemas.codec import default_codec
 from shaping.schemas.events import AssignmentIssued
 
 PINS: dict[str, Any] = {
@@ -25,6 +26,8 @@ PINS: dict[str, Any] = {
     "actuator_right": 4,
 }
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+CODEC = default_codec()
+"""The codec the rig tests build their stores, drainers and followers with."""
 
 
 def toml_value(value: Any) -> str:
@@ -90,7 +93,7 @@ def assignment(
 
 
 def seed_cache(config: RigConfig, *assignments: AssignmentIssued) -> RigStore:
-    store = RigStore(config.store_path)
+    store = RigStore(config.store_path, codec=CODEC)
     for item in assignments:
         store.save_assignment(item)
     return store

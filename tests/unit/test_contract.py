@@ -1,5 +1,6 @@
 """The event contract: the pydantic models mirror the Avro schemas, the wire bytes are pinned,
-and the current schemas read data written with earlier ones."""
+and the current schemas read data written with earlier ones; the same for operators'
+commands, which share the wire format but never a topic with events."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from shaping.schemas.codec import MAGIC, EventCodec, default_codec, load_schema_versions
+from shaping.schemas.commands import ANSWERS, COMMAND_TYPES, Command, answer_event_id
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     EVENT_TYPES,
@@ -26,7 +28,7 @@ from shaping.schemas.events import (
     SessionSummary,
     TrialCompleted,
 )
-from tests.support.examples import example_events
+from tests.support.examples import example_commands, example_events
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 ENVELOPE = [
@@ -39,8 +41,18 @@ ENVELOPE = [
     "occurred_at",
     "causation_id",
 ]
-VERSIONS = load_schema_versions()
-NEWEST = {v.event_type: v for v in VERSIONS}  # sorted by version, so the last one wins
+ALL_VERSIONS = load_schema_versions()
+VERSIONS = [v for v in ALL_VERSIONS if v.event_type in EVENT_TYPES]  # the events' schemas
+COMMAND_VERSIONS = [v for v in ALL_VERSIONS if v.event_type in COMMAND_TYPES]
+COMMAND_ENVELOPE = [
+    "command_id",
+    "command_type",
+    "schema_version",
+    "mouse_id",
+    "requested_by",
+    "requested_at",
+]
+NEWEST = {v.event_type: v for v in ALL_VERSIONS}  # sorted by version, so the last one wins
 
 
 def avro_type_of(annotation: Any) -> Any:
@@ -131,7 +143,7 @@ def assert_model_matches(model: type[BaseModel], record: dict[str, Any]) -> None
     for (name, info), avro_field in zip(fields, record["fields"], strict=True):
         expected = normalise_ints(schema_shape(avro_field["type"]))
         assert normalise_ints(avro_type_of(info.annotation)) == expected, (model.__name__, name)
-        if name in ("event_type", "schema_version", "event_id"):
+        if name in ("event_type", "schema_version", "event_id", "command_type", "command_id"):
             # Filled from the class (checked below) or freshly generated: not schema defaults.
             continue
         has_default = info.default is not PydanticUndefined or info.default_factory is not None
@@ -331,7 +343,7 @@ def test_a_codec_without_the_newest_schema_is_an_older_release() -> None:
     what it knows and rejects data written with the version it lacks as undecodable (unknown
     fingerprint), which is what an old rig does with a newer assignment."""
     older = EventCodec(
-        v for v in VERSIONS if not (v.event_type == "AssignmentIssued" and v.version >= 2)
+        v for v in ALL_VERSIONS if not (v.event_type == "AssignmentIssued" and v.version >= 2)
     )
     assert older.newest("AssignmentIssued").version == 1
     assert older.decode(_golden("AssignmentIssued", 1)).event_type == "AssignmentIssued"
@@ -340,7 +352,7 @@ def test_a_codec_without_the_newest_schema_is_an_older_release() -> None:
     assert caught.value.kind == "undecodable"
     assert "unknown writer schema fingerprint" in str(caught.value)
     with pytest.raises(SerializationError, match="no Avro schema for event types"):
-        EventCodec(v for v in VERSIONS if v.event_type != "SessionEnded")
+        EventCodec(v for v in ALL_VERSIONS if v.event_type != "SessionEnded")
 
 
 RIG_WRITTEN = ("SessionStarted", "TrialCompleted", "SessionEnded", "MovementDetected")
@@ -357,3 +369,140 @@ def test_the_current_service_reads_what_every_older_rig_wrote(version: Any) -> N
     event = default_codec().decode(_golden(version.event_type, version.version))
     assert event.schema_version == version.version
     assert version.version <= type(event).SCHEMA_VERSION
+
+
+# -- operators' commands ----------------------------------------------------------------------
+
+
+def test_every_schema_file_is_an_event_or_a_command() -> None:
+    assert {v.event_type for v in ALL_VERSIONS} == set(EVENT_TYPES) | set(COMMAND_TYPES)
+    assert not set(EVENT_TYPES) & set(COMMAND_TYPES)
+
+
+@pytest.mark.parametrize("command_type", sorted(COMMAND_TYPES))
+def test_command_model_mirrors_newest_schema(command_type: str) -> None:
+    newest = NEWEST[command_type]
+    model = COMMAND_TYPES[command_type]
+    assert newest.raw["name"] == command_type
+    assert newest.raw["namespace"] == "org.shaping.commands"
+    assert newest.version == model.SCHEMA_VERSION
+    assert_model_matches(model, newest.raw)
+
+
+@pytest.mark.parametrize("version", COMMAND_VERSIONS, ids=lambda v: f"{v.event_type}.v{v.version}")
+def test_every_command_schema_carries_the_command_envelope(version: Any) -> None:
+    names = [f["name"] for f in version.raw["fields"]]
+    assert names[: len(COMMAND_ENVELOPE)] == COMMAND_ENVELOPE
+    by_name = {f["name"]: f for f in version.raw["fields"]}
+    assert by_name["command_type"]["default"] == version.event_type
+    assert by_name["schema_version"]["default"] == version.version
+
+
+@pytest.mark.parametrize("command_type", sorted(COMMAND_TYPES))
+def test_golden_bytes_of_newest_command_schema(command_type: str) -> None:
+    """The encoding of every command type is pinned, like the events'."""
+    codec = default_codec()
+    command = example_commands()[command_type]
+    path = GOLDEN / f"{command_type}.v{codec.newest(command_type).version}.hex"
+    encoded = codec.encode(command)
+    if os.environ.get("SHAPING_UPDATE_GOLDEN") == "1" and not path.exists():
+        path.write_text(encoded.hex() + "\n")
+    assert encoded.hex() == path.read_text().strip()
+    assert codec.decode_command(encoded) == command
+    assert codec.decode_message(encoded) == command
+
+
+@pytest.mark.parametrize("version", COMMAND_VERSIONS, ids=lambda v: f"{v.event_type}.v{v.version}")
+def test_current_schemas_read_every_committed_command_version(version: Any) -> None:
+    golden = _golden(version.event_type, version.version)
+    assert golden[2:10] == version.fingerprint
+    decoded = default_codec().decode_command(golden)
+    assert decoded.model_dump() == {
+        **example_commands()[version.event_type].model_dump(),
+        "schema_version": version.version,
+    }
+
+
+def test_newer_command_versions_only_add_fields_with_defaults() -> None:
+    by_type: dict[str, list[Any]] = {}
+    for version in COMMAND_VERSIONS:
+        by_type.setdefault(version.event_type, []).append(version)
+    for versions in by_type.values():
+        for old, new in itertools.pairwise(versions):
+            old_fields = {f["name"]: f for f in old.raw["fields"]}
+            for field in new.raw["fields"]:
+                if field["name"] not in old_fields:
+                    assert "default" in field, f"{new.event_type} v{new.version} adds {field}"
+
+
+@pytest.mark.parametrize("command_type", sorted(COMMAND_TYPES))
+def test_a_command_is_answered_by_its_past_tense_event(command_type: str) -> None:
+    """The answer is a value of the command: the event it names, its id derived from the
+    command's, dated when it was asked, caused by it and naming who asked."""
+    command = example_commands()[command_type]
+    answer = command.answer()
+    assert answer.event_type == ANSWERS[command_type]
+    assert answer.event_id == command.answer_id == answer_event_id("M042", command.command_id)
+    assert command.answer() == answer  # deterministic
+    assert (answer.mouse_id, answer.occurred_at, answer.causation_id) == (
+        "M042",
+        command.requested_at,
+        command.command_id,
+    )
+    who = {k: v for k, v in answer.model_dump().items() if k.endswith("_by")}
+    assert list(who.values()) == ["ada"]
+    request = command.model_dump(exclude={"command_id", "command_type", "schema_version"})
+    request = {k: v for k, v in request.items() if k not in ("requested_by", "requested_at")}
+    dumped = answer.model_dump()
+    assert {k: dumped[k] for k in request} == request  # the request's fields, mirrored
+
+
+def test_answer_ids_differ_by_mouse_and_command() -> None:
+    ids = {answer_event_id(m, c) for m in ("M1", "M2") for c in ("c1", "c2")}
+    assert len(ids) == 4
+
+
+def test_events_and_commands_do_not_pass_for_each_other() -> None:
+    """A command on the events topic, or an event on the commands topic, is invalid, with a
+    reason that says where it belongs."""
+    codec = default_codec()
+    command = codec.encode(example_commands()["EjectMouse"])
+    event = codec.encode(example_events()["MouseEjected"])
+    with pytest.raises(SerializationError, match="EjectMouse is a command, not an event") as c:
+        codec.decode(command)
+    assert c.value.kind == "invalid"
+    with pytest.raises(SerializationError, match="MouseEjected is an event, not a command") as e:
+        codec.decode_command(event)
+    assert e.value.kind == "invalid"
+    assert isinstance(codec.decode_message(command), Command)
+    assert isinstance(codec.decode_message(event), Event)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"requested_by": ""}, "requested_by"),
+        ({"mouse_id": "M 1"}, "mouse_id"),
+        ({"command_id": ""}, "command_id"),
+        ({"to_stage": "bad;stage"}, "to_stage"),
+        ({"reason": ""}, "reason"),
+        ({"command_type": "EjectMouse"}, "does not match schema"),
+    ],
+)
+def test_a_schema_valid_command_breaking_the_model_is_invalid(
+    change: dict[str, Any], words: str
+) -> None:
+    codec = default_codec()
+    newest = codec.newest("OverrideStage")
+    record = {**example_commands()["OverrideStage"].model_dump(), **change}
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, newest.parsed, record)
+    with pytest.raises(SerializationError) as caught:
+        codec.decode_command(MAGIC + newest.fingerprint + buf.getvalue())
+    assert caught.value.kind == "invalid"
+    assert words in str(caught.value)
+
+
+def test_a_codec_needs_the_command_schemas() -> None:
+    with pytest.raises(SerializationError, match="no Avro schema for command types"):
+        EventCodec(v for v in ALL_VERSIONS if v.event_type != "EjectMouse")

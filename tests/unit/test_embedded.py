@@ -11,9 +11,8 @@ from shaping.schemas.codec import default_codec
 from shaping.schemas.events import EventRejected, SessionStarted
 from shaping.services.embedded.demo import render_report, run_demo
 from shaping.services.embedded.log import InProcessLog
-from shaping.services.embedded.runtime import EmbeddedRuntime
-from shaping.services.projector.store import SqlProjectionStore
 from tests.support.story import enrolled, session, trials
+from tests.support.wiring import embedded_runtime, sql_store
 
 SMALL = LabPlan(n_mice=4, n_rigs=2, n_days=4, seed=11)
 
@@ -52,7 +51,7 @@ def test_demo_report_shows_status_and_stage_paths(tmp_path: Path) -> None:
 
 
 def test_every_session_runs_exactly_the_assignment_issued_after_the_previous_one() -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     run = run_lab(SMALL, runtime)
     assert len(run.sessions) == 16
     for record in run.sessions:
@@ -67,8 +66,8 @@ def test_every_session_runs_exactly_the_assignment_issued_after_the_previous_one
 
 
 def test_garbage_and_impossible_events_go_to_the_dead_letter_topic(tmp_path: Path) -> None:
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    runtime = EmbeddedRuntime(store)
+    store = sql_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    runtime = embedded_runtime(store)
     runtime.publish([enrolled("M1")])
     runtime.publish_raw(b"M1", b"\x00not an event")
     stray = session("M1", "ghost", ["correct"])[1]  # a trial of a session that never started
@@ -93,12 +92,12 @@ def test_rebuilding_the_tables_from_the_saved_log_gives_identical_rows(tmp_path:
     result = run_demo(tmp_path / "out", SMALL)
     log = InProcessLog.load_jsonl(result.log_path)
     assert len(log) == result.n_messages
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'rebuilt.sqlite'}")
-    runtime = EmbeddedRuntime(store, log=log)
+    store = sql_store(f"sqlite:///{tmp_path / 'rebuilt.sqlite'}")
+    runtime = embedded_runtime(store, log=log)
     runtime.project_pending()
     assert store.snapshot() == result.tables
     store.reset()
-    runtime = EmbeddedRuntime(store, log=log)
+    runtime = embedded_runtime(store, log=log)
     runtime.project_pending()
     assert store.snapshot() == result.tables
     store.close()
@@ -111,7 +110,7 @@ def test_reprocessing_the_inputs_reproduces_the_outputs(tmp_path: Path) -> None:
     fresh = InProcessLog()
     for record in log.read("shaping.events"):
         fresh.append(record.topic, record.key, record.value)
-    runtime = EmbeddedRuntime(log=fresh)
+    runtime = embedded_runtime(log=fresh)
     runtime.process_pending()
     for topic in ("shaping.decisions", "shaping.assignments"):
         assert [r.value for r in fresh.read(topic)] == [r.value for r in log.read(topic)]
@@ -119,7 +118,7 @@ def test_reprocessing_the_inputs_reproduces_the_outputs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mice", [1, 3])
 def test_sessions_carry_their_rig_and_parameters(mice: int) -> None:
-    runtime = EmbeddedRuntime()
+    runtime = embedded_runtime()
     run_lab(LabPlan(n_mice=mice, n_rigs=2, n_days=2), runtime)
     started = [
         default_codec().decode(r.value)

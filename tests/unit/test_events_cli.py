@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import unicodedata
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from shaping.schemas.codec import default_codec
+from shaping.schemas.commands import OverrideStage
 from shaping.schemas.events import EventRejected
 from shaping.schemas.headers import headers_for
 from shaping.schemas.topics import TopicNames
@@ -277,11 +277,12 @@ def test_topic_kinds_name_topics_under_the_prefix() -> None:
 
 
 def test_a_reading_is_planned_and_rendered_without_the_command_line() -> None:
-    settings = replace(Settings(), bootstrap="127.0.0.1:1", topic_prefix="lab")
+    settings = Settings(bootstrap="127.0.0.1:1", topic_prefix="lab")
     with pytest.raises(EventsError, match="did you mean 'TrialCompleted'"):
-        plan_reading(settings, types=["TrialComplete"])
+        plan_reading(settings, CODEC, types=["TrialComplete"])
     reading = plan_reading(
         settings,
+        CODEC,
         kinds=[TopicKind.dead_letter, TopicKind.events],
         mice=["M2"],
         types=["mouseenrolled"],
@@ -317,6 +318,59 @@ def test_events_commands_have_help(command: list[str]) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def override(mouse: str = "M2") -> OverrideStage:
+    return OverrideStage(
+        mouse_id=mouse,
+        requested_at=T0,
+        requested_by="ada",
+        to_stage="s2_training",
+        from_stage="s1_habituation",
+        reason="ready early",
+    )
+
+
+def test_the_commands_topic_shows_commands_not_undecodable_records() -> None:
+    settings = Settings(bootstrap="127.0.0.1:1", topic_prefix="lab")
+    assert topic_names([TopicKind.commands], settings.topics) == ["lab.commands"]
+    reading = plan_reading(
+        settings, CODEC, kinds=[TopicKind.commands], types=["overridestage"], partitions=[0]
+    )
+    assert reading.topics == ["lab.commands"] and reading.selection.types == ["OverrideStage"]
+    command = override()
+    value = CODEC.encode(command)
+    on_commands = record(value, key=b"M2", topic="lab.commands")
+    [row] = reading.render([on_commands])
+    assert "OverrideStage v1" in row[1], row
+    assert '"s2_training"' in row[1] and 'requested_by="ada"' in row[1]
+    assert "(undecodable)" not in "\n".join(row)
+    assert reading.wanted(on_commands)
+    assert not reading.wanted(record(CODEC.encode(enrolled("M2")), topic="lab.commands"))
+
+    as_json = Renderer(CODEC, OutputFormat.json, commands_topics=frozenset({"lab.commands"}))
+    out = json.loads(as_json.render(on_commands)[0])
+    assert out["command_type"] == "OverrideStage" and "event_type" not in out
+    assert out["command"]["command_id"] == command.command_id
+    assert out["command"]["to_stage"] == "s2_training"
+
+    # On any other topic a command is no event: still shown as undecodable, saying why.
+    rows = table(record(value, key=b"M2", topic="lab.events"))
+    assert "(undecodable)" in rows[0] and "is a command, not an event" in rows[0]
+
+
+def test_a_refused_command_in_a_dead_letter_decodes_as_the_command() -> None:
+    original = CODEC.encode(override("M1"))
+    rows = table(record(CODEC.encode(dead_letter(original)), topic="shaping.dead-letter"))
+    assert any(line.strip().startswith("original decodes as OverrideStage:") for line in rows)
+    out = as_json(record(CODEC.encode(dead_letter(original)), topic="shaping.dead-letter"))
+    inner = out["original"]
+    assert isinstance(inner, dict) and inner["event"]["reason"] == "ready early"
+    assert Selection(mice=["M1"]).matches(
+        record(CODEC.encode(dead_letter(original, key=None)), key=b"x"),
+        decode_any(CODEC, CODEC.encode(dead_letter(original, key=None))),
+        CODEC,
+    )
 
 
 def test_an_unknown_event_type_gets_a_suggestion() -> None:

@@ -59,6 +59,7 @@ from shaping.services.processor.step import ProcessorStep
 from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
 from tests.support.scripts import REPO
 from tests.support.story import T0, enrolled, next_id, run, session, trials
+from tests.support.wiring import embedded_runtime, sql_store
 
 
 @cache
@@ -580,13 +581,13 @@ def lab_story() -> list[Event]:
 
 
 def run_lab(store: SqlProjectionStore) -> EmbeddedRuntime:
-    runtime = EmbeddedRuntime(store, catalog=warning_core().catalog)
+    runtime = embedded_runtime(store, catalog=warning_core().catalog)
     runtime.publish(lab_story())
     return runtime
 
 
 def test_the_projection_audits_interventions_and_keeps_warnings(tmp_path: Path) -> None:
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
     run_lab(store)
     snap = store.snapshot()
     rows = sorted(snap["interventions"], key=lambda r: str(r["requested_at"]))
@@ -619,8 +620,8 @@ def test_the_projection_audits_interventions_and_keeps_warnings(tmp_path: Path) 
 
 
 def test_current_adjustments_follow_the_newest_assignment(tmp_path: Path) -> None:
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
-    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
+    runtime = embedded_runtime(store, catalog=_catalog())
     runtime.publish([enrolled("M1"), adjust(max_trials=150), *session("M1", "s-1", GOOD)])
     [row] = store.snapshot()["mouse_adjustments"]
     assert (row["adjustments_json"], row["stage"], row["session_number"]) == (
@@ -636,7 +637,7 @@ def test_current_adjustments_follow_the_newest_assignment(tmp_path: Path) -> Non
 @settings(max_examples=40, deadline=None)
 @given(order=st.randoms(use_true_random=False))
 def test_the_new_tables_do_not_depend_on_how_topics_interleave(order: Random) -> None:
-    reference = SqlProjectionStore("sqlite://")
+    reference = sql_store("sqlite://")
     runtime = run_lab(reference)
     messages = _messages(runtime)
     # Deliver the topics in a random interleaving, each topic in its own order (as Kafka does).
@@ -647,7 +648,7 @@ def test_the_new_tables_do_not_depend_on_how_topics_interleave(order: Random) ->
     order.shuffle(labels)
     cursors = {topic: iter(queue) for topic, queue in queues.items()}
     shuffled = [next(cursors[topic]) for topic in labels]
-    other = SqlProjectionStore("sqlite://")
+    other = sql_store("sqlite://")
     cut = order.randint(1, len(shuffled) - 1)
     other.apply_batch("projector", shuffled[:cut])
     other.apply_batch("projector", shuffled[cut:])
@@ -660,8 +661,8 @@ def test_a_refused_copy_of_an_accepted_request_leaves_its_audit_row_alone(
 ) -> None:
     # Found by the lab model: a corrupted copy of an accepted ejection (same event id, other
     # bytes) was dead-lettered, and its refusal overwrote the accepted request's row.
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
-    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
+    runtime = embedded_runtime(store, catalog=_catalog())
     accepted = eject(day=0.5)
     runtime.publish([enrolled("M1"), enrolled("M2"), accepted])
     [before] = store.snapshot()["interventions"]
@@ -678,7 +679,7 @@ def test_a_refused_copy_of_an_accepted_request_leaves_its_audit_row_alone(
     # Whatever order the projector sees the topics in, the accepted request's row wins.
     messages = runtime.messages()
     for order in (messages, messages[::-1]):
-        other = SqlProjectionStore("sqlite://")
+        other = sql_store("sqlite://")
         for message in order:
             other.apply_batch("projector", [message])
         assert other.snapshot()["interventions"] == [before]
@@ -687,8 +688,8 @@ def test_a_refused_copy_of_an_accepted_request_leaves_its_audit_row_alone(
 def test_a_refused_request_whose_id_is_later_used_by_an_accepted_one_is_not_marked_refused(
     tmp_path: Path,
 ) -> None:
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
-    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
+    runtime = embedded_runtime(store, catalog=_catalog())
     refused = eject(mouse="M9", day=0.5)  # no such mouse yet
     runtime.publish([enrolled("M1"), refused])
     [row] = store.snapshot()["interventions"]
@@ -710,8 +711,8 @@ def _messages(runtime: EmbeddedRuntime) -> list[ProjectedMessage]:
 def status_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Status tables with M1 at s2_training and M2 ejected."""
     url = f"sqlite:///{tmp_path_factory.mktemp('interventions') / 'status.sqlite'}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store, catalog=_catalog())
+    store = sql_store(url)
+    runtime = embedded_runtime(store, catalog=_catalog())
     runtime.publish(
         [enrolled("M1"), *session("M1", "s-1", GOOD), enrolled("M2"), eject(mouse="M2")]
     )
@@ -781,18 +782,21 @@ def test_an_unreachable_broker_is_a_clear_error(status_db: str) -> None:
 
 
 def test_the_use_cases_raise_what_the_commands_turn_into_exit_statuses(status_db: str) -> None:
-    """A request that cannot work is an InterventionError (the command exits with 2); an
-    event that does not reach Kafka a DeliveryError (1); warnings go to the caller."""
-    settings = replace(Settings(), bootstrap="127.0.0.1:9", db_url=status_db)
+    """A request that cannot work is an InterventionError (the command exits with 2); a
+    command that does not reach Kafka a DeliveryError (1); warnings go to the caller."""
+    settings = Settings(bootstrap="127.0.0.1:9", db_url=status_db)
+    codec = default_codec()
     with pytest.raises(InterventionError, match="M2 is ejected") as refused:
-        request_ejection(settings, "M2", "a test", by="ada", wait_s=0)
+        request_ejection(settings, "M2", "a test", by="ada", wait_s=0, codec=codec)
     assert not isinstance(refused.value, DeliveryError)
     with pytest.raises(DeliveryError, match=r"no Kafka broker answered at 127\.0\.0\.1:9"):
-        request_adjustment(settings, "M1", ["max_trials=300"], [], "a test", by="ada", wait_s=0)
+        request_adjustment(
+            settings, "M1", ["max_trials=300"], [], "a test", by="ada", wait_s=0, codec=codec
+        )
     warnings: list[str] = []
-    unreadable = replace(settings, db_url=f"sqlite:///{REPO / 'no-such-dir' / 'status.sqlite'}")
+    unreadable = settings.updated(db_url=f"sqlite:///{REPO / 'no-such-dir' / 'status.sqlite'}")
     with pytest.raises(InterventionError, match="give a --reason"):
-        request_ejection(unreadable, "M1", " ", by="ada", warn=warnings.append)
+        request_ejection(unreadable, "M1", " ", by="ada", warn=warnings.append, codec=codec)
     assert warnings == [
         f"warning: cannot read the status tables at {unreadable.db_url}; sending unchecked "
         "(the processor judges it)"
@@ -806,8 +810,8 @@ def test_the_use_cases_raise_what_the_commands_turn_into_exit_statuses(status_db
 
 def test_history_shows_interventions_and_status_the_ejection(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'status.sqlite'}"
-    store = SqlProjectionStore(url)
-    runtime = EmbeddedRuntime(store, catalog=warning_core().catalog)
+    store = sql_store(url)
+    runtime = embedded_runtime(store, catalog=warning_core().catalog)
     runtime.publish(lab_story())
     store.close()
     code, out = shaping("history", "M1", "--db-url", url)

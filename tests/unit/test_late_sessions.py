@@ -34,10 +34,9 @@ from shaping.services.domain import (
     initial_state,
 )
 from shaping.services.domain.state import MAX_SESSION_HISTORY
-from shaping.services.embedded.runtime import EmbeddedRuntime
 from shaping.services.processor.state_store import decode_state, encode_state
 from shaping.services.processor.step import ProcessorStep
-from shaping.services.projector.store import ProjectedMessage, SqlProjectionStore
+from shaping.services.projector.store import ProjectedMessage
 from tests.support.late_sessions import (
     BASIC,
     IBL,
@@ -59,6 +58,7 @@ from tests.support.late_sessions import (
     status_view,
     training_view,
 )
+from tests.support.wiring import embedded_runtime, sql_store
 
 
 def assert_same_training(late: World, reference: World) -> None:
@@ -318,9 +318,9 @@ def test_the_ibl_status_table_keeps_the_first_date_of_each_status(tmp_path: Path
     plans = ibl_story()
     reached = {}
     for name, order in (("in-order", [0, 1, 2, 3, 4, 5]), ("late", [1, 3, 2, 5, 4, 0])):
-        store = SqlProjectionStore(f"sqlite:///{tmp_path / name}.db")
+        store = sql_store(f"sqlite:///{tmp_path / name}.db")
         try:
-            runtime = EmbeddedRuntime(store=store, catalog=catalog("training-status.yaml"))
+            runtime = embedded_runtime(store=store, catalog=catalog("training-status.yaml"))
             runtime.publish([enrolment("M1", IBL)])
             for index in order:
                 stage = runtime.states["M1"].stage
@@ -474,9 +474,9 @@ def test_the_first_date_a_stage_was_reached_moves_back_after_a_recompute(
     tmp_path: Path,
 ) -> None:
     plans = story_plans()[:3]
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
     try:
-        runtime = EmbeddedRuntime(store=store, catalog=catalog())
+        runtime = embedded_runtime(store=store, catalog=catalog())
         runtime.publish([enrolment("M1")])
         runtime.publish(session_events("M1", plans[1], "s1_habituation"))
         runtime.publish(session_events("M1", plans[2], "s2_training"))
@@ -499,7 +499,7 @@ def test_the_first_date_a_stage_was_reached_moves_back_after_a_recompute(
 
 def late_messages() -> list[ProjectedMessage]:
     """The messages of a story with a recompute, numbered per topic (one partition each)."""
-    runtime = EmbeddedRuntime(topics=TopicNames.with_prefix("late"), catalog=catalog())
+    runtime = embedded_runtime(topics=TopicNames.with_prefix("late"), catalog=catalog())
     runtime.publish([enrolment("M1")])
     plans = story_plans()
     for index in (1, 2, 0, 3):
@@ -517,7 +517,7 @@ def test_the_projection_of_a_recompute_does_not_depend_on_topic_interleaving(
     tmp_path: Path,
 ) -> None:
     messages = late_messages()
-    store = SqlProjectionStore(f"sqlite:///{tmp_path / 'p.db'}")
+    store = sql_store(f"sqlite:///{tmp_path / 'p.db'}")
     try:
         store.apply_batch("projector", messages)
         reference = store.snapshot()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shaping.services.projector.store import ProjectionStore, SqlProjectionStore
+from shaping.services.projector.store import ProjectionStore
 from tests.support.builders import mouse_story
 from tests.support.projection_contract import (
     CONSUMER,
@@ -21,6 +21,7 @@ from tests.support.projection_contract import (
     ProjectionStoreContract,
     to_messages,
 )
+from tests.support.wiring import sql_store
 
 
 class TestSqliteProjectionStore(ProjectionStoreContract):
@@ -28,19 +29,19 @@ class TestSqliteProjectionStore(ProjectionStoreContract):
 
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[ProjectionStore]:
-        store = SqlProjectionStore(f"sqlite:///{tmp_path / 'projection.db'}")
+        store = sql_store(f"sqlite:///{tmp_path / 'projection.db'}")
         store.reset()
         yield store
         store.close()
 
     def test_tables_are_created_once_and_kept(self, tmp_path: Path) -> None:
         url = f"sqlite:///{tmp_path / 'kept.db'}"
-        first = SqlProjectionStore(url)
+        first = sql_store(url)
         first.apply_batch(CONSUMER, to_messages(mouse_story("M1", [])))
         snap = first.snapshot()
         first.close()
         # Reopening must not recreate (and so empty) existing tables.
-        second = SqlProjectionStore(url)
+        second = sql_store(url)
         assert second.snapshot() == snap
         assert second.committed_offsets(CONSUMER) == {
             (TOPICS.accepted, 0): 1,

@@ -181,13 +181,15 @@ def test_bytes_that_are_no_open_sessions_record_are_refused(data: bytes) -> None
 def test_replay_and_processor_agree_on_the_changelog_topics(tmp_path: Path) -> None:
     """Replay writes the processor's changelogs from outside: the topics must be the very ones
     faust derives for the processor's tables (and the names deployments already have)."""
+    from shaping.schemas.codec import default_codec
     from shaping.services.adapters.settings import Settings
+    from shaping.services.curricula.catalog import default_catalog
     from shaping.services.operator.replay import ProcessorHandover
     from shaping.services.processor.app import build_app
     from shaping.services.processor.state_store import SESSIONS_TABLE, STATE_TABLE
 
     settings = Settings(processor_id="lab-processor", data_dir=str(tmp_path))
-    tables = build_app(settings).tables
+    tables = build_app(settings, default_codec(), default_catalog()).tables
     faust_topics = [
         tables[t].changelog_topic.get_topic_name() for t in (STATE_TABLE, SESSIONS_TABLE)
     ]
