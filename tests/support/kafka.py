@@ -5,12 +5,18 @@ SHAPING_TEST_KAFKA_PORT / SHAPING_TEST_KAFKA_CONTROLLER_PORT say otherwise, and
 keeps its data in a fresh temporary directory that is removed on stop (set
 SHAPING_TEST_KEEP_DATA=1 to keep it). The broker jars are cached in the normal
 cache (``$SHAPING_CACHE`` or ``.cache/``), so only the first run downloads them.
+
+``start_kafka(secure=True)`` starts the script's secured mode instead (SASL_SSL with
+SCRAM-SHA-512, ACLs; docs/security.md): the principals' credentials are then in
+:attr:`KafkaBroker.secrets_dir`, one env file each (:meth:`KafkaBroker.credentials`).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +46,9 @@ class KafkaBroker:
     port: int
     controller_port: int
     base_dir: Path
+    secure: bool = False
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More environment for the script (principals, topic prefix... of the secured mode)."""
     stopped: bool = field(default=False, init=False)
 
     @property
@@ -54,14 +63,51 @@ class KafkaBroker:
     def log_file(self) -> Path:
         return self.data_dir / "kafka.log"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the secured mode keeps the CA, the stores and the principals' credentials."""
+        return self.data_dir / "secrets"
+
     def env(self) -> dict[str, str]:
-        return {
+        env = {
             "SHAPING_KAFKA_PORT": str(self.port),
             "SHAPING_KAFKA_CONTROLLER_PORT": str(self.controller_port),
             "SHAPING_KAFKA_DATA": str(self.data_dir),
             # Safety net: the broker goes away even if this process is killed.
             "SHAPING_OWNER_PID": str(os.getpid()),
         }
+        if self.secure:
+            env["SHAPING_KAFKA_SECURE"] = "1"
+        return {**env, **self.extra_env}
+
+    def credentials(self, principal: str) -> dict[str, str]:
+        """The settings (``SHAPING_BOOTSTRAP``, ``SHAPING_KAFKA_*``) of a principal of a secured
+        broker, read from the env file the script wrote for it."""
+        if not self.secure:
+            raise ValueError("a plaintext broker has no credentials")
+        settings: dict[str, str] = {}
+        path = self.secrets_dir / f"{principal}.env"
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip().strip("'")
+        return settings
+
+    def script(
+        self, *args: str, env: dict[str, str] | None = None, timeout_s: float = START_TIMEOUT_S
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``kafka.sh ARGS...`` with this broker's environment (and ``env`` on top)."""
+        return subprocess.run(
+            ["bash", str(KAFKA_SH), *args],
+            env={**os.environ, "PYTHON": sys.executable, **self.env(), **(env or {})},
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
     def stop(self) -> None:
         if self.stopped:
@@ -73,8 +119,29 @@ class KafkaBroker:
         remove_dir(self.base_dir)
 
 
-def start_kafka(port: int | None = None, controller_port: int | None = None) -> KafkaBroker:
-    """Start a fresh broker and return it once it answers; raise InfraStartError if not."""
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_kafka(
+    port: int | None = None,
+    controller_port: int | None = None,
+    *,
+    secure: bool = False,
+    env: dict[str, str] | None = None,
+) -> KafkaBroker:
+    """Start a fresh broker and return it once it answers; raise InfraStartError if not.
+
+    Args:
+        port, controller_port: the listeners' ports (default: the test ports above).
+        secure: start the secured mode (``SHAPING_KAFKA_SECURE=1``); the broker is ready once
+            its ACLs are applied.
+        env: more environment for the script (``SHAPING_KAFKA_RIGS``, ``SHAPING_TOPIC_PREFIX``,
+            ``SHAPING_PROCESSOR_ID``...).
+    """
     port = port or env_port("SHAPING_TEST_KAFKA_PORT", DEFAULT_TEST_PORT)
     controller_port = controller_port or env_port(
         "SHAPING_TEST_KAFKA_CONTROLLER_PORT", DEFAULT_TEST_CONTROLLER_PORT
@@ -86,7 +153,9 @@ def start_kafka(port: int | None = None, controller_port: int | None = None) -> 
                 "Stop whatever listens there (a leftover test broker?) or choose other ports "
                 "with SHAPING_TEST_KAFKA_PORT / SHAPING_TEST_KAFKA_CONTROLLER_PORT."
             )
-    broker = KafkaBroker(port, controller_port, make_temp_dir("shaping-test-kafka-"))
+    broker = KafkaBroker(
+        port, controller_port, make_temp_dir("shaping-test-kafka-"), secure, dict(env or {})
+    )
     try:
         result = run_script(KAFKA_SH, "up", broker.env(), START_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
