@@ -261,8 +261,10 @@ def wait_for_partitions(
         if pending:
             if time.monotonic() >= deadline:
                 raise TopicMissingError(
-                    f"topics {pending} have no partitions on the broker after {timeout_s:g} s;"
-                    " create them first (`shaping topics create`)"
+                    f"topics {pending} have no partitions this client can see after "
+                    f"{timeout_s:g} s: they do not exist (create them with `shaping topics "
+                    "create`), or the Kafka principal in use may not describe them (its ACLs, "
+                    "docs/security.md)"
                 )
             time.sleep(retry_s)
     return partitions

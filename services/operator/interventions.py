@@ -416,7 +416,7 @@ def send_command(
         )
     except TopicMissingError as exc:
         _close(consumer)
-        raise DeliveryError(f"{exc} (`shaping topics create`)") from exc
+        raise DeliveryError(str(exc)) from exc
     except KafkaError as exc:
         _close(consumer)
         raise DeliveryError(unreachable) from exc

@@ -625,3 +625,80 @@ def test_deployment_certificates_must_come_complete(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "SHAPING_KAFKA_BROKER_PRINCIPAL must be set too" in result.stderr
     assert not (data / "kafka.pid").exists()
+
+
+# --- the services on the secured broker -----------------------------------------------------
+
+
+def test_the_faust_processor_answers_an_operators_command_and_a_rig_cannot_enrol(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """The processor (faust, with its changelogs and consumer group) runs as its principal; an
+    operator's enrolment is answered; a rig's attempt fails with a readable error, sends
+    nothing and leaves no trace on the events topic."""
+    from tests.support.processes import shaping_process
+
+    common = {
+        "SHAPING_TOPIC_PREFIX": PREFIX,
+        "SHAPING_PROCESSOR_ID": PROCESSOR_ID,
+        "SHAPING_PARTITIONS": "2",
+        "SHAPING_DATA_DIR": str(tmp_path / "data"),
+    }
+
+    def shaping(principal: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **common, **broker.credentials(principal)}
+        return subprocess.run(
+            [sys.executable, "-m", "shaping.services.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    log = tmp_path / "processor.log"
+    processor_env = {**common, **broker.credentials("processor")}
+    with shaping_process(["processor"], log, processor_env) as processor:
+        answered = shaping(
+            "operator",
+            "enroll",
+            "SEC-M1",
+            "--curriculum",
+            "basic-shaping",
+            "--by",
+            "ada",
+            "--wait",
+            "60",
+        )
+        assert answered.returncode == 0, answered.stderr + log.read_text(errors="replace")
+        assert "enrolled SEC-M1 on basic-shaping (event " in answered.stdout
+        assert f"{TOPICS.events}[" in answered.stdout
+        assert processor.poll() is None, log.read_text(errors="replace")
+
+        refused = shaping(
+            "rig-1",
+            "enroll",
+            "SEC-M2",
+            "--curriculum",
+            "basic-shaping",
+            "--by",
+            "mallory",
+            "--wait",
+            "5",
+        )
+        assert refused.returncode != 0
+        assert "Traceback" not in refused.stderr
+        assert "may not describe them" in refused.stderr or "authoriz" in refused.stderr.lower()
+
+    admin = {**broker.credentials("admin")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in admin.items():
+            patch.setenv(key, value)
+        reader = kafka_consumer(KafkaConnection(), "sec-audit", consumer_timeout_ms=3000)
+        try:
+            parts = [TopicPartition(TOPICS.commands, p) for p in range(2)]
+            reader.assign(parts)
+            reader.seek_to_beginning(*parts)
+            keys = {record.key for record in reader}
+        finally:
+            reader.close()
+    assert keys == {b"SEC-M1"}
