@@ -34,7 +34,7 @@ def outbox_transport(
     """The rig's Kafka transport: its outbox in ``store``, the drainer and the follower."""
     return OutboxTransport(
         store,
-        config.bootstrap,
+        config.link,
         TopicNames.with_prefix(config.topic_prefix),
         config.mice,
         client_id=f"shaping-rig-{config.rig_id}",

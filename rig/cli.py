@@ -361,7 +361,7 @@ def rig_status(
         topics = TopicNames.with_prefix(rig_config.topic_prefix)
         follower = AssignmentFollower(
             store,
-            rig_config.bootstrap,
+            rig_config.link,
             topics.assignments,
             topics.decisions,
             rig_config.mice,
@@ -743,7 +743,7 @@ def rig_sync(
         before = store.unsent_count()
         drainer = OutboxDrainer(
             store,
-            rig_config.bootstrap,
+            rig_config.link,
             client_id=f"shaping-rig-{rig_config.rig_id}",
             codec=store.codec,
             faults=faults,
@@ -760,7 +760,7 @@ def rig_sync(
         topics = TopicNames.with_prefix(rig_config.topic_prefix)
         follower = AssignmentFollower(
             store,
-            rig_config.bootstrap,
+            rig_config.link,
             topics.assignments,
             topics.decisions,
             rig_config.mice,

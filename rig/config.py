@@ -9,6 +9,12 @@ A rig reads one TOML file (``docs/rig.md`` shows a full example)::
     [broker]
     bootstrap = "127.0.0.1:9092"
     topic_prefix = "shaping"
+    # a secured cluster (optional; the default is PLAINTEXT):
+    # security_protocol = "SASL_SSL"
+    # sasl_mechanism = "SCRAM-SHA-512"
+    # sasl_username = "rig-1"
+    # sasl_password_file = "secrets/rig-1.password"   # mode 600; relative to the file
+    # ssl_cafile = "secrets/ca.crt"
 
     [pins]                          # BCM GPIO numbers
     cue_left = 7
@@ -56,6 +62,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shaping.rig.errors import ConfigError, PinMapError
+from shaping.rig.link.connection import (
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    KafkaLink,
+    KafkaSecurity,
+    check_ca_file,
+    read_password,
+)
 
 Side = Literal["left", "right"]
 SIDES: tuple[Side, Side] = ("left", "right")
@@ -330,6 +344,8 @@ class RigConfig:
         mice: the mice this rig trains.
         bootstrap: Kafka bootstrap servers.
         topic_prefix: prefix of Shaping's topic names.
+        kafka_security: how the rig authenticates to Kafka (``[broker]``'s security
+            settings; plaintext by default). :attr:`link` joins it to ``bootstrap``.
         state_dir: where the rig keeps its SQLite store (outbox, assignment cache,
             calibrations).
         pins: the pin map.
@@ -353,6 +369,7 @@ class RigConfig:
     calibration_bounds: Mapping[str, CalibrationBounds] = field(default_factory=dict)
     stale_assignment: StaleAssignmentSettings = StaleAssignmentSettings()
     safety: SafetyLimits = SafetyLimits()
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     path: Path | None = None
 
     @classmethod
@@ -371,6 +388,11 @@ class RigConfig:
             pins=PinMap({}),
             safety=safety or SafetyLimits(),
         )
+
+    @property
+    def link(self) -> KafkaLink:
+        """How the rig's Kafka clients connect: the brokers and the security settings."""
+        return KafkaLink(self.bootstrap, self.kafka_security)
 
     @property
     def store_path(self) -> Path:
@@ -421,7 +443,7 @@ def parse_config(
     broker = data.get("broker", {})
     if not isinstance(broker, Mapping):
         raise ConfigError(f"{where}[broker] must be a table")
-    _reject_unknown(broker, {"bootstrap", "topic_prefix"}, "broker.", where, ConfigError)
+    _reject_unknown(broker, BROKER_KEYS, "broker.", where, ConfigError)
     bootstrap = broker.get("bootstrap", default_bootstrap or "127.0.0.1:9092")
     prefix = broker.get("topic_prefix", "shaping")
     for name, value in (("bootstrap", bootstrap), ("topic_prefix", prefix)):
@@ -445,8 +467,102 @@ def parse_config(
         actuators=_actuators(data.get("actuators", {}), where),
         stale_assignment=_stale_assignment(data.get("stale_assignment", {}), where),
         safety=parse_safety(data.get("safety", {}), where),
+        kafka_security=parse_kafka_security(broker, path, where),
         path=path,
     )
+
+
+BROKER_KEYS = {
+    "bootstrap",
+    "topic_prefix",
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password_file",
+    "ssl_cafile",
+}
+"""The settings of ``[broker]``."""
+
+_SASL_KEYS = ("sasl_mechanism", "sasl_username", "sasl_password_file")
+
+
+def parse_kafka_security(
+    broker: Mapping[str, Any], path: Path | None = None, where: str = ""
+) -> KafkaSecurity:
+    """Validates the security settings of the ``[broker]`` table (none: plaintext).
+
+    File paths are relative to the config file. The password file must exist, be a regular
+    file readable by its owner only (mode 600) and hold a password; the CA file must exist.
+
+    Raises:
+        ConfigError: naming the setting at fault: an unknown protocol or mechanism, SASL
+            settings without ``security_protocol = "SASL_SSL"`` (or SASL_SSL without them), a
+            CA file on a plaintext link, a missing file or a password file open to others.
+    """
+    protocol = broker.get("security_protocol", "PLAINTEXT")
+    if protocol not in SECURITY_PROTOCOLS:
+        hint = (
+            " (it would send the password in clear; use SASL_SSL)"
+            if protocol == "SASL_PLAINTEXT"
+            else _suggest(str(protocol), SECURITY_PROTOCOLS)
+        )
+        raise ConfigError(
+            f"{where}broker.security_protocol: {protocol!r} is not allowed{hint}; choose "
+            f"{', '.join(SECURITY_PROTOCOLS)}"
+        )
+    for key in ("sasl_mechanism", "sasl_username", "sasl_password_file", "ssl_cafile"):
+        value = broker.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{where}broker.{key} must be a non-empty string")
+    if protocol != "SASL_SSL":
+        given = [key for key in _SASL_KEYS if key in broker]
+        if given:
+            raise ConfigError(
+                f'{where}broker.{given[0]} needs security_protocol = "SASL_SSL" '
+                f"(security_protocol is {protocol})"
+            )
+    if protocol == "PLAINTEXT" and "ssl_cafile" in broker:
+        raise ConfigError(
+            f'{where}broker.ssl_cafile needs security_protocol = "SASL_SSL" or "SSL" '
+            "(security_protocol is PLAINTEXT)"
+        )
+    cafile = _config_path(broker.get("ssl_cafile"), path)
+    if cafile is not None:
+        check_ca_file(cafile, f"{where}broker.ssl_cafile")
+    if protocol != "SASL_SSL":
+        return KafkaSecurity(protocol=protocol, ssl_cafile=cafile)
+    missing = [key for key in ("sasl_username", "sasl_password_file") if key not in broker]
+    if missing:
+        raise ConfigError(
+            f'{where}broker: security_protocol = "SASL_SSL" needs {" and ".join(missing)}'
+            " (the rig's principal and the file holding its password)"
+        )
+    mechanism = broker.get("sasl_mechanism", "SCRAM-SHA-512")
+    if mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"{where}broker.sasl_mechanism: {mechanism!r} is not allowed"
+            f"{_suggest(str(mechanism), SASL_MECHANISMS)}; choose {' or '.join(SASL_MECHANISMS)}"
+        )
+    password_file = _config_path(broker["sasl_password_file"], path)
+    assert password_file is not None
+    read_password(password_file, f"{where}broker.sasl_password_file")
+    return KafkaSecurity(
+        protocol="SASL_SSL",
+        sasl_mechanism=mechanism,
+        sasl_username=broker["sasl_username"].strip(),
+        sasl_password_file=password_file,
+        ssl_cafile=cafile,
+    )
+
+
+def _config_path(value: str | None, path: Path | None) -> Path | None:
+    """A path setting, relative to the config file's folder."""
+    if value is None:
+        return None
+    found = Path(value.strip()).expanduser()
+    if not found.is_absolute() and path is not None:
+        found = path.parent / found
+    return found
 
 
 def parse_pin_map(pins: Any, where: str = "") -> PinMap:

@@ -40,6 +40,7 @@ from kafka.partitioner.default import murmur2
 
 from shaping.rig.errors import BrokerUnreachableError, RigBusyError
 from shaping.rig.faults import FaultPlan
+from shaping.rig.link.connection import KafkaLink, client_options
 from shaping.rig.link.store import ClockSkew, OutboxRow, RigStore, Sent
 from shaping.rig.locks import FileLock
 from shaping.rig.task.clock import Clock, SystemClock
@@ -81,7 +82,8 @@ class OutboxDrainer:
 
     Args:
         store: the rig's store.
-        bootstrap: Kafka bootstrap servers.
+        bootstrap: how to reach Kafka (:attr:`RigConfig.link <shaping.rig.config.RigConfig.link>`),
+            or just the bootstrap servers of a plaintext broker.
         client_id: the rig's name in broker logs.
         codec: event codec (to read event ids back during reconciliation).
         delivery_timeout_ms: how long one round may wait for the broker before it counts as
@@ -96,7 +98,7 @@ class OutboxDrainer:
     def __init__(
         self,
         store: RigStore,
-        bootstrap: str,
+        bootstrap: KafkaLink | str,
         client_id: str = "shaping-rig",
         *,
         codec: EventCodec,
@@ -108,7 +110,8 @@ class OutboxDrainer:
         self.store = store
         self.clock = clock or SystemClock()
         self.lock = lock or FileLock(store.path.parent / "drain.lock", "the outbox")
-        self.bootstrap = bootstrap
+        self.link = KafkaLink.of(bootstrap)
+        self.bootstrap = self.link.bootstrap
         self.client_id = client_id
         self.codec = codec
         self.delivery_timeout_ms = delivery_timeout_ms
@@ -126,7 +129,7 @@ class OutboxDrainer:
         if self._producer is None:
             request_timeout_ms = min(5000, self.delivery_timeout_ms // 2)
             self._producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap,
+                **client_options(self.link),
                 client_id=self.client_id,
                 acks="all",
                 enable_idempotence=True,
@@ -142,18 +145,16 @@ class OutboxDrainer:
                 delivery_timeout_ms=self.delivery_timeout_ms,
                 max_block_ms=5000,
                 bootstrap_timeout_ms=5000,
-                reconnect_backoff_max_ms=2000,
             )
             self._reconciled = False
         if self._consumer is None:
             self._consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap,
+                **client_options(self.link),
                 client_id=f"{self.client_id}-reconcile",
                 group_id=None,
                 enable_auto_commit=False,
                 request_timeout_ms=max(6000, min(30000, self.delivery_timeout_ms)),
                 bootstrap_timeout_ms=5000,
-                reconnect_backoff_max_ms=2000,
             )
         return self._producer, self._consumer
 

@@ -24,6 +24,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from shaping.rig.errors import BrokerUnreachableError
 from shaping.rig.evidence import is_decision
+from shaping.rig.link.connection import KafkaLink, client_options
 from shaping.rig.link.drain import describe_error, kafka_errors, partition_for
 from shaping.rig.link.store import RigStore
 from shaping.schemas.codec import EventCodec, encode_key
@@ -38,7 +39,8 @@ class AssignmentFollower:
 
     Args:
         store: where the cache lives.
-        bootstrap: Kafka bootstrap servers.
+        bootstrap: how to reach Kafka (:attr:`RigConfig.link <shaping.rig.config.RigConfig.link>`),
+            or just the bootstrap servers of a plaintext broker.
         assignments_topic: the compacted assignments topic.
         decisions_topic: the decisions topic.
         mice: the mice whose records are kept.
@@ -50,7 +52,7 @@ class AssignmentFollower:
     def __init__(
         self,
         store: RigStore,
-        bootstrap: str,
+        bootstrap: KafkaLink | str,
         assignments_topic: str,
         decisions_topic: str,
         mice: tuple[str, ...],
@@ -60,7 +62,8 @@ class AssignmentFollower:
         timeout_ms: int = 6000,
     ) -> None:
         self.store = store
-        self.bootstrap = bootstrap
+        self.link = KafkaLink.of(bootstrap)
+        self.bootstrap = self.link.bootstrap
         self.topics = (assignments_topic, decisions_topic)
         self.mice = set(mice)
         self.client_id = client_id
@@ -73,13 +76,12 @@ class AssignmentFollower:
         if self._consumer is not None:
             return self._consumer
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_options(self.link),
             client_id=f"{self.client_id}-assignments",
             group_id=None,
             enable_auto_commit=False,
             request_timeout_ms=max(self.timeout_ms, 5000) + 1000,
             bootstrap_timeout_ms=self.timeout_ms,
-            reconnect_backoff_max_ms=2000,
         )
         try:
             partitions: list[TopicPartition] = []

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from shaping.rig.errors import RigError
+from shaping.rig.link.connection import KafkaLink, client_options
 from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, Event
@@ -24,16 +25,12 @@ from shaping.schemas.headers import headers_for
 log = logging.getLogger(__name__)
 
 
-RECONNECT_BACKOFF_MAX_MS = 2000
-"""Longest pause between two tries to reach a broker that went away (kafka-python's default,
-30 s, grows during an outage and left rigs idle up to 18 s after the broker was back)."""
-
-
 class KafkaRigTransport:
     """Publishes events to the input topic and follows the assignments topic.
 
     Args:
-        bootstrap: Kafka bootstrap servers, ``host:port``.
+        bootstrap: how to reach Kafka (a :class:`~shaping.rig.link.connection.KafkaLink`), or
+            just the bootstrap servers of a plaintext broker, ``host:port``.
         events_topic: topic rig events go to (keyed by mouse id).
         assignments_topic: compacted topic of AssignmentIssued (keyed by mouse id).
         client_id: name of this rig in broker logs.
@@ -42,7 +39,7 @@ class KafkaRigTransport:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: KafkaLink | str,
         events_topic: str,
         assignments_topic: str,
         client_id: str = "shaping-rig",
@@ -53,23 +50,22 @@ class KafkaRigTransport:
         self.events_topic = events_topic
         self.assignments_topic = assignments_topic
         # acks=all + idempotence: a retried send is written once, in order, per partition.
+        # client_options: the brokers, the security settings, and a reconnect backoff of
+        # connection.RECONNECT_BACKOFF_MAX_MS (back within seconds of a broker's return, not 30 s).
         self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             max_in_flight_requests_per_connection=5,
-            # Back on the broker within seconds of its return, not after kafka-python's 30 s.
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             client_id=f"{client_id}-assignments",
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         partitions = _partitions(self.consumer, assignments_topic)
         self.consumer.assign(partitions)

@@ -23,6 +23,7 @@ from contextlib import contextmanager, suppress
 
 from shaping.rig.errors import BrokerUnreachableError
 from shaping.rig.faults import FaultPlan
+from shaping.rig.link.connection import KafkaLink
 from shaping.rig.link.drain import OutboxDrainer
 from shaping.rig.link.follow import AssignmentFollower
 from shaping.rig.link.store import RigStore
@@ -36,7 +37,8 @@ class OutboxTransport:
 
     Args:
         store: the rig's store: the outbox, the assignment cache, the journal.
-        bootstrap: Kafka bootstrap servers.
+        bootstrap: how to reach Kafka (:attr:`RigConfig.link <shaping.rig.config.RigConfig.link>`),
+            or just the bootstrap servers of a plaintext broker.
         topics: the topic names (events go to ``topics.events``).
         mice: the mice whose assignments and decisions are followed.
         client_id: the rig's name in broker logs.
@@ -47,7 +49,7 @@ class OutboxTransport:
     def __init__(
         self,
         store: RigStore,
-        bootstrap: str,
+        bootstrap: KafkaLink | str,
         topics: TopicNames,
         mice: tuple[str, ...],
         client_id: str,
@@ -55,7 +57,8 @@ class OutboxTransport:
         faults: FaultPlan | None = None,
     ) -> None:
         self.store = store
-        self.bootstrap = bootstrap
+        self.link = KafkaLink.of(bootstrap)
+        self.bootstrap = self.link.bootstrap
         self.topics = topics
         self.mice = mice
         self.client_id = client_id
@@ -117,7 +120,7 @@ class OutboxTransport:
             return
         self.follower = AssignmentFollower(
             self.store,
-            self.bootstrap,
+            self.link,
             self.topics.assignments,
             self.topics.decisions,
             self.mice,
@@ -126,7 +129,7 @@ class OutboxTransport:
         )
         self.drainer = OutboxDrainer(
             self.store,
-            self.bootstrap,
+            self.link,
             client_id=self.client_id,
             codec=self.codec,
             faults=self.faults,

@@ -76,7 +76,8 @@ _READS: Mapping[Role, tuple[str, ...]] = {
         "dead_letter",
         "curricula",
     ),
-    "rig": ("assignments",),
+    # The follower reads the decision on a mouse's last session with its assignment.
+    "rig": ("assignments", "decisions"),
 }
 _WRITES: Mapping[Role, tuple[str, ...]] = {
     "processor": ("events", "accepted", "decisions", "assignments", "dead_letter"),

@@ -65,12 +65,16 @@ def test_no_role_but_admin_may_create_delete_or_alter() -> None:
     assert acls.grants("admin", "admin", TOPICS, PROCESSOR_ID) == []
 
 
-def test_rig_writes_only_events_and_reads_only_assignments() -> None:
+def test_rig_writes_only_events_and_reads_only_assignments_and_decisions() -> None:
     ops = _ops("rig", "rig-1")
     writes = {name for (_, name, _), o in ops.items() if "WRITE" in o}
     reads = {(resource, name) for (resource, name, _), o in ops.items() if "READ" in o}
     assert writes == {TOPICS.events}
-    assert reads == {("topic", TOPICS.assignments), ("group", "rig-1.")}
+    assert reads == {
+        ("topic", TOPICS.assignments),
+        ("topic", TOPICS.decisions),
+        ("group", "rig-1."),
+    }
     assert ops[("group", "rig-1.", "prefixed")] == {"READ", "DESCRIBE"}
 
 
@@ -333,7 +337,7 @@ def test_rig_may_neither_delete_nor_create_topics(broker: KafkaBroker) -> None:
         _assert_refused(lambda: admin.create_topics([NewTopic(f"{PREFIX}.forged", 1, 1)]))
         _assert_refused(lambda: admin.create_topics([NewTopic("rig-1.anything", 1, 1)]))
         # A rig sees only its topics.
-        assert set(admin.list_topics()) == {TOPICS.events, TOPICS.assignments}
+        assert set(admin.list_topics()) == {TOPICS.events, TOPICS.assignments, TOPICS.decisions}
     finally:
         admin.close()
     # And the topics are all still there.
@@ -701,4 +705,5 @@ def test_the_faust_processor_answers_an_operators_command_and_a_rig_cannot_enrol
             keys = {record.key for record in reader}
         finally:
             reader.close()
-    assert keys == {b"SEC-M1"}
+    # (other tests of this module write to the commands topic too)
+    assert b"SEC-M1" in keys and b"SEC-M2" not in keys
