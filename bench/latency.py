@@ -1,11 +1,13 @@
 """(c) Milliseconds from SessionEnded published to the next AssignmentIssued seen by the rig.
 
-Per repeat, on fresh topics with a fresh processor process, a rig (:class:`KafkaRigTransport`,
-the real rig adapter) enrols the mice and then runs short simulated sessions one after another,
-round robin over the mice. For each session it publishes SessionStarted and the trials, then
-starts the clock, publishes SessionEnded (``publish`` returns once the broker acknowledged it)
-and waits in ``latest_assignment`` until the assignment with the next session number arrives.
-The first session of every mouse is a warm-up and is not counted.
+Per repeat, on fresh topics with a fresh processor process, the mice are enrolled and then
+the rig runtime (:class:`~shaping.rig.agent.RigAgent` with the scripted task, as in the demo,
+over :class:`KafkaRigTransport`, the real rig adapter) runs short simulated sessions one after
+another, round robin over the mice. The agent hands a session to its transport in one batch;
+:class:`TimedRig` publishes SessionStarted and the trials, then starts the clock and publishes
+SessionEnded (``publish`` returns once the broker acknowledged it). The bench then waits in
+``latest_assignment`` until the assignment with the next session number arrives. The first
+session of every mouse is a warm-up and is not counted.
 
 Raw Kafka on the same broker, for comparison, one message at a time with the same producer
 settings and a consumer already polling:
@@ -19,18 +21,28 @@ settings and a consumer already polling:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 
 from kafka import KafkaConsumer, KafkaProducer
 
 from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
 from bench.stats import Figure, Results, percentile
-from bench.workload import SEED, START, enrolment, mouse_ids, session_parameters
+from bench.workload import (
+    SEED,
+    START,
+    QuietDisplay,
+    bench_agents,
+    enrolment,
+    mouse_ids,
+    rig_of,
+    session_parameters,
+)
+from shaping.rig.agent import RunOptions
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.mouse import SimulatedMouse
-from shaping.rig.task.scripted import run_simulated_session
 from shaping.schemas.codec import default_codec
-from shaping.schemas.events import AssignmentIssued, SessionEnded
+from shaping.schemas.events import AssignmentIssued, Event, SessionEnded
 
 STARTUP_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_S = 30.0
@@ -58,6 +70,34 @@ def wait_for_assignment(
             )
 
 
+class TimedRig:
+    """The rig's Kafka transport, timing each session's end: a batch that ends a session is
+    published as its start and trials, then (clock started) its SessionEnded alone. Assignments
+    come with exactly ``trials_per_session`` trials and no time limit."""
+
+    def __init__(self, rig: KafkaRigTransport, trials_per_session: int) -> None:
+        self.rig = rig
+        self.trials_per_session = trials_per_session
+        self.ended_at = 0.0  # perf_counter when the last SessionEnded was handed to the broker
+        self.acked_at = 0.0  # ... and when the broker acknowledged it
+
+    def publish(self, events: Sequence[Event]) -> None:
+        if not events or not isinstance(events[-1], SessionEnded):
+            self.rig.publish(events)
+            return
+        *body, ended = events
+        self.rig.publish(body)
+        self.ended_at = time.perf_counter()
+        self.rig.publish([ended])
+        self.acked_at = time.perf_counter()
+
+    def latest_assignment(
+        self, mouse_id: str, min_session_number: int = 1, timeout_s: float = 0.0
+    ) -> AssignmentIssued | None:
+        found = self.rig.latest_assignment(mouse_id, min_session_number, timeout_s)
+        return None if found is None else session_parameters(found, self.trials_per_session)
+
+
 def run_sessions(
     env: KafkaEnv, n_mice: int, n_sessions: int, trials_per_session: int
 ) -> tuple[list[float], list[float]]:
@@ -67,37 +107,34 @@ def run_sessions(
     rig = KafkaRigTransport(
         env.bootstrap, topics.events, topics.assignments, "bench-rig", codec=default_codec()
     )
-    sims = [SimulatedMouse(m, SEED) for m in mouse_ids(n_mice, tag="L")]
+    timed = TimedRig(rig, trials_per_session)
+    sims = {m: SimulatedMouse(m, SEED) for m in mouse_ids(n_mice, tag="L")}
+    ids = list(sims)
+    agents = bench_agents(timed, sims, QuietDisplay())
     acked, answered = [], []
     try:
-        rig.publish([enrolment(sim) for sim in sims])
-        for sim in sims:
-            wait_for_assignment(rig, sim.mouse_id, 1, STARTUP_TIMEOUT_S, processor)
-        done = dict.fromkeys((sim.mouse_id for sim in sims), 0)
+        rig.publish([enrolment(sim) for sim in sims.values()])
+        for mouse_id in ids:
+            wait_for_assignment(rig, mouse_id, 1, STARTUP_TIMEOUT_S, processor)
+        done = dict.fromkeys(ids, 0)
         for index in range(n_mice + n_sessions):  # the first round is the warm-up
-            sim = sims[index % n_mice]
-            assignment = rig.assignments[sim.mouse_id]
-            started_at = START + timedelta(days=done[sim.mouse_id], minutes=index % n_mice)
-            events = run_simulated_session(
-                sim,
-                session_parameters(assignment, trials_per_session),
-                f"rig-{index % n_mice + 1}",
-                started_at,
+            mouse_id = ids[index % n_mice]
+            options = RunOptions(
+                mouse_id,
+                start=START + timedelta(days=done[mouse_id], minutes=index % n_mice),
+                assignment_timeout_s=ANSWER_TIMEOUT_S,
+                session_number=done[mouse_id] + 1,
             )
-            ended = events.pop()
-            assert isinstance(ended, SessionEnded)
-            rig.publish(events)
-            start = time.perf_counter()
-            rig.publish([ended])
-            ack = time.perf_counter()
+            report = agents[rig_of(index % n_mice)].run(options)
+            assert report.assignment is not None
             wait_for_assignment(
-                rig, sim.mouse_id, assignment.session_number + 1, ANSWER_TIMEOUT_S, processor
+                rig, mouse_id, report.assignment.session_number + 1, ANSWER_TIMEOUT_S, processor
             )
             answer = time.perf_counter()
-            done[sim.mouse_id] += 1
+            done[mouse_id] += 1
             if index >= n_mice:
-                acked.append((ack - start) * 1000)
-                answered.append((answer - start) * 1000)
+                acked.append((timed.acked_at - timed.ended_at) * 1000)
+                answered.append((answer - timed.ended_at) * 1000)
     finally:
         rig.close()
         env.stop_service(processor)
@@ -194,7 +231,8 @@ def measure(
         results,
         "SessionEnded published -> AssignmentIssued at the rig",
         answered_runs,
-        "KafkaRigTransport.publish then latest_assignment, processor in its own process",
+        "RigAgent (scripted task) over KafkaRigTransport, then latest_assignment; "
+        "processor in its own process",
         baseline=False,
     )
     results.add(

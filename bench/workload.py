@@ -1,18 +1,25 @@
 """The benchmark workload: simulated mice running long sessions on the built-in curriculum.
 
-Sessions come from :func:`shaping.rig.task.scripted.run_simulated_session` (the rig's own
-simulator), each from the assignment the pure core issued after the previous session, with
-``max_trials`` set to the wanted session length and the time limit lifted so every session has
-exactly that many trials. Everything is generated (and encoded) before any clock starts.
+Sessions are run by the rig's own runtime: one :class:`~shaping.rig.agent.RigAgent` per rig
+with the scripted task and the one simulated mouse, as in the demo. Its transport here is
+:class:`CoreRig`, which folds what the rigs publish through the pure core in process and hands
+each rig the assignment the core issued after the mouse's previous session, with ``max_trials``
+set to the wanted session length and the time limit lifted, so every session has exactly that
+many trials (the benchmark rigs' safety limits allow it). Everything is generated (and encoded)
+before any clock starts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from shaping.rig.agent import RigAgent, RunOptions
+from shaping.rig.config import RigConfig, SafetyLimits
 from shaping.rig.sim.mouse import SimulatedMouse
-from shaping.rig.task.scripted import run_simulated_session
+from shaping.rig.task.scripted import ScriptedTask
 from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.events import (
     AssignmentIssued,
@@ -22,11 +29,17 @@ from shaping.schemas.events import (
     TrialCompleted,
 )
 from shaping.services.curricula.catalog import default_catalog
-from shaping.services.domain import TrainingCore, initial_state
+from shaping.services.domain import MouseState, TrainingCore, initial_state
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 SEED = 20260302
 CURRICULUM = "basic-shaping"
+N_RIGS = 4
+
+BENCH_LIMITS = SafetyLimits(
+    max_session_minutes=10**6, max_trials=10**6, max_reward_ul_per_session=10**9
+)
+"""The benchmark rigs' safety limits: sessions of any length (the time limit is lifted)."""
 
 
 def mouse_ids(n_mice: int, tag: str = "B") -> list[str]:
@@ -96,35 +109,97 @@ class Workload:
         )
 
 
+class CoreRig:
+    """A :class:`~shaping.rig.link.transport.RigTransport` that folds the rigs' events through
+    the pure core in process, and hands out the core's assignments with exactly
+    ``trials_per_session`` trials and no time limit.
+
+    Attributes:
+        sessions: each session the rigs published, in order.
+    """
+
+    def __init__(self, core: TrainingCore, trials_per_session: int) -> None:
+        self.core = core
+        self.trials_per_session = trials_per_session
+        self.states: dict[str, MouseState] = {}
+        self.assignments: dict[str, AssignmentIssued] = {}
+        self.sessions: list[list[Event]] = []
+
+    def publish(self, events: Sequence[Event]) -> None:
+        for event in events:
+            state = self.states.get(event.mouse_id) or initial_state(event.mouse_id)
+            self.states[event.mouse_id], outputs = self.core.handle(state, event)
+            if isinstance(event, (MouseEnrolled, SessionEnded)):
+                self.assignments[event.mouse_id] = _assignment_in(outputs)
+        if events and isinstance(events[-1], SessionEnded):
+            self.sessions.append(list(events))
+
+    def latest_assignment(
+        self, mouse_id: str, min_session_number: int = 1, timeout_s: float = 0.0
+    ) -> AssignmentIssued | None:
+        found = self.assignments.get(mouse_id)
+        return None if found is None else session_parameters(found, self.trials_per_session)
+
+
+def bench_agents(
+    transport: Any, mice: Mapping[str, SimulatedMouse], display: Any
+) -> dict[str, RigAgent]:
+    """One rig agent per rig (``rig-1`` .. ``rig-4``; mouse *i* on rig *i* mod 4), each with the
+    scripted task over ``mice`` and the benchmark's limits."""
+    on_rig: dict[str, list[str]] = {}
+    for index, mouse_id in enumerate(mice):
+        on_rig.setdefault(rig_of(index), []).append(mouse_id)
+    task = ScriptedTask(mice)
+    return {
+        rig_id: RigAgent(RigConfig.simulated(rig_id, ids, BENCH_LIMITS), display, transport, task)
+        for rig_id, ids in on_rig.items()
+    }
+
+
+def rig_of(index: int) -> str:
+    """The rig of the ``index``-th mouse."""
+    return f"rig-{index % N_RIGS + 1}"
+
+
+class QuietDisplay:
+    """A benchmark rig's screen: shows nothing."""
+
+    def message(self, text: str) -> None:
+        return None
+
+    def session_started(self, started: Any, params: Any, resumed_at: int | None) -> None:
+        return None
+
+    def trial(self, progress: Any, stage: str) -> None:
+        return None
+
+    def session_ended(self, ended: Any, state: Any) -> None:
+        return None
+
+    def decision(self, decision: Any, assignment: Any) -> None:
+        return None
+
+
 def build_workload(
     n_mice: int, sessions_per_mouse: int, trials_per_session: int, tag: str = "B"
 ) -> Workload:
-    """Simulates every mouse's sessions, following the core's real decisions."""
-    core = TrainingCore(default_catalog())
+    """Runs every mouse's sessions on the rig runtime, following the core's real decisions."""
     sims = {m: SimulatedMouse(m, SEED) for m in mouse_ids(n_mice, tag)}
+    lab = CoreRig(TrainingCore(default_catalog()), trials_per_session)
+    agents = bench_agents(lab, sims, QuietDisplay())
     enrolments = [enrolment(sim) for sim in sims.values()]
-    states = {}
-    assignments: dict[str, AssignmentIssued] = {}
-    for enrolled in enrolments:
-        state, outputs = core.handle(initial_state(enrolled.mouse_id), enrolled)
-        states[enrolled.mouse_id] = state
-        assignments[enrolled.mouse_id] = _assignment_in(outputs)
-    sessions: list[list[Event]] = []
+    lab.publish(enrolments)
     last_session: dict[str, str] = {}
     for number in range(sessions_per_mouse):
-        for index, (mouse_id, sim) in enumerate(sims.items()):
-            started_at = START + timedelta(days=number, minutes=index)
-            assignment = session_parameters(assignments[mouse_id], trials_per_session)
-            events = run_simulated_session(sim, assignment, f"rig-{index % 4 + 1}", started_at)
-            state = states[mouse_id]
-            for event in events:
-                state, outputs = core.handle(state, event)
-                if isinstance(event, SessionEnded):
-                    assignments[mouse_id] = _assignment_in(outputs)
-            states[mouse_id] = state
-            sessions.append(events)
-            last_session[mouse_id] = events[-1].session_id or ""
-    return Workload(list(sims), enrolments, sessions, last_session)
+        for index, mouse_id in enumerate(sims):
+            options = RunOptions(
+                mouse_id,
+                start=START + timedelta(days=number, minutes=index),
+                session_number=number + 1,
+            )
+            report = agents[rig_of(index)].run(options)
+            last_session[mouse_id] = report.session_id
+    return Workload(list(sims), enrolments, lab.sessions, last_session)
 
 
 def _assignment_in(outputs: list[Event]) -> AssignmentIssued:

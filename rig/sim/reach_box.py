@@ -7,19 +7,19 @@ virtual clock lets time pass, and *drives* the input pins (paw-rest and touch se
 gpiozero callbacks reach the task. So the task, the devices and the callbacks the simulation runs
 are the ones a Raspberry Pi runs.
 
-The mouse fidgets (lifts a paw, touches a spout now and then), answers cues with a skill that
-grows with every reward it sees the valve give, and reaches less surely for a spout further
-away. Its random draws are seeded per trial (``begin_cycle``), and its skill is a fold over the
-outcomes it lived through (``restore``), so a session resumed after a crash replays exactly.
+The reacher is only a body: the mouse in it is the one simulated mouse
+(:class:`shaping.rig.sim.mouse.SimulatedMouse`), which decides how it answers a cue (its skill,
+lower for a spout further away) and learns from every reward it sees the valve give. The body
+fidgets (lifts a paw, touches a spout now and then) and turns the mouse's answers into paw lifts
+and touches. Its random draws are seeded per trial (``begin_cycle``), and the mouse's skill is a
+fold over the outcomes it lived through (``restore``), so a session resumed after a crash
+replays exactly.
 
-It is the pin-level actor of ``shaping rig run --simulate`` (the pin task on mock pins); the
-fast scripted task's mouse model is :class:`shaping.rig.sim.mouse.SimulatedMouse` (its module
-says why the two are kept apart).
+It is the pin-level actor of ``shaping rig run --simulate`` (the pin task on mock pins).
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from shaping.rig.config import SIDES, ActuatorSettings, PinMap, PinSpec, Side
 from shaping.rig.hardware.devices import RigHardware
 from shaping.rig.hardware.gpio import build_gpiozero_hardware
+from shaping.rig.sim.mouse import SimulatedMouse
 from shaping.rig.task.clock import ScheduledAction, VirtualClock
 
 TOUCH_S = 0.08
@@ -37,7 +38,7 @@ TOUCH_S = 0.08
 
 
 class SimulatedReacher:
-    """A mouse that learns a two-spout reaching task, acting through gpiozero mock pins.
+    """The body of a simulated mouse in a two-spout reach box, acting through gpiozero mock pins.
 
     Args:
         clock: the virtual clock (the mouse observes it and schedules its actions on it).
@@ -61,9 +62,7 @@ class SimulatedReacher:
         self.actuators = actuators
         self.mouse_id = mouse_id
         self.seed = seed
-        nature = random.Random(f"{seed}:{mouse_id}:nature")
-        self.skill = nature.uniform(0.05, 0.2)
-        self.learning_rate = nature.uniform(0.01, 0.03)
+        self.mouse = SimulatedMouse(mouse_id, seed)
         self.rewards_seen = 0
         self._pin = {name: factory.pin(spec.pin) for name, spec in pins.specs.items()}
         self._rng = random.Random()
@@ -75,25 +74,24 @@ class SimulatedReacher:
 
     # -- learning -----------------------------------------------------------------------------
 
+    @property
+    def skill(self) -> float:
+        """The mouse's skill now."""
+        return self.mouse.skill
+
     def reward(self) -> None:
-        """The mouse got water: it learns a little."""
-        self.skill += self.learning_rate * (1 - self.skill)
+        """The valve gave water: the mouse learns a little."""
+        self.mouse.learn()
         self.rewards_seen += 1
 
     def rest(self) -> None:
         """Between sessions the mouse forgets a little."""
-        self.skill *= 0.97
+        self.mouse.rest()
 
     def restore(self, sessions: Iterable[Sequence[str]]) -> None:
         """Replays earlier outcomes (one list per session, the last one possibly unfinished):
         the skill the mouse had when it lived through them."""
-        sessions = list(sessions)
-        for index, outcomes in enumerate(sessions):
-            for outcome in outcomes:
-                if outcome == "correct":
-                    self.reward()
-            if index < len(sessions) - 1:
-                self.rest()
+        self.mouse.restore(sessions)
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -125,18 +123,13 @@ class SimulatedReacher:
             self._valve_seen[side] = flowing
 
     def _answer_cue(self, target: Side, now: float) -> None:
-        rng = self._rng
         distance = (self._spout_position(target) - 1) / max(1, self.actuators.positions - 1)
-        engaged = rng.random() < 0.45 + 0.5 * self.skill - 0.2 * distance
-        median_rt = 0.4 + 2.5 * (1 - self.skill) + 0.5 * distance
-        reaction = math.exp(rng.gauss(math.log(median_rt), 0.5))
-        p_correct = 0.5 + 0.48 * self.skill * (1 - 0.4 * distance)
-        other: Side = "right" if target == "left" else "left"
-        side = target if rng.random() < p_correct else other
-        if not engaged:
+        answer = self.mouse.answer(self._rng, distance=distance)
+        if answer.correct is None:
             return
-        paw: Side = side
-        self._at(now + 0.6 * reaction, lambda: self._lift(paw, 0.4 * reaction + 0.6))
+        reaction = answer.reaction_time_s
+        side: Side = target if answer.correct else ("right" if target == "left" else "left")
+        self._at(now + 0.6 * reaction, lambda: self._lift(side, 0.4 * reaction + 0.6))
         self._at(now + reaction, lambda: self._touch(side))
 
     def _schedule_fidget(self, after: float) -> None:
