@@ -52,6 +52,29 @@ def area(filename: str, name: str) -> str:
     return "other (Python built-ins, bench)"
 
 
+def use_engine(path: Path) -> None:
+    """Loads ``path`` as ``shaping.services.domain.psychometric`` before anything imports the
+    real one (the import namespace maps onto this checkout, so ``--root`` alone cannot swap
+    it); the rest of Shaping is this checkout's."""
+    import importlib.util
+
+    name = "shaping.services.domain.psychometric"
+    if name in sys.modules:
+        raise SystemExit(f"{name} is already imported")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    import shaping.services.domain as domain
+    from shaping.services.domain import metric_library
+
+    domain.psychometric = module  # type: ignore[attr-defined]
+    if metric_library.fit_many is not module.fit_many:
+        raise SystemExit(f"{path} was not taken as the fit engine")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=("online", "batched", "evaluate"), default="online")
@@ -59,8 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=600)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2])
+    parser.add_argument(
+        "--engine",
+        type=Path,
+        help="another services/domain/psychometric.py to profile in place of this checkout's "
+        "(e.g. `git show COMMIT:services/domain/psychometric.py > /tmp/psychometric.py`)",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.root))
+    if args.engine is not None:
+        use_engine(args.engine)
 
     from bench import ibl
 
@@ -77,14 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "batched":
             profiler.runcall(ibl.recompute_batched, catalog, enrol, per_session)
         else:
+            from shaping.schemas.codec import default_codec
             from shaping.services.operator.ibl_trials import evaluate_sessions
 
-            profiler.runcall(evaluate_sessions, sessions, catalog.get("ibl"), catalog)
+            codec = default_codec()
+            profiler.runcall(evaluate_sessions, sessions, catalog.get("ibl"), catalog, codec=codec)
         wall = time.perf_counter() - began
     stats = pstats.Stats(profiler)
     raw = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
-    print(f"{args.mode}: {wall:.2f} s under cProfile ({total:.2f} s of own time), root {args.root}")
+    engine = args.engine or "this checkout's"
+    print(
+        f"{args.mode}: {wall:.2f} s under cProfile ({total:.2f} s of own time), root "
+        f"{args.root}, fit engine {engine}"
+    )
     rows = sorted(raw.items(), key=lambda item: item[1][2], reverse=True)
     print("| function | calls | own s | share | cumulative s |\n|---|---:|---:|---:|---:|")
     for (filename, line, name), (_, calls, own, cumulative, _) in rows[: args.top]:

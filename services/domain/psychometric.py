@@ -18,7 +18,12 @@ exactly 0 or 1 replaced by eps or 1 - eps), and 10,000,000 for a point outside
 answer is where *that path* stops, not the exact optimum (they differ by up to about 1e-4,
 a 1e-2 relative difference on a lapse of 0.01): a faster optimiser (analytic gradients, a warm
 start from the previous date) lands elsewhere within that distance, beyond the conformance
-tolerance. So Shaping does not fit differently: it runs the very same computation, faster.
+tolerance. Measured on the 130 fits of the benchmark mouse (``python -m bench.ibl``): the exact
+optimum (bounded L-BFGS from psychofit's answer, tolerances 1e-15) is more than rtol 1e-3 away
+from psychofit's answer on 2 of them (a bias of -4.463 against -4.471, a lapse of 0.0554
+against 0.0555), so a warm-started or gradient-based fit, however exact, would fail the
+conformance tests there. So Shaping does not fit differently: it runs the very same
+computation, faster.
 
 This module does psychofit's and fmin's arithmetic operation for operation (the same IEEE
 operations in the same order: the simplex, its centroid summed vertex by vertex, the
@@ -35,6 +40,11 @@ every run in one vectorised call (:func:`fit_many`):
   likelihood evaluated with the other runs' in one numpy call per step;
 - many runs (a batch: every window of a trial table): the simplex logic vectorised too, so a
   step costs about the same for one run or a thousand.
+
+The likelihood runs on conditions x runs arrays (one column per run, so the sum over a run's
+conditions is one reduction down contiguous rows, in psychofit's order: :func:`_sum_rows`),
+in place, and the vectorised runs evaluate an iteration's second point for every run at once
+rather than gathering the data of the runs that need it.
 
 **The random restarts.** psychofit draws its start points from numpy's global generator:
 after each of its ``nfits`` fits it draws a new start point of 4 uniform numbers (also after
@@ -309,21 +319,22 @@ def _fit_batch(requests: Sequence[FitRequest]) -> list[Fit]:
         starts = np.vstack([first, low + _draws(request.after) * (high - low)])
         prepared.append((levels[kept], counts[kept], proportion[kept], low, high, starts))
         width = max(width, int(kept.sum()))
-    # One row per run; fits with fewer contrasts are padded at the end with conditions of no
-    # trials, which add -0.0 to the likelihood's sum (no change).
-    x = np.empty((runs, width))
-    n = np.zeros((runs, width))
-    p = np.full((runs, width), 0.5)
+    # One column per run (conditions x runs: the likelihood's sum over conditions then runs
+    # down contiguous rows); fits with fewer contrasts are padded at the end with conditions
+    # of no trials, which add -0.0 to the likelihood's sum (no change).
+    x = np.empty((width, runs))
+    n = np.zeros((width, runs))
+    p = np.full((width, runs), 0.5)
     low = np.empty((runs, N_PARAMETERS))
     high = np.empty((runs, N_PARAMETERS))
     start = np.empty((runs, N_PARAMETERS))
     for index, (xx, nn, pp, lo, hi, starts) in enumerate(prepared):
         rows = slice(index * NFITS, (index + 1) * NFITS)
         size = xx.size
-        x[rows, :size] = xx
-        x[rows, size:] = xx[0]
-        n[rows, :size] = nn
-        p[rows, :size] = pp
+        x[:size, rows] = xx[:, None]
+        x[size:, rows] = xx[0]
+        n[:size, rows] = nn[:, None]
+        p[:size, rows] = pp[:, None]
         low[rows] = lo
         high[rows] = hi
         start[rows] = starts
@@ -338,8 +349,8 @@ def _fit_batch(requests: Sequence[FitRequest]) -> list[Fit]:
 
 
 class _Data(NamedTuple):
-    """Per run: contrasts x, trials n, proportion rightward p and 1 - p (runs x conditions),
-    parmin and parmax (runs x 4)."""
+    """Per run (a column): contrasts x, trials n, proportion rightward p and 1 - p
+    (conditions x runs); per run (a row): parmin and parmax (runs x 4)."""
 
     x: Array
     n: Array
@@ -348,36 +359,79 @@ class _Data(NamedTuple):
     low: Array
     high: Array
 
-    def take(self, rows: Any) -> _Data:
-        return _Data(*(a[rows] for a in self))
+    def take(self, runs: Any) -> _Data:
+        """The data of some runs (an index array or a boolean mask over the runs)."""
+        return _Data(
+            self.x[:, runs],
+            self.n[:, runs],
+            self.p[:, runs],
+            self.q[:, runs],
+            self.low[runs],
+            self.high[runs],
+        )
 
 
 def _neg_likelihood(points: Array, data: _Data) -> Array:
-    """psychofit's neg_likelihood for erf_psycho_2gammas, one point per row of ``data``.
+    """psychofit's neg_likelihood for erf_psycho_2gammas, one point per run (row of ``points``,
+    column of ``data``).
 
-    Callers silence numpy's floating point warnings (points outside the bounds divide by a
-    threshold of 0 or less; their value is the penalty whatever the arithmetic gives)."""
+    The same IEEE operations as psychofit's, in its order, on whole arrays (products are
+    commuted, which changes no bit): ``lapse_low + (1 - lapse_low - lapse_high) * (erf((x -
+    bias) / threshold) + 1) / 2``, clipped to [eps, 1 - eps] when exactly 0 or 1, then
+    ``-sum(n * (p * log(P) + (1 - p) * log(1 - P)))`` summed condition by condition (a
+    reduction down the rows of a conditions x runs array is sequential, from the first row,
+    as Python's ``sum`` is from 0: its first term is never 0). Callers silence numpy's floating
+    point warnings (points outside the bounds divide by a threshold of 0 or less; their value
+    is the penalty whatever the arithmetic gives)."""
     import numpy as np
     from scipy.special import erf
 
-    low = points[:, 2:3]
-    probs = (
-        low + (1 - low - points[:, 3:4]) * (erf((data.x - points[:, 0:1]) / points[:, 1:2]) + 1) / 2
-    )
+    low = points[:, 2]
+    probs = data.x - points[:, 0]
+    probs /= points[:, 1]
+    probs = erf(probs, out=probs)
+    probs += 1
+    probs *= (1 - low) - points[:, 3]
+    probs /= 2
+    probs += low
     rest = 1 - probs
     if not (probs * rest).all():  # a probability of exactly 0 or 1 (rare): psychofit's eps
         eps = float(np.finfo(float).eps)
         probs = np.where(probs == 0, eps, probs)
         probs = np.where(probs == 1, 1 - eps, probs)
         rest = 1 - probs
-    terms = data.n * (data.p * np.log(probs) + data.q * np.log(rest))
-    # psychofit sums with Python's sum(): from 0, condition by condition. accumulate is
-    # sequential, and its first term is never 0, so 0 + t0 == t0.
-    value: Array = -np.add.accumulate(terms, axis=1)[:, -1]
+    terms = np.log(probs, out=probs)
+    terms *= data.p
+    rest = np.log(rest, out=rest)
+    rest *= data.q
+    terms += rest
+    terms *= data.n
+    value = _sum_rows(terms)
+    value = np.negative(value, out=value)
     outside = (points < data.low) | (points > data.high)
     if outside.any():
         value[np.logical_or.reduce(outside, axis=1)] = PENALTY
     return value
+
+
+def _sum_rows(terms: Array) -> Array:
+    """Each column's sum, row by row from the first (Python's ``sum`` of the column, which
+    starts from 0: the same, as a first term is never 0).
+
+    ``numpy.add.reduce`` down the rows of a C-contiguous array with two or more columns adds
+    one row at a time into the running sums (its inner loop runs along a row), which is that
+    order; over one column its inner loop would run down the column and sum pairwise, so a
+    single column is summed row by row here. tests/unit/test_psychometric_speed.py checks both
+    against Python's ``sum``."""
+    import numpy as np
+
+    if terms.shape[1] >= 2 and terms.flags.c_contiguous:
+        summed: Array = np.add.reduce(terms, axis=0)
+        return summed
+    total = terms[0].copy()
+    for row in terms[1:]:
+        total += row
+    return total
 
 
 def _order(values: list[float]) -> list[int]:
@@ -603,10 +657,10 @@ def _vectorised_runs(start: Array, data: _Data) -> Array:
             3 * xbar - 2 * worst,
             np.where(contract[:, None], 1.5 * xbar - 0.5 * worst, 0.5 * xbar + 0.5 * worst),
         )
-        rows = np.flatnonzero(second)
-        value = np.full(index.size, np.nan)
-        value[rows] = _neg_likelihood(point[rows], data.take(rows))
-        calls[rows] += 1
+        # The second point of every run at once (the runs that do not ask for it ignore its
+        # value): cheaper than gathering the data of the runs that do.
+        value = _neg_likelihood(point, data)
+        calls += second
         use_point = (
             (expand & second & (value < fxr))
             | (contract & (value <= fxr))
