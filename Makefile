@@ -29,10 +29,12 @@ demo: install ## Simulate a lab in one process on SQLite (no Kafka, no Java): st
 test: install ## The whole test suite: unit, property, real Kafka, real PostgreSQL, end to end
 	@infra/kafka/kafka.sh fetch
 	@infra/graphviz/graphviz.sh ensure
+	@infra/chromium/chromium.sh ensure
 	$(PY) -m pytest
 
 test-fast: install ## Tests that need neither Kafka nor PostgreSQL
 	@infra/graphviz/graphviz.sh ensure
+	@infra/chromium/chromium.sh ensure
 	$(PY) -m pytest -m "not kafka and not postgres"
 
 lint: install ## ruff (lint and format check), mypy and the layers' import rules
@@ -56,14 +58,14 @@ kafka-up: install ## Start a local single-node Kafka (KRaft) on 127.0.0.1:9092 a
 kafka-down: ## Stop the local Kafka
 	@infra/kafka/kafka.sh down
 
-pg-up: ## Start a local PostgreSQL for the projector (prints its URL)
+pg-up: ## Start a local PostgreSQL for the projector (passwords; prints its roles and files)
 	@infra/postgres/postgres.sh up
 	@infra/postgres/postgres.sh url
 
 pg-down: ## Stop the local PostgreSQL
 	@infra/postgres/postgres.sh down
 
-stack-up: install ## Start the whole stack as local processes (Kafka, PostgreSQL, processor, projector, Prometheus)
+stack-up: install ## Start the whole stack as local processes, secured (SHAPING_STACK_INSECURE=1: plaintext Kafka)
 	@infra/stack.sh up
 
 stack-down: ## Stop every part of the local stack

@@ -14,23 +14,41 @@ Per repeat, on fresh topics (4 partitions) with a fresh processor process:
 
 Raw Kafka on the same broker, for comparison: the same producer settings sending the same keys
 and values (the encoded events) to a plain 4-partition topic, and a kafka-python consumer
-without a group reading them back from the beginning.
+without a group reading them back from the beginning. And a minimal faust app (no table, no
+decoding, automatic acks, the processor's commit settings) reading that topic from offset 0 in
+its own process, timed from its first message to its last: the ceiling of any faust agent on
+this machine (``python -m bench.throughput minimal-faust ...`` runs it).
+
+The replaying processor's state changelogs are read back at the end of each repeat: records
+and bytes per trial event (issue 14, item 7: at most one record per mouse per batch).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
-from bench.kafka_env import BenchError, KafkaEnv, Service, rig_producer, topic_reader
+from bench.kafka_env import (
+    BenchError,
+    KafkaEnv,
+    Service,
+    rig_producer,
+    topic_reader,
+    wait_until,
+)
 from bench.stats import Figure, Results
 from bench.workload import Encoded, Workload, build_workload, encode
 from shaping.schemas.codec import default_codec
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransitioned
 from shaping.schemas.topics import TopicNames
+from shaping.services.processor.state_store import Changelogs
 
 STARTUP_TIMEOUT_S = 180.0
 
@@ -117,9 +135,10 @@ def processing_timeout(n_events: int) -> float:
 
 def run_through_processor(
     env: KafkaEnv, workload: Workload, enrolments: Encoded, sessions: Encoded
-) -> tuple[float, float, float, float, float]:
+) -> tuple[float, float, float, float, float, tuple[int, int]]:
     """One repeat; returns (live seconds, seconds until the producer had sent, replay seconds,
-    the CPU time per wall-clock second of the replaying processor, and of the broker)."""
+    the CPU time per wall-clock second of the replaying processor, and of the broker, and the
+    replaying processor's changelog records and bytes)."""
     topics = env.fresh_topics()
     processor = env.start_processor(topics)
     producer = rig_producer(env.bootstrap, "bench-rigs")
@@ -174,7 +193,32 @@ def run_through_processor(
     finally:
         replay_watch.close()
         env.stop_service(replayer)
-    return live_s, sent_s, replay_s, cpu_share, broker_share
+    written = changelog_size(env, replayer.name)
+    return live_s, sent_s, replay_s, cpu_share, broker_share, written
+
+
+def changelog_size(env: KafkaEnv, processor_id: str) -> tuple[int, int]:
+    """Records and bytes (keys and values) on a processor's state changelogs."""
+    topics = Changelogs.of(processor_id).all()
+    consumer = topic_reader(env.bootstrap, topics, "bench-changelogs")
+    try:
+        ends = consumer.end_offsets(list(consumer.assignment()))
+        records = size = 0
+
+        def at_end() -> bool:
+            return all(consumer.position(tp) >= end for tp, end in ends.items())
+
+        deadline = time.monotonic() + 120
+        while not at_end():
+            if time.monotonic() > deadline:
+                raise BenchError(f"could not read the changelogs {topics} to their end")
+            for batch in consumer.poll(timeout_ms=200).values():
+                for record in batch:
+                    records += 1
+                    size += len(record.key or b"") + len(record.value or b"")
+        return records, size
+    finally:
+        consumer.close()
 
 
 def raw_produce(env: KafkaEnv, encoded: Encoded) -> tuple[str, float]:
@@ -222,12 +266,13 @@ def measure(
     n_trials, n_msgs = sessions.n_trials, len(sessions)
     results.detail(f"(b) workload: {workload.describe()}.")
 
-    live, sent, replay, cpu, broker_cpu = [], [], [], [], []
+    live, sent, replay, cpu, broker_cpu, written = [], [], [], [], [], []
     for repeat in range(repeats):
         print(f"  processor run {repeat + 1}/{repeats} ...", flush=True)
-        live_s, sent_s, replay_s, cpu_share, broker_share = run_through_processor(
+        live_s, sent_s, replay_s, cpu_share, broker_share, size = run_through_processor(
             env, workload, enrolments, sessions
         )
+        written.append(size)
         cpu.append(cpu_share * 100)
         broker_cpu.append(broker_share * 100)
         live.append(live_s)
@@ -272,6 +317,24 @@ def measure(
     results.add(
         Figure(
             "kafka",
+            "replay: state changelog records per 1,000 trial events",
+            "records",
+            tuple(records * 1000 / n_trials for records, _ in written),
+            f"both changelogs of the replaying processor ({len(workload.mice)} mice)",
+        )
+    )
+    results.add(
+        Figure(
+            "kafka",
+            "replay: state changelog bytes per trial event",
+            "B",
+            tuple(size / n_trials for _, size in written),
+            "keys and values of every changelog record, before compaction",
+        )
+    )
+    results.add(
+        Figure(
+            "kafka",
             "live run's producer alone (send + flush, processor busy meanwhile)",
             "msgs/s",
             tuple(n_msgs / s for s in sent),
@@ -279,12 +342,13 @@ def measure(
         )
     )
 
-    produced, consumed = [], []
+    produced, consumed, minimal = [], [], []
     for repeat in range(repeats):
         print(f"  raw Kafka run {repeat + 1}/{repeats} ...", flush=True)
         topic, produce_s = raw_produce(env, sessions)
         produced.append(produce_s)
         consumed.append(raw_consume(env, topic, n_msgs))
+        minimal.append(minimal_faust(env, topic, n_msgs + 1))
     results.add(
         Figure(
             "kafka",
@@ -306,3 +370,118 @@ def measure(
             baseline=True,
         )
     )
+    results.add(
+        Figure(
+            "kafka",
+            "minimal faust app, no table (from offset 0)",
+            "msgs/s",
+            tuple(n_msgs / s for s in minimal),
+            "one agent counting the same messages, automatic acks, the processor's commit "
+            "settings; first to last message",
+            baseline=True,
+        )
+    )
+    rates = [n_trials / s for s in replay]
+    results.add(
+        Figure(
+            "kafka",
+            "replay rate / minimal faust app (same repeat)",
+            "%",
+            tuple(100 * r / (n_msgs / m) for r, m in zip(rates, minimal, strict=True)),
+            "trial events/s of the processor over msgs/s of the minimal app (target >= 70 %)",
+        )
+    )
+    results.add(
+        Figure(
+            "kafka",
+            "replay rate / raw kafka-python consumer (same repeat)",
+            "%",
+            tuple(100 * r / (n_msgs / c) for r, c in zip(rates, consumed, strict=True)),
+            "target >= 30 %",
+        )
+    )
+
+
+# -- the minimal faust app --------------------------------------------------------------------
+
+MINIMAL_DONE = "minimal-faust: read"
+
+
+def minimal_faust(env: KafkaEnv, topic: str, expected: int) -> float:
+    """Runs the minimal faust app on ``topic`` until it has read ``expected`` messages;
+    returns its seconds from the first message to the last."""
+    app_id = f"bench-minimal-{time.time_ns() % 10**8}"
+    argv = ["-m", "bench.throughput", "minimal-faust", "--bootstrap", env.bootstrap]
+    argv += ["--topic", topic, "--expected", str(expected), "--app-id", app_id]
+    argv += ["--datadir", str(env.workdir / "data" / app_id)]
+    service = env.start_service("minimal-faust", argv)
+    try:
+
+        def finished() -> str | None:
+            service.check_alive()
+            text = service.log.read_text(errors="replace")
+            return next((line for line in text.splitlines() if MINIMAL_DONE in line), None)
+
+        line = wait_until(
+            finished, processing_timeout(expected), "minimal faust app's last message", 0.2
+        )
+        return float(str(line).split()[-2])
+    finally:
+        env.stop_service(service)
+
+
+def run_minimal_faust(bootstrap: str, topic: str, expected: int, app_id: str, datadir: str) -> None:
+    """The minimal faust app: counts the messages of ``topic`` from offset 0 and prints the
+    seconds from the first to the ``expected``-th; runs until stopped."""
+    import faust
+
+    from shaping.services.processor.app import COMMIT_EVERY, COMMIT_INTERVAL_S
+
+    Path(datadir).parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        datadir=datadir,
+        store="memory://",
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        broker_commit_interval=COMMIT_INTERVAL_S,
+        broker_commit_every=COMMIT_EVERY,
+        topic_disable_leader=True,
+        web_enabled=False,
+    )
+    source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    seen = 0
+    first = 0.0
+
+    @app.agent(source, concurrency=1)
+    async def count(stream: Any) -> None:
+        nonlocal seen, first
+        async for _ in stream:
+            seen += 1
+            if seen == 1:
+                first = time.perf_counter()
+            if seen == expected:
+                seconds = time.perf_counter() - first
+                print(f"{MINIMAL_DONE} {seen} messages in {seconds:.6f} s", flush=True)
+
+    worker = faust.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False)
+    worker.spinner = None
+    worker.execute_from_commandline()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.throughput")
+    commands = parser.add_subparsers(dest="command", required=True)
+    minimal = commands.add_parser("minimal-faust", help="the minimal faust app (a baseline)")
+    minimal.add_argument("--bootstrap", required=True)
+    minimal.add_argument("--topic", required=True)
+    minimal.add_argument("--expected", type=int, required=True)
+    minimal.add_argument("--app-id", required=True)
+    minimal.add_argument("--datadir", required=True)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    run_minimal_faust(args.bootstrap, args.topic, args.expected, args.app_id, args.datadir)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,6 +3,21 @@
 # Kafka (infra/kafka), PostgreSQL (infra/postgres), the topics, the processor, the projector and
 # Prometheus (infra/prometheus) scraping both. `make stack-up` / `make stack-down` call this.
 #
+# Secured by default (docs/security.md, "The local stack"): Kafka runs `kafka.sh up --secure`
+# (SASL_SCRAM over TLS, ACLs; the CA, principals and passwords are made on the first `up`, in
+# $SHAPING_STACK_DIR/kafka/secrets), PostgreSQL asks every connection for a password
+# (postgres.sh: roles shaping_projector and shaping_reader, secrets in
+# $SHAPING_STACK_DIR/postgres/secrets). Each service runs with its own credentials, read from
+# those 0600 files: the processor as the Kafka principal 'processor', the projector as
+# 'projector' and the database role shaping_projector; the topics are created as 'admin'.
+# `up` writes the operator's credentials to $SHAPING_STACK_DIR/operator.env (mode 0600: the
+# Kafka principal 'operator', the read-only role shaping_reader; paths to the password files,
+# not the passwords) and prints how to use it:
+#   set -a; . .cache/stack/operator.env; set +a; .venv/bin/shaping status
+#   SHAPING_CREDENTIALS_FILE=.cache/stack/operator.env .venv/bin/shaping status
+# SHAPING_STACK_INSECURE=1 (debugging only) starts Kafka in plaintext without ACLs instead;
+# PostgreSQL keeps its passwords. A stack dir whose Kafka was once secured stays secured.
+#
 # Usage: infra/stack.sh up|down|status|config|check
 #
 #   up      check what the parts need (see `check`), then start every part that is not
@@ -19,6 +34,7 @@
 #   SHAPING_KAFKA_PORT=19092 SHAPING_PROMETHEUS_PORT=19090 infra/stack.sh up
 # starts a second stack on other ports. Also read:
 #   SHAPING_STACK_DIR  data, logs and pid files of every part   (default $REPO/.cache/stack)
+#   SHAPING_STACK_INSECURE  1: Kafka in plaintext, no authentication (debugging; default 0)
 #   SHAPING_OWNER_PID  optional: take the stack down when this process exits (tests)
 #   PYTHON             interpreter with Shaping installed        (default $REPO/.venv/bin/python)
 # Everything listens on 127.0.0.1 only.
@@ -42,6 +58,19 @@ export PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 OWNER="${SHAPING_OWNER_PID:-}"
 # The parts below get the stack's own watchdog instead of one each.
 unset SHAPING_OWNER_PID
+# The stack's parts use the credentials the stack made, never ones of the calling shell (which
+# may have sourced the operator's file): no service may run as someone else.
+unset SHAPING_CREDENTIALS_FILE SHAPING_DB_URL SHAPING_DB_PASSWORD_FILE SHAPING_KAFKA_SECURITY_PROTOCOL \
+    SHAPING_KAFKA_SASL_MECHANISM SHAPING_KAFKA_SASL_USERNAME SHAPING_KAFKA_SASL_PASSWORD \
+    SHAPING_KAFKA_SASL_PASSWORD_FILE SHAPING_KAFKA_SSL_CAFILE SHAPING_KAFKA_SECURE
+case "${SHAPING_STACK_INSECURE:-0}" in
+    0 | "" | false | no | off) SECURE=1 ;;
+    1 | true | yes | on) SECURE=0 ;;
+    *)
+        echo "stack: SHAPING_STACK_INSECURE must be 1 or 0, not '$SHAPING_STACK_INSECURE'" >&2
+        exit 2
+        ;;
+esac
 
 export SHAPING_BOOTSTRAP="127.0.0.1:$SHAPING_KAFKA_PORT"
 export SHAPING_KAFKA_DATA="$STACK/kafka"
@@ -49,12 +78,19 @@ export SHAPING_PG_DATA="$STACK/postgres"
 export SHAPING_PROMETHEUS_DATA="$STACK/prometheus"
 export SHAPING_DATA_DIR="$STACK/data"
 export SHAPING_METRICS_HOST=127.0.0.1
-export SHAPING_PROMETHEUS_TARGETS="processor=127.0.0.1:$SHAPING_PROCESSOR_METRICS_PORT projector=127.0.0.1:$SHAPING_PROJECTOR_METRICS_PORT"
+export SHAPING_PROMETHEUS_TARGETS="processor=127.0.0.1:$SHAPING_PROCESSOR_METRICS_PORT projector=127.0.0.1:$SHAPING_PROJECTOR_METRICS_PORT ingress=127.0.0.1:$SHAPING_INGRESS_METRICS_PORT"
 
 KAFKA_SH="$HERE/kafka/kafka.sh"
 POSTGRES_SH="$HERE/postgres/postgres.sh"
+KAFKA_SECRETS="$SHAPING_KAFKA_DATA/secrets"
+PG_SECRETS="$SHAPING_PG_DATA/secrets"
+OPERATOR_ENV="$STACK/operator.env"
 PROMETHEUS_SH="$HERE/prometheus/prometheus.sh"
-SERVICES=(processor projector)
+SERVICES=(ingress processor projector)
+# The ingress gate (`shaping ingress run`, the Kafka principal 'ingress') forwards what rigs and
+# operators write on their own ingress topics to events and commands (docs/security.md). On the
+# insecure stack nobody writes an ingress topic (rigs and operators write events and commands
+# themselves) and the gate idles.
 WATCH_PIDFILE="$STACK/stack-watchdog.pid"
 START_TIMEOUT="${SHAPING_STACK_START_TIMEOUT:-120}"
 
@@ -63,6 +99,7 @@ die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
 
 metrics_port() {
     case "$1" in
+        ingress) printf '%s' "$SHAPING_INGRESS_METRICS_PORT" ;;
         processor) printf '%s' "$SHAPING_PROCESSOR_METRICS_PORT" ;;
         projector) printf '%s' "$SHAPING_PROJECTOR_METRICS_PORT" ;;
     esac
@@ -80,6 +117,35 @@ service_pid() {
     printf '%s' "$pid"
 }
 
+# The env files a service is started with (sourced: they win over the environment): its Kafka
+# principal's (secured stack) and, for the projector, the database role's.
+service_env_files() {
+    case "$1" in
+        processor) ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/processor.env" ;;
+        projector)
+            ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/projector.env"
+            printf '%s\n' "$PG_SECRETS/projector.env"
+            ;;
+        ingress) ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/ingress.env" ;;
+    esac
+    return 0
+}
+
+# as_principal FILE... -- COMMAND...: COMMAND with the settings of the env FILEs.
+as_principal() {
+    # shellcheck disable=SC1090
+    (
+        set -a
+        while [[ "$1" != -- ]]; do
+            . "$1"
+            shift
+        done
+        shift
+        set +a
+        exec "$@"
+    )
+}
+
 metrics_answer() { curl -fsS -m 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" >/dev/null 2>&1; }
 
 start_service() {
@@ -91,11 +157,24 @@ start_service() {
     local port
     port="$(metrics_port "$name")"
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "metrics port 127.0.0.1:$port of the $name is in use"
-    local args=("$name")
-    if [[ "$name" == projector ]]; then args+=(--db-url "$SHAPING_DB_URL"); fi
+    local args=("$name") files=() file
+    [[ "$name" == ingress ]] && args=(ingress run)
+    mapfile -t files < <(service_env_files "$name")
+    for file in "${files[@]}"; do
+        [[ -r "$file" ]] || die "the $name's credentials $file are missing"
+    done
     printf '\n===== %s stack.sh up =====\n' "$(date -Is)" >>"$STACK/$name.log"
+    # The env files are sourced inside the service's shell: the password files' paths reach
+    # its environment, the passwords never reach a command line or the environment.
     # shellcheck disable=SC2016
-    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$STACK/$name.pid" \
+    setsid bash -c '
+        echo $$ >"$1"
+        shift
+        set -a
+        while [ "$1" != -- ]; do . "$1"; shift; done
+        shift
+        set +a
+        exec "$@"' _ "$STACK/$name.pid" "${files[@]}" -- \
         "$PYTHON" -m shaping.services.cli "${args[@]}" </dev/null >>"$STACK/$name.log" 2>&1 &
     local started=$SECONDS
     until metrics_answer "$name"; do
@@ -250,28 +329,67 @@ rollback() {
     exit "$rc"
 }
 
+# The operator's credentials: the Kafka principal 'operator' (secured stack) and the read-only
+# database role, in one 0600 file (the lines of the parts' env files: paths to the password
+# files, which stay where they are, mode 0600).
+write_operator_env() {
+    local file="$OPERATOR_ENV"
+    (
+        umask 077
+        {
+            echo "# The operator's credentials for the local stack, written by infra/stack.sh up."
+            echo "# Use them in a shell:  set -a; . '$file'; set +a"
+            echo "# or per command:       SHAPING_CREDENTIALS_FILE='$file' shaping status"
+            if ((SECURE)); then
+                echo "# Kafka: the principal 'operator' (SASL_SSL); the status tables: shaping_reader."
+                grep -v '^#' "$KAFKA_SECRETS/operator.env"
+            else
+                echo "# Kafka: plaintext (SHAPING_STACK_INSECURE=1); the status tables: shaping_reader."
+                echo "SHAPING_BOOTSTRAP='$SHAPING_BOOTSTRAP'"
+            fi
+            echo "SHAPING_TOPIC_PREFIX='$SHAPING_TOPIC_PREFIX'"
+            grep -v '^#' "$PG_SECRETS/reader.env"
+        } >"$file.partial"
+    )
+    mv "$file.partial" "$file"
+}
+
 up() {
     preflight
     trap rollback EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     claim kafka
-    "$KAFKA_SH" up
-    "$PYTHON" -m shaping.services.cli topics create >/dev/null
+    local admin=()
+    if ((SECURE)); then
+        "$KAFKA_SH" up --secure
+        admin=("$KAFKA_SECRETS/admin.env")
+    else
+        say "SHAPING_STACK_INSECURE=1: Kafka in plaintext, without authentication or ACLs (debugging only)"
+        "$KAFKA_SH" up
+    fi
+    as_principal "${admin[@]}" -- "$PYTHON" -m shaping.services.cli topics create >/dev/null
     say "topics ${SHAPING_TOPIC_PREFIX}.* ready on $SHAPING_BOOTSTRAP"
     claim postgres
     "$POSTGRES_SH" up
-    export SHAPING_DB_URL="${SHAPING_DB_URL:-$("$POSTGRES_SH" url)}"
+    local db_url
+    db_url="$("$POSTGRES_SH" url projector)"
     for name in "${SERVICES[@]}"; do
         claim "$name"
         start_service "$name"
     done
     claim prometheus
     "$PROMETHEUS_SH" up
+    write_operator_env
     if [[ -n "$OWNER" ]]; then start_watchdog; fi
     trap - EXIT INT TERM
-    say "up: Kafka $SHAPING_BOOTSTRAP, status tables $SHAPING_DB_URL,"
+    local kafka="Kafka $SHAPING_BOOTSTRAP"
+    if ((SECURE)); then kafka+=" (SASL_SSL, ACLs)"; else kafka+=" (PLAINTEXT, no ACLs)"; fi
+    say "up: $kafka, status tables $db_url,"
     say "    Prometheus http://127.0.0.1:$SHAPING_PROMETHEUS_PORT (logs and data in $STACK)"
+    say "operator's credentials (mode 0600): $OPERATOR_ENV; use them with"
+    say "    set -a; . '$OPERATOR_ENV'; set +a        (then: $REPO/.venv/bin/shaping status)"
+    say " or SHAPING_CREDENTIALS_FILE='$OPERATOR_ENV' $REPO/.venv/bin/shaping status"
 }
 
 down() {

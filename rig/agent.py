@@ -55,7 +55,11 @@ the same limits (:class:`shaping.rig.task.reach.ReachTask`,
 :func:`shaping.rig.task.scripted.run_simulated_session`).
 
 A mouse a trainer ejected has an assignment with reason ``ejected``: the agent refuses to run
-it.
+it. A mouse on water restriction (its assignment carries ``welfare``) runs only when its
+newest assignment is cleared for the rig's day (its own clock's local date) and not held: the
+agent otherwise says why on screen and in the log (:func:`shaping.rig.safety.welfare_refusal`)
+and runs nothing. After a session it shows the water the mouse still needs today and the
+suggested supplement, from the next assignment's welfare.
 
 Crash tests give the agent a :class:`~shaping.rig.faults.FaultPlan` (``shaping rig run
 --fault-plan``): it may kill or pause the process after the N-th event stored, or kill it after
@@ -70,7 +74,7 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from shaping.rig.config import RigConfig, StaleAssignmentSettings
@@ -83,9 +87,12 @@ from shaping.rig.link.store import CachedAssignment, ClockSkew, RigStore
 from shaping.rig.link.transport import RigTransport
 from shaping.rig.locks import FileLock
 from shaping.rig.safety import (
+    MouseHeldError,
     Screening,
     UnsafeAssignmentRefusedError,
     screen_assignment,
+    water_line,
+    welfare_refusal,
 )
 from shaping.rig.task.parameters import ReachParameters
 from shaping.rig.task.pins import SessionDisplay, reach_rewards
@@ -293,7 +300,9 @@ class RigAgent:
             interrupted = None
         chosen: ChosenAssignment | None = None
         if interrupted is None:
-            chosen, _ = self._screen(mouse, self._choose_assignment(mouse, link, options))
+            picked = self._choose_assignment(mouse, link, options)
+            self._gate(picked.assignment, options)
+            chosen, _ = self._screen(mouse, picked)
         outcome = self.task.run(self._request(options, chosen))
         return self._after(options, link, outcome, chosen)
 
@@ -312,6 +321,7 @@ class RigAgent:
         history = self._received.setdefault(mouse, [])
         if all(a.event_id != latest.event_id for a in history):
             history.insert(0, latest)
+        self._gate(latest, options)
         chosen, screening = self._screen(mouse, ChosenAssignment(latest, None, None))
         if screening.safe and chosen.assignment.session_number < wanted:
             stale = (
@@ -321,6 +331,13 @@ class RigAgent:
             log.warning("%s on %s: stale assignment: %s", mouse, self.config.rig_id, stale)
             chosen = ChosenAssignment(chosen.assignment, stale, None)
         outcome = self.task.run(self._request(options, chosen))
+        if chosen.assignment.welfare is not None:
+            # A restricted mouse: the processor may already have answered (the embedded runtime
+            # answers at once), and the next assignment's welfare says the water still due.
+            number = chosen.assignment.session_number
+            following = self.transport.latest_assignment(mouse, number + 1, 0.0)
+            if following is not None and following.session_number > number:
+                self._show_water(following)
         return SessionReport(
             outcome.started.session_id or "",
             outcome.started,
@@ -422,6 +439,7 @@ class RigAgent:
             newer = report.next_assignment
             if newer is not None and newer.event_id != evidence.event_id:
                 self.display.message(f"since then, {newer.reason}: {next_session_line(newer)}")
+            self._show_water(newer or evidence)
         elif report.next_assignment is not None:
             self.display.message(
                 f"{mouse} was ejected during this session: the session is kept but not judged. "
@@ -454,6 +472,32 @@ class RigAgent:
                 out.writelines(f"  {line}\n" for line in lines)
         except OSError as exc:
             self.display.message(f"cannot write {path}: {exc.strerror}")
+
+    # -- the welfare gate -----------------------------------------------------------------------
+
+    def _gate(self, assignment: AssignmentIssued, options: RunOptions) -> None:
+        """Refuses a mouse on water restriction that is held or not cleared for the rig's day:
+        said on screen and in the log, kept in the store (for the metric); nothing runs and
+        nothing is published.
+
+        Raises:
+            MouseHeldError: with the reason and what to do.
+        """
+        refusal = welfare_refusal(assignment, _rig_day(options))
+        if refusal is None:
+            return
+        log.warning("%s on %s: not started: %s", assignment.mouse_id, self.config.rig_id, refusal)
+        self.display.message(f"NOT STARTED: {refusal}")
+        if self.store is not None:  # counted in shaping_rig_held_refusals_total
+            self.store.record_held_refusal(assignment.mouse_id, assignment.event_id, refusal)
+        raise MouseHeldError(refusal)
+
+    def _show_water(self, assignment: AssignmentIssued | None) -> None:
+        """Shows (and logs) what a restricted mouse still needs today after its session."""
+        line = water_line(assignment)
+        if line is not None:
+            log.info("%s", line)
+            self.display.message(line)
 
     # -- assignments ----------------------------------------------------------------------------
 
@@ -677,6 +721,11 @@ class RigAgent:
             self.faults.after_store(self._stored)
 
 
+def _rig_day(options: RunOptions) -> date:
+    """The rig's calendar day: its own clock's local date (a simulated session's start)."""
+    return (options.start or datetime.now(UTC)).astimezone().date()
+
+
 def _describe(cached: CachedAssignment, link: OutboxTransport) -> str:
     a = cached.assignment
     what = (
@@ -691,6 +740,7 @@ def _describe(cached: CachedAssignment, link: OutboxTransport) -> str:
 
 __all__ = [
     "Display",
+    "MouseHeldError",
     "RigAgent",
     "RigBusyError",
     "RunOptions",

@@ -970,6 +970,14 @@ def _print_lab_run(run: LabRun) -> None:
                 True,
             )
         )
+    for held in run.held:  # a rig refused the session at the welfare gate
+        lines.append(
+            (
+                _lab_order(run, held.day, held.rig_id, held.mouse_id, 0),
+                f"day {held.day + 1} {held.rig_id} {held.mouse_id}: NOT STARTED: {held.message}",
+                True,
+            )
+        )
     for _, line, alarm in sorted(lines, key=lambda entry: entry[0]):
         if alarm:
             _secho(line, fg=typer.colors.RED)

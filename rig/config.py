@@ -15,6 +15,9 @@ A rig reads one TOML file (``docs/rig.md`` shows a full example)::
     # sasl_username = "rig-1"
     # sasl_password_file = "secrets/rig-1.password"   # mode 600; relative to the file
     # ssl_cafile = "secrets/ca.crt"
+    # ingress = true               # SASL_SSL only (the default there): events go to the rig's
+    #                              # own topic <prefix>.rig.<sasl_username>; the ingress gate
+    #                              # forwards them (sasl_username must then be rig_id)
 
     [pins]                          # BCM GPIO numbers
     cue_left = 7
@@ -70,6 +73,7 @@ from shaping.rig.link.connection import (
     check_ca_file,
     read_password,
 )
+from shaping.schemas.topics import TopicNames
 
 Side = Literal["left", "right"]
 SIDES: tuple[Side, Side] = ("left", "right")
@@ -467,7 +471,9 @@ def parse_config(
         actuators=_actuators(data.get("actuators", {}), where),
         stale_assignment=_stale_assignment(data.get("stale_assignment", {}), where),
         safety=parse_safety(data.get("safety", {}), where),
-        kafka_security=parse_kafka_security(broker, path, where),
+        kafka_security=_checked_ingress(
+            parse_kafka_security(broker, path, where), rig_id.strip(), where
+        ),
         path=path,
     )
 
@@ -480,6 +486,7 @@ BROKER_KEYS = {
     "sasl_username",
     "sasl_password_file",
     "ssl_cafile",
+    "ingress",
 }
 """The settings of ``[broker]``."""
 
@@ -509,6 +516,14 @@ def parse_kafka_security(
         raise ConfigError(
             f"{where}broker.security_protocol: {protocol!r} is not allowed{hint}; choose "
             f"{', '.join(SECURITY_PROTOCOLS)}"
+        )
+    ingress = broker.get("ingress", protocol == "SASL_SSL")
+    if not isinstance(ingress, bool):
+        raise ConfigError(f"{where}broker.ingress must be true or false, not {ingress!r}")
+    if ingress and protocol != "SASL_SSL":
+        raise ConfigError(
+            f'{where}broker.ingress needs security_protocol = "SASL_SSL" (security_protocol is '
+            f"{protocol}): the ingress topic is the rig principal's"
         )
     for key in ("sasl_mechanism", "sasl_username", "sasl_password_file", "ssl_cafile"):
         value = broker.get(key)
@@ -552,7 +567,27 @@ def parse_kafka_security(
         sasl_username=broker["sasl_username"].strip(),
         sasl_password_file=password_file,
         ssl_cafile=cafile,
+        ingress=ingress,
     )
+
+
+def _checked_ingress(security: KafkaSecurity, rig_id: str, where: str) -> KafkaSecurity:
+    """``security``, once its ingress topic is known to be the rig's own: the gate forwards
+    only events whose ``rig_id`` is the principal's name (and names the topic after it)."""
+    name = security.ingress_name
+    if name is None:
+        return security
+    if name != rig_id:
+        raise ConfigError(
+            f"{where}broker.sasl_username {name!r} is not rig_id {rig_id!r}: with "
+            "broker.ingress the ingress gate forwards only events whose rig_id is the "
+            "principal's name (use the rig's own principal, or set ingress = false)"
+        )
+    try:
+        TopicNames.with_prefix("x").rig_ingress(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}broker.sasl_username: {exc}") from None
+    return security
 
 
 def _config_path(value: str | None, path: Path | None) -> Path | None:

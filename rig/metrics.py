@@ -15,6 +15,9 @@ restart loses nothing (the counters are counts of rows the store keeps):
     assignments outside the rig's safety limits (``[safety]`` in its config) that a session was
     about to run, by what the rig did: ``refused`` (nothing ran) or ``ran_last_safe`` (the
     newest assignment of the mouse within the limits ran instead).
+``shaping_rig_held_refusals_total{rig}`` (counter)
+    sessions the rig refused at the welfare gate: the mouse was held (below its minimum
+    weight) or under water restriction and not cleared for the rig's day (not weighed).
 ``shaping_rig_undecodable_assignments_total{rig}`` (counter)
     records of the rig's mice on the assignments topic that this rig cannot decode (written
     by a newer release: upgrade the rig).
@@ -39,6 +42,7 @@ from pathlib import Path
 OUTBOX_DEPTH = "shaping_rig_outbox_depth"
 STALE_ASSIGNMENTS = "shaping_rig_stale_assignments_total"
 UNSAFE_ASSIGNMENTS = "shaping_rig_unsafe_assignments_total"
+HELD_REFUSALS = "shaping_rig_held_refusals_total"
 UNDECODABLE_ASSIGNMENTS = "shaping_rig_undecodable_assignments_total"
 UNDECODABLE_DECISIONS = "shaping_rig_undecodable_decisions_total"
 CLOCK_SKEW = "shaping_rig_clock_skew_seconds"
@@ -47,6 +51,7 @@ RIG_METRICS = (
     OUTBOX_DEPTH,
     STALE_ASSIGNMENTS,
     UNSAFE_ASSIGNMENTS,
+    HELD_REFUSALS,
     UNDECODABLE_ASSIGNMENTS,
     UNDECODABLE_DECISIONS,
 )
@@ -62,6 +67,7 @@ class RigMetrics:
     undecodable: dict[str, int] = field(default_factory=lambda: {"assignments": 0, "decisions": 0})
     clock_skew_s: float | None = None
     unsafe: dict[str, int] = field(default_factory=lambda: {"ran_last_safe": 0, "refused": 0})
+    held_refusals: int = 0
 
 
 def _label(value: str) -> str:
@@ -101,6 +107,10 @@ def render(rig_id: str, depth: int | RigMetrics) -> str:
                 f'{UNSAFE_ASSIGNMENTS}{{{rig},action="{_label(action)}"}} {count}'
                 for action, count in sorted(values.unsafe.items())
             ),
+            f"# HELP {HELD_REFUSALS} Sessions the rig refused because the mouse was held or not "
+            "cleared (not weighed) by the welfare gate.",
+            f"# TYPE {HELD_REFUSALS} counter",
+            f"{HELD_REFUSALS}{{{rig}}} {values.held_refusals}",
             f"# HELP {UNDECODABLE_ASSIGNMENTS} Records of the rig's mice on the assignments "
             "topic that this rig cannot decode (a newer release wrote them).",
             f"# TYPE {UNDECODABLE_ASSIGNMENTS} counter",
@@ -125,7 +135,10 @@ def read_metrics(store_path: Path) -> RigMetrics:
     thread). Tables a store of an older release lacks count as empty."""
     with closing(sqlite3.connect(store_path, timeout=5)) as conn:
         depth = int(conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0])
-        values = RigMetrics(depth)
+        held = 0
+        with suppress(sqlite3.OperationalError):  # a store of an older release has none
+            held = int(conn.execute("SELECT count(*) FROM held_refusals").fetchone()[0])
+        values = RigMetrics(depth, held_refusals=held)
         with suppress(sqlite3.OperationalError):  # a store of an older release has none
             for action, count in conn.execute(
                 "SELECT action, count(*) FROM unsafe_assignments GROUP BY action"
@@ -145,7 +158,9 @@ def read_metrics(store_path: Path) -> RigMetrics:
             return values
     if row is None:
         return values
-    return RigMetrics(depth, values.stale, values.undecodable, float(row[0]), values.unsafe)
+    return RigMetrics(
+        depth, values.stale, values.undecodable, float(row[0]), values.unsafe, values.held_refusals
+    )
 
 
 class OutboxDepthExporter:

@@ -27,6 +27,11 @@ any name                    ``[safety.parameters] name = [low, high]``
 A value these limits cannot be checked against (text where a number belongs, NaN, infinity)
 is a violation too. The per-session water is a limit of the running session (the task stops
 before a reward would pass it), not of the assignment.
+
+The welfare gate (:func:`welfare_refusal`) is the same kind of check: a mouse on water
+restriction whose assignment is held, or not cleared for the rig's day, does not start. The
+rig's day is its own clock's local date (it has no other); the processor judges the day on
+the broker's time and flags a session a rig started anyway (``ran_while_held``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Literal
 
 from shaping.rig.config import SafetyLimits
@@ -316,3 +322,62 @@ def screen_assignment(
             except RigError:
                 continue  # one the rig could not run anyway is not safe
     return Screening(assignment, tuple(violations), run, limits)
+
+
+# -- the welfare gate (issue 15): a restricted mouse trains only when cleared for the day --------
+
+
+class MouseHeldError(RigError):
+    """The mouse is on water restriction and held, or not cleared to train on the rig's day:
+    nothing runs (the message says why and what to do)."""
+
+
+def welfare_refusal(assignment: AssignmentIssued, today: date) -> str | None:
+    """Why a session of the assignment's mouse must not start on ``today`` (the rig's own
+    calendar day: it has no other clock), or None.
+
+    A mouse not on water restriction (no ``welfare``) is never refused here. A restricted one is
+    refused while held (``welfare.held_reason``), and when its assignment is not cleared for
+    ``today`` (not weighed today above its minimum, nor released by a trainer).
+    """
+    welfare = assignment.welfare
+    if welfare is None or not welfare.restricted:
+        return None
+    mouse = assignment.mouse_id
+    if welfare.held_reason is not None:
+        return (
+            f"{mouse} is held: {welfare.held_reason}; weigh it again or ask a trainer to release "
+            f"it: shaping release {mouse} --reason ..."
+        )
+    if welfare.cleared_on != today.isoformat():
+        last = f" (last cleared on {welfare.cleared_on})" if welfare.cleared_on else ""
+        return (
+            f"{mouse} is under water restriction and not weighed today{last}: weigh it first "
+            f"(shaping weigh {mouse} GRAMS)"
+        )
+    return None
+
+
+def water_line(assignment: AssignmentIssued | None) -> str | None:
+    """The water a restricted mouse still needs today and the suggested supplement, in words,
+    from its assignment's welfare (None for a mouse not on restriction)."""
+    welfare = None if assignment is None else assignment.welfare
+    if assignment is None or welfare is None or not welfare.restricted:
+        return None
+
+    def ml(value: float | None) -> str:
+        return "?" if value is None else f"{value:.2f} mL"
+
+    given, required = ml(welfare.water_given_ml_today), ml(welfare.water_required_ml_today)
+    line = (
+        f"{assignment.mouse_id} water today: {given} given of {required} required; still due "
+        f"{ml(welfare.water_still_due_ml)}"
+    )
+    if welfare.supplement_exceeds_cap:
+        return (
+            f"{line}; more than the largest supplement ({ml(welfare.supplement_ml)}): "
+            "alert animal services"
+        )
+    if welfare.supplement_ml > 0:
+        return f"{line}; suggested supplement {ml(welfare.supplement_ml)}"
+    return f"{line}; no supplement needed"

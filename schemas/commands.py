@@ -2,8 +2,9 @@
 
 An event is a past-tense fact; a command is an imperative request. A trainer's request
 (enrol a mouse, override its stage, eject it, adjust its parameters, migrate it to another
-curriculum version) goes to the ``<prefix>.commands`` topic, keyed by the mouse id, which rigs
-never write. The processor judges it against the mouse's state and answers on the log:
+curriculum version, name the rigs it may train on) goes to the ``<prefix>.commands`` topic,
+keyed by the mouse id, which rigs never write. The processor judges it against the mouse's
+state and answers on the log:
 
 - honoured: the past-tense event the command asks for (:meth:`Command.answer`) is appended to
   the events topic, keyed by the mouse; its ``event_id`` derives from the command's
@@ -21,23 +22,33 @@ namespace (``org.shaping.commands``); these models mirror the newest version of 
 from __future__ import annotations
 
 import uuid
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from shaping.schemas.events import (
+    NOTE_MAX,
     Event,
+    HoldReleased,
+    HusbandryNote,
     MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     Parameters,
     ParametersAdjusted,
     Record,
+    RestrictionEnded,
+    RestrictionStarted,
+    RigsAllowed,
     StageOverridden,
     UtcMillis,
+    WaterGiven,
+    WeightRecorded,
+    check_rig_ids,
+    finite_positive,
     new_event_id,
 )
-from shaping.schemas.identifiers import check_id, check_name
+from shaping.schemas.identifiers import check_id, check_name, check_session_id
 
 _ANSWER_NAMESPACE = uuid.UUID("6a0f3b7e-2c1d-4e58-9b7a-3d2f1c0e5a94")
 
@@ -233,9 +244,156 @@ class MigrateMouse(Command):
         }
 
 
+class AllowRigs(Command):
+    """Name the rigs a mouse may train on; the list replaces the one in force (answered by
+    RigsAllowed). Rig facts of the mouse from any other rig are refused from then on."""
+
+    ANSWER: ClassVar[type[Event]] = RigsAllowed
+
+    rig_ids: list[str]
+    reason: str = ""
+
+    @field_validator("rig_ids")
+    @classmethod
+    def _valid_rig_ids(cls, value: list[str]) -> list[str]:
+        return check_rig_ids(value)
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {
+            "rig_ids": list(self.rig_ids),
+            "reason": self.reason,
+            "allowed_by": self.requested_by,
+        }
+
+
+# -- husbandry ------------------------------------------------------------------------------------
+# The event a husbandry command asks for is checked twice: by the processor against the mouse's
+# state (a mouse it knows, a restriction to end) and, for a weight, against the lab's welfare
+# policy (a plausible weight, no jump from the last one unless ``confirmed``).
+
+
+class RecordWeight(Command):
+    """Record a mouse's weight (answered by WeightRecorded)."""
+
+    ANSWER: ClassVar[type[Event]] = WeightRecorded
+
+    grams: float
+    scale_id: str | None = None
+    confirmed: bool = False
+
+    @field_validator("grams")
+    @classmethod
+    def _positive_grams(cls, value: float) -> float:
+        return finite_positive(value, "grams")
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {
+            "grams": self.grams,
+            "scale_id": self.scale_id,
+            "confirmed": self.confirmed,
+            "recorded_by": self.requested_by,
+        }
+
+
+class GiveWater(Command):
+    """Record water given to a mouse (answered by WaterGiven); ``session_id`` names the session
+    earned water came from."""
+
+    ANSWER: ClassVar[type[Event]] = WaterGiven
+
+    ml: float
+    kind: Literal["earned", "supplement", "free_access"] = "supplement"
+    water_type: Literal["water", "sucrose", "citric_acid_water", "hydrogel"] = "water"
+    session_id: str | None = None
+
+    @field_validator("session_id")
+    @classmethod
+    def _valid_session_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_session_id(value, "session_id")
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {
+            "ml": self.ml,
+            "kind": self.kind,
+            "water_type": self.water_type,
+            "session_id": self.session_id,
+            "given_by": self.requested_by,
+        }
+
+
+class StartRestriction(Command):
+    """Put a mouse on water restriction (answered by RestrictionStarted)."""
+
+    ANSWER: ClassVar[type[Event]] = RestrictionStarted
+
+    reference_grams: float
+    reference_method: Literal["measured", "entered", "weight_on_date"] = "measured"
+    implant_grams: float = 0.0
+    birth_date: str | None = None
+    sex: Literal["F", "M", "U"] | None = None
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {
+            "reference_grams": self.reference_grams,
+            "reference_method": self.reference_method,
+            "implant_grams": self.implant_grams,
+            "birth_date": self.birth_date,
+            "sex": self.sex,
+            "started_by": self.requested_by,
+        }
+
+
+class EndRestriction(Command):
+    """End a mouse's water restriction (answered by RestrictionEnded)."""
+
+    ANSWER: ClassVar[type[Event]] = RestrictionEnded
+
+    reason: str = ""
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {"reason": self.reason, "ended_by": self.requested_by}
+
+
+class AddNote(Command):
+    """Note something about a mouse's welfare (answered by HusbandryNote)."""
+
+    ANSWER: ClassVar[type[Event]] = HusbandryNote
+
+    text: str = Field(min_length=1, max_length=NOTE_MAX)
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {"text": self.text, "noted_by": self.requested_by}
+
+
+class ReleaseHold(Command):
+    """Release a held (or not yet weighed) restricted mouse for the day, with a reason
+    (answered by HoldReleased); audited like the other interventions. Refused for a mouse
+    that is not on water restriction."""
+
+    ANSWER: ClassVar[type[Event]] = HoldReleased
+
+    reason: str = Field(min_length=1)
+
+    def _answer_fields(self) -> dict[str, object]:
+        return {"reason": self.reason, "released_by": self.requested_by}
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.__name__: cls
-    for cls in (EnrolMouse, OverrideStage, EjectMouse, AdjustParameters, MigrateMouse)
+    for cls in (
+        EnrolMouse,
+        OverrideStage,
+        EjectMouse,
+        AdjustParameters,
+        MigrateMouse,
+        AllowRigs,
+        RecordWeight,
+        GiveWater,
+        StartRestriction,
+        EndRestriction,
+        AddNote,
+        ReleaseHold,
+    )
 }
 """Every command class by its wire name."""
 

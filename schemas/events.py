@@ -215,6 +215,11 @@ class SessionEnded(Event):
     )
 
 
+WATER_EARNED_METRIC = "water_earned_ml"
+"""The SessionEnded metric in which a rig reports the water its rewards delivered (mL, through
+its valves' calibration); the processor records it as the mouse's earned water."""
+
+
 class MovementDetected(Event):
     """A rig sensor saw the mouse move outside its response to a cue.
 
@@ -294,15 +299,57 @@ class StageTransitioned(Event):
     )
 
 
+class AssignmentWelfare(Record):
+    """A restricted mouse's welfare as its assignment carries it (AssignmentIssued v3,
+    AssignmentHeld): whether the rig may start it today, and the day's water.
+
+    ``cleared_on`` is the lab day (``YYYY-MM-DD``, the welfare policy's time zone, from the
+    log's time) on which the mouse was cleared to train: weighed that day above its minimum,
+    or released by a trainer; None: not cleared (not weighed yet, or held). ``held_reason``
+    says in words, with the figures, why the mouse is held (None: not held). The figures are
+    those of :func:`shaping.services.domain.welfare.welfare_status` on the day the assignment
+    was issued.
+    """
+
+    restricted: bool
+    cleared_on: str | None = None
+    status: str = ""
+    percent_of_expected: float | None = None
+    water_required_ml_today: float | None = None
+    water_given_ml_today: float = 0.0
+    water_still_due_ml: float | None = None
+    supplement_ml: float = 0.0
+    supplement_exceeds_cap: bool = False
+    held_reason: str | None = None
+
+    @field_validator("cleared_on")
+    @classmethod
+    def _valid_day(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            day = date.fromisoformat(value) if len(value) == 10 else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise ValueError(f"cleared_on must be a date like 2026-03-02, not {value!r}")
+        return value
+
+
 class AssignmentIssued(Event):
     """What the mouse's next session must run: its stage and every parameter, resolved.
 
     ``parameters`` already include the mouse's ``adjustments``. ``evidence``, ``metrics`` and
     ``warnings`` travel with the assignment so the rig can show the trainer why, right after
     the session. ``supersedes`` names the assignment this one replaces after a recompute.
+
+    Version 3 added ``welfare``, set only for a mouse on water restriction (None otherwise, and
+    in every older version): whether it is cleared to train today, held, and its water for the
+    day (:class:`AssignmentWelfare`). A rig refuses to start a restricted mouse that is held or
+    not cleared for its day.
     """
 
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     stage: str
     parameters: Parameters
@@ -319,6 +366,22 @@ class AssignmentIssued(Event):
     supersedes: str | None = None
     adjustments: Parameters = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    welfare: AssignmentWelfare | None = None
+
+
+class AssignmentHeld(Event):
+    """The processor holds a restricted mouse: it must not train until it is weighed above its
+    minimum weight, or a trainer releases it (ReleaseHold, answered by HoldReleased).
+
+    Published on the assignments topic, so rigs see it; the assignment re-issued right after
+    it (not cleared, ``welfare.held_reason`` set) is what a rig runs against. ``reason`` says
+    why in words with the figures; ``held_at`` is the log's time of the weighing that held it.
+    """
+
+    session_number: int
+    reason: str = Field(min_length=1)
+    held_at: UtcMillis
+    welfare: AssignmentWelfare
 
 
 ERROR_KINDS = ("undecodable", "invalid", "impossible", "duplicate", "clock", "failed")
@@ -465,6 +528,184 @@ class ParametersAdjusted(Event):
     adjusted_by: str = ""
 
 
+RIG_IDS_MAX = 64
+"""A mouse may be allowed on at most this many rigs (RigsAllowed, AllowRigs)."""
+
+
+def check_rig_ids(value: list[str], what: str = "rig_ids") -> list[str]:
+    """Checks a list of rig ids: 1 to :data:`RIG_IDS_MAX` valid ids, none twice."""
+    if not value:
+        raise ValueError(f"{what} must name at least one rig")
+    if len(value) > RIG_IDS_MAX:
+        raise ValueError(f"{what} names {len(value)} rigs; at most {RIG_IDS_MAX} are allowed")
+    seen: set[str] = set()
+    for rig in value:
+        check_id(rig, f"a rig id in {what}")
+        if rig in seen:
+            raise ValueError(f"{what} names rig {rig} twice")
+        seen.add(rig)
+    return value
+
+
+class RigsAllowed(Event):
+    """An operator named the rigs a mouse may train on (a restriction, audited).
+
+    From then on a rig fact of the mouse (SessionStarted, TrialCompleted, SessionEnded,
+    MovementDetected) whose ``rig_id`` is not in ``rig_ids`` is refused by the processor. The
+    list replaces the one in force; a mouse that never had one may train on any rig. The
+    envelope's ``rig_id`` stays None: the rigs are in ``rig_ids``.
+    """
+
+    rig_ids: list[str]
+    reason: str = ""
+    allowed_by: str = ""
+
+    @field_validator("rig_ids")
+    @classmethod
+    def _valid_rig_ids(cls, value: list[str]) -> list[str]:
+        return check_rig_ids(value)
+
+
+# -- husbandry: weights, water, restrictions and notes ------------------------------------------
+
+WATER_KINDS = ("earned", "supplement", "free_access")
+"""How water was given: earned in a session, a supplement by hand, or free access (ad lib)."""
+
+WATER_TYPES = ("water", "sucrose", "citric_acid_water", "hydrogel")
+"""What was given (Alyx's water types)."""
+
+REFERENCE_METHODS = ("measured", "entered", "weight_on_date")
+"""How a restriction's reference weight was set: weighed at the start, typed in, or the weight
+recorded on an earlier date."""
+
+SEXES = ("F", "M", "U")
+"""A mouse's sex as a restriction records it (U: unknown), for a growth-curve policy."""
+
+NOTE_MAX = 2_000
+"""A husbandry note holds at most this many characters."""
+
+
+def finite_positive(value: float, what: str) -> float:
+    """``value`` if it is a finite number above 0.
+
+    Raises:
+        ValueError: naming ``what``.
+    """
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number, not {value!r}")
+    return value
+
+
+class WeightRecorded(Event):
+    """A person weighed a mouse (husbandry; answers RecordWeight).
+
+    ``confirmed`` says the person confirmed a weight far from the last one (the processor
+    refuses such a jump otherwise, by the lab's welfare policy). ``scale_id`` names the scale,
+    when the lab tracks them.
+    """
+
+    grams: float
+    scale_id: str | None = None
+    recorded_by: str = ""
+    confirmed: bool = False
+
+    @field_validator("grams")
+    @classmethod
+    def _positive_grams(cls, value: float) -> float:
+        return finite_positive(value, "grams")
+
+
+class WaterGiven(Event):
+    """Water was given to a mouse (husbandry; answers GiveWater).
+
+    ``kind`` is ``earned`` (in a session: ``session_id`` names it), ``supplement`` or
+    ``free_access`` (ad lib; ``ml`` may then be 0: not measured).
+    """
+
+    ml: float
+    kind: Literal["earned", "supplement", "free_access"] = "supplement"
+    water_type: Literal["water", "sucrose", "citric_acid_water", "hydrogel"] = "water"
+    given_by: str = ""
+
+    @model_validator(mode="after")
+    def _measured_volume(self) -> WaterGiven:
+        if (
+            not math.isfinite(self.ml)
+            or self.ml < 0
+            or (self.ml == 0 and self.kind != "free_access")
+        ):
+            raise ValueError(
+                f"ml must be a positive number (0 only for free access), not {self.ml!r}"
+            )
+        return self
+
+
+class RestrictionStarted(Event):
+    """A mouse was put on water restriction (husbandry; answers StartRestriction).
+
+    ``reference_grams`` is the weight its expected weight is computed from, set as
+    ``reference_method`` says; ``implant_grams`` is the weight of a head plate or implant,
+    which the welfare policy subtracts from every weight. ``birth_date`` (``YYYY-MM-DD``) and
+    ``sex`` let a growth-curve policy scale the reference with age.
+    """
+
+    reference_grams: float
+    reference_method: Literal["measured", "entered", "weight_on_date"] = "measured"
+    implant_grams: float = 0.0
+    birth_date: str | None = None
+    sex: Literal["F", "M", "U"] | None = None
+    started_by: str = ""
+
+    @model_validator(mode="after")
+    def _sensible_weights(self) -> RestrictionStarted:
+        finite_positive(self.reference_grams, "reference_grams")
+        if not math.isfinite(self.implant_grams) or self.implant_grams < 0:
+            raise ValueError(f"implant_grams must be 0 or more, not {self.implant_grams!r}")
+        if self.implant_grams >= self.reference_grams:
+            raise ValueError(
+                f"implant_grams ({self.implant_grams:g}) must be less than reference_grams "
+                f"({self.reference_grams:g})"
+            )
+        if self.birth_date is not None:
+            try:
+                born = date.fromisoformat(self.birth_date)
+            except ValueError:
+                born = None
+            if born is None or len(self.birth_date) != 10:
+                raise ValueError(
+                    f"birth_date must be a date like 2026-01-15, not {self.birth_date!r}"
+                )
+            if born > self.occurred_at.date():
+                raise ValueError(f"birth_date {self.birth_date} is after the restriction starts")
+        return self
+
+
+class RestrictionEnded(Event):
+    """A mouse's water restriction ended (husbandry; answers EndRestriction)."""
+
+    reason: str = ""
+    ended_by: str = ""
+
+
+class HusbandryNote(Event):
+    """A person noted something about a mouse's welfare (answers AddNote)."""
+
+    text: str = Field(min_length=1, max_length=NOTE_MAX)
+    noted_by: str = ""
+
+
+class HoldReleased(Event):
+    """A trainer released a held (or not yet weighed) restricted mouse for the day, with a
+    reason (answers ReleaseHold; audited like the other interventions)."""
+
+    reason: str = Field(min_length=1)
+    released_by: str = ""
+
+
+HUSBANDRY_EVENTS = (WeightRecorded, WaterGiven, RestrictionStarted, RestrictionEnded, HusbandryNote)
+"""The husbandry facts, which only operators' commands cause."""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
@@ -475,6 +716,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         MovementDetected,
         StageTransitioned,
         AssignmentIssued,
+        AssignmentHeld,
         EventRejected,
         CurriculumPublished,
         MouseMigrated,
@@ -482,8 +724,19 @@ EVENT_TYPES: dict[str, type[Event]] = {
         StageOverridden,
         MouseEjected,
         ParametersAdjusted,
+        RigsAllowed,
+        WeightRecorded,
+        WaterGiven,
+        RestrictionStarted,
+        RestrictionEnded,
+        HusbandryNote,
+        HoldReleased,
     )
 }
 """Every event class by its wire name."""
 
 RIG_EVENTS = (SessionStarted, TrialCompleted, SessionEnded, MovementDetected)
+
+# The alert events (schemas/alerts.py) are built on Event and add themselves to EVENT_TYPES when
+# that module is imported; importing it here makes the registry whole whichever is read first.
+import shaping.schemas.alerts  # noqa: E402, F401

@@ -13,11 +13,14 @@ command line nothing (the rig's commands run on a Pi without SQLAlchemy or faust
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shaping.services.adapters.settings import Settings
 
 if TYPE_CHECKING:
+    import threading
+
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
     from prometheus_client import CollectorRegistry
     from sqlalchemy import Engine
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
     from shaping.services.adapters.curricula_topic import CurriculaFollower, FollowingCatalog
     from shaping.services.adapters.metrics import ServiceMetrics
     from shaping.services.domain.curriculum import CurriculumCatalog
+    from shaping.services.domain.welfare import WelfarePolicy
+    from shaping.services.ingress.gate import IngressGate
+    from shaping.services.ingress.runner import GateStatus
     from shaping.services.projector.store import SqlProjectionStore
 
 
@@ -44,6 +50,25 @@ def codec() -> EventCodec:
     from shaping.schemas.codec import default_codec
 
     return default_codec()
+
+
+def welfare_policy(settings: Settings) -> WelfarePolicy:
+    """The lab's welfare policy: ``settings.welfare_policy``'s file, read and checked, or the
+    built-in default policy when none is set.
+
+    Raises:
+        SettingsError: the file cannot be read or is invalid (each problem with its line).
+    """
+    from shaping.services.adapters.settings import SettingsError
+    from shaping.services.curricula.policy import PolicyInvalid, load_policy
+    from shaping.services.domain.welfare import DEFAULT_POLICY
+
+    if not settings.welfare_policy:
+        return DEFAULT_POLICY
+    try:
+        return load_policy(Path(settings.welfare_policy))
+    except PolicyInvalid as exc:
+        raise SettingsError("SHAPING_WELFARE_POLICY", str(exc), "welfare_policy") from exc
 
 
 def catalog() -> CurriculumCatalog:
@@ -139,6 +164,42 @@ def ensure_topics(settings: Settings) -> None:
     ensure(settings.kafka, settings.topics, partitions=settings.partitions)
 
 
+def ingress_gate(settings: Settings, codec: EventCodec) -> IngressGate:
+    """The ingress gate's judgement for the deployment's topics (commands older than
+    ``settings.command_max_age_s`` are not forwarded)."""
+    from datetime import timedelta
+
+    from shaping.services.ingress.gate import IngressGate
+
+    return IngressGate(settings.topics, codec, timedelta(seconds=settings.command_max_age_s))
+
+
+def run_ingress(
+    settings: Settings,
+    stop: threading.Event,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> GateStatus:
+    """Runs the ingress gate on ``settings.kafka`` until ``stop`` is set, serving its metrics
+    on ``metrics_port`` when given.
+
+    Raises:
+        KafkaError: no broker answered at the start.
+    """
+    from shaping.services.ingress.metrics import IngressMetrics
+    from shaping.services.ingress.runner import run_gate
+
+    metrics = IngressMetrics(metric_registry())
+    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
+    try:
+        return run_gate(
+            settings.kafka, settings.topics, ingress_gate(settings, codec()), stop, metrics
+        )
+    finally:
+        if server is not None:
+            server.close()
+
+
 def projection_store(settings: Settings, codec: EventCodec) -> SqlProjectionStore:
     """The status tables at ``settings.db_url`` (created when absent, checked when present).
 
@@ -170,11 +231,13 @@ __all__ = [
     "database",
     "ensure_topics",
     "following_catalog",
+    "ingress_gate",
     "metric_registry",
     "projection_store",
     "published_catalog",
     "publisher",
     "reader",
+    "run_ingress",
     "service_metrics",
     "settings",
 ]

@@ -29,6 +29,9 @@ from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
 from tests.support.kafka import TEST_PARTITIONS, start_kafka
 from tests.support.postgres import start_postgres
+
+# Real local SMTP and HTTP receivers, as fixtures for every test (tests/support/receivers.py).
+from tests.support.receivers import http_receiver, smtp_server  # noqa: F401
 from tests.support.scripts import InfraStartError
 
 log = logging.getLogger(__name__)

@@ -29,15 +29,19 @@
 #               certificates required (only a holder of a key signed by the CA gets in)
 # and authorises with KRaft's StandardAuthorizer: super users User:admin and the broker's
 # certificate (User:CN=shaping-broker), nobody else without an ACL. Every secured `up`
-# applies the ACLs of every principal (python -m shaping.services.adapters.acls). A data dir
+# applies the ACLs of every principal (python -m shaping.services.adapters.acls) and creates
+# the ingress topic of every rig and operator that lacks one (rigs and operators write only
+# there; the ingress gate, principal `ingress`, forwards to events and commands). A data dir
 # once secured stays secured (`up` finds its secrets and asks for nothing);
 # SHAPING_KAFKA_SECURE=0 on it is an error.
 #
 #   credentials            print the principals and how to use their credentials
 #   acls                   re-apply the ACLs (and SCRAM credentials of principals added to
 #                          SHAPING_KAFKA_RIGS / SHAPING_KAFKA_OPERATORS since); broker running
-#   add-principal NAME ROLE  a new principal (role rig, operator, processor or projector):
-#                          password, env file, SCRAM credentials and ACLs; broker running
+#   add-principal NAME ROLE  a new principal (role rig, operator, processor, projector or
+#                          ingress): password, env file, SCRAM credentials and ACLs, and for a
+#                          rig or an operator its ingress topic (<prefix>.rig.NAME or
+#                          <prefix>.operator.NAME, laid out like events); broker running
 #   rotate NAME            a new password for NAME, set on the broker, then written to its
 #                          file (after rotating admin, restart the broker: `down` then `up`)
 #
@@ -61,6 +65,8 @@
 #   SHAPING_TOPIC_PREFIX           the topics the ACLs name        (default shaping)
 #   SHAPING_PROCESSOR_ID           the processor's group and changelog prefix
 #                                  (default shaping-processor)
+#   SHAPING_PARTITIONS             partitions of a new ingress topic while the events topic does
+#                                  not exist yet (default 4; else the events topic's count)
 # A deployment brings its own certificates instead of the generated ones (all five, or none):
 #   SHAPING_KAFKA_SSL_KEYSTORE                PKCS12 keystore: the broker's key and chain
 #   SHAPING_KAFKA_SSL_KEYSTORE_PASSWORD_FILE  its password (a file, mode 0600)
@@ -426,8 +432,8 @@ add_principal_line() {
     [[ "$name" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ ]] \
         || die "principal name '$name' must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
     case "$role" in
-        admin | processor | projector | operator | rig) ;;
-        *) die "unknown role '$role' for '$name' (rig, operator, processor or projector)" ;;
+        admin | processor | projector | operator | rig | ingress | alerts | notifier) ;;
+        *) die "unknown role '$role' for '$name' (rig, operator, processor, projector, ingress, alerts or notifier)" ;;
     esac
     known="$(awk -v n="$name" '$1 == n { print $2 }' "$PRINCIPALS")"
     if [[ -z "$known" ]]; then
@@ -469,6 +475,9 @@ ensure_principals() {
     add_principal_line admin admin
     add_principal_line processor processor
     add_principal_line projector projector
+    add_principal_line ingress ingress
+    add_principal_line alerts alerts
+    add_principal_line notifier notifier
     for name in ${SHAPING_KAFKA_OPERATORS-operator}; do add_principal_line "$name" operator; done
     for name in ${SHAPING_KAFKA_RIGS-rig-1 rig-2}; do add_principal_line "$name" rig; done
     while read -r name role; do
@@ -559,6 +568,7 @@ apply_acls() {
     done < <(principals)
     "$PYTHON" -m shaping.services.adapters.acls --secrets "$SECRETS" --cafile "$CA_PEM" \
         --bootstrap "127.0.0.1:$PORT" --prefix "$TOPIC_PREFIX" --processor-id "$PROCESSOR_ID" \
+        --partitions "${SHAPING_PARTITIONS:-4}" \
         --upsert "${pending[@]}" || die "applying the ACLs failed"
     if ((${#pending[@]})); then
         printf '%s\n' "${pending[@]}" >>"$SCRAM_KNOWN"
@@ -598,7 +608,7 @@ acls() {
 }
 
 add_principal() {
-    [[ $# -eq 2 ]] || die "usage: $0 add-principal NAME ROLE (role rig, operator, processor or projector)"
+    [[ $# -eq 2 ]] || die "usage: $0 add-principal NAME ROLE (role rig, operator, processor, projector, ingress, alerts or notifier)"
     [[ "$2" != admin ]] || die "there is one admin"
     need_running_secure
     add_principal_line "$1" "$2"
@@ -617,7 +627,7 @@ rotate() {
     write_secret "$SECRETS/$name.password.new" "$(new_secret)"
     "$PYTHON" -m shaping.services.adapters.acls --secrets "$SECRETS" --cafile "$CA_PEM" \
         --bootstrap "127.0.0.1:$PORT" --prefix "$TOPIC_PREFIX" --processor-id "$PROCESSOR_ID" \
-        --rotate "$name" || { rm -f "$SECRETS/$name.password.new"; die "rotating '$name' failed"; }
+        --partitions "${SHAPING_PARTITIONS:-4}" --rotate "$name" || { rm -f "$SECRETS/$name.password.new"; die "rotating '$name' failed"; }
     if [[ "$name" == admin ]]; then
         write_properties
         say "the admin's password changed; restart the broker ($0 down; $0 up) so its own login uses it"

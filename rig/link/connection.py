@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shaping.rig.errors import ConfigError
+from shaping.schemas.topics import TopicNames
 
 RECONNECT_BACKOFF_MAX_MS = 2000
 """Longest pause between two tries to reach a broker that went away (kafka-python's default,
@@ -48,6 +49,10 @@ class KafkaSecurity:
             connection).
         ssl_cafile: with TLS, the CA (PEM) that signed the brokers' certificates (None: the
             system's CAs).
+        ingress: with SASL_SSL, whether the rig publishes its events to its principal's
+            ingress topic, ``<prefix>.rig.<sasl_username>``, which the ingress gate forwards
+            to the events topic (a secured cluster lets no rig write the events topic itself;
+            docs/security.md). False: straight to the events topic.
     """
 
     protocol: SecurityProtocol = "PLAINTEXT"
@@ -55,6 +60,12 @@ class KafkaSecurity:
     sasl_username: str | None = None
     sasl_password_file: Path | None = None
     ssl_cafile: Path | None = None
+    ingress: bool = False
+
+    @property
+    def ingress_name(self) -> str | None:
+        """The principal whose ingress topic the rig's events go to (None: the events topic)."""
+        return self.sasl_username if self.ingress and self.protocol == "SASL_SSL" else None
 
     def describe(self) -> str:
         """The settings in words (never the password)."""
@@ -63,7 +74,8 @@ class KafkaSecurity:
         ca = f"CA {self.ssl_cafile}" if self.ssl_cafile else "the system's CAs"
         if self.protocol == "SSL":
             return f"SSL (TLS with {ca}, no SASL)"
-        return f"SASL_SSL as {self.sasl_username} ({self.sasl_mechanism}, TLS with {ca})"
+        via = ", events through its ingress topic" if self.ingress_name else ""
+        return f"SASL_SSL as {self.sasl_username} ({self.sasl_mechanism}, TLS with {ca}{via})"
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,12 @@ class KafkaLink:
     def of(cls, link: KafkaLink | str) -> KafkaLink:
         """``link`` itself, or a plaintext link to the brokers ``link`` names."""
         return link if isinstance(link, KafkaLink) else cls(link)
+
+    def events_topic(self, topics: TopicNames) -> str:
+        """Where the rig's events go: its principal's ingress topic when
+        :attr:`KafkaSecurity.ingress` says so, else the events topic."""
+        name = self.security.ingress_name
+        return topics.events if name is None else topics.rig_ingress(name)
 
 
 def client_options(link: KafkaLink | str) -> dict[str, Any]:

@@ -39,7 +39,9 @@ class OutboxTransport:
         store: the rig's store: the outbox, the assignment cache, the journal.
         bootstrap: how to reach Kafka (:attr:`RigConfig.link <shaping.rig.config.RigConfig.link>`),
             or just the bootstrap servers of a plaintext broker.
-        topics: the topic names (events go to ``topics.events``).
+        topics: the topic names (events go to ``topics.events``, or to the rig's ingress
+            topic when the link says so: :meth:`KafkaLink.events_topic
+            <shaping.rig.link.connection.KafkaLink.events_topic>`).
         mice: the mice whose assignments and decisions are followed.
         client_id: the rig's name in broker logs.
         codec: the codec the rig reads Kafka with (tests give an older release's subset).
@@ -60,6 +62,7 @@ class OutboxTransport:
         self.link = KafkaLink.of(bootstrap)
         self.bootstrap = self.link.bootstrap
         self.topics = topics
+        self.events_topic = self.link.events_topic(topics)
         self.mice = mice
         self.client_id = client_id
         self.codec = codec
@@ -78,7 +81,7 @@ class OutboxTransport:
         """Stores the events in the outbox, in order (on disk when this returns), and wakes the
         drainer, which sends them to Kafka (an event id stored before is not stored again)."""
         for event in events:
-            self.store.append(event, self.topics.events)
+            self.store.append(event, self.events_topic)
         self._wake.set()
 
     def latest_assignment(

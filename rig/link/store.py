@@ -234,6 +234,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "start (open_session, last_session, mouse_events) no longer scan every event recorded",
         "CREATE INDEX IF NOT EXISTS outbox_mouse ON outbox (mouse_id, event_type)",
     ),
+    Migration(
+        3,
+        "keep the sessions the rig refused because the mouse was held or not cleared by the "
+        "welfare gate (shaping_rig_held_refusals_total)",
+        """
+CREATE TABLE IF NOT EXISTS held_refusals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    mouse_id TEXT NOT NULL,
+    assignment_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+)""",
+    ),
 )
 """The store's format, step by step; the last number is the version this code writes."""
 
@@ -1028,6 +1041,23 @@ class RigStore:
             ran_assignment_id=row[4],
             at=datetime.fromisoformat(row[5]),
         )
+
+    # -- the welfare gate ------------------------------------------------------------------------
+
+    def record_held_refusal(self, mouse_id: str, assignment_id: str, reason: str) -> None:
+        """Keeps a session the rig refused: the mouse was held, or under water restriction and
+        not cleared for the rig's day (:func:`shaping.rig.safety.welfare_refusal`)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO held_refusals (mouse_id, assignment_id, reason, at) "
+                "VALUES (?, ?, ?, ?)",
+                (mouse_id, assignment_id, reason, _now()),
+            )
+
+    def held_refusal_count(self) -> int:
+        """How many sessions the rig refused at the welfare gate."""
+        row = self._conn().execute("SELECT count(*) FROM held_refusals").fetchone()
+        return int(row[0])
 
     def unsafe_assignment_counts(self) -> dict[str, int]:
         """How many unsafe assignments the rig refused or replaced (every action, 0 included)."""

@@ -18,12 +18,20 @@ Every simulated rig holds the assignment it is about to run against the rig's sa
 (its agent does, with :func:`shaping.rig.safety.screen_assignment`): one outside them is
 refused, logged and kept in :attr:`LabRun.unsafe`, and the rig runs nothing or the newest
 assignment of the mouse it received that passes them (``on_violation``).
+
+With :attr:`LabPlan.husbandry` (the embedded demo) the lab also keeps its mice on water
+restriction (:mod:`shaping.rig.sim.husbandry`): a simulated trainer weighs every mouse each
+morning before its session, starts the restriction on the first day, gives the supplement each
+assignment suggests after the session, and releases a held mouse with a reason after its rig
+refused it (:attr:`LabRun.held`, :attr:`LabRun.releases`); the released mouse trains after the
+rig's last slot of the day. The trainer's commands go to the ``trainer`` sink the caller gives
+(the embedded runtime's ``send_commands``): rigs never send commands.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -33,11 +41,14 @@ from shaping.rig.config import RigConfig, SafetyLimits
 from shaping.rig.errors import RigError
 from shaping.rig.evidence import EJECTED
 from shaping.rig.link.transport import RigTransport
-from shaping.rig.safety import Screening, UnsafeAssignmentRefusedError
+from shaping.rig.safety import MouseHeldError, Screening, UnsafeAssignmentRefusedError
+from shaping.rig.sim.husbandry import Release, SimulatedBody, SimulatedTrainer
 from shaping.rig.sim.mouse import SimulatedMouse
 from shaping.rig.task.port import Task
 from shaping.rig.task.scripted import ScriptedTask
+from shaping.schemas.commands import Command
 from shaping.schemas.events import (
+    WATER_EARNED_METRIC,
     AssignmentIssued,
     MouseEnrolled,
     SessionEnded,
@@ -52,6 +63,12 @@ DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 
 log = logging.getLogger(__name__)
 
+CommandSink = Callable[[Sequence[Command]], None]
+"""Where the simulated trainer's commands go (the embedded runtime's ``send_commands``)."""
+
+WEIGH_HOUR = 8
+"""The hour (UTC) the simulated trainer starts weighing, a minute per mouse."""
+
 
 @dataclass(frozen=True)
 class LabPlan:
@@ -65,10 +82,17 @@ class LabPlan:
     start: datetime = DEFAULT_START
     first_session_hour: int = 9
     slot_minutes: int = 50
+    husbandry: bool = False
+    """Simulate weights and water (see the module's doc)."""
 
     def mice(self) -> list[tuple[str, str]]:
         """(mouse_id, rig_id) pairs: mice are dealt round-robin to rigs."""
         return [(f"M{i + 1:03d}", f"rig-{i % self.n_rigs + 1}") for i in range(self.n_mice)]
+
+    @property
+    def lean_mouse(self) -> str:
+        """The mouse that loses weight on restriction (the plan's last)."""
+        return f"M{self.n_mice:03d}"
 
 
 @dataclass
@@ -104,6 +128,23 @@ class UnsafeStart:
     message: str
 
 
+@dataclass(frozen=True)
+class HeldStart:
+    """A session a rig refused because the mouse was held (or not cleared) that day.
+
+    Attributes:
+        mouse_id, rig_id, day: where and when.
+        at: when the rig refused it.
+        message: what the rig said on its screen.
+    """
+
+    mouse_id: str
+    rig_id: str
+    day: int
+    at: datetime
+    message: str
+
+
 @dataclass
 class LabRun:
     """Everything the simulated lab did.
@@ -116,6 +157,8 @@ class LabRun:
         skipped: mice it did not run, with the reason (ejected).
         pending: mice whose decision on their last session had not arrived when the run
             ended (``settle``), with the session number the lab waited for.
+        held: every session a rig refused for the welfare gate, in order (husbandry only).
+        releases: every hold the simulated trainer released, in order (husbandry only).
     """
 
     plan: LabPlan
@@ -124,6 +167,8 @@ class LabRun:
     continued: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
+    held: list[HeldStart] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -225,6 +270,7 @@ def run_lab(
     position: LabPosition | None = None,
     settle: bool = False,
     safety: SafetyLimits | None = None,
+    trainer: CommandSink | None = None,
 ) -> LabRun:
     """Enrolls the plan's mice, then runs every day's sessions through ``transport``.
 
@@ -242,7 +288,15 @@ def run_lab(
     unless given; :func:`rig.safety.screen_assignment`): an unsafe one is refused (no session
     that day for the mouse) or replaced by the newest safe assignment the rig received for the
     mouse, as ``safety.on_violation`` says, and logged and kept in :attr:`LabRun.unsafe`.
+
+    With ``plan.husbandry`` the simulated trainer's commands go to ``trainer`` (see the
+    module's doc).
+
+    Raises:
+        RigError: ``plan.husbandry`` without a ``trainer`` to send the commands to.
     """
+    if plan.husbandry and trainer is None:
+        raise RigError("simulating husbandry needs a trainer: somewhere to send its commands")
     limits = safety or SafetyLimits()
     run = LabRun(plan)
     mice = {mouse_id: SimulatedMouse(mouse_id, plan.seed) for mouse_id, _ in plan.mice()}
@@ -271,40 +325,17 @@ def run_lab(
             if mouse_id not in known
         ]
     )
+    keeper = None
+    if plan.husbandry:
+        keeper = SimulatedTrainer(
+            {
+                mouse_id: SimulatedBody(mouse_id, plan.seed, lean=mouse_id == plan.lean_mouse)
+                for mouse_id in mice
+            }
+        )
+    day_runner = _Day(plan, transport, agents, run, sessions_done, wait_s, keeper, trainer)
     for day in range(plan.n_days):
-        day_start = plan.start + timedelta(days=day, hours=plan.first_session_hour)
-        for rig_index in range(plan.n_rigs):
-            rig_id = f"rig-{rig_index + 1}"
-            on_rig = [m for m, r in plan.mice() if r == rig_id and m not in run.skipped]
-            for slot, mouse_id in enumerate(on_rig):
-                options = RunOptions(
-                    mouse_id,
-                    start=day_start + timedelta(minutes=slot * plan.slot_minutes),
-                    assignment_timeout_s=wait_s,
-                    session_number=sessions_done[mouse_id] + 1,
-                )
-                try:
-                    report = agents[rig_id].run(options)
-                except UnsafeAssignmentRefusedError as exc:
-                    if exc.screening is None:
-                        raise
-                    run.unsafe.append(_unsafe(mouse_id, rig_id, day, exc.screening))
-                    continue  # refused: no session for this mouse today
-                screening = report.screening
-                if screening is not None and not screening.safe:
-                    run.unsafe.append(_unsafe(mouse_id, rig_id, day, screening))
-                sessions_done[mouse_id] += 1
-                assert report.assignment is not None
-                run.sessions.append(
-                    SessionRecord(
-                        mouse_id,
-                        rig_id,
-                        day,
-                        report.started,
-                        report.assignment,
-                        bool(report.started.assignment_stale),
-                    )
-                )
+        day_runner.simulate(day)
     if settle:
         for mouse_id, done in sessions_done.items():
             if mouse_id in run.skipped:
@@ -313,6 +344,113 @@ def run_lab(
             if judged is None or judged.session_number < done + 1:
                 run.pending[mouse_id] = done + 1
     return run
+
+
+@dataclass
+class _Day:
+    """One simulated day of the lab: the morning weighing, every rig's slots, the sessions of
+    mice released after a refusal, and the night (husbandry only)."""
+
+    plan: LabPlan
+    transport: RigTransport
+    agents: dict[str, RigAgent]
+    run: LabRun
+    sessions_done: dict[str, int]
+    wait_s: float
+    keeper: SimulatedTrainer | None
+    trainer: CommandSink | None
+    supplements: list[Command] = field(default_factory=list)
+
+    def _send(self, commands: Sequence[Command]) -> None:
+        if commands and self.trainer is not None:
+            self.trainer(commands)
+
+    def simulate(self, day: int) -> None:
+        plan = self.plan
+        day_start = plan.start + timedelta(days=day, hours=plan.first_session_hour)
+        active = [(m, r) for m, r in plan.mice() if m not in self.run.skipped]
+        if self.keeper is not None:
+            weigh_start = plan.start + timedelta(days=day, hours=WEIGH_HOUR)
+            self._send(
+                [
+                    command
+                    for index, (mouse_id, _) in enumerate(active)
+                    for command in self.keeper.morning(
+                        mouse_id, weigh_start + timedelta(minutes=index), first_day=day == 0
+                    )
+                ]
+            )
+        released: list[tuple[str, str, int]] = []
+        for rig_index in range(plan.n_rigs):
+            rig_id = f"rig-{rig_index + 1}"
+            on_rig = [m for m, r in active if r == rig_id]
+            for slot, mouse_id in enumerate(on_rig):
+                start = day_start + timedelta(minutes=slot * plan.slot_minutes)
+                if not self._session(mouse_id, rig_id, day, start) and self._release(
+                    mouse_id, day, start
+                ):
+                    released.append((mouse_id, rig_id, len(on_rig)))
+        for mouse_id, rig_id, slots in released:
+            # after the rig's last slot of the day
+            start = day_start + timedelta(minutes=slots * plan.slot_minutes)
+            self._session(mouse_id, rig_id, day, start)
+        if self.keeper is not None:
+            # the supplements given after the sessions, sent together
+            self._send(self.supplements)
+            self.supplements = []
+            self.keeper.night()
+
+    def _release(self, mouse_id: str, day: int, start: datetime) -> bool:
+        """After a refusal for the welfare gate, the simulated trainer waters and releases
+        the mouse (True: it trains later today)."""
+        held = self.run.held
+        if self.keeper is None or not held or held[-1].mouse_id != mouse_id or held[-1].day != day:
+            return False
+        commands, release = self.keeper.on_hold(mouse_id, day, start + timedelta(minutes=10))
+        self._send([*self.supplements, *commands])
+        self.supplements = []
+        self.run.releases.append(release)
+        return True
+
+    def _session(self, mouse_id: str, rig_id: str, day: int, start: datetime) -> bool:
+        """Runs one session; False when the rig refused it (unsafe, or held)."""
+        options = RunOptions(
+            mouse_id,
+            start=start,
+            assignment_timeout_s=self.wait_s,
+            session_number=self.sessions_done[mouse_id] + 1,
+        )
+        try:
+            report = self.agents[rig_id].run(options)
+        except UnsafeAssignmentRefusedError as exc:
+            if exc.screening is None:
+                raise
+            self.run.unsafe.append(_unsafe(mouse_id, rig_id, day, exc.screening))
+            return False  # refused: no session for this mouse today
+        except MouseHeldError as exc:
+            self.run.held.append(HeldStart(mouse_id, rig_id, day, start, str(exc)))
+            return False
+        screening = report.screening
+        if screening is not None and not screening.safe:
+            self.run.unsafe.append(_unsafe(mouse_id, rig_id, day, screening))
+        self.sessions_done[mouse_id] += 1
+        assert report.assignment is not None
+        self.run.sessions.append(
+            SessionRecord(
+                mouse_id,
+                rig_id,
+                day,
+                report.started,
+                report.assignment,
+                bool(report.started.assignment_stale),
+            )
+        )
+        if self.keeper is not None:
+            earned = report.ended.metrics.get(WATER_EARNED_METRIC) or 0.0
+            after = report.ended.occurred_at + timedelta(minutes=5)
+            following = self.transport.latest_assignment(mouse_id, 1, 0.0)
+            self.supplements += self.keeper.after_session(mouse_id, after, earned, following)
+        return True
 
 
 def lab_agents(

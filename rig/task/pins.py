@@ -35,6 +35,7 @@ from shaping.rig.task.reach import ReachTask
 from shaping.rig.task.recording import SessionRecorder, TrialProgress
 from shaping.rig.task.rewards import RewardPlan
 from shaping.schemas.events import (
+    WATER_EARNED_METRIC,
     Event,
     MovementDetected,
     ParamValue,
@@ -256,11 +257,15 @@ class PinTask:
             started.rig_id or self.config.rig_id,
             started.session_id or "",
         )
+        metrics = dict(reach_session_metrics(open_session.events) or {})
+        delivered_ul = sum(t.reward_volume_ul for t in trials)
+        if delivered_ul > 0:  # the water its recorded rewards delivered, in mL
+            metrics[WATER_EARNED_METRIC] = round(delivered_ul / 1000.0, 6)
         return recorder.ended(
             len(trials),
             "interrupted",
             last.timestamp() - started.occurred_at.timestamp(),
-            reach_session_metrics(open_session.events),
+            metrics,
         )
 
     def _runtime(self, request: SessionRequest, open_session: OpenSession | None) -> _Runtime:

@@ -60,7 +60,7 @@ from shaping.rig.task.clock import Clock
 from shaping.rig.task.parameters import ReachParameters
 from shaping.rig.task.recording import Outcome, Phase, SessionRecorder, TrialProgress
 from shaping.rig.task.rewards import RewardPlan
-from shaping.schemas.events import SessionEnded
+from shaping.schemas.events import WATER_EARNED_METRIC, SessionEnded
 
 SAFETY_END_REASONS = ("safety_time_limit", "safety_max_trials", "safety_reward_limit")
 """``SessionEnded.end_reason`` of a session the rig's safety limits ended before the
@@ -172,11 +172,16 @@ class ReachTask:
             if self._intertrial_interval(state, rng):
                 self._trial(state, target)
         self.hardware.all_off()
+        metrics = dict(self.session_metrics() or {}) if self.session_metrics else {}
+        if all(volume > 0 for volume in self._volume_ul.values()):
+            # The water the rewards delivered, through the valves' calibration (µL -> mL); not
+            # reported when a valve gives rewards by duration without a calibration.
+            metrics[WATER_EARNED_METRIC] = round(state.reward_ul / 1000.0, 6)
         return self.recorder.ended(
             state.n_trials,
             reason,
             self.clock.now() - self.session_start,
-            self.session_metrics() if self.session_metrics else None,
+            metrics or None,
         )
 
     # -- phases -----------------------------------------------------------------------------

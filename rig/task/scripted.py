@@ -12,6 +12,7 @@ from shaping.rig.errors import RigError
 from shaping.rig.sim.mouse import SimulatedMouse
 from shaping.rig.task.port import Publish, SessionRequest, TaskOutcome
 from shaping.schemas.events import (
+    WATER_EARNED_METRIC,
     AssignmentIssued,
     Event,
     ParamValue,
@@ -146,6 +147,9 @@ def run_simulated_session(
             n_trials=n,
             end_reason=end_reason,
             duration_s=round(elapsed, 3),
+            # The water its rewards delivered (reward_volume_ul x rewarded trials), in mL: the
+            # processor records it as the mouse's earned water.
+            metrics={WATER_EARNED_METRIC: round(given_ul / 1000.0, 6)},
             mouse_id=mouse.mouse_id,
             rig_id=rig_id,
             session_id=session_id,

@@ -14,8 +14,25 @@ Roles (a principal is ``User:<name>``):
                owns its consumer group and its changelog topics (``<processor_id>-*``)
 ``projector``  reads ``accepted``, ``decisions``, ``assignments``, ``dead_letter`` and
                ``curricula``; writes nothing
-``operator``   writes ``commands`` and ``curricula``; reads every topic of the deployment
-``rig``        writes ``events``; reads ``assignments``; consumer groups ``<rig name>.*`` only
+``operator``   writes its own ingress topic ``<prefix>.operator.<name>`` (its commands),
+               ``curricula`` and ``alerts``; reads every topic of the deployment
+``rig``        writes and reads its own ingress topic ``<prefix>.rig.<name>`` (its session
+               events; its outbox reconciles against it); reads ``assignments`` and
+               ``decisions``; consumer groups ``<rig name>.*`` only
+``ingress``    the ingress gate: reads every ingress topic (prefixed ACLs ``<prefix>.rig.`` and
+               ``<prefix>.operator.``) in its group ``<prefix>-ingress``; writes ``events``,
+               ``commands`` and ``dead_letter``
+``alerts``     the alerts service: reads ``events``, ``accepted``, ``decisions``,
+               ``dead_letter`` and ``alerts`` in its group ``<prefix>-alerts``; writes ``alerts``
+``notifier``   reads ``alerts`` in its group ``<prefix>-notifier``; writes nothing
+
+The operator also writes ``alerts`` (``shaping alerts ack``: an acknowledgement is a fact about
+a person, appended as it is; docs/alerts.md).
+
+Rigs and operators never write ``events`` or ``commands``: the gate forwards what a principal
+says as itself and dead-letters the rest (docs/security.md). Applying a principal's ACLs also
+creates its ingress topic when it is missing (:func:`ensure_ingress_topics`), laid out like
+``events``.
 
 No role but ``admin`` may create, delete or alter a topic of the deployment, alter configs,
 or touch the cluster resource. The operator's read side and the processor may describe topic
@@ -25,7 +42,7 @@ Run as a script it applies the table to a running broker with the admin's creden
 broker script calls it so (``kafka.sh up --secure``, ``kafka.sh acls``)::
 
     python -m shaping.services.adapters.acls --secrets DIR --bootstrap 127.0.0.1:9092 \
-        --prefix shaping --processor-id shaping-processor [--upsert NAME ...]
+        --prefix shaping --processor-id shaping-processor [--partitions N] [--upsert NAME ...]
 
 ``DIR`` holds ``principals`` (``name role`` per line), ``<name>.password`` per principal and
 the CA (``ca.crt``, or ``--cafile``).
@@ -34,7 +51,6 @@ the CA (``ca.crt``, or ``--cafile``).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,14 +59,16 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import SecretStr
 
-from shaping.schemas.topics import TopicNames
+from shaping.schemas.topics import IngressKind, TopicNames, check_principal, ingress_spec
 from shaping.services.adapters.errors import InfraError
 from shaping.services.adapters.kafka import KafkaConnection, SaslMechanism, admin
 
 if TYPE_CHECKING:
     from kafka.admin import ACL, KafkaAdminClient
 
-Role = Literal["admin", "processor", "projector", "operator", "rig"]
+Role = Literal[
+    "admin", "processor", "projector", "operator", "rig", "ingress", "alerts", "notifier"
+]
 ROLES: tuple[Role, ...] = get_args(Role)
 
 ResourceKind = Literal["topic", "group", "cluster"]
@@ -58,15 +76,15 @@ PatternKind = Literal["literal", "prefixed"]
 Operation = Literal["READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE", "DESCRIBE_CONFIGS"]
 
 MECHANISM: SaslMechanism = "SCRAM-SHA-512"
+_TOPIC_ALREADY_EXISTS = 36
 SCRAM_ITERATIONS = 8192
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # What each non-admin role does with the deployment's topics, by kind ("curricula" is not a
 # TopicKind: it is a named topic of its own).
 _READS: Mapping[Role, tuple[str, ...]] = {
     "processor": ("events", "commands", "curricula"),
-    "projector": ("accepted", "decisions", "assignments", "dead_letter", "curricula"),
+    # The alerts too: the status tables' ``alerts`` table (the digest and the web page).
+    "projector": ("accepted", "decisions", "assignments", "dead_letter", "curricula", "alerts"),
     "operator": (
         "events",
         "commands",
@@ -75,16 +93,33 @@ _READS: Mapping[Role, tuple[str, ...]] = {
         "assignments",
         "dead_letter",
         "curricula",
+        "alerts",  # shaping alerts list (docs/alerts.md)
     ),
     # The follower reads the decision on a mouse's last session with its assignment.
     "rig": ("assignments", "decisions"),
+    "ingress": (),
+    # The alerts service watches what happened and restores the open alerts from its topic.
+    "alerts": ("events", "accepted", "decisions", "dead_letter", "alerts"),
+    "notifier": ("alerts",),
 }
 _WRITES: Mapping[Role, tuple[str, ...]] = {
     "processor": ("events", "accepted", "decisions", "assignments", "dead_letter"),
     "projector": (),
-    "operator": ("commands", "curricula"),
-    "rig": ("events",),
+    # Commands go through the operator's ingress topic (below), never to ``commands``;
+    # ``shaping alerts ack`` appends an AlertAcknowledged to ``alerts`` (docs/alerts.md).
+    "operator": ("curricula", "alerts"),
+    # Session events go through the rig's ingress topic (below), never to ``events``.
+    "rig": (),
+    "ingress": ("events", "commands", "dead_letter"),
+    "alerts": ("alerts",),
+    "notifier": (),
 }
+_INGRESS: Mapping[Role, tuple[IngressKind, tuple[Operation, ...]]] = {
+    # The rig reads its own topic back: its drainer reconciles its outbox against it.
+    "rig": ("rig", ("WRITE", "READ")),
+    "operator": ("operator", ("WRITE",)),
+}
+"""The roles that own an ingress topic (named after the principal) and what they may do there."""
 _DESCRIBES_CONFIGS: tuple[Role, ...] = ("processor", "operator")
 
 
@@ -100,13 +135,16 @@ class Grant:
 
 def check_name(name: str) -> str:
     """A principal's name: letters, digits, ``.``, ``_`` and ``-``, at most 64 characters,
-    starting with a letter or digit (it lands in file names and ACLs)."""
-    if not _NAME.fullmatch(name):
-        raise ValueError(
-            f"principal name {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+    starting with a letter or digit (it lands in file names, ACLs and the name of its ingress
+    topic; :func:`shaping.schemas.topics.check_principal`)."""
+    return check_principal(name)
+
+
+def ingress_topic(role: Role, name: str, topics: TopicNames) -> str | None:
+    """The ingress topic a principal writes (``<prefix>.rig.<name>`` for a rig,
+    ``<prefix>.operator.<name>`` for an operator), None for the other roles."""
+    owned = _INGRESS.get(role)
+    return None if owned is None else topics.ingress(owned[0], name)
 
 
 def rig_group_prefix(name: str) -> str:
@@ -141,6 +179,10 @@ def grants(role: Role, name: str, topics: TopicNames, processor_id: str) -> list
         found.setdefault(_topic(topics, kind), []).append("READ")
     for kind in _WRITES[role]:
         found.setdefault(_topic(topics, kind), []).append("WRITE")
+    if role in _INGRESS:
+        own = ingress_topic(role, name, topics)
+        assert own is not None
+        found.setdefault(own, []).extend(_INGRESS[role][1])
     if role in _DESCRIBES_CONFIGS:
         for topic in topics.all():
             found.setdefault(topic, []).append("DESCRIBE_CONFIGS")
@@ -148,6 +190,13 @@ def grants(role: Role, name: str, topics: TopicNames, processor_id: str) -> list
         Grant("topic", topic, "literal", tuple(dict.fromkeys(["DESCRIBE", *operations])))
         for topic, operations in found.items()
     ]
+    if role == "ingress":
+        # Every ingress topic, present and future, by prefix; its own consumer group.
+        result += [
+            Grant("topic", topics.ingress_prefix("rig"), "prefixed", ("READ", "DESCRIBE")),
+            Grant("topic", topics.ingress_prefix("operator"), "prefixed", ("READ", "DESCRIBE")),
+            Grant("group", topics.ingress_group, "literal", ("READ", "DESCRIBE")),
+        ]
     if role == "processor":
         result += [
             # faust: the app id is the consumer group; tables' changelogs are
@@ -162,6 +211,10 @@ def grants(role: Role, name: str, topics: TopicNames, processor_id: str) -> list
         ]
     if role == "rig":
         result.append(Grant("group", rig_group_prefix(name), "prefixed", ("READ", "DESCRIBE")))
+    if role in ("alerts", "notifier"):
+        # Their consumer groups: <prefix>-alerts, <prefix>-notifier (services/alerts/runner.py,
+        # services/notifier/runner.py).
+        result.append(Grant("group", f"{topics.prefix}-{role}", "literal", ("READ", "DESCRIBE")))
     return result
 
 
@@ -219,6 +272,59 @@ def apply_acls(
         errors = sorted({getattr(error, "__name__", str(error)) for error in failed})
         raise InfraError(f"the broker refused {len(failed)} ACL(s): {', '.join(errors)}")
     return len(acls)
+
+
+def ensure_ingress_topics(
+    client: KafkaAdminClient,
+    principals: Mapping[str, Role],
+    topics: TopicNames,
+    partitions: int,
+) -> list[str]:
+    """Creates the ingress topic of every rig and operator of ``principals`` that lacks one,
+    laid out like ``events`` (:func:`shaping.schemas.topics.ingress_spec`): with the events
+    topic's partition count when it exists, else ``partitions``. Existing topics are left as
+    they are (a rig's records stay).
+
+    Returns:
+        The topics created.
+
+    Raises:
+        InfraError: the broker refused to create one.
+    """
+    wanted = [
+        topic
+        for name, role in principals.items()
+        if (topic := ingress_topic(role, name, topics)) is not None
+    ]
+    existing = set(client.list_topics())
+    missing = [topic for topic in wanted if topic not in existing]
+    if not missing:
+        return []
+    if topics.events in existing:
+        described = client.describe_topics([topics.events])
+        count = len(described[0].get("partitions") or []) if described else 0
+        partitions = count or partitions
+    specs = [ingress_spec(topic, partitions) for topic in missing]
+    request = {
+        spec.name: {
+            "num_partitions": spec.partitions,
+            "replication_factor": 1,
+            "configs": dict(spec.configs),
+        }
+        for spec in specs
+    }
+    response = client.create_topics(request, timeout_ms=15000, raise_errors=False)
+    created = []
+    for result in response.get("topics", []):
+        code = result.get("error_code", 0)
+        if code == 0:
+            created.append(result["name"])
+        elif code != _TOPIC_ALREADY_EXISTS:  # created meanwhile by another `kafka.sh acls`
+            raise InfraError(
+                f"cannot create the ingress topic {result['name']!r}: "
+                f"{result.get('error_message') or f'error code {code}'}"
+            )
+    return created
 
 
 def upsert_users(client: KafkaAdminClient, passwords: Mapping[str, str]) -> None:
@@ -299,6 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix", default="shaping", help="the deployment's topic prefix")
     parser.add_argument("--processor-id", default="shaping-processor", help="faust app id")
     parser.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="partitions of a new ingress topic when the events topic does not exist yet",
+    )
+    parser.add_argument(
         "--upsert",
         nargs="*",
         default=[],
@@ -312,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "<name>.password (the admin's connection uses the old one)",
     )
     args = parser.parse_args(argv)
+    if args.partitions < 1:
+        parser.error(f"--partitions must be at least 1, not {args.partitions}")
     try:
         principals = read_principals(args.secrets / "principals")
         _check_names([*args.upsert, *([args.rotate] if args.rotate else [])], principals)
@@ -326,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             upsert_users(client, passwords)
             count = apply_acls(client, principals, topics, args.processor_id)
+            created = ensure_ingress_topics(client, principals, topics, args.partitions)
         finally:
             client.close()
         if args.rotate:
@@ -338,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"acls: {count} ACLs for prefix {args.prefix!r}: {roles}")
     if passwords:
         print(f"acls: SCRAM credentials written for {', '.join(passwords)}")
+    if created:
+        print(f"acls: ingress topics created: {', '.join(created)}")
     return 0
 
 
@@ -353,7 +470,9 @@ __all__ = [
     "acls_for",
     "apply_acls",
     "check_name",
+    "ensure_ingress_topics",
     "grants",
+    "ingress_topic",
     "read_principals",
     "read_secret",
     "rig_group_prefix",

@@ -205,3 +205,48 @@ def admin(
     return KafkaAdminClient(
         **{**_connection(connection).client_options(), "client_id": client_id, **options}
     )
+
+
+def confluent_options(connection: KafkaConnection, client_id: str) -> dict[str, Any]:
+    """librdkafka's settings (confluent-kafka) for the same brokers and credentials as the
+    kafka-python clients of this module: for the bulk paths that read with confluent-kafka
+    (``shaping replay``'s reader)."""
+    options: dict[str, Any] = {
+        "bootstrap.servers": connection.bootstrap,
+        "client.id": client_id,
+        "security.protocol": connection.security_protocol.lower(),
+        "reconnect.backoff.max.ms": 2000,
+    }
+    if connection.security_protocol.startswith("SASL"):
+        assert connection.sasl_password is not None
+        options.update(
+            {
+                "sasl.mechanism": connection.sasl_mechanism,
+                "sasl.username": connection.sasl_username,
+                "sasl.password": connection.sasl_password.get_secret_value(),
+            }
+        )
+    if connection.security_protocol.endswith("SSL") and connection.ssl_cafile:
+        options["ssl.ca.location"] = str(connection.ssl_cafile)
+    return options
+
+
+def refusal_in_words(exc: BaseException, connection: KafkaConnection | None = None) -> str | None:
+    """A broker's authorisation refusal (kafka-python's ``AuthorizationError``) said in words:
+    who was refused what, and where the roles are written down; None for any other error."""
+    from kafka.errors import AuthorizationError
+
+    if not isinstance(exc, AuthorizationError):
+        return None
+    who = (
+        f"the principal {connection.sasl_username!r}"
+        if connection is not None and connection.sasl_username
+        else "this client"
+    )
+    what = type(exc).__name__.removesuffix("AuthorizationFailedError").lower() or "resource"
+    detail = str(exc).split(":", 1)[-1].strip()
+    return (
+        f"Kafka refused: {who} is not authorised for this {what}"
+        + (f" ({detail})" if detail else "")
+        + f" [{type(exc).__name__}]; the roles and what each may do are in docs/security.md"
+    )

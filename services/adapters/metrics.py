@@ -244,12 +244,43 @@ CATALOGUE: tuple[MetricDoc, ...] = (
         "Decisions for the rig's mice that it could not decode.",
     ),
     MetricDoc(
+        "shaping_rig_held_refusals_total",
+        "counter",
+        ("rig",),
+        ("rig",),
+        "Sessions the rig refused because the mouse was held or not cleared (not weighed) by "
+        "the welfare gate.",
+    ),
+    MetricDoc(
         "shaping_rig_clock_skew_seconds",
         "gauge",
         ("rig",),
         ("rig",),
         "The rig's clock minus the broker's, measured on its outbox's acknowledgements "
         "(smoothed; positive: ahead).",
+    ),
+    MetricDoc(
+        "shaping_ingress_forwarded_total",
+        "counter",
+        ("source", "message_type"),
+        ("ingress",),
+        "Records of ingress topics forwarded to events or commands and acknowledged, by "
+        "source kind (rig, operator) and message type.",
+    ),
+    MetricDoc(
+        "shaping_ingress_rejected_total",
+        "counter",
+        ("source", "reason"),
+        ("ingress",),
+        "Records of ingress topics dead-lettered by the ingress gate, by source kind and "
+        "reason (undecodable, invalid, wrong_type, impersonation, key, stale, topic, failed).",
+    ),
+    MetricDoc(
+        "shaping_ingress_retries_total",
+        "counter",
+        (),
+        ("ingress",),
+        "Rounds of the ingress gate whose sends the broker did not acknowledge; read again.",
     ),
 )
 """Every metric Shaping defines (faust's own sensors come on top, prefixed ``faust_``)."""

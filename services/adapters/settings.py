@@ -5,21 +5,53 @@ A command builds them one way, :meth:`Settings.load`: the environment (``SHAPING
 options given on the command line on top, every value validated. A bad value is refused with
 :class:`SettingsError`, a one-line message that names the variable (or the option) and the
 rule, which the command line prints as ``error: ...`` (exit status 2).
+
+Secrets never need to be in a committed file or on a command line. Besides plain variables,
+the settings read two kinds of file, each refused when others may read it (mode ``0600`` or
+stricter, else a :class:`SettingsError` saying ``chmod 600``):
+
+* ``SHAPING_DB_PASSWORD_FILE``: the password of the database user named in the URL
+  (``SHAPING_DB_URL`` or ``--db-url``), put into the URL when it has none (a password in the
+  URL wins; a SQLite URL needs none). ``SHAPING_KAFKA_SASL_PASSWORD_FILE`` is Kafka's twin.
+* ``SHAPING_CREDENTIALS_FILE``: an env file of ``SHAPING_*=value`` lines, the format
+  ``set -a; . FILE; set +a`` reads (``#`` comments, ``export``, values plain or in single or
+  double quotes, no ``$`` expansion). Each variable it sets is used unless the environment
+  sets it too: the environment wins. The local stack writes one for the operator
+  (``infra/stack.sh``); ``infra/postgres/postgres.sh`` and ``infra/kafka/kafka.sh`` write one
+  per role or principal.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.kafka import KafkaConnection
 
 ENV_PREFIX = "SHAPING_"
+
+CREDENTIALS_FILE = "SHAPING_CREDENTIALS_FILE"
+"""The variable naming an env file of ``SHAPING_*`` settings (mode 0600)."""
+
+DB_PASSWORD_FILE = "SHAPING_DB_PASSWORD_FILE"
+"""The variable naming a file (mode 0600) that holds the database user's password."""
+
+KAFKA_PASSWORD_FILE = "SHAPING_KAFKA_SASL_PASSWORD_FILE"
+
+_CREDENTIAL_LINE = re.compile(r"(?:export\s+)?(SHAPING_[A-Z0-9_]+)=(.*)")
+_PLAIN_VALUE = re.compile(r"[^\s'\"$`\\;&|<>()]*")
 
 TOPIC_NAME_MAX = 249
 """Kafka's longest topic name."""
@@ -79,7 +111,9 @@ class Settings(BaseSettings):
         processor_id: faust application id, also its consumer group and the first part of its
             changelog topics' names [SHAPING_PROCESSOR_ID].
         projector_id: the projector's name in its offsets table [SHAPING_PROJECTOR_ID].
-        db_url: SQLAlchemy URL of the status tables [SHAPING_DB_URL].
+        db_url: SQLAlchemy URL of the status tables [SHAPING_DB_URL]; with the password of
+            ``SHAPING_DB_PASSWORD_FILE`` put in when the URL has none (never shown in the
+            settings' repr: use :attr:`db_url_shown` in messages).
         data_dir: working directory for local state [SHAPING_DATA_DIR].
         clock_max_ahead_s: how far (seconds, > 0) an event may be dated ahead of the broker's
             time of its message before the processor refuses it [SHAPING_CLOCK_MAX_AHEAD_S].
@@ -87,6 +121,9 @@ class Settings(BaseSettings):
             a rig that was offline drains its outbox late, so this is wide.
         command_max_age_s: how long (seconds, > 0) after the broker took an operator's command
             the processor may still act on it [SHAPING_COMMAND_MAX_AGE_S].
+        welfare_policy: the lab's welfare policy file (YAML; docs/husbandry.md)
+            [SHAPING_WELFARE_POLICY]; None: the built-in default policy. It is read and checked
+            by :func:`shaping.services.bootstrap.welfare_policy`.
     """
 
     model_config = SettingsConfigDict(
@@ -98,13 +135,51 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1)
     processor_id: str = "shaping-processor"
     projector_id: str = "projector"
-    db_url: str = "sqlite:///shaping.sqlite"
+    db_url: str = Field(default="sqlite:///shaping.sqlite", repr=False)
     data_dir: str = ".shaping"
     clock_max_ahead_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
     clock_max_behind_days: float = Field(default=366.0, gt=0, allow_inf_nan=False)
     command_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    welfare_policy: str | None = None
 
     _kafka: KafkaConnection = PrivateAttr()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Options, then the environment, then the credentials file (SHAPING_CREDENTIALS_FILE).
+        from_file = {
+            name.removeprefix(ENV_PREFIX).lower(): value
+            for name, value in credentials_file().items()
+            if name.removeprefix(ENV_PREFIX).lower() in cls.model_fields
+        }
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, from_file),
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_password(cls, data: Any) -> Any:
+        path = setting(DB_PASSWORD_FILE)
+        if not path or not isinstance(data, dict):
+            return data
+        password = read_private_file(path, DB_PASSWORD_FILE).strip()
+        if not password:
+            raise SettingsError(DB_PASSWORD_FILE, f"{path} is empty", "db_url")
+        url = data.get("db_url")
+        if isinstance(url, str) and url.strip():
+            return {**data, "db_url": with_password(url, password)}
+        return data
 
     @field_validator("topic_prefix")
     @classmethod
@@ -131,7 +206,7 @@ class Settings(BaseSettings):
         # The brokers come from here (an option may have overridden them); the security
         # settings from SHAPING_KAFKA_*, checked now so a bad one stops the command at once.
         try:
-            self._kafka = KafkaConnection.of(self.bootstrap)
+            self._kafka = _kafka_connection(self.bootstrap)
         except ValidationError as exc:
             raise _kafka_error(exc) from None
 
@@ -140,6 +215,11 @@ class Settings(BaseSettings):
         """The validated connection to the brokers (:attr:`bootstrap` and ``SHAPING_KAFKA_*``),
         for :mod:`shaping.services.adapters.kafka`."""
         return self._kafka
+
+    @property
+    def db_url_shown(self) -> str:
+        """:attr:`db_url` with its password masked (``***``), for messages and logs."""
+        return shown_url(self.db_url)
 
     @property
     def topics(self) -> TopicNames:
@@ -177,6 +257,130 @@ class Settings(BaseSettings):
             raise _error(exc).given_by(given) from None
         except SettingsError as exc:
             raise exc.given_by(given) from None
+
+
+def read_private_file(path: str, variable: str) -> str:
+    """The text of the file ``path`` (named by the variable ``variable``), if only its owner may
+    read it.
+
+    Raises:
+        SettingsError: naming ``variable``, when the file is missing, not a regular file,
+            readable or writable by its group or others (with the ``chmod`` that fixes it), or
+            unreadable.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise SettingsError(variable, f"{path} is not a regular file")
+        if mode & 0o077:
+            raise SettingsError(
+                variable,
+                f"{path} may be read by others (mode {mode & 0o777:o}); "
+                f"a file of secrets must be private: `chmod 600 {path}`",
+            )
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError as exc:
+        raise SettingsError(variable, f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(variable, f"{path} is not UTF-8 text") from None
+
+
+def credentials_file(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``SHAPING_*`` variables of the file named by ``SHAPING_CREDENTIALS_FILE`` (none when
+    it is not set).
+
+    Raises:
+        SettingsError: naming ``SHAPING_CREDENTIALS_FILE``: the file is not private (see
+            :func:`read_private_file`), or a line is not ``SHAPING_NAME=value`` (the message
+            gives the line's number, never its value).
+    """
+    environ = os.environ if environ is None else environ
+    path = environ.get(CREDENTIALS_FILE)
+    if not path:
+        return {}
+    values: dict[str, str] = {}
+    for number, raw in enumerate(read_private_file(path, CREDENTIALS_FILE).splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        found = _CREDENTIAL_LINE.fullmatch(line)
+        value = _unquote(found.group(2)) if found else None
+        if found is None or value is None:
+            raise SettingsError(
+                CREDENTIALS_FILE,
+                f"{path} line {number}: expected SHAPING_NAME=value (a plain, 'single' or "
+                '"double" quoted value without $, ` or \\)',
+            )
+        if found.group(1) == CREDENTIALS_FILE:
+            raise SettingsError(
+                CREDENTIALS_FILE, f"{path} line {number}: a credentials file cannot name another"
+            )
+        values[found.group(1)] = value
+    return values
+
+
+def _unquote(value: str) -> str | None:
+    """The value of an env-file assignment as a shell would read it, or None for what this
+    reader does not take (expansions, escapes, several words)."""
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        inner = value[1:-1]
+        return None if "'" in inner else inner
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        inner = value[1:-1]
+        return None if any(c in inner for c in '"$`\\') else inner
+    return value if _PLAIN_VALUE.fullmatch(value) else None
+
+
+def setting(name: str) -> str | None:
+    """The value of the variable ``name``: the environment's, else the credentials file's."""
+    if name in os.environ:
+        return os.environ[name]
+    return credentials_file().get(name)
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` for its user, unless it has a password already, is not a URL
+    SQLAlchemy can read (the command that opens it says so), or is SQLite's."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if parsed.get_backend_name() == "sqlite" or parsed.password is not None:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password masked, for people."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _kafka_connection(bootstrap: str) -> KafkaConnection:
+    """The connection to ``bootstrap``: ``SHAPING_KAFKA_*`` from the environment, else from the
+    credentials file (its password file read and checked here, as the connection would)."""
+    from_file = credentials_file()
+    given: dict[str, Any] = {}
+    for name in KafkaConnection.model_fields:
+        variable = f"SHAPING_KAFKA_{name.upper()}"
+        if name != "bootstrap" and variable in from_file and variable not in os.environ:
+            given[name] = from_file[variable]
+    password_set = {KAFKA_PASSWORD_FILE, "SHAPING_KAFKA_SASL_PASSWORD"} & set(os.environ)
+    if KAFKA_PASSWORD_FILE in from_file and not password_set and "sasl_password" not in given:
+        path = from_file[KAFKA_PASSWORD_FILE]
+        given["sasl_password"] = read_private_file(path, KAFKA_PASSWORD_FILE).strip()
+    if not given:
+        return KafkaConnection.of(bootstrap)
+    return KafkaConnection(SHAPING_BOOTSTRAP=bootstrap, **given)  # type: ignore[call-arg]
 
 
 def _topic_part(value: str, longest: int) -> None:
@@ -217,4 +421,15 @@ def _problem(error: Any, secret: bool = False) -> str:
     return message
 
 
-__all__ = ["OPTIONS", "Settings", "SettingsError"]
+__all__ = [
+    "CREDENTIALS_FILE",
+    "DB_PASSWORD_FILE",
+    "OPTIONS",
+    "Settings",
+    "SettingsError",
+    "credentials_file",
+    "read_private_file",
+    "setting",
+    "shown_url",
+    "with_password",
+]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from shaping.services.cli.interventions import Wait
-from shaping.services.cli.options import fail, settings_with
+from shaping.services.cli.options import fail, requester, settings_with
 from shaping.services.operator.interventions import DEFAULT_WAIT_S
 
 if TYPE_CHECKING:
@@ -528,7 +528,14 @@ DbUrl = Annotated[
         "--db-url", help="Status tables to read the mice from (default: $SHAPING_DB_URL)."
     ),
 ]
-By = Annotated[str, typer.Option("--by", help="Who does it (recorded in the events).")]
+By = Annotated[
+    str,
+    typer.Option(
+        "--by",
+        help="Who does it (recorded in the events). On a secured broker it is the principal "
+        "you log in as and --by may only repeat it.",
+    ),
+]
 
 
 def _print_plan(steps: list[Any]) -> None:
@@ -570,10 +577,13 @@ def publish(
     from shaping.services.curricula.migrate import plan, published_event
     from shaping.services.curricula.model import semver
     from shaping.services.operator.curricula import mice_on, migration_commands
-    from shaping.services.operator.interventions import operator_name
+    from shaping.services.operator.identity import principal
 
     curriculum = _load(file)
     settings = settings_with(bootstrap, prefix, db_url)
+    who = requester(settings, by or None)  # on a secured broker: the principal, checked
+    if principal(settings.kafka) is not None:
+        by = who  # the published version names the principal too
     codec = wiring.codec()
     catalog = _known_catalog(settings, codec, required=not dry_run)
     if catalog.has(curriculum.name, curriculum.version):
@@ -609,7 +619,7 @@ def publish(
             steps = plan(old, curriculum, mice)
             if steps:
                 _print_plan(steps)
-            commands.extend(migration_commands(steps, curriculum, now, operator_name(by)))
+            commands.extend(migration_commands(steps, curriculum, now, who))
     if dry_run:
         typer.echo(f"dry run: {1 + len(commands)} event(s) not sent")
         return
@@ -685,13 +695,13 @@ def migrate(
     from shaping.services.curricula.errors import MigrationError
     from shaping.services.curricula.migrate import plan
     from shaping.services.operator.curricula import mice_on, migration_commands
-    from shaping.services.operator.interventions import operator_name
 
     name, old_version = _name_version(source)
     new_name, new_version = _name_version(target)
     if new_name != name:
         fail("--from and --to must be versions of the same curriculum")
     settings = settings_with(bootstrap, prefix, db_url)
+    who = requester(settings, by or None)  # on a secured broker: the principal, checked
     codec = wiring.codec()
     catalog = _known_catalog(settings, codec, required=not dry_run)
     old = _catalog_version(catalog, name, old_version)
@@ -709,7 +719,7 @@ def migrate(
     if dry_run:
         typer.echo(f"dry run: {movable} mouse(s) would move, {len(stuck)} cannot")
         return
-    commands = migration_commands(steps, new, datetime.now(UTC), operator_name(by))
+    commands = migration_commands(steps, new, datetime.now(UTC), who)
     refused = _send_migrations(settings, commands, codec, wait)
     typer.echo(
         f"sent {len(commands)} MigrateMouse command(s) to {settings.topics.commands}; "

@@ -1,4 +1,5 @@
-"""``shaping override``, ``eject`` and ``adjust``: a trainer's interventions.
+"""``shaping override``, ``eject`` and ``adjust``: a trainer's interventions; and
+``shaping interventions``, their audit trail.
 
 The checks, the publishing and the wait for the processor's answer are the use case in
 :mod:`shaping.services.operator.interventions`. These commands parse the options, call it and
@@ -22,9 +23,14 @@ from shaping.services.cli.options import (
     Bootstrap,
     Mouse,
     Prefix,
+    check_mouse,
     check_stage,
     fail,
+    requester,
     settings_with,
+)
+from shaping.services.cli.options import (
+    DbUrl as TablesUrl,
 )
 from shaping.services.operator.interventions import (
     DEFAULT_WAIT_S,
@@ -44,7 +50,12 @@ Reason = Annotated[
 ]
 By = Annotated[
     str | None,
-    typer.Option("--by", help="Who decides (default: $SHAPING_OPERATOR, else your user name)."),
+    typer.Option(
+        "--by",
+        help="Who decides. On a secured broker it is the principal you log in as "
+        "(SHAPING_KAFKA_SASL_USERNAME) and --by may only repeat it; on a plaintext one "
+        "(default: $SHAPING_OPERATOR, else your user name) it is a claim.",
+    ),
 ]
 DbUrl = Annotated[
     str | None,
@@ -111,13 +122,14 @@ def override(
     from shaping.services import bootstrap as wiring
 
     settings = settings_with(bootstrap, prefix, db_url)
+    who = requester(settings, by)
     _run(
         lambda: request_override(
             settings,
             mouse,
             stage,
             reason,
-            by,
+            who,
             from_stage,
             wait_s=wait,
             warn=_warn,
@@ -144,9 +156,10 @@ def eject(
     from shaping.services import bootstrap as wiring
 
     settings = settings_with(bootstrap, prefix, db_url)
+    who = requester(settings, by)
     _run(
         lambda: request_ejection(
-            settings, mouse, reason, by, wait_s=wait, warn=_warn, codec=wiring.codec()
+            settings, mouse, reason, who, wait_s=wait, warn=_warn, codec=wiring.codec()
         )
     )
 
@@ -184,6 +197,7 @@ def adjust(
     from shaping.services import bootstrap as wiring
 
     settings = settings_with(bootstrap, prefix, db_url)
+    who = requester(settings, by)
     _run(
         lambda: request_adjustment(
             settings,
@@ -191,7 +205,7 @@ def adjust(
             set_ or [],
             clear or [],
             reason,
-            by,
+            who,
             wait_s=wait,
             warn=_warn,
             codec=wiring.codec(),
@@ -200,8 +214,79 @@ def adjust(
     )
 
 
+def interventions(
+    mouse: Annotated[
+        str | None,
+        typer.Option("--mouse", help="Only this mouse's.", callback=check_mouse),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Only those asked for by this operator (exact name)."),
+    ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Show every column in full, however wide the lines get."),
+    ] = False,
+    db_url: TablesUrl = None,
+) -> None:
+    """The operators' audit trail, oldest first: who asked for what, when, why, what became
+    of it, and the command it answered.
+
+    Every override, ejection and adjustment, and each mouse's newest enrolment, from the
+    status tables. "by" is the name the command carried: on a secured broker the principal
+    the operator logged in as; on a plaintext broker a name the operator claimed (--by),
+    which nothing checked (docs/security.md, "Operators' identity"). "command" is the id of
+    the operator's command the event answered (empty for enrolments and for events sent
+    without a command). On a narrow terminal why, then outcome are left out (--wide shows
+    them).
+    """
+    from rich.console import Console
+
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import intervention_log, open_database
+    from shaping.services.operator.terminal import Col, cell_text, print_table
+
+    settings = settings_with(db_url=db_url)
+    try:
+        engine = open_database(settings.db_url)
+    except OperatorError as exc:
+        fail(exc, code=1)
+    try:
+        rows = intervention_log(engine, mouse, by)
+    except OperatorError as exc:
+        fail(exc, code=1)
+    finally:
+        engine.dispose()
+    if not rows:
+        typer.echo("no interventions" + (" match" if mouse is not None or by is not None else ""))
+        return
+    columns = [
+        Col("at", "when", None, fold=True),
+        Col("mouse", "mouse", None),
+        Col("what", "what", None, fold=True, fold_min=14),
+        Col("by", "by", None, fold=True, fold_min=8),
+        Col("why", "why", 1, fold=True, fold_min=14),
+        Col("outcome", "outcome", 2, fold=True, fold_min=14),
+        Col("command", "command", None, fold=True, fold_min=12),
+    ]
+    shown = [
+        {col.key: cell_text(row[col.key], "time" if col.key == "at" else "text") for col in columns}
+        for row in rows
+    ]
+    print_table(
+        Console(highlight=False),
+        columns,
+        shown,
+        wide=wide,
+        title=f"{len(rows)} interventions, oldest first",
+        show_lines=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Adds ``override``, ``eject`` and ``adjust`` to the ``shaping`` app."""
+    """Adds ``override``, ``eject``, ``adjust`` and ``interventions`` to the ``shaping``
+    app."""
     app.command()(override)
     app.command()(eject)
     app.command()(adjust)
+    app.command()(interventions)

@@ -12,11 +12,19 @@ from typing import Annotated
 import typer
 
 from shaping.rig import cli as rig_cli
+from shaping.services.cli import alerts as alerts_cli
 from shaping.services.cli import curricula as curricula_cli
+from shaping.services.cli import digest as digest_cli
 from shaping.services.cli import events as events_cli
+from shaping.services.cli import export as export_cli
+from shaping.services.cli import husbandry as husbandry_cli
+from shaping.services.cli import ingress as ingress_cli
 from shaping.services.cli import interventions as interventions_cli
+from shaping.services.cli import notifier as notifier_cli
 from shaping.services.cli import operator as operator_cli
 from shaping.services.cli import replay as replay_cli
+from shaping.services.cli import rigs as rigs_cli
+from shaping.services.cli import web as web_cli
 from shaping.services.cli.options import Bootstrap, DbUrl, Prefix, fail, settings_with
 
 app = typer.Typer(
@@ -55,17 +63,77 @@ def demo(
     seed: Annotated[
         int, typer.Option(help="Random seed; the same seed gives the same output.")
     ] = 7,
+    husbandry: Annotated[
+        bool,
+        typer.Option(
+            "--husbandry/--no-husbandry",
+            help="Simulate weights and water: every mouse on water restriction, weighed each "
+            "morning, one held and released; the digest of the last day is printed.",
+        ),
+    ] = True,
+    web: Annotated[
+        bool,
+        typer.Option(
+            "--web",
+            help="Then serve the trainers' page on the demo's tables and log (a demo login "
+            "with a new one-time password is printed); stop it with Ctrl-C.",
+        ),
+    ] = False,
+    web_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The page's port (with --web).")
+    ] = 8080,
+    web_host: Annotated[str, typer.Option(help="The page's address (with --web).")] = "127.0.0.1",
 ) -> None:
     """Simulate a small lab in one process: no Kafka, no Java.
 
     Simulated rigs run simulated mice through the processor's core and the projector on
-    SQLite, then the status table and each mouse's stage path are printed.
+    SQLite, then the status table and each mouse's stage path are printed. With --web the
+    trainers' page is then served on the demo's output, as `shaping web --db-url
+    sqlite:///OUT/shaping.sqlite --embedded-log OUT/events.jsonl` would.
     """
     from shaping.rig.sim.lab import LabPlan
     from shaping.services.embedded.demo import render_report, run_demo
 
-    result = run_demo(out, LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed))
+    plan = LabPlan(n_mice=mice, n_rigs=rigs, n_days=days, seed=seed, husbandry=husbandry)
+    result = run_demo(out, plan)
     typer.echo(render_report(result))
+    if web:
+        _serve_demo(result.out_dir, result.db_path, result.log_path, web_host, web_port)
+
+
+DEMO_USER = "demo"
+"""The demo's login for ``shaping demo --web`` (a lab manager; demo only)."""
+
+
+def _serve_demo(folder: Path, db_path: Path, log_path: Path, host: str, port: int) -> None:
+    """Serves the page on a demo's output with a demo login whose password is new each run
+    (the users file and the session key are kept in the demo's folder, mode 0600)."""
+    import secrets
+
+    from shaping.services.cli.web import serve_page
+    from shaping.services.web.users import UsersError, UsersFile
+
+    users_file = folder / "web-users.json"
+    password = secrets.token_urlsafe(12)
+    users_file.unlink(missing_ok=True)  # only this run's demo login may log in
+    try:
+        UsersFile(users_file).put(DEMO_USER, "manager", password)
+    except UsersError as exc:
+        fail(exc)
+    serve_page(
+        settings_with(prefix="shaping", db_url=f"sqlite:///{db_path}"),
+        users_file=users_file,
+        secret_file=folder / "web-session.key",
+        embedded_log=log_path,
+        host=host,
+        port=port,
+        banner=(
+            f"\nDEMO ONLY: log in as {DEMO_USER} (a lab manager) with the one-time password "
+            f"{password}\n(valid until the next `shaping demo --web`; users file {users_file})\n"
+            "The page shows today's lab day: every restricted mouse waits to be weighed; the "
+            "simulated days are in each mouse's charts, records and timeline."
+        ),
+    )
 
 
 @app.command()
@@ -88,9 +156,14 @@ def processor(
 ) -> None:
     """Run the stream processor (a faust worker): per-mouse state, decisions, assignments."""
     from shaping.services import bootstrap as wiring
+    from shaping.services.adapters.settings import SettingsError
     from shaping.services.processor.app import run_processor
 
     settings = settings_with(bootstrap, prefix, partitions=partitions)
+    try:
+        welfare = wiring.welfare_policy(settings)
+    except SettingsError as exc:
+        fail(exc, code=2)
     wiring.ensure_topics(settings)
     codec = wiring.codec()
     catalog, follower = wiring.following_catalog(settings, codec)
@@ -104,6 +177,7 @@ def processor(
         loglevel=loglevel,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        welfare=welfare,
     )
 
 
@@ -184,10 +258,18 @@ def topics_create(
         typer.echo(name)
 
 
-# status, history, export, plot, enroll
+# status, history, plot, enroll
 operator_cli.register(app)
+export_cli.register(app)  # export, export --welfare
+digest_cli.register(app)  # digest, digest send
 interventions_cli.register(app)  # override, eject, adjust
 replay_cli.register(app)  # replay, whatif
+rigs_cli.register(app)  # rigs allow
+husbandry_cli.register(app)  # weigh, water, restrict, note, welfare
+ingress_cli.register(app)  # ingress run
+web_cli.register(app)  # web, web add-user
+alerts_cli.register(app)  # alerts run, check, list, ack
+notifier_cli.register(app)  # notifier run, check
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The operator's commands of ``shaping``: status, history, export, plot and enroll.
+"""The operator's commands of ``shaping``: status, history, plot and enroll (``export`` is in
+:mod:`shaping.services.cli.export`).
 
 :func:`register` adds them to the ``shaping`` app. Only typer is imported here; each command
 imports what it needs (SQLAlchemy, pandas, rich, matplotlib, kafka-python) when it runs.
@@ -6,10 +7,7 @@ imports what it needs (SQLAlchemy, pandas, rich, matplotlib, kafka-python) when 
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,24 +22,17 @@ from shaping.services.cli.options import (
     check_rig,
     check_stage,
     fail,
+    requester,
     settings_with,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
-    from rich.text import Text
     from sqlalchemy import Engine
 
     from shaping.services.operator.queries import MouseAttention
     from shaping.services.operator.terminal import Kind
-
-
-class ExportFormat(StrEnum):
-    """File formats of ``shaping export``."""
-
-    csv = "csv"
-    parquet = "parquet"
 
 
 def _console() -> Console:
@@ -51,25 +42,16 @@ def _console() -> Console:
 
 
 def _engine(db_url: str | None) -> Engine:
-    from shaping.services.adapters.settings import Settings
     from shaping.services.operator.errors import OperatorError
     from shaping.services.operator.queries import open_database
 
+    # The settings add the password of SHAPING_DB_PASSWORD_FILE (or a credentials file) to a
+    # URL without one, and a bad setting ends the command with its reason.
+    url = settings_with(db_url=db_url).db_url
     try:
-        return open_database(db_url if db_url is not None else Settings().db_url)
+        return open_database(url)
     except OperatorError as exc:
         fail(exc, code=1)
-
-
-def _text(value: Any, digits: int = 2) -> Text:
-    """A cell: empty for missing values, rounded floats, timestamps to the minute.
-
-    A rich Text, never markup, escaped (:func:`services.operator.terminal.printable`): ids and
-    rule names are shown as they are, brackets included, control characters as escapes.
-    """
-    from shaping.services.operator.terminal import cell
-
-    return cell(value, digits=digits)
 
 
 Wide = Annotated[
@@ -346,6 +328,7 @@ def print_history(
                 "by": cell_text(item["by"]),
                 "why": cell_text(item["why"]),
                 "outcome": cell_text(item["outcome"]),
+                "command": cell_text(item.get("command")),
             }
             for item in timeline
         ]
@@ -355,6 +338,7 @@ def print_history(
             Col("by", "by", None, fold=True, fold_min=8),
             Col("why", "why", None, fold=True, fold_min=14),
             Col("outcome", "outcome", None, fold=True, fold_min=14),
+            Col("command", "command", 1, fold=True, fold_min=12),
         ]
         print_table(
             console,
@@ -369,16 +353,22 @@ def print_history(
 def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
     """Show every session of a mouse, the decision after it and the evidence behind it.
 
-    Then the trainers' interventions and the training warnings, in order. On a narrow
+    Then the mouse's enrolment, the trainers' interventions and the training warnings, in
+    order: who asked (on a secured broker the principal they logged in as; on a plaintext one
+    the name they claimed), when, what, why, the outcome and the command it answered (left
+    out first on a narrow terminal). On a narrow
     terminal the stage, next stage, start time and evidence wrap over lines, then the
     sessions table leaves out columns in this order: rig, started, next stage, trials,
     accuracy (#, stage and decision always stay). --wide shows every column whatever the
     width. Counts are whole numbers.
     """
+    from datetime import UTC, datetime
+
     from shaping.services.operator.errors import OperatorError, UnknownMouseError
     from shaping.services.operator.interventions import timeline
     from shaping.services.operator.queries import (
         decisions_frame,
+        enrolment_rows,
         require_mouse,
         sessions_frame,
         stage_history_frame,
@@ -392,7 +382,8 @@ def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
         decisions = decisions_frame(engine, mouse)
         stages = stage_history_frame(engine, mouse)
         try:
-            events = timeline(engine, mouse)
+            events = enrolment_rows(engine, mouse) + timeline(engine, mouse)
+            events.sort(key=lambda row: row["at"] or datetime.min.replace(tzinfo=UTC))
         except Exception as exc:  # the tables are older than interventions: show the rest
             typer.secho(f"warning: no interventions shown: {printable(exc)}", err=True)
             events = []
@@ -403,55 +394,6 @@ def history(mouse: Mouse, wide: Wide = False, db_url: DbUrl = None) -> None:
     finally:
         engine.dispose()
     print_history(_console(), mouse, sessions, decisions, stages, events, wide=wide)
-
-
-def export(
-    format: Annotated[
-        ExportFormat, typer.Option("--format", "-f", help="File format.", case_sensitive=False)
-    ] = ExportFormat.csv,
-    out: Annotated[Path, typer.Option(help="Folder for sessions, decisions and status.")] = Path(
-        "export"
-    ),
-    db_url: DbUrl = None,
-) -> None:
-    """Export the sessions, decisions and status tables as CSV or parquet (pandas DataFrames).
-
-    The columns are documented in the README ("Exported data").
-    """
-    from rich.table import Table
-
-    from shaping.services.operator.errors import OperatorError
-    from shaping.services.operator.queries import decisions_frame, sessions_frame, status_frame
-
-    engine = _engine(db_url)
-    try:
-        frames: dict[str, pd.DataFrame] = {
-            "sessions": sessions_frame(engine),
-            "decisions": decisions_frame(engine),
-            "status": status_frame(engine),
-        }
-    except OperatorError as exc:
-        fail(exc, code=1)
-    finally:
-        engine.dispose()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(OperatorError(f"cannot create {out}: {exc.strerror}"), code=1)
-    table = Table(title=f"exported to {out}", title_justify="left")
-    table.add_column("file", no_wrap=True)
-    table.add_column("rows", justify="right")
-    for name, frame in frames.items():
-        path = out / f"{name}.{format.value}"
-        try:
-            if format is ExportFormat.csv:
-                frame.to_csv(path, index=False)
-            else:
-                frame.to_parquet(path, index=False)
-        except (OSError, ImportError) as exc:
-            fail(OperatorError(f"cannot write {path}: {exc}"), code=1)
-        table.add_row(_text(str(path)), _text(len(frame)))
-    _console().print(table)
 
 
 def plot(
@@ -532,7 +474,12 @@ def enroll(
         ),
     ] = None,
     by: Annotated[
-        str | None, typer.Option(help="Who enrols the mouse (default: your user name).")
+        str | None,
+        typer.Option(
+            help="Who enrols the mouse. On a secured broker it is the principal you log in as "
+            "(SHAPING_KAFKA_SASL_USERNAME) and --by may only repeat it; on a plaintext one "
+            "(default: $SHAPING_OPERATOR, else your user name) it is a claim."
+        ),
     ] = None,
     notes: Annotated[str, typer.Option(help="Free text kept with the enrolment.")] = "",
     rig: Annotated[
@@ -558,7 +505,7 @@ def enroll(
     from shaping.services.operator.terminal import printable
 
     settings = settings_with(bootstrap, prefix)
-    who = by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
+    who = requester(settings, by)
     try:
         command = build_enrollment(
             mouse, curriculum, who, start_stage, notes, rig, known_curricula=_known_curricula()
@@ -588,5 +535,5 @@ def _known_curricula() -> list[str] | None:
 
 def register(app: typer.Typer) -> None:
     """Adds the operator's commands to the ``shaping`` app."""
-    for command in (status, history, export, plot, enroll):
+    for command in (status, history, plot, enroll):
         app.command()(command)

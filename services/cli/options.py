@@ -1,6 +1,6 @@
 """Options and helpers the ``shaping`` command groups share: where Kafka and the status tables
-are, and how a command fails. Light: typer and the settings only, so importing it keeps the
-command quick to start."""
+are, who sends a command, and how a command fails. Light: typer and the settings only, so
+importing it keeps the command quick to start."""
 
 from __future__ import annotations
 
@@ -105,3 +105,17 @@ def settings_with(
         )
     except SettingsError as exc:
         fail(exc, code=2)  # escaped: the value may hold control characters
+
+
+def requester(settings: Settings, by: str | None) -> str:
+    """Who a command is sent by (``requested_by``): on a secured connection the principal the
+    broker authenticates (``--by`` may only repeat it), on a plaintext one ``--by``, else
+    $SHAPING_OPERATOR, else the login name
+    (:func:`shaping.services.operator.identity.operator_identity`). A ``--by`` that names
+    someone else ends the command with the reason and status 2, before anything is sent."""
+    from shaping.services.operator.identity import IdentityError, operator_identity
+
+    try:
+        return operator_identity(settings, by).name
+    except IdentityError as exc:
+        fail(str(exc), code=2)  # the names in it are escaped already

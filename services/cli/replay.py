@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from shaping.schemas.codec import EventCodec
     from shaping.services.adapters.settings import Settings
+    from shaping.services.operator.replay.log import Reader
     from shaping.services.operator.replay.run import ReplaySummary
     from shaping.services.operator.replay.sources import JsonlSource
     from shaping.services.processor.step import ClockWindow
@@ -57,6 +58,19 @@ def _errors() -> Iterator[None]:
     except DomainError as exc:
         fail(str(exc))
     except KafkaError as exc:
+        from shaping.services.adapters.kafka import KafkaConnection, refusal_in_words
+
+        try:
+            connection: KafkaConnection | None = KafkaConnection()
+        except ValueError:  # settings already refused before anything connected
+            connection = None
+        refused = refusal_in_words(exc, connection)
+        if refused is not None:
+            fail(
+                f"{refused}. Replay reads every topic and hands state over to the processor's "
+                "changelogs and consumer group: run it with the admin's credentials",
+                code=1,
+            )
         fail(f"Kafka: {exc}", code=1)
 
 
@@ -135,6 +149,22 @@ def replay(
             "offset), so it may run while the services run.",
         ),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Processes that fold the log, each a group of partitions (default: one per CPU).",
+        ),
+    ] = None,
+    reader: Annotated[
+        str | None,
+        typer.Option(
+            "--reader",
+            help="The Kafka client that reads the events topic: confluent or kafka-python "
+            "(default: confluent-kafka when installed).",
+        ),
+    ] = None,
 ) -> None:
     """Rebuild the processor's state and the status tables from offset 0, then switch over.
 
@@ -148,12 +178,16 @@ def replay(
         raise typer.BadParameter(
             "give --events-log or --bootstrap, not both", param_hint="--events-log"
         )
+    if reader is not None and reader not in ("confluent", "kafka-python"):
+        raise typer.BadParameter("confluent or kafka-python", param_hint="--reader")
     console = _stderr()
     start, stop = _progress(console)
     started = time.monotonic()
     with _errors():
         try:
-            summary = _run(settings, events_log, processor_id, projector_id, dry_run, start)
+            summary = _run(
+                settings, events_log, processor_id, projector_id, dry_run, start, workers, reader
+            )
         finally:
             stop()
     _print_summary(summary, time.monotonic() - started)
@@ -166,12 +200,19 @@ def _run(
     projector_id: str | None,
     dry_run: bool,
     start: Callable[[int], Callable[[int], None]],
+    workers: int | None = None,
+    reader: str | None = None,
 ) -> ReplaySummary:
     from shaping.services import bootstrap as wiring
+    from shaping.services.adapters.settings import SettingsError
     from shaping.services.operator.replay.handover import ProcessorHandover
     from shaping.services.operator.replay.run import run_replay
     from shaping.services.operator.replay.sources import KafkaSource
 
+    try:
+        welfare = wiring.welfare_policy(settings)
+    except SettingsError as exc:
+        fail(exc, code=2)
     codec = wiring.codec()
     if events_log is not None:
         if not events_log.is_file():
@@ -184,6 +225,8 @@ def _run(
             dry_run=dry_run,
             progress=start,
             clock=_clock(settings),
+            workers=workers,
+            welfare=welfare,
         )
     if not dry_run:
         # A deployment from before the accepted topic has none yet: replay reads it and
@@ -192,7 +235,13 @@ def _run(
 
         ensure_topics(settings.bootstrap, settings.topics, partitions=settings.partitions)
     return run_replay(
-        KafkaSource(settings.bootstrap, settings.topics, codec, wiring.catalog),
+        KafkaSource(
+            settings.bootstrap,
+            settings.topics,
+            codec,
+            wiring.catalog,
+            reader=cast("Reader | None", reader),
+        ),
         settings.db_url,
         codec=codec,
         handover=ProcessorHandover(settings.bootstrap, processor_id or settings.processor_id),
@@ -200,6 +249,8 @@ def _run(
         dry_run=dry_run,
         progress=start,
         clock=_clock(settings),
+        workers=workers,
+        welfare=welfare,
     )
 
 
@@ -235,9 +286,17 @@ def _print_summary(summary: ReplaySummary, seconds: float) -> None:
     console.print(
         Text(
             f"replayed {summary.events} events of {summary.mice} mice in {seconds:.1f} s "
-            f"({rate:,.0f} events/s)"
+            f"({rate:,.0f} events/s, {summary.workers} worker"
+            f"{'s' if summary.workers != 1 else ''}; peak memory {summary.peak_rss_mb:,.0f} MB)"
         )
     )
+    if summary.merged_again:
+        console.print(
+            Text(
+                "note: a curriculum was published on the events topic, so the log was folded "
+                "again in one process, its partitions merged by time"
+            )
+        )
     if summary.mouse_changes:
         table = Table(title="changes per mouse", title_justify="left", show_lines=True)
         for title in ("mouse", "stage now", "after replay", "added", "removed", "changed"):

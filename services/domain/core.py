@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from shaping.schemas.events import (
+    RIG_EVENTS,
     AssignmentIssued,
     CurriculumPublished,
     Event,
@@ -30,6 +31,7 @@ from shaping.schemas.events import (
     MouseMigrated,
     Parameters,
     ParametersAdjusted,
+    RigsAllowed,
     SessionEnded,
     SessionStarted,
     StageOverridden,
@@ -38,9 +40,18 @@ from shaping.schemas.events import (
 )
 from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
 from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.gating import WelfareGate, concerns_gate, gate_outputs
+from shaping.services.domain.husbandry import FOLDS as HUSBANDRY_FOLDS
+from shaping.services.domain.husbandry import HUSBANDRY, decide_husbandry, with_earned_water
 from shaping.services.domain.interventions import DECISIONS as INTERVENTION_DECISIONS
 from shaping.services.domain.interventions import FOLDS as INTERVENTION_FOLDS
-from shaping.services.domain.interventions import ejected_refusal, with_adjustments
+from shaping.services.domain.interventions import (
+    check_rig,
+    decide_rigs_allowed,
+    ejected_refusal,
+    fold_rigs_allowed,
+    with_adjustments,
+)
 from shaping.services.domain.judge import (
     decision_outputs,
     describe_decision,
@@ -121,6 +132,14 @@ def _fold_enrolled(state: MouseState, event: MouseEnrolled, ids: tuple[str, ...]
 def _fold_assignment(
     state: MouseState, event: AssignmentIssued, ids: tuple[str, ...]
 ) -> MouseState:
+    if state.husbandry.hold is not None and (
+        event.welfare is None or event.welfare.held_reason is None
+    ):
+        # An assignment that is not held ends the hold (a weight above the minimum, a release,
+        # the end of the restriction: services/domain/gating.py).
+        state = state.model_copy(
+            update={"husbandry": state.husbandry.model_copy(update={"hold": None})}
+        )
     return state.model_copy(
         update={
             "stage": event.stage,
@@ -140,6 +159,7 @@ def _fold_session_start(
 
 
 def _fold_session_end(state: MouseState, event: SessionEnded, ids: tuple[str, ...]) -> MouseState:
+    state = with_earned_water(state, event)  # the water its rewards delivered, in any case
     session = state.open_session
     if session is None or session.session_id != event.session_id:
         return state.model_copy(update={"recent_event_ids": ids})
@@ -194,7 +214,9 @@ _FOLDS: dict[type[Event], Fold] = {
     SessionEnded: _fold_session_end,
     MouseMigrated: _fold_migrated,
     StageTransitioned: fold_decision,
+    RigsAllowed: fold_rigs_allowed,
     **INTERVENTION_FOLDS,
+    **HUSBANDRY_FOLDS,
 }
 """How each event type the state remembers by id is folded; any other type only enters the
 recent-id window (trials are folded by :func:`_evolve_trial`, deduplicated by index)."""
@@ -515,6 +537,18 @@ def _decide_intervention(
     return decide_one(state, event, _curriculum_of(catalog, state))
 
 
+def _decide_rigs_allowed(
+    catalog: CurriculumCatalog, state: MouseState, event: RigsAllowed
+) -> list[Event]:
+    """An operator's list of the rigs the mouse may train on (see services.domain.interventions)."""
+    return decide_rigs_allowed(state, event)
+
+
+def _decide_husbandry(catalog: CurriculumCatalog, state: MouseState, event: Event) -> list[Event]:
+    """A weight, water, a restriction or a note (see services.domain.husbandry)."""
+    return decide_husbandry(state, event)
+
+
 def _decide_published(
     catalog: CurriculumCatalog, state: MouseState, event: CurriculumPublished
 ) -> list[Event]:
@@ -566,7 +600,9 @@ _DECISIONS: dict[type[Event], Decide] = {
     SessionEnded: _decide_session_end,
     MouseMigrated: _decide_migrated,
     CurriculumPublished: _decide_published,
+    RigsAllowed: _decide_rigs_allowed,
     **{kind: _decide_intervention for kind in INTERVENTION_DECISIONS},
+    **{kind: _decide_husbandry for kind in HUSBANDRY},
 }
 """What follows from each input event type; any other type leads to nothing."""
 
@@ -590,13 +626,25 @@ class TrainingCore:
         """Returns the events that follow from ``event``.
 
         Raises:
-            ImpossibleEvent: when the event cannot have happened given the mouse's history;
-                the state must then stay as it is.
+            ImpossibleEvent: when the event cannot have happened given the mouse's history
+                (a rig fact from a rig the mouse is not allowed on among them); the state must
+                then stay as it is.
         """
+        if isinstance(event, RIG_EVENTS):
+            check_rig(state, event)
         decide_one = _handler(_DECISIONS, type(event))
         if decide_one is None:
             return []
         return decide_one(self.catalog, state, event)
+
+    def check_rig(self, state: MouseState, event: Event) -> None:
+        """Refuses a rig fact from a rig the mouse is not allowed on (:meth:`decide` does it for
+        every rig fact; the processor's step calls this for the facts it does not fold).
+
+        Raises:
+            ImpossibleEvent: the mouse has a list of allowed rigs and this rig is not on it.
+        """
+        check_rig(state, event)
 
     def handle(self, state: MouseState, event: Event) -> tuple[MouseState, list[Event]]:
         """Decides, then folds the event and its consequences: the processor's one step for a
@@ -617,6 +665,26 @@ class TrainingCore:
         for output in outputs:
             state = evolve(state, output)
         return state, outputs
+
+    def handle_gated(
+        self, state: MouseState, event: Event, gate: WelfareGate | None
+    ) -> tuple[MouseState, list[Event]]:
+        """:meth:`handle`, then the welfare gate (:mod:`shaping.services.domain.gating`): a
+        restricted mouse's assignments carry its welfare, a weighing clears or holds it, a
+        release clears it, a session started while held is flagged. For a mouse that is not on
+        restriction (and for ``gate`` None) this is :meth:`handle` exactly.
+
+        Raises:
+            ImpossibleEvent: as :meth:`decide`.
+        """
+        after_all, outputs = self.handle(state, event)
+        if gate is None or not concerns_gate(state, after_all, event):
+            return after_all, outputs
+        after = evolve(state, event)
+        gated = gate_outputs(state, after, event, outputs, gate)
+        if gated == outputs:
+            return after_all, outputs
+        return fold(after, gated), gated
 
     def publication(self, event: CurriculumPublished) -> CurriculumEngine | None:
         """The version ``event`` adds to this core's catalog, or None when it has it already;

@@ -27,6 +27,15 @@ Semantics (docs/interventions.md explains them for trainers):
   stages and apply at every stage that allows them; at a stage that does not allow one, the
   stage's own value holds (the assignment's ``adjustments`` lists what was applied). A value
   of None clears an adjustment.
+
+An operator may also name the rigs a mouse may train on (RigsAllowed): a restriction, not a
+change of training, so it issues no assignment. Once a mouse has a list, each of its rig facts
+(SessionStarted, TrialCompleted, SessionEnded, MovementDetected) from a rig not on it is
+impossible (:func:`check_rig`), whatever the rig claims otherwise; this layer stands on top of
+Kafka's ACLs (docs/security.md). A new list replaces the one in force at once, so a session in
+progress on a rig the new list leaves out is refused from its next fact on (an operator can
+cut off a rig they no longer trust mid-session). The list outlives an ejection and a
+re-enrolment: only another RigsAllowed changes it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from shaping.schemas.events import (
     Parameters,
     ParametersAdjusted,
     ParamValue,
+    RigsAllowed,
     StageOverridden,
 )
 from shaping.services.domain.curriculum import CurriculumEngine
@@ -353,4 +363,54 @@ def ejected_refusal(state: MouseState, what: str) -> ImpossibleEvent:
     return ImpossibleEvent(
         f"{what} for mouse {state.mouse_id!r}, which was ejected ({state.ejected_reason}): it "
         "gets no more sessions; enrol it again to train it"
+    )
+
+
+# -- the rigs a mouse may train on ----------------------------------------------------------------
+
+
+def decide_rigs_allowed(state: MouseState, event: RigsAllowed) -> list[Event]:
+    """Nothing follows from a list of allowed rigs (rigs need no new assignment: the processor
+    refuses the facts of the others).
+
+    Raises:
+        ImpossibleEvent: the mouse is not enrolled (a list for a mouse the processor does not
+            know is most likely a typo of its id).
+    """
+    if state.seen(event.event_id):
+        return []
+    if not state.enrolled:
+        raise ImpossibleEvent(f"cannot allow rigs for mouse {event.mouse_id!r}: it is not enrolled")
+    return []
+
+
+def fold_rigs_allowed(state: MouseState, event: RigsAllowed, ids: tuple[str, ...]) -> MouseState:
+    """The mouse's allowed rigs become the event's list (it replaces the one in force)."""
+    return state.model_copy(update={"allowed_rigs": tuple(event.rig_ids), "recent_event_ids": ids})
+
+
+def check_rig(state: MouseState, event: Event) -> None:
+    """Refuses a rig fact of a mouse from a rig the mouse is not allowed on.
+
+    A mouse without a list (``allowed_rigs`` empty) may train on any rig. A fact that names no
+    rig is refused once the mouse has a list.
+
+    Raises:
+        ImpossibleEvent: the fact comes from a rig that is not on the mouse's list; the message
+            names the rigs allowed and the command that would allow this one.
+    """
+    allowed = state.allowed_rigs
+    rig = event.rig_id
+    if not allowed or rig in allowed:
+        return
+    mouse = event.mouse_id
+    shown = ", ".join(allowed)
+    if rig is None:
+        raise ImpossibleEvent(
+            f"mouse {mouse} may train only on rigs {shown}, and this {event.event_type} names "
+            "no rig (rig_id is empty): it is refused"
+        )
+    raise ImpossibleEvent(
+        f"mouse {mouse} is not allowed on rig {rig} (allowed: {shown}); an operator allows it "
+        f"with `shaping rigs allow {mouse} {' '.join((*allowed, rig))}`"
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from shaping.schemas.events import AssignmentIssued, Event, Parameters
+from shaping.schemas.events import AssignmentIssued, AssignmentWelfare, Event, Parameters
 from shaping.services.domain.curriculum import CurriculumEngine
 
 _OUTPUT_NAMESPACE = uuid.UUID("5b1c1c62-3c52-4c8e-9a35-7f3f2d7a9e11")
@@ -90,4 +90,34 @@ def issue_assignment(
         sessions_at_stage=sessions_at_stage,
         session_number=session_number,
         supersedes=supersedes,
+    )
+
+
+def reissue_assignment(
+    current: AssignmentIssued,
+    cause: Event,
+    *,
+    reason: str,
+    detail: str,
+    welfare: AssignmentWelfare | None,
+) -> AssignmentIssued:
+    """``current`` issued again because of ``cause`` (the welfare gate's: a weighing, a
+    release, a restriction started or ended): the same stage, parameters, adjustments and
+    session number, with ``welfare``; a new id derived from ``cause``, dated and caused by it.
+    The evidence, metrics and warnings stay with the decision's own assignment."""
+    return AssignmentIssued(
+        event_id=derived_event_id(cause, "AssignmentIssued"),
+        mouse_id=current.mouse_id,
+        occurred_at=cause.occurred_at,
+        causation_id=cause.event_id,
+        stage=current.stage,
+        parameters=current.parameters,
+        curriculum_name=current.curriculum_name,
+        curriculum_version=current.curriculum_version,
+        reason=reason,
+        reason_detail=detail,
+        sessions_at_stage=current.sessions_at_stage,
+        session_number=current.session_number,
+        adjustments=current.adjustments,
+        welfare=welfare,
     )

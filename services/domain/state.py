@@ -153,6 +153,78 @@ class JudgedSession(BaseModel):
         return (self.session_date, self.started_at, self.session_id)
 
 
+WEIGHTS_KEPT = 14
+"""Weights a state keeps (the newest last): enough for the last one, a jump check and a trend."""
+
+WATER_WINDOW_HOURS = 48
+"""Water entries a state keeps: those within this many hours of the newest one, so that
+today's water (and yesterday's, in any lab's time zone) is always there."""
+
+WATER_KEPT = 64
+"""At most this many water entries are kept, whatever their times."""
+
+
+class WeightEntry(BaseModel):
+    """A weight the mouse's state keeps: when (the log's time) and how many grams."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    grams: float
+
+
+class WaterEntry(BaseModel):
+    """Water the mouse's state keeps: when, how much, how (earned, supplement, free_access)
+    and what (water, sucrose, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    ml: float
+    kind: str
+    water_type: str = "water"
+
+
+class Restriction(BaseModel):
+    """The water restriction in force: its reference weight, how it was set, the implant's
+    weight, and the birth date and sex a growth-curve policy reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    started_at: datetime
+    reference_grams: float
+    reference_method: str
+    implant_grams: float = 0.0
+    birth_date: str | None = None
+    sex: str | None = None
+
+
+class Hold(BaseModel):
+    """A hold in force (the newest AssignmentHeld): when (the log's time), why in words, and
+    the event that held the mouse."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    at: datetime
+    reason: str
+    event_id: str
+
+
+class Husbandry(BaseModel):
+    """The compact husbandry part of a mouse's state (``services/domain/husbandry.py`` folds
+    it): the newest weights (at most :data:`WEIGHTS_KEPT`), the newest water
+    (:data:`WATER_WINDOW_HOURS`, at most :data:`WATER_KEPT`), the restriction in force and the
+    hold in force (``services/domain/gating.py``: until a weight above the minimum, a
+    trainer's release or the end of the restriction)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: tuple[WeightEntry, ...] = ()
+    water: tuple[WaterEntry, ...] = ()
+    restriction: Restriction | None = None
+    hold: Hold | None = None
+
+
 class MouseState(BaseModel):
     """Everything the processor knows about one mouse.
 
@@ -196,6 +268,11 @@ class MouseState(BaseModel):
         event_digests: digests of the content of the newest non-trial events, by event id
             (at most :data:`RECENT_IDS`): an id that comes again with other content is a
             reused id, refused, not a redelivery.
+        allowed_rigs: the rigs the mouse may train on (the newest RigsAllowed); its rig facts
+            from any other rig are refused. Empty: no restriction (a mouse never given a list,
+            and every state stored before the list existed).
+        husbandry: its weights, water and water restriction (:class:`Husbandry`; empty in
+            every state stored before husbandry was recorded, which needs no new store format).
     """
 
     # Unknown fields are refused here and in every model a state holds: the processor stores
@@ -226,6 +303,8 @@ class MouseState(BaseModel):
     enrolled_stage: str | None = None
     input_offsets: dict[str, int] = Field(default_factory=dict)
     event_digests: dict[str, str] = Field(default_factory=dict)
+    allowed_rigs: tuple[str, ...] = ()
+    husbandry: Husbandry = Field(default_factory=Husbandry)
 
     def seen(self, event_id: str) -> bool:
         """Whether a non-trial event with this id was already folded in."""

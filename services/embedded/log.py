@@ -58,6 +58,11 @@ class InProcessLog:
         """Every message, in append order."""
         return list(self._order)
 
+    def since(self, start: int) -> list[LogRecord]:
+        """The messages from position ``start`` of the append order on (``len(log)`` is the
+        position of the next one)."""
+        return self._order[start:]
+
     def save_jsonl(self, path: Path, codec: EventCodec) -> None:
         """Writes the log as JSON Lines (see :func:`jsonl_line`)."""
         with path.open("w", encoding="utf-8") as out:

@@ -113,25 +113,8 @@ def request_enrollment(
         OperatorError: no broker answers, the topics do not exist, the write fails, or the
             processor refused the enrolment (its reason in the message).
     """
-    from shaping.schemas.events import EventRejected
-    from shaping.services.operator.interventions import (
-        ANSWERED_BY_EVENT,
-        DeliveryError,
-        send_command,
-    )
-    from shaping.services.operator.terminal import printable
+    from shaping.services.operator.interventions import answered_event
 
-    try:
-        outcome = send_command(settings, command, codec, wait_s, answered_on=ANSWERED_BY_EVENT)
-    except DeliveryError as exc:
-        raise OperatorError(str(exc)) from exc
-    answer = outcome.answer
-    if isinstance(answer, EventRejected):
-        raise OperatorError(
-            f"the processor refused the enrolment of {command.mouse_id}: {printable(answer.reason)}"
-        )
-    if answer is not None:
-        where = f"{settings.topics.events}[{outcome.answer_partition}]@{outcome.answer_offset}"
-        return Enrolment(command, where, True, wait_s)
-    where = f"{settings.topics.commands}[{outcome.partition}]@{outcome.offset}"
-    return Enrolment(command, where, False, wait_s)
+    what = f"the enrolment of {command.mouse_id}"
+    where, honoured = answered_event(settings, command, codec, wait_s, what)
+    return Enrolment(command, where, honoured, wait_s)

@@ -29,9 +29,7 @@ rig). docs/interventions.md describes the commands and their semantics.
 from __future__ import annotations
 
 import difflib
-import getpass
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -358,6 +356,46 @@ class Outcome:
     answer: Event | None
     answer_partition: int | None = None
     answer_offset: int | None = None
+    topic: str = ""
+    """Where the command was written (:func:`command_topic`)."""
+
+
+def command_topic(settings: Settings) -> str:
+    """Where an operator's command goes: on a secured cluster (the connection names a SASL
+    principal) the principal's ingress topic, ``<prefix>.operator.<name>``, which the ingress
+    gate forwards to the commands topic when ``requested_by`` is that name (no operator may
+    write the commands topic itself; docs/security.md); else the commands topic."""
+    name = settings.kafka.sasl_username
+    if name is None:
+        return settings.topics.commands
+    return settings.topics.operator_ingress(name)
+
+
+def answered_event(
+    settings: Settings, command: Command, codec: EventCodec, wait_s: float, what: str
+) -> tuple[str, bool]:
+    """Sends a command whose answer is its event (an enrolment, the allowed rigs) and waits up
+    to ``wait_s`` for it; returns where the answer was read (or the command written, when no
+    answer came in time) and whether it came.
+
+    Raises:
+        OperatorError: no broker answers, the topics do not exist, the write fails, or the
+            processor refused the command (``what`` names it in the message, with the reason).
+    """
+    from shaping.schemas.events import EventRejected
+    from shaping.services.operator.errors import OperatorError
+
+    try:
+        outcome = send_command(settings, command, codec, wait_s, answered_on=ANSWERED_BY_EVENT)
+    except DeliveryError as exc:
+        raise OperatorError(str(exc)) from exc
+    answer = outcome.answer
+    if isinstance(answer, EventRejected):
+        raise OperatorError(f"the processor refused {what}: {printable(answer.reason)}")
+    if answer is not None:
+        return f"{settings.topics.events}[{outcome.answer_partition}]@{outcome.answer_offset}", True
+    written = outcome.topic or settings.topics.commands
+    return f"{written}[{outcome.partition}]@{outcome.offset}", False
 
 
 def send_command(
@@ -367,8 +405,9 @@ def send_command(
     wait_s: float = DEFAULT_WAIT_S,
     answered_on: Sequence[str] = ANSWERED_BY_ASSIGNMENT,
 ) -> Outcome:
-    """Publishes the command to the commands topic and waits up to ``wait_s`` for the
-    processor's answer on the topics of the kinds ``answered_on``.
+    """Publishes the command (to the commands topic, or the operator's ingress topic on a
+    secured cluster: :func:`command_topic`) and waits up to ``wait_s`` for the processor's
+    answer on the topics of the kinds ``answered_on``.
 
     The answer is the first of: an EventRejected caused by the command (refused when judged)
     or by the event that honours it (refused when folded, should the mouse have changed in
@@ -389,6 +428,10 @@ def send_command(
 
     topics = settings.topics
     connection = settings.kafka
+    try:
+        target = command_topic(settings)
+    except ValueError as exc:  # a principal name that cannot name a topic
+        raise DeliveryError(f"SHAPING_KAFKA_SASL_USERNAME: {exc}") from exc
     unreachable = (
         f"no Kafka broker answered at {settings.bootstrap} within {CONNECT_TIMEOUT_S:g} s; start "
         "one (`make kafka-up`) or pass --bootstrap"
@@ -423,7 +466,7 @@ def send_command(
     try:
         value = codec.encode(command)
         future = producer.send(
-            topics.commands,
+            target,
             key=encode_key(command.mouse_id),
             value=value,
             headers=headers_for(value),
@@ -432,8 +475,9 @@ def send_command(
     except KafkaTimeoutError as exc:
         _close(consumer)
         raise DeliveryError(
-            f"could not write to topic {topics.commands!r} within {SEND_TIMEOUT_S:g} s: does "
-            "it exist? (`shaping topics create`)"
+            f"could not write to topic {target!r} within {SEND_TIMEOUT_S:g} s: does "
+            "it exist? (`shaping topics create`; an operator's ingress topic is made by "
+            "`kafka.sh add-principal NAME operator`)"
         ) from exc
     except KafkaError as exc:
         _close(consumer)
@@ -449,9 +493,11 @@ def send_command(
         finally:
             _close(consumer)
     if answer is None:
-        return Outcome(int(metadata.partition), int(metadata.offset), None)
+        return Outcome(int(metadata.partition), int(metadata.offset), None, topic=target)
     event, partition, offset = answer
-    return Outcome(int(metadata.partition), int(metadata.offset), event, partition, offset)
+    return Outcome(
+        int(metadata.partition), int(metadata.offset), event, partition, offset, topic=target
+    )
 
 
 def _await_answer(
@@ -489,9 +535,20 @@ def _close(consumer: Any) -> None:
 # -- the interventions, from the request to the processor's answer ------------------------------
 
 
-def operator_name(by: str | None) -> str:
-    """Who decides: ``by``, else $SHAPING_OPERATOR, else the user's login name."""
-    return by or os.environ.get("SHAPING_OPERATOR") or getpass.getuser()
+def operator_name(by: str | None, settings: Settings | None = None) -> str:
+    """Who decides (:func:`shaping.services.operator.identity.operator_identity`): the
+    principal ``settings`` authenticate as, which ``by`` may only repeat; on a plaintext
+    connection (or without settings) ``by``, else $SHAPING_OPERATOR, else the login name.
+
+    Raises:
+        InterventionError: ``by`` names someone other than the authenticated principal.
+    """
+    from shaping.services.operator.identity import IdentityError, operator_identity
+
+    try:
+        return operator_identity(settings, by).name
+    except IdentityError as exc:
+        raise InterventionError(str(exc)) from exc
 
 
 def checked_view(settings: Settings, mouse_id: str, warn: Warn | None = None) -> MouseView | None:
@@ -504,7 +561,7 @@ def checked_view(settings: Settings, mouse_id: str, warn: Warn | None = None) ->
     view = mouse_view(settings.db_url, mouse_id)
     if view is None:
         (warn or _warn_on_stderr)(
-            f"warning: cannot read the status tables at {settings.db_url}; sending unchecked "
+            f"warning: cannot read the status tables at {settings.db_url_shown}; sending unchecked "
             "(the processor judges it)"
         )
     return view
@@ -590,7 +647,7 @@ def deliver(
             event,
             answer,
         )
-    where = f"{settings.topics.commands}[{outcome.partition}]@{outcome.offset}"
+    where = f"{outcome.topic or settings.topics.commands}[{outcome.partition}]@{outcome.offset}"
     return Delivery(event, what, where, answer, wait_s, command)
 
 
@@ -617,7 +674,9 @@ def request_override(
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    command = build_override(mouse_id, stage, reason, operator_name(by), from_stage, view, catalog)
+    command = build_override(
+        mouse_id, stage, reason, operator_name(by, settings), from_stage, view, catalog
+    )
     return deliver(settings, command, "override", codec, wait_s)
 
 
@@ -638,7 +697,7 @@ def request_ejection(
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    command = build_ejection(mouse_id, reason, operator_name(by), view)
+    command = build_ejection(mouse_id, reason, operator_name(by, settings), view)
     return deliver(settings, command, "ejection", codec, wait_s)
 
 
@@ -666,7 +725,9 @@ def request_adjustment(
             DeliveryError and InterventionRefused as :func:`deliver`.
     """
     view = checked_view(settings, mouse_id, warn)
-    command = build_adjustment(mouse_id, sets, clears, reason, operator_name(by), view, catalog)
+    command = build_adjustment(
+        mouse_id, sets, clears, reason, operator_name(by, settings), view, catalog
+    )
     return deliver(settings, command, "adjustment", codec, wait_s)
 
 
@@ -675,7 +736,8 @@ def request_adjustment(
 
 def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
     """A mouse's interventions and warnings, oldest first, as display rows (``at``, ``what``,
-    ``by``, ``why``, ``outcome``). Empty when the tables are older than this feature."""
+    ``by``, ``why``, ``outcome``, ``command``, ``mouse``). Empty when the tables are older than
+    this feature."""
     from sqlalchemy import inspect, select
 
     from shaping.services.projector.tables import interventions, training_warnings
@@ -686,7 +748,7 @@ def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
         if interventions.name in present:
             query = select(interventions).where(interventions.c.mouse_id == mouse_id)
             for r in conn.execute(query).mappings():
-                rows.append(_intervention_row(dict(r)))
+                rows.append(intervention_row(dict(r)))
         if training_warnings.name in present:
             query = select(training_warnings).where(training_warnings.c.mouse_id == mouse_id)
             for r in conn.execute(query).mappings():
@@ -697,6 +759,8 @@ def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
                         "by": "curriculum",
                         "why": r["message"],
                         "outcome": f"session {r['session_id']}" if r["session_id"] else "",
+                        "command": "",
+                        "mouse": r["mouse_id"],
                     }
                 )
     floor = datetime.min.replace(tzinfo=UTC)
@@ -704,7 +768,10 @@ def timeline(engine: Engine, mouse_id: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _intervention_row(r: dict[str, Any]) -> dict[str, Any]:
+def intervention_row(r: dict[str, Any]) -> dict[str, Any]:
+    """An ``interventions`` table row as a display row: ``at``, ``what``, ``by`` (who asked:
+    the principal on a secured deployment), ``why``, ``outcome``, ``command`` (the command
+    it answers; empty when the tables predate it or it was sent as an event), ``mouse``."""
     kind = r["kind"]
     if kind == "override":
         seen = f"{r['from_stage']} -> " if r["from_stage"] else "-> "
@@ -717,10 +784,18 @@ def _intervention_row(r: dict[str, Any]) -> dict[str, Any]:
         what = f"adjust {shown}"
     elif kind == "eject":
         what = "eject"
+    elif kind == "allow-rigs":
+        what = "allow rigs " + ", ".join(json.loads(r.get("rig_ids_json") or "[]"))
+    elif kind == "release":
+        what = "release the welfare hold for today"
     else:
         what = "intervention (its event not projected yet)"
     if r["refused_reason"]:
         outcome = f"refused: {r['refused_reason']}"
+    elif r["honoured_at"] and kind == "allow-rigs":
+        outcome = "honoured: other rigs are refused"
+    elif r["assignment_id"] and kind == "release":
+        outcome = "honoured: cleared to train today"
     elif r["assignment_id"] and kind == "eject":
         outcome = "honoured: no more sessions"
     elif r["assignment_id"]:
@@ -733,6 +808,8 @@ def _intervention_row(r: dict[str, Any]) -> dict[str, Any]:
         "by": r["requested_by"] or "",
         "why": r["reason"] or "",
         "outcome": outcome,
+        "command": r.get("command_id") or "",
+        "mouse": r["mouse_id"],
     }
 
 

@@ -533,3 +533,61 @@ def terminal_stage_check(catalog: CurriculumCatalog | None) -> StageCheck:
             return False
 
     return check
+
+
+# -- the audit trail: who asked for what ---------------------------------------------------------
+
+
+def enrolment_rows(engine: Engine, mouse_id: str | None = None) -> list[dict[str, Any]]:
+    """Each mouse's newest enrolment (the status table keeps only that one) as a display row
+    like :func:`~shaping.services.operator.interventions.intervention_row`'s: ``at``,
+    ``what``, ``by`` (who enrolled it: the principal on a secured deployment), ``why``,
+    ``outcome``, ``command`` (empty: the status table does not keep it), ``mouse``."""
+    query = select(
+        mouse_status.c.mouse_id, mouse_status.c.enrolled_at, mouse_status.c.enrolled_by
+    ).where(mouse_status.c.enrolled_at.is_not(None))
+    if mouse_id is not None:
+        query = query.where(mouse_status.c.mouse_id == mouse_id)
+    return [
+        {
+            "at": row["enrolled_at"],
+            "what": "enrol",
+            "by": row["enrolled_by"] or "",
+            "why": "",
+            "outcome": "honoured",
+            "command": "",
+            "mouse": row["mouse_id"],
+        }
+        for row in _rows(engine, query)
+    ]
+
+
+def intervention_log(
+    engine: Engine, mouse_id: str | None = None, by: str | None = None
+) -> list[dict[str, Any]]:
+    """The operators' audit trail, oldest first: every override, ejection and adjustment
+    (``interventions`` table) and each mouse's newest enrolment, as display rows (see
+    :func:`enrolment_rows`), optionally of one mouse and of one operator (``by``, exact).
+
+    Raises:
+        OperatorError: the tables cannot be read.
+    """
+    from shaping.services.operator.interventions import intervention_row
+    from shaping.services.projector.tables import interventions
+
+    rows = enrolment_rows(engine, mouse_id)
+    if interventions.name in _present(engine):
+        try:
+            present = {column["name"] for column in inspect(engine).get_columns("interventions")}
+        except SQLAlchemyError as exc:
+            raise OperatorError(f"query failed: {_first_line(exc)}") from exc
+        query = select(*(c for c in interventions.columns if c.name in present))
+        if mouse_id is not None:
+            query = query.where(interventions.c.mouse_id == mouse_id)
+        for row in _rows(engine, query):
+            rows.append(intervention_row({"command_id": None, **row}))
+    if by is not None:
+        rows = [row for row in rows if row["by"] == by]
+    floor = datetime.min.replace(tzinfo=UTC)
+    rows.sort(key=lambda row: (row["at"] or floor, row["mouse"], row["what"]))
+    return rows

@@ -14,6 +14,7 @@ def main() -> None:
     collaborators, then runs it until it is stopped."""
     try:
         settings = bootstrap.settings()
+        welfare = bootstrap.welfare_policy(settings)
     except SettingsError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -22,7 +23,7 @@ def main() -> None:
     bootstrap.ensure_topics(settings)
     codec = bootstrap.codec()
     catalog, follower = bootstrap.following_catalog(settings, codec)
-    run_processor(settings, codec, catalog, follower)
+    run_processor(settings, codec, catalog, follower, welfare=welfare)
 
 
 if __name__ == "__main__":

@@ -1,61 +1,103 @@
-"""The stream processor on Kafka: a faust app that runs :class:`ProcessorStep` per event.
+"""The stream processor on Kafka: a faust app that runs :class:`ProcessorStep` per message, in
+batches.
 
-One agent consumes the ``events`` and ``commands`` topics. For every message it loads the
-mouse's state from the changelog-backed tables ``mouse_state`` and ``mouse_sessions`` (see
-"State records" below), calls :meth:`ProcessorStep.process` (decoding, the training core and
-the encoding of what follows all happen there), publishes the outputs to the ``decisions``,
-``assignments`` or ``dead-letter`` topic, and stores the new state. The agent computes nothing
-itself, so this path and the embedded runner cannot disagree.
+One agent consumes the ``events`` and ``commands`` topics, a batch of messages at a time
+(:func:`batches`: :data:`BATCH_MAX` at most, collected for at most :data:`BATCH_WITHIN_S`, and
+closed early once no message came for :data:`BATCH_IDLE_S`, so a message on a quiet stream is
+not held back). Each mouse's decoded :class:`MouseState` stays live in
+memory for the partitions this worker owns (see "State in memory" below). For every message of
+a batch, in order, the agent calls :meth:`ProcessorStep.process` on the mouse's state as the
+batch has left it so far (decoding, the training core and the encoding of what follows all
+happen there; the step is a function of values: it takes the state and returns the new one).
+Then it publishes every output of the batch, in order, to the ``decisions``, ``assignments``,
+``accepted``, ``events`` or ``dead-letter`` topic, and stores each touched mouse's state once.
+The agent computes nothing itself, so this path and the embedded runner cannot disagree.
 
 A message of the ``commands`` topic goes to :meth:`ProcessorStep.process_command` instead: it
-stores nothing, and its one output is either the past-tense event that honours the command,
+changes no state, and its one output is either the past-tense event that honours the command,
 appended to the ``events`` topic (keyed by the mouse, so on the mouse's partition, after
 whatever the mouse had there already), or the refusal on the dead-letter topic. The state
-changes only when the agent reads that event back from the events topic, like any other, so
-the events topic stays the one ordered log (replay folds it unchanged). The two topics have
-the same partition count and one agent reads both, so faust assigns partition *n* of each,
-and of the state tables' changelogs, to the same worker: a command is judged where its
-mouse's state is.
+changes only when the agent reads that event back from the events topic, like any other (in a
+later batch), so the events topic stays the one ordered log (replay folds it unchanged). The
+two topics have the same partition count and one agent reads both, so faust assigns partition
+*n* of each, and of the state tables' changelogs, to the same worker: a command is judged where
+its mouse's state is.
 
 Delivery is at least once, and it is safe because the domain is idempotent: a re-processed input
 yields the same outputs with the same (deterministic) event ids, and consumers drop ids they
-have seen. The order of the steps for one message is what makes a crash at any point harmless:
+have seen; and the state records, per input partition, the offset of the last input it folded,
+so the step drops a redelivered input it has already folded. The order of the steps for one
+batch is what makes a crash at any point harmless:
 
-1. The outputs are sent in order and the agent waits until the broker acknowledged them.
-2. Only then is the new state written to the table. Faust sends the changelog record through
-   its producer buffer; the agent waits until that buffer has handed it to the Kafka producer.
-3. Only then is the input message acknowledged (acks are manual, see ``noack`` below). The
-   agent handles one message at a time, so acknowledgements follow the offsets; faust commits
-   an offset only once every earlier offset of the partition is acknowledged, and it flushes
-   the producer right before every commit, so a committed input always has its outputs and
+1. Every message is processed against the state in memory; nothing leaves the process.
+2. The outputs of the whole batch are sent in input order (so each output partition gets them
+   in order) and the agent waits until the broker acknowledged every one.
+3. Only then is each mouse the batch changed written once to its table: one changelog record
+   per mouse per batch, sent straight to the Kafka producer with the partition of the mouse's
+   inputs, and the agent waits until the broker acknowledged every one of them.
+4. Only then does the state in memory become the batch's, and the inputs are acknowledged, in
+   the order they were read (acks are manual). Faust commits an offset only once every earlier
+   offset of the partition is acknowledged, so a committed input always has its outputs and
    its state record on the broker.
 
-A crash before step 2 leaves the old state: the input comes again and its outputs are sent
-again, unchanged. A crash between 2 and 3 leaves the new state with an uncommitted input: the
-core treats the redelivery as a duplicate (trials by index, other events by id; a redelivered
-SessionEnded re-sends the decision it already made). An input is never lost, and the state never
-runs ahead of the outputs it caused (which would lose e.g. the first assignment of an enrolment).
+A crash in step 1 or 2 leaves the stored state as it was before the batch, and no input of the
+batch committed: every input comes again, is processed against the same state, and sends the
+same outputs again (the ones already sent are duplicates by id). A crash in step 3 leaves some
+mice with their new state and some with their old one, and no input committed: a mouse whose
+new state is stored has the batch's offsets in it, so its redelivered inputs are dropped as
+duplicates (a redelivered SessionEnded re-sends the decision it already made, same ids); a
+mouse whose old state is stored processes them again as in step 2. A crash in step 4 (between
+acknowledging and faust's commit) is the same case as step 3 with every state stored. An input
+is never lost, and the state never runs ahead of the outputs it caused (which would lose e.g.
+the first assignment of an enrolment).
 
-State records: a mouse's state is stored as two records, so that a trial does not rewrite the
-whole state (50-60 KB for an IBL mouse, whose history keeps per-trial statistics). The
-``mouse_state`` table holds the whole :class:`MouseState` as it was after the last message that
-changed anything but the open sessions (session starts and ends, decisions, enrolments,
-interventions). The ``mouse_sessions`` table holds, after a trial (which changes only
-``open_session`` and ``parked_sessions``), those two fields and the digest of the
-``mouse_state`` record they extend (:class:`~services.processor.state_store.OpenSessions`,
-zlib compressed: ~2 KB). The stored state is ``mouse_state`` with the open sessions of
-``mouse_sessions`` when its digest matches, else ``mouse_state`` alone
-(:func:`~services.processor.state_store.join_sessions`). Every message writes at most one
-record, to one table or the other, so a crash never leaves half a write: the reasoning above
-holds as it is. The two changelog topics are not ordered with each other, though, and the
-open sessions of a trial must never reach the broker without the ``mouse_state`` record they
-extend (with that record lost, the join would fall back to an older one and lose trials whose
-inputs were already committed). So a ``mouse_state`` write waits until the broker has
-acknowledged it before the input is acknowledged (a round trip a few times per session, not
-per trial). A ``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale
-by the digest and ignored; so is one left behind by replay's hand-over, which writes whole
-states to the ``mouse_state`` changelog. The table names, changelog topics and the bytes of
-both records (with their format number) are :mod:`~services.processor.state_store`'s.
+Failures: when anything in a batch fails (a damaged stored state, a producer that refuses a
+record, a bug), nothing of it counts: the in-memory state is not updated and no input is
+acknowledged. The agent then processes the batch's messages one at a time, each as a batch
+of one, in order: a message that still fails is retried :data:`ATTEMPTS` times with a pause and
+then parked on the dead-letter topic as ``failed`` (counted in
+``shaping_processing_retries_total``), and the messages after it (of its mouse and of others)
+are processed after it, in order. No message loops the worker, none is lost, and a mouse's
+messages are never reordered. Only when the broker takes not even that small dead letter does
+the worker crash (``CrashingSupervisor``) and, restarted, resume from the last committed offset.
+Bad input itself never fails: :class:`ProcessorStep` turns it into one EventRejected on the
+dead-letter topic and never raises.
+
+State in memory: the processor keeps, for each mouse of the partitions it owns, its state as
+stored (the decoded :class:`MouseState` and the state record it was built on). A mouse's entry
+is loaded from the changelog-backed tables the first time one of its messages arrives after an
+assignment (faust has rebuilt the tables from their changelogs by then: the streams resume only
+after recovery), and replaced after every batch that changed it, once its record is on the
+broker. On a revocation the entries of the revoked partitions are dropped (faust calls that
+after the batch in flight is acknowledged), and after every table recovery the whole cache is
+dropped, so an entry never outlives the table contents it was read from. So no message parses
+the stored JSON again: a state is decoded once per mouse per assignment and encoded once per
+mouse per batch.
+
+State records: a mouse's state is stored as two records, so that a batch that adds trials does
+not rewrite the whole state (50-60 KB for an IBL mouse, whose history keeps per-trial
+statistics). The ``mouse_state`` table holds the whole :class:`MouseState` as it was after the
+last batch that changed anything but the open sessions (session starts and ends, decisions,
+enrolments, interventions). The ``mouse_sessions`` table holds, after a batch that changed only
+``open_session``, ``parked_sessions`` and the input offsets (trials), those fields and the
+digest of the ``mouse_state`` record they extend
+(:class:`~services.processor.state_store.OpenSessions`, zlib compressed: ~2 KB). The stored
+state is ``mouse_state`` with the open sessions of ``mouse_sessions`` when its digest matches,
+else ``mouse_state`` alone (:func:`~services.processor.state_store.join_sessions`). Each mouse
+gets at most one record per batch, to one table or the other, so a crash never leaves half of a
+mouse's write. The two changelog topics are not ordered with each other, though, and the open
+sessions of a trial must never reach the broker without the ``mouse_state`` record they extend
+(with that record lost, the join would fall back to an older one and lose trials whose inputs
+were already committed): every record of a batch is acknowledged by the broker before the
+batch's inputs are acknowledged and before the next batch starts, so a ``mouse_sessions``
+record is only ever written on a ``mouse_state`` record already on the broker. A
+``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale by the digest
+and ignored; so is one left behind by replay's hand-over, which writes whole states to the
+``mouse_state`` changelog. The table names, changelog topics and the bytes of both records
+(with their format number) are :mod:`~services.processor.state_store`'s. Why two records still,
+with the state in memory: on a live lab a batch holds about one trial of a mouse, and writing
+the whole state instead would be 14 times the bytes per trial on the benchmark's workload, more
+for IBL mice (bench/BATCHING.md).
 
 A stored state of another format (written by another version of Shaping, or holding a field
 this version does not know) is no bad input and no bug: the processor logs it once and stops
@@ -69,16 +111,6 @@ the worker starts and followed afterwards (:mod:`services.adapters.curricula_top
 processor still knows the versions its mice are on. A CurriculumPublished on the events topic
 (how earlier releases published) is still accepted and adds its version while the process runs.
 
-Bad input never stops the stream: :class:`ProcessorStep` turns it into one EventRejected on
-the dead-letter topic and never raises. A failure around it (a bug, a producer that refuses an
-output) is retried a few times with a pause and then parked on the dead-letter topic as
-``failed`` (counted in ``shaping_processing_retries_total``), so no message loops the worker.
-Only when the broker takes not even that small dead letter does the worker crash
-(``CrashingSupervisor``) and, restarted, resume from the last committed offset.
-
-A redelivered input (the worker died between its state write and its offset commit) is
-recognised by its offset, which the mouse's state records, and dropped silently.
-
 Faust 0.15 itself can lose input when a worker starts or rebalances with a backlog waiting:
 :class:`_RecoveryResumingSafely` closes that gap (the recovery test in
 ``tests/integration/test_processor_kafka.py`` fails about every other run without it).
@@ -89,7 +121,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -100,7 +133,7 @@ from faust.tables.recovery import Recovery
 from faust.types import AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor
 
-from shaping.schemas.codec import EventCodec, encode_key
+from shaping.schemas.codec import EventCodec
 from shaping.schemas.events import EventRejected, StageTransitioned
 from shaping.schemas.headers import headers_for
 from shaping.schemas.topics import TopicKind
@@ -108,6 +141,7 @@ from shaping.services.adapters.curricula_topic import CurriculaFollower, Followi
 from shaping.services.adapters.metrics import ServiceMetrics, attach_faust_sensors
 from shaping.services.adapters.settings import Settings
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.domain.welfare import WelfarePolicy
 from shaping.services.processor.state_store import (
     CHANGELOG_REPLICATION_FACTOR,
     SESSIONS_TABLE,
@@ -142,6 +176,16 @@ after a ``kill -9`` the first decision comes within seconds, not a minute (faust
 
 HEARTBEAT_S = 1.5
 """Heartbeat interval: well under a third of :data:`SESSION_TIMEOUT_S`."""
+
+BATCH_MAX = 500
+"""Messages in one batch at most: bounds the work done before a batch's outputs leave."""
+
+BATCH_WITHIN_S = 0.02
+"""How long a batch collects messages at most, from its first message on."""
+
+BATCH_IDLE_S = 0.001
+"""A batch ends early when no message came for this long: on an idle stream a message waits
+no longer than this before it is processed."""
 
 DEFAULT_WEB_PORT = 6066
 """Faust's own default, passed on (unused) when the web server is disabled."""
@@ -181,22 +225,107 @@ class _TableManager(TableManager):
         return self._recovery
 
 
+async def batches(
+    stream: StreamT[Any], max_: int, within: float, idle: float
+) -> AsyncIterator[list[EventT]]:
+    """The stream's events in batches, in the order read, none of them acknowledged.
+
+    A batch ends when it holds ``max_`` events, when ``within`` seconds have passed since its
+    first event, or when no event came for ``idle`` seconds (the stream is idle: a lone message
+    is not held back). A task reads the stream meanwhile, up to one batch ahead, so the next
+    batch fills while the current one waits for the broker. Waits always end (there is no
+    wait for "one more" event without a bound), so a rebalance, which waits until every event
+    read is acknowledged, never waits for a batch that cannot end.
+
+    Raises:
+        Exception: whatever reading the stream raised.
+    """
+    ready: asyncio.Queue[EventT | BaseException] = asyncio.Queue(maxsize=max_)
+
+    async def read() -> None:
+        try:
+            async for event in stream.events():
+                await ready.put(event)
+        except Exception as exc:  # hand it to the batching loop, which raises it
+            await ready.put(exc)
+
+    loop = asyncio.get_running_loop()
+    reader = loop.create_task(read())
+    try:
+        while True:
+            item = await ready.get()
+            batch: list[EventT] = []
+            deadline = loop.time() + within
+            while True:
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= max_:
+                    break
+                if not ready.empty():
+                    item = ready.get_nowait()
+                    continue
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(min(idle, left)):
+                        item = await ready.get()
+                except TimeoutError:
+                    break
+            yield batch
+    finally:
+        reader.cancel()
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A mouse's state as the tables hold it, live in memory.
+
+    Attributes:
+        state: the stored state (the state record joined with its open-sessions record).
+        record: the state record ``state`` is built on (the base of the next open-sessions
+            record: :func:`~services.processor.state_store.records_to_store`).
+        partition: the partition of the mouse's inputs (and of its changelog records).
+    """
+
+    state: MouseState
+    record: bytes
+    partition: int
+
+
+@dataclass
+class _Batch:
+    """What a batch led to so far: results in input order, and each touched mouse's state."""
+
+    results: list[StepResult] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    states: dict[bytes, tuple[MouseState, int]] = field(default_factory=dict)
+
+
 class FaustProcessor:
-    """Applies :class:`ProcessorStep` to one faust event: the body of the processor's agent.
+    """Applies :class:`ProcessorStep` to batches of faust events: the body of the processor's
+    agent.
 
     Args:
-        app: the faust app (its producer carries the table's changelog records).
+        app: the faust app (its producer carries the outputs and the changelog records).
         step: the processing step (decoding, training core, encoding).
         table: per-mouse state, keyed by the mouse id in UTF-8, values from
-            :func:`~services.processor.state_store.encode_state`.
+            :func:`~services.processor.state_store.encode_state`. A faust table (its changelog
+            gets the records) or a plain mapping (tests).
         outputs: the topic for each kind of output message.
         metrics: where to count what happened (None: not measured).
         sessions: per-mouse open sessions on top of ``table``, same keys, values from
             :func:`~services.processor.state_store.encode_sessions` (see "State records" in
-            the module docstring).
+            the module docstring). None: every write is a whole state record.
         catch_up: reads the curricula topic to its end (see :func:`build_app`).
         commands: the name of the commands topic: its messages are judged as commands
             (:meth:`ProcessorStep.process_command`). None: every message is an event.
+
+    Attributes:
+        live: the stored state of every mouse loaded since the last assignment, by key.
+        after_publish: called with the batch's results once its outputs are acknowledged and
+            before its state is written (the crash tests kill the worker there); None: nothing.
     """
 
     def __init__(
@@ -218,12 +347,46 @@ class FaustProcessor:
         self.sessions = sessions
         self.catch_up = catch_up
         self.commands = commands
+        self.live: dict[bytes, StoredState] = {}
+        self.after_publish: Callable[[list[StepResult]], None] | None = None
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    async def handle_batch(self, events: Sequence[EventT]) -> list[StepResult]:
+        """Processes a batch of messages of the events and commands topics, in order; returns
+        what the step decided for each. On return every output and state record of the batch
+        is acknowledged by the broker: the caller may acknowledge the inputs.
+
+        When anything fails, nothing of the batch counts and its messages are processed one at
+        a time (:meth:`handle`: retried, then parked), so one failing message costs neither
+        the rest of the batch nor the order of a mouse's messages.
+
+        Raises:
+            StateFormatError: a mouse's stored state is of another format. Logged once and
+                raised at once (no retry, no dead letter): the agent's crash stops the worker.
+        """
+        if len(events) == 1:
+            return [await self.handle(events[0])]
+        try:
+            return await self._run(events)
+        except StateFormatError:
+            raise
+        except Exception as exc:
+            first = events[0].message
+            log.warning(
+                "a batch of %d message(s) from %s/%d@%d failed (%s: %s); processing them one "
+                "at a time",
+                len(events),
+                first.topic,
+                first.partition,
+                first.offset,
+                type(exc).__name__,
+                exc,
+            )
+            return [await self.handle(event) for event in events]
 
     async def handle(self, event: EventT) -> StepResult:
-        """Processes one message of the events or commands topic; returns what the step decided.
-
-        Must run inside the agent's stream iteration: faust writes a table's changelog record
-        to the partition of the event being processed.
+        """Processes one message as a batch of its own; returns what the step decided.
 
         The step itself never raises (bad input becomes a dead letter). What can still fail is
         the I/O around it, or a bug: a failed attempt is retried :data:`ATTEMPTS` times with a
@@ -237,17 +400,9 @@ class FaustProcessor:
         message = event.message
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return await self._handle_once(event)
-            except StateFormatError as exc:
-                log.critical(
-                    "%s/%d@%d: cannot read the stored state of mouse %r: %s. The processor "
-                    "stops; the message stays unprocessed",
-                    message.topic,
-                    message.partition,
-                    message.offset,
-                    (event.key or b"").decode("utf-8", "replace"),
-                    exc,
-                )
+                [result] = await self._run([event])
+                return result
+            except StateFormatError:
                 raise
             except Exception as exc:
                 if attempt == ATTEMPTS:
@@ -271,7 +426,7 @@ class FaustProcessor:
                     )
                     # If even this fails, the broker cannot take a small message: crash and
                     # let the restart resume from the committed offset.
-                    await self.publish(parked)
+                    await self.publish([parked])
                     return parked
                 log.warning(
                     "%s/%d@%d failed (attempt %d of %d): %s",
@@ -287,11 +442,33 @@ class FaustProcessor:
                 await asyncio.sleep(RETRY_PAUSE_S * attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _handle_once(self, event: EventT) -> StepResult:
+    async def _run(self, events: Sequence[EventT]) -> list[StepResult]:
+        """One try of a batch: process, publish, store, then keep the new states in memory."""
+        started = time.perf_counter()
+        batch = _Batch()
+        for event in events:
+            await self._process(event, batch)
+        await self.publish(batch.results)
+        if self.after_publish is not None:
+            self.after_publish(batch.results)
+        stored = await self.store(batch.states)
+        self.live.update(stored)
+        if self.metrics is not None:
+            # Each message's own processing, plus its share of the batch's round trips.
+            shared = (time.perf_counter() - started - sum(batch.seconds)) / len(events)
+            for event, result, seconds in zip(events, batch.results, batch.seconds, strict=True):
+                self._measure(event.message, result, seconds + shared)
+        return batch.results
+
+    async def _process(self, event: EventT, batch: _Batch) -> None:
+        """Runs the step on one message against the state the batch has left so far."""
         message = event.message
         key: bytes | None = event.key
         started = time.perf_counter()
-        stored = self.load(key)
+        if key is not None and key in batch.states:
+            stored: MouseState | None = batch.states[key][0]
+        else:
+            stored = self._stored_state(key, event)
         broker_time = _broker_time(message.timestamp)
         args = (stored, key, event.value, message.topic, message.partition, message.offset)
         # A command is judged (its answer goes to the events topic); anything else is folded.
@@ -309,24 +486,43 @@ class FaustProcessor:
             if missed:
                 # A version published a moment ago may not have reached the following thread:
                 # read the curricula topic to its end off the event loop, then decide again
-                # (nothing was published or stored yet, and the step is a function of values).
+                # (nothing of this message was published or stored yet, and the step is a
+                # function of values).
                 log.info("curriculum version(s) %s not known yet: reading the topic", missed)
                 await asyncio.get_running_loop().run_in_executor(None, self.catch_up)
                 result = process()
                 catalog.take_missed()
-        await self.publish(result)
-        if result.state is not None:
-            await self.store(stored, result.state)
-        if self.metrics is not None:
-            self._measure(message, result, time.perf_counter() - started)
-            if result.event is not None and result.event.rig_id and broker_time is not None:
-                skew = (result.event.occurred_at - broker_time).total_seconds()
-                if result.outcome == "accepted":
-                    self.metrics.set_event_offset(result.event.rig_id, skew)
-        return result
+        if result.state is not None and key is not None:
+            batch.states[key] = (result.state, message.partition)
+        batch.results.append(result)
+        batch.seconds.append(time.perf_counter() - started)
+
+    def _stored_state(self, key: bytes | None, event: EventT) -> MouseState | None:
+        """The stored state of the message's mouse (loaded into :attr:`live` if need be).
+
+        Raises:
+            StateFormatError: the stored records are of another format (logged here, once).
+            ValueError: they are damaged.
+        """
+        try:
+            found = self.load(key, event.message.partition)
+        except StateFormatError as exc:
+            message = event.message
+            log.critical(
+                "%s/%d@%d: cannot read the stored state of mouse %r: %s. The processor "
+                "stops; the message stays unprocessed",
+                message.topic,
+                message.partition,
+                message.offset,
+                (key or b"").decode("utf-8", "replace"),
+                exc,
+            )
+            raise
+        return None if found is None else found.state
 
     def _measure(self, message: Any, result: StepResult, seconds: float) -> None:
-        """Counts the input, its outputs, rejections and decisions; records latency and lag."""
+        """Counts the input, its outputs, rejections and decisions; records latency, lag and
+        the rig's clock offset."""
         metrics = cast(ServiceMetrics, self.metrics)
         command = result.command.command_type if result.command is not None else None
         metrics.count_consumed(message.topic, result.event.event_type if result.event else command)
@@ -348,9 +544,17 @@ class FaustProcessor:
         highwater = self.app.consumer.highwater(message.tp)
         if highwater is not None:
             metrics.set_lag(message.topic, message.partition, highwater - message.offset - 1)
+        broker_time = _broker_time(message.timestamp)
+        if result.event is not None and result.event.rig_id and broker_time is not None:
+            skew = (result.event.occurred_at - broker_time).total_seconds()
+            if result.outcome == "accepted":
+                metrics.set_event_offset(result.event.rig_id, skew)
 
-    def load(self, key: bytes | None) -> MouseState | None:
-        """The stored state of the mouse with this Kafka key, None if there is none.
+    # -- the state -------------------------------------------------------------------------------
+
+    def load(self, key: bytes | None, partition: int = 0) -> StoredState | None:
+        """The stored state of the mouse with this Kafka key, None if there is none: from
+        memory, else read from the tables (and kept in memory).
 
         Raises:
             StateFormatError: the stored records are of another format.
@@ -358,60 +562,105 @@ class FaustProcessor:
         """
         if key is None:
             return None
-        stored = self.table.get(key)
-        if stored is None:
+        found = self.live.get(key)
+        if found is not None:
+            return found
+        record = self.table.get(key)
+        if record is None:
             return None
         sessions = self.sessions.get(key) if self.sessions is not None else None
-        return join_sessions(stored, sessions)
+        found = StoredState(join_sessions(record, sessions), record, partition)
+        self.live[key] = found
+        return found
 
-    async def store(self, before: MouseState | None, after: MouseState) -> None:
-        """Stores the new state (one record, see "State records" in the module docstring);
-        returns once the record is in the Kafka producer (a ``mouse_state`` record: once the
-        broker has acknowledged it)."""
-        key = encode_key(after.mouse_id)
-        # Assign a new value (never mutate one in place): only assignment logs the change to
-        # the changelog topic.
-        if self.sessions is None:
-            self.table[key] = encode_state(after)
-            await self._hand_changelog_to_producer()
-            return
-        record, sessions = records_to_store(self.table.get(key), before, after)
-        if sessions is not None:
-            self.sessions[key] = sessions
-            await self._hand_changelog_to_producer()
-            return
-        self.table[key] = record
-        await self._hand_changelog_to_producer()
-        # Open sessions written on this record must not reach the broker without it (the two
-        # changelogs are not ordered with each other): wait for the broker's acknowledgement.
-        await self.app.producer.flush()
-
-    async def publish(self, result: StepResult) -> None:
-        """Sends the outputs in order and waits until the broker has acknowledged them all.
-
-        Waiting costs a round trip only for inputs that have outputs (enrolments, session ends,
-        rejections), not for trials.
-        """
-        pending = []
-        for out in result.outputs:
-            # ``send`` returns once the record is queued in the Kafka producer, so awaiting
-            # each one in turn keeps the queue (and so each partition) in output order.
-            pending.append(
-                await self.outputs[out.topic_kind].send(
-                    key=out.key, value=out.value, headers=headers_for(out.value)
-                )
+    async def store(self, states: dict[bytes, tuple[MouseState, int]]) -> dict[bytes, StoredState]:
+        """Writes each mouse's new state, one record per mouse (see "State records" in the
+        module docstring); returns once the broker has acknowledged every record, with what
+        the tables now hold for these mice."""
+        pending: list[Awaitable[Any]] = []
+        stored: dict[bytes, StoredState] = {}
+        for key, (after, partition) in states.items():
+            before = self.live.get(key)
+            whole, sessions = (
+                (encode_state(after), None)
+                if self.sessions is None or before is None
+                else records_to_store(before.record, before.state, after)
             )
+            if whole is not None:
+                pending.extend(await self._put(self.table, key, whole, partition))
+                stored[key] = StoredState(after, whole, partition)
+            elif sessions is not None and self.sessions is not None and before is not None:
+                pending.extend(await self._put(self.sessions, key, sessions, partition))
+                stored[key] = StoredState(after, before.record, partition)
         for delivered in pending:
             await delivered
+        return stored
 
-    async def _hand_changelog_to_producer(self) -> None:
-        # A table write only queues its changelog record in faust's producer buffer, and
-        # faust's pre-commit flush gives up on that buffer after 0.1 s without progress. Wait
-        # until the buffer is empty, so the Kafka producer holds the record before the input
-        # is acknowledged and the pre-commit flush of the Kafka producer covers it.
-        buffer = self.app.producer.buffer
-        while buffer.size:
-            await buffer.flush()
+    async def _put(
+        self, table: TableT, key: bytes, value: bytes, partition: int
+    ) -> list[Awaitable[Any]]:
+        """Sets a table's value and sends its changelog record to the Kafka producer, on the
+        partition of the mouse's inputs; returns what to await for the broker's ack."""
+        changelog = getattr(table, "changelog_topic", None)
+        if changelog is None:  # a plain mapping (tests): nothing to send
+            cast(Any, table)[key] = value
+            return []
+        # What faust's Table.__setitem__ does, with the partition given (faust would take the
+        # partition of "the current event", which a batch does not have) and without faust's
+        # producer buffer (whose pre-commit flush gives up after 0.1 s without progress).
+        table.data[key] = value
+        delivered = await changelog.send(
+            key=key,
+            value=value,
+            partition=partition,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        return [delivered]
+
+    def forget(self, partitions: set[int] | None = None) -> int:
+        """Drops the states in memory of these partitions (None: all); returns how many."""
+        if partitions is None:
+            dropped = len(self.live)
+            self.live.clear()
+            return dropped
+        keys = [k for k, stored in self.live.items() if stored.partition in partitions]
+        for key in keys:
+            del self.live[key]
+        return len(keys)
+
+    async def on_partitions_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
+        """Faust's signal after the batch in flight was acknowledged: forget what is revoked."""
+        dropped = self.forget({tp.partition for tp in revoked})
+        log.debug("partitions revoked: %d mouse state(s) dropped from memory", dropped)
+
+    async def on_partitions_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        """Faust's signal on a new assignment: forget every partition not in it."""
+        kept = {tp.partition for tp in assigned}
+        stale = {stored.partition for stored in self.live.values()} - kept
+        self.forget(stale)
+
+    async def on_recovered(self) -> None:
+        """After faust rebuilt the tables from their changelogs: read them afresh."""
+        self.forget()
+
+    # -- outputs ---------------------------------------------------------------------------------
+
+    async def publish(self, results: Sequence[StepResult]) -> None:
+        """Sends every output of ``results`` in order and waits until the broker has
+        acknowledged them all (one round trip per batch; none for a batch of trials)."""
+        pending = []
+        for result in results:
+            for out in result.outputs:
+                # ``send`` returns once the record is queued in the Kafka producer, so awaiting
+                # each one in turn keeps the queue (and so each partition) in output order.
+                pending.append(
+                    await self.outputs[out.topic_kind].send(
+                        key=out.key, value=out.value, headers=headers_for(out.value)
+                    )
+                )
+        for delivered in pending:
+            await delivered
 
 
 def build_app(
@@ -421,6 +670,7 @@ def build_app(
     web_port: int | None = None,
     metrics: ServiceMetrics | None = None,
     catch_up: Callable[[], None] | None = None,
+    welfare: WelfarePolicy | None = None,
 ) -> faust.App:
     """Builds the processor's faust app (nothing connects until a worker starts it).
 
@@ -436,6 +686,8 @@ def build_app(
             (None: nothing is measured).
         catch_up: reads the curricula topic to its end (blocking; run in an executor when a
             message names a curriculum version the catalog lacks). None: no catching up.
+        welfare: the lab's welfare policy (:func:`shaping.services.bootstrap.welfare_policy`);
+            None: the built-in default policy.
 
     Returns:
         The app, with the ``mouse_state`` and ``mouse_sessions`` tables and the
@@ -514,28 +766,33 @@ def build_app(
         max_behind=timedelta(days=settings.clock_max_behind_days),
         command_max_age=timedelta(seconds=settings.command_max_age_s),
     )
-    step = ProcessorStep(TrainingCore(catalog), codec, clock=clock)
+    step = ProcessorStep(TrainingCore(catalog), codec, clock=clock, welfare=welfare)
     processor = FaustProcessor(
         app, step, table, outputs, metrics, sessions, catch_up, commands=topics.commands
     )
 
+    # The state in memory follows the assignment (see "State in memory").
+    # (mode's signal types want the receiver's signature as ``*args``; these take one set.)
+    app.on_partitions_revoked.connect(cast(Any, processor.on_partitions_revoked))
+    app.on_partitions_assigned.connect(cast(Any, processor.on_partitions_assigned))
+    table.on_recover(processor.on_recovered)
+
     @app.agent(
         raw_topic(topics.events, topics.commands),
         name="process_events",
-        # One message at a time: per-mouse order, and acks (so commits) in offset order.
+        # One batch at a time: per-mouse order, and acks (so commits) in offset order.
         concurrency=1,
         supervisor_strategy=CrashingSupervisor,
     )
     async def process_events(stream: StreamT[Any]) -> None:
-        """Runs the processing step over the events and commands topics, one message at a
-        time."""
-        # Manual acks: faust acks an event when the loop moves on, even when the body raised;
-        # an input must count as done only after its outputs and state are handed over.
-        # (noack is on faust's Stream, not on its StreamT interface.)
+        """Runs the processing step over the events and commands topics, a batch at a time."""
+        # Manual acks: an input counts as done only after its outputs and state are on the
+        # broker. (noack is on faust's Stream, not on its StreamT interface.)
         manual = cast("faust.Stream[Any]", stream).noack()
-        async for event in manual.events():
-            await processor.handle(event)
-            await manual.ack(event)
+        async for events in batches(manual, BATCH_MAX, BATCH_WITHIN_S, BATCH_IDLE_S):
+            await processor.handle_batch(events)
+            for event in events:
+                await manual.ack(event)
 
     return app
 
@@ -550,6 +807,7 @@ def run_processor(
     loglevel: str = "warn",
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",
+    welfare: WelfarePolicy | None = None,
 ) -> None:
     """Runs the processor in this process until SIGTERM or SIGINT.
 
@@ -571,6 +829,7 @@ def run_processor(
         metrics_port: serve ``metrics`` to Prometheus (``/metrics``) on this port (None: not
             served).
         metrics_host: address the metrics endpoint binds to.
+        welfare: the lab's welfare policy (None: the built-in default policy).
 
     Raises:
         SystemExit: with a non-zero code when the worker crashed.
@@ -588,6 +847,7 @@ def run_processor(
             web_port=web_port,
             metrics=metrics,
             catch_up=follower.catch_up,
+            welfare=welfare,
         )
         if metrics is not None and metrics_port is not None:
             metrics.serve(metrics_port, metrics_host)

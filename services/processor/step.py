@@ -37,6 +37,7 @@ from shaping.schemas.codec import EventCodec, encode_key
 from shaping.schemas.commands import Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
+    HUSBANDRY_EVENTS,
     ORIGINAL_KEY_MAX,
     ORIGINAL_VALUE_MAX,
     REASON_MAX,
@@ -44,11 +45,13 @@ from shaping.schemas.events import (
     CurriculumPublished,
     Event,
     EventRejected,
+    HoldReleased,
     MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     MovementDetected,
     ParametersAdjusted,
+    RigsAllowed,
     SessionStarted,
     StageOverridden,
     TrialCompleted,
@@ -63,7 +66,10 @@ from shaping.services.domain import (
     TrainingCore,
     initial_state,
 )
+from shaping.services.domain.gating import WelfareGate
+from shaping.services.domain.husbandry import policy_problem
 from shaping.services.domain.state import RECENT_IDS
+from shaping.services.domain.welfare import DEFAULT_POLICY, WelfarePolicy
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,9 @@ INPUT_TYPES = (
     StageOverridden,
     MouseEjected,
     ParametersAdjusted,
+    RigsAllowed,
+    *HUSBANDRY_EVENTS,
+    HoldReleased,
     *RIG_EVENTS,
 )
 """Event types accepted on the input (``events``) topic."""
@@ -82,7 +91,8 @@ INPUT_TYPES = (
 NOT_FOLDED = (MovementDetected,)
 """Input types accepted but not given to the training core: they change no training state
 (a rig sends hundreds per session, and folding them would crowd redelivered session events out
-of the state's recent-id window)."""
+of the state's recent-id window). They are still refused from a rig the mouse is not allowed
+on (:meth:`TrainingCore.check_rig`)."""
 
 NOT_REPUBLISHED = (TrialCompleted, MovementDetected)
 """Accepted input types not republished on the ``accepted`` topic: no table shows them one by
@@ -228,6 +238,12 @@ class ProcessorStep:
         codec: the wire format.
         service: name written into rejections (``rejected_by``).
         clock: the window of accepted dates (None: the default :class:`ClockWindow`).
+        welfare: the lab's welfare policy, which husbandry commands are checked against (a
+            plausible weight, no unconfirmed jump, no huge water entry); None: the default
+            policy (:data:`~shaping.services.domain.welfare.DEFAULT_POLICY`). Only commands
+            are checked against it, never the facts already on the log. The welfare gate
+            (:mod:`shaping.services.domain.gating`: a restricted mouse held until weighed
+            above its minimum) judges with it too, on the broker's time of each message.
     """
 
     def __init__(
@@ -236,11 +252,13 @@ class ProcessorStep:
         codec: EventCodec,
         service: str = "processor",
         clock: ClockWindow | None = None,
+        welfare: WelfarePolicy | None = None,
     ) -> None:
         self.core = core
         self.codec = codec
         self.service = service
         self.clock = clock or ClockWindow()
+        self.welfare = welfare or DEFAULT_POLICY
 
     def process(
         self,
@@ -324,6 +342,10 @@ class ProcessorStep:
         if problem is not None:
             return reject(problem, "clock", event)
         if isinstance(event, NOT_FOLDED):
+            try:
+                self.core.check_rig(state or initial_state(event.mouse_id), event)
+            except ImpossibleEvent as exc:
+                return reject(str(exc), "impossible", event)
             return StepResult(event, None, [], "ignored")
         current = state or initial_state(event.mouse_id)
         digest = None
@@ -351,7 +373,9 @@ class ProcessorStep:
                 self.core.catalog.add(published)
             return StepResult(event, None, [], "accepted", curriculum=published)
         try:
-            new_state, emitted = self.core.handle(current, event)
+            new_state, emitted = self.core.handle_gated(
+                current, event, self._gate(event, timestamp)
+            )
         except ImpossibleEvent as exc:
             return reject(str(exc), "impossible", event)
         if new_state == current:
@@ -454,14 +478,25 @@ class ProcessorStep:
                 "duplicate",
                 command,
             )
+        refused = policy_problem(current, event, self.welfare)
+        if refused is not None:
+            return reject(refused, "impossible", command)
         try:
             # A dry run on a copy: the state is folded only when the answer comes back on the
             # events topic, in the log's order.
-            self.core.handle(current.model_copy(deep=True), event)
+            self.core.handle_gated(
+                current.model_copy(deep=True), event, self._gate(event, timestamp)
+            )
         except ImpossibleEvent as exc:
             return reject(str(exc), "impossible", command)
         answer = Outgoing(ANSWER_KIND, encode_key(event.mouse_id), self.codec.encode(event), event)
         return StepResult(None, None, [answer], "accepted", command)
+
+    def _gate(self, event: Event, timestamp: datetime | None) -> WelfareGate:
+        """The welfare gate for a message: the lab's policy and the log's time, the broker's
+        time of the message (the event's own time where the log has none, as the embedded
+        runtime's)."""
+        return WelfareGate(self.welfare, timestamp or event.occurred_at)
 
     def _outgoing(self, event: Event) -> Outgoing:
         return Outgoing(

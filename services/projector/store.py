@@ -21,6 +21,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    and_,
+    case,
     create_engine,
     delete,
     event,
@@ -40,32 +42,53 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.pool import StaticPool
 
+from shaping.schemas.alerts import (
+    AlertAcknowledged,
+    AlertEvent,
+    AlertRaised,
+    AlertResolved,
+    AlertUpdated,
+)
 from shaping.schemas.codec import EventCodec
 from shaping.schemas.commands import Command
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     EVENT_TYPES,
+    WATER_EARNED_METRIC,
+    AssignmentHeld,
     AssignmentIssued,
     CurriculumPublished,
     Event,
     EventRejected,
+    HoldReleased,
+    HusbandryNote,
     MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     MovementDetected,
     ParametersAdjusted,
+    RestrictionEnded,
+    RestrictionStarted,
+    RigsAllowed,
     SessionEnded,
     SessionStarted,
     StageOverridden,
     StageTransitioned,
     TrainingWarning,
     TrialCompleted,
+    WaterGiven,
+    WeightRecorded,
 )
 from shaping.schemas.topics import PROJECTED_KINDS, ROUTES, TopicKind
 from shaping.services.projector.errors import ProjectorError
 from shaping.services.projector.tables import (
     PROJECTION_TABLES,
+    alerts,
     decision_log,
+    husbandry_notes,
+    husbandry_restrictions,
+    husbandry_water,
+    husbandry_weights,
     interventions,
     metadata,
     mouse_adjustments,
@@ -77,6 +100,8 @@ from shaping.services.projector.tables import (
     stage_history,
     stage_reached,
     training_warnings,
+    welfare_gate,
+    welfare_holds,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +133,7 @@ _NOT_PROJECTED: tuple[type[Event], ...] = (
 
 SnapshotRow = dict[str, Any]
 
-_INTERVENTION_REASONS = ("override", "ejected", "adjusted")
+_INTERVENTION_REASONS = ("override", "ejected", "adjusted", "released")
 """Reasons of the assignments the processor issues for a trainer's intervention."""
 
 
@@ -245,7 +270,19 @@ class SqlProjectionStore:
             StageOverridden: self._intervention,
             MouseEjected: self._intervention,
             ParametersAdjusted: self._intervention,
+            RigsAllowed: self._intervention,
+            HoldReleased: self._intervention,
+            AssignmentHeld: self._assignment_held,
             TrainingWarning: self._training_warning,
+            WeightRecorded: self._weight_recorded,
+            WaterGiven: self._water_given,
+            RestrictionStarted: self._restriction_started,
+            RestrictionEnded: self._restriction_ended,
+            HusbandryNote: self._husbandry_note,
+            AlertRaised: self._alert_state,
+            AlertUpdated: self._alert_state,
+            AlertResolved: self._alert_state,
+            AlertAcknowledged: self._alert_acknowledged,
         }
         self._dialect = self.engine.dialect.name
         self._codec = codec
@@ -470,6 +507,25 @@ class SqlProjectionStore:
             },
             insert_only=("mouse_id",),
         )
+        earned = ev.metrics.get(WATER_EARNED_METRIC)
+        if earned is not None and earned > 0:
+            # The session's end is the fact of the water its rewards delivered (the processor
+            # folds it into the mouse's water the same way): one earned row, keyed by it.
+            self._insert_if_absent(
+                conn,
+                husbandry_water,
+                {
+                    "event_id": ev.event_id,
+                    "mouse_id": ev.mouse_id,
+                    "given_at": ev.occurred_at,
+                    "ml": earned,
+                    "kind": "earned",
+                    "water_type": "water",
+                    "given_by": ev.rig_id or "",
+                    "session_id": ev.session_id,
+                    "command_id": None,
+                },
+            )
 
     def _stage_transitioned(self, conn: Connection, ev: StageTransitioned) -> None:
         # A decision replaced after a late session (a recompute) stays in the log, marked by
@@ -645,6 +701,7 @@ class SqlProjectionStore:
             },
         )
         self._current_adjustments(conn, ev)
+        self._gate_from_assignment(conn, ev)
         if ev.reason in _INTERVENTION_REASONS and ev.causation_id is not None:
             self._intervention_honoured(conn, ev)
         # Stage changes come from StageTransitioned (the decisions topic is never compacted);
@@ -667,6 +724,86 @@ class SqlProjectionStore:
                     "occurred_at": ev.occurred_at,
                 },
             )
+
+    def _gate_from_assignment(self, conn: Connection, ev: AssignmentIssued) -> None:
+        """The welfare gate row of a mouse as its newest assignment says it (only for a mouse
+        that was ever restricted: an assignment without welfare ends its restriction's row)."""
+        welfare = ev.welfare
+        if welfare is None:
+            conn.execute(
+                update(welfare_gate)
+                .where(welfare_gate.c.mouse_id == ev.mouse_id)
+                .values(
+                    _storable(
+                        {
+                            "restricted": False,
+                            "cleared_on": None,
+                            "held": False,
+                            "hold_reason": None,
+                            "assignment_id": ev.event_id,
+                            "updated_at": ev.occurred_at,
+                        }
+                    )
+                )
+            )
+            return
+        row: dict[str, Any] = {
+            "mouse_id": ev.mouse_id,
+            "restricted": welfare.restricted,
+            "cleared_on": welfare.cleared_on,
+            "held": welfare.held_reason is not None,
+            "hold_reason": welfare.held_reason,
+            "status": welfare.status,
+            "percent_of_expected": welfare.percent_of_expected,
+            "water_required_ml": welfare.water_required_ml_today,
+            "water_given_ml": welfare.water_given_ml_today,
+            "water_still_due_ml": welfare.water_still_due_ml,
+            "supplement_ml": welfare.supplement_ml,
+            "supplement_exceeds_cap": welfare.supplement_exceeds_cap,
+            "assignment_id": ev.event_id,
+            "updated_at": ev.occurred_at,
+        }
+        if welfare.held_reason is None:
+            row.update(held_at=None, hold_event_id=None)
+        self._upsert(conn, welfare_gate, row)
+
+    def _assignment_held(self, conn: Connection, ev: AssignmentHeld) -> None:
+        welfare = ev.welfare
+        self._insert_if_absent(
+            conn,
+            welfare_holds,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "held_at": ev.held_at,
+                "session_number": ev.session_number,
+                "reason": ev.reason,
+                "status": welfare.status,
+                "percent_of_expected": welfare.percent_of_expected,
+                "weight_event_id": ev.causation_id,
+            },
+        )
+        self._upsert(
+            conn,
+            welfare_gate,
+            {
+                "mouse_id": ev.mouse_id,
+                "restricted": True,
+                "cleared_on": None,
+                "held": True,
+                "hold_reason": ev.reason,
+                "held_at": ev.held_at,
+                "hold_event_id": ev.event_id,
+                "status": welfare.status,
+                "percent_of_expected": welfare.percent_of_expected,
+                "water_required_ml": welfare.water_required_ml_today,
+                "water_given_ml": welfare.water_given_ml_today,
+                "water_still_due_ml": welfare.water_still_due_ml,
+                "supplement_ml": welfare.supplement_ml,
+                "supplement_exceeds_cap": welfare.supplement_exceeds_cap,
+                "updated_at": ev.occurred_at,
+            },
+        )
 
     def _event_rejected(self, conn: Connection, ev: EventRejected) -> None:
         self._insert_if_absent(
@@ -699,7 +836,7 @@ class SqlProjectionStore:
     def _intervention(
         self,
         conn: Connection,
-        ev: StageOverridden | MouseEjected | ParametersAdjusted,
+        ev: StageOverridden | MouseEjected | ParametersAdjusted | RigsAllowed | HoldReleased,
         refusal: EventRejected | None = None,
     ) -> None:
         """Writes the request's columns: from the accepted request, always (it owns the row,
@@ -712,6 +849,7 @@ class SqlProjectionStore:
             "mouse_id": ev.mouse_id,
             "requested_at": ev.occurred_at,
             "reason": ev.reason,
+            "command_id": ev.causation_id,  # the command it answers (a refused one's too)
         }
         if isinstance(ev, StageOverridden):
             row.update(
@@ -722,6 +860,16 @@ class SqlProjectionStore:
             )
         elif isinstance(ev, MouseEjected):
             row.update(kind="eject", requested_by=ev.ejected_by)
+        elif isinstance(ev, HoldReleased):
+            row.update(kind="release", requested_by=ev.released_by)
+            if refusal is None:  # accepted is honoured (the assignment it re-issues follows)
+                row.update(honoured_at=ev.occurred_at)
+        elif isinstance(ev, RigsAllowed):
+            row.update(
+                kind="allow-rigs", requested_by=ev.allowed_by, rig_ids_json=json.dumps(ev.rig_ids)
+            )
+            if refusal is None:  # no assignment follows: accepted is honoured
+                row.update(honoured_at=ev.occurred_at)
         else:
             row.update(
                 kind="adjust",
@@ -777,9 +925,16 @@ class SqlProjectionStore:
             message = self._codec.decode_message(ev.original_value)
         except SerializationError:
             return
-        # A refused command (OverrideStage, ...) is audited as the event it asked for.
-        original = message.answer() if isinstance(message, Command) else message
-        if not isinstance(original, StageOverridden | MouseEjected | ParametersAdjusted):
+        # A refused command (OverrideStage, ...) is audited as the event it asked for; one that
+        # cannot even be answered (say a weight of -3 g) asked for nothing to audit.
+        try:
+            original = message.answer() if isinstance(message, Command) else message
+        except ValueError:
+            return
+        if not isinstance(
+            original,
+            StageOverridden | MouseEjected | ParametersAdjusted | RigsAllowed | HoldReleased,
+        ):
             return
         # The processor refused the request, so it never reaches the accepted topic: its audit
         # row (who asked for what, and why) comes from the dead letter, marked refused.
@@ -803,6 +958,163 @@ class SqlProjectionStore:
                 "decision_id": ev.causation_id,
                 "evidence_json": json.dumps(evidence, sort_keys=True),
             },
+        )
+
+    # -- husbandry -----------------------------------------------------------------------------
+
+    def _weight_recorded(self, conn: Connection, ev: WeightRecorded) -> None:
+        self._insert_if_absent(
+            conn,
+            husbandry_weights,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "weighed_at": ev.occurred_at,
+                "grams": ev.grams,
+                "scale_id": ev.scale_id,
+                "recorded_by": ev.recorded_by,
+                "confirmed": ev.confirmed,
+                "command_id": ev.causation_id,
+            },
+        )
+
+    def _water_given(self, conn: Connection, ev: WaterGiven) -> None:
+        self._insert_if_absent(
+            conn,
+            husbandry_water,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "given_at": ev.occurred_at,
+                "ml": ev.ml,
+                "kind": ev.kind,
+                "water_type": ev.water_type,
+                "given_by": ev.given_by,
+                "session_id": ev.session_id,
+                "command_id": ev.causation_id,
+            },
+        )
+
+    def _restriction_started(self, conn: Connection, ev: RestrictionStarted) -> None:
+        self._insert_if_absent(
+            conn,
+            husbandry_restrictions,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "started_at": ev.occurred_at,
+                "reference_grams": ev.reference_grams,
+                "reference_method": ev.reference_method,
+                "implant_grams": ev.implant_grams,
+                "birth_date": ev.birth_date,
+                "sex": ev.sex,
+                "started_by": ev.started_by,
+                "command_id": ev.causation_id,
+            },
+        )
+
+    def _restriction_ended(self, conn: Connection, ev: RestrictionEnded) -> None:
+        # The processor accepts an end only while a restriction is in force, and a mouse's
+        # facts are applied in log order: the open episode is the one it ends.
+        conn.execute(
+            update(husbandry_restrictions)
+            .where(husbandry_restrictions.c.mouse_id == ev.mouse_id)
+            .where(husbandry_restrictions.c.ended_at.is_(None))
+            .values(
+                _storable(
+                    {
+                        "ended_at": ev.occurred_at,
+                        "ended_by": ev.ended_by,
+                        "end_reason": ev.reason,
+                        "end_event_id": ev.event_id,
+                    }
+                )
+            )
+        )
+
+    def _husbandry_note(self, conn: Connection, ev: HusbandryNote) -> None:
+        self._insert_if_absent(
+            conn,
+            husbandry_notes,
+            {
+                "event_id": ev.event_id,
+                "mouse_id": ev.mouse_id,
+                "noted_at": ev.occurred_at,
+                "text": ev.text,
+                "noted_by": ev.noted_by,
+            },
+        )
+
+    # -- alerts --------------------------------------------------------------------------------
+    # One row per alert. Its state columns follow the newest event by (episode, revision): an
+    # older one (redelivered, or applied late) changes nothing, a raise of a later episode
+    # reopens the row and clears the previous episode's acknowledgement. An acknowledgement
+    # writes its own columns, for the episode it names only.
+
+    @staticmethod
+    def _alert_row(ev: AlertEvent) -> dict[str, Any]:
+        return {
+            "alert_id": ev.alert_id,
+            "rule": ev.rule,
+            "severity": ev.severity,
+            "scope": ev.scope,
+            "scope_key": ev.scope_key,
+            "mouse_id": ev.mouse,
+            "lab": ev.lab,
+            "message": ev.message,
+            "evidence_json": json.dumps(ev.evidence, sort_keys=True),
+            "raised_at": ev.raised_at,
+            "updated_at": ev.occurred_at,
+            "resolved_at": None,
+            "resolution": None,
+            "acknowledged_by": None,
+            "acknowledged_at": None,
+            "episode": ev.episode,
+            "revision": ev.revision,
+        }
+
+    def _alert_state(
+        self, conn: Connection, ev: AlertRaised | AlertUpdated | AlertResolved
+    ) -> None:
+        row = self._alert_row(ev)
+        # What each event owns once the row exists: a raise or an update the alert's values, a
+        # resolution when and why it closed (the alert's message stays the rule's).
+        owned = ["updated_at", "resolved_at", "resolution", "episode", "revision", "raised_at"]
+        if isinstance(ev, AlertResolved):
+            why = f"{ev.resolved_by}: {ev.message}" if ev.resolved_by else ev.message
+            row.update(resolved_at=ev.occurred_at, resolution=why)
+        else:
+            owned += ["rule", "severity", "scope", "scope_key", "mouse_id", "lab", "message"]
+            owned += ["evidence_json"]
+        row = _storable(row)
+        stmt = self._insert(alerts).values(row)
+        new = stmt.excluded
+        later_episode = new.episode > alerts.c.episode
+        updates: dict[str, Any] = {name: new[name] for name in owned}
+        for name in ("acknowledged_by", "acknowledged_at"):
+            updates[name] = case((later_episode, None), else_=alerts.c[name])
+        newer = later_episode | and_(
+            new.episode == alerts.c.episode, new.revision > alerts.c.revision
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(index_elements=["alert_id"], set_=updates, where=newer)
+        )
+
+    def _alert_acknowledged(self, conn: Connection, ev: AlertAcknowledged) -> None:
+        row = self._alert_row(ev)
+        row.update(acknowledged_by=ev.acknowledged_by, acknowledged_at=ev.occurred_at)
+        # The row exists unless the alert's own events are not on the log (the acknowledgement
+        # carries the alert's values, so it can stand for them).
+        self._insert_if_absent(conn, alerts, row)
+        conn.execute(
+            update(alerts)
+            .where(alerts.c.alert_id == ev.alert_id)
+            .where(alerts.c.episode == ev.episode)
+            .values(
+                _storable(
+                    {"acknowledged_by": ev.acknowledged_by, "acknowledged_at": ev.occurred_at}
+                )
+            )
         )
 
     # -- SQL helpers ---------------------------------------------------------------------------

@@ -217,18 +217,23 @@ interventions = Table(
     metadata,
     Column("event_id", String, primary_key=True),
     Column("mouse_id", String, nullable=False),
-    # From the trainer's StageOverridden, MouseEjected or ParametersAdjusted (events topic).
-    Column("kind", String),  # override, eject or adjust
+    # From the trainer's StageOverridden, MouseEjected, ParametersAdjusted or RigsAllowed
+    # (accepted topic).
+    Column("kind", String),  # override, eject, adjust, allow-rigs or release
     Column("requested_at", UtcDateTime),
     Column("requested_by", String),
     Column("reason", Text),
     Column("from_stage", String),  # override: the stage the trainer saw (None: not checked)
     Column("to_stage", String),  # override: the stage chosen
     Column("adjustments_json", Text),  # adjust: what was set (null clears), JSON
+    Column("rig_ids_json", Text),  # allow-rigs: the rigs the mouse may train on, JSON list
+    # The operator's command the event answers (its causation_id; None: sent as an event).
+    Column("command_id", String),
     # True once the processor accepted a request with this id (events topic): a refusal of
     # another message with the same id then changes nothing here.
     Column("accepted", Boolean),
-    # From the AssignmentIssued the processor issued for it (it was honoured).
+    # From the AssignmentIssued the processor issued for it (it was honoured); an allow-rigs
+    # causes no assignment: its honoured_at is when it was accepted.
     Column("assignment_id", String),
     Column("assigned_stage", String),
     Column("honoured_at", UtcDateTime),
@@ -236,8 +241,9 @@ interventions = Table(
     Column("refused_reason", Text),
     Column("refused_at", UtcDateTime),
 )
-"""Audit of every override, ejection and adjustment a trainer sent: who, when, what, why, and
-whether the processor honoured it (``assignment_id``) or refused it (``refused_reason``)."""
+"""Audit of every override, ejection, adjustment and list of allowed rigs a trainer sent: who,
+when, what, why, and whether the processor honoured it (``honoured_at``; ``assignment_id``
+for those that cause an assignment) or refused it (``refused_reason``)."""
 
 mouse_adjustments = Table(
     "mouse_adjustments",
@@ -272,6 +278,147 @@ training_warnings = Table(
 )
 """Every TrainingWarning (decisions topic): something a trainer should know about a mouse."""
 
+# -- husbandry (accepted topic): one row per fact, as the processor accepted it ------------------
+
+husbandry_weights = Table(
+    "husbandry_weights",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    # From WeightRecorded.
+    Column("weighed_at", UtcDateTime, nullable=False),
+    Column("grams", Float, nullable=False),
+    Column("scale_id", String),
+    Column("recorded_by", String),
+    Column("confirmed", Boolean),
+    Column("command_id", String),  # the RecordWeight it answers
+)
+"""Every weight recorded (WeightRecorded)."""
+
+husbandry_water = Table(
+    "husbandry_water",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    # From WaterGiven.
+    Column("given_at", UtcDateTime, nullable=False),
+    Column("ml", Float, nullable=False),
+    Column("kind", String, nullable=False),  # earned, supplement or free_access
+    Column("water_type", String, nullable=False),  # water, sucrose, citric_acid_water, hydrogel
+    Column("given_by", String),
+    Column("session_id", String),  # earned water: the session
+    Column("command_id", String),  # the GiveWater it answers
+)
+"""Every water entry (WaterGiven)."""
+
+husbandry_restrictions = Table(
+    "husbandry_restrictions",
+    metadata,
+    # The RestrictionStarted that opened the episode.
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("reference_grams", Float, nullable=False),
+    Column("reference_method", String, nullable=False),
+    Column("implant_grams", Float, nullable=False),
+    Column("birth_date", String),
+    Column("sex", String),
+    Column("started_by", String),
+    Column("command_id", String),
+    # From the RestrictionEnded that closed it (NULL: in force). A mouse's facts share one
+    # partition of the accepted topic, so the end always follows its start.
+    Column("ended_at", UtcDateTime),
+    Column("ended_by", String),
+    Column("end_reason", Text),
+    Column("end_event_id", String),
+)
+"""Every water-restriction episode, from its start to its end."""
+
+welfare_gate = Table(
+    "welfare_gate",
+    metadata,
+    Column("mouse_id", String, primary_key=True),
+    # From the newest AssignmentIssued or AssignmentHeld of the mouse (assignments topic, in
+    # processing order): whether it may train, as the rig judges it.
+    Column("restricted", Boolean, nullable=False),
+    Column("cleared_on", String),  # the lab day it is cleared to train on (None: not cleared)
+    Column("held", Boolean, nullable=False),
+    Column("hold_reason", Text),  # why it is held, with the figures
+    Column("held_at", UtcDateTime),  # the log's time of the weighing that held it
+    Column("hold_event_id", String),  # the AssignmentHeld
+    Column("status", String),  # ok, attention, warning, not_weighed_today
+    Column("percent_of_expected", Float),
+    Column("water_required_ml", Float),
+    Column("water_given_ml", Float),
+    Column("water_still_due_ml", Float),
+    Column("supplement_ml", Float),
+    Column("supplement_exceeds_cap", Boolean),
+    Column("assignment_id", String),  # the newest assignment (None: a hold is the newest)
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+"""Each restricted mouse's gate as its newest assignment says it (issue 15: held until weighed
+above its minimum, or released): one row per mouse that was ever restricted (``restricted``
+False once its restriction ended)."""
+
+welfare_holds = Table(
+    "welfare_holds",
+    metadata,
+    Column("event_id", String, primary_key=True),  # the AssignmentHeld
+    Column("mouse_id", String, nullable=False),
+    # From AssignmentHeld (assignments topic): every hold, kept after it is released or
+    # weighed away (welfare_gate holds only the newest), for the welfare export.
+    Column("held_at", UtcDateTime, nullable=False),
+    Column("session_number", Integer),
+    Column("reason", Text, nullable=False),
+    Column("status", String),
+    Column("percent_of_expected", Float),
+    Column("weight_event_id", String),  # the WeightRecorded that held it (causation)
+)
+"""Every hold of a restricted mouse (AssignmentHeld), with the reason and the figures."""
+
+husbandry_notes = Table(
+    "husbandry_notes",
+    metadata,
+    Column("event_id", String, primary_key=True),
+    Column("mouse_id", String, nullable=False),
+    Column("noted_at", UtcDateTime, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("noted_by", String),
+)
+"""Every husbandry note (HusbandryNote)."""
+
+# -- alerts (alerts topic): one row per alert, as its newest event says ---------------------------
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("alert_id", String, primary_key=True),
+    # From the newest AlertRaised or AlertUpdated (by episode, then revision; an older event
+    # applied late changes nothing). An alert's events share its key, so one partition.
+    Column("rule", String, nullable=False),
+    Column("severity", String, nullable=False),  # info, attention, warning, critical
+    Column("scope", String, nullable=False),  # mouse, rig, lab, service
+    Column("scope_key", String, nullable=False),  # the mouse id, rig id, lab or service name
+    Column("mouse_id", String),  # the mouse of a mouse alert (NULL for the other scopes)
+    Column("lab", String),
+    Column("message", Text, nullable=False),
+    Column("evidence_json", Text, nullable=False),  # what the rule saw (JSON, sorted keys)
+    Column("raised_at", UtcDateTime, nullable=False),  # when the episode was raised
+    Column("updated_at", UtcDateTime, nullable=False),  # the newest raise, update or resolve
+    # From the AlertResolved that closed the episode (NULL: open); a new episode's AlertRaised
+    # reopens the row (NULL again).
+    Column("resolved_at", UtcDateTime),
+    Column("resolution", Text),  # why it was resolved (and by whom, when a person closed it)
+    # From the AlertAcknowledged of the episode (NULL: not acknowledged; a new episode clears
+    # them).
+    Column("acknowledged_by", String),
+    Column("acknowledged_at", UtcDateTime),
+    Column("episode", Integer, nullable=False),
+    Column("revision", Integer, nullable=False),
+)
+"""Every alert (the alerts service's AlertRaised, AlertUpdated, AlertResolved and the people's
+AlertAcknowledged, alerts topic): its newest episode, open while ``resolved_at`` is NULL."""
+
 projector_offsets = Table(
     "projector_offsets",
     metadata,
@@ -298,6 +445,13 @@ Index("ix_decision_log_session", decision_log.c.session_id)
 Index("ix_rejected_events_mouse", rejected_events.c.mouse_id)
 Index("ix_interventions_mouse", interventions.c.mouse_id, interventions.c.requested_at)
 Index("ix_training_warnings_mouse", training_warnings.c.mouse_id, training_warnings.c.occurred_at)
+Index("ix_husbandry_weights_mouse", husbandry_weights.c.mouse_id, husbandry_weights.c.weighed_at)
+Index("ix_husbandry_water_mouse", husbandry_water.c.mouse_id, husbandry_water.c.given_at)
+Index("ix_husbandry_restrictions_mouse", husbandry_restrictions.c.mouse_id)
+Index("ix_husbandry_notes_mouse", husbandry_notes.c.mouse_id, husbandry_notes.c.noted_at)
+Index("ix_welfare_holds_mouse", welfare_holds.c.mouse_id, welfare_holds.c.held_at)
+Index("ix_alerts_mouse", alerts.c.mouse_id, alerts.c.raised_at)
+Index("ix_alerts_open", alerts.c.resolved_at)
 
 PROJECTION_TABLES: tuple[Table, ...] = (
     mouse_status,
@@ -309,6 +463,13 @@ PROJECTION_TABLES: tuple[Table, ...] = (
     interventions,
     mouse_adjustments,
     training_warnings,
+    husbandry_weights,
+    husbandry_water,
+    husbandry_restrictions,
+    husbandry_notes,
+    welfare_gate,
+    welfare_holds,
+    alerts,
 )
 """The tables that hold projected facts (what a snapshot compares)."""
 

@@ -47,6 +47,7 @@ def test_topic_names_with_prefix() -> None:
         "lab1.dead-letter",
         "lab1.curricula",
         "lab1.commands",
+        "lab1.alerts",
     ]
     assert TopicNames.with_prefix().events == "shaping.events"
     specs = {spec.name: spec for spec in topic_specs(names, partitions=6)}
@@ -377,7 +378,7 @@ def test_infra_scripts_work_by_a_relative_path_from_any_directory(
     assert result.returncode in codes, output
     assert "No such file or directory" not in output, output
     if (script, command) == ("infra/postgres/postgres.sh", "url"):
-        assert result.stdout == "postgresql+psycopg://postgres@127.0.0.1:39431/shaping\n"
+        assert result.stdout == "postgresql+psycopg://shaping_projector@127.0.0.1:39431/shaping\n"
 
 
 def test_postgres_data_dir_given_relative_is_taken_from_the_callers_directory(

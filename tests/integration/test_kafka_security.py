@@ -56,7 +56,7 @@ def _ops(role: acls.Role, name: str = "x") -> dict[tuple[str, str, str], set[str
 
 
 def test_no_role_but_admin_may_create_delete_or_alter() -> None:
-    for role in ("processor", "projector", "operator", "rig"):
+    for role in ("processor", "projector", "operator", "rig", "ingress", "alerts", "notifier"):
         for (resource, name, _), operations in _ops(role).items():
             assert not operations & {"DELETE", "ALTER"}, (role, name)
             assert resource != "cluster", role
@@ -65,12 +65,13 @@ def test_no_role_but_admin_may_create_delete_or_alter() -> None:
     assert acls.grants("admin", "admin", TOPICS, PROCESSOR_ID) == []
 
 
-def test_rig_writes_only_events_and_reads_only_assignments_and_decisions() -> None:
+def test_rig_writes_only_its_ingress_topic_and_reads_it_assignments_and_decisions() -> None:
     ops = _ops("rig", "rig-1")
     writes = {name for (_, name, _), o in ops.items() if "WRITE" in o}
     reads = {(resource, name) for (resource, name, _), o in ops.items() if "READ" in o}
-    assert writes == {TOPICS.events}
+    assert writes == {TOPICS.rig_ingress("rig-1")}
     assert reads == {
+        ("topic", TOPICS.rig_ingress("rig-1")),
         ("topic", TOPICS.assignments),
         ("topic", TOPICS.decisions),
         ("group", "rig-1."),
@@ -93,8 +94,30 @@ def test_processor_projector_operator_grants() -> None:
     }
     assert names("projector", "WRITE") == set()
     assert TOPICS.events not in names("projector", "READ")
-    assert names("operator", "WRITE") == {TOPICS.commands, TOPICS.curricula}
+    assert names("projector", "READ") == {
+        TOPICS.accepted,
+        TOPICS.decisions,
+        TOPICS.assignments,
+        TOPICS.dead_letter,
+        TOPICS.curricula,
+        TOPICS.alerts,
+    }
+    assert names("operator", "WRITE") == {
+        TOPICS.operator_ingress("x"),
+        TOPICS.curricula,
+        TOPICS.alerts,
+    }
     assert names("operator", "READ") == set(TOPICS.all())
+    assert names("alerts", "WRITE") == {TOPICS.alerts}
+    assert names("alerts", "READ") == {
+        TOPICS.events,
+        TOPICS.accepted,
+        TOPICS.decisions,
+        TOPICS.dead_letter,
+        TOPICS.alerts,
+    }
+    assert names("notifier", "WRITE") == set()
+    assert names("notifier", "READ") == {TOPICS.alerts}
 
 
 def test_bad_principal_names_and_roles_are_refused() -> None:
@@ -273,9 +296,9 @@ def test_controller_listener_needs_a_certificate_from_the_ca(broker: KafkaBroker
 
 
 @pytest.mark.kafka
-def test_rig_writes_events_and_reads_assignments(broker: KafkaBroker) -> None:
-    written = _produce(broker, "rig-1", TOPICS.events, enable_idempotence=True)
-    assert written.topic == TOPICS.events
+def test_rig_writes_its_ingress_topic_and_reads_assignments(broker: KafkaBroker) -> None:
+    written = _produce(broker, "rig-1", TOPICS.rig_ingress("rig-1"), enable_idempotence=True)
+    assert written.topic == TOPICS.rig_ingress("rig-1")
     assigned = _produce(broker, "processor", TOPICS.assignments, enable_idempotence=True)
     consumer = KafkaConsumer(**_options(broker, "rig-1"), group_id=None)
     try:
@@ -320,6 +343,9 @@ def test_rig_may_not_read_the_events_topic(broker: KafkaBroker) -> None:
         consumer.assign([TopicPartition(TOPICS.events, 0)])
 
         def read() -> None:
+            # The rig may not even describe the topic: asking where to read is refused (a
+            # poll alone would only log it and return nothing).
+            consumer.position(TopicPartition(TOPICS.events, 0))
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 consumer.poll(500)
@@ -337,7 +363,11 @@ def test_rig_may_neither_delete_nor_create_topics(broker: KafkaBroker) -> None:
         _assert_refused(lambda: admin.create_topics([NewTopic(f"{PREFIX}.forged", 1, 1)]))
         _assert_refused(lambda: admin.create_topics([NewTopic("rig-1.anything", 1, 1)]))
         # A rig sees only its topics.
-        assert set(admin.list_topics()) == {TOPICS.events, TOPICS.assignments, TOPICS.decisions}
+        assert set(admin.list_topics()) == {
+            TOPICS.rig_ingress("rig-1"),
+            TOPICS.assignments,
+            TOPICS.decisions,
+        }
     finally:
         admin.close()
     # And the topics are all still there.
@@ -382,9 +412,11 @@ def test_processor_projector_and_operator(broker: KafkaBroker) -> None:
     _assert_refused(
         lambda: _produce(broker, "projector", TOPICS.assignments, enable_idempotence=False)
     )
-    # The operator writes commands and curricula, and no decision or assignment.
-    assert _produce(broker, "operator", TOPICS.commands, enable_idempotence=True)
+    # The operator writes its ingress topic (its commands) and curricula, and no command
+    # straight to the commands topic, no decision or assignment.
+    assert _produce(broker, "operator", TOPICS.operator_ingress("operator"))
     assert _produce(broker, "operator", TOPICS.curricula, enable_idempotence=True)
+    _assert_refused(lambda: _produce(broker, "operator", TOPICS.commands))
     _assert_refused(lambda: _produce(broker, "operator", TOPICS.assignments))
     _assert_refused(lambda: _produce(broker, "operator", TOPICS.decisions))
 
@@ -407,12 +439,12 @@ def test_kafka_connection_from_the_credentials_file(
     value = uuid4().bytes
     producer = kafka_producer(connection, "test-security-operator")
     try:
-        sent = producer.send(TOPICS.commands, key=b"mouse-7", value=value).get(timeout=10)
+        sent = producer.send(TOPICS.curricula, key=b"mouse-7", value=value).get(timeout=10)
     finally:
         producer.close(timeout=5)
     consumer = kafka_consumer(connection, "test-security-operator")
     try:
-        partition = TopicPartition(TOPICS.commands, sent.partition)
+        partition = TopicPartition(TOPICS.curricula, sent.partition)
         consumer.assign([partition])
         consumer.seek(partition, sent.offset)
         records: list[Any] = []
@@ -430,7 +462,7 @@ def test_add_a_rig_then_rotate_its_password(broker: KafkaBroker) -> None:
     assert added.returncode == 0, added.stdout + added.stderr
     assert stat.S_IMODE((broker.secrets_dir / "rig-9.password").stat().st_mode) == 0o600
     assert "rig-9 rig" in (broker.secrets_dir / "principals").read_text()
-    assert _produce(broker, "rig-9", TOPICS.events, enable_idempotence=True)
+    assert _produce(broker, "rig-9", TOPICS.rig_ingress("rig-9"), enable_idempotence=True)
     _assert_refused(lambda: _produce(broker, "rig-9", TOPICS.assignments))
 
     old = (broker.secrets_dir / "rig-9.password").read_text().strip()
@@ -439,7 +471,7 @@ def test_add_a_rig_then_rotate_its_password(broker: KafkaBroker) -> None:
     new = (broker.secrets_dir / "rig-9.password").read_text().strip()
     assert new != old
     assert stat.S_IMODE((broker.secrets_dir / "rig-9.password").stat().st_mode) == 0o600
-    assert _produce(broker, "rig-9", TOPICS.events)
+    assert _produce(broker, "rig-9", TOPICS.rig_ingress("rig-9"))
     with pytest.raises(Exception, match=UNREACHABLE):
         KafkaAdminClient(
             **_options(broker, "rig-9", password=old), bootstrap_timeout_ms=REFUSE_TIMEOUT_MS
@@ -595,12 +627,12 @@ def test_a_deployment_brings_its_own_certificates(tmp_path: Path) -> None:
         )
         try:
             admin.create_topics([NewTopic(TOPICS.events, 1, 1)])
-            # The ACLs were applied: the rig sees the events topic and writes to it.
+            # The ACLs were applied (and the rig's ingress topic made): the rig writes it.
             rig = _options(own, "rig-1")
             rig["ssl_cafile"] = str(tmp_path / "certs" / "ca.pem")
             producer = KafkaProducer(**rig, acks="all", max_block_ms=10000)
             try:
-                assert producer.send(TOPICS.events, b"x").get(timeout=10)
+                assert producer.send(TOPICS.rig_ingress("rig-1"), b"x").get(timeout=10)
             finally:
                 producer.close(timeout=5)
         finally:
@@ -638,8 +670,10 @@ def test_the_faust_processor_answers_an_operators_command_and_a_rig_cannot_enrol
     broker: KafkaBroker, tmp_path: Path
 ) -> None:
     """The processor (faust, with its changelogs and consumer group) runs as its principal; an
-    operator's enrolment is answered; a rig's attempt fails with a readable error, sends
-    nothing and leaves no trace on the events topic."""
+    operator's enrolment (through its ingress topic and the ingress gate) is answered; a rig's
+    attempt fails with a readable error, sends nothing and leaves no trace on the events
+    topic."""
+    from tests.support.kafka import ingress_gate
     from tests.support.processes import shaping_process
 
     common = {
@@ -661,15 +695,16 @@ def test_the_faust_processor_answers_an_operators_command_and_a_rig_cannot_enrol
 
     log = tmp_path / "processor.log"
     processor_env = {**common, **broker.credentials("processor")}
-    with shaping_process(["processor"], log, processor_env) as processor:
+    with (
+        ingress_gate(broker, PREFIX, tmp_path / "ingress.log"),
+        shaping_process(["processor"], log, processor_env) as processor,
+    ):
         answered = shaping(
             "operator",
             "enroll",
             "SEC-M1",
             "--curriculum",
             "basic-shaping",
-            "--by",
-            "ada",
             "--wait",
             "60",
         )
@@ -684,8 +719,6 @@ def test_the_faust_processor_answers_an_operators_command_and_a_rig_cannot_enrol
             "SEC-M2",
             "--curriculum",
             "basic-shaping",
-            "--by",
-            "mallory",
             "--wait",
             "5",
         )

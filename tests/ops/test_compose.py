@@ -87,7 +87,7 @@ def test_every_env_file_and_mounted_path_exists() -> None:
 # Where each stateful service keeps its data. Each is read from the service's own settings in
 # docker-compose.yml (never left to an image default, which can change between image versions:
 # apache/kafka's default log.dirs is /tmp/kraft-combined-logs, lost with the container).
-STATELESS = {"topics", "projector", "rigs"}
+STATELESS = {"topics", "projector", "ingress", "rigs"}
 
 
 def _dockerfile_env(name: str) -> str | None:
@@ -184,6 +184,7 @@ def test_prometheus_scrapes_the_metrics_ports_of_the_shared_settings(
     assert targets == {
         "processor": f"processor:{settings['SHAPING_PROCESSOR_METRICS_PORT']}",
         "projector": f"projector:{settings['SHAPING_PROJECTOR_METRICS_PORT']}",
+        "ingress": f"ingress:{settings['SHAPING_INGRESS_METRICS_PORT']}",
     }
     # The rigs (machines of the lab) come from the file_sd files of the mounted rigs folder.
     [rigs] = [job for job in config["scrape_configs"] if job["job_name"] == "rigs"]

@@ -1,18 +1,23 @@
 """`make stack-up` / `make stack-down`: the whole stack as local processes (Kafka, PostgreSQL,
 topics, processor, projector, Prometheus), started by infra/stack.sh on non-default ports set
-through the environment, used by simulated rigs, and stopped without leaving anything behind."""
+through the environment, secured by default (Kafka SASL_SSL with ACLs, PostgreSQL passwords,
+each service as its own principal, the operator's credentials in a 0600 file), used by
+simulated rigs, and stopped without leaving anything behind."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from kafka import KafkaAdminClient, KafkaProducer
 from typer.testing import CliRunner
 
+from shaping.rig.link.connection import KafkaLink, KafkaSecurity
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.lab import LabPlan, run_lab
 from shaping.schemas.codec import default_codec
@@ -26,6 +31,25 @@ from tests.support.wiring import sql_store
 pytestmark = [pytest.mark.e2e]
 
 PLAN = LabPlan(n_mice=2, n_rigs=2, n_days=2, seed=9)
+REFUSE_TIMEOUT_MS = 4000
+
+
+def _anonymous_clients_are_refused(bootstrap: str, ca: Path) -> None:
+    """A client without credentials gets nowhere: plaintext, or TLS without SASL."""
+    for options in ({}, {"security_protocol": "SSL", "ssl_cafile": str(ca)}):
+        with pytest.raises(Exception, match=r"[Bb]ootstrap|NoBrokersAvailable"):
+            client = KafkaAdminClient(
+                bootstrap_servers=bootstrap, bootstrap_timeout_ms=REFUSE_TIMEOUT_MS, **options
+            )
+            client.close()
+        with pytest.raises(Exception, match=r"[Bb]ootstrap|NoBrokersAvailable"):
+            KafkaProducer(bootstrap_servers=bootstrap, **options).close()
+
+
+def _reader_url(stack: Path, port: str) -> str:
+    """The read-only role's URL with its password (a test may read the stack's secrets)."""
+    password = (stack / "postgres" / "secrets" / "shaping_reader.password").read_text().strip()
+    return f"postgresql+psycopg://shaping_reader:{password}@127.0.0.1:{port}/shaping"
 
 
 def _alive(pid: int | None) -> bool:
@@ -41,32 +65,73 @@ def _alive(pid: int | None) -> bool:
 def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
     # Not pytest's tmp_path: PostgreSQL runs as the postgres user and must reach its data.
     base = make_temp_dir("shaping-test-stack-")
-    ports = free_ports(7)
+    ports = free_ports(8)
     names = ["KAFKA", "KAFKA_CONTROLLER", "PG", "PROMETHEUS", "PROCESSOR_METRICS"]
-    names += ["PROJECTOR_METRICS", "GRAFANA"]
+    names += ["PROJECTOR_METRICS", "INGRESS_METRICS", "GRAFANA"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
     env.update({f"SHAPING_{name}_PORT": str(port) for name, port in zip(names, ports, strict=True)})
     env["SHAPING_STACK_DIR"] = str(base / "stack")
     env["SHAPING_PROMETHEUS_SCRAPE_INTERVAL"] = "1s"
     env["SHAPING_OWNER_PID"] = str(os.getpid())  # safety net if this test dies
     bootstrap = f"127.0.0.1:{env['SHAPING_KAFKA_PORT']}"
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:{env['SHAPING_PG_PORT']}/shaping"
+    db_url = f"postgresql+psycopg://shaping_projector@127.0.0.1:{env['SHAPING_PG_PORT']}/shaping"
     prometheus = f"http://127.0.0.1:{env['SHAPING_PROMETHEUS_PORT']}"
     stack = Path(env["SHAPING_STACK_DIR"])
+    secrets = stack / "kafka" / "secrets"
+    operator_env = stack / "operator.env"
     try:
         out = run(["make", "-s", "stack-up"], env)
-        assert f"Kafka {bootstrap}" in out and db_url in out
+        assert f"Kafka {bootstrap} (SASL_SSL, ACLs)" in out and db_url in out
+        assert f"SHAPING_CREDENTIALS_FILE='{operator_env}'" in out
         run(["bash", str(STACK_SH), "status"], env)
 
+        # Secured: nobody gets in without credentials; the operator's are in a 0600 file
+        # (paths to the password files, which are 0600 too, never a password).
+        _anonymous_clients_are_refused(bootstrap, secrets / "ca.crt")
+        assert stat.S_IMODE(operator_env.stat().st_mode) == 0o600
+        credentials = operator_env.read_text()
+        assert "SHAPING_KAFKA_SASL_USERNAME='operator'" in credentials
+        assert "SHAPING_KAFKA_SECURITY_PROTOCOL='SASL_SSL'" in credentials
+        assert "shaping_reader@" in credentials and "SHAPING_DB_PASSWORD_FILE=" in credentials
+        for name in ("operator.password",):
+            assert (secrets / name).read_text().strip() not in credentials
+        pg_secrets = stack / "postgres" / "secrets"
+        assert (pg_secrets / "shaping_reader.password").read_text().strip() not in credentials
+        for path in [*secrets.glob("*.password"), *pg_secrets.glob("*.password")]:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        # Each service runs as its own principal and role, from the files, not the command line.
+        services = (("ingress", "ingress"), ("processor", "processor"), ("projector", "projector"))
+        for service, principal in services:
+            environ = Path(f"/proc/{read_pid(stack / f'{service}.pid')}/environ").read_bytes()
+            assert f"SHAPING_KAFKA_SASL_USERNAME={principal}".encode() in environ.split(b"\0")
+            assert b"SHAPING_KAFKA_SASL_PASSWORD=" not in environ
+        projector_cmdline = Path(f"/proc/{read_pid(stack / 'projector.pid')}/cmdline").read_bytes()
+        assert b"password" not in projector_cmdline.lower()
+
+        # The lab's sessions reach the processor through the admin principal: the lab driver
+        # plays every rig at once and enrols its mice through its rig transport, which no rig
+        # principal may do (each real rig publishes as itself on its ingress topic, through the
+        # gate: tests/integration/test_ingress_kafka.py).
         topics = TopicNames.with_prefix("shaping")  # the prefix of infra/shaping.env
+        admin = KafkaSecurity(
+            protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="admin",
+            sasl_password_file=secrets / "admin.password",
+            ssl_cafile=secrets / "ca.crt",
+        )
         transport = KafkaRigTransport(
-            bootstrap, topics.events, topics.assignments, "stack-rigs", codec=default_codec()
+            KafkaLink(bootstrap, admin),
+            topics.events,
+            topics.assignments,
+            "stack-rigs",
+            codec=default_codec(),
         )
         try:
             run_lab(PLAN, transport, wait_s=90)
         finally:
             transport.close()
-        store = sql_store(db_url)
+        store = sql_store(_reader_url(stack, env["SHAPING_PG_PORT"]))
         try:
             wait_until(
                 lambda: len(store.snapshot()["decision_log"]) == PLAN.n_mice * PLAN.n_days,
@@ -75,7 +140,10 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
             )
         finally:
             store.close()
-        result = CliRunner().invoke(app, ["status", "--db-url", db_url], env={"COLUMNS": "200"})
+        # The operator's read command finds its credentials through the settings.
+        result = CliRunner().invoke(
+            app, ["status"], env={"COLUMNS": "200", "SHAPING_CREDENTIALS_FILE": str(operator_env)}
+        )
         assert result.exit_code == 0, result.output
         for mouse, rig in PLAN.mice():
             line = next(line for line in result.output.splitlines() if mouse in line)
@@ -89,8 +157,21 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
             60,
             "the stack's Prometheus to scrape the decisions",
         )
+        # An operator's command goes to the operator's own ingress topic (the only one it may
+        # write), the gate forwards it, and the processor honours it.
+        ejected = PLAN.mice()[0][0]
+        result = CliRunner().invoke(
+            app,
+            ["eject", ejected, "--reason", "end of the stack test", "--wait", "60"],
+            env={"COLUMNS": "200", "SHAPING_CREDENTIALS_FILE": str(operator_env)},
+        )
+        assert result.exit_code == 0, result.output
+        assert "honoured" in result.output and "shaping.operator.operator" in result.output, (
+            result.output
+        )
         pids = {
             "kafka": read_pid(stack / "kafka" / "kafka.pid"),
+            "ingress": read_pid(stack / "ingress.pid"),
             "processor": read_pid(stack / "processor.pid"),
             "projector": read_pid(stack / "projector.pid"),
             "prometheus": read_pid(stack / "prometheus" / "prometheus.pid"),
@@ -108,9 +189,9 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
 
 def _stack_env(base: Path) -> tuple[dict[str, str], list[int]]:
     """The environment of a stack on free ports with its data under ``base``."""
-    ports = free_ports(7)
+    ports = free_ports(8)
     names = ["KAFKA", "KAFKA_CONTROLLER", "PG", "PROMETHEUS", "PROCESSOR_METRICS"]
-    names += ["PROJECTOR_METRICS", "GRAFANA"]
+    names += ["PROJECTOR_METRICS", "INGRESS_METRICS", "GRAFANA"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
     env.update({f"SHAPING_{name}_PORT": str(port) for name, port in zip(names, ports, strict=True)})
     env["SHAPING_STACK_DIR"] = str(base / "stack")
@@ -176,7 +257,8 @@ def test_stack_up_stops_what_it_started_when_a_later_part_fails(
     prometheus_installed: None,
 ) -> None:
     """The last part (Prometheus) cannot start: its port is taken by a stranger. Kafka,
-    PostgreSQL, the processor and the projector, started by this `up`, are stopped again."""
+    PostgreSQL, the ingress gate, the processor and the projector, started by this `up`, are
+    stopped again."""
     base = make_temp_dir("shaping-test-stack-rollback-")
     env, ports = _stack_env(base)
     stack = base / "stack"
@@ -191,7 +273,10 @@ def test_stack_up_stops_what_it_started_when_a_later_part_fails(
         assert result.returncode != 0, output
         assert f"port 127.0.0.1:{prometheus_port} is already in use" in output, output
         assert "projector up" in output and "processor up" in output, output
-        assert "stopping what it started: kafka postgres processor projector" in output, output
+        assert "ingress up" in output, output
+        assert "stopping what it started: kafka postgres ingress processor projector" in output, (
+            output
+        )
         _nothing_runs(stack, ports, but=frozenset({prometheus_port}))
     finally:
         stranger.close()

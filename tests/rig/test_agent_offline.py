@@ -94,7 +94,12 @@ def test_an_offline_run_uses_the_cached_assignment_says_so_and_keeps_every_event
     assert [t.trial_index for t in trials] == list(range(len(trials))) and trials
     assert ended.n_trials == len(trials) == display.trials
     assert ended.end_reason == "time_limit" and ended.duration_s >= 20 * 60
-    assert ended.metrics == reach_session_metrics(events)
+    # reach's results, and the water the rewards delivered through the calibration (issue 15)
+    delivered_ml = sum(t.reward_volume_ul for t in trials) / 1000
+    assert ended.metrics == {
+        **reach_session_metrics(events),
+        "water_earned_ml": pytest.approx(delivered_ml),
+    }
     assert ended.metrics["resets"] == sum(
         1 for e in events if isinstance(e, MovementDetected) and e.movement == "paw_lift"
         and e.phase != "trial"

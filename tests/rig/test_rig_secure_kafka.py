@@ -46,6 +46,7 @@ def broker() -> Iterator[KafkaBroker]:
         "SHAPING_KAFKA_OPERATORS": "operator",
         "SHAPING_TOPIC_PREFIX": PREFIX,
         "SHAPING_PROCESSOR_ID": f"{PREFIX}-processor",
+        "SHAPING_PARTITIONS": "2",  # the rig's ingress topic, made before the events topic
     }
     try:
         started = start_kafka(free_port(), free_port(), secure=True, env=env)
@@ -94,11 +95,11 @@ ssl_cafile = "{secrets / "ca.crt"}"
 """
 
 
-def _events_on_topic(broker: KafkaBroker) -> dict[str, int]:
-    """Event id to offset of every record of the events topic, read as admin."""
+def _events_on_topic(broker: KafkaBroker, topic: str = TOPICS.events) -> dict[str, int]:
+    """Event id to offset of every record of ``topic`` (the events topic), read as admin."""
     consumer = KafkaConsumer(**_principal(broker, "admin"), group_id=None)
     try:
-        partitions = [TopicPartition(TOPICS.events, p) for p in (0, 1)]
+        partitions = [TopicPartition(topic, p) for p in (0, 1)]
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
@@ -129,18 +130,22 @@ def test_the_rig_sends_events_and_reads_assignments_with_its_credentials(
 ) -> None:
     config = _rig_config(tmp_path / "rig", broker, _credentials(broker))
     assert config.link.security.protocol == "SASL_SSL"
+    # A secured rig writes its own ingress topic (the ingress gate forwards it to the events
+    # topic; tests/integration/test_ingress_kafka.py).
+    own_topic = config.link.events_topic(TOPICS)
+    assert own_topic == TOPICS.rig_ingress(RIG)
     store = RigStore(config.store_path, CODEC)
     try:
         events = session(MOUSE, f"{MOUSE}-secure-s1", trials(correct=2))
         for event in events:
-            store.append(event, TOPICS.events)
+            store.append(event, own_topic)
         drainer = _drainer(config, store)
         try:
             assert drainer.drain(60), drainer.status.last_error
         finally:
             drainer.close()
         assert store.unsent_count() == 0
-        on_topic = _events_on_topic(broker)
+        on_topic = _events_on_topic(broker, own_topic)
         assert {e.event_id for e in events} <= set(on_topic)
 
         # The processor writes the mouse's next assignment; the rig reads it.

@@ -557,3 +557,34 @@ def test_the_simulated_session_has_the_same_hard_stops() -> None:
         SimulatedMouse("M001", 3), assignment(parameters=SAFE), "rig-1", when, None, tight
     )
     assert isinstance(few[-1], SessionEnded) and few[-1].n_trials <= 7
+
+
+# -- the welfare gate's refusals are counted ----------------------------------------------------
+
+
+def test_a_session_refused_at_the_welfare_gate_is_counted_in_the_rigs_metrics(
+    tmp_path: Path,
+) -> None:
+    from shaping.rig.safety import MouseHeldError
+    from shaping.schemas.events import AssignmentWelfare
+
+    # given a rig whose newest assignment for M001 holds the mouse (below its minimum weight)
+    held_reason = "19 g is 76.0 % of expected 25.0 g (minimum 80 %), at or below the minimum"
+    welfare = AssignmentWelfare(
+        restricted=True, status="warning", percent_of_expected=76.0, held_reason=held_reason
+    )
+    held = assignment(parameters=SAFE).model_copy(update={"welfare": welfare})
+    path = rig(tmp_path / "rig", held)
+    store = RigStore(load_config(path).store_path, codec=CODEC)
+
+    # when a session is asked for, twice
+    for _ in range(2):
+        with pytest.raises(MouseHeldError):
+            run(path)
+
+    # then nothing ran, and both refusals are kept and scraped
+    assert store.unsent_count() == 0
+    assert store.held_refusal_count() == 2
+    text = render("rig-1", read_metrics(store.path))
+    assert "# TYPE shaping_rig_held_refusals_total counter\n" in text
+    assert 'shaping_rig_held_refusals_total{rig="rig-1"} 2\n' in text

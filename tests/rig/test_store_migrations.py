@@ -38,7 +38,9 @@ from tests.support.rig import CODEC
 FIXTURE = Path(__file__).parents[1] / "data" / "rig_store" / "rig-v1.sqlite.gz"
 TOPIC = "shaping.events"
 UNSENT = ["M001-paw-0", "M001-trial-1", "M002-trial-0", "M001-trial-2", "M001-end", "M002-trial-1"]
-FUTURE = Migration(3, "a step of a newer Shaping", "CREATE TABLE future_things (id INTEGER)")
+FUTURE = Migration(
+    STORE_VERSION + 1, "a step of a newer Shaping", "CREATE TABLE future_things (id INTEGER)"
+)
 
 
 def v1_store(folder: Path) -> Path:
@@ -228,13 +230,14 @@ def test_a_store_of_the_release_before_versioning_is_kept_whole_and_upgraded(
 
     store = RigStore(path, codec=CODEC)
 
-    assert user_version(path) == STORE_VERSION == 2
+    assert user_version(path) == STORE_VERSION == 3
     after_schema = schema(path)
     # recognised as version 1: no table or index recreated (same root pages, same SQL) ...
     assert {name: after_schema[name] for name in before_schema} == before_schema
-    # ... only version 2's index added
-    assert set(after_schema) - set(before_schema) == {"outbox_mouse"}
-    assert contents(path) == before_rows  # not a row lost, changed or added
+    # ... only version 2's index and version 3's table added
+    assert set(after_schema) - set(before_schema) == {"outbox_mouse", "held_refusals"}
+    # not a row lost, changed or added (version 3's table is new and empty)
+    assert contents(path) == {**before_rows, "held_refusals": []}
     assert [
         (r.seq, r.event_id, r.topic, r.key, r.value)
         for r in store.unsent(limit=100, max_bytes=1 << 30)
@@ -332,8 +335,10 @@ def test_a_version_1_store_gets_only_the_steps_after_it(tmp_path: Path) -> None:
 
     RigStore(path, codec=CODEC).close()
 
-    assert user_version(path) == 2 and schema(path)["outbox_mouse"][0] == "index"
-    assert contents(path) == rows
+    assert user_version(path) == STORE_VERSION == 3
+    assert schema(path)["outbox_mouse"][0] == "index"
+    assert schema(path)["held_refusals"][0] == "table"
+    assert contents(path) == {**rows, "held_refusals": []}
 
 
 def test_the_journal_look_ups_use_the_index_of_version_2(tmp_path: Path) -> None:
@@ -378,7 +383,8 @@ def test_reopening_a_current_store_changes_nothing(tmp_path: Path) -> None:
         return Migration(number, "must not run", lambda conn: ran.append(number))
 
     RigStore(path, codec=CODEC).close()
-    RigStore(path, migrations=[step(1), step(2)], codec=CODEC).close()
+    steps = [step(n) for n in range(1, STORE_VERSION + 1)]
+    RigStore(path, migrations=steps, codec=CODEC).close()
 
     assert ran == []
     assert digest(path) == before  # not a byte written
@@ -417,9 +423,13 @@ def test_a_failed_step_leaves_the_store_at_the_version_before(tmp_path: Path) ->
         raise RuntimeError("the disk is full")
 
     with pytest.raises(RuntimeError, match="disk is full"):
-        RigStore(path, migrations=[*MIGRATIONS, Migration(3, "breaks", half_done)], codec=CODEC)
+        RigStore(
+            path,
+            migrations=[*MIGRATIONS, Migration(STORE_VERSION + 1, "breaks", half_done)],
+            codec=CODEC,
+        )
 
-    assert user_version(path) == 2
+    assert user_version(path) == STORE_VERSION
     assert "half" not in schema(path)
     assert contents(path) == rows
     assert [r.event_id for r in RigStore(path, codec=CODEC).unsent(limit=100)] == UNSENT
@@ -433,7 +443,7 @@ def test_a_store_of_a_newer_shaping_is_refused_and_left_untouched(tmp_path: Path
     RigStore(
         path, migrations=[*MIGRATIONS, FUTURE], codec=CODEC
     ).close()  # a newer Shaping opened it
-    assert user_version(path) == 3
+    assert user_version(path) == STORE_VERSION + 1
     before = digest(path)
 
     with pytest.raises(StoreVersionError) as refused:
@@ -441,12 +451,12 @@ def test_a_store_of_a_newer_shaping_is_refused_and_left_untouched(tmp_path: Path
 
     message = str(refused.value)
     assert isinstance(refused.value, RigError)  # the command line prints it, no traceback
-    assert str(path) in message and "format version 3" in message
-    assert "written by a newer Shaping" in message and "up to 2" in message
+    assert str(path) in message and f"format version {STORE_VERSION + 1}" in message
+    assert "written by a newer Shaping" in message and f"up to {STORE_VERSION}" in message
     assert "Install the Shaping release that wrote it, or a newer one" in message
     with (
         closing(sqlite3.connect(path, isolation_level=None)) as conn,
-        pytest.raises(StoreVersionError, match="format version 3"),
+        pytest.raises(StoreVersionError, match=f"format version {STORE_VERSION + 1}"),
     ):
         migrate(conn)
     assert digest(path) == before

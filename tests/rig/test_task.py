@@ -258,6 +258,8 @@ def test_the_events_hold_reachs_results_and_session_ended_reports_them() -> None
         "d_prime": pytest.approx(results.d_prime),
         "resets": 2.0,
         "spontaneous_reaches": 1.0,
+        # The water the rewards delivered through the valves' calibration (issue 15).
+        "water_earned_ml": pytest.approx((first.reward_volume_ul + second.reward_volume_ul) / 1000),
     }
 
 

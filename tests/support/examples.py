@@ -4,25 +4,46 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from shaping.schemas.alerts import (
+    AlertAcknowledged,
+    AlertRaised,
+    AlertResolved,
+    AlertUpdated,
+    alert_id,
+)
 from shaping.schemas.commands import (
+    AddNote,
     AdjustParameters,
+    AllowRigs,
     Command,
     EjectMouse,
+    EndRestriction,
     EnrolMouse,
+    GiveWater,
     MigrateMouse,
     OverrideStage,
+    RecordWeight,
+    ReleaseHold,
+    StartRestriction,
 )
 from shaping.schemas.events import (
+    AssignmentHeld,
     AssignmentIssued,
+    AssignmentWelfare,
     CurriculumPublished,
     Event,
     EventRejected,
+    HoldReleased,
+    HusbandryNote,
     MouseEjected,
     MouseEnrolled,
     MouseMigrated,
     MovementDetected,
     Observation,
     ParametersAdjusted,
+    RestrictionEnded,
+    RestrictionStarted,
+    RigsAllowed,
     RuleEvaluation,
     SessionEnded,
     SessionStarted,
@@ -31,6 +52,8 @@ from shaping.schemas.events import (
     StageTransitioned,
     TrainingWarning,
     TrialCompleted,
+    WaterGiven,
+    WeightRecorded,
 )
 
 AT = datetime(2026, 3, 2, 9, 30, 15, 250000, tzinfo=UTC)
@@ -41,6 +64,18 @@ ENVELOPE = {
     "occurred_at": AT,
     "causation_id": "11111111-2222-4333-8444-555555555555",
 }
+WELFARE = AssignmentWelfare(
+    restricted=True,
+    cleared_on=None,
+    status="warning",
+    percent_of_expected=78.125,
+    water_required_ml_today=0.855,
+    water_given_ml_today=0.25,
+    water_still_due_ml=0.605,
+    supplement_ml=1.0,
+    supplement_exceeds_cap=False,
+    held_reason="17.1 g is 78.1 % of expected 21.9 g (minimum 80 %)",
+)
 PARAMS = {
     "reward_volume_ul": 2.5,
     "max_trials": 400,
@@ -161,6 +196,25 @@ def example_events() -> dict[str, Event]:
             supersedes="00000000-0000-4000-8000-0000000000cc",
             adjustments={"max_trials": 400, "sound_on": None},
             warnings=["Still in training after 30 sessions: untrainable at 40."],
+            welfare=WELFARE.model_copy(update={"cleared_on": "2026-03-02", "held_reason": None}),
+        ),
+        "AssignmentHeld": AssignmentHeld(
+            event_id="00000000-0000-4000-8000-000000000015",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-8000-000000000010",
+            session_number=10,
+            reason="17.1 g is 78.1 % of expected 21.9 g (minimum 80 %)",
+            held_at=AT,
+            welfare=WELFARE,
+        ),
+        "HoldReleased": HoldReleased(
+            event_id="00000000-0000-4000-8000-000000000016",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-00000000000c",
+            reason="vet checked: fine to train today",
+            released_by="ada",
         ),
         "TrainingWarning": TrainingWarning(
             event_id="00000000-0000-4000-8000-00000000000b",
@@ -192,6 +246,64 @@ def example_events() -> dict[str, Event]:
             adjustments={"max_trials": 300, "session_minutes": None},
             reason="tires after 300 trials",
             adjusted_by="ada",
+        ),
+        "RigsAllowed": RigsAllowed(
+            event_id="00000000-0000-4000-8000-00000000000f",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-000000000006",
+            rig_ids=["rig-1", "rig-3"],
+            reason="cohort 7 trains in room B",
+            allowed_by="ada",
+        ),
+        "WeightRecorded": WeightRecorded(
+            event_id="00000000-0000-4000-8000-000000000010",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-000000000007",
+            grams=23.4,
+            scale_id="scale-2",
+            recorded_by="ada",
+            confirmed=True,
+        ),
+        "WaterGiven": WaterGiven(
+            event_id="00000000-0000-4000-8000-000000000011",
+            mouse_id="M042",
+            session_id="M042-20260302T0930",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-000000000008",
+            ml=0.75,
+            kind="earned",
+            water_type="citric_acid_water",
+            given_by="ada",
+        ),
+        "RestrictionStarted": RestrictionStarted(
+            event_id="00000000-0000-4000-8000-000000000012",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-000000000009",
+            reference_grams=25.5,
+            reference_method="weight_on_date",
+            implant_grams=1.5,
+            birth_date="2025-12-01",
+            sex="F",
+            started_by="ada",
+        ),
+        "RestrictionEnded": RestrictionEnded(
+            event_id="00000000-0000-4000-8000-000000000013",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-00000000000a",
+            reason="end of experiment",
+            ended_by="ada",
+        ),
+        "HusbandryNote": HusbandryNote(
+            event_id="00000000-0000-4000-8000-000000000014",
+            mouse_id="M042",
+            occurred_at=AT,
+            causation_id="00000000-0000-4000-9000-00000000000b",
+            text="coat ruffled; checked again at 16:00",
+            noted_by="ada",
         ),
         "CurriculumPublished": CurriculumPublished(
             event_id="00000000-0000-4000-8000-000000000009",
@@ -232,6 +344,44 @@ def example_events() -> dict[str, Event]:
             original_size=70_000,
             original_sha256="ef" * 32,
         ),
+        **example_alerts(),
+    }
+
+
+def example_alerts() -> dict[str, Event]:
+    """Every alert event type (schemas/alerts.py) with every field set to a telling value."""
+    alert = {
+        "mouse_id": "M042",
+        "rig_id": "rig-3",
+        "session_id": "M042-20260302T0930",
+        "occurred_at": AT,
+        "causation_id": "11111111-2222-4333-8444-555555555555",
+        "alert_id": alert_id("stuck_at_stage", "mouse", "M042"),
+        "episode": 2,
+        "revision": 1,
+        "rule": "stuck_at_stage",
+        "severity": "warning",
+        "scope": "mouse",
+        "scope_key": "M042",
+        "lab": "lab-a",
+        "message": "M042 has stayed at stage s2_training for 12 sessions (limit 10).",
+        "evidence": {"stage": "s2_training", "sessions_at_stage": "12", "limit": "10"},
+        "raised_at": datetime(2026, 3, 1, 17, 5, 0, 125000, tzinfo=UTC),
+    }
+    return {
+        "AlertRaised": AlertRaised(
+            event_id="00000000-0000-4000-8000-000000000020", **{**alert, "revision": 0}
+        ),
+        "AlertUpdated": AlertUpdated(event_id="00000000-0000-4000-8000-000000000021", **alert),
+        "AlertResolved": AlertResolved(
+            event_id="00000000-0000-4000-8000-000000000022", **alert, resolved_by="ada"
+        ),
+        "AlertAcknowledged": AlertAcknowledged(
+            event_id="00000000-0000-4000-8000-000000000023",
+            **alert,
+            acknowledged_by="bob",
+            note="lowering the criterion tomorrow",
+        ),
     }
 
 
@@ -267,6 +417,51 @@ def example_commands() -> dict[str, Command]:
             **COMMAND_ENVELOPE,
             adjustments={"max_trials": 300, "reward_volume_ul": 2.5, "cue": "led", "x": None},
             reason="tires early",
+        ),
+        "AllowRigs": AllowRigs(
+            command_id="00000000-0000-4000-9000-000000000006",
+            **COMMAND_ENVELOPE,
+            rig_ids=["rig-1", "rig-3"],
+            reason="cohort 7 trains in room B",
+        ),
+        "RecordWeight": RecordWeight(
+            command_id="00000000-0000-4000-9000-000000000007",
+            **COMMAND_ENVELOPE,
+            grams=23.4,
+            scale_id="scale-2",
+            confirmed=True,
+        ),
+        "GiveWater": GiveWater(
+            command_id="00000000-0000-4000-9000-000000000008",
+            **COMMAND_ENVELOPE,
+            ml=0.75,
+            kind="earned",
+            water_type="citric_acid_water",
+            session_id="M042-20260302T0930",
+        ),
+        "StartRestriction": StartRestriction(
+            command_id="00000000-0000-4000-9000-000000000009",
+            **COMMAND_ENVELOPE,
+            reference_grams=25.5,
+            reference_method="weight_on_date",
+            implant_grams=1.5,
+            birth_date="2025-12-01",
+            sex="F",
+        ),
+        "EndRestriction": EndRestriction(
+            command_id="00000000-0000-4000-9000-00000000000a",
+            **COMMAND_ENVELOPE,
+            reason="end of experiment",
+        ),
+        "AddNote": AddNote(
+            command_id="00000000-0000-4000-9000-00000000000b",
+            **COMMAND_ENVELOPE,
+            text="coat ruffled; checked again at 16:00",
+        ),
+        "ReleaseHold": ReleaseHold(
+            command_id="00000000-0000-4000-9000-00000000000c",
+            **COMMAND_ENVELOPE,
+            reason="vet checked: fine to train today",
         ),
         "MigrateMouse": MigrateMouse(
             command_id="00000000-0000-4000-9000-000000000005",

@@ -17,8 +17,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 from tests.support.scripts import (
     REPO,
@@ -175,3 +180,112 @@ def start_kafka(
             + result.stdout
         )
     return broker
+
+
+# --- principals of a secured broker (docs/security.md) ------------------------------------------
+
+
+def principal_options(
+    broker: KafkaBroker, name: str, password: str | None = None
+) -> dict[str, Any]:
+    """kafka-python's options for principal ``name`` of a secured ``broker`` (its password
+    from the script's file unless ``password`` is given)."""
+    return {
+        "bootstrap_servers": broker.bootstrap,
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": name,
+        "sasl_plain_password": password
+        or (broker.secrets_dir / f"{name}.password").read_text().strip(),
+        "ssl_cafile": str(broker.secrets_dir / "ca.crt"),
+        "request_timeout_ms": 10000,
+    }
+
+
+def produce_as(
+    broker: KafkaBroker,
+    name: str,
+    topic: str,
+    value: bytes | None = None,
+    key: bytes | None = b"mouse-1",
+    **options: Any,
+) -> Any:
+    """Writes one record to ``topic`` as principal ``name`` (idempotent, ``acks=all``) and
+    returns its metadata; Kafka's refusal is raised as it comes."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(
+        **principal_options(broker, name),
+        acks="all",
+        enable_idempotence=True,
+        max_block_ms=10000,
+        **options,
+    )
+    try:
+        return producer.send(topic, key=key, value=value or uuid4().bytes).get(timeout=15)
+    finally:
+        producer.close(timeout=5)
+
+
+def assert_refused(call: Callable[[], object], resource: str = "Topic") -> None:
+    """``call`` fails with Kafka's authorization error for ``resource`` (Topic, Group or
+    Cluster), e.g. TopicAuthorizationFailedError (error 29), not with a timeout alone."""
+    try:
+        call()
+    except Exception as exc:  # the refusal is what we want
+        text = f"{type(exc).__name__} {exc}"
+        assert f"{resource}AuthorizationFailed" in text, repr(exc)
+    else:
+        raise AssertionError(f"Kafka did not refuse it ({resource} authorization)")
+
+
+def read_topic(broker: KafkaBroker, topic: str, principal: str = "admin") -> list[Any]:
+    """Every record of ``topic`` from its start to its end now, read as ``principal``."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(**principal_options(broker, principal), group_id=None)
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end as {principal}")
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def ingress_gate(
+    broker: KafkaBroker,
+    prefix: str,
+    log_path: Path,
+    metrics_port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs ``shaping ingress run`` as the ``ingress`` principal of a secured ``broker`` for
+    the topics of ``prefix`` (the gate a secured deployment needs between rigs or operators
+    and the processor); stops it at the end."""
+    from tests.support.processes import shaping_process
+
+    args = ["ingress", "run"]
+    if metrics_port is not None:
+        args += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
+    gate_env = {
+        **broker.credentials("ingress"),
+        "SHAPING_TOPIC_PREFIX": prefix,
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    with shaping_process(args, log_path, gate_env) as proc:
+        yield proc

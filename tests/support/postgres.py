@@ -3,6 +3,14 @@
 The test server listens on 127.0.0.1:55433 unless SHAPING_TEST_PG_PORT says
 otherwise, and keeps its cluster in a fresh temporary directory that is removed
 on stop (set SHAPING_TEST_KEEP_DATA=1 to keep it).
+
+The cluster is the script's: every connection needs a password, and the roles are
+``shaping_projector`` (writes) and ``shaping_reader`` (reads), their passwords in 0600 files of
+the data dir's ``secrets`` (docs/security.md). ``server.url`` is the projector's URL with its
+password. Many tests make a database (and some a role) of their own, so by default the test
+cluster also lets the projector role create databases and roles (``CREATEDB CREATEROLE``, which
+the script never grants); ``start_postgres(test_databases=False)`` leaves the roles exactly as
+the script made them (tests/integration/test_postgres_security.py).
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from tests.support.scripts import (
     REPO,
@@ -27,6 +36,9 @@ from tests.support.scripts import (
 
 POSTGRES_SH = REPO / "infra" / "postgres" / "postgres.sh"
 DEFAULT_TEST_PORT = 55433
+PROJECTOR_ROLE = "shaping_projector"
+READER_ROLE = "shaping_reader"
+SUPERUSER = "postgres"
 
 
 @dataclass
@@ -43,6 +55,20 @@ class PostgresServer:
     @property
     def log_file(self) -> Path:
         return self.data_dir / "server.log"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """The roles' password files and env files, written by postgres.sh (mode 0700)."""
+        return self.data_dir / "secrets"
+
+    def password(self, role: str) -> str:
+        return (self.secrets_dir / f"{role}.password").read_text().strip()
+
+    def role_url(self, role: str, password: str | None = None, database: str = "shaping") -> str:
+        """SQLAlchemy URL of ``role`` with its password (or ``password``; "" for none)."""
+        secret = self.password(role) if password is None else password
+        credentials = f"{role}:{quote(secret, safe='')}" if secret else role
+        return f"postgresql+psycopg://{credentials}@127.0.0.1:{self.port}/{database}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -62,10 +88,12 @@ class PostgresServer:
         remove_dir(self.base_dir)
 
 
-def start_postgres(port: int | None = None) -> PostgresServer:
+def start_postgres(port: int | None = None, test_databases: bool = True) -> PostgresServer:
     """Start a fresh cluster and return it once it is ready; raise InfraStartError if not.
 
-    ``server.url`` is a SQLAlchemy URL (psycopg 3 driver) for database ``shaping``.
+    ``server.url`` is a SQLAlchemy URL (psycopg 3 driver) of the projector role, with its
+    password, for database ``shaping``. ``test_databases``: let that role create databases
+    and roles.
     """
     port = port or env_port("SHAPING_TEST_PG_PORT", DEFAULT_TEST_PORT)
     if port_in_use(port):
@@ -91,5 +119,25 @@ def start_postgres(port: int | None = None) -> PostgresServer:
     if url.returncode != 0 or not url.stdout.strip():
         server.stop()
         raise InfraStartError(describe_failure("asking postgres.sh for the URL", url))
-    server.url = url.stdout.strip()
+    # The script's URL has no password (it is in the role's file): put it in for the tests.
+    if url.stdout.strip() != server.role_url(PROJECTOR_ROLE, password=""):
+        server.stop()
+        raise InfraStartError(f"postgres.sh url printed {url.stdout.strip()!r}")
+    server.url = server.role_url(PROJECTOR_ROLE)
+    if test_databases:
+        _as_superuser(server, f"ALTER ROLE {PROJECTOR_ROLE} CREATEDB CREATEROLE")
     return server
+
+
+def _as_superuser(server: PostgresServer, statement: str) -> None:
+    """One statement as the bootstrap superuser (test set-up only; no service is one)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(
+        server.role_url(SUPERUSER, database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text(statement))
+    finally:
+        engine.dispose()

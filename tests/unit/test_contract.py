@@ -21,6 +21,7 @@ from shaping.schemas.commands import ANSWERS, COMMAND_TYPES, Command, answer_eve
 from shaping.schemas.errors import SerializationError
 from shaping.schemas.events import (
     EVENT_TYPES,
+    AssignmentWelfare,
     Event,
     Observation,
     RuleEvaluation,
@@ -154,6 +155,7 @@ def assert_model_matches(model: type[BaseModel], record: dict[str, Any]) -> None
 
 
 NESTED_MODELS: dict[str, type[BaseModel]] = {
+    "AssignmentWelfare": AssignmentWelfare,
     "Observation": Observation,
     "RuleEvaluation": RuleEvaluation,
     "SessionSummary": SessionSummary,

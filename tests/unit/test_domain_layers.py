@@ -11,7 +11,7 @@ import pytest
 from tests.support.scripts import REPO
 
 DOMAIN = REPO / "services" / "domain"
-ORDER = ["outputs", "interventions", "judge", "recompute", "core"]
+ORDER = ["outputs", "gating", "interventions", "judge", "recompute", "core"]
 """Each module may import those before it, never those after it."""
 
 

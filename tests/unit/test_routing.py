@@ -30,7 +30,8 @@ def test_the_routing_table_names_only_event_types_of_the_contract() -> None:
 def test_the_processor_takes_and_sends_what_the_table_says() -> None:
     assert {cls.__name__ for cls in INPUT_TYPES} == set(ROUTES["events"])
     assert dict(OUTPUT_TOPIC) == dict(OUTPUT_KINDS)
-    assert set(OUTPUT_KINDS.values()) | {"accepted"} == set(PROJECTED_KINDS)
+    # The projector reads the processor's outputs, and the alerts (the alerts service's).
+    assert set(OUTPUT_KINDS.values()) | {"accepted", "alerts"} == set(PROJECTED_KINDS)
 
 
 def test_every_command_is_answered_by_an_event_of_the_events_topic() -> None:

@@ -54,6 +54,7 @@ def test_the_defaults_are_a_laptops(clean_env: pytest.MonkeyPatch) -> None:
         "clock_max_ahead_s": 900.0,
         "clock_max_behind_days": 366.0,
         "command_max_age_s": 3600.0,
+        "welfare_policy": None,
     }
     assert settings.topics.events == "shaping.events"
     assert settings.kafka == KafkaConnection(SHAPING_BOOTSTRAP="127.0.0.1:9092")  # type: ignore[call-arg]
@@ -229,3 +230,24 @@ def test_the_kafka_clients_use_the_settings_connection(
         ("consumer", settings.kafka, "r"),
         ("admin", settings.kafka, "a"),
     ]
+
+
+def test_the_welfare_policy_is_read_and_checked_with_the_line_at_fault(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shaping.services import bootstrap as wiring
+    from shaping.services.adapters.settings import SettingsError
+    from shaping.services.domain.welfare import DEFAULT_POLICY
+
+    assert wiring.welfare_policy(Settings.load()) == DEFAULT_POLICY
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("policy: lab\nexpected_weight:\n  method: magic\n")
+    clean_env.setenv("SHAPING_WELFARE_POLICY", str(bad))
+    with pytest.raises(SettingsError) as refused:
+        wiring.welfare_policy(Settings.load())
+    message = str(refused.value)
+    assert message.startswith("SHAPING_WELFARE_POLICY: ")
+    assert f"{bad}:3" in message and "magic" in message
+    shipped = Path(__file__).parents[2] / "policies" / "lab-85.yaml"
+    clean_env.setenv("SHAPING_WELFARE_POLICY", str(shipped))
+    assert wiring.welfare_policy(Settings.load()) != DEFAULT_POLICY

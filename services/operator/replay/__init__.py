@@ -7,16 +7,20 @@ with the code and curricula installed now, next to the live ones, and then switc
 1. Snapshot. The processor's consumer group must be inactive (the processor stopped). Replay
    takes the end offsets of the events topic as its snapshot and reads the live output topics
    (accepted, decisions, assignments, dead letters) to their ends.
-2. Fold. A throwaway consumer (no group, nothing committed) reads the events topic up to the
-   snapshot, partitions merged by broker timestamp, and every message goes through the same
+2. Fold. The events topic up to the snapshot is split by partition across worker processes
+   (:mod:`.parallel`; a mouse's events share a partition): each streams its partitions in
+   offset order (throwaway consumers, no group, nothing committed; confluent-kafka when it is
+   installed) and folds every message through the same
    :class:`~shaping.services.processor.step.ProcessorStep` and
    :class:`~shaping.services.domain.TrainingCore` the processor runs (so the same curricula, dead
-   letters and ids). An enrolment that names no curriculum version is pinned to the version
-   the log says it was accepted on (:class:`EnrolmentPins`), never to a newer one known now.
-   A rich progress bar shows events/s and the time left.
+   letters and ids), keeping its mice's states in memory. An enrolment that names no curriculum
+   version is pinned to the version the log says it was accepted on (:class:`EnrolmentPins`),
+   never to a newer one known now. A CurriculumPublished on the events topic makes the whole
+   log fold again in one process, partitions merged by broker timestamp. A rich progress bar
+   shows events/s and the time left.
 3. Project. What the fold republished on the accepted topic and its outputs are projected by
-   the projector's own store into fresh tables: a fresh PostgreSQL schema, or a fresh SQLite
-   file.
+   the projector's own store, in memory per worker, and written in bulk into fresh tables: a
+   fresh PostgreSQL schema, or a fresh SQLite file.
 4. Reconcile. Each output is compared with the live one of the same id. Identical: the live
    event is kept. Different: a correction with a new id and ``supersedes`` naming the live
    version is published (decisions; for the compacted assignments topic only each mouse's
@@ -58,6 +62,7 @@ The modules, one unit each (the steps above each serves in brackets):
   where corrections are published [1, 7];
 - :mod:`.pins`: enrolments pinned to the version they were accepted on [2];
 - :mod:`.fold`: the fold through the processor's step into fresh tables [2, 3];
+- :mod:`.parallel`: the fold split by partition across worker processes [2, 3];
 - :mod:`.reconcile`: outputs compared with the live ones, corrections [4];
 - :mod:`.tables`: reading the live tables (read-only for a dry run) [5];
 - :mod:`.diff`: what differs, per table and per mouse [5];
@@ -82,11 +87,14 @@ from shaping.services.operator.replay.handover import (
 from shaping.services.operator.replay.log import (
     SourceRecord,
     decode_or_none,
+    iter_jsonl,
     kafka_offsets,
     live_events,
     read_jsonl,
     read_kafka,
+    read_partition,
 )
+from shaping.services.operator.replay.parallel import FoldResult, fold_parallel, fold_partitions
 from shaping.services.operator.replay.pins import LOOKAHEAD, EnrolmentPins, Lookahead, PinnedCore
 from shaping.services.operator.replay.reconcile import (
     REPLAY_NAMESPACE,
@@ -116,6 +124,7 @@ __all__ = [
     "REPLAY_NAMESPACE",
     "CatalogFactory",
     "EnrolmentPins",
+    "FoldResult",
     "FreshTables",
     "JsonlSource",
     "KafkaSource",
@@ -137,12 +146,16 @@ __all__ = [
     "correction_id",
     "decode_or_none",
     "diff_tables",
+    "fold_parallel",
+    "fold_partitions",
+    "iter_jsonl",
     "kafka_offsets",
     "live_events",
     "live_offsets",
     "read_jsonl",
     "read_kafka",
     "read_live",
+    "read_partition",
     "run_replay",
     "same_state",
     "table_rows",

@@ -32,6 +32,8 @@ class Rebuild:
         reconciler: compares outputs with the live ones.
         store: the fresh tables.
         batch_size: messages per projection transaction.
+        partition: the partition the projected outputs are numbered in (their offsets count
+            per topic from 0); a parked output's row names it.
     """
 
     def __init__(
@@ -41,12 +43,14 @@ class Rebuild:
         reconciler: Reconciler,
         store: SqlProjectionStore | None,
         batch_size: int = _BATCH,
+        partition: int = 0,
     ) -> None:
         self.step = step
         self.topics = topics
         self.reconciler = reconciler
         self.store = store
         self.batch_size = batch_size
+        self.partition = partition
         self.states: dict[str, MouseState] = {}
         self.partition_of: dict[str, int] = {}
         self.processed = 0
@@ -55,8 +59,9 @@ class Rebuild:
         self._out_offsets: dict[str, int] = {}
         self._pending_assignment: dict[str, AssignmentIssued] = {}
 
-    def feed(self, record: SourceRecord) -> None:
-        """Processes one message of the events topic, as the processor would."""
+    def feed(self, record: SourceRecord) -> bool:
+        """Processes one message of the events topic, as the processor would; returns whether
+        it added a curriculum version to the catalog (a CurriculumPublished accepted there)."""
         mouse = (record.key or b"").decode("utf-8", "replace")
         result = self.step.process(
             self.states.get(mouse),
@@ -73,6 +78,7 @@ class Rebuild:
         for out in result.outputs:
             self._output(out)
         self.processed += 1
+        return result.curriculum is not None
 
     def _output(self, out: Outgoing) -> None:
         event = out.event
@@ -94,7 +100,7 @@ class Rebuild:
         topic = str(getattr(self.topics, kind))
         offset = self._out_offsets.get(topic, 0)
         self._out_offsets[topic] = offset + 1
-        self._project(ProjectedMessage(topic, 0, offset, event, kind))
+        self._project(ProjectedMessage(topic, self.partition, offset, event, kind))
 
     def _project(self, message: ProjectedMessage) -> None:
         if self.store is None:

@@ -4,7 +4,9 @@ committed offsets on the events topic."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from shaping.schemas.codec import encode_key
 from shaping.services.domain import MouseState
@@ -24,6 +26,8 @@ from shaping.services.processor.state_store import (
 
 INACTIVE_GROUP_STATES = {"Empty", "Dead", ""}
 """Consumer group states in which the group's offsets may be moved from outside."""
+
+T = TypeVar("T")
 
 _Write = tuple[str, bytes, bytes | None, int]
 """A changelog record to write: topic, key, value (None: a tombstone), partition."""
@@ -49,13 +53,28 @@ class ProcessorHandover:
 
         return kafka_admin(self.bootstrap, "shaping-replay")
 
+    def _on_coordinator(self, ask: Callable[[Any], T]) -> T:
+        """``ask(admin)``, again while the group's coordinator is not there yet (a broker that
+        has just started makes its offsets topic on the first group request)."""
+        from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError
+
+        deadline = time.monotonic() + KAFKA_TIMEOUT_S
+        while True:
+            admin = self._admin()
+            try:
+                return ask(admin)
+            except (CoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                if time.monotonic() > deadline:
+                    raise
+            finally:
+                admin.close()
+            time.sleep(0.5)
+
     def activity(self) -> tuple[int, str]:
         """The processor group's members and state (read only)."""
-        admin = self._admin()
-        try:
-            described = admin.describe_groups([self.group]).get(self.group, {})
-        finally:
-            admin.close()
+        described = self._on_coordinator(
+            lambda admin: admin.describe_groups([self.group]).get(self.group, {})
+        )
         state = str(described.get("group_state") or described.get("state") or "")
         return len(described.get("members") or []), state
 
@@ -76,11 +95,9 @@ class ProcessorHandover:
 
     def committed(self, topic: str) -> dict[int, int]:
         """The group's committed offsets on ``topic``."""
-        admin = self._admin()
-        try:
-            offsets = admin.list_group_offsets(self.group).get(self.group, {})
-        finally:
-            admin.close()
+        offsets = self._on_coordinator(
+            lambda admin: admin.list_group_offsets(self.group).get(self.group, {})
+        )
         return {
             tp.partition: oam.offset
             for tp, oam in offsets.items()

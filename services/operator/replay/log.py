@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shaping.schemas.codec import EventCodec
 from shaping.schemas.errors import SerializationError
@@ -27,6 +27,7 @@ KAFKA_TIMEOUT_S = 60.0
 
 _POLL_MS = 500
 _READ_AHEAD = 10_000  # records read ahead per partition at most (and one fetch)
+_CONSUME = 2000  # records taken from confluent-kafka per call
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,147 @@ def _read_on(
             )
 
 
+Reader = Literal["confluent", "kafka-python"]
+"""The client that reads a partition in bulk (:func:`read_partition`)."""
+
+READERS: tuple[Reader, ...] = ("confluent", "kafka-python")
+
+
+def default_reader() -> Reader:
+    """confluent-kafka when it is installed (it reads several times faster here: see
+    bench/REPLAY.md), else kafka-python."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return "kafka-python"
+    return "confluent"
+
+
+def read_partition(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    begin: int,
+    end: int,
+    client_id: str,
+    *,
+    reader: Reader | None = None,
+    batch: int = _READ_AHEAD,
+    timeout_s: float = KAFKA_TIMEOUT_S,
+) -> Iterator[SourceRecord]:
+    """Every message of one partition from ``begin`` up to (not including) ``end``, in offset
+    order, streamed: at most one fetch and ``batch`` records are held at a time.
+
+    The bulk path of replay (each worker reads its partitions one after the other). Nothing is
+    paused or committed; the consumer is in no group.
+
+    Args:
+        reader: ``confluent`` (confluent-kafka) or ``kafka-python``; None: :func:`default_reader`.
+        batch: records taken per call to the client.
+        timeout_s: how long the partition may deliver nothing before replay gives up.
+
+    Raises:
+        ReplayError: when the partition delivers nothing for ``timeout_s``, or the client
+            reports an error.
+    """
+    if begin >= end:
+        return
+    chosen = reader or default_reader()
+    if chosen == "confluent":
+        yield from _read_confluent(
+            bootstrap, topic, partition, begin, end, client_id, batch, timeout_s
+        )
+    else:
+        bounds = {(topic, partition): (begin, end)}
+        yield from read_kafka(
+            bootstrap, bounds, client_id, buffer=batch, fetch_bytes=None, timeout_s=timeout_s
+        )
+
+
+def _read_confluent(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    begin: int,
+    end: int,
+    client_id: str,
+    batch: int,
+    timeout_s: float,
+) -> Iterator[SourceRecord]:
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from shaping.services.adapters.kafka import KafkaConnection, confluent_options
+
+    consumer = Consumer(
+        {
+            **confluent_options(KafkaConnection.of(bootstrap), client_id),
+            # No group is joined (assign, never subscribe) and nothing is committed; librdkafka
+            # wants a group id all the same.
+            "group.id": f"{client_id}-unused",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            # What librdkafka fetches ahead: bounded, whatever the size of the log.
+            "queued.max.messages.kbytes": 32 * 1024,
+            "fetch.max.bytes": 16 * 1024 * 1024,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(topic, partition, begin)])
+        position = begin
+        deadline = time.monotonic() + timeout_s
+        while position < end:
+            # consume() waits until it has ``num_messages`` or the timeout passes: a short wait,
+            # so the last records of a partition are not held back for long.
+            messages = consumer.consume(num_messages=min(batch, _CONSUME), timeout=0.05)
+            progressed = False
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise ReplayError(f"reading {topic} partition {partition}: {error.str()}")
+                offset = message.offset()
+                if offset is None or offset < position or offset >= end:
+                    continue
+                kind, stamp = message.timestamp()
+                when = (
+                    datetime.fromtimestamp(stamp / 1000, UTC)
+                    if kind != 0 and stamp is not None and stamp >= 0
+                    else None
+                )
+                position = offset + 1
+                progressed = True
+                yield SourceRecord(topic, partition, offset, message.key(), message.value(), when)
+            if progressed:
+                deadline = time.monotonic() + timeout_s
+                continue
+            if position < end:
+                # Offsets that hold no record (transaction markers, compacted records) are
+                # passed over: the partition's position tells how far it went.
+                reached = _confluent_position(consumer, topic, partition)
+                if reached is not None and reached >= end:
+                    return
+                if reached is not None and reached > position:
+                    position = reached
+                    deadline = time.monotonic() + timeout_s
+                elif time.monotonic() > deadline:
+                    raise ReplayError(
+                        f"no progress reading {topic} partition {partition} at offset "
+                        f"{position} (end {end}) for {timeout_s:g} s"
+                    )
+    finally:
+        consumer.close()
+
+
+def _confluent_position(consumer: Any, topic: str, partition: int) -> int | None:
+    from confluent_kafka import TopicPartition
+
+    found = consumer.position([TopicPartition(topic, partition)])
+    offset = found[0].offset if found else -1
+    return offset if offset >= 0 else None
+
+
 def _order(record: SourceRecord) -> tuple[float, int, int]:
     stamp = record.timestamp.timestamp() if record.timestamp is not None else 0.0
     return (stamp, record.partition, record.offset)
@@ -186,7 +328,17 @@ def _order(record: SourceRecord) -> tuple[float, int, int]:
 
 def read_jsonl(path: Path) -> list[SourceRecord]:
     """Every message of an embedded log (``events.jsonl`` of ``shaping demo``), in log order,
-    at the positions the lines record.
+    at the positions the lines record (:func:`iter_jsonl`, into a list).
+
+    Raises:
+        ReplayError: when the file cannot be read or is not such a log.
+    """
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path, topic: str | None = None) -> Iterator[SourceRecord]:
+    """The messages of an embedded log, streamed line by line, in log order (only those of
+    ``topic`` when it is given).
 
     A key that is not UTF-8 is read from ``key_b64`` when the line has it (replay writes it).
     Unlike :meth:`~shaping.services.embedded.log.InProcessLog.load_jsonl`, which trusts a file
@@ -196,22 +348,22 @@ def read_jsonl(path: Path) -> list[SourceRecord]:
     Raises:
         ReplayError: when the file cannot be read or is not such a log.
     """
-    records = []
     try:
         with path.open(encoding="utf-8", errors="replace") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
                 try:
-                    records.append(SourceRecord(*jsonl_fields(json.loads(line))))
+                    record = SourceRecord(*jsonl_fields(json.loads(line)))
                 except (KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise ReplayError(
                         f"{path}:{number}: not an event-log line ({type(exc).__name__}: "
                         f"{str(exc)[:200]})"
                     ) from None
+                if topic is None or record.topic == topic:
+                    yield record
     except OSError as exc:
         raise ReplayError(f"cannot read the event log {path}: {exc.strerror}") from None
-    return records
 
 
 def record_line(record: SourceRecord, codec: EventCodec) -> str:
@@ -247,13 +399,18 @@ def live_events(codec: EventCodec, records: Iterable[SourceRecord]) -> list[Even
 
 __all__ = [
     "KAFKA_TIMEOUT_S",
+    "READERS",
+    "Reader",
     "SourceRecord",
     "decode_or_none",
     "decoded",
+    "default_reader",
+    "iter_jsonl",
     "kafka_offsets",
     "live_events",
     "read_jsonl",
     "read_kafka",
+    "read_partition",
     "record_line",
     "throwaway_consumer",
 ]

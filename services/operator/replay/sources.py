@@ -5,27 +5,43 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import chain, islice
 from pathlib import Path
 from typing import Protocol
 
 from shaping.schemas.codec import EventCodec
 from shaping.schemas.headers import headers_for
-from shaping.schemas.topics import TopicNames
+from shaping.schemas.topics import TopicKind, TopicNames
 from shaping.services.domain import CurriculumCatalog
 from shaping.services.operator.replay.log import (
     KAFKA_TIMEOUT_S,
+    Reader,
     SourceRecord,
+    iter_jsonl,
     kafka_offsets,
-    read_jsonl,
     read_kafka,
+    read_partition,
     record_line,
     throwaway_consumer,
 )
-from shaping.services.processor.step import Outgoing
 
 # Under the package's name, as replay logged before it was split into modules.
 log = logging.getLogger(__package__)
+
+
+class Message(Protocol):
+    """A message to publish (an ``Outgoing`` of the step, or one a worker spilled)."""
+
+    @property
+    def topic_kind(self) -> TopicKind: ...
+
+    @property
+    def key(self) -> bytes: ...
+
+    @property
+    def value(self) -> bytes: ...
+
 
 CatalogFactory = Callable[[], CurriculumCatalog]
 """Builds the curricula the lab keeps (what :meth:`Source.catalog` starts from); called when
@@ -42,7 +58,16 @@ class Source(Protocol):
         ...
 
     def inputs(self) -> Iterator[SourceRecord]:
-        """The events topic up to the snapshot, in processing order."""
+        """The events topic up to the snapshot, partitions merged by broker timestamp (the
+        order a live consumer sees, near enough), streamed."""
+        ...
+
+    def partitions(self) -> list[tuple[int, int]]:
+        """``[(partition, messages)]`` of the events topic at the snapshot."""
+        ...
+
+    def read_partition(self, partition: int) -> Iterator[SourceRecord]:
+        """One partition of the events topic up to the snapshot, in offset order, streamed."""
         ...
 
     def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
@@ -54,8 +79,8 @@ class Source(Protocol):
         """The projector's positions that go with the rebuilt tables."""
         ...
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Publishes corrections and new outputs to the live topics."""
+    def publish(self, messages: Iterable[Message]) -> None:
+        """Publishes corrections and new outputs to the live topics, in order (streamed)."""
         ...
 
     def catalog(self) -> CurriculumCatalog:
@@ -72,11 +97,19 @@ class KafkaSource:
         codec: decodes the curricula topic.
         curricula: the lab's curricula; :meth:`catalog` adds those published on the curricula
             topic.
+        reader: the client that reads the partitions in bulk (None: confluent-kafka when it
+            is installed, see :func:`~.log.default_reader`).
     """
 
     def __init__(
-        self, bootstrap: str, topics: TopicNames, codec: EventCodec, curricula: CatalogFactory
+        self,
+        bootstrap: str,
+        topics: TopicNames,
+        codec: EventCodec,
+        curricula: CatalogFactory,
+        reader: Reader | None = None,
     ) -> None:
+        self.reader = reader
         self.bootstrap = bootstrap
         self.topics = topics
         self.codec = codec
@@ -85,12 +118,16 @@ class KafkaSource:
         self.output_bounds: dict[tuple[str, int], tuple[int, int]] = {}
 
     def output_topics(self) -> list[str]:
-        """The output topics there are (the accepted topic is missing before its release)."""
+        """The topics the projector reads that there are (the accepted topic is missing before
+        its release, the alerts topic before issue 15's): the processor's outputs, and the
+        alerts, which the fresh tables take as they stand."""
         outputs = [self.topics.decisions, self.topics.assignments, self.topics.dead_letter]
         consumer = throwaway_consumer(self.bootstrap, "shaping-replay-offsets")
         try:
             if consumer.partitions_for_topic(self.topics.accepted):
                 outputs.insert(0, self.topics.accepted)
+            if consumer.partitions_for_topic(self.topics.alerts):
+                outputs.append(self.topics.alerts)
         finally:
             consumer.close(autocommit=False)
         return outputs
@@ -104,6 +141,21 @@ class KafkaSource:
     def inputs(self) -> Iterator[SourceRecord]:
         return read_kafka(self.bootstrap, self.input_bounds, "shaping-replay")
 
+    def partitions(self) -> list[tuple[int, int]]:
+        return sorted((p, end - begin) for (_, p), (begin, end) in self.input_bounds.items())
+
+    def read_partition(self, partition: int) -> Iterator[SourceRecord]:
+        begin, end = self.input_bounds[(self.topics.events, partition)]
+        return read_partition(
+            self.bootstrap,
+            self.topics.events,
+            partition,
+            begin,
+            end,
+            f"shaping-replay-{partition}",
+            reader=self.reader,
+        )
+
     def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
         bounds = {tp: b for tp, b in self.output_bounds.items() if tp[0] not in skip}
         return list(read_kafka(self.bootstrap, bounds, "shaping-replay-outputs"))
@@ -113,14 +165,16 @@ class KafkaSource:
         # events topic), and records a partition once it has read a message there.
         return {tp: end for tp, (_, end) in self.output_bounds.items() if end > 0}
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
+    def publish(self, messages: Iterable[Message]) -> None:
         from shaping.services.adapters.kafka import producer as kafka_producer
 
-        if not messages:
+        pending = iter(messages)
+        first = next(pending, None)
+        if first is None:
             return
         producer = kafka_producer(self.bootstrap, "shaping-replay")
         try:
-            for message in messages:
+            for message in chain([first], pending):
                 topic = getattr(self.topics, message.topic_kind)
                 producer.send(
                     topic, key=message.key, value=message.value, headers=headers_for(message.value)
@@ -145,7 +199,9 @@ class KafkaSource:
 
 
 class JsonlSource:
-    """The embedded log of ``shaping demo`` (``events.jsonl``).
+    """The embedded log of ``shaping demo`` (``events.jsonl``), read line by line: the input
+    messages are streamed from the file (twice: once to count them at the snapshot, once to
+    fold them); only the output topics' messages are kept.
 
     Args:
         path: the log file.
@@ -161,38 +217,46 @@ class JsonlSource:
         self.topics = topics
         self.codec = codec
         self.curricula = curricula
-        self.records: list[SourceRecord] = []
+        self.outputs: list[SourceRecord] = []
+        self.counts: dict[int, int] = {}
+        self.ends: dict[tuple[str, int], int] = {}
 
     def snapshot(self) -> int:
-        self.records = read_jsonl(self.path)
-        return sum(1 for r in self.records if r.topic == self.topics.events)
+        self.outputs, self.counts, self.ends = [], {}, {}
+        for record in iter_jsonl(self.path):
+            self.ends[(record.topic, record.partition)] = record.offset + 1
+            if record.topic == self.topics.events:
+                self.counts[record.partition] = self.counts.get(record.partition, 0) + 1
+            else:
+                self.outputs.append(record)
+        return sum(self.counts.values())
 
     def inputs(self) -> Iterator[SourceRecord]:
-        return (r for r in self.records if r.topic == self.topics.events)
+        # The log file is in the order the embedded runtime processed it.
+        return islice(iter_jsonl(self.path, self.topics.events), sum(self.counts.values()))
+
+    def partitions(self) -> list[tuple[int, int]]:
+        return sorted(self.counts.items())
+
+    def read_partition(self, partition: int) -> Iterator[SourceRecord]:
+        wanted = (r for r in iter_jsonl(self.path, self.topics.events) if r.partition == partition)
+        return islice(wanted, self.counts.get(partition, 0))
 
     def live_outputs(self, skip: Collection[str] = ()) -> list[SourceRecord]:
-        return [r for r in self.records if r.topic != self.topics.events and r.topic not in skip]
+        return [r for r in self.outputs if r.topic not in skip]
 
     def projector_offsets(self) -> dict[tuple[str, int], int]:
-        ends: dict[tuple[str, int], int] = {}
-        for record in self.records:
-            ends[(record.topic, record.partition)] = record.offset + 1
-        return ends
+        return dict(self.ends)
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
-        if not messages:
-            return
-        ends = self.projector_offsets()
-        lines = []
-        for message in messages:
-            topic = getattr(self.topics, message.topic_kind)
-            offset = ends.get((topic, 0), 0)
-            ends[(topic, 0)] = offset + 1
-            record = SourceRecord(topic, 0, offset, message.key, message.value)
-            self.records.append(record)
-            lines.append(record_line(record, self.codec))
+    def publish(self, messages: Iterable[Message]) -> None:
         with self.path.open("a", encoding="utf-8") as out:
-            out.write("".join(line + "\n" for line in lines))
+            for message in messages:
+                topic = getattr(self.topics, message.topic_kind)
+                offset = self.ends.get((topic, 0), 0)
+                self.ends[(topic, 0)] = offset + 1
+                record = SourceRecord(topic, 0, offset, message.key, message.value)
+                self.outputs.append(record)
+                out.write(record_line(record, self.codec) + "\n")
             out.flush()
             os.fsync(out.fileno())
 
@@ -200,4 +264,4 @@ class JsonlSource:
         return self.curricula()
 
 
-__all__ = ["CatalogFactory", "JsonlSource", "KafkaSource", "Source"]
+__all__ = ["CatalogFactory", "JsonlSource", "KafkaSource", "Message", "Source"]

@@ -3,20 +3,21 @@ rows that compare equal across PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, inspect, make_url, select
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from shaping.schemas.codec import EventCodec
 from shaping.services.operator.replay.errors import ReplayError
 from shaping.services.projector.errors import ProjectorError
 from shaping.services.projector.store import SqlProjectionStore
-from shaping.services.projector.tables import PROJECTION_TABLES, projector_offsets
+from shaping.services.projector.tables import PROJECTION_TABLES, metadata, projector_offsets
 
 OffsetRow = tuple[str, str, int, int]
 """A row of the projector's offsets table: consumer, topic, partition, next offset."""
@@ -130,6 +131,43 @@ def open_live(db_url: str, codec: EventCodec) -> SqlProjectionStore:
         raise ReplayError(str(exc)) from exc
 
 
+BULK_ROWS = 5000
+"""Rows per executemany call when the fresh tables are written in bulk."""
+
+
+def write_rows(
+    store: SqlProjectionStore, parts: Iterable[Mapping[str, list[dict[str, Any]]]]
+) -> int:
+    """Writes rows read from other stores of the projector's tables (one part per replay
+    worker, :func:`~.parallel.fold_partitions`) into ``store``'s tables, in bulk: one
+    transaction, table by table in dependency order, ``executemany`` batches of
+    :data:`BULK_ROWS`. The parts hold different mice; a row whose key another part already
+    wrote (only a log that reuses an id across mice makes one) is left as the first wrote it.
+    Returns how many rows were written.
+
+    Raises:
+        ReplayError: when the database refuses them.
+    """
+    parts = list(parts)
+    written = 0
+    dialect = store.engine.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    try:
+        with store.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                if table.name == projector_offsets.name:
+                    continue
+                statement = insert(table).on_conflict_do_nothing()
+                for part in parts:
+                    rows = part.get(table.name, [])
+                    for start in range(0, len(rows), BULK_ROWS):
+                        conn.execute(statement, rows[start : start + BULK_ROWS])
+                    written += len(rows)
+    except SQLAlchemyError as exc:
+        raise ReplayError(f"cannot write the fresh tables: {exc}") from exc
+    return written
+
+
 def live_offsets(store: SqlProjectionStore) -> list[OffsetRow]:
     """Every row of the projector's offsets table (all consumers), sorted."""
     with store.engine.connect() as conn:
@@ -137,4 +175,13 @@ def live_offsets(store: SqlProjectionStore) -> list[OffsetRow]:
     return sorted((str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows)
 
 
-__all__ = ["OffsetRow", "TableRows", "live_offsets", "open_live", "read_live", "table_rows"]
+__all__ = [
+    "BULK_ROWS",
+    "OffsetRow",
+    "TableRows",
+    "live_offsets",
+    "open_live",
+    "read_live",
+    "table_rows",
+    "write_rows",
+]

@@ -1,0 +1,92 @@
+"""``shaping notifier``: route alerts to people by email and chat webhooks (docs/alerts.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shaping.services.cli.options import Bootstrap, Prefix, fail, settings_with
+
+app = typer.Typer(help="Tells people of alerts: email and chat webhooks.", no_args_is_help=True)
+
+RoutingFile = Annotated[
+    Path,
+    typer.Option("--routing", envvar="SHAPING_ALERT_ROUTING", help="The routing file (YAML)."),
+]
+
+
+def _routing(path: Path):  # type: ignore[no-untyped-def]
+    from shaping.services.alerts.checks import FileInvalid
+    from shaping.services.notifier.routing import load_routing
+
+    try:
+        return load_routing(path)
+    except FileInvalid as exc:
+        from shaping.schemas.text import printable
+
+        for problem in exc.problems:
+            typer.secho(printable(str(problem)), fg=typer.colors.RED, err=True)
+        fail(f"{printable(str(path))}: rejected")
+
+
+@app.command("check")
+def check(path: Annotated[Path, typer.Argument(help="A routing file.")]) -> None:
+    """Check a routing file; print its problems with their lines."""
+    routing = _routing(path)
+    typer.echo(
+        f"{path}: {len(routing.people)} people, {len(routing.subscriptions)} subscriptions, "
+        f"{len(routing.escalation)} escalation levels, "
+        f"email {'via ' + routing.smtp.host if routing.smtp else 'off'}"
+    )
+
+
+@app.command("run")
+def run(
+    routing_file: RoutingFile,
+    bootstrap: Bootstrap = None,
+    prefix: Prefix = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SHAPING_NOTIFIER_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (/metrics).",
+        ),
+    ] = None,
+) -> None:
+    """Read the alerts topic and tell people (runs until SIGTERM or Ctrl-C)."""
+    import logging
+    import signal
+    import threading
+
+    from shaping.services import bootstrap as wiring
+    from shaping.services.notifier.metrics import NotifierMetrics
+    from shaping.services.notifier.runner import run_notifier
+
+    routing = _routing(routing_file)
+    settings = settings_with(bootstrap, prefix)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    metrics = NotifierMetrics(wiring.metric_registry())
+    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    try:
+        status = run_notifier(
+            settings.kafka, settings.topics, routing, wiring.codec(), stop, metrics
+        )
+    finally:
+        if server is not None:
+            server.close()
+    typer.echo(
+        f"notifier stopped: {status.sent} sent, {status.failed} failed tries, "
+        f"{status.unrouted} unrouted"
+    )
+
+
+def register(parent: typer.Typer) -> None:
+    """Mounts ``shaping notifier ...``."""
+    parent.add_typer(app, name="notifier")
