@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole Shaping stack as local processes, the same stack docker-compose.yml runs:
-# Kafka (infra/kafka), PostgreSQL (infra/postgres), the topics, the processor, the projector and
-# Prometheus (infra/prometheus) scraping both. `make stack-up` / `make stack-down` call this.
+# Kafka (infra/kafka), PostgreSQL (infra/postgres), the topics, the ingress gate, the processor,
+# the projector, the alerts service, the notifier (when the lab gave its routing file), the
+# trainers' web page, and Prometheus (infra/prometheus) scraping them all.
+# `make stack-up` / `make stack-down` call this.
 #
 # Secured by default (docs/security.md, "The local stack"): Kafka runs `kafka.sh up --secure`
 # (SASL_SCRAM over TLS, ACLs; the CA, principals and passwords are made on the first `up`, in
@@ -9,7 +11,18 @@
 # (postgres.sh: roles shaping_projector and shaping_reader, secrets in
 # $SHAPING_STACK_DIR/postgres/secrets). Each service runs with its own credentials, read from
 # those 0600 files: the processor as the Kafka principal 'processor', the projector as
-# 'projector' and the database role shaping_projector; the topics are created as 'admin'.
+# 'projector' and the database role shaping_projector, the alerts service as 'alerts', the
+# notifier as 'notifier', the web page as 'web' (an operator speaking for its logged-in users,
+# web/<user>) reading the tables as shaping_reader; the topics are created as 'admin'.
+#
+# The alerts service runs the lab's rules file SHAPING_ALERT_RULES, or the built-in rules
+# (docs/alerts.md) with the heartbeats on. The notifier needs the lab's routing file
+# SHAPING_ALERT_ROUTING (who hears of what, the SMTP server, webhooks); without it the notifier
+# is not started and `up` says so. The web page listens on 127.0.0.1:$SHAPING_WEB_PORT with its
+# users in $SHAPING_STACK_DIR/web/users.json: on the first `up` nobody is in it, and the user
+# 'manager' (a lab manager) is made with a random password in
+# $SHAPING_STACK_DIR/web/manager.initial-password (0600). SHAPING_WELFARE_POLICY (the lab's
+# policy file) reaches the processor, the alerts service and the page alike.
 # `up` writes the operator's credentials to $SHAPING_STACK_DIR/operator.env (mode 0600: the
 # Kafka principal 'operator', the read-only role shaping_reader; paths to the password files,
 # not the passwords) and prints how to use it:
@@ -35,6 +48,9 @@
 # starts a second stack on other ports. Also read:
 #   SHAPING_STACK_DIR  data, logs and pid files of every part   (default $REPO/.cache/stack)
 #   SHAPING_STACK_INSECURE  1: Kafka in plaintext, no authentication (debugging; default 0)
+#   SHAPING_ALERT_RULES     the lab's alert-rules file   (default: the built-in rules)
+#   SHAPING_ALERT_ROUTING   the lab's routing file       (default: none, no notifier)
+#   SHAPING_WELFARE_POLICY  the lab's welfare policy     (default: the built-in policy)
 #   SHAPING_OWNER_PID  optional: take the stack down when this process exits (tests)
 #   PYTHON             interpreter with Shaping installed        (default $REPO/.venv/bin/python)
 # Everything listens on 127.0.0.1 only.
@@ -78,7 +94,15 @@ export SHAPING_PG_DATA="$STACK/postgres"
 export SHAPING_PROMETHEUS_DATA="$STACK/prometheus"
 export SHAPING_DATA_DIR="$STACK/data"
 export SHAPING_METRICS_HOST=127.0.0.1
-export SHAPING_PROMETHEUS_TARGETS="processor=127.0.0.1:$SHAPING_PROCESSOR_METRICS_PORT projector=127.0.0.1:$SHAPING_PROJECTOR_METRICS_PORT ingress=127.0.0.1:$SHAPING_INGRESS_METRICS_PORT"
+WEB_DIR="$STACK/web"
+# Relative paths of the lab's files are the caller's: the services start elsewhere.
+for key in SHAPING_ALERT_RULES SHAPING_ALERT_ROUTING SHAPING_WELFARE_POLICY; do
+    value="${!key:-}"
+    if [[ -n "$value" ]]; then
+        [[ -r "$value" ]] || { echo "stack: $key=$value: no such readable file" >&2; exit 2; }
+        [[ "$value" == /* ]] || export "$key=$PWD/$value"
+    fi
+done
 
 KAFKA_SH="$HERE/kafka/kafka.sh"
 POSTGRES_SH="$HERE/postgres/postgres.sh"
@@ -86,7 +110,7 @@ KAFKA_SECRETS="$SHAPING_KAFKA_DATA/secrets"
 PG_SECRETS="$SHAPING_PG_DATA/secrets"
 OPERATOR_ENV="$STACK/operator.env"
 PROMETHEUS_SH="$HERE/prometheus/prometheus.sh"
-SERVICES=(ingress processor projector)
+SERVICES=(ingress processor projector alerts notifier web)
 # The ingress gate (`shaping ingress run`, the Kafka principal 'ingress') forwards what rigs and
 # operators write on their own ingress topics to events and commands (docs/security.md). On the
 # insecure stack nobody writes an ingress topic (rigs and operators write events and commands
@@ -102,7 +126,22 @@ metrics_port() {
         ingress) printf '%s' "$SHAPING_INGRESS_METRICS_PORT" ;;
         processor) printf '%s' "$SHAPING_PROCESSOR_METRICS_PORT" ;;
         projector) printf '%s' "$SHAPING_PROJECTOR_METRICS_PORT" ;;
+        alerts) printf '%s' "$SHAPING_ALERTS_METRICS_PORT" ;;
+        notifier) printf '%s' "$SHAPING_NOTIFIER_METRICS_PORT" ;;
+        web) printf '%s' "$SHAPING_WEB_METRICS_PORT" ;;
     esac
+}
+
+# The services this stack runs: every one, but the notifier only with a routing file.
+configured() { [[ "$1" != notifier || -n "${SHAPING_ALERT_ROUTING:-}" ]]; }
+
+# The Prometheus targets: every configured service's metrics.
+prometheus_targets() {
+    local name targets=()
+    for name in "${SERVICES[@]}"; do
+        configured "$name" && targets+=("$name=127.0.0.1:$(metrics_port "$name")")
+    done
+    printf '%s' "${targets[*]}"
 }
 
 # pid of a running service started by this stack, or fail.
@@ -126,9 +165,26 @@ service_env_files() {
             ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/projector.env"
             printf '%s\n' "$PG_SECRETS/projector.env"
             ;;
-        ingress) ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/ingress.env" ;;
+        ingress | alerts | notifier) ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/$1.env" ;;
+        web)
+            ((SECURE)) && printf '%s\n' "$KAFKA_SECRETS/web.env"
+            printf '%s\n' "$PG_SECRETS/reader.env"
+            ;;
     esac
     return 0
+}
+
+# The command line of a service (after `python -m shaping.services.cli`).
+service_args() {
+    case "$1" in
+        ingress | alerts | notifier) printf '%s\n' "$1" run ;;
+        web)
+            printf '%s\n' web --host 127.0.0.1 --port "$SHAPING_WEB_PORT" \
+                --users-file "$WEB_DIR/users.json" --secret-file "$WEB_DIR/session.key" \
+                --first-manager manager
+            ;;
+        *) printf '%s\n' "$1" ;;
+    esac
 }
 
 # as_principal FILE... -- COMMAND...: COMMAND with the settings of the env FILEs.
@@ -146,10 +202,18 @@ as_principal() {
     )
 }
 
-metrics_answer() { curl -fsS -m 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" >/dev/null 2>&1; }
+metrics_answer() {
+    curl -fsS -m 2 "http://127.0.0.1:$(metrics_port "$1")/metrics" >/dev/null 2>&1 || return 1
+    # The page's metrics start before the page itself: wait for both.
+    [[ "$1" != web ]] || curl -fsS -m 2 "http://127.0.0.1:$SHAPING_WEB_PORT/healthz" >/dev/null 2>&1
+}
 
 start_service() {
     local name="$1" pid
+    if ! configured "$name"; then
+        say "$name not started: no routing file (set SHAPING_ALERT_ROUTING to the lab's; docs/alerts.md)"
+        return 0
+    fi
     if pid="$(service_pid "$name")"; then
         say "$name already running (pid $pid)"
         return 0
@@ -157,8 +221,13 @@ start_service() {
     local port
     port="$(metrics_port "$name")"
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "metrics port 127.0.0.1:$port of the $name is in use"
-    local args=("$name") files=() file
-    [[ "$name" == ingress ]] && args=(ingress run)
+    if [[ "$name" == web ]]; then
+        (exec 3<>"/dev/tcp/127.0.0.1/$SHAPING_WEB_PORT") 2>/dev/null && die "the web page's port 127.0.0.1:$SHAPING_WEB_PORT is in use (SHAPING_WEB_PORT)"
+        mkdir -p "$WEB_DIR"
+        chmod 700 "$WEB_DIR"
+    fi
+    local args=() files=() file
+    mapfile -t args < <(service_args "$name")
     mapfile -t files < <(service_env_files "$name")
     for file in "${files[@]}"; do
         [[ -r "$file" ]] || die "the $name's credentials $file are missing"
@@ -375,11 +444,11 @@ up() {
     local db_url
     db_url="$("$POSTGRES_SH" url projector)"
     for name in "${SERVICES[@]}"; do
-        claim "$name"
+        configured "$name" && claim "$name"
         start_service "$name"
     done
     claim prometheus
-    "$PROMETHEUS_SH" up
+    SHAPING_PROMETHEUS_TARGETS="$(prometheus_targets)" "$PROMETHEUS_SH" up
     write_operator_env
     if [[ -n "$OWNER" ]]; then start_watchdog; fi
     trap - EXIT INT TERM
@@ -387,6 +456,12 @@ up() {
     if ((SECURE)); then kafka+=" (SASL_SSL, ACLs)"; else kafka+=" (PLAINTEXT, no ACLs)"; fi
     say "up: $kafka, status tables $db_url,"
     say "    Prometheus http://127.0.0.1:$SHAPING_PROMETHEUS_PORT (logs and data in $STACK)"
+    say "the trainers' page: http://127.0.0.1:$SHAPING_WEB_PORT/ (users in $WEB_DIR/users.json)"
+    if [[ -f "$WEB_DIR/manager.initial-password" ]]; then
+        say "    first login: manager, password in $WEB_DIR/manager.initial-password (0600); add people with"
+        say "    $REPO/.venv/bin/shaping web add-user NAME --role trainer|husbandry|manager --users-file $WEB_DIR/users.json"
+    fi
+    configured notifier || say "alerts are raised, but nobody is told: set SHAPING_ALERT_ROUTING (docs/alerts.md)"
     say "operator's credentials (mode 0600): $OPERATOR_ENV; use them with"
     say "    set -a; . '$OPERATOR_ENV'; set +a        (then: $REPO/.venv/bin/shaping status)"
     say " or SHAPING_CREDENTIALS_FILE='$OPERATOR_ENV' $REPO/.venv/bin/shaping status"
@@ -408,6 +483,8 @@ status() {
     for name in "${SERVICES[@]}"; do
         if pid="$(service_pid "$name")"; then
             say "$name running (pid $pid), metrics on 127.0.0.1:$(metrics_port "$name")"
+        elif ! configured "$name"; then
+            say "$name not configured (SHAPING_ALERT_ROUTING)"
         else
             say "$name not running"
             all=3

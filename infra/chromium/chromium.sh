@@ -21,8 +21,8 @@ case "${1:-ensure}" in
         fi
         if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
             echo "chromium: installing Debian's chromium and chromium-driver (for the browser test of shaping web)" >&2
-            apt-get update -qq >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
                 chromium chromium-driver >/dev/null
             present && exit 0
         fi

@@ -10,8 +10,8 @@ case "${1:-ensure}" in
         fi
         if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
             echo "graphviz: installing Debian's graphviz (for the dot command)" >&2
-            apt-get update -qq >/dev/null
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null
+            apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq graphviz >/dev/null
             command -v dot >/dev/null 2>&1 && exit 0
         fi
         echo "graphviz: the dot command is missing; install graphviz (Debian: sudo apt-get install graphviz)" >&2

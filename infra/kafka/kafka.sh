@@ -478,6 +478,8 @@ ensure_principals() {
     add_principal_line ingress ingress
     add_principal_line alerts alerts
     add_principal_line notifier notifier
+    # The trainers' web page speaks as an operator, for its logged-in users (web/<user>).
+    add_principal_line web operator
     for name in ${SHAPING_KAFKA_OPERATORS-operator}; do add_principal_line "$name" operator; done
     for name in ${SHAPING_KAFKA_RIGS-rig-1 rig-2}; do add_principal_line "$name" rig; done
     while read -r name role; do

@@ -111,8 +111,8 @@ install_server() {
         die "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb). Install them with: sudo apt-get install postgresql (or set SHAPING_PG_BIN)"
     fi
     say "PostgreSQL server binaries not found; installing Debian's 'postgresql' package"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q postgresql
     # The package creates and may start its own cluster (usually 15/main on
     # 5432). We do not use it; stop it so it does not hold memory and a port.
     if command -v pg_lsclusters >/dev/null 2>&1; then

@@ -70,9 +70,9 @@ install() {
         added_policy=1
     fi
     local status=0
-    apt-get update -q || status=$?
+    apt-get -o DPkg::Lock::Timeout=600 update -q || status=$?
     if [[ "$status" -eq 0 ]]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends prometheus \
             || status=$?
     fi
     if [[ "$added_policy" -eq 1 ]]; then rm -f "$policy"; fi

@@ -346,6 +346,27 @@ class MetricsServer:
         self.server.server_close()
 
 
+class Counters:
+    """The counters of a small service (the ingress gate, the alerts service, the notifier,
+    the web page), in a registry of their own (one per process or test), with the two things
+    each needs: a sample's value and an HTTP endpoint."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+
+    def counter(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Counter:
+        """A counter named ``name`` (its ``_total`` suffix is prometheus-client's to add)."""
+        return Counter(name.removesuffix("_total"), help_text, labels, registry=self.registry)
+
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 when never counted): for tests and displays."""
+        return float(self.registry.get_sample_value(name, labels) or 0.0)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> MetricsServer:
+        """Serves the registry over HTTP on ``host:port`` (port 0: any free port)."""
+        return MetricsServer(self.registry, port, host)
+
+
 class ServiceMetrics:
     """The Shaping metrics of one service process, in a registry of their own.
 

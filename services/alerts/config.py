@@ -258,10 +258,16 @@ _RULE_BUILDERS: dict[str, Any] = {
 }
 
 
-def default_rules(lab: str = "lab", welfare: WelfarePolicy = DEFAULT_POLICY) -> AlertRules:
-    """The rules an embedded install runs when it is given no file (``shaping demo``): the
-    training and husbandry rules, and the dead-letter storm. The heartbeats are off: in one
-    process the processor cannot fall silent, and a simulated rig sleeps every night.
+def default_rules(
+    lab: str = "lab", welfare: WelfarePolicy = DEFAULT_POLICY, heartbeats: bool = False
+) -> AlertRules:
+    """The rules an install runs when it is given no file: the training and husbandry rules,
+    and the dead-letter storm. Without ``heartbeats`` (``shaping demo``, the embedded runtime)
+    the heartbeats are off: in one process the processor cannot fall silent, and a simulated
+    rig sleeps every night. With them (``shaping alerts run`` without ``--rules``, the local
+    stack) a rig silent 30 minutes during the hours it is usually busy is a warning and the
+    processor silent 5 minutes is critical (``rig_silent: {minutes: 30}``,
+    ``processor_silent: {minutes: 5, severity: critical}``).
 
     As a file::
 
@@ -290,6 +296,8 @@ def default_rules(lab: str = "lab", welfare: WelfarePolicy = DEFAULT_POLICY) -> 
         weight={"attention": "attention", "warning": "critical"},
         not_weighed="attention",
         water_due=WaterDueRule(hours=23.0, severity="warning"),
+        rig_silent=SilenceRule(minutes=30.0) if heartbeats else None,
+        processor_silent=SilenceRule(minutes=5.0, severity="critical") if heartbeats else None,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.cli.options import Bootstrap, MetricsHost, Prefix, fail, settings_with
 
 app = typer.Typer(
     help="Alerts for people: raised by rules over the log, acknowledged by people.",
@@ -16,9 +16,12 @@ app = typer.Typer(
 )
 
 RulesFile = Annotated[
-    Path,
+    Path | None,
     typer.Option(
-        "--rules", envvar="SHAPING_ALERT_RULES", help="The lab's alert-rules file (YAML)."
+        "--rules",
+        envvar="SHAPING_ALERT_RULES",
+        help="The lab's alert-rules file (YAML). Default: the built-in rules (docs/alerts.md) "
+        "with the welfare policy of --policy.",
     ),
 ]
 
@@ -37,31 +40,42 @@ def _rules(path: Path):  # type: ignore[no-untyped-def]
         fail(f"{printable(str(path))}: rejected")
 
 
+def _builtin_rules(policy: str | None):  # type: ignore[no-untyped-def]
+    """The built-in rules with the heartbeats on, as a service runs them."""
+    from shaping.services.alerts.config import default_rules
+    from shaping.services.operator.husbandry import HusbandryError, welfare_policy
+
+    try:
+        welfare = welfare_policy(policy)
+    except HusbandryError as exc:
+        fail(exc)
+    return default_rules(welfare=welfare, heartbeats=True)
+
+
 @app.command("check")
 def check(path: Annotated[Path, typer.Argument(help="An alert-rules file.")]) -> None:
     """Check an alert-rules file; print its problems with their lines."""
-    rules = _rules(path)
-    on = [
-        name
-        for name in (
-            "stuck_at_stage",
-            "training_warnings",
-            "stage_labels",
-            "rig_silent",
-            "processor_silent",
-            "dead_letters",
-            "weight",
-            "not_weighed",
-            "water_due",
-        )
-        if getattr(rules, name)
-    ]
-    typer.echo(f"{path}: lab {rules.lab}, rules on: {', '.join(on) or 'none'}")
+    typer.echo(f"{path}: {_rules_on(_rules(path))}")
+
+
+def _rules_on(rules) -> str:  # type: ignore[no-untyped-def]
+    from shaping.services.alerts.config import RULES
+
+    on = [name for name in RULES if getattr(rules, name)]
+    return f"lab {rules.lab}, rules on: {', '.join(on) or 'none'}"
 
 
 @app.command("run")
 def run(
-    rules_file: RulesFile,
+    rules_file: RulesFile = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            "--policy",
+            envvar="SHAPING_WELFARE_POLICY",
+            help="The welfare policy of the built-in rules (a rules file names its own).",
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
     prefix: Prefix = None,
     metrics_port: Annotated[
@@ -71,6 +85,7 @@ def run(
             help="Serve Prometheus metrics on this port (/metrics).",
         ),
     ] = None,
+    metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Raise, update and resolve alerts from the log (runs until SIGTERM or Ctrl-C)."""
     import logging
@@ -82,7 +97,8 @@ def run(
     from shaping.services.alerts.rules import AlertEngine
     from shaping.services.alerts.runner import run_alerts
 
-    rules = _rules(rules_file)
+    rules = _rules(rules_file) if rules_file is not None else _builtin_rules(policy)
+    typer.echo(f"alerts service: {rules_file or 'the built-in rules'}: {_rules_on(rules)}")
     settings = settings_with(bootstrap, prefix)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -91,7 +107,7 @@ def run(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     metrics = AlertsMetrics(wiring.metric_registry())
-    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
     try:
         status = run_alerts(
             settings.kafka,

@@ -151,7 +151,7 @@ def send(
         Path,
         typer.Option(
             "--routing",
-            envvar="SHAPING_ROUTING_FILE",
+            envvar=["SHAPING_ALERT_ROUTING", "SHAPING_ROUTING_FILE"],
             help="The notifier's routing file: its smtp server and each trainer's email.",
             dir_okay=False,
             show_default=False,

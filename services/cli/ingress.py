@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.cli.options import Bootstrap, MetricsHost, Prefix, fail, settings_with
 
 app = typer.Typer(
     help="The ingress gate: forwards what rigs and operators say as themselves.",
@@ -25,14 +25,7 @@ def run(
             help="Serve Prometheus metrics on this port (/metrics).",
         ),
     ] = None,
-    metrics_host: Annotated[
-        str,
-        typer.Option(
-            "--metrics-host",
-            envvar="SHAPING_METRICS_HOST",
-            help="Address the metrics endpoint binds to.",
-        ),
-    ] = "0.0.0.0",
+    metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Read every rig's and operator's ingress topic and forward to the events and commands
     topics what each says as itself; dead-letter the rest (runs until SIGTERM or Ctrl-C)."""

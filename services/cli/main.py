@@ -25,7 +25,14 @@ from shaping.services.cli import operator as operator_cli
 from shaping.services.cli import replay as replay_cli
 from shaping.services.cli import rigs as rigs_cli
 from shaping.services.cli import web as web_cli
-from shaping.services.cli.options import Bootstrap, DbUrl, Prefix, fail, settings_with
+from shaping.services.cli.options import (
+    Bootstrap,
+    DbUrl,
+    MetricsHost,
+    Prefix,
+    fail,
+    settings_with,
+)
 
 app = typer.Typer(
     name="shaping",
@@ -41,15 +48,6 @@ app.add_typer(curricula_cli.app, name="curriculum")
 app.add_typer(events_cli.app, name="events")  # tail, show: the topics as text
 app.command("evaluate")(curricula_cli.evaluate)
 app.command("migrate")(curricula_cli.migrate)
-
-MetricsHost = Annotated[
-    str,
-    typer.Option(
-        "--metrics-host",
-        envvar="SHAPING_METRICS_HOST",
-        help="Address the metrics endpoint binds to.",
-    ),
-]
 
 
 @app.command()

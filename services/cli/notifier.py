@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, Prefix, fail, settings_with
+from shaping.services.cli.options import Bootstrap, MetricsHost, Prefix, fail, settings_with
 
 app = typer.Typer(help="Tells people of alerts: email and chat webhooks.", no_args_is_help=True)
 
@@ -54,6 +54,7 @@ def run(
             help="Serve Prometheus metrics on this port (/metrics).",
         ),
     ] = None,
+    metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Read the alerts topic and tell people (runs until SIGTERM or Ctrl-C)."""
     import logging
@@ -73,7 +74,7 @@ def run(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     metrics = NotifierMetrics(wiring.metric_registry())
-    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
     try:
         status = run_notifier(
             settings.kafka, settings.topics, routing, wiring.codec(), stop, metrics

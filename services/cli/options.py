@@ -119,3 +119,13 @@ def requester(settings: Settings, by: str | None) -> str:
         return operator_identity(settings, by).name
     except IdentityError as exc:
         fail(str(exc), code=2)  # the names in it are escaped already
+
+
+MetricsHost = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host",
+        envvar="SHAPING_METRICS_HOST",
+        help="Address the metrics endpoint binds to.",
+    ),
+]

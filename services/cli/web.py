@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, DbUrl, Prefix, fail, settings_with
+from shaping.services.cli.options import Bootstrap, DbUrl, MetricsHost, Prefix, fail, settings_with
 
 if TYPE_CHECKING:
     from shaping.schemas.codec import EventCodec
@@ -82,6 +82,23 @@ def serve(
             "built-in policy.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="SHAPING_WEB_METRICS_PORT",
+            help="Serve Prometheus metrics on this port (/metrics).",
+        ),
+    ] = None,
+    metrics_host: MetricsHost = "0.0.0.0",
+    first_manager: Annotated[
+        str | None,
+        typer.Option(
+            "--first-manager",
+            envvar="SHAPING_WEB_FIRST_MANAGER",
+            help="When the users file has nobody, make this user a lab manager with a random "
+            "password written to <users file's folder>/<NAME>.initial-password (mode 0600).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the trainers' page (log in, the lab at a glance, each mouse, and the forms to
     override, adjust and eject with a reason).
@@ -104,6 +121,9 @@ def serve(
         https_only=https_only,
         wait=wait,
         policy_file=policy,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        first_manager=first_manager,
     )
 
 
@@ -119,6 +139,9 @@ def serve_page(
     wait: float = 20.0,
     policy_file: str | None = None,
     banner: str = "",
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+    first_manager: str | None = None,
 ) -> None:
     """Serves the page until interrupted (``shaping web``, and ``shaping demo --web``);
     a users file without users, a bad secret or policy, unreadable tables end the command."""
@@ -131,10 +154,19 @@ def serve_page(
     from shaping.services.operator.interventions import InterventionError
     from shaping.services.web.app import WebConfig, create_app
     from shaping.services.web.commands import Interventions
+    from shaping.services.web.metrics import WebMetrics
     from shaping.services.web.users import UsersError, UsersFile, session_secret
 
     users = UsersFile(users_file)
     try:
+        made = users.first_manager(first_manager) if first_manager else None
+        if made is not None:
+            typer.echo(
+                f"the users file {users_file} had nobody: {first_manager} (a lab manager) may "
+                f"log in with the password in {made} (mode 0600); change it with `shaping web "
+                f"add-user {first_manager} --role manager --users-file {users_file}`, then "
+                "delete that file"
+            )
         if users.check() == 0:
             fail(
                 f"no users in {users_file}: add one with `shaping web add-user NAME --role "
@@ -172,13 +204,19 @@ def serve_page(
         https_only=https_only,
         where=sender.where,
         policy=policy,
+        metrics=WebMetrics(wiring.metric_registry()),
     )
+    server = None
+    if metrics_port is not None and config.metrics is not None:
+        server = config.metrics.serve(metrics_port, metrics_host)
     if banner:
         typer.echo(banner)
     typer.echo(f"shaping web: http://{host}:{port}/ (commands go to {sender.where})")
     try:
         uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
     finally:
+        if server is not None:
+            server.close()
         sender.close()
         engine.dispose()
 

@@ -11,39 +11,36 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
-from shaping.services.adapters.metrics import MetricsServer
+from shaping.services.adapters.metrics import Counters
 
 FORWARDED = "shaping_ingress_forwarded_total"
 REJECTED = "shaping_ingress_rejected_total"
 RETRIES = "shaping_ingress_retries_total"
 
 
-class IngressMetrics:
+class IngressMetrics(Counters):
     """The gate's counters, in a registry of their own (one per process or test)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        self.forwarded = Counter(
-            FORWARDED.removesuffix("_total"),
+        super().__init__(registry)
+        self.forwarded = self.counter(
+            FORWARDED,
             "Records of ingress topics forwarded to events or commands and acknowledged, by "
             "source kind (rig, operator) and message type.",
             ("source", "message_type"),
-            registry=self.registry,
         )
-        self.rejected = Counter(
-            REJECTED.removesuffix("_total"),
+        self.rejected = self.counter(
+            REJECTED,
             "Records of ingress topics sent to the dead-letter topic, by source kind and the "
             "gate's reason (undecodable, invalid, wrong_type, impersonation, key, stale, topic, "
             "failed).",
             ("source", "reason"),
-            registry=self.registry,
         )
-        self.retries = Counter(
-            RETRIES.removesuffix("_total"),
+        self.retries = self.counter(
+            RETRIES,
             "Rounds whose sends the broker did not acknowledge; their records are read again.",
-            registry=self.registry,
         )
 
     def count_forwarded(self, source: str, message_type: str) -> None:
@@ -54,15 +51,6 @@ class IngressMetrics:
 
     def count_retry(self) -> None:
         self.retries.inc()
-
-    def value(self, name: str, **labels: str) -> float:
-        """A sample's current value (0 when never counted): for tests and displays."""
-        found = self.registry.get_sample_value(name, labels)
-        return float(found or 0.0)
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> MetricsServer:
-        """Serves the registry over HTTP on ``host:port`` (port 0: any free port)."""
-        return MetricsServer(self.registry, port, host)
 
 
 __all__ = ["FORWARDED", "REJECTED", "RETRIES", "IngressMetrics"]

@@ -52,6 +52,7 @@ from shaping.services.operator.interventions import InterventionError
 from shaping.services.operator.queries import StageCheck
 from shaping.services.web import charts
 from shaping.services.web.commands import Interventions
+from shaping.services.web.metrics import CountRequests, WebMetrics
 from shaping.services.web.queries import mouse_page, open_alerts, overview
 from shaping.services.web.roles import may
 from shaping.services.web.users import User, UsersFile
@@ -80,6 +81,7 @@ class WebConfig:
         where: where the data comes from, for the footer.
         policy: the lab's welfare policy (expected weight, thresholds, water requirement,
             the lab's day).
+        metrics: the page's Prometheus counters (requests, log-ins, actions); None: none.
     """
 
     engine: Engine
@@ -90,6 +92,7 @@ class WebConfig:
     https_only: bool = False
     where: str = ""
     policy: WelfarePolicy = DEFAULT_POLICY
+    metrics: WebMetrics | None = None
 
 
 def _time(value: Any) -> str:
@@ -152,6 +155,7 @@ def create_app(config: WebConfig) -> Starlette:
     """The application over ``config``."""
     templates = _templates()
     is_terminal = _terminal_check(config.catalog)
+    metrics = config.metrics or WebMetrics()
 
     def csrf_token(request: Request) -> str:
         token = request.session.get("csrf")
@@ -221,6 +225,7 @@ def create_app(config: WebConfig) -> Starlette:
         name = form.get("name", "").strip()[:200]
         password = form.get("password", "")[:1000]
         user = await run_in_threadpool(config.users.authenticate, name, password)
+        metrics.count_login(user is not None)
         if user is None:
             return render(
                 request, "login.html", {"error": "wrong name or password", "name": name}, 401
@@ -330,6 +335,7 @@ def create_app(config: WebConfig) -> Starlette:
                         403, f"refused: a {user.role} may not {what} (ask a lab manager)"
                     )
             except _Refused as exc:
+                metrics.count_action(what, "forbidden")
                 return refused(request, exc)
             try:
                 reason = form.get("reason", "").strip()
@@ -341,8 +347,10 @@ def create_app(config: WebConfig) -> Starlette:
                     )
                 message = await run_in_threadpool(run, user, mouse_id, form)
             except (InterventionError, HusbandryError) as exc:
+                metrics.count_action(what, "refused")
                 flash(request, "error", f"{what}: {exc}")
             else:
+                metrics.count_action(what, "sent")
                 flash(request, "ok", message)
             return RedirectResponse(f"/mice/{mouse_id}", status_code=303)
 
@@ -432,7 +440,9 @@ def create_app(config: WebConfig) -> Starlette:
             https_only=config.https_only,
         ),
     ]
-    return Starlette(routes=routes, middleware=middleware, exception_handlers={404: not_found})
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers={404: not_found})
+    app.add_middleware(CountRequests, metrics=metrics, routes=routes)
+    return app
 
 
 def _positive(text: str, what: str, unit: str) -> float:

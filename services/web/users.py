@@ -149,6 +149,23 @@ class UsersFile:
         _write_private(self.path, text + "\n")
         return new
 
+    def first_manager(self, name: str) -> Path | None:
+        """When nobody may log in yet, makes ``name`` a lab manager with a new random password,
+        written to a 0600 file beside the users file (``<name>.initial-password``), and returns
+        that file; None when there are users already (the file is left alone).
+
+        A service started unattended (the local stack, a container) can then be logged into
+        without a password on any command line; the manager changes it with ``shaping web
+        add-user`` and deletes the file.
+        """
+        if self.check() > 0:
+            return None
+        password = secrets.token_urlsafe(18)
+        file = self.path.with_name(f"{check_user_name(name)}.initial-password")
+        _write_private(file, password + "\n")
+        self.put(name, "manager", password)
+        return file
+
 
 def session_secret(path: Path) -> str:
     """The key that signs the session cookies, from ``path`` (made with a new random key and

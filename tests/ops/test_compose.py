@@ -40,11 +40,16 @@ def test_compose_runs_the_whole_stack() -> None:
         "topics",
         "processor",
         "projector",
+        "ingress",
+        "alerts",
+        "notifier",
+        "web",
         "prometheus",
         "grafana",
         "rigs",
     }
     assert services["rigs"]["profiles"] == ["sim"]
+    assert services["notifier"]["profiles"] == ["notify"]
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
@@ -87,7 +92,7 @@ def test_every_env_file_and_mounted_path_exists() -> None:
 # Where each stateful service keeps its data. Each is read from the service's own settings in
 # docker-compose.yml (never left to an image default, which can change between image versions:
 # apache/kafka's default log.dirs is /tmp/kraft-combined-logs, lost with the container).
-STATELESS = {"topics", "projector", "ingress", "rigs"}
+STATELESS = {"topics", "projector", "ingress", "alerts", "notifier", "rigs"}
 
 
 def _dockerfile_env(name: str) -> str | None:
@@ -103,6 +108,7 @@ def data_dirs(services: dict[str, Any]) -> dict[str, list[str]]:
     postgres = services["postgres"].get("environment") or {}
     grafana = services["grafana"].get("environment") or {}
     processor = services["processor"].get("environment") or {}
+    web = services["web"].get("environment") or {}
     tsdb = [
         arg.split("=", 1)[1]
         for arg in services["prometheus"].get("command") or []
@@ -114,6 +120,10 @@ def data_dirs(services: dict[str, Any]) -> dict[str, list[str]]:
         "prometheus": tsdb or [""],
         "grafana": [grafana.get("GF_PATHS_DATA", "")],
         "processor": [processor.get("SHAPING_DATA_DIR") or _dockerfile_env("SHAPING_DATA_DIR")],
+        "web": [
+            str(Path(web.get("SHAPING_WEB_USERS", "")).parent),
+            str(Path(web.get("SHAPING_WEB_SECRET", "")).parent),
+        ],
     }
     if "KAFKA_METADATA_LOG_DIR" in kafka:
         dirs["kafka"].append(kafka["KAFKA_METADATA_LOG_DIR"])
@@ -185,6 +195,9 @@ def test_prometheus_scrapes_the_metrics_ports_of_the_shared_settings(
         "processor": f"processor:{settings['SHAPING_PROCESSOR_METRICS_PORT']}",
         "projector": f"projector:{settings['SHAPING_PROJECTOR_METRICS_PORT']}",
         "ingress": f"ingress:{settings['SHAPING_INGRESS_METRICS_PORT']}",
+        "alerts": f"alerts:{settings['SHAPING_ALERTS_METRICS_PORT']}",
+        "notifier": f"notifier:{settings['SHAPING_NOTIFIER_METRICS_PORT']}",
+        "web": f"web:{settings['SHAPING_WEB_METRICS_PORT']}",
     }
     # The rigs (machines of the lab) come from the file_sd files of the mounted rigs folder.
     [rigs] = [job for job in config["scrape_configs"] if job["job_name"] == "rigs"]
@@ -233,3 +246,17 @@ def test_compose_and_the_local_stack_read_the_same_settings(tmp_path: Path) -> N
     clean["SHAPING_KAFKA_PORT"] = "19092"
     overridden = run(["bash", str(STACK_SH), "config"], clean)
     assert "SHAPING_BOOTSTRAP=127.0.0.1:19092" in overridden.splitlines()
+
+
+def test_the_example_routing_file_checks_and_its_copy_is_ignored() -> None:
+    """The notifier's example routing file passes the same check a lab's copy must, and git
+    ignores the copy (it names people)."""
+    from shaping.services.notifier.routing import load_routing
+
+    routing = load_routing(REPO / "infra/alerts/routing.example.yaml")
+    assert set(routing.people) == {"keeper", "trainer", "manager"}
+    assert routing.smtp is not None and routing.subscriptions
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "infra/alerts/routing.yaml"], cwd=REPO, check=False
+    )
+    assert ignored.returncode == 0

@@ -6,6 +6,7 @@ simulated rigs, and stopped without leaving anything behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from typer.testing import CliRunner
@@ -25,11 +27,15 @@ from shaping.schemas.topics import TopicNames
 from shaping.services.cli import app
 from tests.support.ops import STACK_SH, free_ports, port_open, prom_value, read_pid, run
 from tests.support.processes import wait_until
+from tests.support.receivers import Inbox, Mailbox
 from tests.support.scripts import REPO, make_temp_dir, remove_dir
 from tests.support.wiring import sql_store
+from tests.web.conftest import csrf_of
 
 pytestmark = [pytest.mark.e2e]
 
+SERVICES = ("ingress", "processor", "projector", "alerts", "notifier", "web")
+"""The stack's services (the notifier runs when given a routing file)."""
 PLAN = LabPlan(n_mice=2, n_rigs=2, n_days=2, seed=9)
 REFUSE_TIMEOUT_MS = 4000
 
@@ -62,17 +68,28 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
+ROUTING = """\
+smtp: {{host: 127.0.0.1, port: {smtp_port}, sender: shaping@lab.test}}
+people:
+  keeper: {{email: keeper@lab.test, webhook: {{url: "{url}/chat", style: slack}}}}
+subscriptions:
+  - {{people: [keeper], scopes: [mouse], min_severity: attention}}
+"""
+"""The lab's routing file: the keeper hears of every mouse alert by email and chat."""
+
+
+def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing(
+    smtp_server: tuple[int, Mailbox], http_receiver: tuple[str, Inbox]
+) -> None:
     # Not pytest's tmp_path: PostgreSQL runs as the postgres user and must reach its data.
     base = make_temp_dir("shaping-test-stack-")
-    ports = free_ports(8)
-    names = ["KAFKA", "KAFKA_CONTROLLER", "PG", "PROMETHEUS", "PROCESSOR_METRICS"]
-    names += ["PROJECTOR_METRICS", "INGRESS_METRICS", "GRAFANA"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
-    env.update({f"SHAPING_{name}_PORT": str(port) for name, port in zip(names, ports, strict=True)})
-    env["SHAPING_STACK_DIR"] = str(base / "stack")
+    env, ports = _stack_env(base)
     env["SHAPING_PROMETHEUS_SCRAPE_INTERVAL"] = "1s"
-    env["SHAPING_OWNER_PID"] = str(os.getpid())  # safety net if this test dies
+    smtp_port, mailbox = smtp_server
+    url, inbox = http_receiver
+    routing = base / "routing.yaml"
+    routing.write_text(ROUTING.format(smtp_port=smtp_port, url=url))
+    env["SHAPING_ALERT_ROUTING"] = str(routing)
     bootstrap = f"127.0.0.1:{env['SHAPING_KAFKA_PORT']}"
     db_url = f"postgresql+psycopg://shaping_projector@127.0.0.1:{env['SHAPING_PG_PORT']}/shaping"
     prometheus = f"http://127.0.0.1:{env['SHAPING_PROMETHEUS_PORT']}"
@@ -83,6 +100,7 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
         out = run(["make", "-s", "stack-up"], env)
         assert f"Kafka {bootstrap} (SASL_SSL, ACLs)" in out and db_url in out
         assert f"SHAPING_CREDENTIALS_FILE='{operator_env}'" in out
+        assert f"http://127.0.0.1:{env['SHAPING_WEB_PORT']}/" in out and "first login" in out
         run(["bash", str(STACK_SH), "status"], env)
 
         # Secured: nobody gets in without credentials; the operator's are in a 0600 file
@@ -100,7 +118,7 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
         for path in [*secrets.glob("*.password"), *pg_secrets.glob("*.password")]:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         # Each service runs as its own principal and role, from the files, not the command line.
-        services = (("ingress", "ingress"), ("processor", "processor"), ("projector", "projector"))
+        services = [(name, name) for name in SERVICES]
         for service, principal in services:
             environ = Path(f"/proc/{read_pid(stack / f'{service}.pid')}/environ").read_bytes()
             assert f"SHAPING_KAFKA_SASL_USERNAME={principal}".encode() in environ.split(b"\0")
@@ -169,14 +187,36 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
         assert "honoured" in result.output and "shaping.operator.operator" in result.output, (
             result.output
         )
+        _a_keepers_morning_on_the_page(stack, env, operator_env, PLAN.mice()[1][0])
+        # The weight alert reaches the keeper by email and chat through the notifier (the
+        # not-weighed alert may come and go before it, depending on the hour).
+        weighed = PLAN.mice()[1][0]
+        headline = f"CRITICAL weight: mouse {weighed}"
+        wait_until(
+            lambda: (
+                any(headline in str(m["Subject"]) for m in mailbox.messages)
+                and any(headline in json.dumps(p["json"]) for p in inbox.posts)
+            ),
+            90,
+            "the keeper's email and chat message of the weight alert",
+        )
+        assert {m["To"] for m in mailbox.messages} == {"keeper@lab.test"}
+        assert {p["path"] for p in inbox.posts} == {"/chat"}
+        wait_until(
+            lambda: (
+                prom_value(prometheus, 'sum(shaping_web_actions_total{outcome="sent"})') == 1
+                and prom_value(prometheus, 'sum(shaping_alerts_events_total{event="raised"})') >= 1
+                and prom_value(prometheus, "sum(shaping_notifier_sent_total)") >= 2
+            ),
+            60,
+            "the stack's Prometheus to scrape the page, the alerts service and the notifier",
+        )
         pids = {
             "kafka": read_pid(stack / "kafka" / "kafka.pid"),
-            "ingress": read_pid(stack / "ingress.pid"),
-            "processor": read_pid(stack / "processor.pid"),
-            "projector": read_pid(stack / "projector.pid"),
             "prometheus": read_pid(stack / "prometheus" / "prometheus.pid"),
             "postgres": read_pid(stack / "postgres" / "postmaster.pid"),
         }
+        pids.update({name: read_pid(stack / f"{name}.pid") for name in SERVICES})
         assert all(_alive(pid) for pid in pids.values()), pids
     finally:
         run(["make", "-s", "stack-down"], env)
@@ -187,11 +227,55 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing() -> None:
     remove_dir(base)
 
 
+def _a_keepers_morning_on_the_page(
+    stack: Path, env: dict[str, str], operator_env: Path, mouse: str
+) -> None:
+    """The operator restricts ``mouse``; the stack's first manager logs in to the page and
+    weighs it below its minimum: a command sent as web/manager through the gate, honoured
+    by the processor, recorded in the tables and held."""
+    result = CliRunner().invoke(
+        app,
+        ["restrict", "start", mouse, "--reference", "25", "--wait", "60"],
+        env={"COLUMNS": "200", "SHAPING_CREDENTIALS_FILE": str(operator_env)},
+    )
+    assert result.exit_code == 0, result.output
+    password_file = stack / "web" / "manager.initial-password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((stack / "web" / "users.json").stat().st_mode) == 0o600
+    web = f"http://127.0.0.1:{env['SHAPING_WEB_PORT']}"
+    with httpx.Client(base_url=web, timeout=90) as page:
+        login = csrf_of(page.get("/login").text)
+        password = password_file.read_text().strip()
+        answer = page.post("/login", data={"name": "manager", "password": password, "csrf": login})
+        assert answer.status_code == 303, answer.text
+        token = csrf_of(page.get(f"/mice/{mouse}").text)
+        answer = page.post(
+            f"/mice/{mouse}/weigh",
+            data={"grams": "19", "confirm": "yes", "csrf": token},
+            follow_redirects=True,
+        )
+        assert answer.status_code == 200 and "19" in answer.text, answer.text
+    store = sql_store(_reader_url(stack, env["SHAPING_PG_PORT"]))
+    try:
+        wait_until(
+            lambda: any(
+                row["mouse_id"] == mouse and row["held"] for row in store.snapshot()["welfare_gate"]
+            ),
+            60,
+            "the weighed mouse held in the tables",
+        )
+        [weighed] = [r for r in store.snapshot()["husbandry_weights"] if r["mouse_id"] == mouse]
+        assert (weighed["grams"], weighed["recorded_by"]) == (19.0, "web/manager")
+    finally:
+        store.close()
+
+
 def _stack_env(base: Path) -> tuple[dict[str, str], list[int]]:
     """The environment of a stack on free ports with its data under ``base``."""
-    ports = free_ports(8)
     names = ["KAFKA", "KAFKA_CONTROLLER", "PG", "PROMETHEUS", "PROCESSOR_METRICS"]
-    names += ["PROJECTOR_METRICS", "INGRESS_METRICS", "GRAFANA"]
+    names += ["PROJECTOR_METRICS", "INGRESS_METRICS", "GRAFANA", "ALERTS_METRICS"]
+    names += ["NOTIFIER_METRICS", "WEB_METRICS", "WEB"]
+    ports = free_ports(len(names))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAPING_")}
     env.update({f"SHAPING_{name}_PORT": str(port) for name, port in zip(names, ports, strict=True)})
     env["SHAPING_STACK_DIR"] = str(base / "stack")
@@ -214,8 +298,7 @@ def _stack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 def _nothing_runs(stack: Path, ports: list[int], but: frozenset[int] = frozenset()) -> None:
     pid_files = [
         stack / "kafka" / "kafka.pid",
-        stack / "processor.pid",
-        stack / "projector.pid",
+        *(stack / f"{name}.pid" for name in SERVICES),
         stack / "prometheus" / "prometheus.pid",
         stack / "postgres" / "postmaster.pid",
     ]
@@ -257,8 +340,8 @@ def test_stack_up_stops_what_it_started_when_a_later_part_fails(
     prometheus_installed: None,
 ) -> None:
     """The last part (Prometheus) cannot start: its port is taken by a stranger. Kafka,
-    PostgreSQL, the ingress gate, the processor and the projector, started by this `up`, are
-    stopped again."""
+    PostgreSQL, the ingress gate, the processor, the projector, the alerts service and the web
+    page, started by this `up`, are stopped again (no routing file: no notifier)."""
     base = make_temp_dir("shaping-test-stack-rollback-")
     env, ports = _stack_env(base)
     stack = base / "stack"
@@ -274,9 +357,8 @@ def test_stack_up_stops_what_it_started_when_a_later_part_fails(
         assert f"port 127.0.0.1:{prometheus_port} is already in use" in output, output
         assert "projector up" in output and "processor up" in output, output
         assert "ingress up" in output, output
-        assert "stopping what it started: kafka postgres ingress processor projector" in output, (
-            output
-        )
+        started = "kafka postgres ingress processor projector alerts web"
+        assert f"stopping what it started: {started}" in output, output
         _nothing_runs(stack, ports, but=frozenset({prometheus_port}))
     finally:
         stranger.close()

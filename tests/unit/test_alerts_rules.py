@@ -26,7 +26,7 @@ from shaping.schemas.events import (
     WeightRecorded,
 )
 from shaping.services.alerts.checks import FileInvalid
-from shaping.services.alerts.config import parse_rules
+from shaping.services.alerts.config import default_rules, parse_rules
 from shaping.services.alerts.rules import AlertEngine, replay
 from tests.support.alert_inputs import dead_letter, decision
 
@@ -207,6 +207,20 @@ def test_the_processor_silent_while_input_arrives_raises() -> None:
     ]
     back = e.observe("dead_letter", dead_letter(1), T0 + timedelta(minutes=18))
     assert [type(a).__name__ for a in back] == ["AlertResolved"]
+
+
+def test_the_built_in_rules_of_a_service_watch_the_heartbeats_and_the_demos_do_not() -> None:
+    """`shaping alerts run` without --rules (the local stack) runs the built-in rules with the
+    heartbeats on; the embedded runtime (the demo) keeps them off."""
+    service = AlertEngine(default_rules(heartbeats=True))
+    service.observe("events", trial("rig-1", T0), T0)
+    service.observe("events", None, T0 + timedelta(minutes=1))
+    raised = service.tick(T0 + timedelta(minutes=7))
+    assert [(a.rule, a.severity) for a in raised] == [("processor_silent", "critical")]
+    demo = AlertEngine(default_rules())
+    demo.observe("events", trial("rig-1", T0), T0)
+    demo.observe("events", None, T0 + timedelta(minutes=1))
+    assert demo.tick(T0 + timedelta(hours=3)) == []
 
 
 def test_a_dead_letter_storm_raises_and_the_window_passing_resolves() -> None:

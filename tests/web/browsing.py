@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.processes import shaping_process
@@ -109,7 +109,28 @@ def go(driver: WebDriver, by: str, what: str) -> None:
     """Clicks a button or link and waits until the next page has replaced this one."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(by, what).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+    wait_replaced(driver, page)
+
+
+def wait_replaced(driver: WebDriver, page: WebElement) -> None:
+    """Waits until the document of ``page`` (its ``html`` element) has been replaced."""
+    WebDriverWait(driver, 30).until(lambda _: _replaced(page))
+
+
+def _replaced(page: WebElement) -> bool:
+    """Whether the document ``page`` belonged to is gone. Selenium's ``staleness_of`` expects
+    StaleElementReferenceException; while the old document is being torn down, Chromium may
+    say the same thing as an inspector error ("Node with given id does not belong to the
+    document"), which is an answer too, not a failure."""
+    try:
+        page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def log_in_as(driver: WebDriver, url: str, name: str) -> None:
@@ -141,7 +162,7 @@ def until_shown(driver: WebDriver, css: str, timeout_s: float = 60.0) -> WebElem
             time.sleep(0.5)
             page = driver.find_element(By.TAG_NAME, "html")
             driver.refresh()
-            WebDriverWait(driver, 30).until(expected_conditions.staleness_of(page))
+            wait_replaced(driver, page)
     finally:
         driver.implicitly_wait(5)
 

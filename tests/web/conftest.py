@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ from shaping.services.operator.husbandry import (
 from shaping.services.operator.queries import open_database
 from shaping.services.web.app import WebConfig, create_app
 from shaping.services.web.commands import EmbeddedSender, Interventions
+from shaping.services.web.metrics import WebMetrics
 from shaping.services.web.users import UsersFile, session_secret
 from tests.support.wiring import CODEC, sql_store
 
@@ -97,9 +99,10 @@ def embedded_sender(lab: Lab) -> EmbeddedSender:
     return EmbeddedSender(runtime, lab.log_path)
 
 
-@pytest.fixture
-def client(lab: Lab) -> Iterator[TestClient]:
-    """The application over the lab, as a test client (not logged in)."""
+@contextmanager
+def started_client(lab: Lab, metrics: WebMetrics | None = None) -> Iterator[TestClient]:
+    """The application over the lab, as a test client (not logged in), sending its commands
+    through the embedded runtime into the lab's log."""
     engine = open_database(lab.db_url)
     sender = embedded_sender(lab)
     catalog = default_catalog()
@@ -110,11 +113,21 @@ def client(lab: Lab) -> Iterator[TestClient]:
         interventions=Interventions(lab.db_url, sender, catalog),
         catalog=catalog,
         where=sender.where,
+        metrics=metrics,
     )
-    with TestClient(create_app(config), base_url="http://testserver") as test_client:
-        yield test_client
-    sender.close()
-    engine.dispose()
+    try:
+        with TestClient(create_app(config), base_url="http://testserver") as client:
+            yield client
+    finally:
+        sender.close()
+        engine.dispose()
+
+
+@pytest.fixture
+def client(lab: Lab) -> Iterator[TestClient]:
+    """The application over the lab, as a test client (not logged in)."""
+    with started_client(lab) as started:
+        yield started
 
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
