@@ -105,7 +105,7 @@ class Command(Record):
     @model_validator(mode="after")
     def _valid_names(self) -> Command:
         for name in self.NAME_FIELDS:
-            value = getattr(self, name, None)
+            value = self.__dict__.get(name)  # a field of this type, or None (fast)
             if value is not None:
                 check_name(value, name)
         return self
