@@ -28,7 +28,7 @@ from shaping.services.domain.psychometric import (
     fit_many,
     fit_request,
 )
-from shaping.services.domain.session_stats import SessionStats, block_key, parse_cell
+from shaping.services.domain.session_stats import SessionStats, block_key
 
 _NORMAL = NormalDist()
 
@@ -182,8 +182,7 @@ def _cells(
     wanted = None if block is None else block_key(block)
     pooled: dict[float, list[int]] = {}
     for stats in _stats(units):
-        for key, (n, right) in stats.psych.items():
-            cell_block, cell_contrast = parse_cell(key)
+        for cell_block, cell_contrast, n, right in stats.psych.cells():
             if wanted is not None and block_key(cell_block) != wanted:
                 continue
             if contrast is not None and cell_contrast != contrast:

@@ -23,9 +23,13 @@ Conventions (IBL's, ibllib ``brainbox.behavior.training``):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import struct
+from bisect import bisect_right
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, overload
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
+from pydantic_core import CoreSchema, core_schema
 
 from shaping.schemas.events import TrialCompleted
 
@@ -80,6 +84,360 @@ def parse_cell(key: str) -> tuple[float | None, float]:
     return (float(block) if block else None), float(contrast)
 
 
+# -- compact per-trial statistics -------------------------------------------------------------
+#
+# A finished session's statistics stay in a mouse's state for MAX_SESSION_HISTORY sessions,
+# live in the processor's memory and in its changelog. They are kept packed: each sequence is
+# one ``bytes`` object of machine numbers (not a list of Python objects), and each serialises
+# to a small JSON form (the same JSON the releases before wrote, except ``rt_zero``, which is
+# written as sorted deltas in microseconds when that is exact). Each of the three types reads
+# the JSON forms earlier releases wrote, so old state records load unchanged.
+
+
+def _schema(cls: Any) -> CoreSchema:
+    """A pydantic schema for a packed type: instances pass, anything else goes through
+    ``cls.of`` (the JSON forms, old or new); serialised by ``cls.to_json``."""
+    coerce = core_schema.no_info_plain_validator_function(cls.of)
+    return core_schema.json_or_python_schema(
+        json_schema=coerce,
+        python_schema=core_schema.union_schema([core_schema.is_instance_schema(cls), coerce]),
+        serialization=core_schema.plain_serializer_function_ser_schema(cls.to_json),
+    )
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, found {value!r}")
+    return value
+
+
+def _real(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, found {value!r}")
+    return float(value)
+
+
+_NO_RT = -(2**31)
+"""The packed value of a trial without a reaction time."""
+
+_INT32 = struct.Struct("=i")
+
+
+class PackedTimes(Sequence[int | None]):
+    """Reaction times per trial in whole milliseconds (None: none), packed as 4-byte integers.
+
+    A value outside the 32-bit range (about 24 days, which no rig reports, though a hostile
+    one might) turns the sequence into a plain tuple, so every value stays exact. Serialises
+    as a JSON list, as earlier releases wrote ``rts_ms``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes | tuple[int | None, ...] = b"") -> None:
+        self._data = data
+
+    @classmethod
+    def of(cls, value: object) -> PackedTimes:
+        """From a sequence of int | None (the JSON form)."""
+        if isinstance(value, PackedTimes):
+            return value
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"reaction times must be a list, found {type(value).__name__}")
+        packed = cls()
+        for item in value:
+            packed = packed.append(None if item is None else _integer(item))
+        return packed
+
+    def to_json(self) -> list[int | None]:
+        """The JSON form: a list of int | None."""
+        return self._list()
+
+    def append(self, value: int | None) -> PackedTimes:
+        """These times with one more at the end."""
+        data = self._data
+        if isinstance(data, bytes):
+            if value is None:
+                return PackedTimes(data + _INT32.pack(_NO_RT))
+            if _NO_RT < value < 2**31:
+                return PackedTimes(data + _INT32.pack(value))
+            data = tuple(self)
+        return PackedTimes((*data, value))
+
+    def __len__(self) -> int:
+        data = self._data
+        return len(data) // 4 if isinstance(data, bytes) else len(data)
+
+    def __iter__(self) -> Iterator[int | None]:
+        data = self._data
+        if not isinstance(data, bytes):
+            yield from data
+            return
+        yield from self._list()
+
+    def _list(self) -> list[int | None]:
+        data = self._data
+        if not isinstance(data, bytes):
+            return list(data)
+        return [None if v == _NO_RT else v for v in memoryview(data).cast("i").tolist()]
+
+    @overload
+    def __getitem__(self, index: int) -> int | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[int | None]: ...
+    def __getitem__(self, index: int | slice) -> int | list[int | None] | None:
+        return self._list()[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PackedTimes):
+            if isinstance(self._data, bytes) and isinstance(other._data, bytes):
+                return self._data == other._data
+            return list(self) == list(other)
+        if isinstance(other, list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"PackedTimes({list(self)!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return _schema(cls)
+
+
+_US = 1_000_000
+
+
+_EXACT_US = 2**52 / _US
+"""Below this many seconds, a float to the microsecond is exactly its whole microseconds."""
+
+
+def _microseconds(values: list[float]) -> list[int] | None:
+    """Sorted ``values`` (seconds, as ``round(rt, RT_DECIMALS)`` left them) in whole
+    microseconds, or None unless the microseconds give back exactly the same floats (a
+    negative zero, a value beyond :data:`_EXACT_US` or one with more decimals would not)."""
+    if not values or values[0] <= -_EXACT_US or values[-1] >= _EXACT_US:
+        return None if values else []
+    try:
+        micros = [round(v * _US) for v in values]
+    except (ValueError, OverflowError):  # NaN or infinity, in a record written by hand
+        return None
+    if [m / _US for m in micros] != values:
+        return None
+    if 0 in micros and any(math.copysign(1.0, v) < 0 for v in values if v == 0):
+        return None
+    return micros
+
+
+def _floats(data: bytes) -> list[float]:
+    return list(struct.unpack(f"={len(data) // 8}d", data))
+
+
+class SortedTimes(Sequence[float]):
+    """The reaction times of a session's 0% contrast trials (s, to the microsecond), kept
+    sorted: the only metric reading them is a median, which needs the values, not their
+    order. Packed as 8-byte floats.
+
+    JSON form: a string of the sorted values in whole microseconds, each written as its
+    difference from the one before (``"712345,1200,..."``), when every value is exactly that
+    many microseconds; otherwise a list of the floats. A list (what earlier releases wrote,
+    in trial order) is read too, and sorted.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._data = data
+
+    @classmethod
+    def of(cls, value: object) -> SortedTimes:
+        """From the JSON forms (a delta string, or a list of numbers in any order)."""
+        if isinstance(value, SortedTimes):
+            return value
+        if isinstance(value, str):
+            total, values = 0, []
+            for part in value.split(",") if value else []:
+                try:
+                    total += int(part)
+                except ValueError:
+                    raise ValueError(f"bad reaction time delta {part!r}") from None
+                values.append(total / _US)
+            return cls(struct.pack(f"={len(values)}d", *values))
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"reaction times must be a list, found {type(value).__name__}")
+        values = sorted(_real(item) for item in value)
+        return cls(struct.pack(f"={len(values)}d", *values))
+
+    def to_json(self) -> str | list[float]:
+        """The delta string when exact, else the list."""
+        values = _floats(self._data)
+        micros = _microseconds(values)
+        if micros is None:
+            return values
+        return ",".join(map(str, [b - a for a, b in zip([0, *micros], micros, strict=False)]))
+
+    def insert(self, value: float) -> SortedTimes:
+        """These times with one more, in its sorted place (after any equal ones)."""
+        data = self._data
+        at = bisect_right(memoryview(data).cast("d"), value) * 8
+        return SortedTimes(data[:at] + struct.pack("=d", value) + data[at:])
+
+    def __len__(self) -> int:
+        return len(self._data) // 8
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(_floats(self._data))
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        return _floats(self._data)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SortedTimes):
+            return self._data == other._data
+        if isinstance(other, list | tuple):
+            return list(self) == sorted(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return f"SortedTimes({list(self)!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return _schema(cls)
+
+
+_CELL = struct.Struct("=ddqq")
+"""One psychometric cell: block (NaN: none), signed contrast, trials, rightward choices."""
+
+_CELL_KEY = struct.Struct("=dd")
+_NO_BLOCK = float("nan")
+
+
+def _unblock(block: float) -> float | None:
+    return None if math.isnan(block) else block
+
+
+def _row(row: object) -> bytes:
+    """One packed cell from its JSON row, ``[block or null, contrast, trials, rightward]``."""
+    if not isinstance(row, list | tuple) or len(row) != 4:
+        raise ValueError(f"bad psychometric cell {row!r}")
+    block, contrast, n, right = row
+    packed_block = _NO_BLOCK if block is None else _real(block)
+    if math.isnan(packed_block) and block is not None:
+        raise ValueError(f"bad psychometric block {block!r}")
+    return _CELL.pack(packed_block, _real(contrast), _integer(n), _integer(right))
+
+
+class PsychCells(Mapping[str, list[int]]):
+    """A session's psychometric table, packed: per (block, signed contrast) cell, in the
+    order first met, [trials, rightward choices].
+
+    As a mapping it reads like the table earlier releases kept, ``"block|contrast"`` ->
+    [trials, rightward] (:func:`cell_key`); :meth:`cells` gives the numbers without building
+    the keys. JSON form: a list of ``[block or null, contrast, trials, rightward]`` rows; the
+    object earlier releases wrote (``{"block|contrast": [trials, rightward]}``) is read too,
+    and written when a number is not finite (which JSON cannot hold).
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes = b"") -> None:
+        self._data = data
+
+    @classmethod
+    def of(cls, value: object) -> PsychCells:
+        """From the JSON form, ``{"block|contrast": [trials, rightward]}``."""
+        if isinstance(value, PsychCells):
+            return value
+        if isinstance(value, list | tuple):
+            return cls(b"".join(_row(row) for row in value))
+        if not isinstance(value, Mapping):
+            raise ValueError(f"a psychometric table must be an object, found {value!r}")
+        parts = []
+        for key, cell in value.items():
+            if not isinstance(key, str) or not isinstance(cell, list | tuple) or len(cell) != 2:
+                raise ValueError(f"bad psychometric cell {key!r}: {cell!r}")
+            block, contrast = parse_cell(key)
+            if cell_key(block_key(block), contrast) != key:
+                raise ValueError(f"bad psychometric cell key {key!r}")
+            n, right = (_integer(c) for c in cell)
+            parts.append(_CELL.pack(_NO_BLOCK if block is None else block, contrast, n, right))
+        return cls(b"".join(parts))
+
+    def to_json(self) -> list[list[float | int | None]] | dict[str, list[int]]:
+        """The JSON form: rows, or the object form when a number is not finite."""
+        rows: list[list[float | int | None]] = []
+        for block, contrast, n, right in _CELL.iter_unpack(self._data):
+            if not (math.isfinite(contrast) and (math.isfinite(block) or math.isnan(block))):
+                return dict(self.items())
+            rows.append([_unblock(block), contrast, n, right])
+        return rows
+
+    def cells(self) -> Iterator[tuple[float | None, float, int, int]]:
+        """(block or None, signed contrast, trials, rightward choices) per cell, in order."""
+        for block, contrast, n, right in _CELL.iter_unpack(self._data):
+            yield _unblock(block), contrast, n, right
+
+    def add(self, block: float | None, contrast: float, right: bool) -> PsychCells:
+        """The table with one more trial in the cell (block, contrast)."""
+        data = self._data
+        key = _CELL_KEY.pack(_NO_BLOCK if block is None else block, contrast)
+        at = data.find(key)
+        while at != -1 and at % _CELL.size:
+            at = data.find(key, at + 1)
+        if at == -1:
+            return PsychCells(data + key + struct.pack("=qq", 1, int(right)))
+        _, _, n, rightward = _CELL.unpack_from(data, at)
+        cell = key + struct.pack("=qq", n + 1, rightward + int(right))
+        return PsychCells(data[:at] + cell + data[at + _CELL.size :])
+
+    def items(self) -> Iterator[tuple[str, list[int]]]:  # type: ignore[override]
+        for block, contrast, n, right in self.cells():
+            yield cell_key(block_key(block), contrast), [n, right]
+
+    def __getitem__(self, key: str) -> list[int]:
+        for name, cell in self.items():
+            if name == key:
+                return cell
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.items())
+
+    def __len__(self) -> int:
+        return len(self._data) // _CELL.size
+
+    def __eq__(self, other: object) -> bool:
+        # Equal as tables, whatever the order of the cells (as the dicts before were).
+        if isinstance(other, PsychCells) and self._data == other._data:
+            return True
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        size = _CELL.size
+        return hash(
+            tuple(sorted(self._data[i : i + size] for i in range(0, len(self._data), size)))
+        )
+
+    def __repr__(self) -> str:
+        return f"PsychCells({dict(self.items())!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return _schema(cls)
+
+
 class SessionStats(BaseModel):
     """Sufficient statistics of one session's trials.
 
@@ -92,13 +450,16 @@ class SessionStats(BaseModel):
         n_left: responses to the left.
         n_easy: trials with |signed contrast| >= 50.
         n_easy_correct: correct easy trials.
-        psych: ``"block|contrast"`` -> [trials, rightward choices] (misses in the trials).
-        rt_zero: reaction times (s, to the microsecond) of 0% contrast trials that have one.
+        psych: ``"block|contrast"`` -> [trials, rightward choices] (misses in the trials),
+            packed (:class:`PsychCells`).
+        rt_zero: reaction times (s, to the microsecond) of 0% contrast trials that have one,
+            sorted and packed (:class:`SortedTimes`).
         dprime_counts: [left-target trials, hits (correct on them), right-target trials,
             false alarms (incorrect on them)], misses and correction trials excluded.
         outcomes: one character per trial (``c``/``i``/``m``; upper case: a correction trial).
         sides: one character per trial: the response side (``r``/``l``/``-``).
-        rts_ms: reaction time per trial in whole milliseconds (None: none).
+        rts_ms: reaction time per trial in whole milliseconds (None: none), packed
+            (:class:`PackedTimes`).
         detail: whether the per-trial strings are still kept (older records drop them once
             newer ones hold a whole trial window; see :func:`~services.domain.metrics.trim`).
     """
@@ -113,12 +474,12 @@ class SessionStats(BaseModel):
     n_left: int = 0
     n_easy: int = 0
     n_easy_correct: int = 0
-    psych: dict[str, list[int]] = Field(default_factory=dict)
-    rt_zero: list[float] = Field(default_factory=list)
+    psych: PsychCells = Field(default_factory=PsychCells)
+    rt_zero: SortedTimes = Field(default_factory=SortedTimes)
     dprime_counts: list[int] = Field(default_factory=lambda: [0, 0, 0, 0])
     outcomes: str = ""
     sides: str = ""
-    rts_ms: list[int | None] = Field(default_factory=list)
+    rts_ms: PackedTimes = Field(default_factory=PackedTimes)
     detail: bool = True
 
     @property
@@ -145,18 +506,16 @@ class SessionStats(BaseModel):
         update["outcomes"] = self.outcomes + (code.upper() if trial.correction_trial else code)
         update["sides"] = self.sides + SIDE_CODES.get(side or "", "-")
         rt = _number(trial.reaction_time_s)
-        update["rts_ms"] = [*self.rts_ms, None if rt is None else round(rt * 1000)]
+        update["rts_ms"] = self.rts_ms.append(None if rt is None else round(rt * 1000))
         contrast = signed_contrast(trial.trial_parameters)
         if contrast is not None:
             if abs(contrast) >= EASY_CONTRAST:
                 update["n_easy"] = self.n_easy + 1
                 update["n_easy_correct"] = self.n_easy_correct + correct
-            block = block_key(_number(trial.trial_parameters.get("probability_left")))
-            key = cell_key(block, contrast)
-            cell = self.psych.get(key, [0, 0])
-            update["psych"] = {**self.psych, key: [cell[0] + 1, cell[1] + (side == "right")]}
+            block = _number(trial.trial_parameters.get("probability_left"))
+            update["psych"] = self.psych.add(block, contrast, side == "right")
             if contrast == 0 and rt is not None:
-                update["rt_zero"] = [*self.rt_zero, round(rt, RT_DECIMALS)]
+                update["rt_zero"] = self.rt_zero.insert(round(rt, RT_DECIMALS))
         if outcome != "miss" and not trial.correction_trial and trial.target_side is not None:
             left, hits, right, false_alarms = self.dprime_counts
             if trial.target_side == "left":
@@ -170,4 +529,6 @@ class SessionStats(BaseModel):
         """These statistics without the per-trial strings (summaries stay exact)."""
         if not self.detail:
             return self
-        return self.model_copy(update={"outcomes": "", "sides": "", "rts_ms": [], "detail": False})
+        return self.model_copy(
+            update={"outcomes": "", "sides": "", "rts_ms": PackedTimes(), "detail": False}
+        )

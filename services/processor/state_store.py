@@ -21,30 +21,37 @@ Records. A mouse's state is stored as two records (why: "State records" in app.p
 
 Format. Every record starts with a 4-byte header: a 3-byte ASCII magic naming the kind of
 record (``SMS`` state, ``SOS`` open sessions), then one byte holding the format number as
-``0x30 + n`` (the ASCII digit for formats 1 to 9, so a changelog dump shows ``SMS1``). Then:
+``0x30 + n`` (the ASCII digit for formats 1 to 9, so a changelog dump shows ``SMS2``). Then,
+in format 2 (what this version writes, :data:`STATE_FORMAT`):
 
-- state record: the state as UTF-8 JSON (pydantic's ``model_dump_json``);
+- state record: the state as UTF-8 JSON (pydantic's ``model_dump_json``), zlib-compressed;
 - open-sessions record: the :class:`OpenSessions` JSON, zlib-compressed.
 
-:data:`STATE_FORMAT` is the one format number of the store: this version writes it and reads
-only it. It changes whenever what a stored JSON means changes (a field renamed, removed or
-retyped; a change of encoding); adding a field with a default needs no new number, since a
-record without it still means the same. Reading a record of another format raises
-:class:`StateFormatError`, and so does a record with a field this version does not know
-(the stored models forbid unknown fields): a renamed field is refused, never silently read as
-its default. The error says what was found and what this version writes, and to run
-``shaping replay``, which rebuilds every state from the event log and hands it to the
-processor in this version's format. Bytes that are no record of the store at all (another
-magic, broken JSON or zlib, a value of the wrong type) raise a plain ``ValueError``: they are
-damage, not another version.
+In both, a session's statistics are in their compact JSON form
+(``services/domain/session_stats.py``: the 0% contrast reaction times as sorted microsecond
+deltas). Format 1, what earlier releases wrote, differs in two ways only: its state record is
+plain JSON (not compressed), and its statistics hold ``rt_zero`` as a list of floats. This
+version reads both (:data:`READ_FORMATS`): the statistics' types read either JSON form, and
+the processor rewrites a state in format 2 the next time it stores it, so an upgrade from
+format 1 needs no replay.
+
+The format number changes whenever what a stored record means changes (a field renamed,
+removed or retyped; a change of encoding); adding a field with a default needs no new number,
+since a record without it still means the same. Reading a record of a format this version
+does not read raises :class:`StateFormatError`, and so does a record with a field this version
+does not know (the stored models forbid unknown fields): a renamed field is refused, never
+silently read as its default. The error says what was found and which formats this version
+reads, and to run ``shaping replay``, which rebuilds every state from the event log and hands
+it to the processor in this version's format. Bytes that are no record of the store at all
+(another magic, broken JSON or zlib, a value of the wrong type) raise a plain ``ValueError``:
+they are damage, not another version.
 
 Records written before the format number existed (decision). Format 1 is the content those
 releases wrote: their open-sessions records already began with ``SOS1``, which is exactly the
 format-1 header, and their state records were bare JSON, which always begins with ``{``, a
 byte no header begins with. So a state record beginning with ``{`` is read as format 1,
-unversioned: a deployment upgrades without a replay as long as the store format is 1, and the
-unknown-field check still refuses whatever does not fit the models. Once the format is bumped,
-such a record is of another format like any other and refused with the replay hint.
+unversioned, like an ``SMS1`` record; the unknown-field check still refuses whatever does not
+fit the models.
 """
 
 from __future__ import annotations
@@ -71,8 +78,13 @@ starts) and for replay (which creates the state changelog when it hands over to 
 that never ran). Shaping creates its own topics with a replication factor of 1 too
 (``ensure_topics``); there is no setting for it."""
 
-STATE_FORMAT = 1
-"""The format number of every record this version writes, and the only one it reads."""
+STATE_FORMAT = 2
+"""The format number of every record this version writes."""
+
+READ_FORMATS = (1, 2)
+"""The format numbers this version reads: its own and format 1, which earlier releases wrote
+(a deployment upgrades without a replay; the processor rewrites each state in format 2 the
+next time it stores it)."""
 
 STATE_MAGIC = b"SMS"
 """First bytes of a state record, before its format byte."""
@@ -91,6 +103,12 @@ _UNVERSIONED = b"{"
 _SESSIONS_LEVEL = 1
 """zlib level of open-sessions records: level 1 already halves them (per-trial strings and
 reaction times), at a few tens of microseconds per trial."""
+
+_STATE_LEVEL = 6
+"""zlib level of format-2 state records. An IBL mouse after 60 dates of 600 trials: 18 KB at
+level 1, 16 KB at level 6 (bench/STATE.md); a state record is written once per batch of a
+mouse's messages (or once per mouse at the end of a replay), not per trial, so the better
+ratio is worth its encoding time."""
 
 REPLAY_HINT = (
     "stop every processor and run `shaping replay`, which rebuilds the state of every mouse "
@@ -186,14 +204,16 @@ def _format_of(byte: int) -> str:
 
 def _refuse(what: str, found: str) -> StateFormatError:
     return StateFormatError(
-        f"{what} is in {found}, but this version of Shaping reads and writes only format "
-        f"{STATE_FORMAT}: the processor's state was stored by another version; {REPLAY_HINT}",
+        f"{what} is in {found}, but this version of Shaping writes format {STATE_FORMAT} and "
+        f"reads only formats {', '.join(map(str, READ_FORMATS))}: the processor's state was "
+        f"stored by another version; {REPLAY_HINT}",
         found,
     )
 
 
-def _payload(data: bytes, magic: bytes, what: str) -> bytes:
-    """The bytes after the header of a record of this version's format.
+def _payload(data: bytes, magic: bytes, what: str) -> tuple[int, bytes]:
+    """The format number and the bytes after the header of a record of a format this version
+    reads (:data:`READ_FORMATS`).
 
     Raises:
         StateFormatError: when the header names another format.
@@ -201,9 +221,17 @@ def _payload(data: bytes, magic: bytes, what: str) -> bytes:
     """
     if len(data) < _HEADER or not data.startswith(magic):
         raise ValueError(f"not {what} (it begins with {data[:_HEADER]!r})")
-    if data[len(magic)] != _FORMAT_BASE + STATE_FORMAT:
+    number = data[len(magic)] - _FORMAT_BASE
+    if number not in READ_FORMATS:
         raise _refuse(what, _format_of(data[len(magic)]))
-    return data[_HEADER:]
+    return number, data[_HEADER:]
+
+
+def _inflate(payload: bytes, what: str) -> bytes:
+    try:
+        return zlib.decompress(payload)
+    except zlib.error as exc:
+        raise ValueError(f"{what} is corrupt: {exc}") from exc
 
 
 def _validated(model: type[_Model], text: bytes, what: str) -> _Model:
@@ -221,7 +249,7 @@ def _validated(model: type[_Model], text: bytes, what: str) -> _Model:
         found = f"unknown field(s) {', '.join(unknown)}"
         raise StateFormatError(
             f"{what} has field(s) this version of Shaping does not know: {', '.join(unknown)} "
-            f"(it reads and writes format {STATE_FORMAT}; a field renamed or removed by another "
+            f"(it writes format {STATE_FORMAT}; a field renamed or removed by another "
             f"version looks like this): the processor's state was stored by another version; "
             f"{REPLAY_HINT}",
             found,
@@ -229,23 +257,37 @@ def _validated(model: type[_Model], text: bytes, what: str) -> _Model:
 
 
 def encode_state(state: MouseState) -> bytes:
-    """A state record: the header, then the state as JSON."""
-    return _header(STATE_MAGIC) + state.model_dump_json().encode("utf-8")
+    """A state record: the header, then the state as zlib-compressed JSON (format 2)."""
+    return _header(STATE_MAGIC) + zlib.compress(
+        state.model_dump_json().encode("utf-8"), _STATE_LEVEL
+    )
+
+
+def state_json(data: bytes) -> bytes:
+    """The JSON a state record holds, whatever format this version reads it in (for tools and
+    tests that look inside a record).
+
+    Raises:
+        StateFormatError: a record of another format.
+        ValueError: bytes that are no state record.
+    """
+    what = "a state record"
+    if data.startswith(_UNVERSIONED):
+        if 1 not in READ_FORMATS:
+            raise _refuse(what, "the unversioned format of earlier releases (format 1)")
+        return data
+    number, payload = _payload(data, STATE_MAGIC, what)
+    return payload if number == 1 else _inflate(payload, what)
 
 
 def decode_state(data: bytes) -> MouseState:
-    """Reads a state record (see the module docstring for the format).
+    """Reads a state record of format 2 or 1 (see the module docstring for the formats).
 
     Raises:
         StateFormatError: a record of another format, or with an unknown field.
         ValueError: bytes that are no state record.
     """
-    what = "a state record"
-    if data.startswith(_UNVERSIONED):
-        if STATE_FORMAT != 1:
-            raise _refuse(what, "the unversioned format of earlier releases (format 1)")
-        return _validated(MouseState, data, what)
-    return _validated(MouseState, _payload(data, STATE_MAGIC, what), what)
+    return _validated(MouseState, state_json(data), "a state record")
 
 
 def encode_sessions(part: OpenSessions) -> bytes:
@@ -256,19 +298,15 @@ def encode_sessions(part: OpenSessions) -> bytes:
 
 
 def decode_sessions(data: bytes) -> OpenSessions:
-    """Reads an open-sessions record.
+    """Reads an open-sessions record (format 2 or 1: both zlib-compressed JSON).
 
     Raises:
         StateFormatError: a record of another format, or with an unknown field.
         ValueError: bytes that are no open-sessions record.
     """
     what = "an open-sessions record"
-    payload = _payload(data, SESSIONS_MAGIC, what)
-    try:
-        text = zlib.decompress(payload)
-    except zlib.error as exc:
-        raise ValueError(f"corrupt open-sessions record: {exc}") from exc
-    return _validated(OpenSessions, text, what)
+    _, payload = _payload(data, SESSIONS_MAGIC, what)
+    return _validated(OpenSessions, _inflate(payload, what), what)
 
 
 def record_digest(record: bytes) -> str:
@@ -339,6 +377,7 @@ def records_to_store(
 
 __all__ = [
     "CHANGELOG_REPLICATION_FACTOR",
+    "READ_FORMATS",
     "REPLAY_HINT",
     "SESSIONS_MAGIC",
     "SESSIONS_TABLE",
@@ -357,4 +396,5 @@ __all__ = [
     "record_digest",
     "records_to_store",
     "split_sessions",
+    "state_json",
 ]

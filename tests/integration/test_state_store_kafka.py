@@ -58,12 +58,12 @@ def test_a_state_of_another_format_stops_the_processor_until_replay_hands_over(
             on_timeout=processors.log_tail,
         )
     stored: ReadRecord = found[-1]
-    assert stored.value.startswith(b"SMS1")
+    assert stored.value.startswith(b"SMS2")
     assert processors.stop(first) == 0, processors.log_tail()
 
     # The store as another version left it: the same state under format 2.
     write_record(
-        kafka_bootstrap, changelogs.state, key, b"SMS2" + stored.value[4:], stored.partition
+        kafka_bootstrap, changelogs.state, key, b"SMS3" + stored.value[4:], stored.partition
     )
     second = processors.start(processor_id)
     events = session(mouse, "M-format-s1", trials(correct=5, incorrect=1))

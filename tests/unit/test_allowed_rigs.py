@@ -33,7 +33,12 @@ from shaping.services.domain import ImpossibleEvent, MouseState, fold, initial_s
 from shaping.services.operator import interventions as operator_interventions
 from shaping.services.operator.interventions import Outcome, timeline
 from shaping.services.operator.queries import open_database
-from shaping.services.processor.state_store import STATE_FORMAT, decode_state, encode_state
+from shaping.services.processor.state_store import (
+    READ_FORMATS,
+    decode_state,
+    encode_state,
+    state_json,
+)
 from shaping.services.processor.step import ProcessorStep
 from tests.support.story import T0, core, enrolled, next_id, run, session, trials
 from tests.support.wiring import embedded_runtime, sql_store
@@ -320,10 +325,10 @@ def test_states_stored_before_the_list_existed_read_as_unrestricted() -> None:
     it means no restriction, which is what it meant when it was written."""
     state, _ = run(core(), [enrolled("M1"), *session("M1", "s-1", GOOD)])
     record = encode_state(state)
-    data = json.loads(record[4:])
+    data = json.loads(state_json(record))
     del data["allowed_rigs"]
-    old = record[:4] + json.dumps(data).encode()
-    assert STATE_FORMAT == 1 and decode_state(old) == state
+    old = b"SMS1" + json.dumps(data).encode()
+    assert 1 in READ_FORMATS and decode_state(old) == state
     assert decode_state(old).allowed_rigs == ()
     restricted, _ = run(core(), [enrolled("M1"), allow("rig-1", "rig-3")])
     assert decode_state(encode_state(restricted)).allowed_rigs == ("rig-1", "rig-3")

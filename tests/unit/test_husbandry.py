@@ -44,7 +44,7 @@ from shaping.services.operator.husbandry import (
     welfare_from_tables,
 )
 from shaping.services.operator.queries import open_database
-from shaping.services.processor.state_store import decode_state, encode_state
+from shaping.services.processor.state_store import decode_state, encode_state, state_json
 from tests.support.story import T0, enrolled
 from tests.support.wiring import embedded_runtime, sql_store
 
@@ -213,7 +213,7 @@ def test_the_state_keeps_a_compact_husbandry_and_its_store_format() -> None:
     # A record stored before husbandry existed (no field) reads as an empty one.
     import json
 
-    data = json.loads(encode_state(state)[4:])
+    data = json.loads(state_json(encode_state(state)))
     del data["husbandry"]
     old = encode_state(MouseState.model_validate(data))
     assert decode_state(old).husbandry.weights == ()

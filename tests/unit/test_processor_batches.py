@@ -227,7 +227,7 @@ def test_a_state_of_another_format_stops_the_batch_before_anything_is_published(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     rig = make_rig()
-    rig.table.data[encode_key("OLD")] = b"SMS2" + encode_state(MouseState(mouse_id="OLD"))[4:]
+    rig.table.data[encode_key("OLD")] = b"SMS3" + encode_state(MouseState(mouse_id="OLD"))[4:]
     log = Log()
     batch = log.of([enrolled("NEW"), enrolled("OLD"), enrolled("LATER")])
     with caplog.at_level(logging.INFO), pytest.raises(StateFormatError):

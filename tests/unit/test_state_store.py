@@ -38,6 +38,7 @@ from shaping.services.processor.state_store import (
     join_sessions,
     records_to_store,
     split_sessions,
+    state_json,
 )
 from shaping.services.processor.step import ProcessorStep
 from tests.support.story import core, enrolled, session, trials
@@ -66,10 +67,11 @@ def states() -> tuple[MouseState, MouseState, MouseState]:
 
 
 def with_json(record: bytes, change: Any) -> bytes:
-    """A state record whose JSON ``change`` edited in place (same header)."""
-    data = json.loads(record[4:])
+    """The state of ``record`` with its JSON ``change`` edited, as a format-1 record (plain
+    JSON after the header, which this version still reads and checks field by field)."""
+    data = json.loads(state_json(record))
     change(data)
-    return record[:4] + json.dumps(data).encode()
+    return b"SMS1" + json.dumps(data).encode()
 
 
 def sessions_with_json(record: bytes, change: Any) -> bytes:
@@ -101,7 +103,7 @@ def test_states_and_open_sessions_come_back_exactly() -> None:
 def test_every_record_carries_the_format_number() -> None:
     finished, started, running = states()
     digit = bytes([0x30 + STATE_FORMAT])
-    assert STATE_FORMAT == 1 and digit == b"1"
+    assert STATE_FORMAT == 2 and digit == b"2"
     assert encode_state(finished).startswith(b"SMS" + digit)
     assert encode_sessions(split_sessions(running, b"x")).startswith(b"SOS" + digit)
     record = encode_state(started)
@@ -115,7 +117,7 @@ def test_every_record_carries_the_format_number() -> None:
 # -- other formats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("number", [2, 9, 0])
+@pytest.mark.parametrize("number", [3, 9, 0])
 def test_a_state_record_of_another_format_number_is_refused(number: int) -> None:
     finished, _, _ = states()
     record = b"SMS" + bytes([0x30 + number]) + encode_state(finished)[4:]
@@ -129,31 +131,33 @@ def test_a_state_record_of_another_format_number_is_refused(number: int) -> None
 def test_an_open_sessions_record_of_another_format_number_is_refused() -> None:
     _, started, running = states()
     record = encode_state(started)
-    other = b"SOS2" + encode_sessions(split_sessions(running, record))[4:]
+    other = b"SOS3" + encode_sessions(split_sessions(running, record))[4:]
     with pytest.raises(StateFormatError) as caught:
         decode_sessions(other)
-    assert_replay_hint(caught.value, "an open-sessions record", "format 2")
+    assert_replay_hint(caught.value, "an open-sessions record", "format 3")
     # The processor loads both records together: the join refuses it too.
     with pytest.raises(StateFormatError):
         join_sessions(record, other)
 
 
 def test_a_later_format_refuses_the_records_of_this_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the next version (format 2) does with what this version and earlier releases
-    wrote: refuses every one of them, with the replay hint, and reads its own."""
+    """What a next version that reads only its own format (3) does with what this version and
+    earlier releases wrote: refuses every one of them, with the replay hint, and reads its
+    own. (This version reads format 1 as well: tests/unit/test_state_compact.py.)"""
     finished, started, running = states()
     state_record = encode_state(started)
     sessions_record = encode_sessions(split_sessions(running, state_record))
     unversioned = finished.model_dump_json().encode()
-    monkeypatch.setattr(state_store, "STATE_FORMAT", 2)
-    for record, found in [(state_record, "format 1"), (unversioned, "unversioned")]:
+    monkeypatch.setattr(state_store, "STATE_FORMAT", 3)
+    monkeypatch.setattr(state_store, "READ_FORMATS", (3,))
+    for record, found in [(state_record, "format 2"), (unversioned, "unversioned")]:
         with pytest.raises(StateFormatError) as caught:
             decode_state(record)
         assert "`shaping replay`" in str(caught.value) and found in str(caught.value)
-        assert "format 2" in str(caught.value)
-    with pytest.raises(StateFormatError, match="format 1"):
+        assert "writes format 3" in str(caught.value)
+    with pytest.raises(StateFormatError, match="format 2"):
         decode_sessions(sessions_record)
-    assert encode_state(finished).startswith(b"SMS2")
+    assert encode_state(finished).startswith(b"SMS3")
     assert decode_state(encode_state(finished)) == finished
 
 
@@ -312,7 +316,7 @@ def test_the_processor_stops_on_a_state_of_another_format(
     agent's crash stops the worker; the message stays uncommitted)."""
     monkeypatch.setattr(processor_app, "RETRY_PAUSE_S", 0.0)
     finished, _, _ = states()
-    processor, dead_letters = faust_processor(b"SMS2" + encode_state(finished)[4:])
+    processor, dead_letters = faust_processor(b"SMS3" + encode_state(finished)[4:])
     event = FakeEvent(encode_key("M1"), default_codec().encode(enrolled("M1")))
     with caplog.at_level(logging.INFO), pytest.raises(StateFormatError):
         asyncio.run(processor.handle(event))  # type: ignore[arg-type]
@@ -338,7 +342,7 @@ def test_the_processor_parks_a_message_whose_state_is_damaged(
 
 def test_replay_rewrites_records_of_another_format_and_keeps_old_ones_that_hold_the_state() -> None:
     finished, _, _ = states()
-    other = b"SMS2" + encode_state(finished)[4:]
+    other = b"SMS3" + encode_state(finished)[4:]
     assert not replay._same_state(other, None, finished)
     unknown = with_json(encode_state(finished), lambda d: d.update(colour="brown"))
     assert not replay._same_state(unknown, None, finished)
