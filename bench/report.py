@@ -260,6 +260,39 @@ METHOD = """\
 """
 
 
+COMPANIONS = {
+    "BATCHING.md": "the processor in batches with each mouse's state in memory, beside a "
+    "minimal faust app and a raw consumer; changelog records per trial (issue 14, items 1, 7)",
+    "REPLAY.md": "`shaping replay` at scale, from Kafka and from an events log, streamed by "
+    "partition across processes, beside the raw readers (item 2)",
+    "profiles/ibl-speed.md": "IBL recompute and `shaping evaluate --trials` beside ibllib on "
+    "the same trials, with profiles (item 3; `make bench-ibl`)",
+    "STATE.md": "a mouse's state at rest and in memory, before beside after "
+    "(item 4; `python -m bench.state_size`)",
+    "MIDSESSION.md": "decisions during a session: trial published to the new assignment "
+    "applied at the rig, under 100 simulated rigs (item 5; `python -m bench.midsession`)",
+    "SCALEOUT.md": "two processor workers in one group beside one "
+    "(item 6; `python -m bench.scaleout`)",
+}
+"""The benchmarks with reports of their own (each run beside its baseline), listed at the end."""
+
+
+def _companions() -> list[str]:
+    here = Path(__file__).resolve().parent
+    found = [(name, what) for name, what in COMPANIONS.items() if (here / name).is_file()]
+    if not found:
+        return []
+    return [
+        "## The other benchmarks",
+        "",
+        "Each of these runs on its own and writes its figures, beside their baselines, to its "
+        "own report:",
+        "",
+        *(f"- [{name}]({name}): {what}" for name, what in found),
+        "",
+    ]
+
+
 def render(machine: Machine, run: RunInfo, results: Results) -> str:
     lines = [
         "# Shaping benchmarks",
@@ -298,4 +331,5 @@ def render(machine: Machine, run: RunInfo, results: Results) -> str:
     lines += ["", "## Method", "", METHOD.format(repeats=times).rstrip(), ""]
     if results.details:
         lines += ["Sizes of this run:", "", *(f"- {d}" for d in results.details), ""]
+    lines += _companions()
     return "\n".join(lines)

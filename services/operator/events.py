@@ -66,6 +66,7 @@ class TopicKind(StrEnum):
     dead_letter = "dead-letter"
     curricula = "curricula"
     commands = "commands"
+    alerts = "alerts"
     all = "all"
 
 

@@ -274,6 +274,7 @@ def test_topic_kinds_name_topics_under_the_prefix() -> None:
         "lab.events",
     ]
     assert topic_names([TopicKind.all, TopicKind.events], names) == names.all()
+    assert topic_names([TopicKind.alerts], names) == ["lab.alerts"]
 
 
 def test_a_reading_is_planned_and_rendered_without_the_command_line() -> None:
