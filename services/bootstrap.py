@@ -28,10 +28,14 @@ if TYPE_CHECKING:
     from shaping.schemas.codec import EventCodec
     from shaping.services.adapters.curricula_topic import CurriculaFollower, FollowingCatalog
     from shaping.services.adapters.metrics import ServiceMetrics
+    from shaping.services.alerts.config import AlertRules
+    from shaping.services.alerts.runner import AlertsStatus
     from shaping.services.domain.curriculum import CurriculumCatalog
     from shaping.services.domain.welfare import WelfarePolicy
     from shaping.services.ingress.gate import IngressGate
     from shaping.services.ingress.runner import GateStatus
+    from shaping.services.notifier.routing import Routing
+    from shaping.services.notifier.runner import NotifierStatus
     from shaping.services.projector.store import SqlProjectionStore
 
 
@@ -172,6 +176,104 @@ def ingress_gate(settings: Settings, codec: EventCodec) -> IngressGate:
     from shaping.services.ingress.gate import IngressGate
 
     return IngressGate(settings.topics, codec, timedelta(seconds=settings.command_max_age_s))
+
+
+def until_signalled() -> threading.Event:
+    """What a long-running service needs before it starts: INFO logging with timestamps, and an
+    event that SIGTERM or SIGINT sets (the service then finishes what is in flight and stops)."""
+    import logging
+    import signal
+    import threading
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def port_from_env(name: str) -> int | None:
+    """The port number in the environment variable ``name`` (None when unset or empty).
+
+    Raises:
+        SettingsError: the value is not a port number.
+    """
+    import os
+
+    from shaping.services.adapters.settings import SettingsError
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > 65535:
+        raise SettingsError(name, f"not a port number: {text!r}")
+    return int(text)
+
+
+def alert_rules(rules_file: Path | None, policy_file: str | None = None) -> AlertRules:
+    """The lab's alert rules from ``rules_file``; without one, the built-in rules with the
+    heartbeats on (a service watches the rigs and the processor) and the welfare policy of
+    ``policy_file`` (the built-in policy when None).
+
+    Raises:
+        FileInvalid: the rules file, with each problem and its line.
+        PolicyInvalid: the policy file, likewise.
+    """
+    from shaping.services.alerts.config import default_rules, load_rules
+    from shaping.services.curricula.policy import load_policy
+    from shaping.services.domain.welfare import DEFAULT_POLICY
+
+    if rules_file is not None:
+        return load_rules(rules_file)
+    welfare = load_policy(Path(policy_file)) if policy_file else DEFAULT_POLICY
+    return default_rules(welfare=welfare, heartbeats=True)
+
+
+def run_alerts_service(
+    settings: Settings,
+    rules: AlertRules,
+    stop: threading.Event,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> AlertsStatus:
+    """Runs the alerts service with ``rules`` on ``settings.kafka`` until ``stop`` is set,
+    serving its metrics on ``metrics_port`` when given."""
+    from shaping.services.alerts.metrics import AlertsMetrics
+    from shaping.services.alerts.rules import AlertEngine
+    from shaping.services.alerts.runner import run_alerts
+
+    metrics = AlertsMetrics(metric_registry())
+    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
+    try:
+        return run_alerts(
+            settings.kafka, settings.topics, lambda: AlertEngine(rules), codec(), stop, metrics
+        )
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run_notifier_service(
+    settings: Settings,
+    routing: Routing,
+    stop: threading.Event,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> NotifierStatus:
+    """Runs the notifier with ``routing`` on ``settings.kafka`` until ``stop`` is set, serving
+    its metrics on ``metrics_port`` when given."""
+    from shaping.services.notifier.metrics import NotifierMetrics
+    from shaping.services.notifier.runner import run_notifier
+
+    metrics = NotifierMetrics(metric_registry())
+    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
+    try:
+        return run_notifier(settings.kafka, settings.topics, routing, codec(), stop, metrics)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def run_ingress(

@@ -40,18 +40,6 @@ def _rules(path: Path):  # type: ignore[no-untyped-def]
         fail(f"{printable(str(path))}: rejected")
 
 
-def _builtin_rules(policy: str | None):  # type: ignore[no-untyped-def]
-    """The built-in rules with the heartbeats on, as a service runs them."""
-    from shaping.services.alerts.config import default_rules
-    from shaping.services.operator.husbandry import HusbandryError, welfare_policy
-
-    try:
-        welfare = welfare_policy(policy)
-    except HusbandryError as exc:
-        fail(exc)
-    return default_rules(welfare=welfare, heartbeats=True)
-
-
 @app.command("check")
 def check(path: Annotated[Path, typer.Argument(help="An alert-rules file.")]) -> None:
     """Check an alert-rules file; print its problems with their lines."""
@@ -88,38 +76,21 @@ def run(
     metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Raise, update and resolve alerts from the log (runs until SIGTERM or Ctrl-C)."""
-    import logging
-    import signal
-    import threading
-
     from shaping.services import bootstrap as wiring
-    from shaping.services.alerts.metrics import AlertsMetrics
-    from shaping.services.alerts.rules import AlertEngine
-    from shaping.services.alerts.runner import run_alerts
+    from shaping.services.curricula.policy import PolicyInvalid
 
-    rules = _rules(rules_file) if rules_file is not None else _builtin_rules(policy)
+    if rules_file is not None:
+        rules = _rules(rules_file)
+    else:
+        try:
+            rules = wiring.alert_rules(None, policy)
+        except PolicyInvalid as exc:
+            fail(exc)
     typer.echo(f"alerts service: {rules_file or 'the built-in rules'}: {_rules_on(rules)}")
     settings = settings_with(bootstrap, prefix)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    status = wiring.run_alerts_service(
+        settings, rules, wiring.until_signalled(), metrics_port, metrics_host
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    metrics = AlertsMetrics(wiring.metric_registry())
-    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
-    try:
-        status = run_alerts(
-            settings.kafka,
-            settings.topics,
-            lambda: AlertEngine(rules),
-            wiring.codec(),
-            stop,
-            metrics,
-        )
-    finally:
-        if server is not None:
-            server.close()
     typer.echo(
         f"alerts service stopped: {status.raised} raised, {status.updated} updated, "
         f"{status.resolved} resolved"

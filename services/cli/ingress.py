@@ -29,23 +29,14 @@ def run(
 ) -> None:
     """Read every rig's and operator's ingress topic and forward to the events and commands
     topics what each says as itself; dead-letter the rest (runs until SIGTERM or Ctrl-C)."""
-    import logging
-    import signal
-    import threading
 
     from kafka.errors import KafkaError
 
     from shaping.services import bootstrap as wiring
 
     settings = settings_with(bootstrap, prefix)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        status = wiring.run_ingress(settings, stop, metrics_port, metrics_host)
+        status = wiring.run_ingress(settings, wiring.until_signalled(), metrics_port, metrics_host)
     except KafkaError as exc:
         fail(f"the ingress gate cannot reach Kafka at {settings.bootstrap}: {exc}", code=1)
     typer.echo(

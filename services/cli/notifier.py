@@ -57,31 +57,13 @@ def run(
     metrics_host: MetricsHost = "0.0.0.0",
 ) -> None:
     """Read the alerts topic and tell people (runs until SIGTERM or Ctrl-C)."""
-    import logging
-    import signal
-    import threading
-
     from shaping.services import bootstrap as wiring
-    from shaping.services.notifier.metrics import NotifierMetrics
-    from shaping.services.notifier.runner import run_notifier
 
     routing = _routing(routing_file)
     settings = settings_with(bootstrap, prefix)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    status = wiring.run_notifier_service(
+        settings, routing, wiring.until_signalled(), metrics_port, metrics_host
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    metrics = NotifierMetrics(wiring.metric_registry())
-    server = metrics.serve(metrics_port, metrics_host) if metrics_port is not None else None
-    try:
-        status = run_notifier(
-            settings.kafka, settings.topics, routing, wiring.codec(), stop, metrics
-        )
-    finally:
-        if server is not None:
-            server.close()
     typer.echo(
         f"notifier stopped: {status.sent} sent, {status.failed} failed tries, "
         f"{status.unrouted} unrouted"

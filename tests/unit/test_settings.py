@@ -188,6 +188,34 @@ def test_the_processor_module_prints_a_bad_setting_and_exits_2(tmp_path: Path) -
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "env", "expected"),
+    [
+        ("shaping.services.alerts", {"SHAPING_ALERTS_METRICS_PORT": "90x"}, "SHAPING_ALERTS_"),
+        ("shaping.services.alerts", {"SHAPING_ALERT_RULES": "missing.yaml"}, "missing.yaml"),
+        ("shaping.services.alerts", {"SHAPING_WELFARE_POLICY": "nope.yaml"}, "nope.yaml"),
+        ("shaping.services.notifier", {}, "SHAPING_ALERT_ROUTING"),
+        ("shaping.services.ingress", {"SHAPING_INGRESS_METRICS_PORT": "70000"}, "SHAPING_ING"),
+    ],
+)
+def test_the_service_modules_print_a_bad_setting_or_file_and_exit_2(
+    tmp_path: Path, module: str, env: dict[str, str], expected: str
+) -> None:
+    """``python -m`` of the alerts service, the notifier and the gate stop before anything
+    starts, with one readable error naming what is wrong (no Kafka is asked)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 class _Codec(EventCodec):
     """A codec a test hands down, to see it arrive."""
 
