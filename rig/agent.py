@@ -45,6 +45,13 @@ assignment, waiting up to ``assignment_timeout_s`` for the session it expects
 (``RunOptions.session_number``), and runs the newest it has, as stale when it is older. It does
 not wait for the decision after the session: the next session's wait does.
 
+During a session the task reads the mouse's newest assignment at every trial boundary
+(:meth:`RigAgent._newest`: the link polled without waiting, then the cache): one the processor
+issued during this session (a curriculum rule evaluated after every trial held; it names the
+session) is applied there, the reach task starting over with the new stage's parameters within
+the rig's safety limits (:mod:`shaping.rig.task.midsession`). The decision it follows is the
+decision on the session, which the agent then shows as after any session.
+
 Before a new session starts, the assignment is held against the rig's safety limits (the
 config's ``[safety]``; :func:`shaping.rig.safety.screen_assignment`), with the task's defaults
 and rewards: one outside them is refused, said on screen and in the log, kept in the store
@@ -96,7 +103,7 @@ from shaping.rig.safety import (
 )
 from shaping.rig.task.parameters import ReachParameters
 from shaping.rig.task.pins import SessionDisplay, reach_rewards
-from shaping.rig.task.port import ChosenAssignment, SessionRequest, Task, TaskOutcome
+from shaping.rig.task.port import ChosenAssignment, Newest, SessionRequest, Task, TaskOutcome
 from shaping.schemas.events import (
     AssignmentIssued,
     Event,
@@ -362,7 +369,25 @@ class RigAgent:
             seed=options.seed,
             start=options.start,
             pace=options.pace,
+            newest=self._newest(options.mouse_id),
         )
+
+    def _newest(self, mouse: str) -> Newest:
+        """How the task reads the mouse's newest assignment at a trial boundary, without
+        waiting: the link is polled once (nothing blocks; offline, the cache as it is) and the
+        cache answers; a transport without an outbox answers from what it holds."""
+        link = self.link
+
+        def newest(session_id: str) -> AssignmentIssued | None:
+            if link is None:
+                return self.transport.latest_assignment(mouse, 1, 0.0)
+            if not link.offline:
+                with suppress(BrokerUnreachableError):
+                    link.poll(0.0)
+            cached = link.store.cached_assignment(mouse)
+            return cached.assignment if cached is not None else None
+
+        return newest
 
     def _after(
         self,

@@ -76,6 +76,19 @@ class TaskState:
             state.reward_ul += trial.reward_volume_ul
         return state
 
+    def restart(self, params: ReachParameters) -> None:
+        """Starts the task over with ``params`` in the middle of a session (an assignment
+        issued during it, :mod:`shaping.rig.task.midsession`): the spouts, the cue and the
+        adaptation windows start from the new parameters; the trial numbers, the counts and the
+        water run on."""
+        fresh = TaskState.start(params)
+        self.positions = fresh.positions
+        self.cue_duration_s = fresh.cue_duration_s
+        self.recent = fresh.recent
+        self.steps_since_change = fresh.steps_since_change
+        self.last_target = None
+        self.last_response_incorrect = False
+
     @property
     def n_trials(self) -> int:
         """Trials done."""

@@ -26,9 +26,10 @@ from shaping.rig.errors import RigError
 from shaping.rig.hardware.devices import InputBus, RigHardware, connect_inputs, disconnect_inputs
 from shaping.rig.link.store import OpenSession, RigStore
 from shaping.rig.reach import reach_session_metrics
-from shaping.rig.safety import RewardsOf
+from shaping.rig.safety import RewardsOf, describe_assignment
 from shaping.rig.task.adaptation import TaskState
 from shaping.rig.task.clock import Clock, SystemClock, to_datetime
+from shaping.rig.task.midsession import Restart, issued_during, prepare
 from shaping.rig.task.parameters import ReachParameters
 from shaping.rig.task.port import ChosenAssignment, Publish, SessionRequest, TaskOutcome
 from shaping.rig.task.reach import ReachTask
@@ -212,7 +213,7 @@ class PinTask:
                 # Visible, not fatal: a curriculum may carry another task's parameters, but a
                 # misspelt name would otherwise leave its default in force unnoticed.
                 self.display.message(f"not used by the reach task: {', '.join(unused)}")
-        stage = started.stage
+        stage = [started.stage]  # the stage running now (an assignment may change it)
         self.display.session_started(
             started, params, state.trial_index if open_session is not None else None
         )
@@ -225,9 +226,10 @@ class PinTask:
             recorder=recorder,
             session_start=session_start,
             task_seed=seed,
-            on_trial=lambda progress: self.display.trial(progress, stage),
+            on_trial=lambda progress: self.display.trial(progress, stage[0]),
             session_metrics=lambda: reach_session_metrics(self.store.events(session_id)),
             limits=request.limits,
+            restart=self._restarter(request, session_id, stage, state),
         )
         for cut in task.reward_cuts():
             log.warning("%s: %s", mouse, cut)
@@ -236,6 +238,51 @@ class PinTask:
             ended = task.run(state)
         self.display.session_ended(ended, state)
         return TaskOutcome(started, ended, state, resumed=open_session is not None)
+
+    def _restarter(
+        self, request: SessionRequest, session_id: str, stage: list[str], state: TaskState
+    ) -> Callable[[], Restart | None] | None:
+        """What the task asks at each trial boundary: an assignment issued during this session
+        (it names the session) that the rig has not applied yet and that passes the rig's
+        safety limits, to start over with (:mod:`shaping.rig.task.midsession`). One outside
+        the limits is said, logged and recorded, and the session goes on as it runs."""
+        newest = request.newest
+        if newest is None:
+            return None
+        mouse = request.mouse_id
+        seen: set[str] = set()
+
+        def restart() -> Restart | None:
+            assignment = newest(session_id)
+            if assignment is None or not issued_during(assignment, session_id):
+                return None
+            if assignment.event_id in seen:
+                return None
+            seen.add(assignment.event_id)
+            prepared = prepare(assignment, request.limits, self.calibrations())
+            if isinstance(prepared, str):
+                text = (
+                    f"NOT APPLIED during session {session_id}: the assignment "
+                    f"({describe_assignment(assignment)}) is {prepared}; the session goes on "
+                    f"at {stage[0]}"
+                )
+                log.warning("%s: %s", mouse, text)
+                self.display.message(text)
+                self.store.record_unsafe_assignment(
+                    mouse, assignment.event_id, "refused", prepared, None
+                )
+                return None
+            text = (
+                f"during session {session_id}: {assignment.reason} to {assignment.stage} "
+                f"({assignment.reason_detail}); the task starts over at trial "
+                f"{state.trial_index + 1} with the new stage's parameters"
+            )
+            log.info("%s: %s", mouse, text)
+            self.display.message(text)
+            stage[0] = assignment.stage
+            return prepared
+
+        return restart
 
     def _sink(self, publish: Publish, runtime: _Runtime) -> Callable[[Event], None]:
         def record(event: Event) -> None:

@@ -33,6 +33,12 @@ from shaping.schemas.events import (
 Publish = Callable[[Sequence[Event]], None]
 """Records events: in order, durably, before it returns (the agent's transport)."""
 
+Newest = Callable[[str], AssignmentIssued | None]
+"""Given the session in progress, the newest assignment the rig holds for the mouse, read
+without waiting (the agent's link is polled, never blocked on): asked at every trial boundary,
+so an assignment issued during the session is applied at the next one
+(:mod:`shaping.rig.task.midsession`)."""
+
 
 @dataclass(frozen=True)
 class ChosenAssignment:
@@ -65,6 +71,8 @@ class SessionRequest:
         seed: the simulated mouse's seed.
         start: when the session starts (a simulated session; None: now).
         pace: a simulated session on pins runs at most this many times faster than real time.
+        newest: how the task reads the mouse's newest assignment at a trial boundary (None:
+            it never applies an assignment during a session).
     """
 
     mouse_id: str
@@ -76,6 +84,7 @@ class SessionRequest:
     seed: int = 1
     start: datetime | None = None
     pace: float | None = None
+    newest: Newest | None = None
 
 
 @dataclass

@@ -40,6 +40,14 @@ to the limit, and the trial records what was given), and the session ends at
 ``max_reward_ul_per_session`` (``"safety_reward_limit"``), whichever comes first, when it comes
 before the assignment's own limit.
 
+A curriculum that judges sessions after every trial may send the mouse a new assignment during
+the session (:mod:`shaping.rig.task.midsession`): the task asks ``restart`` at every trial
+boundary (after a trial, and again at the end of the next trial's interval, before its cue),
+and when it answers, the task starts over with the new parameters (spouts, cue, adaptation; a
+new interval), its trial numbers, counts, water and time running on, every limit above still
+holding over the whole session. ``SessionEnded.metrics`` then says how many restarts there were
+and the first trial run after one.
+
 A trial counts as a correction trial (``TrialCompleted.correction_trial``) when the previous
 trial with a response was incorrect: the definition reach's d' uses to exclude them.
 
@@ -57,6 +65,7 @@ from shaping.rig.config import SIDES, SafetyLimits, Side
 from shaping.rig.hardware.devices import InputBus, InputEvent, RigHardware
 from shaping.rig.task.adaptation import TaskState, adapt, choose_target, record_outcome
 from shaping.rig.task.clock import Clock
+from shaping.rig.task.midsession import FIRST_TRIAL_METRIC, RESTARTS_METRIC, Restart
 from shaping.rig.task.parameters import ReachParameters
 from shaping.rig.task.recording import Outcome, Phase, SessionRecorder, TrialProgress
 from shaping.rig.task.rewards import RewardPlan
@@ -85,6 +94,8 @@ class ReachTask:
             ``SessionEnded.metrics`` (the agent reports reach's results there).
         limits: the rig's safety limits (see the module docstring); the defaults unless the
             rig's config sets them.
+        restart: asked at every trial boundary: the parameters to start over with now (an
+            assignment issued during the session, already screened), or None to go on.
     """
 
     hardware: RigHardware
@@ -98,6 +109,8 @@ class ReachTask:
     on_trial: Callable[[TrialProgress], None] | None = None
     session_metrics: Callable[[], Mapping[str, float | None]] | None = None
     limits: SafetyLimits = field(default_factory=SafetyLimits)
+    restart: Callable[[], Restart | None] | None = None
+    restarts: list[int] = field(init=False, default_factory=list)
     _end_at: float = field(init=False)
     _time_reason: str = field(init=False)
     _max_trials: int = field(init=False)
@@ -106,6 +119,11 @@ class ReachTask:
     _volume_ul: dict[Side, float] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._configure()
+
+    def _configure(self) -> None:
+        """The session's end, trial limit and rewards from its parameters and the rig's limits
+        (again after a restart: the session's start and the rig's limits stay)."""
         limits = self.limits
         own_end = self.session_start + self.params.session_minutes * 60
         safe_end = self.session_start + limits.max_session_minutes * 60
@@ -151,8 +169,9 @@ class ReachTask:
         """
         self.hardware.all_off()
         self._position_spouts(state)
-        largest_reward = max(self._volume_ul.values())
         while True:
+            self._boundary(state)
+            largest_reward = max(self._volume_ul.values())
             if self.bus.interrupted:
                 reason = "aborted"
                 break
@@ -169,10 +188,16 @@ class ReachTask:
             target = choose_target(rng, state, self.params)
             adapt(state, target, self.params)
             self._position_spouts(state)
-            if self._intertrial_interval(state, rng):
-                self._trial(state, target)
+            if not self._intertrial_interval(state, rng):
+                continue
+            if self._boundary(state):
+                continue  # started over: the next trial gets a new interval
+            self._trial(state, target)
         self.hardware.all_off()
         metrics = dict(self.session_metrics() or {}) if self.session_metrics else {}
+        if self.restarts:
+            metrics[RESTARTS_METRIC] = float(len(self.restarts))
+            metrics[FIRST_TRIAL_METRIC] = float(self.restarts[0])
         if all(volume > 0 for volume in self._volume_ul.values()):
             # The water the rewards delivered, through the valves' calibration (µL -> mL); not
             # reported when a valve gives rewards by duration without a calibration.
@@ -183,6 +208,22 @@ class ReachTask:
             self.clock.now() - self.session_start,
             metrics or None,
         )
+
+    def _boundary(self, state: TaskState) -> bool:
+        """A trial boundary: starts over with an assignment issued during the session, if one
+        came (see the module docstring); True when it did."""
+        if self.restart is None:
+            return False
+        update = self.restart()
+        if update is None:
+            return False
+        self.hardware.all_off()
+        self.params, self.rewards = update.params, update.rewards
+        self._configure()
+        state.restart(self.params)
+        self._position_spouts(state)
+        self.restarts.append(state.trial_index)
+        return True
 
     # -- phases -----------------------------------------------------------------------------
 

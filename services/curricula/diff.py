@@ -3,9 +3,10 @@
 The bump follows mtrain's semantic versioning, made precise:
 
 - **major**: the stages or the transition logic changed: a stage added, removed or renamed, the
-  start stage, a rule added, removed, reordered, retargeted, its decision or trigger, or the
-  shape of its condition (other metrics, operators or windows). Mice on removed stages need a
-  stage mapping (``migrations`` in the new file) to move.
+  start stage, a rule added, removed, reordered, retargeted, its decision, trigger or when it
+  is evaluated (``evaluate``: session or trial), or the shape of its condition (other metrics,
+  operators or windows). Mice on removed stages need a stage mapping (``migrations`` in the new
+  file) to move.
 - **minor**: the same stages and logic with other numbers: parameters, thresholds in
   conditions, policies, per-mouse adjustments, the metrics list.
 - **patch**: only words changed (descriptions); every mouse moves.
@@ -164,7 +165,7 @@ def _diff_stage(old: CompiledStage, new: CompiledStage, add: Any) -> None:
     for name in common:
         a, b = old_rules[name].rule, new_rules[name].rule
         rule_where = f"{where}, rule {name}"
-        for attribute in ("to", "decision", "trigger"):
+        for attribute in ("to", "decision", "trigger", "evaluate"):
             if getattr(a, attribute) != getattr(b, attribute):
                 add(
                     Change(

@@ -123,6 +123,13 @@ class CompiledStage:
         """Rules evaluated after each session, in order."""
         return tuple(r for r in self.rules if r.rule.trigger == "auto")
 
+    @property
+    def per_trial(self) -> tuple[CompiledRule, ...]:
+        """Automatic rules also evaluated after every trial (``evaluate: trial``), in order."""
+        return tuple(
+            r for r in self.rules if r.rule.trigger == "auto" and r.rule.evaluate == "trial"
+        )
+
 
 @dataclass(frozen=True)
 class CompiledCurriculum:
@@ -144,10 +151,15 @@ class CompiledCurriculum:
     conditions: dict[str, Expression] = field(default_factory=dict)
     report: tuple[CompiledReport, ...] = ()
     _aliases: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    _per_trial: dict[str, tuple[CompiledRule, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         aliases = {alias: s.stage.name for s in self.stages.values() for alias in s.stage.aliases}
         object.__setattr__(self, "_aliases", aliases)
+        per_trial = {name: s.per_trial for name, s in self.stages.items() if s.per_trial}
+        object.__setattr__(self, "_per_trial", per_trial)
 
     @property
     def name(self) -> str:
@@ -281,6 +293,45 @@ class CompiledCurriculum:
             warnings=held,
             metrics=reported,
         )
+
+    def evaluates_after_trials(self, stage: str) -> bool:
+        """Whether the stage has rules evaluated after every trial (``evaluate: trial``); a
+        dictionary lookup, asked on every trial."""
+        return stage in self._per_trial
+
+    def evaluate_after_trial(self, stage: str, metrics: MetricSource) -> Evaluation | None:
+        """Judges the session in progress at ``stage`` after a trial, by the stage's
+        ``evaluate: trial`` rules only, on the metrics so far: the first that holds decides,
+        None when none holds (the session goes on; its end judges it by every rule).
+
+        The evidence lists the per-trial rules, in order, each with its observations; the
+        stage's warnings that hold and the curriculum's reported values come with a decision,
+        as with :meth:`evaluate`.
+        """
+        rules = self._per_trial.get(stage, ())
+        if not rules:
+            return None
+        bind = getattr(metrics, "bind", None)
+        if callable(bind):
+            metrics = bind(self.registry)
+        for position, rule in enumerate(rules):
+            evaluation = rule.evaluate(metrics)
+            if not evaluation.verdict:
+                continue
+            evaluations = [r.evaluate(metrics) for r in rules[:position]]
+            evaluations.append(evaluation)
+            evaluations.extend(r.evaluate(metrics) for r in rules[position + 1 :])
+            warnings = [w.evaluate(metrics, stage) for w in self.stages[stage].warnings]
+            return Evaluation(
+                rule.rule.decision,
+                stage,
+                rule.rule.to,
+                rule.rule.name,
+                evaluations,
+                warnings=[w for w in warnings if w.verdict],
+                metrics=self.report_values(metrics),
+            )
+        return None
 
     def report_values(self, metrics: MetricSource) -> dict[str, float | None]:
         """The curriculum's reported values for these metrics, by label."""

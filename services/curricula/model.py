@@ -92,6 +92,11 @@ class Rule(FormatModel):
         description: the criterion in plain language.
         trigger: ``auto`` (evaluated after every session) or ``manual`` (a move an operator may
             make; documented and drawn, never evaluated).
+        evaluate: when an automatic rule is evaluated: ``session`` (when the session ends, the
+            default) or ``trial`` (after every trial of the session as well, on the metrics so
+            far: the mouse may move during the session, as Autopilot graduates a subject after
+            any trial; docs/curricula-ops.md). A rule evaluated after trials reads only what
+            Shaping computes from trials and counters, never a metric reported at the end.
     """
 
     name: Name
@@ -100,11 +105,16 @@ class Rule(FormatModel):
     when: str | None = None
     description: str = Field(min_length=1)
     trigger: Literal["auto", "manual"] = "auto"
+    evaluate: Literal["session", "trial"] = "session"
 
     @model_validator(mode="after")
     def _condition_present(self) -> Rule:
         if self.trigger == "auto" and not (self.when or "").strip():
             raise ValueError("an automatic rule needs a condition ('when')")
+        if self.trigger == "manual" and self.evaluate == "trial":
+            raise ValueError(
+                "a manual rule is never evaluated: 'evaluate: trial' needs 'trigger: auto'"
+            )
         return self
 
 

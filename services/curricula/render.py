@@ -240,7 +240,9 @@ def _stage_label(
 
 
 def _heading(rule: CompiledRule, order: int | None) -> str:
-    return "manual" if rule.rule.trigger == "manual" else f"{order}."
+    if rule.rule.trigger == "manual":
+        return "manual"
+    return f"{order}. per trial" if rule.rule.evaluate == "trial" else f"{order}."
 
 
 def _described_label(edge: RuleEdge) -> str:

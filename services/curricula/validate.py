@@ -149,6 +149,10 @@ def compile_curriculum(
     return compiled
 
 
+END_ONLY = frozenset({"session_duration_s"})
+"""Computed session metrics that have a value only when the session ends (the duration its
+SessionEnded reports): rules evaluated after every trial may not read them."""
+
 _UNION_TAGS = {"str", "int", "float", "bool", "none", "MetricDeclaration"}
 
 
@@ -427,8 +431,35 @@ class _Compiler:
             condition = None
             if rule.when is not None and rule.when.strip():
                 condition = self.parse(rule.when, scope, (*path, "when"), stage.name, rule.name)
+            if condition is not None and rule.evaluate == "trial":
+                self.per_trial(condition.metrics, registry, path, stage.name, rule.name)
             compiled.append(CompiledRule(rule, condition))
         return tuple(compiled)
+
+    def per_trial(
+        self,
+        metrics: frozenset[str],
+        registry: MetricRegistry,
+        path: Path,
+        stage: str,
+        rule: str,
+    ) -> None:
+        """A rule evaluated after every trial reads only what has a value during the session:
+        metrics Shaping computes from trials, and counters; never one the rig or a pipeline
+        reports when the session ends (``SessionEnded.metrics``, a session table's column)."""
+        for metric in sorted(metrics):
+            definition = registry.get(metric)
+            if definition is None:
+                continue  # an unknown metric is reported by the parser already
+            if definition.reported or definition.function is None or metric in END_ONLY:
+                self.report.add(
+                    f"evaluate: trial, but it reads {metric!r}, which has a value only when the "
+                    "session ends (reported with SessionEnded); read metrics Shaping computes "
+                    "from trials, or make the rule 'evaluate: session'",
+                    (*path, "evaluate"),
+                    stage,
+                    rule,
+                )
 
     def policies(
         self,

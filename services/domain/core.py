@@ -5,7 +5,10 @@ runner, replay and simulation all call these, so they cannot disagree.
 Both dispatch on the event's type through a table (:data:`_FOLDS`, :data:`_DECISIONS`; the
 interventions' entries come from :mod:`shaping.services.domain.interventions`). A session is
 judged by :func:`shaping.services.domain.judge.judge_session`, here as it ends and in
-:mod:`shaping.services.domain.recompute` when a late session makes later ones be judged again.
+:mod:`shaping.services.domain.recompute` when a late session makes later ones be judged again;
+a stage with rules marked ``evaluate: trial`` is also judged after every trial of its session
+(:func:`shaping.services.domain.judge.judge_during_session`), and a session judged so is not
+judged again at its end.
 The curricula are an input: ``decide`` reads the catalog it is given and never changes it; a
 CurriculumPublished yields the compiled version (:func:`publication`) for the caller to add.
 
@@ -38,7 +41,11 @@ from shaping.schemas.events import (
     StageTransitioned,
     TrialCompleted,
 )
-from shaping.services.domain.curriculum import CurriculumCatalog, CurriculumEngine
+from shaping.services.domain.curriculum import (
+    CurriculumCatalog,
+    CurriculumEngine,
+    evaluates_after_trials,
+)
 from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
 from shaping.services.domain.gating import WelfareGate, concerns_gate, gate_outputs
 from shaping.services.domain.husbandry import FOLDS as HUSBANDRY_FOLDS
@@ -53,10 +60,13 @@ from shaping.services.domain.interventions import (
     with_adjustments,
 )
 from shaping.services.domain.judge import (
+    decided_during,
     decision_outputs,
     describe_decision,
+    judge_during_session,
     judge_session,
     next_parameters,
+    session_so_far,
 )
 from shaping.services.domain.metrics import (
     append_record,
@@ -78,6 +88,7 @@ from shaping.services.domain.recompute import (
     judged_entry,
     judged_index,
     recompute,
+    session_date_of,
     start_key,
     start_session,
     was_judged,
@@ -163,6 +174,8 @@ def _fold_session_end(state: MouseState, event: SessionEnded, ids: tuple[str, ..
     session = state.open_session
     if session is None or session.session_id != event.session_id:
         return state.model_copy(update={"recent_event_ids": ids})
+    if decided_during(state, session):
+        return _fold_decided_end(state, session, event, ids)
     # Sessions in a row at the stage actually run: a session at another stage than the one
     # before (a decision that moved the mouse, or a trainer's override) restarts the count
     # at 1; a trainer who runs the previous stage again continues it (AIND's
@@ -181,6 +194,43 @@ def _fold_session_end(state: MouseState, event: SessionEnded, ids: tuple[str, ..
             "stage": session.stage,
             "sessions_at_stage": streak,
             "run_streak": streak,
+            "session_total": state.session_total + 1,
+            "history": append_record(state.history, record),
+            "session_counts": count_session(state.session_counts, record),
+            "last_closed_session_id": session.session_id,
+            "recent_event_ids": ids,
+        }
+    )
+
+
+def _fold_decided_end(
+    state: MouseState, session: OpenSession, event: SessionEnded, ids: tuple[str, ...]
+) -> MouseState:
+    """The end of a session judged during it (after a trial, by an ``evaluate: trial`` rule):
+    it is recorded at the stage it started at and judged by that decision, as if the decision
+    had come at its end; the mouse stays where the decision sent it (or where a trainer put it
+    since), and nothing is judged again."""
+    decision = state.last_decision
+    assert decision is not None
+    record = session_record(session, event.metrics, event.duration_s)
+    # The operator stage is what it was when the session ran, before the decision moved it.
+    entry = judged_entry(state.model_copy(update={"stage": decision.from_stage}), session, event)
+    entry = entry.model_copy(
+        update={
+            "decision_id": decision.event_id,
+            "stage": decision.from_stage,
+            "to_stage": decision.to_stage,
+            "decision": decision.decision,
+            "sessions_at_stage": decision.sessions_at_stage,
+            "session_total": decision.session_total,
+            "curriculum_version": decision.curriculum_version,
+        }
+    )
+    return state.model_copy(
+        update={
+            **closed(state, session.session_id),
+            "judged": append_judged(state, entry),
+            "run_streak": decision.sessions_at_stage,
             "session_total": state.session_total + 1,
             "history": append_record(state.history, record),
             "session_counts": count_session(state.session_counts, record),
@@ -364,12 +414,86 @@ def _decide_trial(
     catalog: CurriculumCatalog, state: MouseState, event: TrialCompleted
 ) -> list[Event]:
     if is_open(state, event.session_id):
-        return []
+        return _decide_during_session(catalog, state, event)
     if was_judged(state, event.session_id):
         raise ImpossibleEvent(f"trial for session {event.session_id!r}, which already ended")
     if state.ejected:
         raise ejected_refusal(state, f"trial of session {event.session_id!r}")
     raise ImpossibleEvent(f"trial for session {event.session_id!r}, which never started")
+
+
+def _decide_during_session(
+    catalog: CurriculumCatalog, state: MouseState, trial: TrialCompleted
+) -> list[Event]:
+    """A trial of the session in progress: when its stage has rules evaluated after every
+    trial (``evaluate: trial``) and one holds on the metrics so far, the decision and the next
+    assignment, now (see :func:`shaping.services.domain.judge.judge_during_session`).
+
+    Nothing is decided for a parked session, a late one, a mouse ejected or moved by a trainer
+    since the session started, or a session already judged during it (once per session: the
+    session goes on at the new stage and is not judged again at its end). A redelivered trial
+    that led to a decision sends the same decision again (same ids), as a redelivered
+    SessionEnded does.
+    """
+    session = state.open_session
+    if session is None or session.session_id != trial.session_id or state.ejected:
+        return []
+    if trial.trial_index <= session.last_trial_index:
+        decision = state.last_decision
+        if decision is None or decision.causation_id != trial.event_id:
+            return []
+        assignment = state.last_assignment
+        if assignment is not None and assignment.causation_id == decision.event_id:
+            return [decision, assignment]
+        return [decision]
+    if decided_during(state, session) or state.stage != session.stage:
+        return []
+    if state.curriculum_name is None:
+        return []
+    try:
+        curriculum = _curriculum_of(catalog, state)
+    except ImpossibleEvent:
+        return []  # a trial is never refused for what its session's end would find
+    if not evaluates_after_trials(curriculum, session.stage):
+        return []
+    session_date = session_date_of(session, trial.occurred_at)
+    if is_late(state, (session_date, session.started_at or trial.occurred_at, session.session_id)):
+        return []  # a late session is judged at its end, by a recompute
+    after = _evolve_trial(state, trial)
+    running = after.open_session
+    assert running is not None
+    view = session_so_far(after, running)
+    judged = judge_during_session(
+        view,
+        running,
+        curriculum,
+        trial,
+        decision_id=derived_event_id(trial, "StageTransitioned"),
+        session_date=session_date,
+    )
+    if judged is None:
+        return []
+    evaluation, transition = judged
+    assignment = issue_assignment(
+        trial,
+        curriculum,
+        evaluation.to_stage,
+        parameters=next_parameters(evaluation, curriculum),
+        reason=evaluation.decision,
+        detail=describe_decision(evaluation, after_trial=running.n_trials),
+        sessions_at_stage=0,
+        session_number=view.session_total + 1,
+        caused_by=transition.event_id,
+    )
+    outputs = decision_outputs(state, trial, transition, assignment, evaluation, curriculum)
+    issued = outputs[-1]
+    assert isinstance(issued, AssignmentIssued)
+    # It names the session in progress, which is how a rig tells it applies now (at its next
+    # trial boundary), not at the next session; a restricted mouse's welfare stays as the
+    # session's own assignment had it (the welfare gate updates it with the next weighing).
+    welfare = state.last_assignment.welfare if state.last_assignment is not None else None
+    outputs[-1] = issued.model_copy(update={"session_id": session.session_id, "welfare": welfare})
+    return outputs
 
 
 def _running_parameters(state: MouseState, session: OpenSession) -> Parameters | None:
@@ -411,6 +535,8 @@ def _decide_session_end(
     session = state.open_session
     if session is None or session.session_id != event.session_id:
         raise ImpossibleEvent(f"end of session {event.session_id!r}, which never started")
+    if decided_during(state, session):
+        return []  # judged during the session (evaluate: trial): never judged twice
     curriculum = _curriculum_of(catalog, state)
     entry = judged_entry(state, session, event)
     if is_late(state, entry.order_key):

@@ -119,6 +119,28 @@ class CurriculumEngine(Protocol):
         ...
 
 
+def evaluates_after_trials(curriculum: CurriculumEngine, stage: str) -> bool:
+    """Whether ``curriculum`` judges sessions at ``stage`` after every trial too (rules marked
+    ``evaluate: trial``). An engine judges during sessions when it has the two methods
+    ``evaluates_after_trials(stage) -> bool`` (cheap: asked on every trial) and
+    ``evaluate_after_trial(stage, metrics) -> Evaluation | None`` (the compiled curricula of
+    ``services/curricula`` have them); any other engine judges only at the session's end."""
+    check = getattr(curriculum, "evaluates_after_trials", None)
+    return bool(check(stage)) if callable(check) else False
+
+
+def evaluate_after_trial(
+    curriculum: CurriculumEngine, stage: str, metrics: MetricSource
+) -> Evaluation | None:
+    """The decision of ``stage``'s per-trial rules on the metrics so far, None when none holds
+    or the engine has no such rules (see :func:`evaluates_after_trials`)."""
+    evaluate = getattr(curriculum, "evaluate_after_trial", None)
+    if not callable(evaluate):
+        return None
+    result = evaluate(stage, metrics)
+    return result if isinstance(result, Evaluation) else None
+
+
 Compiler = Callable[[str], CurriculumEngine]
 """Turns a published curriculum's content (JSON text) into an engine; raises CurriculumError."""
 

@@ -2,6 +2,11 @@
 (:meth:`shaping.services.domain.core.TrainingCore.decide` on a SessionEnded) or judged again
 by a recompute after a late session (:func:`shaping.services.domain.recompute.recompute`).
 
+A stage whose curriculum marks rules ``evaluate: trial`` is also judged during the session,
+after every trial (:func:`judge_during_session`), on the state as if the session ended after
+that trial (:func:`session_so_far`); a session is judged once: during the session when such a
+rule holds, else at its end.
+
 :func:`judge_session` evaluates the curriculum's rules on the mouse's state folded up to the
 session and returns the decision as a StageTransitioned; :func:`decision_outputs` adds what a
 decision carries to the rig (its warnings, and the next assignment with the evidence, metrics
@@ -16,14 +21,25 @@ from shaping.schemas.events import (
     AssignmentIssued,
     Event,
     Parameters,
+    SessionSummary,
     StageTransitioned,
     TrainingWarning,
+    TrialCompleted,
 )
-from shaping.services.domain.curriculum import CurriculumEngine, Evaluation
+from shaping.services.domain.curriculum import CurriculumEngine, Evaluation, evaluate_after_trial
 from shaping.services.domain.interventions import with_adjustments
-from shaping.services.domain.metrics import SessionMetrics
+from shaping.services.domain.metrics import (
+    SessionMetrics,
+    append_record,
+    count_session,
+    session_record,
+)
 from shaping.services.domain.outputs import warning_event_id
-from shaping.services.domain.state import JudgedSession, MouseState
+from shaping.services.domain.state import JudgedSession, MouseState, OpenSession
+
+MID_SESSION = "mid_session"
+"""``session_summary.end_reason`` of a decision taken during its session, after a trial (the
+session had not ended): what tells such a decision from one taken at the session's end."""
 
 
 def judge_session(
@@ -85,6 +101,102 @@ def judge_session(
     return evaluation, transition
 
 
+def session_so_far(state: MouseState, session: OpenSession) -> MouseState:
+    """The mouse's state as if ``session`` (in progress, its trials folded so far) ended now:
+    its record appended to the history (computed metrics only: nothing is reported before the
+    end, and it has no duration yet) and the counters counting it, as the end would fold them.
+    What a rule evaluated after a trial reads."""
+    record = session_record(session)
+    last_stage = state.history[-1].stage if state.history else None
+    streak = state.run_streak + 1 if session.stage == last_stage else 1
+    return state.model_copy(
+        update={
+            "history": append_record(state.history, record),
+            "session_total": state.session_total + 1,
+            "sessions_at_stage": streak,
+            "run_streak": streak,
+            "session_counts": count_session(state.session_counts, record),
+        }
+    )
+
+
+def judge_during_session(
+    view: MouseState,
+    session: OpenSession,
+    curriculum: CurriculumEngine,
+    trial: TrialCompleted,
+    *,
+    decision_id: str,
+    session_date: str,
+) -> tuple[Evaluation, StageTransitioned] | None:
+    """Judges the session in progress after ``trial`` by the stage's ``evaluate: trial`` rules.
+
+    Args:
+        view: :func:`session_so_far` of the state with ``trial`` folded in.
+        session: the session in progress (``trial`` folded in).
+        curriculum: the curriculum version in force.
+        trial: the trial just completed (the decision's cause).
+        decision_id: the StageTransitioned's id.
+        session_date: the session's calendar date.
+
+    Returns:
+        None when no such rule holds (or the curriculum has none at the stage); else the
+        evaluation and the StageTransitioned that states it, whose summary counts the trials
+        so far and says ``end_reason`` :data:`MID_SESSION`.
+    """
+    evaluation = evaluate_after_trial(curriculum, session.stage, SessionMetrics(view))
+    if evaluation is None:
+        return None
+    stats = session.stats
+    responded = stats.n_correct + stats.n_incorrect
+    elapsed = (
+        (trial.occurred_at - session.started_at).total_seconds()
+        if session.started_at is not None
+        else 0.0
+    )
+    transition = StageTransitioned(
+        event_id=decision_id,
+        mouse_id=view.mouse_id,
+        rig_id=trial.rig_id,
+        session_id=session.session_id,
+        occurred_at=trial.occurred_at,
+        causation_id=trial.event_id,
+        curriculum_name=curriculum.name,
+        curriculum_version=curriculum.version,
+        from_stage=evaluation.from_stage,
+        to_stage=evaluation.to_stage,
+        decision=evaluation.decision,
+        rule=evaluation.rule,
+        rule_evaluations=evaluation.rule_evaluations,
+        metrics=evaluation.metrics,
+        session_date=session_date,
+        sessions_at_stage=view.sessions_at_stage,
+        session_total=view.session_total,
+        session_summary=SessionSummary(
+            n_trials=stats.n_trials,
+            n_correct=stats.n_correct,
+            n_incorrect=stats.n_incorrect,
+            n_miss=stats.n_miss,
+            accuracy=stats.n_correct / responded if responded else None,
+            duration_s=max(0.0, elapsed),
+            end_reason=MID_SESSION,
+        ),
+    )
+    return evaluation, transition
+
+
+def decided_during(state: MouseState, session: OpenSession) -> bool:
+    """Whether the session in progress was already judged during it (a decision after one of
+    its trials): it is not judged again, neither after later trials nor at its end."""
+    decision = state.last_decision
+    return (
+        decision is not None
+        and decision.session_id == session.session_id
+        and decision.session_summary.end_reason == MID_SESSION
+        and state.last_closed_session_id != session.session_id
+    )
+
+
 def next_parameters(evaluation: Evaluation, curriculum: CurriculumEngine) -> Parameters:
     """The next session's parameters after a decision: the ones in-stage policies computed,
     else the stage's own."""
@@ -93,9 +205,18 @@ def next_parameters(evaluation: Evaluation, curriculum: CurriculumEngine) -> Par
     return curriculum.parameters(evaluation.to_stage)
 
 
-def describe_decision(evaluation: Evaluation, *, recomputed: bool = False) -> str:
+def describe_decision(
+    evaluation: Evaluation, *, recomputed: bool = False, after_trial: int | None = None
+) -> str:
     """The decision in words, as its assignment gives it (a recompute's in a shorter form,
-    within a sentence about the late session)."""
+    within a sentence about the late session; a decision during the session says after which
+    trial, ``after_trial`` being its 1-based count)."""
+    if after_trial is not None and evaluation.rule is not None:
+        rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
+        return (
+            f"mid-session, after trial {after_trial}: {evaluation.decision} to "
+            f"{evaluation.to_stage}: {rule.description}"
+        )
     if evaluation.rule is not None:
         rule = next(r for r in evaluation.rule_evaluations if r.rule == evaluation.rule)
         return f"{evaluation.decision} to {evaluation.to_stage}: {rule.description}"

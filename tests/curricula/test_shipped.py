@@ -23,6 +23,7 @@ def test_the_shipped_set() -> None:
     assert names == {
         "basic-shaping.yaml",
         "reach-task.yaml",
+        "reach-autopilot.yaml",
         "aind/coupled-baiting-2.3.yaml",
         "mtrain/visual-behavior-task1a.yaml",
         "ibl/training-status.yaml",
@@ -33,6 +34,7 @@ def test_the_shipped_set() -> None:
         "VisualBehavior_Task1A",
         "basic-shaping",
         "ibl",
+        "reach-autopilot",
         "reach-task",
     ]
 
