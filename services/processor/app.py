@@ -99,6 +99,35 @@ with the state in memory: on a live lab a batch holds about one trial of a mouse
 the whole state instead would be 14 times the bytes per trial on the benchmark's workload, more
 for IBL mice (bench/BATCHING.md).
 
+Scale-out: workers started with the same processor id form one consumer group and split the
+partitions (each owns some of the events and commands partitions, with the same partitions of
+the state changelogs); a mouse is on one partition, so one worker decides on it at a time. A
+worker that joins, stops (SIGTERM: it finishes the batch in flight, commits and leaves the group
+at once) or dies (SIGKILL: the broker hands its partitions on after :data:`SESSION_TIMEOUT_S`)
+causes a rebalance, and the new owner of a partition resumes from its last committed offset on
+the state rebuilt from the changelog. That is the crash case above seen from another process: a
+committed input has its state record on the broker (step 3 before step 4), so the rebuilt state
+has folded every committed input, and the inputs redelivered after the commit boundary are
+either already in it (their offsets, dropped as duplicates) or folded on exactly the state they
+first met. A valid input could only be dead-lettered after a rebalance if it met a state that
+lacks inputs before it (a trial whose session start is missing: "never started"), and that needs
+an input committed before its state is on the broker: writing through faust's table buffer
+allowed it (its pre-commit flush gives up after 0.1 s), which is why
+:meth:`FaustProcessor._put` bypasses that buffer and :meth:`FaustProcessor.store` waits for the
+broker. So a group decides as one worker does on the same log.
+
+The workers keep no standby replicas (``table_standby_replicas=0``). With faust's default of one,
+each worker also follows the other's changelog partitions, and when the other was killed its
+partitions went from standby to active in the survivor: in one run of the scale-out test that
+recovery never received a record of the promoted changelog partitions (faust logged "No event
+received for active tp ... since recovery start" for two minutes) and the survivor decided
+nothing more. Without standbys a dead worker's partitions are assigned to the survivor like any
+new partition, read from the changelog's start (what faust does for a promoted standby with the
+in-memory store anyway). The test of all this (two
+workers splitting the partitions, one joining mid-stream, one stopped, one killed) is
+``tests/processor/test_scaleout_kafka.py``; ``bench/scaleout.py`` measures two workers' rate
+beside one's (bench/SCALEOUT.md).
+
 A stored state of another format (written by another version of Shaping, or holding a field
 this version does not know) is no bad input and no bug: the processor logs it once and stops
 (the input stays uncommitted), rather than parking every message of the mouse on the
@@ -724,6 +753,12 @@ def build_app(
         topic_replication_factor=CHANGELOG_REPLICATION_FACTOR,
         # No leader election topic: nothing here runs "on the leader only".
         topic_disable_leader=True,
+        # No standby replicas (faust's default is one): with the in-memory store they buy
+        # nothing (a partition that becomes active is read from its changelog's start all the
+        # same, and the store drops what is not active after every recovery), and promoting a
+        # standby partition to active when another worker dies could hang the recovery (see
+        # "Scale-out" in the module docstring).
+        table_standby_replicas=0,
         TableManager=_TableManager,
         web_enabled=web_port is not None,
         web_port=web_port if web_port is not None else DEFAULT_WEB_PORT,
