@@ -77,11 +77,42 @@ def judge_session(
         The evaluation and the StageTransitioned that states it.
     """
     evaluation = curriculum.evaluate(stage, SessionMetrics(view), running)
-    transition = StageTransitioned(
+    transition = _stated(
+        view,
+        curriculum,
+        evaluation,
+        decision_id=decision_id,
+        rig_id=rig_id,
+        session_id=entry.session_id,
+        occurred_at=occurred_at,
+        cause=cause,
+        session_date=entry.session_date,
+        summary=entry.summary,
+        supersedes=supersedes,
+    )
+    return evaluation, transition
+
+
+def _stated(
+    view: MouseState,
+    curriculum: CurriculumEngine,
+    evaluation: Evaluation,
+    *,
+    decision_id: str,
+    rig_id: str | None,
+    session_id: str,
+    occurred_at: datetime,
+    cause: Event,
+    session_date: str,
+    summary: SessionSummary,
+    supersedes: str | None = None,
+) -> StageTransitioned:
+    """The StageTransitioned that states ``evaluation`` of a session of ``view``'s mouse."""
+    return StageTransitioned(
         event_id=decision_id,
         mouse_id=view.mouse_id,
         rig_id=rig_id,
-        session_id=entry.session_id,
+        session_id=session_id,
         occurred_at=occurred_at,
         causation_id=cause.event_id,
         curriculum_name=curriculum.name,
@@ -92,13 +123,12 @@ def judge_session(
         rule=evaluation.rule,
         rule_evaluations=evaluation.rule_evaluations,
         metrics=evaluation.metrics,
-        session_date=entry.session_date,
+        session_date=session_date,
         sessions_at_stage=view.sessions_at_stage,
         session_total=view.session_total,
-        session_summary=entry.summary,
+        session_summary=summary,
         supersedes=supersedes,
     )
-    return evaluation, transition
 
 
 def session_so_far(state: MouseState, session: OpenSession) -> MouseState:
@@ -154,25 +184,17 @@ def judge_during_session(
         if session.started_at is not None
         else 0.0
     )
-    transition = StageTransitioned(
-        event_id=decision_id,
-        mouse_id=view.mouse_id,
+    transition = _stated(
+        view,
+        curriculum,
+        evaluation,
+        decision_id=decision_id,
         rig_id=trial.rig_id,
         session_id=session.session_id,
         occurred_at=trial.occurred_at,
-        causation_id=trial.event_id,
-        curriculum_name=curriculum.name,
-        curriculum_version=curriculum.version,
-        from_stage=evaluation.from_stage,
-        to_stage=evaluation.to_stage,
-        decision=evaluation.decision,
-        rule=evaluation.rule,
-        rule_evaluations=evaluation.rule_evaluations,
-        metrics=evaluation.metrics,
+        cause=trial,
         session_date=session_date,
-        sessions_at_stage=view.sessions_at_stage,
-        session_total=view.session_total,
-        session_summary=SessionSummary(
+        summary=SessionSummary(
             n_trials=stats.n_trials,
             n_correct=stats.n_correct,
             n_incorrect=stats.n_incorrect,
