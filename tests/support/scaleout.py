@@ -276,9 +276,16 @@ class Outputs:
         return list(self.reader.events(self.topics.dead_letter, EventRejected))
 
     def decided(self, last_session: dict[str, str]) -> bool:
-        """Whether every mouse's last session has its decision."""
-        done = {(e.mouse_id, e.session_id) for e in self.reader.events(None, StageTransitioned)}
-        return all((m, s) in done for m, s in last_session.items())
+        """Whether every mouse's last session has its decision, and the assignment that
+        decision issued has been read too (the processor publishes both in one batch, but they
+        are on two topics, read in any order: stopping at the decision alone could leave its
+        assignment unread)."""
+        decided = {
+            (e.mouse_id, e.session_id): e.event_id
+            for e in self.reader.events(None, StageTransitioned)
+        }
+        caused = {e.causation_id for e in self.reader.events(None, AssignmentIssued)}
+        return all((m, s) in decided and decided[(m, s)] in caused for m, s in last_session.items())
 
     def sequences(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
         """Each mouse's decisions, and its assignments, each in the order of their topic's
