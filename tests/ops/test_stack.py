@@ -205,8 +205,12 @@ def test_stack_up_runs_the_lab_and_stack_down_leaves_nothing(
         wait_until(
             lambda: (
                 prom_value(prometheus, 'sum(shaping_web_actions_total{outcome="sent"})') == 1
-                and prom_value(prometheus, 'sum(shaping_alerts_events_total{event="raised"})') >= 1
-                and prom_value(prometheus, "sum(shaping_notifier_sent_total)") >= 2
+                # None until Prometheus has scraped a sample of the metric
+                and (
+                    prom_value(prometheus, 'sum(shaping_alerts_events_total{event="raised"})') or 0
+                )
+                >= 1
+                and (prom_value(prometheus, "sum(shaping_notifier_sent_total)") or 0) >= 2
             ),
             60,
             "the stack's Prometheus to scrape the page, the alerts service and the notifier",
