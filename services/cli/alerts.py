@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, MetricsHost, Prefix, fail, settings_with
+from shaping.services.cli.options import (
+    Bootstrap,
+    MetricsHost,
+    Prefix,
+    checked_file,
+    fail,
+    settings_with,
+)
 
 app = typer.Typer(
     help="Alerts for people: raised by rules over the log, acknowledged by people.",
@@ -27,17 +34,9 @@ RulesFile = Annotated[
 
 
 def _rules(path: Path):  # type: ignore[no-untyped-def]
-    from shaping.services.alerts.checks import FileInvalid
     from shaping.services.alerts.config import load_rules
 
-    try:
-        return load_rules(path)
-    except FileInvalid as exc:
-        from shaping.schemas.text import printable
-
-        for problem in exc.problems:
-            typer.secho(printable(str(problem)), fg=typer.colors.RED, err=True)
-        fail(f"{printable(str(path))}: rejected")
+    return checked_file(load_rules, path)
 
 
 @app.command("check")

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from shaping.services.cli.options import Bootstrap, MetricsHost, Prefix, fail, settings_with
+from shaping.services.cli.options import (
+    Bootstrap,
+    MetricsHost,
+    Prefix,
+    checked_file,
+    settings_with,
+)
 
 app = typer.Typer(help="Tells people of alerts: email and chat webhooks.", no_args_is_help=True)
 
@@ -18,17 +24,9 @@ RoutingFile = Annotated[
 
 
 def _routing(path: Path):  # type: ignore[no-untyped-def]
-    from shaping.services.alerts.checks import FileInvalid
     from shaping.services.notifier.routing import load_routing
 
-    try:
-        return load_routing(path)
-    except FileInvalid as exc:
-        from shaping.schemas.text import printable
-
-        for problem in exc.problems:
-            typer.secho(printable(str(problem)), fg=typer.colors.RED, err=True)
-        fail(f"{printable(str(path))}: rejected")
+    return checked_file(load_routing, path)
 
 
 @app.command("check")

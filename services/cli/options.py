@@ -5,7 +5,8 @@ importing it keeps the command quick to start."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -129,3 +130,21 @@ MetricsHost = Annotated[
         help="Address the metrics endpoint binds to.",
     ),
 ]
+
+
+_T = TypeVar("_T")
+
+
+def checked_file(load: Callable[[Path], _T], path: Path) -> _T:
+    """``load(path)`` for a file checked line by line (alert rules, routing): when it is
+    refused, each problem with its line in red on stderr, then ``error: <path>: rejected``
+    and exit status 2."""
+    from shaping.schemas.text import printable
+    from shaping.services.alerts.checks import FileInvalid
+
+    try:
+        return load(path)
+    except FileInvalid as exc:
+        for problem in exc.problems:
+            typer.secho(printable(str(problem)), fg=typer.colors.RED, err=True)
+        fail(f"{printable(str(path))}: rejected")
