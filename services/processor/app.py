@@ -150,7 +150,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,8 +159,8 @@ from typing import Any, cast
 import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
-from faust.types import AppT, EventT, StreamT, TableT, TopicT
-from mode import CrashingSupervisor
+from faust.types import TP, AppT, EventT, StreamT, TableT, TopicT
+from mode import CrashingSupervisor, Service
 
 from shaping.schemas.codec import EventCodec
 from shaping.schemas.events import EventRejected, StageTransitioned
@@ -216,6 +216,13 @@ BATCH_IDLE_S = 0.001
 """A batch ends early when no message came for this long: on an idle stream a message waits
 no longer than this before it is processed."""
 
+STALLED_AFTER_S = 10.0
+"""A changelog partition with records left that gave none for this long during table recovery
+is read again (:func:`stalled_partitions`)."""
+
+STALL_CHECK_S = 2.0
+"""How often table recovery is checked for a stalled partition."""
+
 DEFAULT_WEB_PORT = 6066
 """Faust's own default, passed on (unused) when the web server is disabled."""
 
@@ -240,6 +247,69 @@ class _RecoveryResumingSafely(Recovery):
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         self.app.consumer.stop_flow()
         await super().on_recovery_completed(generation_id)
+
+    @Service.task
+    async def _watch_for_stalls(self) -> None:
+        """Reads a changelog partition again when its recovery stalled (see
+        :func:`stalled_partitions`); faust itself only logs "No event received" forever."""
+        kicked_at: dict[TP, float] = {}
+        async for _ in self.itertimer(STALL_CHECK_S, name="Recovery.stall-watch"):
+            if not self.in_recovery:
+                kicked_at.clear()
+                continue
+            now = time.monotonic()
+            stalled = stalled_partitions(
+                set(self.active_stats()),
+                self._active_events_received_at,
+                self._recovery_started_at,
+                kicked_at,
+                now,
+            )
+            if stalled:
+                kicked_at.update(dict.fromkeys(stalled, now))
+                await self._read_again(stalled)
+
+    async def _read_again(self, tps: set[TP]) -> None:
+        """Seeks ``tps`` to the record after the last one recovery applied, resumes them and
+        the consumer's flow, and makes sure the fetcher runs."""
+        consumer = self.app.consumer
+        offsets = {tp: max(self.active_offsets.get(tp, -1) + 1, 0) for tp in tps}
+        log.warning(
+            "table recovery received nothing from %s for %.0f s: reading again from %s",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)),
+            STALLED_AFTER_S,
+            offsets,
+        )
+        consumer.resume_partitions(tps)
+        await consumer.seek_wait(offsets)
+        self.app.flow_control.resume()
+        consumer.resume_flow()
+        await cast(Any, self.app)._fetcher.maybe_start()
+
+
+def stalled_partitions(
+    remaining: set[TP],
+    received_at: Mapping[TP, float],
+    started_at: float | None,
+    kicked_at: Mapping[TP, float],
+    now: float,
+) -> set[TP]:
+    """The changelog partitions whose recovery stalled: records left to read, and nothing
+    received for :data:`STALLED_AFTER_S` (since the recovery started, the partition's last
+    record, or the last time it was read again, whichever is latest).
+
+    Seen on the scale-out test's rebalances (about one run in ten): a worker that keeps a
+    partition through a rebalance seeks its changelog to the start and never receives a record
+    of it, so the worker decides nothing more. Reading the partition again is harmless when it
+    was merely slow: recovery skips records at or below the offset it already applied."""
+    if started_at is None:
+        return set()
+    stalled = set()
+    for tp in remaining:
+        last = max(started_at, received_at.get(tp, started_at), kicked_at.get(tp, started_at))
+        if now - last >= STALLED_AFTER_S:
+            stalled.add(tp)
+    return stalled
 
 
 class _TableManager(TableManager):

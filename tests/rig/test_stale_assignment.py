@@ -200,7 +200,8 @@ def test_an_old_rig_says_it_cannot_read_a_newer_assignment_and_runs_the_cached_o
     unreadable = store.undecodable("M001")
     assert unreadable is not None and unreadable.offset == 1
     assert "unknown writer schema fingerprint" in unreadable.error
-    [warning] = [r.getMessage() for r in caplog.records]
+    # only this logger's records: a thread left by an earlier test in the same run may log too
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "shaping.rig.link.follow"]
     assert "cannot read the assignment for M001 at shaping.assignments[0]@1" in warning
     assert "upgrade the rig software" in warning
     assert store.cached_assignment("M001").assignment.session_number == 1  # type: ignore[union-attr]
