@@ -62,7 +62,7 @@ def load_schema_versions() -> list[SchemaVersion]:
                 event_type=match["name"],
                 version=int(match["version"]),
                 raw=raw,
-                parsed=parse_schema(raw, _write_hint=False),
+                parsed=parse_schema(raw),
                 fingerprint=bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")),
             )
         )

@@ -413,17 +413,17 @@ class ServiceMetrics:
         """Counts consumed messages; ``event_type`` None means the bytes did not decode."""
         self.consumed.labels(self.service, topic, event_type or "undecodable").inc(n)
 
-    def count_produced(self, topic: str, event_type: str) -> None:
-        """Counts one published (acknowledged) event."""
-        self.produced.labels(self.service, topic, event_type).inc()
+    def count_produced(self, topic: str, event_type: str, n: int = 1) -> None:
+        """Counts published (acknowledged) events."""
+        self.produced.labels(self.service, topic, event_type).inc(n)
 
     def count_rejected(self, error_kind: str) -> None:
         """Counts one input sent to the dead-letter topic."""
         self.rejected.labels(self.service, error_kind).inc()
 
-    def count_duplicate(self) -> None:
-        """Counts one input dropped as a duplicate."""
-        self.duplicates.labels(self.service).inc()
+    def count_duplicate(self, n: int = 1) -> None:
+        """Counts inputs dropped as duplicates."""
+        self.duplicates.labels(self.service).inc(n)
 
     def count_retry(self, outcome: str) -> None:
         """Counts a failed processing attempt: ``retried`` or ``parked``."""
@@ -437,13 +437,17 @@ class ServiceMetrics:
         """Counts one StageTransitioned."""
         self.decisions.labels(curriculum, stage, decision).inc()
 
-    def observe_processing(self, unit: str, seconds: float) -> None:
-        """Records the time one ``message`` or ``batch`` took."""
-        self.processing.labels(self.service, unit).observe(max(0.0, seconds))
+    def observe_processing(self, unit: str, *seconds: float) -> None:
+        """Records the time each ``message`` or ``batch`` took."""
+        child = self.processing.labels(self.service, unit)
+        for each in seconds:
+            child.observe(max(0.0, each))
 
-    def observe_age(self, seconds: float) -> None:
-        """Records how old a message was (since its broker timestamp) when processed."""
-        self.event_age.labels(self.service).observe(max(0.0, seconds))
+    def observe_age(self, *seconds: float) -> None:
+        """Records how old each message was (since its broker timestamp) when processed."""
+        child = self.event_age.labels(self.service)
+        for each in seconds:
+            child.observe(max(0.0, each))
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         """Sets the consumer lag of one partition (never below 0)."""

@@ -47,6 +47,7 @@ from shaping.services.domain.curriculum import (
     evaluates_after_trials,
 )
 from shaping.services.domain.errors import CurriculumError, ImpossibleEvent
+from shaping.services.domain.frozen import replaced
 from shaping.services.domain.gating import WelfareGate, concerns_gate, gate_outputs
 from shaping.services.domain.husbandry import FOLDS as HUSBANDRY_FOLDS
 from shaping.services.domain.husbandry import HUSBANDRY, decide_husbandry, with_earned_water
@@ -318,10 +319,10 @@ def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
         or trial.trial_index <= session.last_trial_index
     ):
         return state
-    session = session.model_copy(
-        update={"last_trial_index": trial.trial_index, "stats": session.stats.add(trial)}
+    session = replaced(
+        session, {"last_trial_index": trial.trial_index, "stats": session.stats.add(trial)}
     )
-    return state.model_copy(update={"open_session": session})
+    return replaced(state, {"open_session": session})
 
 
 def fold(state: MouseState, events: Iterable[Event]) -> MouseState:

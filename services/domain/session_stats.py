@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
 from shaping.schemas.events import TrialCompleted
+from shaping.services.domain.frozen import replaced
 
 EASY_CONTRAST = 50.0
 """|signed contrast| (percent) from which a trial is easy (IBL's perf_easy)."""
@@ -523,7 +524,7 @@ class SessionStats(BaseModel):
             else:
                 right, false_alarms = right + 1, false_alarms + (outcome == "incorrect")
             update["dprime_counts"] = [left, hits, right, false_alarms]
-        return self.model_copy(update=update)
+        return replaced(self, update)
 
     def without_detail(self) -> SessionStats:
         """These statistics without the per-trial strings (summaries stay exact)."""

@@ -150,6 +150,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -336,42 +337,61 @@ async def batches(
     wait for "one more" event without a bound), so a rebalance, which waits until every event
     read is acknowledged, never waits for a batch that cannot end.
 
+    The events read ahead wait in a plain deque, and the batch takes all that are there at
+    once. While a batch fills it looks again every ``idle`` seconds, not at every event: an
+    asyncio queue woke it, with a timeout, once per message, which cost more than a tenth of
+    the processor's time.
+
     Raises:
-        Exception: whatever reading the stream raised.
+        Exception: whatever reading the stream raised, once every event read before it was
+            handed out.
     """
-    ready: asyncio.Queue[EventT | BaseException] = asyncio.Queue(maxsize=max_)
+    ahead: deque[EventT] = deque()
+    failed: list[BaseException] = []
+    read_so_far = 0
+    arrived = asyncio.Event()  # set when ``ahead`` gained an event, or reading failed
+    room = asyncio.Event()  # set while ``ahead`` holds fewer than a batch
+    room.set()
 
     async def read() -> None:
+        nonlocal read_so_far
         try:
             async for event in stream.events():
-                await ready.put(event)
+                ahead.append(event)
+                read_so_far += 1
+                arrived.set()
+                if len(ahead) >= max_:
+                    room.clear()
+                    await room.wait()
         except Exception as exc:  # hand it to the batching loop, which raises it
-            await ready.put(exc)
+            failed.append(exc)
+            arrived.set()
 
     loop = asyncio.get_running_loop()
     reader = loop.create_task(read())
     try:
         while True:
-            item = await ready.get()
+            if not ahead and not failed:
+                arrived.clear()
+                await arrived.wait()
             batch: list[EventT] = []
             deadline = loop.time() + within
             while True:
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
+                while ahead and len(batch) < max_:
+                    batch.append(ahead.popleft())
+                if len(ahead) < max_:
+                    room.set()
+                if failed and not ahead:
+                    raise failed[0]
                 if len(batch) >= max_:
                     break
-                if not ready.empty():
-                    item = ready.get_nowait()
-                    continue
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                try:
-                    async with asyncio.timeout(min(idle, left)):
-                        item = await ready.get()
-                except TimeoutError:
-                    break
+                before = read_so_far
+                await asyncio.sleep(min(idle, left))
+                if read_so_far == before and not failed:
+                    break  # nothing came for ``idle`` seconds
             yield batch
     finally:
         reader.cancel()
@@ -555,8 +575,7 @@ class FaustProcessor:
         if self.metrics is not None:
             # Each message's own processing, plus its share of the batch's round trips.
             shared = (time.perf_counter() - started - sum(batch.seconds)) / len(events)
-            for event, result, seconds in zip(events, batch.results, batch.seconds, strict=True):
-                self._measure(event.message, result, seconds + shared)
+            self._measure(events, batch.results, [seconds + shared for seconds in batch.seconds])
         return batch.results
 
     async def _process(self, event: EventT, batch: _Batch) -> None:
@@ -619,35 +638,60 @@ class FaustProcessor:
             raise
         return None if found is None else found.state
 
-    def _measure(self, message: Any, result: StepResult, seconds: float) -> None:
-        """Counts the input, its outputs, rejections and decisions; records latency, lag and
-        the rig's clock offset."""
+    def _measure(
+        self, events: Sequence[EventT], results: list[StepResult], seconds: list[float]
+    ) -> None:
+        """Counts a batch's inputs, their outputs, rejections and decisions; records each
+        message's latency and age, each partition's lag and each rig's clock offset. Counts
+        and gauges are set once per batch (a labelled update costs about 1.3 µs, and a trial
+        made six of them)."""
         metrics = cast(ServiceMetrics, self.metrics)
-        command = result.command.command_type if result.command is not None else None
-        metrics.count_consumed(message.topic, result.event.event_type if result.event else command)
-        if result.outcome == "duplicate":
-            metrics.count_duplicate()
-        for out in result.outputs:
-            metrics.count_produced(
-                self.outputs[out.topic_kind].get_topic_name(), out.event.event_type
-            )
-            if isinstance(out.event, EventRejected):
-                metrics.count_rejected(out.event.error_kind)
-            elif isinstance(out.event, StageTransitioned):
-                metrics.count_decision(
-                    out.event.curriculum_name, out.event.from_stage, out.event.decision
-                )
-        metrics.observe_processing("message", seconds)
-        if message.timestamp is not None:
-            metrics.observe_age(time.time() - message.timestamp)
-        highwater = self.app.consumer.highwater(message.tp)
-        if highwater is not None:
-            metrics.set_lag(message.topic, message.partition, highwater - message.offset - 1)
-        broker_time = _broker_time(message.timestamp)
-        if result.event is not None and result.event.rig_id and broker_time is not None:
-            skew = (result.event.occurred_at - broker_time).total_seconds()
-            if result.outcome == "accepted":
-                metrics.set_event_offset(result.event.rig_id, skew)
+        consumed: Counter[tuple[str, str | None]] = Counter()
+        produced: Counter[tuple[str, str]] = Counter()
+        duplicates = 0
+        last_offset: dict[Any, int] = {}
+        rig_offsets: dict[str, float] = {}
+        ages: list[float] = []
+        now = time.time()
+        for event, result in zip(events, results, strict=True):
+            message = event.message
+            command = result.command.command_type if result.command is not None else None
+            consumed[message.topic, result.event.event_type if result.event else command] += 1
+            duplicates += result.outcome == "duplicate"
+            for out in result.outputs:
+                produced[self.outputs[out.topic_kind].get_topic_name(), out.event.event_type] += 1
+                if isinstance(out.event, EventRejected):
+                    metrics.count_rejected(out.event.error_kind)
+                elif isinstance(out.event, StageTransitioned):
+                    metrics.count_decision(
+                        out.event.curriculum_name, out.event.from_stage, out.event.decision
+                    )
+            if message.timestamp is not None:
+                ages.append(now - message.timestamp)
+            last_offset[message.tp] = message.offset
+            broker_time = _broker_time(message.timestamp)
+            if (
+                result.outcome == "accepted"
+                and result.event is not None
+                and result.event.rig_id
+                and broker_time is not None
+            ):
+                skew = (result.event.occurred_at - broker_time).total_seconds()
+                rig_offsets[result.event.rig_id] = skew
+        for (topic, event_type), n in consumed.items():
+            metrics.count_consumed(topic, event_type, n)
+        for (topic, event_type), n in produced.items():
+            metrics.count_produced(topic, event_type, n)
+        if duplicates:
+            metrics.count_duplicate(duplicates)
+        metrics.observe_processing("message", *seconds)
+        metrics.observe_age(*ages)
+        for tp, offset in last_offset.items():
+            highwater = self.app.consumer.highwater(tp)
+            if highwater is not None:
+                metrics.set_lag(tp.topic, tp.partition, highwater - offset - 1)
+        for rig, skew in rig_offsets.items():
+            metrics.set_event_offset(rig, skew)
 
     # -- the state -------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ from shaping.services.domain import (
     TrainingCore,
     initial_state,
 )
+from shaping.services.domain.frozen import replaced
 from shaping.services.domain.gating import WelfareGate
 from shaping.services.domain.husbandry import policy_problem
 from shaping.services.domain.state import RECENT_IDS
@@ -378,7 +379,13 @@ class ProcessorStep:
             )
         except ImpossibleEvent as exc:
             return reject(str(exc), "impossible", event)
-        if new_state == current:
+        # A trial the core folds nothing of leaves the very same state object (it copies the
+        # state only to count the trial), so only other events need the comparison (about
+        # 3 µs a message).
+        unchanged = new_state is current or (
+            not isinstance(event, TrialCompleted) and new_state == current
+        )
+        if unchanged:
             # The core folded nothing: a trial it had already counted, or an event it had seen
             # (a redelivered SessionEnded re-sends its decision, with the same ids).
             return StepResult(event, None, [self._outgoing(e) for e in emitted], "duplicate")
@@ -386,7 +393,7 @@ class ProcessorStep:
         if digest is not None:
             digests = {**new_state.event_digests, event.event_id: digest}
             update["event_digests"] = dict(list(digests.items())[-RECENT_IDS:])
-        new_state = new_state.model_copy(update=update)
+        new_state = replaced(new_state, update)
         outputs = [self._outgoing(e) for e in emitted]
         if not isinstance(event, NOT_REPUBLISHED) and value is not None:
             outputs.insert(0, Outgoing("accepted", key, value, event))
