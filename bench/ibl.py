@@ -8,8 +8,9 @@ Measures, on one synthetic IBL mouse (60 dates of 600 trials by default, ``train
    reaction times), beside the same events for a mouse on ``basic-shaping`` (a rolling
    accuracy only);
 2. recompute: the whole history of the mouse folded from scratch (a fresh state, every event
-   from the enrolment on), through ``TrainingCore.handle`` on decoded events, and through the
-   embedded runtime (Avro bytes, the processor step) as ``shaping evaluate --trials`` runs it;
+   from the enrolment on), through ``TrainingCore.handle`` on decoded events, and as
+   ``shaping evaluate --trials`` runs it (fits batched ahead, events built from the table and
+   folded by the core);
 3. ibllib: the same trials judged by ibllib's own ``brainbox.behavior.training``
    (``get_training_status`` per date on the 3-date window, then
    ``pass_through_training_hierachy``) in a separate venv (``.cache/bench-ibllib-venv``,
@@ -270,14 +271,14 @@ def recompute_batched(catalog, enrol, per_session) -> tuple[float, float, list[s
 
 
 def through_runtime(sessions, curriculum: str) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
-    """``shaping evaluate --trials``'s path: events encoded, run by the embedded runtime."""
-    from shaping.schemas.codec import default_codec
+    """``shaping evaluate --trials``'s path: fits batched ahead, events built from the table
+    and folded by the core."""
     from shaping.services.curricula.catalog import default_catalog
     from shaping.services.operator.ibl_trials import evaluate_sessions
 
     catalog = default_catalog()
     start = time.perf_counter()
-    statuses = evaluate_sessions(sessions, catalog.get(curriculum), catalog, codec=default_codec())
+    statuses = evaluate_sessions(sessions, catalog.get(curriculum), catalog)
     return time.perf_counter() - start, [s.status for s in statuses]
 
 
@@ -543,15 +544,15 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
         results.add(
             Figure(
                 "ibl",
-                "recompute through the embedded runtime (shaping evaluate --trials)",
+                "recompute as shaping evaluate --trials runs it",
                 "ms",
                 tuple(1000 * x for x in seconds),
-                "fits batched ahead from the table (prefetch), events built, Avro-encoded, "
-                "ProcessorStep per message, decisions decoded",
+                "fits batched ahead from the table (prefetch), events built and validated, "
+                "folded by TrainingCore.handle_gated",
             )
         )
         if runtime_statuses != ours:
-            raise BenchError("the embedded runtime and the core disagree on the statuses")
+            raise BenchError("evaluate --trials and the recompute disagree on the statuses")
 
         theirs: list[str] | None = None
         their_fits: int | None = None
@@ -589,15 +590,12 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
             by_mouse: dict[str, list[str]] = {}
 
             def evaluate_all() -> float:
-                from shaping.schemas.codec import default_codec
                 from shaping.services.curricula.catalog import default_catalog
                 from shaping.services.operator.ibl_trials import evaluate_sessions
 
                 catalog_ = default_catalog()
                 start = time.perf_counter()
-                found = evaluate_sessions(
-                    everyone, catalog_.get(CURRICULUM), catalog_, codec=default_codec()
-                )
+                found = evaluate_sessions(everyone, catalog_.get(CURRICULUM), catalog_)
                 spent = time.perf_counter() - start
                 by_mouse.clear()
                 for status in found:
@@ -608,7 +606,7 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
             results.add(
                 Figure(
                     "ibl",
-                    f"evaluate --trials, {mice} mice in one table (embedded runtime)",
+                    f"evaluate --trials, {mice} mice in one table",
                     "ms",
                     tuple(1000 * x for x in seconds),
                     f"{mice} x {plan.dates} dates x {plan.trials} trials; each mouse's fits "
@@ -716,7 +714,7 @@ def readings(outcome: Outcome) -> list[str]:
     deciding = _find(results, "of which: the decisions")
     batched = _find(results, "recompute one mouse from scratch, fits batched")
     batch_fits = _find(results, "of which: the batched fits")
-    runtime = _find(results, "recompute through")
+    runtime = _find(results, "recompute as shaping evaluate")
     upstream = _find(results, "ibllib: get_training_status")
     many = _find(results, "evaluate --trials,")
     many_upstream = _find(results, "ibllib: the same")
@@ -764,10 +762,9 @@ def readings(outcome: Outcome) -> list[str]:
         )
     if runtime and whole:
         out.append(
-            f"- Through the embedded runtime (`shaping evaluate --trials`'s path: the fits "
-            f"batched ahead from the table, then events built, Avro-encoded, run by the "
-            f"processor step and decoded) one mouse takes {runtime.value / 1000:.2f} s "
-            f"({_ratio(upstream, runtime)}); the event path, not the fits, is now its cost."
+            f"- As `shaping evaluate --trials` runs it (the fits batched ahead from the table, "
+            f"then events built, validated and folded by the core) one mouse takes "
+            f"{runtime.value / 1000:.2f} s ({_ratio(upstream, runtime)})."
         )
     if many:
         text = (
@@ -806,7 +803,7 @@ def readings(outcome: Outcome) -> list[str]:
     target = [
         ("recompute of the stored history, fits batched ahead", batched),
         ("recompute as the processor runs it, one decision at a time", whole),
-        ("`evaluate --trials`, one mouse, embedded runtime", runtime),
+        ("`evaluate --trials`, one mouse", runtime),
     ]
     if upstream:
         parts = []

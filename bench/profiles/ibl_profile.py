@@ -108,11 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.mode == "batched":
             profiler.runcall(ibl.recompute_batched, catalog, enrol, per_session)
         else:
-            from shaping.schemas.codec import default_codec
             from shaping.services.operator.ibl_trials import evaluate_sessions
 
-            codec = default_codec()
-            profiler.runcall(evaluate_sessions, sessions, catalog.get("ibl"), catalog, codec=codec)
+            profiler.runcall(evaluate_sessions, sessions, catalog.get("ibl"), catalog)
         wall = time.perf_counter() - began
     stats = pstats.Stats(profiler)
     raw = stats.stats  # type: ignore[attr-defined]

@@ -459,7 +459,7 @@ def _evaluate_trials(
         sessions = read_trials(trials, columns)
         if not sessions:
             fail(f"{trials}: no trials")
-        statuses = evaluate_sessions(sessions, engine, catalog, codec=wiring.codec())
+        statuses = evaluate_sessions(sessions, engine, catalog)
     except (TrialTableError, BatchError) as exc:
         fail(str(exc))
     except CurriculumError as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,6 +192,26 @@ def test_a_bad_value_names_the_file_row_and_column(
     assert code == 2
     assert f"error: {path}: {message}" in output
     assert "Traceback" not in output
+
+
+def test_a_subject_that_cannot_be_a_mouse_id_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    columns, rows = read_rows(anchor(TRIALS))
+    rows = [{**row, "subject": "M1" if i < 3 else "bad id!"} for i, row in enumerate(rows[:5])]
+    path = write_rows(tmp_path / "bad.csv", ["subject", *columns], rows)
+    message = f"{path}: row 5: column subject: subject 'bad id!' is not allowed"
+    with pytest.raises(TrialTableError, match=re.escape(message)):
+        read_trials(path)
+    # without a subject column the file name is the subject
+    plain = [{k: v for k, v in row.items() if k != "subject"} for row in rows]
+    unnamed = write_rows(tmp_path / "my trials.csv", columns, plain)
+    code, output = invoke(
+        "evaluate", "--curriculum", str(BASIC), "--trials", str(unnamed), "--out", str(tmp_path)
+    )
+    assert code == 2 and "Traceback" not in output
+    assert "its file name is the subject, and subject 'my trials' is not allowed" in output
+    assert "add a subject column or rename the file" in output
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path: Path) -> None:

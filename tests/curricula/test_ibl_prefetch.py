@@ -14,7 +14,6 @@ import csv
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shaping.schemas.codec import default_codec
 from shaping.schemas.events import Event, MouseEnrolled, StageTransitioned
 from shaping.services.curricula.catalog import default_catalog
 from shaping.services.domain import TrainingCore, initial_state, psychometric
@@ -70,7 +69,7 @@ def decisions_fit_nothing_after_the_prefetch(path: Path) -> int:
     psychometric.fit_many(requests)
     fitted = psychometric._fit.cache_info().misses
     assert fitted > 0
-    statuses = evaluate_sessions(sessions, catalog.get("ibl"), catalog, codec=default_codec())
+    statuses = evaluate_sessions(sessions, catalog.get("ibl"), catalog)
     assert statuses
     assert psychometric._fit.cache_info().misses == fitted  # every fit was found
     return fitted
