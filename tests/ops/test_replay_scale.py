@@ -26,7 +26,12 @@ from shaping.services.operator.replay import fold as fold_module
 from shaping.services.operator.replay import run as run_module
 from shaping.services.operator.replay.fold import Rebuild
 from shaping.services.operator.replay.log import iter_jsonl
-from shaping.services.operator.replay.parallel import partition_groups, spill_dir, spilled
+from shaping.services.operator.replay.parallel import (
+    partition_groups,
+    peak_rss_mb,
+    spill_dir,
+    spilled,
+)
 from shaping.services.operator.replay.pins import PinnedCore
 from shaping.services.operator.replay.reconcile import Reconciler, content_of
 from shaping.services.operator.replay.sources import JsonlSource
@@ -259,3 +264,13 @@ def test_replay_with_workers_on_a_spread_log_switches_to_the_reference_tables(
     assert sorted(undated([(kinds[r.topic], r.key, r.value) for r in appended])) == sorted(
         undated(published)
     )
+
+
+def test_peak_memory_is_this_address_space_high_water_mark(tmp_path: Path) -> None:
+    """VmHWM, not ru_maxrss: the latter survives exec, so a replay started by a big process
+    (the benchmark, holding a generated history) reported that process's peak as its own."""
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 9999999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n")
+    assert peak_rss_mb(status) == 200.0
+    fallback = peak_rss_mb(tmp_path / "absent")  # no /proc: ru_maxrss
+    assert 1 < fallback < 100_000

@@ -23,6 +23,7 @@ import multiprocessing.connection
 import os
 import pickle
 import resource
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -97,9 +98,22 @@ class FoldInputs:
     """The lab's welfare policy the processor runs with (None: the built-in default)."""
 
 
-def peak_rss_mb() -> float:
-    """The peak resident memory of this process (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(status: Path = Path("/proc/self/status")) -> float:
+    """The peak resident memory of this process, in MB.
+
+    Linux's ``VmHWM`` (the high-water mark of this address space) where there is one:
+    ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a replay started by a large process
+    (a benchmark holding a generated history) reported that process's peak as its own.
+    Elsewhere ``ru_maxrss`` (kilobytes on Linux, bytes on macOS; only Linux has VmHWM).
+    """
+    try:
+        for line in status.read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def _table_rows(store: SqlProjectionStore) -> Rows:
