@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -41,6 +42,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.base import Executable
 
 from shaping.schemas.alerts import (
     AlertAcknowledged,
@@ -285,6 +287,7 @@ class SqlProjectionStore:
             AlertAcknowledged: self._alert_acknowledged,
         }
         self._dialect = self.engine.dialect.name
+        self._statements: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Executable] = {}
         self._codec = codec
         if self._dialect not in self._DIALECTS:
             self.engine.dispose()
@@ -1147,16 +1150,41 @@ class SqlProjectionStore:
             insert_only: columns set when the row is created but never updated (facts that
                 every writer of the row agrees on, like the mouse of a session).
         """
-        keys = [column.name for column in table.primary_key.columns]
         row = _storable(row)
+        if where is None:
+            conn.execute(self._upsert_statement(table, tuple(row), tuple(insert_only)), row)
+            return
+        keys = [column.name for column in table.primary_key.columns]
         stmt = self._insert(table).values(row)
         updates = {
             name: stmt.excluded[name]
             for name in row
             if name not in keys and name not in insert_only
         }
-        condition = where(stmt.excluded) if where is not None else None
+        condition = where(stmt.excluded)
         conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates, where=condition))
+
+    def _upsert_statement(
+        self, table: Table, columns: tuple[str, ...], insert_only: tuple[str, ...]
+    ) -> Executable:
+        """The upsert of these columns, built once with a parameter per column and executed
+        with each row's values: building the statement with the values in it cost about
+        270 µs a row (SQLAlchemy compiled it again each time), executing the built one 20."""
+        cached = self._statements.get((table.name, columns, insert_only))
+        if cached is not None:
+            return cached
+        keys = [column.name for column in table.primary_key.columns]
+        stmt = self._insert(table).values(
+            {name: bindparam(name, type_=table.c[name].type) for name in columns}
+        )
+        updates = {
+            name: stmt.excluded[name]
+            for name in columns
+            if name not in keys and name not in insert_only
+        }
+        built = stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+        self._statements[(table.name, columns, insert_only)] = built
+        return built
 
     @staticmethod
     def _offsets(conn: Connection, consumer: str) -> dict[tuple[str, int], int]:
