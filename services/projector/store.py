@@ -458,9 +458,11 @@ class SqlProjectionStore:
 
     def _claim(self, conn: Connection, event_id: str) -> bool:
         """Records ``event_id`` as projected; False when it already was."""
-        stmt = self._insert(projected_events).values(event_id=event_id).on_conflict_do_nothing()
+        stmt = self._insert_statement(projected_events, ("event_id",))
         # SQLAlchemy keeps an INSERT's rowcount only when asked (psycopg's is lost otherwise).
-        result = conn.execute(stmt, execution_options={"preserve_rowcount": True})
+        result = conn.execute(
+            stmt, {"event_id": event_id}, execution_options={"preserve_rowcount": True}
+        )
         return result.rowcount == 1
 
     def _mouse_enrolled(self, conn: Connection, ev: MouseEnrolled) -> None:
@@ -1128,7 +1130,21 @@ class SqlProjectionStore:
         return sqlite.insert(table)
 
     def _insert_if_absent(self, conn: Connection, table: Table, row: dict[str, Any]) -> None:
-        conn.execute(self._insert(table).values(_storable(row)).on_conflict_do_nothing())
+        row = _storable(row)
+        conn.execute(self._insert_statement(table, tuple(row)), row)
+
+    def _insert_statement(self, table: Table, columns: tuple[str, ...]) -> Executable:
+        """The insert of these columns that does nothing on a conflict, built once (as
+        :meth:`_upsert_statement`)."""
+        key = (table.name, columns, ("-nothing-",))
+        cached = self._statements.get(key)
+        if cached is None:
+            cached = self._statements[key] = (
+                self._insert(table)
+                .values({name: bindparam(name, type_=table.c[name].type) for name in columns})
+                .on_conflict_do_nothing()
+            )
+        return cached
 
     def _upsert(
         self,
