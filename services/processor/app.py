@@ -268,7 +268,10 @@ class _RecoveryResumingSafely(Recovery):
             )
             if stalled:
                 kicked_at.update(dict.fromkeys(stalled, now))
-                await self._read_again(stalled)
+                try:
+                    await self._read_again(stalled)
+                except Exception as exc:  # e.g. a rebalance took the partitions meanwhile
+                    log.warning("could not read the stalled partitions again: %s", exc)
 
     async def _read_again(self, tps: set[TP]) -> None:
         """Seeks ``tps`` to the record after the last one recovery applied, resumes them and
