@@ -215,6 +215,67 @@ def replay_once(
     }
 
 
+def _generated(
+    mice: int, sessions: int, trials: int, tag: str
+) -> tuple[list[bytes], list[bytes], int]:
+    """One history's keys, values and trial count (run in a worker process)."""
+    encoded = encode(build_workload(mice, sessions, trials, tag=tag).events())
+    return encoded.keys, encoded.values, encoded.n_trials
+
+
+def many_copies(args: argparse.Namespace, reader: Reader) -> int:
+    """``--copies N``: N histories (mice ``R0001``.., ``S0001``.., each copy its own letters)
+    published to one topic as they are generated, then one replay of the whole topic."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from shaping.schemas.topics import TopicNames
+    from shaping.services.adapters.topics import ensure_topics
+
+    tags = [f"R{index}" for index in range(args.copies)]
+    figures: dict[str, Any] = {"copies": args.copies, "load_before": os.getloadavg()}
+    lock = os.environ.get("SHAPING_BENCH_LOCK")
+    if lock:
+        import fcntl
+
+        held = Path(lock).open("a")  # noqa: SIM115 - held until the process ends
+        print(f"waiting for {lock} ...", flush=True)
+        fcntl.flock(held, fcntl.LOCK_EX)
+    with KafkaEnv() as env:
+        env.start()
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        topics = TopicNames.with_prefix(prefix)
+        ensure_topics(env.bootstrap, topics, partitions=4)
+        trials = messages = 0
+        began = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            copies = pool.map(
+                _generated,
+                *zip(*[(args.mice, args.sessions, args.trials, tag) for tag in tags], strict=True),
+            )
+            for index, (keys, values, n_trials) in enumerate(copies):
+                publish(env.bootstrap, topics.events, keys, values)
+                trials += n_trials
+                messages += len(values)
+                print(
+                    f"copy {index + 1}/{args.copies} published ({messages:,} messages, "
+                    f"{time.perf_counter() - began:.0f} s)",
+                    flush=True,
+                )
+                del keys, values
+        figures["history"] = (
+            f"{trials:,} trials = {args.copies} x {args.mice} mice x {args.sessions} sessions x "
+            f"{args.trials} trials ({messages:,} messages)"
+        )
+        print(f"history: {figures['history']}", flush=True)
+        result = replay_once(env.bootstrap, prefix, reader, args.workers, trials)
+        figures["replay"] = {reader: result}
+        print(f"run_replay with {reader}, {args.workers} workers: {result}", flush=True)
+    figures["load_after"] = os.getloadavg()
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replay_scale", description=__doc__)
     parser.add_argument("--mice", type=int, default=200)
@@ -224,10 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", default="confluent,kafka-python")
     parser.add_argument("--step-sample", type=int, default=100_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=1,
+        help="publish this many histories, each with mice of its own (generated two at a time "
+        "and published as they come, so the benchmark never holds more than two); with more "
+        "than one, only the replay with the first reader is measured",
+    )
     args = parser.parse_args(argv)
     readers = [cast(Reader, r.strip()) for r in args.readers.split(",") if r.strip()]
     if not readers or not set(readers) <= set(READERS):
         parser.error(f"--readers takes some of {', '.join(READERS)}")
+    if args.copies < 1:
+        parser.error("--copies must be at least 1")
+    if args.copies > 1:
+        return many_copies(args, readers[0])
 
     began = time.perf_counter()
     workload = build_workload(args.mice, args.sessions, args.trials, tag="R")
