@@ -123,7 +123,7 @@ def readings(results: Results) -> list[str]:
     """Comparisons computed from the figures of this run (only those that were measured)."""
     out = []
     handle = _find(results, "TrainingCore.handle (decoded events, state in memory)")
-    step = _find(results, "ProcessorStep.process (bytes in and out, state as bytes)")
+    step = _find(results, "ProcessorStep.process (bytes in and out, state in memory)")
     live = _find(results, "live: rig producer -> Kafka -> processor -> decisions topic")
     replay = _find(results, "replay: processor alone catching up on the stored log")
     cpu = _find(results, "replay: processor's CPU use meanwhile")
@@ -135,18 +135,19 @@ def readings(results: Results) -> list[str]:
     hop = _find(results, "raw produce -> consume, one hop: median")
     relay = _find(results, "raw two hops through a kafka-python relay process: median")
     decode = _find(results, "of which: decoding alone (EventCodec.decode)")
-    state = _find(results, "of which: state round trip alone (from_bytes + to_bytes)")
+    state = _find(results, "beside: state round trip alone (from_bytes + to_bytes)")
     if handle and step:
         text = (
             f"- The processing step runs at {step.value / handle.value:.0%} of the bare core's "
             f"rate: {1e6 / step.value:.0f} µs per trial event against "
             f"{1e6 / handle.value:.0f} µs for the decision logic."
         )
-        if decode and state:
+        if decode:
+            text += f" Decoding an input alone takes {1e6 / decode.value:.0f} µs of it."
+        if state:
             text += (
-                f" Decoding an input alone takes {1e6 / decode.value:.0f} µs and the JSON "
-                f"round trip of the stored state alone {1e6 / state.value:.0f} µs, so those "
-                "two, not the core, make up most of the step."
+                f" A round trip of the stored state costs {1e6 / state.value:.0f} µs; the "
+                "processor pays it once per touched mouse per batch, not per message."
             )
         out.append(text)
     if step and replay:
@@ -233,9 +234,9 @@ METHOD = """\
   session, with `max_trials` set to the session length and no time limit; mice progress through the
   stages as they would. Events are generated and encoded before any clock starts.
 - **(a)** `TrainingCore.handle` folds decoded events with per-mouse state in a dict.
-  `ProcessorStep.process` takes the encoded bytes and the state as bytes, loaded with
-  `MouseState.from_bytes` and stored with `to_bytes` around every message, as the faust
-  table does; it also encodes the outputs. Trial events/s = trials / time for the whole
+  `ProcessorStep.process` takes the encoded bytes and each mouse's state kept decoded in
+  memory, as the processor keeps it (it writes each touched mouse's state once per batch);
+  it also encodes the outputs. Trial events/s = trials / time for the whole
   stream (enrolments, session starts and ends included in the time).
 - **(b)** Each repeat uses fresh topics (4 partitions) and starts the processor as its own
   process (`python -m shaping.services.processor`, SHAPING_* settings). After the mice are enrolled
