@@ -21,7 +21,7 @@ lost between a state write and a publish is sent again and consumers drop the co
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from shaping.schemas.events import (
@@ -323,6 +323,41 @@ def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
         session, {"last_trial_index": trial.trial_index, "stats": session.stats.add(trial)}
     )
     return replaced(state, {"open_session": session})
+
+
+def _trials_fold_quietly(
+    catalog: CurriculumCatalog, state: MouseState, trials: Sequence[TrialCompleted]
+) -> bool:
+    """Whether handling ``trials`` one by one would only add them to the open session's
+    statistics, with no output: every one is a new trial of the session in progress (indexes
+    rising past the last one counted), from one rig the mouse may train on, and no rule reads
+    the session after a trial (its stage has no ``evaluate: trial`` rule, the session was
+    judged already, the mouse was moved or ejected since it started). None of these change
+    while trials fold, so the answer holds for the whole run."""
+    session = state.open_session
+    if session is None:
+        return False
+    last = session.last_trial_index
+    rig = trials[0].rig_id
+    for trial in trials:
+        if trial.session_id != session.session_id or trial.trial_index <= last:
+            return False
+        if trial.rig_id != rig:
+            return False
+        last = trial.trial_index
+    try:
+        check_rig(state, trials[0])
+    except ImpossibleEvent:
+        return False  # refused one by one, with the trial named
+    if state.ejected or decided_during(state, session) or state.stage != session.stage:
+        return True
+    if state.curriculum_name is None:
+        return True
+    try:
+        curriculum = _curriculum_of(catalog, state)
+    except ImpossibleEvent:
+        return True
+    return not evaluates_after_trials(curriculum, session.stage)
 
 
 def fold(state: MouseState, events: Iterable[Event]) -> MouseState:
@@ -792,6 +827,37 @@ class TrainingCore:
         for output in outputs:
             state = evolve(state, output)
         return state, outputs
+
+    def handle_trials(
+        self, state: MouseState, trials: Sequence[TrialCompleted]
+    ) -> tuple[MouseState, list[Event]]:
+        """:meth:`handle` on each of ``trials`` in turn: the same state and outputs at the end.
+
+        For the batch paths that fold whole sessions (``shaping evaluate --trials``, a stored
+        history recomputed): when the trials would only add to the open session's statistics
+        (see :func:`_trials_fold_quietly`), they are added in one pass
+        (:meth:`SessionStats.add_all`), several times faster than one by one; otherwise
+        (another or a parked session, a trial counted already, a rule read after every trial)
+        each goes through :meth:`handle`. A trial concerns no welfare gate, so this is
+        :meth:`handle_gated` too.
+
+        Raises:
+            ImpossibleEvent: as :meth:`handle`, for the first trial refused; the caller's
+                state then stays as it was (none of ``trials`` is folded).
+        """
+        if len(trials) < 2 or not _trials_fold_quietly(self.catalog, state, trials):
+            outputs: list[Event] = []
+            for trial in trials:
+                state, emitted = self.handle(state, trial)
+                outputs.extend(emitted)
+            return state, outputs
+        session = state.open_session
+        assert session is not None  # checked by _trials_fold_quietly
+        session = replaced(
+            session,
+            {"last_trial_index": trials[-1].trial_index, "stats": session.stats.add_all(trials)},
+        )
+        return replaced(state, {"open_session": session}), []
 
     def handle_gated(
         self, state: MouseState, event: Event, gate: WelfareGate | None

@@ -61,12 +61,23 @@ def signed_contrast(parameters: Mapping[str, object]) -> float | None:
 
     A missing side counts as 0, as ibllib's ``get_signed_contrast`` replaces NaN by 0.
     """
-    left = _number(parameters.get("contrast_left"))
-    right = _number(parameters.get("contrast_right"))
+    return _signed(
+        _number(parameters.get("contrast_left")), _number(parameters.get("contrast_right"))
+    )
+
+
+def _signed(left: float | None, right: float | None) -> float | None:
     if left is None and right is None:
         return None
     value = ((right or 0.0) - (left or 0.0)) * 100
     return value + 0.0  # no negative zero
+
+
+def _finite_number(value: object) -> float | None:
+    """:func:`_number`, with a finite float (nearly every value met) answered inline."""
+    if type(value) is float and value - value == 0.0:  # finite: inf - inf and NaN are NaN
+        return value
+    return None if value is None else _number(value)
 
 
 def block_key(probability_left: float | None) -> str:
@@ -163,6 +174,19 @@ class PackedTimes(Sequence[int | None]):
                 return PackedTimes(data + _INT32.pack(value))
             data = tuple(self)
         return PackedTimes((*data, value))
+
+    def extend(self, values: Sequence[int | None]) -> PackedTimes:
+        """These times with ``values`` at the end (as :meth:`append` on each in turn)."""
+        data = self._data
+        if isinstance(data, bytes) and all(
+            value is None or _NO_RT < value < 2**31 for value in values
+        ):
+            packed = [_NO_RT if value is None else value for value in values]
+            return PackedTimes(data + struct.pack(f"={len(packed)}i", *packed))
+        times = self
+        for value in values:
+            times = times.append(value)
+        return times
 
     def __len__(self) -> int:
         data = self._data
@@ -285,6 +309,12 @@ class SortedTimes(Sequence[float]):
         at = bisect_right(memoryview(data).cast("d"), value) * 8
         return SortedTimes(data[:at] + struct.pack("=d", value) + data[at:])
 
+    def insert_all(self, values: Sequence[float]) -> SortedTimes:
+        """These times with ``values`` each in its sorted place (as :meth:`insert` on each in
+        turn: a stable sort keeps equal values in the order they came, the older first)."""
+        merged = sorted([*_floats(self._data), *values])
+        return SortedTimes(struct.pack(f"={len(merged)}d", *merged))
+
     def __len__(self) -> int:
         return len(self._data) // 8
 
@@ -400,6 +430,26 @@ class PsychCells(Mapping[str, list[int]]):
         _, _, n, rightward = _CELL.unpack_from(data, at)
         cell = key + struct.pack("=qq", n + 1, rightward + int(right))
         return PsychCells(data[:at] + cell + data[at + _CELL.size :])
+
+    def merge(self, counts: Mapping[bytes, list[int]]) -> PsychCells:
+        """The table with ``counts`` added: per packed (block, contrast) key (``_CELL_KEY``),
+        [trials, rightward choices]. A cell the table has is updated in its place, a new one
+        goes at the end in the order of ``counts`` (as :meth:`add` on each trial in turn)."""
+        pending = dict(counts)
+        parts = []
+        size, key_size = _CELL.size, _CELL_KEY.size
+        data = self._data
+        for at in range(0, len(data), size):
+            key = data[at : at + key_size]
+            more = pending.pop(key, None)
+            if more is None:
+                parts.append(data[at : at + size])
+            else:
+                _, _, n, rightward = _CELL.unpack_from(data, at)
+                parts.append(key + struct.pack("=qq", n + more[0], rightward + more[1]))
+        for key, (n, rightward) in pending.items():
+            parts.append(key + struct.pack("=qq", n, rightward))
+        return PsychCells(b"".join(parts))
 
     def items(self) -> Iterator[tuple[str, list[int]]]:  # type: ignore[override]
         for block, contrast, n, right in self.cells():
@@ -524,6 +574,80 @@ class SessionStats(BaseModel):
             else:
                 right, false_alarms = right + 1, false_alarms + (outcome == "incorrect")
             update["dprime_counts"] = [left, hits, right, false_alarms]
+        return replaced(self, update)
+
+    def add_all(self, trials: Sequence[TrialCompleted]) -> SessionStats:
+        """These statistics with ``trials`` added in order: equal to :meth:`add` on each in
+        turn, in one pass (the batch paths fold a whole session's trials at once: ``shaping
+        evaluate --trials``, a stored history recomputed; see ``TrainingCore.handle_trials``)."""
+        if len(trials) < 2:
+            return self.add(trials[0]) if trials else self
+        n_correct = n_incorrect = n_miss = n_right = n_left = n_easy = n_easy_correct = 0
+        left, hits, right, false_alarms = self.dprime_counts
+        outcomes: list[str] = []
+        sides: list[str] = []
+        rts: list[int | None] = []
+        zero: list[float] = []
+        cells: dict[bytes, list[int]] = {}  # packed (block, contrast) -> [trials, rightward]
+        for trial in trials:
+            outcome = trial.outcome
+            correct = outcome == "correct"
+            n_correct += correct
+            n_incorrect += outcome == "incorrect"
+            missed = outcome == "miss"
+            n_miss += missed
+            side = None if missed else trial.response_side
+            if side == "right":
+                n_right += 1
+            elif side == "left":
+                n_left += 1
+            code = OUTCOME_CODES[outcome]
+            outcomes.append(code.upper() if trial.correction_trial else code)
+            sides.append(SIDE_CODES.get(side or "", "-"))
+            rt = _finite_number(trial.reaction_time_s)
+            rts.append(None if rt is None else round(rt * 1000))
+            parameters = trial.trial_parameters
+            contrast = _signed(
+                _finite_number(parameters.get("contrast_left")),
+                _finite_number(parameters.get("contrast_right")),
+            )
+            if contrast is not None:
+                if abs(contrast) >= EASY_CONTRAST:
+                    n_easy += 1
+                    n_easy_correct += correct
+                block = _finite_number(parameters.get("probability_left"))
+                key = _CELL_KEY.pack(_NO_BLOCK if block is None else block, contrast)
+                cell = cells.get(key)
+                if cell is None:
+                    cells[key] = [1, int(side == "right")]
+                else:
+                    cell[0] += 1
+                    cell[1] += side == "right"
+                if contrast == 0 and rt is not None:
+                    zero.append(round(rt, RT_DECIMALS))
+            if not missed and not trial.correction_trial and trial.target_side is not None:
+                if trial.target_side == "left":
+                    left, hits = left + 1, hits + correct
+                else:
+                    right, false_alarms = right + 1, false_alarms + (outcome == "incorrect")
+        update: dict[str, object] = {
+            "n_trials": self.n_trials + len(trials),
+            "n_correct": self.n_correct + n_correct,
+            "n_incorrect": self.n_incorrect + n_incorrect,
+            "n_miss": self.n_miss + n_miss,
+            "n_right": self.n_right + n_right,
+            "n_left": self.n_left + n_left,
+            "n_easy": self.n_easy + n_easy,
+            "n_easy_correct": self.n_easy_correct + n_easy_correct,
+            "outcomes": self.outcomes + "".join(outcomes),
+            "sides": self.sides + "".join(sides),
+            "rts_ms": self.rts_ms.extend(rts),
+            "dprime_counts": [left, hits, right, false_alarms],
+        }
+        if cells:
+            update["psych"] = self.psych.merge(cells)
+        if zero:
+            update["rt_zero"] = self.rt_zero.insert_all(zero)
         return replaced(self, update)
 
     def without_detail(self) -> SessionStats:
