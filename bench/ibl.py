@@ -548,8 +548,9 @@ def measure(plan: MousePlan, repeats: int, with_ibllib: bool, mice: int = 0) -> 
                 "recompute as shaping evaluate --trials runs it",
                 "ms",
                 tuple(1000 * x for x in seconds),
-                "fits batched ahead from the table (prefetch), events built and validated, "
-                "folded by TrainingCore.handle_gated and handle_trials",
+                "fits batched ahead from the table (prefetch), events built (each session's "
+                "first trial validated, the others its copies), folded by "
+                "TrainingCore.handle_gated, each session's trials as one run by handle_trials",
             )
         )
         if runtime_statuses != ours:
@@ -741,7 +742,8 @@ def readings(outcome: Outcome) -> list[str]:
         out.append(
             f"- Recomputing the whole history ({dates} sessions, {outcome.n_trials:,} trials) "
             f"from scratch, each decision fitting its window when it is made (as the processor "
-            f"runs), takes {whole.value / 1000:.2f} s ({_ratio(upstream, whole)}): "
+            f"decides; each session's trials folded as one run by `TrainingCore.handle_trials`), "
+            f"takes {whole.value / 1000:.2f} s ({_ratio(upstream, whole)}): "
             f"{deciding.value / 1000:.2f} s ({share:.0%}) for the {dates} decisions "
             f"({deciding.value / dates:.0f} ms each), the rest for folding the trials "
             f"({(whole.value - deciding.value) / 1000 / outcome.n_trials * 1e6:.0f} µs each)."
@@ -764,7 +766,8 @@ def readings(outcome: Outcome) -> list[str]:
     if runtime and whole:
         out.append(
             f"- As `shaping evaluate --trials` runs it (the fits batched ahead from the table, "
-            f"then events built, validated and folded by the core) one mouse takes "
+            f"then events built and folded by the core, each session's trials as one run) one "
+            f"mouse takes "
             f"{runtime.value / 1000:.2f} s ({_ratio(upstream, runtime)})."
         )
     if many:
