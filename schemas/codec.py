@@ -177,7 +177,8 @@ class EventCodec:
             # a truncated or mutated body (EOFError, ValueError, IndexError), bad UTF-8, or a
             # timestamp outside Python's years 1-9999 (OverflowError). None may escape.
             raise SerializationError(
-                f"corrupt {writer.event_type} v{writer.version} body: {_describe(exc)}"
+                f"corrupt {writer.event_type} v{writer.version} body, cut short or damaged: "
+                f"{_describe(exc)}"
             ) from exc
         extra = len(data) - HEADER_LEN - body.tell()
         if extra:
@@ -233,9 +234,16 @@ def _validate(cls: Any, type_field: str, name: str, record: dict[str, Any]) -> A
         raise SerializationError(f"invalid {name}: {_describe(exc)}", "invalid") from exc
 
 
+_OBJECT_REPR = re.compile(r" from <[\w.]+ object at 0x[0-9a-fA-F]+>")
+"""What fastavro appends to "cannot read double" when a body ends early: the repr of its
+buffer, which tells a person nothing."""
+
+
 def _describe(exc: BaseException) -> str:
-    """An exception as a short sentence for a person (bounded, no control characters)."""
-    text = quoted(str(exc), 300) if str(exc) else type(exc).__name__
+    """An exception as a short sentence for a person (bounded, no control characters, no
+    Python object's repr)."""
+    said = _OBJECT_REPR.sub(": the body ends before it", str(exc))
+    text = quoted(said, 300) if said else type(exc).__name__
     return text if isinstance(exc, ValueError | EOFError) else f"{text} ({type(exc).__name__})"
 
 

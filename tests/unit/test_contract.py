@@ -286,6 +286,19 @@ def test_truncated_body_is_undecodable() -> None:
     assert caught.value.kind == "undecodable"
 
 
+@pytest.mark.parametrize("name", sorted(example_events()))
+def test_a_body_cut_anywhere_is_refused_in_words_a_person_can_read(name: str) -> None:
+    """The reason names the event type and what was missing, never a Python object's repr
+    (fastavro says "cannot read double from <_io.BytesIO object at 0x...>")."""
+    encoded = default_codec().encode(example_events()[name])
+    for cut in range(1, len(encoded)):
+        try:
+            default_codec().decode(encoded[:cut])
+        except SerializationError as refused:
+            assert " object at 0x" not in str(refused), str(refused)
+            assert "<_io." not in str(refused), str(refused)
+
+
 def test_schema_valid_record_breaking_the_model_is_invalid() -> None:
     """Avro cannot say that an outcome is one of three words; the model can."""
     codec = EventCodec()
