@@ -177,6 +177,25 @@ def readings(results: Results) -> list[str]:
             "itself (decoding and the domain); bench/BATCHING.md has the profile and what "
             "would go further."
         )
+    minimal = _find(results, "minimal faust app, no table (from offset 0)")
+    reading = _find(
+        results, "minimal faust app reading as the processor does, no step (from offset 0)"
+    )
+    if replay and minimal and reading:
+        minimal_us, reading_us, replay_us = (1e6 / f.value for f in (minimal, reading, replay))
+        needed_us = minimal_us / 0.7
+        out.append(
+            f"- The ceiling on faust: a faust app that reads as the processor does (manual "
+            f"acks, the same batches) and does nothing else reads {reading.value:,.0f} msgs/s, "
+            f"{reading.value / minimal.value:.0%} of the minimal app's {minimal.value:,.0f} "
+            f"({reading_us:.0f} against {minimal_us:.0f} µs a message). The processor, at "
+            f"{replay_us:.0f} µs a trial event, reaches {replay.value / reading.value:.0%} of "
+            f"that ceiling and {replay.value / minimal.value:.0%} of the minimal app: its step "
+            f"and state add {replay_us - reading_us:.0f} µs a message to the reading path. "
+            f"0.7 of the minimal app means {needed_us:.0f} µs a message, so at most "
+            f"{max(needed_us - reading_us, 0):.0f} µs for the step and state on this reading "
+            "path (decoding alone is in the figures above)."
+        )
     if live and replay:
         ratio = live.value / replay.value
         same = 0.85 <= ratio <= 1.15

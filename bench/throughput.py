@@ -342,13 +342,14 @@ def measure(
         )
     )
 
-    produced, consumed, minimal = [], [], []
+    produced, consumed, minimal, reading = [], [], [], []
     for repeat in range(repeats):
         print(f"  raw Kafka run {repeat + 1}/{repeats} ...", flush=True)
         topic, produce_s = raw_produce(env, sessions)
         produced.append(produce_s)
         consumed.append(raw_consume(env, topic, n_msgs))
         minimal.append(minimal_faust(env, topic, n_msgs + 1))
+        reading.append(minimal_faust(env, topic, n_msgs + 1, batched=True))
     results.add(
         Figure(
             "kafka",
@@ -381,6 +382,17 @@ def measure(
             baseline=True,
         )
     )
+    results.add(
+        Figure(
+            "kafka",
+            "minimal faust app reading as the processor does, no step (from offset 0)",
+            "msgs/s",
+            tuple(n_msgs / s for s in reading),
+            "manual acks, the processor's batches (500 messages or 20 ms), each message "
+            "acknowledged after its batch; nothing decoded, no state, nothing published",
+            baseline=True,
+        )
+    )
     rates = [n_trials / s for s in replay]
     results.add(
         Figure(
@@ -400,6 +412,15 @@ def measure(
             "target >= 30 %",
         )
     )
+    results.add(
+        Figure(
+            "kafka",
+            "replay rate / minimal faust app reading as the processor (same repeat)",
+            "%",
+            tuple(100 * r / (n_msgs / m) for r, m in zip(rates, reading, strict=True)),
+            "what the step and the state cost on top of the processor's reading path",
+        )
+    )
 
 
 # -- the minimal faust app --------------------------------------------------------------------
@@ -407,13 +428,15 @@ def measure(
 MINIMAL_DONE = "minimal-faust: read"
 
 
-def minimal_faust(env: KafkaEnv, topic: str, expected: int) -> float:
-    """Runs the minimal faust app on ``topic`` until it has read ``expected`` messages;
-    returns its seconds from the first message to the last."""
+def minimal_faust(env: KafkaEnv, topic: str, expected: int, batched: bool = False) -> float:
+    """Runs the minimal faust app (``batched``: reading as the processor does) on ``topic``
+    until it has read ``expected`` messages; returns its seconds from the first message to the
+    last."""
     app_id = f"bench-minimal-{time.time_ns() % 10**8}"
     argv = ["-m", "bench.throughput", "minimal-faust", "--bootstrap", env.bootstrap]
     argv += ["--topic", topic, "--expected", str(expected), "--app-id", app_id]
     argv += ["--datadir", str(env.workdir / "data" / app_id)]
+    argv += ["--batched"] if batched else []
     service = env.start_service("minimal-faust", argv)
     try:
 
@@ -430,12 +453,25 @@ def minimal_faust(env: KafkaEnv, topic: str, expected: int) -> float:
         env.stop_service(service)
 
 
-def run_minimal_faust(bootstrap: str, topic: str, expected: int, app_id: str, datadir: str) -> None:
+def run_minimal_faust(
+    bootstrap: str, topic: str, expected: int, app_id: str, datadir: str, batched: bool = False
+) -> None:
     """The minimal faust app: counts the messages of ``topic`` from offset 0 and prints the
-    seconds from the first to the ``expected``-th; runs until stopped."""
+    seconds from the first to the ``expected``-th; runs until stopped.
+
+    ``batched``: it reads as the processor does, and does nothing else: manual acks
+    (``noack``), the processor's ``batches`` with its bounds, each message acknowledged after
+    its batch. The processor's ceiling on this reading path: its step comes on top."""
     import faust
 
-    from shaping.services.processor.app import COMMIT_EVERY, COMMIT_INTERVAL_S
+    from shaping.services.processor.app import (
+        BATCH_IDLE_S,
+        BATCH_MAX,
+        BATCH_WITHIN_S,
+        COMMIT_EVERY,
+        COMMIT_INTERVAL_S,
+        batches,
+    )
 
     Path(datadir).parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -454,16 +490,26 @@ def run_minimal_faust(bootstrap: str, topic: str, expected: int, app_id: str, da
     seen = 0
     first = 0.0
 
+    def counted(n: int) -> None:
+        nonlocal seen, first
+        if not seen:
+            first = time.perf_counter()
+        before, seen = seen, seen + n
+        if before < expected <= seen:
+            seconds = time.perf_counter() - first
+            print(f"{MINIMAL_DONE} {seen} messages in {seconds:.6f} s", flush=True)
+
     @app.agent(source, concurrency=1)
     async def count(stream: Any) -> None:
-        nonlocal seen, first
-        async for _ in stream:
-            seen += 1
-            if seen == 1:
-                first = time.perf_counter()
-            if seen == expected:
-                seconds = time.perf_counter() - first
-                print(f"{MINIMAL_DONE} {seen} messages in {seconds:.6f} s", flush=True)
+        if not batched:
+            async for _ in stream:
+                counted(1)
+            return
+        manual = stream.noack()
+        async for events in batches(manual, BATCH_MAX, BATCH_WITHIN_S, BATCH_IDLE_S):
+            counted(len(events))
+            for event in events:
+                await manual.ack(event)
 
     worker = faust.Worker(app, loglevel="warn", quiet=True, redirect_stdouts=False)
     worker.spinner = None
@@ -479,8 +525,11 @@ def main(argv: list[str] | None = None) -> None:
     minimal.add_argument("--expected", type=int, required=True)
     minimal.add_argument("--app-id", required=True)
     minimal.add_argument("--datadir", required=True)
+    minimal.add_argument("--batched", action="store_true", help="read as the processor does")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    run_minimal_faust(args.bootstrap, args.topic, args.expected, args.app_id, args.datadir)
+    run_minimal_faust(
+        args.bootstrap, args.topic, args.expected, args.app_id, args.datadir, args.batched
+    )
 
 
 if __name__ == "__main__":
