@@ -17,6 +17,7 @@ from shaping.services.cli.options import DbUrl, fail, settings_with
 
 if TYPE_CHECKING:
     from shaping.services.domain.welfare import WelfarePolicy
+    from shaping.services.notifier.routing import Routing
     from shaping.services.operator.digest import Lab, People
 
 app = typer.Typer(
@@ -171,10 +172,30 @@ def send(
     lab: LabName = None,
     policy: Policy = None,
     db_url: DbUrl = None,
+    daily_at: Annotated[
+        str | None,
+        typer.Option(
+            "--daily-at",
+            envvar="SHAPING_DIGEST_AT",
+            help="Keep running and send each lab's digest of yesterday every day once the "
+            "lab's clock (its policy's zone) passes this hour, HH:MM; the days sent are kept in "
+            "--sent-file, so a restart sends nothing twice.",
+            show_default=False,
+        ),
+    ] = None,
+    sent_file: Annotated[
+        Path,
+        typer.Option(
+            "--sent-file",
+            envvar="SHAPING_DIGEST_SENT_FILE",
+            help="With --daily-at: where the day each lab's digest was last sent is kept.",
+            dir_okay=False,
+        ),
+    ] = Path("digest-sent.json"),
 ) -> None:
     """Email each trainer the digest of their mice (text and HTML), one message per trainer
-    and lab, through the routing file's SMTP server. Run it from cron at the lab's hour,
-    e.g. `0 7 * * * shaping digest send --routing ... --people ...`."""
+    and lab, through the routing file's SMTP server. Once (yesterday's, or --day's), or every
+    day at the lab's hour with --daily-at (a service: it runs until SIGTERM)."""
     from shaping.services.alerts.checks import FileInvalid
     from shaping.services.notifier.routing import load_routing
     from shaping.services.operator.digest import DigestError, send_digests, trainer_digests
@@ -194,6 +215,11 @@ def send(
             chosen.lab(lab)
         except DigestError as exc:
             fail(exc, code=2)
+    if daily_at is not None:
+        if day is not None:
+            fail("--day and --daily-at do not go together: --daily-at sends yesterday's", code=2)
+        _send_daily(daily_at, sent_file, routes, chosen, policy_for, lab, db_url)
+        return
     first = chosen.lab(lab) if lab is not None else next(iter(chosen.labs.values()))
     the_day = _day(day, policy_for(first))
     try:
@@ -213,6 +239,56 @@ def send(
         typer.echo(f"sent to {item.trainer} <{item.to}>: {item.subject} ({item.mice} mice)")
     if not sent:
         typer.echo(f"no trainer has mice in the tables on {the_day.isoformat()}: nothing sent")
+
+
+def _send_daily(
+    at: str,
+    sent_file: Path,
+    routes: Routing,
+    people: People,
+    policy_for: Callable[[Lab], WelfarePolicy],
+    lab: str | None,
+    db_url: str | None,
+) -> None:
+    from dataclasses import replace
+
+    from shaping.services import bootstrap
+    from shaping.services.operator.digest import DigestError
+    from shaping.services.operator.digest_schedule import DailyDigests, parse_hour, read_sent
+    from shaping.services.operator.errors import OperatorError
+    from shaping.services.operator.queries import open_database
+
+    try:
+        hour = parse_hour(at)
+        read_sent(sent_file)  # an unreadable record stops it now, not at the first send
+    except DigestError as exc:
+        fail(exc, code=2)
+    if lab is not None:
+        people = replace(people, labs={lab: people.lab(lab)})
+    try:
+        engine = open_database(settings_with(db_url=db_url).db_url)
+    except OperatorError as exc:
+        fail(exc, code=1)
+    stop = bootstrap.until_signalled()
+    labs = ", ".join(people.labs)
+    typer.echo(f"sending the digest of each lab ({labs}) daily at {at} lab time; Ctrl-C stops")
+    daily = DailyDigests(engine, people, policy_for, routes, hour, sent_file, typer.echo)
+    try:
+        daily.run(stop, lambda: datetime.now(UTC), check_every_s=_check_every())
+    except DigestError as exc:
+        fail(exc, code=1)
+    finally:
+        engine.dispose()
+
+
+def _check_every() -> float:
+    """Seconds between looks at the clock (``SHAPING_DIGEST_CHECK_S``; default 30)."""
+    import os
+
+    try:
+        return max(float(os.environ.get("SHAPING_DIGEST_CHECK_S", "30")), 0.05)
+    except ValueError:
+        fail("SHAPING_DIGEST_CHECK_S must be a number of seconds", code=2)
 
 
 def register(parent: typer.Typer) -> None:
