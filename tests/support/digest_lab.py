@@ -4,6 +4,7 @@ restriction, with weights, water, a hold and a release, through the embedded run
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from shaping.schemas.commands import (
     AddNote,
@@ -54,3 +55,19 @@ def small_lab(runtime: EmbeddedRuntime) -> None:
             ask(OverrideStage, "M2", 13, by="bob", to_stage="s2_training", reason=HOSTILE),
         ]
     )
+
+
+def mail_files(folder: Path, port: int) -> tuple[Path, Path]:
+    """A routing file (the SMTP server on ``port``; ada and bob with addresses) and a people
+    file (lab-a: every mouse; ada has the lab, bob only M2), written in ``folder``."""
+    routing = folder / "routing.yaml"
+    routing.write_text(
+        f"smtp: {{host: 127.0.0.1, port: {port}, sender: shaping@lab.test}}\n"
+        "people:\n  ada: {email: ada@lab.test}\n  bob: {email: bob@lab.test}\n"
+        "subscriptions:\n  - {people: [ada]}\n"
+    )
+    people = folder / "people.yaml"
+    people.write_text(
+        "labs: {lab-a: {mice: ['M*']}}\ntrainers:\n  ada: {labs: [lab-a]}\n  bob: {mice: [M2]}\n"
+    )
+    return routing, people

@@ -25,7 +25,7 @@ from shaping.services.operator.digest import (
     summarize_evidence,
 )
 from shaping.services.operator.queries import open_database
-from tests.support.digest_lab import DAY, HOSTILE, small_lab
+from tests.support.digest_lab import DAY, HOSTILE, mail_files, small_lab
 from tests.support.receivers import Mailbox
 from tests.support.wiring import embedded_runtime, sql_store
 
@@ -169,16 +169,7 @@ def test_digest_send_emails_one_message_per_trainer(
     lab_url: str, tmp_path: Path, smtp_server: tuple[int, Mailbox]
 ) -> None:
     port, mailbox = smtp_server
-    routing = tmp_path / "routing.yaml"
-    routing.write_text(
-        f"smtp: {{host: 127.0.0.1, port: {port}, sender: shaping@lab.test}}\n"
-        "people:\n  ada: {email: ada@lab.test}\n  bob: {email: bob@lab.test}\n"
-        "subscriptions:\n  - {people: [ada]}\n"
-    )
-    people = tmp_path / "people.yaml"
-    people.write_text(
-        "labs: {lab-a: {mice: ['M*']}}\ntrainers:\n  ada: {labs: [lab-a]}\n  bob: {mice: [M2]}\n"
-    )
+    routing, people = mail_files(tmp_path, port)
     args = ["--routing", str(routing), "--people", str(people), "--db-url", lab_url]
     code, out = _cli("digest", "send", "--day", "2026-02-02", *args)
     assert code == 0, out

@@ -18,6 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from shaping.services.domain.welfare import DEFAULT_POLICY
 from shaping.services.notifier.routing import load_routing
@@ -30,7 +31,7 @@ from shaping.services.operator.digest_schedule import (
     write_sent,
 )
 from shaping.services.operator.queries import open_database
-from tests.support.digest_lab import DAY, small_lab
+from tests.support.digest_lab import DAY, mail_files, small_lab
 from tests.support.ops import free_ports
 from tests.support.processes import wait_until
 from tests.support.receivers import Mailbox
@@ -86,20 +87,6 @@ def lab_url(tmp_path: Path) -> Iterator[str]:
     yield url
 
 
-def files(tmp_path: Path, port: int) -> tuple[Path, Path]:
-    routing = tmp_path / "routing.yaml"
-    routing.write_text(
-        f"smtp: {{host: 127.0.0.1, port: {port}, sender: shaping@lab.test}}\n"
-        "people:\n  ada: {email: ada@lab.test}\n  bob: {email: bob@lab.test}\n"
-        "subscriptions:\n  - {people: [ada]}\n"
-    )
-    people = tmp_path / "people.yaml"
-    people.write_text(
-        "labs: {lab-a: {mice: ['M*']}}\ntrainers:\n  ada: {labs: [lab-a]}\n  bob: {mice: [M2]}\n"
-    )
-    return routing, people
-
-
 class Clock:
     """A clock the test moves."""
 
@@ -108,6 +95,21 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.value
+
+
+def at_seven(
+    engine: Engine, routing: Path, people: Path, sent_file: Path, said: list[str]
+) -> DailyDigests:
+    """The lab's digests every day at 07:00 (UTC, the default policy), what it says kept."""
+    return DailyDigests(
+        engine,
+        load_people(people),
+        lambda lab: DEFAULT_POLICY,
+        load_routing(routing),
+        SEVEN,
+        sent_file,
+        said.append,
+    )
 
 
 def running(daily: DailyDigests, clock: Clock, retry_s: float = 3600.0) -> tuple[
@@ -125,24 +127,13 @@ def test_the_loop_sends_at_the_hour_once_and_a_restart_sends_nothing_twice(
     lab_url: str, tmp_path: Path, smtp_server: tuple[int, Mailbox]
 ) -> None:
     port, mailbox = smtp_server
-    routing, people = files(tmp_path, port)
+    routing, people = mail_files(tmp_path, port)
     sent_file = tmp_path / "sent.json"
     said: list[str] = []
     engine = open_database(lab_url)
 
-    def daily() -> DailyDigests:
-        return DailyDigests(
-            engine,
-            load_people(people),
-            lambda lab: DEFAULT_POLICY,
-            load_routing(routing),
-            SEVEN,
-            sent_file,
-            said.append,
-        )
-
     clock = Clock(datetime(2026, 2, 3, 6, 58, tzinfo=UTC))
-    stop, thread = running(daily(), clock)
+    stop, thread = running(at_seven(engine, routing, people, sent_file, said), clock)
     try:
         threading.Event().wait(0.3)
         assert mailbox.messages == [] and not sent_file.exists()  # not 7 yet
@@ -159,7 +150,7 @@ def test_the_loop_sends_at_the_hour_once_and_a_restart_sends_nothing_twice(
 
     # Restarted later the same day: it reads the record and sends nothing.
     clock.value = datetime(2026, 2, 3, 9, 0, tzinfo=UTC)
-    stop, thread = running(daily(), clock)
+    stop, thread = running(at_seven(engine, routing, people, sent_file, said), clock)
     threading.Event().wait(0.3)
     stop.set()
     thread.join(10)
@@ -172,19 +163,11 @@ def test_a_server_away_is_tried_again_and_nothing_is_recorded_until_it_is_sent(
 ) -> None:
     port, mailbox = smtp_server
     (closed,) = free_ports(1)
-    routing, people = files(tmp_path, closed)  # nobody listens there
+    routing, people = mail_files(tmp_path, closed)  # nobody listens there
     sent_file = tmp_path / "sent.json"
     said: list[str] = []
     engine = open_database(lab_url)
-    daily = DailyDigests(
-        engine,
-        load_people(people),
-        lambda lab: DEFAULT_POLICY,
-        load_routing(routing),
-        SEVEN,
-        sent_file,
-        said.append,
-    )
+    daily = at_seven(engine, routing, people, sent_file, said)
     clock = Clock(datetime(2026, 2, 3, 7, 30, tzinfo=UTC))
     stop, thread = running(daily, clock, retry_s=60)
     try:
@@ -192,7 +175,7 @@ def test_a_server_away_is_tried_again_and_nothing_is_recorded_until_it_is_sent(
         threading.Event().wait(0.3)
         assert sum(s.startswith("not sent") for s in said) == 1  # not again before the retry
         assert not sent_file.exists()
-        daily.routing = load_routing(files(tmp_path, port)[0])  # the server is back
+        daily.routing = load_routing(mail_files(tmp_path, port)[0])  # the server is back
         clock.value += timedelta(seconds=61)
         wait_until(lambda: len(mailbox.messages) == 2, 10, "the digests, on the next try")
     finally:
@@ -218,7 +201,7 @@ def test_the_command_runs_as_a_service_until_sigterm(
     lab_url: str, tmp_path: Path, smtp_server: tuple[int, Mailbox]
 ) -> None:
     port, mailbox = smtp_server
-    routing, people = files(tmp_path, port)
+    routing, people = mail_files(tmp_path, port)
     sent_file = tmp_path / "sent.json"
     args = ["--routing", str(routing), "--people", str(people), "--db-url", lab_url]
     env = {"SHAPING_DIGEST_CHECK_S": "0.1"}
