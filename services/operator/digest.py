@@ -380,50 +380,11 @@ def summarize_evidence(evidence_json: str | None, decision: str) -> str:
 
 
 def _welfare_of_day(conn: Any, mouse_id: str, policy: WelfarePolicy, day: date) -> WelfareStatus:
-    from sqlalchemy import select
-
     from shaping.services.domain.welfare import welfare_status
-    from shaping.services.operator.husbandry import husbandry_from_rows
-    from shaping.services.projector.tables import (
-        husbandry_restrictions,
-        husbandry_water,
-        husbandry_weights,
-    )
+    from shaping.services.operator.husbandry import husbandry_of
 
     start, end = _day_bounds(policy, day)
-    weights = list(
-        conn.execute(
-            select(husbandry_weights)
-            .where(husbandry_weights.c.mouse_id == mouse_id)
-            .where(husbandry_weights.c.weighed_at < end)
-            .order_by(husbandry_weights.c.weighed_at, husbandry_weights.c.event_id)
-        ).mappings()
-    )
-    water = list(
-        conn.execute(
-            select(husbandry_water)
-            .where(husbandry_water.c.mouse_id == mouse_id)
-            .where(husbandry_water.c.given_at >= start)
-            .where(husbandry_water.c.given_at < end)
-            .order_by(husbandry_water.c.given_at, husbandry_water.c.event_id)
-        ).mappings()
-    )
-    restriction = (
-        conn.execute(
-            select(husbandry_restrictions)
-            .where(husbandry_restrictions.c.mouse_id == mouse_id)
-            .where(husbandry_restrictions.c.started_at < end)
-            .where(
-                husbandry_restrictions.c.ended_at.is_(None)
-                | (husbandry_restrictions.c.ended_at >= end)
-            )
-            .order_by(husbandry_restrictions.c.started_at.desc())
-            .limit(1)
-        )
-        .mappings()
-        .first()
-    )
-    husbandry = husbandry_from_rows(weights, water, restriction)
+    husbandry = husbandry_of(conn, mouse_id, start, end, as_of=end)
     return welfare_status(husbandry, policy, day, end - timedelta(seconds=1))
 
 

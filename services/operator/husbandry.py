@@ -567,6 +567,58 @@ def husbandry_from_rows(
     )
 
 
+def husbandry_of(
+    conn: Any,
+    mouse_id: str,
+    water_from: datetime,
+    water_until: datetime,
+    *,
+    as_of: datetime | None = None,
+) -> Husbandry:
+    """A mouse's husbandry from the status tables: its weights, the water given in
+    [``water_from``, ``water_until``), and its restriction; as it stood at ``as_of`` (weights
+    before it, the restriction in force then), or as it stands now (None: every weight, the
+    restriction not ended)."""
+    from sqlalchemy import select
+
+    from shaping.services.projector.tables import (
+        husbandry_restrictions,
+        husbandry_water,
+        husbandry_weights,
+    )
+
+    weighed = select(husbandry_weights).where(husbandry_weights.c.mouse_id == mouse_id)
+    restricted = select(husbandry_restrictions).where(husbandry_restrictions.c.mouse_id == mouse_id)
+    if as_of is None:
+        restricted = restricted.where(husbandry_restrictions.c.ended_at.is_(None))
+    else:
+        weighed = weighed.where(husbandry_weights.c.weighed_at < as_of)
+        restricted = restricted.where(husbandry_restrictions.c.started_at < as_of).where(
+            husbandry_restrictions.c.ended_at.is_(None)
+            | (husbandry_restrictions.c.ended_at >= as_of)
+        )
+    weights = list(
+        conn.execute(
+            weighed.order_by(husbandry_weights.c.weighed_at, husbandry_weights.c.event_id)
+        ).mappings()
+    )
+    water = list(
+        conn.execute(
+            select(husbandry_water)
+            .where(husbandry_water.c.mouse_id == mouse_id)
+            .where(husbandry_water.c.given_at >= water_from)
+            .where(husbandry_water.c.given_at < water_until)
+            .order_by(husbandry_water.c.given_at, husbandry_water.c.event_id)
+        ).mappings()
+    )
+    restriction = (
+        conn.execute(restricted.order_by(husbandry_restrictions.c.started_at.desc()).limit(1))
+        .mappings()
+        .first()
+    )
+    return husbandry_from_rows(weights, water, restriction)
+
+
 def welfare_from_tables(
     engine: Engine,
     policy: WelfarePolicy,
@@ -584,8 +636,6 @@ def welfare_from_tables(
     from shaping.services.domain.welfare import welfare_status
     from shaping.services.operator.queries import mouse_ids
     from shaping.services.projector.tables import (
-        husbandry_restrictions,
-        husbandry_water,
         husbandry_weights,
         welfare_gate,
     )
@@ -602,34 +652,7 @@ def welfare_from_tables(
     result = []
     with engine.connect() as conn:
         for mouse in chosen:
-            weights = list(
-                conn.execute(
-                    select(husbandry_weights)
-                    .where(husbandry_weights.c.mouse_id == mouse)
-                    .order_by(husbandry_weights.c.weighed_at, husbandry_weights.c.event_id)
-                ).mappings()
-            )
-            water = list(
-                conn.execute(
-                    select(husbandry_water)
-                    .where(husbandry_water.c.mouse_id == mouse)
-                    .where(husbandry_water.c.given_at >= start)
-                    .where(husbandry_water.c.given_at < end)
-                    .order_by(husbandry_water.c.given_at, husbandry_water.c.event_id)
-                ).mappings()
-            )
-            restriction = (
-                conn.execute(
-                    select(husbandry_restrictions)
-                    .where(husbandry_restrictions.c.mouse_id == mouse)
-                    .where(husbandry_restrictions.c.ended_at.is_(None))
-                    .order_by(husbandry_restrictions.c.started_at.desc())
-                    .limit(1)
-                )
-                .mappings()
-                .first()
-            )
-            husbandry = husbandry_from_rows(weights, water, restriction)
+            husbandry = husbandry_of(conn, mouse, start, end)
             gate = (
                 conn.execute(select(welfare_gate).where(welfare_gate.c.mouse_id == mouse))
                 .mappings()
