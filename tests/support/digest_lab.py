@@ -71,3 +71,14 @@ def mail_files(folder: Path, port: int) -> tuple[Path, Path]:
         "labs: {lab-a: {mice: ['M*']}}\ntrainers:\n  ada: {labs: [lab-a]}\n  bob: {mice: [M2]}\n"
     )
     return routing, people
+
+
+def small_lab_url(folder: Path) -> str:
+    """The small lab folded into a SQLite file in ``folder``; its SQLAlchemy URL."""
+    from tests.support.wiring import embedded_runtime, sql_store
+
+    url = f"sqlite:///{folder / 'lab.sqlite'}"
+    store = sql_store(url)
+    small_lab(embedded_runtime(store))
+    store.close()
+    return url

@@ -4,7 +4,6 @@ local SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
@@ -25,18 +24,14 @@ from shaping.services.operator.digest import (
     summarize_evidence,
 )
 from shaping.services.operator.queries import open_database
-from tests.support.digest_lab import DAY, HOSTILE, mail_files, small_lab
+from tests.support.digest_lab import DAY, HOSTILE, mail_files, small_lab_url
 from tests.support.receivers import Mailbox
-from tests.support.wiring import embedded_runtime, sql_store
+from tests.support.wiring import sql_store
 
 
 @pytest.fixture
-def lab_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'lab.sqlite'}"
-    store = sql_store(url)
-    small_lab(embedded_runtime(store))
-    store.close()
-    yield url
+def lab_url(tmp_path: Path) -> str:
+    return small_lab_url(tmp_path)
 
 
 def digest_of(url: str, **kwargs: object) -> Digest:
