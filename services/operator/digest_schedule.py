@@ -75,17 +75,17 @@ def read_sent(path: Path) -> dict[str, date]:
             it to send yesterday's digests again).
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise DigestError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, dict):
             raise ValueError("not an object")
         return {str(lab): date.fromisoformat(day) for lab, day in data.items()}
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # bad UTF-8 is a ValueError
         raise DigestError(
             f"{path} is not a record of digests sent ({exc}); delete it to send yesterday's "
             "digests again"

@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,12 +30,11 @@ from shaping.services.operator.digest_schedule import (
     write_sent,
 )
 from shaping.services.operator.queries import open_database
-from tests.support.digest_lab import DAY, mail_files, small_lab
+from tests.support.digest_lab import DAY, mail_files, small_lab_url
 from tests.support.ops import free_ports
 from tests.support.processes import wait_until
 from tests.support.receivers import Mailbox
 from tests.support.scripts import REPO
-from tests.support.wiring import embedded_runtime, sql_store
 
 SEVEN = time(7, 0)
 LISBON = ZoneInfo("Europe/Lisbon")
@@ -72,19 +70,22 @@ def test_the_record_of_days_sent_is_written_whole_and_read_back(tmp_path: Path) 
     assert read_sent(path) == {"lab-a": date(2026, 2, 1), "lab-b": date(2026, 2, 2)}
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["sent.json"]
-    for bad in ("", "[]", '{"lab-a": "yesterday"}', "{not json"):
-        path.write_text(bad)
+    for bad in (
+        b"",
+        b"[]",
+        b'{"lab-a": "yesterday"}',
+        b"{not json",
+        b"\x00\xff\xfe{",
+        b"[" * 10**6,
+    ):
+        path.write_bytes(bad)
         with pytest.raises(DigestError, match="is not a record of digests sent"):
             read_sent(path)
 
 
 @pytest.fixture
-def lab_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'lab.sqlite'}"
-    store = sql_store(url)
-    small_lab(embedded_runtime(store))
-    store.close()
-    yield url
+def lab_url(tmp_path: Path) -> str:
+    return small_lab_url(tmp_path)
 
 
 class Clock:
