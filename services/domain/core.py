@@ -94,6 +94,7 @@ from shaping.services.domain.recompute import (
     start_session,
     was_judged,
 )
+from shaping.services.domain.session_stats import TrialFacts
 from shaping.services.domain.state import MouseState, OpenSession
 
 __all__ = ["TrainingCore", "derived_event_id", "evolve", "fold", "initial_state", "publication"]
@@ -326,7 +327,7 @@ def _evolve_trial(state: MouseState, trial: TrialCompleted) -> MouseState:
 
 
 def _trials_fold_quietly(
-    catalog: CurriculumCatalog, state: MouseState, trials: Sequence[TrialCompleted]
+    catalog: CurriculumCatalog, state: MouseState, trials: Sequence[TrialFacts]
 ) -> bool:
     """Whether handling ``trials`` one by one would only add them to the open session's
     statistics, with no output: every one is a new trial of the session in progress (indexes
@@ -345,10 +346,8 @@ def _trials_fold_quietly(
         if trial.rig_id != rig:
             return False
         last = trial.trial_index
-    try:
-        check_rig(state, trials[0])
-    except ImpossibleEvent:
-        return False  # refused one by one, with the trial named
+    if state.allowed_rigs and rig not in state.allowed_rigs:
+        return False  # refused one by one (check_rig), with the trial named
     if state.ejected or decided_during(state, session) or state.stage != session.stage:
         return True
     if state.curriculum_name is None:
@@ -845,19 +844,31 @@ class TrainingCore:
             ImpossibleEvent: as :meth:`handle`, for the first trial refused; the caller's
                 state then stays as it was (none of ``trials`` is folded).
         """
-        if len(trials) < 2 or not _trials_fold_quietly(self.catalog, state, trials):
-            outputs: list[Event] = []
-            for trial in trials:
-                state, emitted = self.handle(state, trial)
-                outputs.extend(emitted)
-            return state, outputs
+        folded = self.fold_quietly(state, trials) if len(trials) > 1 else None
+        if folded is not None:
+            return folded, []
+        outputs: list[Event] = []
+        for trial in trials:
+            state, emitted = self.handle(state, trial)
+            outputs.extend(emitted)
+        return state, outputs
+
+    def fold_quietly(self, state: MouseState, trials: Sequence[TrialFacts]) -> MouseState | None:
+        """The state after ``trials`` when handling them one by one would only add them to the
+        open session's statistics, with no output (see :func:`_trials_fold_quietly`), added in
+        one pass; None when it would do more (then :meth:`handle` each). Never raises for a
+        run it folds: a run :meth:`handle` would refuse a trial of is None. The trials may be
+        lighter records than TrialCompleted (:class:`TrialFacts`): nothing else of them is
+        read."""
+        if not trials or not _trials_fold_quietly(self.catalog, state, trials):
+            return None
         session = state.open_session
         assert session is not None  # checked by _trials_fold_quietly
         session = replaced(
             session,
             {"last_trial_index": trials[-1].trial_index, "stats": session.stats.add_all(trials)},
         )
-        return replaced(state, {"open_session": session}), []
+        return replaced(state, {"open_session": session})
 
     def handle_gated(
         self, state: MouseState, event: Event, gate: WelfareGate | None

@@ -26,13 +26,47 @@ import math
 import struct
 from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler
 from pydantic_core import CoreSchema, core_schema
 
-from shaping.schemas.events import TrialCompleted
+from shaping.schemas.events import ParamValue
 from shaping.services.domain.frozen import replaced
+
+
+class TrialFacts(Protocol):
+    """What folding a trial quietly reads of it (:meth:`SessionStats.add_all`, and
+    ``TrainingCore.fold_quietly`` for its session, index and rig). A TrialCompleted has all of
+    it; a batch path that has already checked a run of trials may pass lighter records."""
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    @property
+    def rig_id(self) -> str | None: ...
+
+    @property
+    def trial_index(self) -> int: ...
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def response_side(self) -> str | None: ...
+
+    @property
+    def target_side(self) -> str | None: ...
+
+    @property
+    def reaction_time_s(self) -> float | None: ...
+
+    @property
+    def correction_trial(self) -> bool: ...
+
+    @property
+    def trial_parameters(self) -> Mapping[str, ParamValue]: ...
+
 
 EASY_CONTRAST = 50.0
 """|signed contrast| (percent) from which a trial is easy (IBL's perf_easy)."""
@@ -538,7 +572,7 @@ class SessionStats(BaseModel):
         """Correct plus incorrect trials."""
         return self.n_correct + self.n_incorrect
 
-    def add(self, trial: TrialCompleted) -> SessionStats:
+    def add(self, trial: TrialFacts) -> SessionStats:
         """These statistics with one more trial."""
         outcome = trial.outcome
         correct = outcome == "correct"
@@ -576,7 +610,7 @@ class SessionStats(BaseModel):
             update["dprime_counts"] = [left, hits, right, false_alarms]
         return replaced(self, update)
 
-    def add_all(self, trials: Sequence[TrialCompleted]) -> SessionStats:
+    def add_all(self, trials: Sequence[TrialFacts]) -> SessionStats:
         """These statistics with ``trials`` added in order: equal to :meth:`add` on each in
         turn, in one pass (the batch paths fold a whole session's trials at once: ``shaping
         evaluate --trials``, a stored history recomputed; see ``TrainingCore.handle_trials``)."""

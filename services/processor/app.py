@@ -13,6 +13,16 @@ Then it publishes every output of the batch, in order, to the ``decisions``, ``a
 ``accepted``, ``events`` or ``dead-letter`` topic, and stores each touched mouse's state once.
 The agent computes nothing itself, so this path and the embedded runner cannot disagree.
 
+Runs of trials: the step is split in two halves (:meth:`ProcessorStep.admit`, the checks before
+the core, and :meth:`ProcessorStep.process_admitted`). A trial that passes the first half joins
+its mouse's run in the batch; the run is folded at once (:meth:`ProcessorStep.fold_trials`: one
+copy of the state for the run, not one per trial) before any other message of that mouse, any
+curriculum version, and the end of the batch. A run the core would not fold quietly (a trial
+counted already, another session, a rule read after every trial) goes one trial at a time, as
+before, so every message gets the result :meth:`ProcessorStep.process` would give it, and every
+output keeps its place in input order (tests/property/test_processor_runs.py holds the batches to
+the step one message at a time).
+
 A message of the ``commands`` topic goes to :meth:`ProcessorStep.process_command` instead: it
 changes no state, and its one output is either the past-tense event that honours the command,
 appended to the ``events`` topic (keyed by the mouse, so on the mouse's partition, after
@@ -148,6 +158,7 @@ Faust 0.15 itself can lose input when a worker starts or rebalances with a backl
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections import Counter, deque
@@ -164,7 +175,13 @@ from faust.types import TP, AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor, Service
 
 from shaping.schemas.codec import EventCodec
-from shaping.schemas.events import EventRejected, StageTransitioned
+from shaping.schemas.events import (
+    CurriculumPublished,
+    Event,
+    EventRejected,
+    StageTransitioned,
+    TrialCompleted,
+)
 from shaping.schemas.headers import headers_for
 from shaping.schemas.topics import TopicKind
 from shaping.services.adapters.curricula_topic import CurriculaFollower, FollowingCatalog
@@ -328,6 +345,22 @@ class _TableManager(TableManager):
         return self._recovery
 
 
+def settle_heap() -> None:
+    """Collects what garbage there is, then freezes every object alive into the collector's
+    permanent generation (:func:`gc.freeze`), so its later passes walk only what the batches
+    make.
+
+    A worker holds a large, lasting heap once it runs (faust, aiokafka, the codec's schemas,
+    the curricula, the tables' recovered records) and allocates a few hundred short-lived
+    objects a message. Every pass of the oldest generation walked all of the lasting heap: a
+    replay ran 24 % faster with it frozen (bench/REPORT.md, (b)). Frozen objects are still
+    freed by reference counting; only a reference cycle among them, dropped later, would stay
+    (none of the processor's own objects form one).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def batches(
     stream: StreamT[Any], max_: int, within: float, idle: float
 ) -> AsyncIterator[list[EventT]]:
@@ -418,11 +451,37 @@ class StoredState:
 
 @dataclass
 class _Batch:
-    """What a batch led to so far: results in input order, and each touched mouse's state."""
+    """What a batch led to so far: each message's result and processing time, by its place in
+    the batch (a run of trials gets its results when it is folded), and each touched mouse's
+    state."""
 
-    results: list[StepResult] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
+    results: list[StepResult | None]
+    seconds: list[float]
     states: dict[bytes, tuple[MouseState, int]] = field(default_factory=dict)
+    runs: dict[bytes, _Run] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, size: int) -> _Batch:
+        return cls([None] * size, [0.0] * size)
+
+
+@dataclass
+class _Run:
+    """A mouse's trials in a batch, admitted (:meth:`ProcessorStep.admit`) from one partition at
+    rising offsets and not folded yet: their places in the batch, messages and events."""
+
+    places: list[int]
+    events: list[EventT]
+    trials: list[TrialCompleted]
+
+    def takes(self, event: EventT) -> bool:
+        """Whether ``event`` continues the run (same topic and partition, a later offset)."""
+        last, message = self.events[-1].message, event.message
+        return (
+            message.partition == last.partition
+            and message.topic == last.topic
+            and message.offset > last.offset
+        )
 
 
 class FaustProcessor:
@@ -443,6 +502,10 @@ class FaustProcessor:
         catch_up: reads the curricula topic to its end (see :func:`build_app`).
         commands: the name of the commands topic: its messages are judged as commands
             (:meth:`ProcessorStep.process_command`). None: every message is an event.
+        settle_heap: before the first batch, and before the first after every table recovery,
+            take every object then alive out of the cycle collector's passes
+            (:func:`settle_heap`). For the processor's own process only: it changes the whole
+            process's collector. False: the collector is left alone (tests, embedded uses).
 
     Attributes:
         live: the stored state of every mouse loaded since the last assignment, by key.
@@ -460,6 +523,7 @@ class FaustProcessor:
         sessions: TableT | None = None,
         catch_up: Callable[[], None] | None = None,
         commands: str | None = None,
+        settle_heap: bool = False,
     ) -> None:
         self.app = app
         self.step = step
@@ -471,6 +535,8 @@ class FaustProcessor:
         self.commands = commands
         self.live: dict[bytes, StoredState] = {}
         self.after_publish: Callable[[list[StepResult]], None] | None = None
+        self.settle_heap = settle_heap
+        self._heap_to_settle = settle_heap
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -487,6 +553,9 @@ class FaustProcessor:
             StateFormatError: a mouse's stored state is of another format. Logged once and
                 raised at once (no retry, no dead letter): the agent's crash stops the worker.
         """
+        if self._heap_to_settle:
+            self._heap_to_settle = False
+            settle_heap()
         if len(events) == 1:
             return [await self.handle(events[0])]
         try:
@@ -567,29 +636,123 @@ class FaustProcessor:
     async def _run(self, events: Sequence[EventT]) -> list[StepResult]:
         """One try of a batch: process, publish, store, then keep the new states in memory."""
         started = time.perf_counter()
-        batch = _Batch()
-        for event in events:
-            await self._process(event, batch)
-        await self.publish(batch.results)
+        batch = _Batch.of(len(events))
+        for place, event in enumerate(events):
+            await self._process(place, event, batch)
+        await self._fold_runs(batch)
+        results = [result for result in batch.results if result is not None]
+        assert len(results) == len(events)  # every message has its result
+        await self.publish(results)
         if self.after_publish is not None:
-            self.after_publish(batch.results)
+            self.after_publish(results)
         stored = await self.store(batch.states)
         self.live.update(stored)
         if self.metrics is not None:
             # Each message's own processing, plus its share of the batch's round trips.
             shared = (time.perf_counter() - started - sum(batch.seconds)) / len(events)
-            self._measure(events, batch.results, [seconds + shared for seconds in batch.seconds])
-        return batch.results
+            self._measure(events, results, [seconds + shared for seconds in batch.seconds])
+        return results
 
-    async def _process(self, event: EventT, batch: _Batch) -> None:
-        """Runs the step on one message against the state the batch has left so far."""
+    async def _process(self, place: int, event: EventT, batch: _Batch) -> None:
+        """Runs the step on one message against the state the batch has left so far.
+
+        A trial that passes the step's checks (:meth:`ProcessorStep.admit`) joins its mouse's
+        run instead, folded with the rest of the run (:meth:`_fold_runs`) before anything else
+        of the mouse, or of the catalog, is processed: a mouse's messages still meet its state
+        in their order, and outputs are published in the order of the inputs that led to them.
+        """
+        started = time.perf_counter()
         message = event.message
         key: bytes | None = event.key
-        started = time.perf_counter()
-        if key is not None and key in batch.states:
-            stored: MouseState | None = batch.states[key][0]
+        if key is None or message.topic == self.commands:
+            batch.results[place] = await self._step(event, self._current(key, event, batch))
         else:
-            stored = self._stored_state(key, event)
+            stored = self._current(key, event, batch)
+            broker_time = _broker_time(message.timestamp)
+            admitted = self.step.admit(
+                stored,
+                key,
+                event.value,
+                message.topic,
+                message.partition,
+                message.offset,
+                broker_time,
+            )
+            if isinstance(admitted, StepResult):  # refused, or a duplicate: no state changes
+                batch.results[place] = admitted
+            elif isinstance(admitted, TrialCompleted):
+                run = batch.runs.get(key)
+                if run is not None and not run.takes(event):
+                    await self._fold_runs(batch, key)
+                    run = None
+                if run is None:
+                    batch.runs[key] = _Run([place], [event], [admitted])
+                else:
+                    run.places.append(place)
+                    run.events.append(event)
+                    run.trials.append(admitted)
+            else:
+                # A curriculum version changes the catalog every mouse is judged with.
+                await self._fold_runs(
+                    batch, None if isinstance(admitted, CurriculumPublished) else key
+                )
+                batch.results[place] = await self._step(
+                    event, self._current(key, event, batch), admitted
+                )
+        result = batch.results[place]
+        if result is not None and result.state is not None and key is not None:
+            batch.states[key] = (result.state, message.partition)
+        batch.seconds[place] += time.perf_counter() - started
+
+    async def _fold_runs(self, batch: _Batch, key: bytes | None = None) -> None:
+        """Folds the runs of trials waiting in ``batch``: the run of the mouse with this key
+        (None: every run). A run the core folds at once, quietly (:meth:`ProcessorStep.
+        fold_trials`), costs one state copy; any other is processed one trial at a time."""
+        keys = list(batch.runs) if key is None else [key] if key in batch.runs else []
+        for mouse in keys:
+            run = batch.runs.pop(mouse)
+            started = time.perf_counter()
+            first, last = run.events[0].message, run.events[-1].message
+            position = f"{first.topic}/{first.partition}"
+            stored = self._current(mouse, run.events[0], batch)
+            folded = self.step.fold_trials(stored, position, last.offset, run.trials)
+            if folded is not None and self._catalog_missed():
+                folded = None  # a curriculum version not known yet: one by one, catching up
+            if folded is not None:
+                batch.states[mouse] = (folded, first.partition)
+                for place, trial in zip(run.places, run.trials, strict=True):
+                    batch.results[place] = StepResult(trial, None, [], "accepted")
+            else:
+                for place, event, trial in zip(run.places, run.events, run.trials, strict=True):
+                    result = await self._step(event, self._current(mouse, event, batch), trial)
+                    batch.results[place] = result
+                    if result.state is not None:
+                        batch.states[mouse] = (result.state, first.partition)
+            share = (time.perf_counter() - started) / len(run.places)
+            for place in run.places:
+                batch.seconds[place] += share
+
+    def _current(self, key: bytes | None, event: EventT, batch: _Batch) -> MouseState | None:
+        """The state the message's mouse has reached in the batch so far."""
+        if key is not None and key in batch.states:
+            return batch.states[key][0]
+        return self._stored_state(key, event)
+
+    def _catalog_missed(self) -> set[tuple[str, str]]:
+        """The curriculum versions the step asked the following catalog for and it lacks, since
+        the last call (empty when the processor does not catch up)."""
+        catalog = self.step.core.catalog
+        if self.catch_up is None or not isinstance(catalog, FollowingCatalog):
+            return set()
+        return catalog.take_missed()
+
+    async def _step(
+        self, event: EventT, stored: MouseState | None, admitted: Event | None = None
+    ) -> StepResult:
+        """The step's result for one message: a command judged, an event processed (or the
+        second half of it, for an event :meth:`ProcessorStep.admit` gave)."""
+        message = event.message
+        key: bytes | None = event.key
         broker_time = _broker_time(message.timestamp)
         args = (stored, key, event.value, message.topic, message.partition, message.offset)
         # A command is judged (its answer goes to the events topic); anything else is folded.
@@ -598,25 +761,22 @@ class FaustProcessor:
         def process() -> StepResult:
             if is_command:
                 return self.step.process_command(*args, broker_time, now=datetime.now(UTC))
+            if admitted is not None and key is not None:
+                return self.step.process_admitted(stored, key, *args[2:], broker_time, admitted)
             return self.step.process(*args, broker_time)
 
         result = process()
-        catalog = self.step.core.catalog
-        if self.catch_up is not None and isinstance(catalog, FollowingCatalog):
-            missed = catalog.take_missed()
-            if missed:
-                # A version published a moment ago may not have reached the following thread:
-                # read the curricula topic to its end off the event loop, then decide again
-                # (nothing of this message was published or stored yet, and the step is a
-                # function of values).
-                log.info("curriculum version(s) %s not known yet: reading the topic", missed)
-                await asyncio.get_running_loop().run_in_executor(None, self.catch_up)
-                result = process()
-                catalog.take_missed()
-        if result.state is not None and key is not None:
-            batch.states[key] = (result.state, message.partition)
-        batch.results.append(result)
-        batch.seconds.append(time.perf_counter() - started)
+        missed = self._catalog_missed()
+        if missed:
+            # A version published a moment ago may not have reached the following thread:
+            # read the curricula topic to its end off the event loop, then decide again
+            # (nothing of this message was published or stored yet, and the step is a
+            # function of values).
+            log.info("curriculum version(s) %s not known yet: reading the topic", missed)
+            await asyncio.get_running_loop().run_in_executor(None, cast(Any, self.catch_up))
+            result = process()
+            self._catalog_missed()
+        return result
 
     def _stored_state(self, key: bytes | None, event: EventT) -> MouseState | None:
         """The stored state of the message's mouse (loaded into :attr:`live` if need be).
@@ -787,8 +947,10 @@ class FaustProcessor:
         self.forget(stale)
 
     async def on_recovered(self) -> None:
-        """After faust rebuilt the tables from their changelogs: read them afresh."""
+        """After faust rebuilt the tables from their changelogs: read them afresh (and settle
+        the heap again before the next batch, when asked to)."""
         self.forget()
+        self._heap_to_settle = self.settle_heap
 
     # -- outputs ---------------------------------------------------------------------------------
 
@@ -817,6 +979,7 @@ def build_app(
     metrics: ServiceMetrics | None = None,
     catch_up: Callable[[], None] | None = None,
     welfare: WelfarePolicy | None = None,
+    settle_heap: bool = False,
 ) -> faust.App:
     """Builds the processor's faust app (nothing connects until a worker starts it).
 
@@ -834,6 +997,7 @@ def build_app(
             message names a curriculum version the catalog lacks). None: no catching up.
         welfare: the lab's welfare policy (:func:`shaping.services.bootstrap.welfare_policy`);
             None: the built-in default policy.
+        settle_heap: as :class:`FaustProcessor` (True in the processor's own process only).
 
     Returns:
         The app, with the ``mouse_state`` and ``mouse_sessions`` tables and the
@@ -920,7 +1084,15 @@ def build_app(
     )
     step = ProcessorStep(TrainingCore(catalog), codec, clock=clock, welfare=welfare)
     processor = FaustProcessor(
-        app, step, table, outputs, metrics, sessions, catch_up, commands=topics.commands
+        app,
+        step,
+        table,
+        outputs,
+        metrics,
+        sessions,
+        catch_up,
+        commands=topics.commands,
+        settle_heap=settle_heap,
     )
 
     # The state in memory follows the assignment (see "State in memory").
@@ -1000,6 +1172,7 @@ def run_processor(
             metrics=metrics,
             catch_up=follower.catch_up,
             welfare=welfare,
+            settle_heap=True,
         )
         if metrics is not None and metrics_port is not None:
             metrics.serve(metrics_port, metrics_host)

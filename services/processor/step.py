@@ -306,6 +306,73 @@ class ProcessorStep:
         )
         return self._reject(key, value, topic, partition, offset, reason, "failed", None, timestamp)
 
+    def admit(
+        self,
+        state: MouseState | None,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None = None,
+    ) -> Event | StepResult:
+        """The first half of :meth:`process`: the message decoded and checked before the core
+        sees it (its type, its key, a redelivered offset, its dates). Returns the event when it
+        passed, else what :meth:`process` returns for the message (rejected, a duplicate, or
+        parked when the check itself failed). Never raises.
+
+        :meth:`process_admitted` is the other half; the processor's batches go through both
+        halves so that a mouse's run of trials can be folded at once (:meth:`fold_trials`).
+        """
+        try:
+            return self._admit(state, key, value, topic, partition, offset, timestamp)
+        except Exception as exc:  # a bug, not bad input: park the message, never loop on it
+            log.exception("processing %s/%d@%d failed; parking it", topic, partition, offset)
+            return self.park(key, value, topic, partition, offset, exc, timestamp)
+
+    def process_admitted(
+        self,
+        state: MouseState | None,
+        key: bytes,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None,
+        event: Event,
+    ) -> StepResult:
+        """The second half of :meth:`process`, for an ``event`` :meth:`admit` returned for this
+        message and ``state``: ``admit`` then this is :meth:`process`. Never raises."""
+        try:
+            return self._fold(state, key, value, topic, partition, offset, timestamp, event)
+        except Exception as exc:  # a bug, not bad input: park the message, never loop on it
+            log.exception("processing %s/%d@%d failed; parking it", topic, partition, offset)
+            return self.park(key, value, topic, partition, offset, exc, timestamp)
+
+    def fold_trials(
+        self, state: MouseState | None, position: str, offset: int, trials: list[TrialCompleted]
+    ) -> MouseState | None:
+        """The mouse's state after a run of its trials, each admitted (:meth:`admit`) from
+        ``position`` (topic/partition) at rising offsets up to ``offset``, the last one's; or
+        None when the run is not one the core folds at once, quietly
+        (:meth:`TrainingCore.fold_quietly`: every trial a new one of the session in progress,
+        nothing decided after any of them). Then the caller processes the trials one by one,
+        and that is what this gives when it gives a state: each trial accepted, nothing to
+        publish, the same state at the end. Never raises (a failure is None: the one-by-one
+        path then meets it, and parks the message that fails).
+        """
+        if state is None or len(trials) < 2:
+            return None
+        try:
+            folded = self.core.fold_quietly(state, trials)
+            if folded is None:
+                return None
+            offsets = {**folded.input_offsets, position: offset}
+            return replaced(folded, {"input_offsets": offsets})
+        except Exception:  # the one-by-one path meets it again, and parks the message
+            log.debug("a run of %d trials did not fold at once", len(trials), exc_info=True)
+            return None
+
     def _process(
         self,
         state: MouseState | None,
@@ -316,6 +383,22 @@ class ProcessorStep:
         offset: int,
         timestamp: datetime | None,
     ) -> StepResult:
+        admitted = self._admit(state, key, value, topic, partition, offset, timestamp)
+        if isinstance(admitted, StepResult):
+            return admitted
+        assert key is not None  # admitted: the key is the mouse id
+        return self._fold(state, key, value, topic, partition, offset, timestamp, admitted)
+
+    def _admit(
+        self,
+        state: MouseState | None,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None,
+    ) -> Event | StepResult:
         def reject(reason: str, kind: str, event: Event | None) -> StepResult:
             return self._reject(
                 key, value, topic, partition, offset, reason, kind, event, timestamp
@@ -336,12 +419,30 @@ class ProcessorStep:
                 "invalid",
                 event,
             )
-        position = f"{topic}/{partition}"
-        if state is not None and offset <= state.input_offsets.get(position, -1):
+        if state is not None and offset <= state.input_offsets.get(f"{topic}/{partition}", -1):
             return StepResult(event, None, [], "duplicate")
         problem = self.clock.problem(event, timestamp)
         if problem is not None:
             return reject(problem, "clock", event)
+        return event
+
+    def _fold(
+        self,
+        state: MouseState | None,
+        key: bytes,
+        value: bytes | None,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: datetime | None,
+        event: Event,
+    ) -> StepResult:
+        def reject(reason: str, kind: str, event: Event | None) -> StepResult:
+            return self._reject(
+                key, value, topic, partition, offset, reason, kind, event, timestamp
+            )
+
+        position = f"{topic}/{partition}"
         if isinstance(event, NOT_FOLDED):
             try:
                 self.core.check_rig(state or initial_state(event.mouse_id), event)
