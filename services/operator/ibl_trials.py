@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shaping.schemas.events import (
     AssignmentIssued,
@@ -427,6 +427,10 @@ def _uuid5_text(sha1: Any) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+BATCH_RIG = "ibl-batch"
+"""The rig id of the events built from a trial table."""
+
+
 def session_events(
     session: IblSession,
     *,
@@ -436,51 +440,17 @@ def session_events(
     curriculum_name: str,
     curriculum_version: str,
     start: datetime,
-    rig_id: str = "ibl-batch",
+    rig_id: str = BATCH_RIG,
 ) -> list[Event]:
     """The events a rig would send for one session: SessionStarted, a TrialCompleted per
     trial, SessionEnded (see the module docstring for the encoding)."""
     common: dict[str, Any] = {"mouse_id": mouse_id, "rig_id": rig_id, "session_id": session_id}
-    events: list[Event] = [
-        SessionStarted(
-            event_id=event_id(session_id, "start"),
-            occurred_at=start,
-            stage=stage,
-            curriculum_name=curriculum_name,
-            curriculum_version=curriculum_version,
-            parameters={
-                "task_protocol": session.task_protocol,
-                "ephys_rig": session.ephys_rig,
-                "session_start_delay_s": session.start_delay_s,
-            },
-            session_date=session.session_date,
-            **common,
-        )
-    ]
-    elapsed = 0.0
-    first: TrialCompleted | None = None
     ids = numbered_event_ids(len(session.trials), session_id, "trial")
     utc = start.astimezone(UTC)
-    for index, trial in enumerate(session.trials):
-        moment = trial.response_time if trial.response_time is not None else trial.stim_on_time
-        elapsed = max(elapsed, moment if moment is not None else elapsed + 1.0)
-        parameters: dict[str, float] = {}
-        if trial.contrast_left is not None:
-            parameters["contrast_left"] = trial.contrast_left
-        if trial.contrast_right is not None:
-            parameters["contrast_right"] = trial.contrast_right
-        if trial.probability_left is not None:
-            parameters["probability_left"] = trial.probability_left
-        fields: dict[str, Any] = {
-            "event_id": ids[index],
-            "occurred_at": _whole_milliseconds(utc + timedelta(seconds=elapsed)),
-            "trial_index": index,
-            "outcome": trial.outcome,
-            "target_side": trial.target_side,
-            "response_side": trial.response_side,
-            "reaction_time_s": trial.reaction_time_s,
-            "trial_parameters": parameters,
-        }
+    first: TrialCompleted | None = None
+    trials: list[Event] = []
+    for index, (trial, elapsed) in enumerate(_timed(session)):
+        fields = _trial_fields(trial, index, ids[index], utc + timedelta(seconds=elapsed))
         # The first trial is validated by its model; the others differ from it only in
         # values the table reader checked (floats, an outcome, a side, the index) and are
         # copies of it with those values, normalised as the model would (the timestamp to
@@ -488,21 +458,126 @@ def session_events(
         # twin. Validating 36k trials field by field cost a fifth of the run.
         if first is None:
             first = TrialCompleted(**fields, **common)
-            events.append(first)
+            trials.append(first)
         else:
-            events.append(_sibling(first, fields))
-    duration = elapsed + 1.0
-    events.append(
-        SessionEnded(
-            event_id=event_id(session_id, "end"),
-            occurred_at=start + timedelta(seconds=duration),
-            n_trials=len(session.trials),
-            end_reason="completed",
-            duration_s=duration,
-            **common,
+            trials.append(_sibling(first, fields))
+    return [
+        _session_started(session, common, stage, curriculum_name, curriculum_version, start),
+        *trials,
+        _session_ended(session, common, start),
+    ]
+
+
+class _QuietTrial(NamedTuple):
+    """What folding a trial quietly reads of it (``TrainingCore.fold_quietly``,
+    ``SessionStats.add_all``), with the values its TrialCompleted would have."""
+
+    session_id: str
+    rig_id: str
+    trial_index: int
+    outcome: str
+    response_side: str | None
+    target_side: str | None
+    reaction_time_s: float | None
+    trial_parameters: dict[str, float]
+    correction_trial: bool = False
+
+
+def _quiet_trials(session: IblSession, session_id: str, rig_id: str) -> list[_QuietTrial]:
+    """The session's trials as :class:`_QuietTrial` records: for a session whose trials fold
+    quietly, what :func:`session_events` gives without the ids, times and models nothing
+    reads then."""
+    return [
+        _QuietTrial(
+            session_id,
+            rig_id,
+            index,
+            trial.outcome,
+            trial.response_side,
+            trial.target_side,
+            trial.reaction_time_s,
+            _trial_parameters(trial),
         )
+        for index, trial in enumerate(session.trials)
+    ]
+
+
+def first_trial(session: IblSession, common: dict[str, Any], start: datetime) -> TrialCompleted:
+    """The session's first TrialCompleted, as :func:`session_events` gives it (validated)."""
+    trial, elapsed = next(_timed(session))
+    event = numbered_event_ids(1, common["session_id"], "trial")[0]
+    moment = start.astimezone(UTC) + timedelta(seconds=elapsed)
+    return TrialCompleted(**_trial_fields(trial, 0, event, moment), **common)
+
+
+def _trial_fields(trial: IblTrial, index: int, event: str, moment: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event,
+        "occurred_at": _whole_milliseconds(moment),
+        "trial_index": index,
+        "outcome": trial.outcome,
+        "target_side": trial.target_side,
+        "response_side": trial.response_side,
+        "reaction_time_s": trial.reaction_time_s,
+        "trial_parameters": _trial_parameters(trial),
+    }
+
+
+def _timed(session: IblSession) -> Iterator[tuple[IblTrial, float]]:
+    """Each trial with its time in seconds from the session's start: its response (else its
+    stimulus) time, never earlier than the trial before; a second after it when it has none."""
+    elapsed = 0.0
+    for trial in session.trials:
+        moment = trial.response_time if trial.response_time is not None else trial.stim_on_time
+        elapsed = max(elapsed, moment if moment is not None else elapsed + 1.0)
+        yield trial, elapsed
+
+
+def _trial_parameters(trial: IblTrial) -> dict[str, float]:
+    parameters: dict[str, float] = {}
+    if trial.contrast_left is not None:
+        parameters["contrast_left"] = trial.contrast_left
+    if trial.contrast_right is not None:
+        parameters["contrast_right"] = trial.contrast_right
+    if trial.probability_left is not None:
+        parameters["probability_left"] = trial.probability_left
+    return parameters
+
+
+def _session_started(
+    session: IblSession,
+    common: dict[str, Any],
+    stage: str,
+    curriculum_name: str,
+    curriculum_version: str,
+    start: datetime,
+) -> SessionStarted:
+    return SessionStarted(
+        event_id=event_id(common["session_id"], "start"),
+        occurred_at=start,
+        stage=stage,
+        curriculum_name=curriculum_name,
+        curriculum_version=curriculum_version,
+        parameters={
+            "task_protocol": session.task_protocol,
+            "ephys_rig": session.ephys_rig,
+            "session_start_delay_s": session.start_delay_s,
+        },
+        session_date=session.session_date,
+        **common,
     )
-    return events
+
+
+def _session_ended(session: IblSession, common: dict[str, Any], start: datetime) -> SessionEnded:
+    duration = 1.0 + max((elapsed for _, elapsed in _timed(session)), default=0.0)
+    return SessionEnded(
+        event_id=event_id(common["session_id"], "end"),
+        occurred_at=start + timedelta(seconds=duration),
+        n_trials=len(session.trials),
+        end_reason="completed",
+        duration_s=duration,
+        **common,
+    )
 
 
 PSYCHOMETRIC_METRICS = frozenset(
@@ -894,6 +969,50 @@ def _evaluate_sessions(
                 outputs.extend(emitted)
             return outputs
 
+        def fold_session(
+            session: IblSession,
+            session_id: str,
+            assignment: AssignmentIssued,
+            start: datetime,
+            what: str,
+        ) -> list[Event]:
+            """Folds a session's events (:func:`session_events`). Its trials are first offered
+            to the core as :class:`_QuietTrial` records, which it folds at once when they only
+            add to the session's statistics (``TrainingCore.fold_quietly``: what folding the
+            events would give, tested in tests/curricula/test_ibl_events.py); only otherwise
+            are the trial events built and folded."""
+            nonlocal state
+            mouse = state.mouse_id
+            common = {"mouse_id": mouse, "rig_id": BATCH_RIG, "session_id": session_id}
+            started = _session_started(
+                session,
+                common,
+                assignment.stage,
+                assignment.curriculum_name,
+                assignment.curriculum_version,
+                start,
+            )
+            outputs = fold([started], what)
+            folded = None
+            if len(session.trials) > 1:
+                first_trial(session, common, start)  # the first trial passes its model
+                folded = core.fold_quietly(state, _quiet_trials(session, session_id, BATCH_RIG))
+            if folded is not None:
+                state = folded
+            elif session.trials:
+                events = session_events(
+                    session,
+                    mouse_id=mouse,
+                    session_id=session_id,
+                    stage=assignment.stage,
+                    curriculum_name=assignment.curriculum_name,
+                    curriculum_version=assignment.curriculum_version,
+                    start=start,
+                )
+                outputs.extend(fold(events[1:-1], what))
+            outputs.extend(fold([_session_ended(session, common, start)], what))
+            return outputs
+
         enrolment = MouseEnrolled(
             event_id=event_id(subject, "enrolled", curriculum.name, curriculum.version),
             mouse_id=subject,
@@ -910,16 +1029,11 @@ def _evaluate_sessions(
                 start = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(
                     hours=8 + 2 * number
                 )
-                emitted = fold(
-                    session_events(
-                        session,
-                        mouse_id=subject,
-                        session_id=event_id(subject, day, session.label or number),
-                        stage=assignment.stage,
-                        curriculum_name=assignment.curriculum_name,
-                        curriculum_version=assignment.curriculum_version,
-                        start=start,
-                    ),
+                emitted = fold_session(
+                    session,
+                    event_id(subject, day, session.label or number),
+                    assignment,
+                    start,
                     f"subject {subject} session {day}",
                 )
                 assignment = _assignment(emitted, subject, assignment)
