@@ -237,6 +237,19 @@ class KafkaEnv:
         ensure_topics(self.bootstrap, names, partitions=PARTITIONS)
         return names
 
+    def drop_topics(self) -> None:
+        """Deletes every topic made so far (not Kafka's own ``__`` topics): each measurement
+        makes fresh topics, and the next one should not share the broker with their logs
+        (the log cleaner compacting earlier state changelogs, fetch sessions of old
+        partitions)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="shaping-bench")
+        try:
+            names = [name for name in admin.list_topics() if not name.startswith("__")]
+            if names:
+                admin.delete_topics(names, timeout_ms=30_000)
+        finally:
+            admin.close()
+
     def raw_topic(self, partitions: int = PARTITIONS) -> str:
         """A new plain topic for the raw Kafka baselines."""
         name = f"bench-raw-{uuid.uuid4().hex[:8]}"

@@ -20,9 +20,11 @@ settings and a consumer already polling:
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from multiprocessing.synchronize import Event as StopFlag
 
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -31,8 +33,11 @@ from bench.stats import Figure, Results, percentile
 from bench.workload import (
     SEED,
     START,
+    Encoded,
     QuietDisplay,
     bench_agents,
+    build_workload,
+    encode,
     enrolment,
     mouse_ids,
     rig_of,
@@ -47,6 +52,29 @@ from shaping.schemas.events import AssignmentIssued, Event, SessionEnded
 STARTUP_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_S = 30.0
 STATS = (("median", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0))
+LOAD_RATE = 1000
+"""Trial events/s other mice send meanwhile in the loaded runs: about half of what the
+processor replays in (b), far more than any lab's rigs (100 rigs send about 10 a second)."""
+LOAD_SECONDS = 90
+"""How long the load lasts at most (its trials are built before the clocks start)."""
+
+
+def _publish_load(bootstrap: str, topic: str, load: Encoded, rate: float, stop: StopFlag) -> None:
+    """Sends ``load`` at ``rate`` messages a second (in a process of its own, so the rig and
+    this load do not share an interpreter) until it is sent or ``stop`` is set."""
+    producer = rig_producer(bootstrap, "bench-load")
+    start = time.perf_counter()
+    done = 0
+    try:
+        while done < len(load) and not stop.is_set():
+            due = min(len(load), int((time.perf_counter() - start) * rate) + 1)
+            while done < due:
+                producer.send(topic, key=load.keys[done], value=load.values[done])
+                done += 1
+            time.sleep(0.005)
+        producer.flush()
+    finally:
+        producer.close()
 
 
 def wait_for_assignment(
@@ -98,10 +126,22 @@ class TimedRig:
         return None if found is None else session_parameters(found, self.trials_per_session)
 
 
+def _interleaved(sessions: Sequence[Sequence[Event]]) -> list[Event]:
+    """The sessions' events merged one from each in turn (each session's order kept)."""
+    longest = max(map(len, sessions), default=0)
+    return [s[i] for i in range(longest) for s in sessions if i < len(s)]
+
+
 def run_sessions(
-    env: KafkaEnv, n_mice: int, n_sessions: int, trials_per_session: int
+    env: KafkaEnv,
+    n_mice: int,
+    n_sessions: int,
+    trials_per_session: int,
+    load: Encoded | None = None,
 ) -> tuple[list[float], list[float]]:
-    """One repeat; returns per session (ms until SessionEnded acked, ms until the assignment)."""
+    """One repeat; returns per session (ms until SessionEnded acked, ms until the assignment).
+    With ``load``, other mice's sessions are sent at :data:`LOAD_RATE` messages a second
+    from another process the whole time the sessions are timed."""
     topics = env.fresh_topics()
     processor = env.start_processor(topics)
     rig = KafkaRigTransport(
@@ -112,10 +152,19 @@ def run_sessions(
     ids = list(sims)
     agents = bench_agents(timed, sims, QuietDisplay())
     acked, answered = [], []
+    stop = multiprocessing.get_context("fork").Event()
+    loader = None
     try:
         rig.publish([enrolment(sim) for sim in sims.values()])
         for mouse_id in ids:
             wait_for_assignment(rig, mouse_id, 1, STARTUP_TIMEOUT_S, processor)
+        if load is not None:
+            loader = multiprocessing.get_context("fork").Process(
+                target=_publish_load,
+                args=(env.bootstrap, topics.events, load, LOAD_RATE, stop),
+                daemon=True,
+            )
+            loader.start()
         done = dict.fromkeys(ids, 0)
         for index in range(n_mice + n_sessions):  # the first round is the warm-up
             mouse_id = ids[index % n_mice]
@@ -135,7 +184,15 @@ def run_sessions(
             if index >= n_mice:
                 acked.append((timed.acked_at - timed.ended_at) * 1000)
                 answered.append((answer - timed.ended_at) * 1000)
+        if loader is not None and not loader.is_alive():
+            raise BenchError(
+                f"the load ran out before the sessions ended ({LOAD_SECONDS} s of it at "
+                f"{LOAD_RATE:,} messages/s): raise LOAD_SECONDS"
+            )
     finally:
+        stop.set()
+        if loader is not None:
+            loader.join(30)
         rig.close()
         env.stop_service(processor)
     return acked, answered
@@ -221,18 +278,40 @@ def measure(
         f"round robin over {n_mice} mice, one at a time, after {n_mice} warm-up sessions; "
         f"raw round trips: {n_sessions} per repeat after 11 warm-up messages."
     )
-    acked_runs, answered_runs = [], []
+    acked_runs, answered_runs, loaded_runs = [], [], []
     for repeat in range(repeats):
         print(f"  processor run {repeat + 1}/{repeats} ...", flush=True)
         acked, answered = run_sessions(env, n_mice, n_sessions, trials_per_session)
         acked_runs.append(acked)
         answered_runs.append(answered)
+        env.drop_topics()
+    # The load: 10 other mice, one long session each, their trials interleaved as rigs
+    # running at once send them; enough for the loaded runs at LOAD_RATE.
+    load_mice, load_trials = 10, LOAD_RATE * LOAD_SECONDS // 10
+    workload = build_workload(load_mice, 1, load_trials, tag="X")
+    load = encode([*workload.enrolments, *_interleaved(workload.sessions)])
+    results.detail(
+        f"(c) loaded runs: the same sessions while {load_mice} other mice's sessions of "
+        f"{load_trials:,} trials are sent at {LOAD_RATE:,} messages/s from another process."
+    )
+    for repeat in range(repeats):
+        print(f"  processor run under load {repeat + 1}/{repeats} ...", flush=True)
+        _, answered = run_sessions(env, n_mice, n_sessions, trials_per_session, load)
+        loaded_runs.append(answered)
+        env.drop_topics()
     _figures(
         results,
         "SessionEnded published -> AssignmentIssued at the rig",
         answered_runs,
         "RigAgent (scripted task) over KafkaRigTransport, then latest_assignment; "
         "processor in its own process",
+        baseline=False,
+    )
+    _figures(
+        results,
+        f"the same under a load of {LOAD_RATE:,} trial events/s",
+        loaded_runs,
+        "other mice's trials sent meanwhile from another process (see the sizes below)",
         baseline=False,
     )
     results.add(

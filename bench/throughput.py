@@ -278,6 +278,7 @@ def measure(
         live.append(live_s)
         sent.append(sent_s)
         replay.append(replay_s)
+        env.drop_topics()
     results.add(
         Figure(
             "kafka",
@@ -350,6 +351,7 @@ def measure(
         consumed.append(raw_consume(env, topic, n_msgs))
         minimal.append(minimal_faust(env, topic, n_msgs + 1))
         reading.append(minimal_faust(env, topic, n_msgs + 1, batched=True))
+        env.drop_topics()
     results.add(
         Figure(
             "kafka",
