@@ -171,7 +171,10 @@ class EventCodec:
         reader = self._newest[writer.event_type]
         body = io.BytesIO(data[HEADER_LEN:])
         try:
-            record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+            # Read with the writer's schema alone when it is the newest: fastavro then skips
+            # comparing two schemas on every message (about 1.5 us of 10).
+            newer = None if reader is writer else reader.parsed
+            record = fastavro.schemaless_reader(body, writer.parsed, newer)
         except Exception as exc:
             # Any failure of the reader means the body is not a valid record of that schema:
             # a truncated or mutated body (EOFError, ValueError, IndexError), bad UTF-8, or a

@@ -25,6 +25,8 @@ Parameters = dict[str, ParamValue]
 
 def _to_utc_millis(value: datetime) -> datetime:
     """Normalises a timestamp to UTC, millisecond precision (as Avro timestamp-millis)."""
+    if value.tzinfo is UTC and not value.microsecond % 1000:
+        return value  # as the wire gives it (timestamp-millis): nothing to normalise
     if value.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware (UTC)")
     value = value.astimezone(UTC)

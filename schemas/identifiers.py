@@ -31,7 +31,16 @@ NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9 ._()+-]*[A-Za-z0-9._()+-])?")
 _ID, _SESSION_ID, _NAME = ID_RE, SESSION_ID_RE, NAME_RE
 
 
+_PASSED: dict[tuple[str, re.Pattern[str]], None] = {}
+"""Texts that passed a pattern lately (a decoded message names the same mouse, rig and session
+as the one before it): they pass again without the checks. Emptied when it holds
+:data:`_PASSED_MAX`, so a flood of new names costs the checks, never memory."""
+_PASSED_MAX = 4096
+
+
 def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule: str) -> str:
+    if type(value) is str and (value, pattern) in _PASSED:
+        return value
     if not isinstance(value, str):
         raise ValueError(f"{what} must be text")
     if not value:
@@ -40,6 +49,10 @@ def _check(value: object, what: str, pattern: re.Pattern[str], limit: int, rule:
         raise ValueError(f"{what} is {len(value)} characters long; at most {limit} are allowed")
     if not pattern.fullmatch(value):
         raise ValueError(f"{what} '{quoted(value)}' is not allowed: {rule}")
+    if type(value) is str:  # not a subclass, whose equality could be anything
+        if len(_PASSED) >= _PASSED_MAX:
+            _PASSED.clear()
+        _PASSED[value, pattern] = None
     return value
 
 
