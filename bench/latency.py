@@ -285,9 +285,10 @@ def measure(
         acked_runs.append(acked)
         answered_runs.append(answered)
         env.drop_topics()
-    # The load: 10 other mice, one long session each, their trials interleaved as rigs
-    # running at once send them; enough for the loaded runs at LOAD_RATE.
-    load_mice, load_trials = 10, LOAD_RATE * LOAD_SECONDS // 10
+    # The load: 100 other mice (as on 100 rigs), one session each, their trials interleaved
+    # as rigs running at once send them; sessions of a usual length (900 trials at most), so
+    # a batch's state writes cost what they cost in a lab; enough for LOAD_SECONDS.
+    load_mice, load_trials = 100, LOAD_RATE * LOAD_SECONDS // 100
     workload = build_workload(load_mice, 1, load_trials, tag="X")
     load = encode([*workload.enrolments, *_interleaved(workload.sessions)])
     results.detail(
