@@ -912,15 +912,14 @@ class FaustProcessor:
             cast(Any, table)[key] = value
             return []
         # What faust's Table.__setitem__ does, with the partition given (faust would take the
-        # partition of "the current event", which a batch does not have) and without faust's
-        # producer buffer (whose pre-commit flush gives up after 0.1 s without progress).
+        # partition of "the current event", which a batch does not have), without faust's
+        # producer buffer (whose pre-commit flush gives up after 0.1 s without progress), and
+        # straight to the app's producer: the record is raw bytes, and faust's topic send
+        # (serialisers, callbacks, sensors) cost about four times the producer's own work, a
+        # batch under load writing one record per mouse it touched (bench/REPORT.md, (c)).
         table.data[key] = value
-        delivered = await changelog.send(
-            key=key,
-            value=value,
-            partition=partition,
-            key_serializer="raw",
-            value_serializer="raw",
+        delivered = await self.app.producer.send(
+            changelog.get_topic_name(), key, value, partition, None, None
         )
         return [delivered]
 
