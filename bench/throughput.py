@@ -267,7 +267,10 @@ def measure(
     results.detail(f"(b) workload: {workload.describe()}.")
 
     live, sent, replay, cpu, broker_cpu, written = [], [], [], [], [], []
+    produced, consumed, minimal, reading = [], [], [], []
     for repeat in range(repeats):
+        # The raw baselines run right after the processor in each repeat, so that a ratio
+        # "in the same repeat" compares two runs minutes apart at most on this shared machine.
         print(f"  processor run {repeat + 1}/{repeats} ...", flush=True)
         live_s, sent_s, replay_s, cpu_share, broker_share, size = run_through_processor(
             env, workload, enrolments, sessions
@@ -278,6 +281,13 @@ def measure(
         live.append(live_s)
         sent.append(sent_s)
         replay.append(replay_s)
+        env.drop_topics()
+        print(f"  raw Kafka run {repeat + 1}/{repeats} ...", flush=True)
+        topic, produce_s = raw_produce(env, sessions)
+        produced.append(produce_s)
+        consumed.append(raw_consume(env, topic, n_msgs))
+        minimal.append(minimal_faust(env, topic, n_msgs + 1))
+        reading.append(minimal_faust(env, topic, n_msgs + 1, batched=True))
         env.drop_topics()
     results.add(
         Figure(
@@ -343,15 +353,6 @@ def measure(
         )
     )
 
-    produced, consumed, minimal, reading = [], [], [], []
-    for repeat in range(repeats):
-        print(f"  raw Kafka run {repeat + 1}/{repeats} ...", flush=True)
-        topic, produce_s = raw_produce(env, sessions)
-        produced.append(produce_s)
-        consumed.append(raw_consume(env, topic, n_msgs))
-        minimal.append(minimal_faust(env, topic, n_msgs + 1))
-        reading.append(minimal_faust(env, topic, n_msgs + 1, batched=True))
-        env.drop_topics()
     results.add(
         Figure(
             "kafka",
