@@ -289,3 +289,54 @@ def test_settling_the_heap_freezes_what_is_alive_out_of_the_collector() -> None:
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_ugly_messages_amid_a_run_of_trials_become_dead_letters_and_cost_no_trial() -> (
+    None
+):
+    rig = make_rig()
+    log = Log()
+    story = [enrolled("A"), *session("A", "a-1", trials(correct=8, incorrect=2))]
+    broker_time = story[0].occurred_at.timestamp()
+    good = log.of(story)
+    for event in good:
+        event.message.timestamp = broker_time
+    key = encode_key("A")
+    a_trial = story[3]
+    far_future = a_trial.model_copy(
+        update={"event_id": "ev-future", "occurred_at": a_trial.occurred_at.replace(year=9999)}
+    )
+    ugly_values = {
+        "huge": b"\xc3\x01" + b"\xff" * 1_000_000,
+        "empty": b"",
+        "nul": b"\x00" * 64,
+        "future": CODEC.encode(far_future),
+        "old id": CODEC.encode(a_trial),  # a trial sent again, at a new offset
+    }
+    ugly = []
+    for value in ugly_values.values():
+        [event] = log.of([story[0]])  # a place in the log, then the ugly value put there
+        ugly.append(
+            FakeEvent(key, value, FakeMessage(EVENTS, 0, event.message.offset, broker_time))
+        )
+    # The ugly messages land among the trials (after the first few), in log order.
+    batch = good[:5] + ugly + good[5:]
+    for offset, event in enumerate(batch):
+        event.message.offset = offset
+
+    results = run(rig.processor, batch)
+
+    by_name = dict(zip(ugly_values, results[5 : 5 + len(ugly)], strict=True))
+    for name in ("huge", "empty", "nul", "future"):
+        assert by_name[name].outcome == "rejected", name
+        [dead] = by_name[name].outputs
+        assert isinstance(dead.event, EventRejected)
+        assert dead.event.reason and "\\x00" not in dead.event.reason
+        assert len(dead.event.original_value or b"") <= 64 * 1024
+    assert by_name["future"].outputs[0].event.error_kind == "clock"  # type: ignore[attr-defined]
+    assert by_name["old id"].outcome == "duplicate" and by_name["old id"].outputs == []
+    # Every good message folded, none twice: the session judged on its 10 trials.
+    good_results = results[:5] + results[5 + len(ugly) :]
+    assert [r.outcome for r in good_results] == ["accepted"] * len(good)
+    [decision] = rig.events("decisions")
+    assert decision.session_summary.n_trials == 10  # type: ignore[attr-defined]
