@@ -291,9 +291,7 @@ def test_settling_the_heap_freezes_what_is_alive_out_of_the_collector() -> None:
         gc.unfreeze()
 
 
-def test_ugly_messages_amid_a_run_of_trials_become_dead_letters_and_cost_no_trial() -> (
-    None
-):
+def test_ugly_messages_amid_a_run_of_trials_become_dead_letters_and_cost_no_trial() -> None:
     rig = make_rig()
     log = Log()
     story = [enrolled("A"), *session("A", "a-1", trials(correct=8, incorrect=2))]
