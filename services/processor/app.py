@@ -40,38 +40,53 @@ so the step drops a redelivered input it has already folded. The order of the st
 batch is what makes a crash at any point harmless:
 
 1. Every message is processed against the state in memory; nothing leaves the process.
-2. The outputs of the whole batch are sent in input order (so each output partition gets them
+2. Once the batch before this one has its state records on the broker (step 4 of that batch),
+   the outputs of the whole batch are sent in input order (so each output partition gets them
    in order) and the agent waits until the broker acknowledged every one.
 3. Only then is each mouse the batch changed written once to its table: one changelog record
    per mouse per batch, sent straight to the Kafka producer with the partition of the mouse's
-   inputs, and the agent waits until the broker acknowledged every one of them.
-4. Only then does the state in memory become the batch's, and the inputs are acknowledged, in
-   the order they were read (acks are manual). Faust commits an offset only once every earlier
-   offset of the partition is acknowledged, so a committed input always has its outputs and
-   its state record on the broker.
+   inputs. The state in memory becomes the batch's, and the agent goes on to the next batch
+   without waiting for these records: the next batch is collected and processed (step 1)
+   while they travel, and it sends nothing before they are acknowledged (step 2).
+4. When the broker has acknowledged every record of the batch (noticed as the
+   acknowledgements arrive, whether or not another batch came), the tables' in-memory copies
+   take the records and the inputs are acknowledged, in the order they were read (acks are
+   manual). Faust commits an offset only once every earlier offset of the partition is
+   acknowledged, so a committed input always has its outputs and its state record on the
+   broker.
 
 A crash in step 1 or 2 leaves the stored state as it was before the batch, and no input of the
 batch committed: every input comes again, is processed against the same state, and sends the
-same outputs again (the ones already sent are duplicates by id). A crash in step 3 leaves some
-mice with their new state and some with their old one, and no input committed: a mouse whose
-new state is stored has the batch's offsets in it, so its redelivered inputs are dropped as
-duplicates (a redelivered SessionEnded re-sends the decision it already made, same ids); a
-mouse whose old state is stored processes them again as in step 2. A crash in step 4 (between
-acknowledging and faust's commit) is the same case as step 3 with every state stored. An input
-is never lost, and the state never runs ahead of the outputs it caused (which would lose e.g.
-the first assignment of an enrolment).
+same outputs again (the ones already sent are duplicates by id). A crash in step 3 or before
+its records are all acknowledged leaves some mice with their new state and some with their old
+one, and no input committed: a mouse whose new state is stored has the batch's offsets in it,
+so its redelivered inputs are dropped as duplicates (a redelivered SessionEnded re-sends the
+decision it already made, same ids); a mouse whose old state is stored processes them again as
+in step 2. The next batch has sent nothing yet then, so a crash never finds two batches' writes
+on the broker at once, nor a record of one batch without every record of the batch before it. A
+crash in step 4 (between acknowledging and faust's commit) is the same case as step 3 with
+every state stored. An input is never lost, and the state never runs ahead of the outputs it
+caused (which would lose e.g. the first assignment of an enrolment).
 
-Failures: when anything in a batch fails (a damaged stored state, a producer that refuses a
-record, a bug), nothing of it counts: the in-memory state is not updated and no input is
-acknowledged. The agent then processes the batch's messages one at a time, each as a batch
-of one, in order: a message that still fails is retried :data:`ATTEMPTS` times with a pause and
-then parked on the dead-letter topic as ``failed`` (counted in
-``shaping_processing_retries_total``), and the messages after it (of its mouse and of others)
-are processed after it, in order. No message loops the worker, none is lost, and a mouse's
-messages are never reordered. Only when the broker takes not even that small dead letter does
-the worker crash (``CrashingSupervisor``) and, restarted, resume from the last committed offset.
-Bad input itself never fails: :class:`ProcessorStep` turns it into one EventRejected on the
-dead-letter topic and never raises.
+Why step 3 does not wait: a batch's state records take a round trip to the broker (10-15 ms
+under load, bench/REPORT.md (c)), and the next batch's processing takes a few milliseconds of
+its own; waiting for one before starting the other made a SessionEnded that arrived meanwhile
+wait for both, which is what the tail of the decision latency was made of.
+
+Failures: when anything in a batch fails (a damaged stored state, a producer that refuses a record,
+a bug), nothing of it counts: the in-memory state is not updated and no input is acknowledged. The
+agent then processes the batch's messages one at a time, each as a batch of one, in order: a message
+that still fails is retried :data:`ATTEMPTS` times with a pause and then parked on the dead-letter
+topic as ``failed`` (counted in ``shaping_processing_retries_total``), and the messages after it (of
+its mouse and of others) are processed after it, in order. When the broker refuses a batch's state
+record (found when the next batch is about to send, step 2, or never if none comes: its inputs stay
+unacknowledged and come again after a restart), nothing of that batch counts either: its mice get
+back in memory the states they had before it, its messages are processed again one at a time as
+above, and then the next batch's messages, on the states that left. No message loops the worker,
+none is lost, and a mouse's messages are never reordered. Only when the broker takes not even that
+small dead letter does the worker crash (``CrashingSupervisor``) and, restarted, resume from the
+last committed offset. Bad input itself never fails: :class:`ProcessorStep` turns it into one
+EventRejected on the dead-letter topic and never raises.
 
 State in memory: the processor keeps, for each mouse of the partitions it owns, its state as
 stored (the decoded :class:`MouseState` and the state record it was built on). A mouse's entry
@@ -99,8 +114,9 @@ mouse's write. The two changelog topics are not ordered with each other, though,
 sessions of a trial must never reach the broker without the ``mouse_state`` record they extend
 (with that record lost, the join would fall back to an older one and lose trials whose inputs
 were already committed): every record of a batch is acknowledged by the broker before the
-batch's inputs are acknowledged and before the next batch starts, so a ``mouse_sessions``
-record is only ever written on a ``mouse_state`` record already on the broker. A
+batch's inputs are acknowledged and before the next batch sends anything, so a
+``mouse_sessions`` record is only ever written on a ``mouse_state`` record already on the
+broker. A
 ``mouse_sessions`` record left behind by a later ``mouse_state`` record is stale by the digest
 and ignored; so is one left behind by replay's hand-over, which writes whole states to the
 ``mouse_state`` changelog. The table names, changelog topics and the bytes of both records
@@ -116,15 +132,16 @@ worker that joins, stops (SIGTERM: it finishes the batch in flight, commits and 
 at once) or dies (SIGKILL: the broker hands its partitions on after :data:`SESSION_TIMEOUT_S`)
 causes a rebalance, and the new owner of a partition resumes from its last committed offset on
 the state rebuilt from the changelog. That is the crash case above seen from another process: a
-committed input has its state record on the broker (step 3 before step 4), so the rebuilt state
+committed input has its state record on the broker (step 4), so the rebuilt state
 has folded every committed input, and the inputs redelivered after the commit boundary are
 either already in it (their offsets, dropped as duplicates) or folded on exactly the state they
 first met. A valid input could only be dead-lettered after a rebalance if it met a state that
 lacks inputs before it (a trial whose session start is missing: "never started"), and that needs
 an input committed before its state is on the broker: writing through faust's table buffer
 allowed it (its pre-commit flush gives up after 0.1 s), which is why
-:meth:`FaustProcessor._put` bypasses that buffer and :meth:`FaustProcessor.store` waits for the
-broker. So a group decides as one worker does on the same log.
+:meth:`FaustProcessor._put` bypasses that buffer and an input is acknowledged only once the
+broker has its records (:meth:`FaustProcessor.settle`). So a group decides as one worker does
+on the same log.
 
 The workers keep no standby replicas (``table_standby_replicas=0``). With faust's default of one,
 each worker also follows the other's changelog partitions, and when the other was killed its
@@ -484,6 +501,28 @@ class _Run:
         )
 
 
+_Record = tuple[TableT, bytes, bytes]
+"""A changelog record sent: its table, key and value."""
+
+
+@dataclass
+class _InFlight:
+    """A batch whose outputs are on the broker and whose state records were sent: its inputs,
+    the states its mice had in memory before it (None: none), its records, and the broker's
+    acknowledgement of them all (None: there was nothing to send)."""
+
+    events: Sequence[EventT]
+    before: dict[bytes, StoredState | None]
+    records: list[_Record]
+    landed: asyncio.Future[Any] | None = None
+    landing: asyncio.Future[None] | None = None
+    finished: bool = False
+
+
+class _Redone(Exception):
+    """The batch before had its state records refused, and was done again."""
+
+
 class FaustProcessor:
     """Applies :class:`ProcessorStep` to batches of faust events: the body of the processor's
     agent.
@@ -511,6 +550,9 @@ class FaustProcessor:
         live: the stored state of every mouse loaded since the last assignment, by key.
         after_publish: called with the batch's results once its outputs are acknowledged and
             before its state is written (the crash tests kill the worker there); None: nothing.
+        acknowledge: acknowledges one input (the agent's stream's ``ack``), called for a
+            batch's inputs once its outputs and state records are on the broker; None: inputs
+            are not acknowledged (tests).
     """
 
     def __init__(
@@ -535,6 +577,8 @@ class FaustProcessor:
         self.commands = commands
         self.live: dict[bytes, StoredState] = {}
         self.after_publish: Callable[[list[StepResult]], None] | None = None
+        self.acknowledge: Callable[[EventT], Awaitable[Any]] | None = None
+        self._in_flight: _InFlight | None = None
         self.settle_heap = settle_heap
         self._heap_to_settle = settle_heap
 
@@ -542,8 +586,9 @@ class FaustProcessor:
 
     async def handle_batch(self, events: Sequence[EventT]) -> list[StepResult]:
         """Processes a batch of messages of the events and commands topics, in order; returns
-        what the step decided for each. On return every output and state record of the batch
-        is acknowledged by the broker: the caller may acknowledge the inputs.
+        what the step decided for each. On return every output of the batch is acknowledged
+        by the broker and its state records are sent; its inputs are acknowledged
+        (:attr:`acknowledge`) once the broker has taken those records too (:meth:`settle`).
 
         When anything fails, nothing of the batch counts and its messages are processed one at
         a time (:meth:`handle`: retried, then parked), so one failing message costs neither
@@ -617,7 +662,7 @@ class FaustProcessor:
                     )
                     # If even this fails, the broker cannot take a small message: crash and
                     # let the restart resume from the committed offset.
-                    await self.publish([parked])
+                    await self._send([event], [parked], {})
                     return parked
                 log.warning(
                     "%s/%d@%d failed (attempt %d of %d): %s",
@@ -634,7 +679,15 @@ class FaustProcessor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _run(self, events: Sequence[EventT]) -> list[StepResult]:
-        """One try of a batch: process, publish, store, then keep the new states in memory."""
+        """One try of a batch: process, then send (:meth:`_send`). When the batch before it
+        turns out to have had its state records refused, that batch was done again and this
+        one is processed again on the states it left."""
+        try:
+            return await self._try(events)
+        except _Redone:
+            return await self._try(events)
+
+    async def _try(self, events: Sequence[EventT]) -> list[StepResult]:
         started = time.perf_counter()
         batch = _Batch.of(len(events))
         for place, event in enumerate(events):
@@ -642,16 +695,109 @@ class FaustProcessor:
         await self._fold_runs(batch)
         results = [result for result in batch.results if result is not None]
         assert len(results) == len(events)  # every message has its result
-        await self.publish(results)
-        if self.after_publish is not None:
-            self.after_publish(results)
-        stored = await self.store(batch.states)
-        self.live.update(stored)
+        await self._send(events, results, batch.states)
         if self.metrics is not None:
             # Each message's own processing, plus its share of the batch's round trips.
             shared = (time.perf_counter() - started - sum(batch.seconds)) / len(events)
             self._measure(events, results, [seconds + shared for seconds in batch.seconds])
         return results
+
+    async def _send(
+        self,
+        events: Sequence[EventT],
+        results: Sequence[StepResult],
+        states: dict[bytes, tuple[MouseState, int]],
+    ) -> None:
+        """Steps 2 and 3 of "Delivery" in the module docstring: once the batch before is on
+        the broker (:meth:`settle`), publish the outputs and wait for the broker, then send
+        each touched mouse's state record and keep the new states in memory. The records are
+        not waited for: the batch stays in flight until the broker has taken them, and then
+        its inputs are acknowledged (:meth:`_land`).
+
+        Raises:
+            _Redone: the batch before had its state records refused; it was done again.
+        """
+        await self.settle()
+        await self.publish(results)
+        if self.after_publish is not None:
+            self.after_publish(list(results))
+        before = {key: self.live.get(key) for key in states}
+        stored, records, deliveries = await self.store(states)
+        self.live.update(stored)
+        flight = _InFlight(events, before, records)
+        self._in_flight = flight
+        if not deliveries:
+            await self._land(flight)
+            return
+        landed = asyncio.gather(*deliveries)
+        flight.landed = landed
+
+        def on_landed(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return  # the next batch finds it (:meth:`settle`)
+            flight.landing = asyncio.ensure_future(self._land(flight))
+
+        landed.add_done_callback(on_landed)
+
+    async def settle(self) -> None:
+        """Waits until the batch in flight, if any, has its state records on the broker and
+        its inputs acknowledged.
+
+        When the broker refused one of its records, nothing of that batch counts: its mice
+        get back in memory the states they had before it, and its messages are processed
+        again one at a time (:meth:`handle`: retried, then parked, like any failure).
+
+        Raises:
+            _Redone: the batch in flight was refused and done again (what the caller
+                processed on the states it had left must be processed again).
+        """
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        if flight.landed is not None:
+            try:
+                # Shielded: a cancelled agent must not cancel the producer's own futures.
+                await asyncio.shield(flight.landed)
+            except Exception as exc:
+                await self._redo(flight, exc)
+                raise _Redone from exc
+        await self._land(flight)
+
+    async def _land(self, flight: _InFlight) -> None:
+        """The broker has every record of ``flight``: the tables take them and the inputs
+        are acknowledged, in the order read (once, whoever gets here first)."""
+        if flight.finished:
+            return
+        flight.finished = True
+        for table, key, value in flight.records:
+            table.data[key] = value
+        if self.acknowledge is not None:
+            for event in flight.events:
+                await self.acknowledge(event)
+
+    async def _redo(self, flight: _InFlight, exc: Exception) -> None:
+        """Undoes a batch whose state records the broker refused, and processes its messages
+        again one at a time."""
+        first = flight.events[0].message
+        log.warning(
+            "the broker refused a state record of a batch of %d message(s) from %s/%d@%d "
+            "(%s: %s); processing them again one at a time",
+            len(flight.events),
+            first.topic,
+            first.partition,
+            first.offset,
+            type(exc).__name__,
+            exc,
+        )
+        for key, before in flight.before.items():
+            if key not in self.live:
+                continue  # its partition was revoked meanwhile
+            if before is None:
+                del self.live[key]
+            else:
+                self.live[key] = before
+        for event in flight.events:
+            await self.handle(event)
 
     async def _process(self, place: int, event: EventT, batch: _Batch) -> None:
         """Runs the step on one message against the state the batch has left so far.
@@ -879,11 +1025,15 @@ class FaustProcessor:
         self.live[key] = found
         return found
 
-    async def store(self, states: dict[bytes, tuple[MouseState, int]]) -> dict[bytes, StoredState]:
-        """Writes each mouse's new state, one record per mouse (see "State records" in the
-        module docstring); returns once the broker has acknowledged every record, with what
-        the tables now hold for these mice."""
+    async def store(
+        self, states: dict[bytes, tuple[MouseState, int]]
+    ) -> tuple[dict[bytes, StoredState], list[_Record], list[Awaitable[Any]]]:
+        """Sends each mouse's new state, one record per mouse (see "State records" in the
+        module docstring); returns what the tables hold for these mice once the broker has
+        the records, the records (for the tables' in-memory copies), and what to await for
+        the broker's acknowledgements."""
         pending: list[Awaitable[Any]] = []
+        records: list[_Record] = []
         stored: dict[bytes, StoredState] = {}
         for key, (after, partition) in states.items():
             before = self.live.get(key)
@@ -893,20 +1043,19 @@ class FaustProcessor:
                 else records_to_store(before.record, before.state, after)
             )
             if whole is not None:
-                pending.extend(await self._put(self.table, key, whole, partition))
+                pending.extend(await self._put(self.table, key, whole, partition, records))
                 stored[key] = StoredState(after, whole, partition)
             elif sessions is not None and self.sessions is not None and before is not None:
-                pending.extend(await self._put(self.sessions, key, sessions, partition))
+                pending.extend(await self._put(self.sessions, key, sessions, partition, records))
                 stored[key] = StoredState(after, before.record, partition)
-        for delivered in pending:
-            await delivered
-        return stored
+        return stored, records, pending
 
     async def _put(
-        self, table: TableT, key: bytes, value: bytes, partition: int
+        self, table: TableT, key: bytes, value: bytes, partition: int, records: list[_Record]
     ) -> list[Awaitable[Any]]:
-        """Sets a table's value and sends its changelog record to the Kafka producer, on the
-        partition of the mouse's inputs; returns what to await for the broker's ack."""
+        """Sends a table's changelog record to the Kafka producer, on the partition of the
+        mouse's inputs, and adds it to ``records`` (the table's in-memory copy takes it once
+        the broker has it); returns what to await for the broker's ack."""
         changelog = getattr(table, "changelog_topic", None)
         if changelog is None:  # a plain mapping (tests): nothing to send
             cast(Any, table)[key] = value
@@ -917,10 +1066,10 @@ class FaustProcessor:
         # straight to the app's producer: the record is raw bytes, and faust's topic send
         # (serialisers, callbacks, sensors) cost about four times the producer's own work, a
         # batch under load writing one record per mouse it touched (bench/REPORT.md, (c)).
-        table.data[key] = value
         delivered = await self.app.producer.send(
             changelog.get_topic_name(), key, value, partition, None, None
         )
+        records.append((table, key, value))
         return [delivered]
 
     def forget(self, partitions: set[int] | None = None) -> int:
@@ -1112,10 +1261,9 @@ def build_app(
         # Manual acks: an input counts as done only after its outputs and state are on the
         # broker. (noack is on faust's Stream, not on its StreamT interface.)
         manual = cast("faust.Stream[Any]", stream).noack()
+        processor.acknowledge = manual.ack
         async for events in batches(manual, BATCH_MAX, BATCH_WITHIN_S, BATCH_IDLE_S):
             await processor.handle_batch(events)
-            for event in events:
-                await manual.ack(event)
 
     return app
 
