@@ -82,11 +82,12 @@ its mouse and of others) are processed after it, in order. When the broker refus
 record (found when the next batch is about to send, step 2, or never if none comes: its inputs stay
 unacknowledged and come again after a restart), nothing of that batch counts either: its mice get
 back in memory the states they had before it, its messages are processed again one at a time as
-above, and then the next batch's messages, on the states that left. No message loops the worker,
-none is lost, and a mouse's messages are never reordered. Only when the broker takes not even that
-small dead letter does the worker crash (``CrashingSupervisor``) and, restarted, resume from the
-last committed offset. Bad input itself never fails: :class:`ProcessorStep` turns it into one
-EventRejected on the dead-letter topic and never raises.
+above (those of a partition revoked meanwhile are left to its new owner, unacknowledged), and then
+the next batch's messages, on the states that left. No message loops the worker, none is lost, and a
+mouse's messages are never reordered. Only when the broker takes not even that small dead letter
+does the worker crash (``CrashingSupervisor``) and, restarted, resume from the last committed
+offset. Bad input itself never fails: :class:`ProcessorStep` turns it into one EventRejected on the
+dead-letter topic and never raises.
 
 State in memory: the processor keeps, for each mouse of the partitions it owns, its state as
 stored (the decoded :class:`MouseState` and the state record it was built on). A mouse's entry
@@ -548,6 +549,7 @@ class FaustProcessor:
 
     Attributes:
         live: the stored state of every mouse loaded since the last assignment, by key.
+        owned: the partitions this worker owns, as faust last said (None: not told; all).
         after_publish: called with the batch's results once its outputs are acknowledged and
             before its state is written (the crash tests kill the worker there); None: nothing.
         acknowledge: acknowledges one input (the agent's stream's ``ack``), called for a
@@ -579,6 +581,7 @@ class FaustProcessor:
         self.after_publish: Callable[[list[StepResult]], None] | None = None
         self.acknowledge: Callable[[EventT], Awaitable[Any]] | None = None
         self._in_flight: _InFlight | None = None
+        self.owned: set[int] | None = None
         self.settle_heap = settle_heap
         self._heap_to_settle = settle_heap
 
@@ -797,7 +800,10 @@ class FaustProcessor:
             else:
                 self.live[key] = before
         for event in flight.events:
-            await self.handle(event)
+            if self.owned is None or event.message.partition in self.owned:
+                await self.handle(event)
+            # else: its partition was revoked meanwhile; the new owner reads it again from the
+            # last commit (it was never acknowledged).
 
     async def _process(self, place: int, event: EventT, batch: _Batch) -> None:
         """Runs the step on one message against the state the batch has left so far.
@@ -1085,12 +1091,15 @@ class FaustProcessor:
 
     async def on_partitions_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
         """Faust's signal after the batch in flight was acknowledged: forget what is revoked."""
-        dropped = self.forget({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        if self.owned is not None:
+            self.owned -= partitions
+        dropped = self.forget(partitions)
         log.debug("partitions revoked: %d mouse state(s) dropped from memory", dropped)
 
     async def on_partitions_assigned(self, sender: Any, assigned: set[Any], **_: Any) -> None:
         """Faust's signal on a new assignment: forget every partition not in it."""
-        kept = {tp.partition for tp in assigned}
+        kept = self.owned = {tp.partition for tp in assigned}
         stale = {stored.partition for stored in self.live.values()} - kept
         self.forget(stale)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Literal, get_args
 
+from faust.types import TP
+
 from shaping.schemas.codec import encode_key
 from shaping.schemas.events import EventRejected
 from shaping.schemas.topics import TopicKind
@@ -27,6 +29,7 @@ from shaping.services.processor.step import ProcessorStep
 from tests.support.story import core, enrolled, session, trials
 from tests.unit.test_processor_batches import (
     CODEC,
+    EVENTS,
     FakeEvent,
     FakeTable,
     FakeTopic,
@@ -192,16 +195,13 @@ def test_nothing_of_the_next_batch_leaves_before_the_last_batchs_state_records_a
     asyncio.run(scenario())
 
 
-def test_state_records_the_broker_refuses_undo_their_batch_whose_messages_go_again_one_at_a_time() -> (  # noqa: E501
-    None
-):
-    """The refusal is found when the next batch is about to publish: the refused batch is
-    undone in memory and its messages processed again, one at a time, then the next batch's.
-    No input is lost, parked or acknowledged twice, and every mouse is stored as a run the
-    broker never refused leaves it. The refused batch starts a second session (a whole state
-    record) and the next adds trials to it (an open-sessions record, which names the whole
-    record it extends): kept in memory, the refused state would have been extended by a
-    record whose base never reached the broker."""
+def mouse_outputs(pipe: Pipeline, mouse: str) -> int:
+    return [CODEC.decode(value).mouse_id for value in pipe.outputs()].count(mouse)
+
+
+def refused_then_next() -> tuple[list[list[FakeEvent]], list[FakeEvent]]:
+    """A's and B's enrolment and first session (A on partition 0, B on 1), in batches, the
+    second of which has its records refused; and the batch that comes after it."""
     log = Log()
     a = log.of(
         [
@@ -212,7 +212,21 @@ def test_state_records_the_broker_refuses_undo_their_batch_whose_messages_go_aga
     )
     b = log.of([enrolled("B"), *session("B", "b-1", trials(correct=20, incorrect=30))], 1)
     refused = interleave(a[53:64], b[:11])  # A's second session starts, B's first
-    batches = [a[:53], refused, interleave(a[64:74], b[11:21])]
+    return [a[:53], refused], interleave(a[64:74], b[11:21])
+
+
+def test_state_records_the_broker_refuses_undo_their_batch_whose_messages_go_again_one_at_a_time() -> (  # noqa: E501
+    None
+):
+    """The refusal is found when the next batch is about to publish: the refused batch is
+    undone in memory and its messages processed again, one at a time, then the next batch's.
+    No input is lost, parked or acknowledged twice, and every mouse is stored as a run the
+    broker never refused leaves it. The refused batch starts a second session (a whole state
+    record) and the next adds trials to it (an open-sessions record, which names the whole
+    record it extends): kept in memory, the refused state would have been extended by a
+    record whose base never reached the broker."""
+    before, after = refused_then_next()
+    batches = [*before, after]
     clean = make_rig()
     for batch in batches:
         asyncio.run(clean.processor.handle_batch(batch))  # type: ignore[arg-type]
@@ -240,3 +254,33 @@ def test_state_records_the_broker_refuses_undo_their_batch_whose_messages_go_aga
     sent = [CODEC.decode(value) for value in pipe.outputs()]
     assert not [e for e in sent if isinstance(e, EventRejected)]  # nothing parked
     assert {e.event_id for e in sent} == {CODEC.decode(value).event_id for _, value in clean.sent}
+
+
+def test_a_refused_batch_of_partitions_revoked_meanwhile_is_left_to_their_new_owner() -> None:
+    """Only the messages of partitions the worker still owns are done again; the others are
+    neither processed nor acknowledged here (the new owner reads them from the last commit)."""
+    (first, refused), after = refused_then_next()
+    kept = [event for event in refused if event.message.partition == 0]
+    following = [event for event in after if event.message.partition == 0]
+
+    of_b = 0
+
+    async def scenario() -> Pipeline:
+        pipe = make_pipeline()
+        await pipe.processor.on_partitions_assigned(None, {TP(EVENTS, 0), TP(EVENTS, 1)})
+        await pipe.processor.handle_batch(first)  # type: ignore[arg-type]
+        pipe.producer.mode = "refuse"
+        await pipe.processor.handle_batch(refused)  # type: ignore[arg-type]
+        await pipe.processor.on_partitions_revoked(None, {TP(EVENTS, 1)})
+        nonlocal of_b
+        of_b = mouse_outputs(pipe, "B")
+        pipe.producer.mode = "ack"
+        await pipe.processor.handle_batch(following)  # type: ignore[arg-type]
+        await settled(lambda: len(pipe.acked) == len(first + kept + following))
+        return pipe
+
+    pipe = asyncio.run(scenario())
+    assert pipe.acked == first + kept + following  # A's went again, B's were left alone
+    assert encode_key("B") not in pipe.processor.live
+    assert pipe.stored("A").open_session is not None
+    assert of_b > 0 and mouse_outputs(pipe, "B") == of_b  # the first try's, no more
