@@ -965,7 +965,7 @@ class FaustProcessor:
         produced: Counter[tuple[str, str]] = Counter()
         duplicates = 0
         last_offset: dict[Any, int] = {}
-        rig_offsets: dict[str, float] = {}
+        latest: dict[str, tuple[datetime, float]] = {}  # each rig's last accepted event
         ages: list[float] = []
         now = time.time()
         for event, result in zip(events, results, strict=True):
@@ -984,15 +984,13 @@ class FaustProcessor:
             if message.timestamp is not None:
                 ages.append(now - message.timestamp)
             last_offset[message.tp] = message.offset
-            broker_time = _broker_time(message.timestamp)
             if (
                 result.outcome == "accepted"
                 and result.event is not None
                 and result.event.rig_id
-                and broker_time is not None
+                and message.timestamp is not None
             ):
-                skew = (result.event.occurred_at - broker_time).total_seconds()
-                rig_offsets[result.event.rig_id] = skew
+                latest[result.event.rig_id] = (result.event.occurred_at, message.timestamp)
         for (topic, event_type), n in consumed.items():
             metrics.count_consumed(topic, event_type, n)
         for (topic, event_type), n in produced.items():
@@ -1005,7 +1003,8 @@ class FaustProcessor:
             highwater = self.app.consumer.highwater(tp)
             if highwater is not None:
                 metrics.set_lag(tp.topic, tp.partition, highwater - offset - 1)
-        for rig, skew in rig_offsets.items():
+        for rig, (occurred_at, timestamp) in latest.items():
+            skew = (occurred_at - cast(datetime, _broker_time(timestamp))).total_seconds()
             metrics.set_event_offset(rig, skew)
 
     # -- the state -------------------------------------------------------------------------------
