@@ -263,15 +263,17 @@ def readings(results: Results) -> list[str]:
 
 UNDER_LOAD = (
     "Under load a SessionEnded waits for the batch in flight, then for its own. A batch awaits "
-    "its outputs from the broker; its state records (one per mouse it touched, about 40 of "
-    "the 100 loading mice a batch) then travel while the next batch is collected and "
-    "processed, and the next batch sends nothing before they are acknowledged "
-    '(services/processor/app.py, "Delivery"). Before that overlap, timers in the processor '
-    "(one loaded run, not committed) gave batches with outputs of 30-60 messages taking 6-10 "
-    "ms of CPU, 5-15 ms for the outputs' round trip and 10-15 ms for the state records', "
-    "awaited one after the other, and the loaded p99 was 57 ms (report of b6b7bf7). What "
-    "would take the tail further down: sending a batch's outputs and state records in one "
-    "Kafka transaction (one round trip instead of two)."
+    "its outputs from the broker; its state records (one per mouse it touched) then travel "
+    "while the next batch is collected and processed, and the next batch sends nothing before "
+    'they are acknowledged (services/processor/app.py, "Delivery"). Before that overlap, '
+    "the loaded p99 was 57 ms (report of b6b7bf7). Timers in the processor after it (one loaded "
+    "run, not committed): a batch under load collected for 10-25 ms, held 20-60 messages of "
+    "as many mice, took 3-8 ms of CPU, 5-15 ms for its outputs' round trip, then 3-14 ms to "
+    "encode and send its state records, one per mouse touched; a SessionEnded that just "
+    "missed a batch waits for all of that, then its own. What would take the tail further "
+    "down: writing the state of a mouse that only gained trials less often than every batch "
+    "(its inputs acknowledged when the record lands), or sending a batch's outputs and state "
+    "records in one Kafka transaction (one round trip instead of two)."
 )
 
 
