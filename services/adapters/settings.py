@@ -121,6 +121,9 @@ class Settings(BaseSettings):
             a rig that was offline drains its outbox late, so this is wide.
         command_max_age_s: how long (seconds, > 0) after the broker took an operator's command
             the processor may still act on it [SHAPING_COMMAND_MAX_AGE_S].
+        processor_defer_s: how long (seconds, 0-60) the processor may keep a mouse that only
+            gained trials in memory before it writes its state [SHAPING_PROCESSOR_DEFER_S]; 0:
+            written after every batch (services/processor/app.py, "Deferred writes").
         welfare_policy: the lab's welfare policy file (YAML; docs/husbandry.md)
             [SHAPING_WELFARE_POLICY]; None: the built-in default policy. It is read and checked
             by :func:`shaping.services.bootstrap.welfare_policy`.
@@ -140,6 +143,7 @@ class Settings(BaseSettings):
     clock_max_ahead_s: float = Field(default=900.0, gt=0, allow_inf_nan=False)
     clock_max_behind_days: float = Field(default=366.0, gt=0, allow_inf_nan=False)
     command_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    processor_defer_s: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
     welfare_policy: str | None = None
 
     _kafka: KafkaConnection = PrivateAttr()

@@ -4,8 +4,10 @@ batches.
 One agent consumes the ``events`` and ``commands`` topics, a batch of messages at a time
 (:func:`batches`: :data:`BATCH_MAX` at most, collected for at most :data:`BATCH_WITHIN_S`, and
 closed early once no message came for :data:`BATCH_IDLE_S`, so a message on a quiet stream is
-not held back). Each mouse's decoded :class:`MouseState` stays live in
-memory for the partitions this worker owns (see "State in memory" below). For every message of
+not held back, or once it holds a message other than a trial, :func:`decides`, so a
+SessionEnded does not wait out the collection time of a busy stream). Each mouse's decoded
+:class:`MouseState` stays live in memory for the partitions this worker owns (see "State in
+memory" below). For every message of
 a batch, in order, the agent calls :meth:`ProcessorStep.process` on the mouse's state as the
 batch has left it so far (decoding, the training core and the encoding of what follows all
 happen there; the step is a function of values: it takes the state and returns the new one).
@@ -68,6 +70,25 @@ crash in step 4 (between acknowledging and faust's commit) is the same case as s
 every state stored. An input is never lost, and the state never runs ahead of the outputs it
 caused (which would lose e.g. the first assignment of an enrolment).
 
+Deferred writes: a mouse whose state changed in a batch only in its open sessions (it gained
+trials) is not written in step 3. Its newer state waits in memory (:attr:`FaustProcessor.
+deferred`; the next batch builds on it) together with the inputs folded into it, which are not
+acknowledged. It is written, and those inputs acknowledged with the batch that writes it (step
+4), by the first batch that changes more of it (a session end: its whole state, which holds the
+trials), by the first batch once it has waited ``defer_s`` (``SHAPING_PROCESSOR_DEFER_S``,
+default 1 s; whoever that batch is of), or by
+the empty batch an idle stream gets every :data:`FLUSH_IDLE_S` (:func:`batches`' ``tick``; it
+also writes everything during a rebalance or a shutdown, which wait for every input read to be
+acknowledged). The argument above holds unchanged, because an input is still acknowledged only
+once its mouse's record is on the broker: a crash loses the deferred states and none of their
+inputs (uncommitted, they come again and are folded on the stored state, like step 3's old
+states). Faust commits a partition only up to its first unacknowledged offset, so a deferred
+mouse holds back its partition's commit (about ``defer_s`` at most) and a restart reads a little
+more again. Why: under load a batch touches dozens of mice, a trial or two each, and writing
+each one's open-sessions record after every batch was most of the batch cycle that a
+SessionEnded arriving meanwhile waits for (bench/REPORT.md, (c)); deferred, a mouse is written
+about once a second however many batches it is in.
+
 Why step 3 does not wait: a batch's state records take a round trip to the broker (10-15 ms
 under load), and the next batch's collection and processing take as long again; waiting for one
 before starting the other made a SessionEnded that arrived meanwhile wait for both. With the
@@ -76,15 +97,17 @@ p99 under load did not fall (bench/REPORT.md, (c), says what it is made of).
 
 Failures: when anything in a batch fails (a damaged stored state, a producer that refuses a record,
 a bug), nothing of it counts: the in-memory state is not updated and no input is acknowledged. The
-agent then processes the batch's messages one at a time, each as a batch of one, in order: a message
+deferred mice go back to their stored states, and their waiting inputs join the batch's. The
+agent then processes these messages one at a time, each as a batch of one written at once, the
+deferred mice's first (a mouse's in the order read), then the batch's in order: a message
 that still fails is retried :data:`ATTEMPTS` times with a pause and then parked on the dead-letter
 topic as ``failed`` (counted in ``shaping_processing_retries_total``), and the messages after it (of
 its mouse and of others) are processed after it, in order. When the broker refuses a batch's state
-record (found when the next batch is about to send, step 2, or never if none comes: its inputs stay
-unacknowledged and come again after a restart), nothing of that batch counts either: its mice get
-back in memory the states they had before it, its messages are processed again one at a time as
-above (those of a partition revoked meanwhile are left to its new owner, unacknowledged), and then
-the next batch's messages, on the states that left. No message loops the worker, none is lost, and a
+record (found when the next batch, or the next empty batch of an idle stream, is about to send,
+step 2), nothing of that batch counts either: its mice get back in memory the states they had
+before it, and its messages, with the deferred mice's, are processed again one at a time as above
+(those of a partition revoked meanwhile are left to its new owner, unacknowledged), and then the
+next batch's messages, on the states that left. No message loops the worker, none is lost, and a
 mouse's messages are never reordered. Only when the broker takes not even that small dead letter
 does the worker crash (``CrashingSupervisor``) and, restarted, resume from the last committed
 offset. Bad input itself never fails: :class:`ProcessorStep` turns it into one EventRejected on the
@@ -94,12 +117,12 @@ State in memory: the processor keeps, for each mouse of the partitions it owns, 
 stored (the decoded :class:`MouseState` and the state record it was built on). A mouse's entry
 is loaded from the changelog-backed tables the first time one of its messages arrives after an
 assignment (faust has rebuilt the tables from their changelogs by then: the streams resume only
-after recovery), and replaced after every batch that changed it, once its record is on the
-broker. On a revocation the entries of the revoked partitions are dropped (faust calls that
-after the batch in flight is acknowledged), and after every table recovery the whole cache is
-dropped, so an entry never outlives the table contents it was read from. So no message parses
-the stored JSON again: a state is decoded once per mouse per assignment and encoded once per
-mouse per batch.
+after recovery), and replaced after every batch that wrote it (a deferred mouse's newer state
+waits beside it: "Deferred writes"). On a revocation the entries of the revoked partitions are
+dropped, deferred ones too (faust calls that after every input read was acknowledged), and
+after every table recovery the whole cache is dropped, so an entry never outlives the table
+contents it was read from. So no message parses the stored JSON again: a state is decoded once
+per mouse per assignment and encoded at most once per mouse per batch.
 
 State records: a mouse's state is stored as two records, so that a batch that adds trials does
 not rewrite the whole state (50-60 KB for an IBL mouse, whose history keeps per-trial
@@ -193,7 +216,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP, AppT, EventT, StreamT, TableT, TopicT
 from mode import CrashingSupervisor, Service
 
-from shaping.schemas.codec import EventCodec
+from shaping.schemas.codec import HEADER_LEN, MAGIC, EventCodec, load_schema_versions
 from shaping.schemas.events import (
     CurriculumPublished,
     Event,
@@ -207,6 +230,7 @@ from shaping.services.adapters.curricula_topic import CurriculaFollower, Followi
 from shaping.services.adapters.metrics import ServiceMetrics, attach_faust_sensors
 from shaping.services.adapters.settings import Settings
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
+from shaping.services.domain.state import only_sessions_changed
 from shaping.services.domain.welfare import WelfarePolicy
 from shaping.services.processor.state_store import (
     CHANGELOG_REPLICATION_FACTOR,
@@ -252,6 +276,14 @@ BATCH_WITHIN_S = 0.02
 BATCH_IDLE_S = 0.001
 """A batch ends early when no message came for this long: on an idle stream a message waits
 no longer than this before it is processed."""
+
+
+DUE_SHARE = 8
+"""A batch writes at most this share of the deferred mice (plus one), of those that have waited
+long enough, oldest first (see "Deferred writes" in the module docstring)."""
+
+FLUSH_IDLE_S = 0.25
+"""A stream idle this long gets an empty batch, on which every deferred mouse is written."""
 
 STALLED_AFTER_S = 10.0
 """A changelog partition with records left that gave none for this long during table recovery
@@ -380,8 +412,35 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def _trial_fingerprints() -> frozenset[bytes]:
+    """The single-object headers (marker and fingerprint) of every TrialCompleted schema."""
+    return frozenset(
+        MAGIC + version.fingerprint
+        for version in load_schema_versions()
+        if version.event_type == TrialCompleted.__name__
+    )
+
+
+_TRIALS = _trial_fingerprints()
+
+
+def decides(event: EventT) -> bool:
+    """Whether a message may lead to a decision or an assignment at once: anything but a trial
+    (told by its first bytes, the schema fingerprint, without decoding it). A batch holding
+    one closes at once (:func:`batches`' ``closes``): a SessionEnded does not wait for the
+    rest of a batch's collection time. Bytes that only pretend to be something cost at most
+    a smaller batch; what a message is, is decided by decoding it."""
+    value = event.value
+    return not isinstance(value, bytes) or value[:HEADER_LEN] not in _TRIALS
+
+
 async def batches(
-    stream: StreamT[Any], max_: int, within: float, idle: float
+    stream: StreamT[Any],
+    max_: int,
+    within: float,
+    idle: float,
+    tick: float | None = None,
+    closes: Callable[[EventT], bool] | None = None,
 ) -> AsyncIterator[list[EventT]]:
     """The stream's events in batches, in the order read, none of them acknowledged.
 
@@ -396,6 +455,14 @@ async def batches(
     once. While a batch fills it looks again every ``idle`` seconds, not at every event: an
     asyncio queue woke it, with a timeout, once per message, which cost more than a tenth of
     the processor's time.
+
+    With ``tick``, a stream that gave no event for ``tick`` seconds yields an empty batch (and
+    another every ``tick`` seconds while it stays idle): the processor writes what it deferred
+    then (see "Deferred writes" in the module docstring), also during a rebalance or a
+    shutdown, which wait for every input read to be acknowledged.
+
+    With ``closes``, a batch also ends as soon as it holds an event for which ``closes`` is
+    true (:func:`decides`: one whose answer a rig is waiting for).
 
     Raises:
         Exception: whatever reading the stream raised, once every event read before it was
@@ -428,17 +495,28 @@ async def batches(
         while True:
             if not ahead and not failed:
                 arrived.clear()
-                await arrived.wait()
+                if tick is None:
+                    await arrived.wait()
+                else:
+                    try:
+                        await asyncio.wait_for(arrived.wait(), tick)
+                    except TimeoutError:
+                        yield []
+                        continue
             batch: list[EventT] = []
             deadline = loop.time() + within
+            urgent = False
             while True:
                 while ahead and len(batch) < max_:
-                    batch.append(ahead.popleft())
+                    event = ahead.popleft()
+                    batch.append(event)
+                    if closes is not None and not urgent and closes(event):
+                        urgent = True
                 if len(ahead) < max_:
                     room.set()
                 if failed and not ahead:
                     raise failed[0]
-                if len(batch) >= max_:
+                if len(batch) >= max_ or urgent:
                     break
                 left = deadline - loop.time()
                 if left <= 0:
@@ -521,6 +599,24 @@ class _InFlight:
     finished: bool = False
 
 
+@dataclass
+class _Deferred:
+    """A mouse whose state changed only in its open sessions (trials) since it was last written:
+    its state now, its partition, the inputs folded into it since (acknowledged once it is
+    written), and when it was first deferred (:attr:`FaustProcessor.clock`)."""
+
+    state: MouseState
+    partition: int
+    events: list[EventT]
+    since: float
+
+
+def _read_order(event: EventT) -> tuple[str, int, int]:
+    """Where a message was read: a partition's messages sort in the order they were read."""
+    message = event.message
+    return message.topic, message.partition, message.offset
+
+
 class _Redone(Exception):
     """The batch before had its state records refused, and was done again."""
 
@@ -547,9 +643,15 @@ class FaustProcessor:
             take every object then alive out of the cycle collector's passes
             (:func:`settle_heap`). For the processor's own process only: it changes the whole
             process's collector. False: the collector is left alone (tests, embedded uses).
+        defer_s: keep a mouse that only gained trials in memory, unwritten, for up to this many
+            seconds (see "Deferred writes" in the module docstring); 0: every touched mouse is
+            written after every batch. Needs ``sessions``.
 
     Attributes:
-        live: the stored state of every mouse loaded since the last assignment, by key.
+        live: the stored state of every mouse loaded since the last assignment, by key (as the
+            tables hold it, or will once the records in flight land).
+        deferred: the mice whose newer state waits to be written, by key.
+        clock: the monotonic clock :attr:`deferred` is timed with.
         owned: the partitions this worker owns, as faust last said (None: not told; all).
         after_publish: called with the batch's results once its outputs are acknowledged and
             before its state is written (the crash tests kill the worker there); None: nothing.
@@ -569,6 +671,7 @@ class FaustProcessor:
         catch_up: Callable[[], None] | None = None,
         commands: str | None = None,
         settle_heap: bool = False,
+        defer_s: float = 0.0,
     ) -> None:
         self.app = app
         self.step = step
@@ -585,6 +688,10 @@ class FaustProcessor:
         self.owned: set[int] | None = None
         self.settle_heap = settle_heap
         self._heap_to_settle = settle_heap
+        self.defer_s = defer_s if sessions is not None else 0.0
+        self.deferred: dict[bytes, _Deferred] = {}
+        self.clock: Callable[[], float] = time.monotonic
+        self._deferring = True  # off while messages go again one at a time
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -605,7 +712,10 @@ class FaustProcessor:
         if self._heap_to_settle:
             self._heap_to_settle = False
             settle_heap()
-        if len(events) == 1:
+        if not events:
+            await self.flush()
+            return []
+        if len(events) == 1 and not self.deferred:
             return [await self.handle(events[0])]
         try:
             return await self._run(events)
@@ -623,7 +733,47 @@ class FaustProcessor:
                 type(exc).__name__,
                 exc,
             )
-            return [await self.handle(event) for event in events]
+            return await self._again(events)
+
+    async def flush(self) -> None:
+        """Writes every deferred mouse (the stream is idle). When that fails, the deferred
+        mice go back to their stored states and their inputs are processed again, one at a
+        time, each written at once (:meth:`_again`)."""
+        if not self.deferred and self._in_flight is None:
+            return
+        try:
+            await self._run([])
+        except StateFormatError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "writing %d deferred mouse state(s) failed (%s: %s); processing their inputs "
+                "again one at a time",
+                len(self.deferred),
+                type(exc).__name__,
+                exc,
+            )
+            await self._again([])
+
+    async def _again(self, events: Sequence[EventT]) -> list[StepResult]:
+        """Processes ``events`` one at a time (:meth:`handle`), each written at once, and before
+        them, in the order read, the inputs of the deferred mice, whose states go back to the
+        stored ones: nothing that is not on the broker counts. Returns the results of
+        ``events``."""
+        waiting = [event for entry in self.deferred.values() for event in entry.events]
+        self.deferred = {}
+        results: dict[int, StepResult] = {}
+        mine = {id(event) for event in events}
+        self._deferring = False
+        try:
+            for event in [*sorted(waiting, key=_read_order), *events]:
+                if id(event) in results:
+                    continue  # waiting and in ``events`` both (a batch that failed late)
+                if id(event) in mine or self.owned is None or event.message.partition in self.owned:
+                    results[id(event)] = await self.handle(event)
+        finally:
+            self._deferring = True
+        return [results[id(event)] for event in events]
 
     async def handle(self, event: EventT) -> StepResult:
         """Processes one message as a batch of its own; returns what the step decided.
@@ -700,7 +850,7 @@ class FaustProcessor:
         results = [result for result in batch.results if result is not None]
         assert len(results) == len(events)  # every message has its result
         await self._send(events, results, batch.states)
-        if self.metrics is not None:
+        if self.metrics is not None and events:
             # Each message's own processing, plus its share of the batch's round trips.
             shared = (time.perf_counter() - started - sum(batch.seconds)) / len(events)
             self._measure(events, results, [seconds + shared for seconds in batch.seconds])
@@ -725,10 +875,12 @@ class FaustProcessor:
         await self.publish(results)
         if self.after_publish is not None:
             self.after_publish(list(results))
-        before = {key: self.live.get(key) for key in states}
-        stored, records, deliveries = await self.store(states)
+        write, deferred, released = self._plan(events, states)
+        before = {key: self.live.get(key) for key in write}
+        stored, records, deliveries = await self.store(write)
         self.live.update(stored)
-        flight = _InFlight(events, before, records)
+        self.deferred = deferred
+        flight = _InFlight(released, before, records)
         self._in_flight = flight
         if not deliveries:
             await self._land(flight)
@@ -742,6 +894,57 @@ class FaustProcessor:
             flight.landing = asyncio.ensure_future(self._land(flight))
 
         landed.add_done_callback(on_landed)
+
+    def _plan(
+        self, events: Sequence[EventT], states: dict[bytes, tuple[MouseState, int]]
+    ) -> tuple[dict[bytes, tuple[MouseState, int]], dict[bytes, _Deferred], list[EventT]]:
+        """What a batch writes now (see "Deferred writes" in the module docstring): the states
+        to write, the deferred mice after it, and the inputs to acknowledge once its records
+        land (those of the deferred mice written now, which came in earlier batches, first; a
+        mouse's inputs in the order read). Changes nothing: the caller keeps the plan once the
+        records are sent. An empty batch (an idle stream) writes every deferred mouse."""
+        now = self.clock()
+        deferred = dict(self.deferred)
+        write: dict[bytes, tuple[MouseState, int]] = {}
+        held: set[bytes] = set()
+        for key, (state, partition) in states.items():
+            stored = self.live.get(key)
+            if (
+                self.defer_s > 0
+                and self._deferring
+                and stored is not None
+                and only_sessions_changed(stored.state, state)
+            ):
+                before = deferred.get(key)
+                waiting = [] if before is None else list(before.events)
+                since = now if before is None else before.since
+                deferred[key] = _Deferred(state, partition, waiting, since)
+                held.add(key)
+            else:
+                write[key] = (state, partition)
+        own: list[EventT] = []
+        for event in events:
+            mouse: bytes | None = event.key
+            if mouse in held and event.message.topic != self.commands:
+                deferred[mouse].events.append(event)
+            else:
+                own.append(event)
+        # Mice deferred together come due together; a batch takes the oldest share of them, so
+        # their writes spread over the next batches instead of stalling one.
+        due = sorted(
+            (entry.since, key)
+            for key, entry in deferred.items()
+            if key not in write and now - entry.since >= self.defer_s
+        )
+        taken = {key for _, key in due[: len(deferred) // DUE_SHARE + 1]}
+        earlier: list[EventT] = []
+        for key, entry in list(deferred.items()):
+            if key in write or not events or key in taken:
+                if key not in write:
+                    write[key] = (entry.state, entry.partition)
+                earlier.extend(entry.events)
+                del deferred[key]
+        return write, deferred, [*sorted(earlier, key=_read_order), *own]
 
     async def settle(self) -> None:
         """Waits until the batch in flight, if any, has its state records on the broker and
@@ -800,11 +1003,14 @@ class FaustProcessor:
                 del self.live[key]
             else:
                 self.live[key] = before
-        for event in flight.events:
-            if self.owned is None or event.message.partition in self.owned:
-                await self.handle(event)
-            # else: its partition was revoked meanwhile; the new owner reads it again from the
-            # last commit (it was never acknowledged).
+        # The messages of a partition revoked meanwhile are left to the new owner, which reads
+        # them again from the last commit (they were never acknowledged).
+        owned = [
+            event
+            for event in flight.events
+            if self.owned is None or event.message.partition in self.owned
+        ]
+        await self._again(owned)
 
     async def _process(self, place: int, event: EventT, batch: _Batch) -> None:
         """Runs the step on one message against the state the batch has left so far.
@@ -887,8 +1093,12 @@ class FaustProcessor:
 
     def _current(self, key: bytes | None, event: EventT, batch: _Batch) -> MouseState | None:
         """The state the message's mouse has reached in the batch so far."""
-        if key is not None and key in batch.states:
-            return batch.states[key][0]
+        if key is not None:
+            if key in batch.states:
+                return batch.states[key][0]
+            waiting = self.deferred.get(key)
+            if waiting is not None:
+                return waiting.state
         return self._stored_state(key, event)
 
     def _catalog_missed(self) -> set[tuple[str, str]]:
@@ -1079,14 +1289,18 @@ class FaustProcessor:
         return [delivered]
 
     def forget(self, partitions: set[int] | None = None) -> int:
-        """Drops the states in memory of these partitions (None: all); returns how many."""
+        """Drops the states in memory of these partitions (None: all), deferred ones too (their
+        inputs stay unacknowledged: whoever owns the partition next reads them again); returns
+        how many mice were dropped."""
         if partitions is None:
             dropped = len(self.live)
             self.live.clear()
+            self.deferred.clear()
             return dropped
         keys = [k for k, stored in self.live.items() if stored.partition in partitions]
         for key in keys:
             del self.live[key]
+            self.deferred.pop(key, None)
         return len(keys)
 
     async def on_partitions_revoked(self, sender: Any, revoked: set[Any], **_: Any) -> None:
@@ -1250,6 +1464,7 @@ def build_app(
         catch_up,
         commands=topics.commands,
         settle_heap=settle_heap,
+        defer_s=settings.processor_defer_s,
     )
 
     # The state in memory follows the assignment (see "State in memory").
@@ -1271,7 +1486,9 @@ def build_app(
         # broker. (noack is on faust's Stream, not on its StreamT interface.)
         manual = cast("faust.Stream[Any]", stream).noack()
         processor.acknowledge = manual.ack
-        async for events in batches(manual, BATCH_MAX, BATCH_WITHIN_S, BATCH_IDLE_S):
+        async for events in batches(
+            manual, BATCH_MAX, BATCH_WITHIN_S, BATCH_IDLE_S, tick=FLUSH_IDLE_S, closes=decides
+        ):
             await processor.handle_batch(events)
 
     return app

@@ -180,3 +180,46 @@ def test_batches_with_runs_of_trials_give_what_one_message_at_a_time_gives(
     assert [outcome for outcome, _ in got] == [outcome for outcome, _ in expected]
     assert got == expected
     assert [value for _, value in rig.sent] == [v for _, values in expected for v in values]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lab_log(), st.data())
+def test_deferred_writes_give_the_same_outcomes_and_store_a_state_the_log_reached(
+    case: tuple[list[FakeEvent], list[int]], data: st.DataObject
+) -> None:
+    """The same with writes deferred (``FaustProcessor(defer_s=...)``), the clock moving by a
+    random step per batch and an idle stream's empty batch now and then: every outcome and
+    output the same; after every batch each mouse's state in memory is the one-by-one state,
+    and the stored one is a state it had after some earlier batch; after an empty batch the
+    stored states are the one-by-one states."""
+    log, cuts = case
+    expected, states = one_at_a_time(log, cuts)
+
+    rig = make_rig()
+    processor = rig.processor
+    processor.defer_s = 1.0
+    now = [0.0]
+    processor.clock = lambda: now[0]
+    got: Outcomes = []
+    reached: dict[bytes, list[MouseState]] = {}
+    for start, end, after in zip([0, *cuts], [*cuts, len(log)], states, strict=True):
+        results = asyncio.run(processor.handle_batch(log[start:end]))  # type: ignore[arg-type]
+        got.extend((r.outcome, [out.value for out in r.outputs]) for r in results)
+        now[0] += data.draw(st.sampled_from([0.0, 0.3, 1.0]))
+        for key, state in after.items():
+            reached.setdefault(key, []).append(state)
+            waiting = processor.deferred.get(key)
+            in_memory = waiting.state if waiting is not None else processor.live[key].state
+            assert in_memory == state
+            assert rig.stored(key.decode()) in reached[key]
+        if data.draw(st.booleans()):
+            asyncio.run(processor.handle_batch([]))
+            assert not processor.deferred
+            for key, state in after.items():
+                assert rig.stored(key.decode()) == state
+
+    assert got == expected
+    assert [value for _, value in rig.sent] == [v for _, values in expected for v in values]
+    asyncio.run(processor.handle_batch([]))
+    for key, state in states[-1].items():
+        assert rig.stored(key.decode()) == state

@@ -93,3 +93,63 @@ def test_a_failure_comes_after_the_events_read_before_it() -> None:
         return got
 
     assert run(until_failure()) == [[1, 2]]
+
+
+def test_an_idle_stream_gives_an_empty_batch_every_tick_when_asked_to() -> None:
+    """The processor writes its deferred mice on an empty batch (test_processor_deferral.py):
+    with ``tick``, a stream idle that long yields one; without it, none ever comes."""
+
+    async def collect(tick: float | None) -> list[list[Any]]:
+        got: list[list[Any]] = []
+        source = batches(Stream(1, 0.35, 2), 10, 0.5, 0.02, tick=tick)  # type: ignore[arg-type]
+        try:
+            async for batch in source:
+                got.append(batch)
+                if batch == [2]:
+                    break
+        finally:
+            await source.aclose()
+        return got
+
+    ticked = run(collect(0.1))
+    assert ticked[0] == [1] and ticked[-1] == [2]
+    assert 2 <= len(ticked) - 2 <= 4 and all(batch == [] for batch in ticked[1:-1])
+    assert run(collect(None)) == [[1], [2]]
+
+
+def test_a_batch_closes_as_soon_as_it_holds_a_message_a_rig_waits_for() -> None:
+    """With ``closes``, the rest of the collection time is not waited for once such a message
+    is in the batch; what was read by then still joins it."""
+
+    async def collect(closes: Any) -> list[list[Any]]:
+        got: list[list[Any]] = []
+        source = batches(Stream(1, 2, "end", 0.05, 3), 10, 5.0, 0.3, closes=closes)  # type: ignore[arg-type]
+        try:
+            async for batch in source:
+                got.append(batch)
+                if 3 in batch:
+                    break
+        finally:
+            await source.aclose()
+        return got
+
+    assert run(collect(lambda event: event == "end")) == [[1, 2, "end"], [3]]
+    assert run(collect(None)) == [[1, 2, "end", 3]]
+
+
+def test_only_a_trial_by_its_schema_fingerprint_lets_a_batch_keep_collecting() -> None:
+    from shaping.schemas.codec import default_codec
+    from shaping.services.processor.app import decides
+    from tests.support.story import enrolled, session
+
+    codec = default_codec()
+    started, trial, *_, ended = session("M1", "s-1", ["correct"])
+
+    def message(value: Any) -> Any:
+        return type("Event", (), {"value": value})()
+
+    assert not decides(message(codec.encode(trial)))
+    for event in (started, ended, enrolled("M1")):
+        assert decides(message(codec.encode(event)))
+    for junk in (b"", b"\xc3\x01", b"\x00" * 64, None, codec.encode(trial)[:9]):
+        assert decides(message(junk))

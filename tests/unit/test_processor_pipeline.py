@@ -103,7 +103,7 @@ class Pipeline:
         return join_sessions(self.table.data[key], self.sessions.data.get(key))
 
 
-def make_pipeline() -> Pipeline:
+def make_pipeline(defer_s: float = 0.0) -> Pipeline:
     wire: list[tuple[str, bytes]] = []
     acked: list[FakeEvent] = []
     producer = Producer(wire)
@@ -115,6 +115,7 @@ def make_pipeline() -> Pipeline:
         table=table,  # type: ignore[arg-type]
         outputs={kind: FakeTopic(kind, wire) for kind in get_args(TopicKind)},  # type: ignore[misc]
         sessions=sessions,  # type: ignore[arg-type]
+        defer_s=defer_s,
     )
 
     async def acknowledge(event: Any) -> None:
