@@ -20,6 +20,7 @@ settings and a consumer already polling:
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import time
 from collections.abc import Sequence
@@ -55,8 +56,14 @@ STATS = (("median", 50.0), ("p90", 90.0), ("p99", 99.0), ("max", 100.0))
 LOAD_RATE = 1000
 """Trial events/s other mice send meanwhile in the loaded runs: about half of what the
 processor replays in (b), far more than any lab's rigs (100 rigs send about 10 a second)."""
-LOAD_SECONDS = 90
-"""How long the load lasts at most (its trials are built before the clocks start)."""
+LOAD_SECONDS = 360
+"""How long the load lasts at most (its trials are built before the clocks start): rounds of
+sessions of 900 trials. A loaded run takes 35-40 s, but on 2026-12-07 about one in three took
+about 200 s: the rig then waited about 1.5 s for every assignment while the load ran (and
+14 ms once it stopped), with the processor mostly idle (bench/REPORT.md, (c))."""
+
+LOAD_ROUNDS = 4
+"""Sessions per load mouse, one round after the other (each round's sessions interleaved)."""
 
 
 def _publish_load(bootstrap: str, topic: str, load: Encoded, rate: float, stop: StopFlag) -> None:
@@ -285,15 +292,26 @@ def measure(
         acked_runs.append(acked)
         answered_runs.append(answered)
         env.drop_topics()
-    # The load: 100 other mice (as on 100 rigs), one session each, their trials interleaved
-    # as rigs running at once send them; sessions of a usual length (900 trials at most), so
-    # a batch's state writes cost what they cost in a lab; enough for LOAD_SECONDS.
-    load_mice, load_trials = 100, LOAD_RATE * LOAD_SECONDS // 100
-    workload = build_workload(load_mice, 1, load_trials, tag="X")
-    load = encode([*workload.enrolments, *_interleaved(workload.sessions)])
+    # The load: 100 other mice (as on 100 rigs), LOAD_ROUNDS sessions each, one round after
+    # the other, each round's trials interleaved as rigs running at once send them; sessions of
+    # a usual length (900 trials at most), so a batch's state writes cost what they cost in a
+    # lab; enough for LOAD_SECONDS.
+    load_mice = 100
+    load_trials = LOAD_RATE * LOAD_SECONDS // (load_mice * LOAD_ROUNDS)
+    workload = build_workload(load_mice, LOAD_ROUNDS, load_trials, tag="X")
+    rounds = [
+        _interleaved(workload.sessions[start : start + load_mice])
+        for start in range(0, len(workload.sessions), load_mice)
+    ]
+    load = encode([*workload.enrolments, *(event for round_ in rounds for event in round_)])
+    # The rig's process must not carry the load's events (600k objects the collector would
+    # walk: a full collection took 623 ms with them, 45 ms without); only their bytes go on.
+    del workload, rounds
+    gc.collect()
     results.detail(
         f"(c) loaded runs: the same sessions while {load_mice} other mice's sessions of "
-        f"{load_trials:,} trials are sent at {LOAD_RATE:,} messages/s from another process."
+        f"{load_trials:,} trials ({LOAD_ROUNDS} each, one round after the other) are sent at "
+        f"{LOAD_RATE:,} messages/s from another process."
     )
     for repeat in range(repeats):
         print(f"  processor run under load {repeat + 1}/{repeats} ...", flush=True)

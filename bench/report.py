@@ -262,23 +262,24 @@ def readings(results: Results) -> list[str]:
 
 
 UNDER_LOAD = (
-    "Under load a SessionEnded waits for the batch in flight, then for its own. A batch awaits "
-    "its outputs from the broker; its state records (one per mouse it touched) then travel "
-    "while the next batch is collected and processed, and the next batch sends nothing before "
-    'they are acknowledged (services/processor/app.py, "Delivery"). That overlap did not bring '
-    "the loaded tail down: the loaded p99 was 57 ms before it (report of b6b7bf7; 46 ms in the "
-    "full run before that) and 46-82 ms in five runs after it on 2026-12-07, while the unloaded"
-    " p99 went from 58 ms (28 ms the run before) to 24-31 ms. Timers in the processor after it "
-    "(one loaded run, not committed): a batch under load collected for 10-25 ms, held 20-60 "
-    "messages of as many mice, took 3-8 ms of CPU, 5-15 ms for its outputs' round trip, then "
-    "3-14 ms to encode and send its state records, one per mouse touched; a SessionEnded that "
-    "just missed a batch waits for all of that, then its own. What would take the tail further "
-    "down: writing the state of a mouse that only gained trials less often than every batch "
-    "(its inputs acknowledged when the record lands), or sending a batch's outputs and state "
-    "records in one Kafka transaction (one round trip instead of two). One latency run (3 "
-    "repeats) with the trial-only records not written at all, an unsafe hack reverted at "
-    "once, gave a loaded p99 of 36.7 ms (max 51.8 ms) and 26.4 ms unloaded: those records are "
-    "what the loaded tail is made of, so deferring them is the change to build."
+    "Under load a SessionEnded waits for the batch in flight, then for its own. Two changes "
+    "on 2026-12-07 (services/processor/app.py) shortened that: a mouse that only gained "
+    'trials is written about once a second, not after every batch ("Deferred writes"; '
+    "before, each batch under load encoded and sent one open-sessions record per mouse it "
+    "touched, 3-14 ms a batch, and an unsafe hack that skipped them gave a loaded p99 of "
+    "36.7 ms), and a batch closes as soon as it holds anything but a trial, so a SessionEnded "
+    "no longer waits out the 20 ms collection time of a busy stream. In latency runs that day "
+    "(scratch harness, not committed; five runs without the changes, six with both) the loaded "
+    "median went from 32-44 ms to 21-33 ms and the p90 from 57-91 ms to 38-67 ms (38-45 ms in "
+    "four of six); the p99, about the second-slowest of "
+    "200 samples, stayed between 64 and 113 ms, with the slowest samples in the first 10-15 s "
+    "of a run. The machine was slower than the day before (unloaded p99 89-107 ms against "
+    "24-31 ms, with or without the changes). On that day about one loaded run in three took "
+    "about 200 s instead of 35 s (one without the changes ran out of load as well): in the "
+    "ones timed closely, during the load the rig waited "
+    "about 1.5 s for every assignment while the processor was mostly idle, and 14 ms once the "
+    "load stopped; the cause was not found (the rig's kafka-python consumer is the suspect), "
+    "and the load now lasts long enough for such a run to finish and be counted."
 )
 
 
