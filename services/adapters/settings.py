@@ -124,6 +124,10 @@ class Settings(BaseSettings):
         processor_defer_s: how long (seconds, 0-60) the processor may keep a mouse that only
             gained trials in memory before it writes its state [SHAPING_PROCESSOR_DEFER_S]; 0:
             written after every batch (services/processor/app.py, "Deferred writes").
+        processor_fetch_wait_ms: how long (ms, 1-1500) the broker may hold the processor's
+            fetch request open for data [SHAPING_PROCESSOR_FETCH_WAIT_MS]; a message of a
+            partition the request left out waits up to this long (services/processor/
+            fetching.py).
         welfare_policy: the lab's welfare policy file (YAML; docs/husbandry.md)
             [SHAPING_WELFARE_POLICY]; None: the built-in default policy. It is read and checked
             by :func:`shaping.services.bootstrap.welfare_policy`.
@@ -144,6 +148,7 @@ class Settings(BaseSettings):
     clock_max_behind_days: float = Field(default=366.0, gt=0, allow_inf_nan=False)
     command_max_age_s: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
     processor_defer_s: float = Field(default=1.0, ge=0, le=60, allow_inf_nan=False)
+    processor_fetch_wait_ms: int = Field(default=20, ge=1, le=1500)
     welfare_policy: str | None = None
 
     _kafka: KafkaConnection = PrivateAttr()

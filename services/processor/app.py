@@ -232,6 +232,7 @@ from shaping.services.adapters.settings import Settings
 from shaping.services.domain import CurriculumCatalog, MouseState, TrainingCore
 from shaping.services.domain.state import only_sessions_changed
 from shaping.services.domain.welfare import WelfarePolicy
+from shaping.services.processor.fetching import use_fetch_wait
 from shaping.services.processor.state_store import (
     CHANGELOG_REPLICATION_FACTOR,
     SESSIONS_TABLE,
@@ -1415,6 +1416,8 @@ def build_app(
         web_enabled=web_port is not None,
         web_port=web_port if web_port is not None else DEFAULT_WEB_PORT,
     )
+    # Before the first topic: a SessionEnded must not wait out faust's 1.5 s fetch wait.
+    use_fetch_wait(app, settings.processor_fetch_wait_ms)
     if metrics is not None:
         attach_faust_sensors(app, metrics.registry)
     topics = settings.topics

@@ -28,6 +28,7 @@ ENV = {
     "SHAPING_CLOCK_MAX_AHEAD_S": "60",
     "SHAPING_CLOCK_MAX_BEHIND_DAYS": "30.5",
     "SHAPING_PROCESSOR_DEFER_S": "0",
+    "SHAPING_PROCESSOR_FETCH_WAIT_MS": "75",
 }
 
 
@@ -56,6 +57,7 @@ def test_the_defaults_are_a_laptops(clean_env: pytest.MonkeyPatch) -> None:
         "clock_max_behind_days": 366.0,
         "command_max_age_s": 3600.0,
         "processor_defer_s": 1.0,
+        "processor_fetch_wait_ms": 20,
         "welfare_policy": None,
     }
     assert settings.topics.events == "shaping.events"
@@ -77,6 +79,7 @@ def test_every_field_comes_from_its_variable_and_options_go_on_top(
     assert (settings.db_url, settings.data_dir) == ("sqlite:///lab.sqlite", "/var/lib/shaping")
     assert (settings.clock_max_ahead_s, settings.clock_max_behind_days) == (60.0, 30.5)
     assert settings.processor_defer_s == 0.0
+    assert settings.processor_fetch_wait_ms == 75
     given = Settings.load(bootstrap="other:9092", topic_prefix=None, partitions=2)
     assert (given.bootstrap, given.topic_prefix, given.partitions) == ("other:9092", "lab", 2)
 
@@ -127,6 +130,9 @@ def test_settings_are_frozen_and_a_copy_is_validated(clean_env: pytest.MonkeyPat
         ("SHAPING_PROCESSOR_DEFER_S", "-1", r"greater than or equal to 0"),
         ("SHAPING_PROCESSOR_DEFER_S", "3600", r"less than or equal to 60"),
         ("SHAPING_PROCESSOR_DEFER_S", "nan", r"finite"),
+        ("SHAPING_PROCESSOR_FETCH_WAIT_MS", "0", r"greater than or equal to 1"),
+        ("SHAPING_PROCESSOR_FETCH_WAIT_MS", "1501", r"less than or equal to 1500"),
+        ("SHAPING_PROCESSOR_FETCH_WAIT_MS", "0.5", r"valid integer"),
         ("SHAPING_BOOTSTRAP", "broker:port", r"'broker:port' is not host:port"),
         ("SHAPING_KAFKA_SECURITY_PROTOCOL", "TLS", r"'PLAINTEXT', 'SSL'"),
     ],
