@@ -15,7 +15,9 @@ settings and a consumer already polling:
 * one hop: produce, flush, consume;
 * two hops: produce to a topic that a minimal kafka-python relay process (``bench.relay``)
   copies to another, consume there. That is the processor's path (rig -> events -> processor
-  -> assignments -> rig) without decoding, domain work, state table or faust.
+  -> assignments -> rig) without decoding, domain work, state table or faust;
+* the same two hops while a processor on other topics takes the loaded runs' load: what the
+  load costs a path that does no work, on the same two cores.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as StopFlag
+from typing import TypeVar
 
 from kafka import KafkaConsumer, KafkaProducer
 
@@ -48,7 +54,9 @@ from shaping.rig.agent import RunOptions
 from shaping.rig.link.kafka import KafkaRigTransport
 from shaping.rig.sim.mouse import SimulatedMouse
 from shaping.schemas.codec import default_codec
-from shaping.schemas.events import AssignmentIssued, Event, SessionEnded
+from shaping.schemas.events import AssignmentIssued, Event, MouseEnrolled, SessionEnded
+
+T = TypeVar("T")
 
 STARTUP_TIMEOUT_S = 180.0
 ANSWER_TIMEOUT_S = 30.0
@@ -57,13 +65,28 @@ LOAD_RATE = 1000
 """Trial events/s other mice send meanwhile in the loaded runs: about half of what the
 processor replays in (b), far more than any lab's rigs (100 rigs send about 10 a second)."""
 LOAD_SECONDS = 360
-"""How long the load lasts at most (its trials are built before the clocks start): rounds of
-sessions of 900 trials. A loaded run takes 35-40 s, but on 2026-12-07 about one in three took
-about 200 s: the rig then waited about 1.5 s for every assignment while the load ran (and
-14 ms once it stopped), with the processor mostly idle (bench/REPORT.md, (c))."""
+"""How long the load lasts at most (its events are built before the clocks start). A loaded
+run takes 40-50 s; the rest is for a slow one: on 2026-12-07 about one in three took about
+200 s, the rig waiting about 1.5 s for every assignment, until the processor's fetch wait was
+shortened from faust's 1.5 s (services/processor/fetching.py)."""
 
 LOAD_ROUNDS = 4
-"""Sessions per load mouse, one round after the other (each round's sessions interleaved)."""
+"""Sessions per load mouse, back to back (:func:`staggered`)."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Other mice's work during a loaded run.
+
+    Attributes:
+        enrolments: the load's mice, enrolled with the timed mice before the clocks start
+            (a cohort's enrolment is a one-off; the load is its sessions).
+        events: their sessions' events, encoded, sent at :data:`LOAD_RATE` while the clocks
+            run.
+    """
+
+    enrolments: list[MouseEnrolled]
+    events: Encoded
 
 
 def _publish_load(bootstrap: str, topic: str, load: Encoded, rate: float, stop: StopFlag) -> None:
@@ -133,10 +156,20 @@ class TimedRig:
         return None if found is None else session_parameters(found, self.trials_per_session)
 
 
-def _interleaved(sessions: Sequence[Sequence[Event]]) -> list[Event]:
-    """The sessions' events merged one from each in turn (each session's order kept)."""
-    longest = max(map(len, sessions), default=0)
-    return [s[i] for i in range(longest) for s in sessions if i < len(s)]
+def staggered(streams: Sequence[Sequence[T]], spread: int) -> list[T]:
+    """The streams merged one event from each in turn (each stream's order kept), stream ``i``
+    of ``n`` joining ``i * spread // n`` turns after the first: with ``spread`` the length of a
+    session, the rigs' sessions start and end evenly spread in time, as in a lab whose rigs
+    started at different times, not all in the same tenth of a second."""
+    n = len(streams)
+    offsets = [i * spread // n for i in range(n)]
+    turns = max((o + len(s) for o, s in zip(offsets, streams, strict=True)), default=0)
+    return [
+        s[turn - o]
+        for turn in range(turns)
+        for o, s in zip(offsets, streams, strict=True)
+        if 0 <= turn - o < len(s)
+    ]
 
 
 def run_sessions(
@@ -144,11 +177,12 @@ def run_sessions(
     n_mice: int,
     n_sessions: int,
     trials_per_session: int,
-    load: Encoded | None = None,
+    load: Load | None = None,
 ) -> tuple[list[float], list[float]]:
     """One repeat; returns per session (ms until SessionEnded acked, ms until the assignment).
-    With ``load``, other mice's sessions are sent at :data:`LOAD_RATE` messages a second
-    from another process the whole time the sessions are timed."""
+    With ``load``, its mice are enrolled with the timed ones, and their sessions are sent at
+    :data:`LOAD_RATE` messages a second from another process the whole time the sessions are
+    timed."""
     topics = env.fresh_topics()
     processor = env.start_processor(topics)
     rig = KafkaRigTransport(
@@ -159,50 +193,78 @@ def run_sessions(
     ids = list(sims)
     agents = bench_agents(timed, sims, QuietDisplay())
     acked, answered = [], []
-    stop = multiprocessing.get_context("fork").Event()
-    loader = None
     try:
-        rig.publish([enrolment(sim) for sim in sims.values()])
-        for mouse_id in ids:
-            wait_for_assignment(rig, mouse_id, 1, STARTUP_TIMEOUT_S, processor)
-        if load is not None:
-            loader = multiprocessing.get_context("fork").Process(
-                target=_publish_load,
-                args=(env.bootstrap, topics.events, load, LOAD_RATE, stop),
-                daemon=True,
-            )
-            loader.start()
-        done = dict.fromkeys(ids, 0)
-        for index in range(n_mice + n_sessions):  # the first round is the warm-up
-            mouse_id = ids[index % n_mice]
-            options = RunOptions(
-                mouse_id,
-                start=START + timedelta(days=done[mouse_id], minutes=index % n_mice),
-                assignment_timeout_s=ANSWER_TIMEOUT_S,
-                session_number=done[mouse_id] + 1,
-            )
-            report = agents[rig_of(index % n_mice)].run(options)
-            assert report.assignment is not None
-            wait_for_assignment(
-                rig, mouse_id, report.assignment.session_number + 1, ANSWER_TIMEOUT_S, processor
-            )
-            answer = time.perf_counter()
-            done[mouse_id] += 1
-            if index >= n_mice:
-                acked.append((timed.acked_at - timed.ended_at) * 1000)
-                answered.append((answer - timed.ended_at) * 1000)
-        if loader is not None and not loader.is_alive():
-            raise BenchError(
-                f"the load ran out before the sessions ended ({LOAD_SECONDS} s of it at "
-                f"{LOAD_RATE:,} messages/s): raise LOAD_SECONDS"
-            )
+        enrolled = [enrolment(sim) for sim in sims.values()]
+        with _under_load(env, topics.events, processor, rig, enrolled, load) as loader:
+            done = dict.fromkeys(ids, 0)
+            for index in range(n_mice + n_sessions):  # the first round is the warm-up
+                mouse_id = ids[index % n_mice]
+                options = RunOptions(
+                    mouse_id,
+                    start=START + timedelta(days=done[mouse_id], minutes=index % n_mice),
+                    assignment_timeout_s=ANSWER_TIMEOUT_S,
+                    session_number=done[mouse_id] + 1,
+                )
+                report = agents[rig_of(index % n_mice)].run(options)
+                assert report.assignment is not None
+                wait_for_assignment(
+                    rig,
+                    mouse_id,
+                    report.assignment.session_number + 1,
+                    ANSWER_TIMEOUT_S,
+                    processor,
+                )
+                answer = time.perf_counter()
+                done[mouse_id] += 1
+                if index >= n_mice:
+                    acked.append((timed.acked_at - timed.ended_at) * 1000)
+                    answered.append((answer - timed.ended_at) * 1000)
+            _check_load_lasted(loader)
     finally:
-        stop.set()
-        if loader is not None:
-            loader.join(30)
         rig.close()
         env.stop_service(processor)
     return acked, answered
+
+
+@contextmanager
+def _under_load(
+    env: KafkaEnv,
+    events_topic: str,
+    processor: Service,
+    rig: KafkaRigTransport,
+    enrolled: list[MouseEnrolled],
+    load: Load | None,
+) -> Iterator[BaseProcess | None]:
+    """Enrols ``enrolled`` and the load's mice and waits for their first assignments; then,
+    with ``load``, sends its sessions from another process while the block runs (yields that
+    process, or None without load)."""
+    mice = [*enrolled, *(load.enrolments if load is not None else [])]
+    rig.publish(mice)
+    for event in mice:
+        wait_for_assignment(rig, event.mouse_id, 1, STARTUP_TIMEOUT_S, processor)
+    if load is None:
+        yield None
+        return
+    stop = multiprocessing.get_context("fork").Event()
+    loader = multiprocessing.get_context("fork").Process(
+        target=_publish_load,
+        args=(env.bootstrap, events_topic, load.events, LOAD_RATE, stop),
+        daemon=True,
+    )
+    loader.start()
+    try:
+        yield loader
+    finally:
+        stop.set()
+        loader.join(30)
+
+
+def _check_load_lasted(loader: BaseProcess | None) -> None:
+    if loader is not None and not loader.is_alive():
+        raise BenchError(
+            f"the load ran out before the clocks stopped ({LOAD_SECONDS} s of it at "
+            f"{LOAD_RATE:,} messages/s): raise LOAD_SECONDS"
+        )
 
 
 def _round_trips(
@@ -231,10 +293,16 @@ def _round_trips(
     return samples
 
 
-def raw_round_trips(env: KafkaEnv, n: int, value: bytes, relayed: bool) -> list[float]:
-    """``n`` produce -> consume round trips (through the relay process if ``relayed``)."""
+def raw_round_trips(
+    env: KafkaEnv, n: int, value: bytes, relayed: bool, load: Load | None = None
+) -> list[float]:
+    """``n`` produce -> consume round trips (through the relay process if ``relayed``). With
+    ``load``, a processor on fresh topics processes it meanwhile, as in the loaded runs of
+    :func:`run_sessions`: the same load on the same two cores, none of it on the path timed."""
     source = env.raw_topic()
     target = env.raw_topic() if relayed else source
+    topics = env.fresh_topics() if load is not None else None
+    processor = env.start_processor(topics) if topics is not None else None
     relay = (
         env.start_service("relay", ["-m", "bench.relay", env.bootstrap, source, target])
         if relayed
@@ -247,12 +315,27 @@ def raw_round_trips(env: KafkaEnv, n: int, value: bytes, relayed: bool) -> list[
         # Warm-up (also waits for the relay process to start).
         _round_trips(producer, consumer, source, key, value, 1, STARTUP_TIMEOUT_S, relay)
         _round_trips(producer, consumer, source, key, value, 10, ANSWER_TIMEOUT_S, relay)
-        return _round_trips(producer, consumer, source, key, value, n, ANSWER_TIMEOUT_S, relay)
+        if topics is None or processor is None:
+            return _round_trips(producer, consumer, source, key, value, n, ANSWER_TIMEOUT_S, relay)
+        rig = KafkaRigTransport(
+            env.bootstrap, topics.events, topics.assignments, "bench-rig", codec=default_codec()
+        )
+        try:
+            with _under_load(env, topics.events, processor, rig, [], load) as loader:
+                samples = _round_trips(
+                    producer, consumer, source, key, value, n, ANSWER_TIMEOUT_S, relay
+                )
+                _check_load_lasted(loader)
+                return samples
+        finally:
+            rig.close()
     finally:
         consumer.close()
         producer.close()
         if relay is not None:
             env.stop_service(relay)
+        if processor is not None:
+            env.stop_service(processor)
 
 
 def _figures(
@@ -292,26 +375,30 @@ def measure(
         acked_runs.append(acked)
         answered_runs.append(answered)
         env.drop_topics()
-    # The load: 100 other mice (as on 100 rigs), LOAD_ROUNDS sessions each, one round after
-    # the other, each round's trials interleaved as rigs running at once send them; sessions of
-    # a usual length (900 trials at most), so a batch's state writes cost what they cost in a
-    # lab; enough for LOAD_SECONDS.
+    # The load: 100 other mice (as on 100 rigs), LOAD_ROUNDS sessions each, back to back, the
+    # rigs' events interleaved as rigs running at once send them, and their sessions staggered
+    # (one starts about every 0.9 s, another ends); sessions of a usual length (900 trials at
+    # most), so a batch's state writes cost what they cost in a lab; enough for LOAD_SECONDS.
     load_mice = 100
     load_trials = LOAD_RATE * LOAD_SECONDS // (load_mice * LOAD_ROUNDS)
     workload = build_workload(load_mice, LOAD_ROUNDS, load_trials, tag="X")
-    rounds = [
-        _interleaved(workload.sessions[start : start + load_mice])
-        for start in range(0, len(workload.sessions), load_mice)
+    # workload.sessions holds round 1 of every mouse, then round 2, ...
+    rigs = [
+        [event for session in workload.sessions[index::load_mice] for event in session]
+        for index in range(load_mice)
     ]
-    load = encode([*workload.enrolments, *(event for round_ in rounds for event in round_)])
+    merged = staggered(rigs, spread=load_trials + 2)
+    load = Load(workload.enrolments, encode(merged))
     # The rig's process must not carry the load's events (600k objects the collector would
     # walk: a full collection took 623 ms with them, 45 ms without); only their bytes go on.
-    del workload, rounds
+    del workload, rigs, merged
     gc.collect()
     results.detail(
         f"(c) loaded runs: the same sessions while {load_mice} other mice's sessions of "
-        f"{load_trials:,} trials ({LOAD_ROUNDS} each, one round after the other) are sent at "
-        f"{LOAD_RATE:,} messages/s from another process."
+        f"{load_trials:,} trials ({LOAD_ROUNDS} each, back to back; the rigs' sessions "
+        f"staggered, one starting about every {load_trials / LOAD_RATE:.1f} s) are "
+        f"sent at {LOAD_RATE:,} messages/s from another process; those mice are enrolled "
+        "with the timed ones, before the clocks start."
     )
     for repeat in range(repeats):
         print(f"  processor run under load {repeat + 1}/{repeats} ...", flush=True)
@@ -354,11 +441,15 @@ def measure(
             duration_s=60.0,
         )
     )
-    one_hop, two_hops = [], []
+    one_hop, two_hops, two_hops_loaded = [], [], []
     for repeat in range(repeats):
         print(f"  raw Kafka round trips {repeat + 1}/{repeats} ...", flush=True)
         one_hop.append(raw_round_trips(env, n_sessions, value, relayed=False))
         two_hops.append(raw_round_trips(env, n_sessions, value, relayed=True))
+        env.drop_topics()
+        print(f"  raw Kafka round trips under load {repeat + 1}/{repeats} ...", flush=True)
+        two_hops_loaded.append(raw_round_trips(env, n_sessions, value, relayed=True, load=load))
+        env.drop_topics()
     _figures(
         results,
         "raw produce -> consume, one hop",
@@ -371,5 +462,12 @@ def measure(
         "raw two hops through a kafka-python relay process",
         two_hops,
         "bench.relay copies each record on and waits for its ack; no decoding",
+        baseline=True,
+    )
+    _figures(
+        results,
+        "the same two hops while a processor takes the same load",
+        two_hops_loaded,
+        "the loaded runs' load and processor on other topics, on the same two cores",
         baseline=True,
     )

@@ -256,30 +256,48 @@ def readings(results: Results) -> list[str]:
             f"reaches the rig {loaded.value:.0f} ms after SessionEnded (median), p99 "
             f"{loaded99.value:.0f} ms against {answer99.value:.0f} ms unloaded; issue 14's "
             f"target of p99 <= 50 ms under load: {verdict} (the repeats' p99s: "
-            f"{', '.join(f'{v:.0f}' for v in loaded99.repeats)} ms). " + UNDER_LOAD
+            f"{', '.join(f'{v:.0f}' for v in loaded99.repeats)} ms). "
+            + UNDER_LOAD.format(
+                relay99=_value(results, "the same two hops while a processor", "p99"),
+                relay=_value(results, "raw two hops through", "p99"),
+            )
         )
     return out
 
 
+def _value(results: Results, name: str, statistic: str) -> str:
+    """The median over repeats of the latency figure named ``name...: statistic``, or "?"."""
+    found = next(
+        (f for f in results.figures if f.name.startswith(name) and f.name.endswith(statistic)),
+        None,
+    )
+    return "?" if found is None else f"{found.value:.0f}"
+
+
 UNDER_LOAD = (
-    "Under load a SessionEnded waits for the batch in flight, then for its own. Two changes "
-    "on 2026-12-07 (services/processor/app.py) shortened that: a mouse that only gained "
-    'trials is written about once a second, not after every batch ("Deferred writes"; '
-    "before, each batch under load encoded and sent one open-sessions record per mouse it "
-    "touched, 3-14 ms a batch, and an unsafe hack that skipped them gave a loaded p99 of "
-    "36.7 ms), and a batch closes as soon as it holds anything but a trial, so a SessionEnded "
-    "no longer waits out the 20 ms collection time of a busy stream. In latency runs that day "
-    "(scratch harness, not committed; five runs without the changes, six with both) the loaded "
-    "median went from 32-44 ms to 21-33 ms and the p90 from 57-91 ms to 38-67 ms (38-45 ms in "
-    "four of six); the p99, about the second-slowest of "
-    "200 samples, stayed between 64 and 113 ms, with the slowest samples in the first 10-15 s "
-    "of a run. The machine was slower than the day before (unloaded p99 89-107 ms against "
-    "24-31 ms, with or without the changes). On that day about one loaded run in three took "
-    "about 200 s instead of 35 s (one without the changes ran out of load as well): in the "
-    "ones timed closely, during the load the rig waited "
-    "about 1.5 s for every assignment while the processor was mostly idle, and 14 ms once the "
-    "load stopped; the cause was not found (the rig's kafka-python consumer is the suspect), "
-    "and the load now lasts long enough for such a run to finish and be counted."
+    "Under load a SessionEnded waits for the batch in flight, then for its own. On 2026-12-07 "
+    "two changes shortened that (services/processor/app.py): a mouse that only gained trials "
+    'is written about once a second, not after every batch ("Deferred writes"), and a batch '
+    "closes as soon as it holds anything but a trial; in scratch runs the loaded median went "
+    "from 32-44 ms to 21-33 ms. That day about one loaded run in three took about 200 s "
+    "instead of 35 s. On 2026-12-08 the cause was found and removed: faust starts its "
+    "consumer with a fetch wait of 1.5 s, and aiokafka leaves a partition whose fetched "
+    "records are not consumed yet out of its next fetch request, so under load a request "
+    "could name only the quiet commands partitions and be held by the broker for the whole "
+    "1.5 s while a SessionEnded waited (timed in a slow run: about 1.5 s from SessionEnded "
+    "to the assignment's broker timestamp, 5-10 ms from there to the rig). The processor "
+    "now fetches with a 20 ms wait (SHAPING_PROCESSOR_FETCH_WAIT_MS, "
+    "services/processor/fetching.py); none of 13 loaded scratch runs after that was slow. "
+    "Timing the first seconds of a run then showed its slowest samples right behind the "
+    "load's first messages, 100 enrolments and then 100 SessionStarted in a tenth of a "
+    "second: 314-647 ms behind the enrolments, and 172-306 ms behind the session starts once "
+    "the enrolments came before the clocks. So the load's mice are now enrolled before the "
+    "clocks start and its rigs' sessions are staggered (one starts about every 0.9 s), as a "
+    "lab's rigs run; a cohort that starts in the same second costs those few hundred "
+    "milliseconds once. What is left is spread through the run, and part of it is the "
+    "machine's: the relay's two hops, which do no work, have a p99 of {relay99} ms while a "
+    "processor takes the same load on other topics ({relay} ms unloaded), on two shared "
+    "cores that also run the broker, the load's sender and the rig."
 )
 
 
@@ -319,7 +337,10 @@ METHOD = """\
   (one hop) or through `bench.relay`, a kafka-python process that copies each record to
   a second topic and waits for its acknowledgement (two hops, like rig -> processor -> rig).
   The loaded runs repeat the same sessions while another process sends other mice's
-  interleaved sessions at a fixed rate (`bench.latency.LOAD_RATE`) to the same topic.
+  sessions at a fixed rate (`bench.latency.LOAD_RATE`) to the same topic: their rigs'
+  events interleaved, their sessions staggered so that one starts about every 0.9 s, and
+  those mice enrolled before the clocks start. The loaded baseline times the relay's two
+  hops while a processor takes the same load on other topics.
 - The broker is a single-node KRaft Kafka started by `infra/kafka/kafka.sh` on
   127.0.0.1:45092 with its data in a temporary directory, stopped at the end.
 """
