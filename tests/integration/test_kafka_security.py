@@ -32,7 +32,8 @@ from shaping.services.adapters.kafka import KafkaConnection
 from shaping.services.adapters.kafka import consumer as kafka_consumer
 from shaping.services.adapters.kafka import producer as kafka_producer
 from shaping.services.adapters.topics import ensure_topics
-from tests.support.kafka import KAFKA_SH, KafkaBroker, free_port, start_kafka
+from tests.support.kafka import KAFKA_SH, KafkaBroker, start_kafka
+from tests.support.ops import free_port
 from tests.support.scripts import InfraStartError
 
 PREFIX = "sec"

@@ -27,7 +27,8 @@ from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.kafka import KafkaConnection
 from shaping.services.adapters.kafka import consumer as kafka_consumer
 from shaping.services.adapters.topics import ensure_topics
-from tests.support.kafka import KafkaBroker, free_port, start_kafka
+from tests.support.kafka import KafkaBroker, start_kafka
+from tests.support.ops import free_port
 from tests.support.processes import shaping_process
 from tests.support.scripts import InfraStartError
 

@@ -25,7 +25,7 @@ from shaping.services import bootstrap
 from shaping.services.cli import app
 from shaping.services.projector.runner import run_projector
 from tests.support.builders import Published
-from tests.support.kafka import free_port
+from tests.support.ops import free_port
 from tests.support.postgres import (
     PROJECTOR_ROLE,
     READER_ROLE,

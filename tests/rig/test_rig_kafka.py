@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics, wait_for_partitions
 from tests.support.kafka import KAFKA_SH, TEST_PARTITIONS, KafkaBroker, start_kafka
 from tests.support.kafka_io import Publisher, TopicReader
+from tests.support.ops import free_port
 from tests.support.processes import stop, wait_until
 from tests.support.rig import CODEC, START, FakeDisplay, config_in, write_config
 from tests.support.scripts import REPO, STOP_TIMEOUT_S, run_script
@@ -294,12 +294,6 @@ def test_a_rig_killed_mid_session_and_mid_send_loses_nothing_and_duplicates_noth
     verdict = f"{decision.decision} {decision.from_stage} -> {decision.to_stage}"
     assert f"last session {session_id}: {verdict}" in output
     assert "assignment: session 2, stage " in output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from shaping.schemas.codec import default_codec, encode_key
 from shaping.schemas.headers import headers_for
 from shaping.schemas.topics import TopicNames
 from shaping.services.adapters.topics import ensure_topics
-from tests.support.kafka import KafkaBroker, free_port, start_kafka
+from tests.support.kafka import KafkaBroker, start_kafka
+from tests.support.ops import free_port
 from tests.support.rig import assignment, write_config
 from tests.support.scripts import InfraStartError
 from tests.support.story import session, trials

@@ -14,7 +14,6 @@ SCRAM-SHA-512, ACLs; docs/security.md): the principals' credentials are then in
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -122,13 +121,6 @@ class KafkaBroker:
         if result.returncode != 0:
             raise InfraStartError(describe_failure("stopping Kafka", result))
         remove_dir(self.base_dir)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_kafka(

@@ -4,6 +4,7 @@ dashboards' queries, running the infra scripts."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import socket
 import subprocess
@@ -26,18 +27,44 @@ PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped
 """Series Prometheus itself records for every target (not in any /metrics output)."""
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports that are free on 127.0.0.1 right now."""
-    sockets = []
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000
+"""free_ports picks from here up, below ports that usually serve something."""
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out for bind(0) and outgoing connections (Linux's default
+    where it cannot be read)."""
     try:
-        for _ in range(n):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        low, high = (int(part) for part in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that are free on 127.0.0.1 right now, outside the kernel's
+    ephemeral range, so that no port 0 bind or outgoing connection can take one before the
+    service the test starts binds it."""
+    low, high = ephemeral_range()
+    candidates = [p for p in range(LOWEST_PORT, 65536) if not low <= p <= high]
+    random.shuffle(candidates)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"fewer than {n} free ports on 127.0.0.1 outside {low}-{high}")
+
+
+def free_port() -> int:
+    """One port of :func:`free_ports`."""
+    return free_ports(1)[0]
 
 
 def port_open(port: int) -> bool:

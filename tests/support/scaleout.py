@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from shaping.schemas.events import AssignmentIssued, EventRejected, StageTransit
 from shaping.schemas.topics import TopicNames
 from tests.support.kafka import TEST_PARTITIONS
 from tests.support.kafka_io import TopicReader
+from tests.support.ops import free_port
 from tests.support.scripts import REPO
 
 __all__ = [
@@ -67,12 +67,6 @@ def scaleout_workload(
         if len(counts) == TEST_PARTITIONS and min(counts.values()) >= per_partition:
             return build_workload(n_mice, sessions, trials, tag=tag), where
     raise ValueError(f"no tag puts {per_partition} of {n_mice} mice on every partition")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Worker:

@@ -5,7 +5,6 @@ trainer's morning as people do it (shared by the embedded and the Kafka browser 
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,17 +20,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.support.ops import free_port
 from tests.support.processes import shaping_process
 from tests.web.conftest import PASSWORDS, Lab
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / ".cache" / "screenshots" / "web"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_up(url: str, log: Path, timeout_s: float = 60.0) -> None:
