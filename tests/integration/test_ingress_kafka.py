@@ -32,13 +32,13 @@ from shaping.services.adapters.topics import ensure_topics
 from tests.support.kafka import (
     KafkaBroker,
     assert_refused,
-    free_port,
     ingress_gate,
     principal_options,
     produce_as,
     read_topic,
     start_kafka,
 )
+from tests.support.ops import free_port
 from tests.support.processes import shaping_process, wait_until
 from tests.support.rig import write_config
 from tests.support.scripts import InfraStartError
